@@ -1,0 +1,104 @@
+"""Checkpoints on disk: safetensors weights plus a JSON record of where training was.
+
+Source and TracIn need, for each checkpoint, the learning rate and the number of optimiser steps
+taken since the previous checkpoint (a "segment"); the trainer records both. Loading never executes
+code (safetensors), and a loaded state is checked against its recorded fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tda.fingerprint import model_fingerprint
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One saved model state and the training position it was saved at.
+
+    Attributes:
+        checkpoint_id: name, unique within its directory (e.g. ``"epoch-0030"``).
+        path: the safetensors file.
+        step: optimiser steps taken since the start of training.
+        epoch: epochs completed.
+        learning_rate: learning rate in force when the checkpoint was saved.
+        segment_steps: steps since the previous checkpoint (or the start).
+        segment_learning_rate: mean learning rate over those steps.
+        fingerprint: :func:`tda.fingerprint.model_fingerprint` of the saved state.
+    """
+
+    checkpoint_id: str
+    path: Path
+    step: int
+    epoch: int
+    learning_rate: float
+    segment_steps: int
+    segment_learning_rate: float
+    fingerprint: str
+
+
+def _atomic_write(path: Path, write) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def save_checkpoint(directory: str | os.PathLike, checkpoint_id: str, model: nn.Module, **position):
+    """Write ``model``'s state and its training ``position`` (Checkpoint fields) atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = directory / f"{checkpoint_id}.safetensors"
+    _atomic_write(weights, lambda temporary: save_file(state, temporary))
+    checkpoint = Checkpoint(
+        checkpoint_id=checkpoint_id, path=weights, fingerprint=model_fingerprint(state), **position
+    )
+    record = {**asdict(checkpoint), "path": weights.name}
+    text = json.dumps(record, indent=2)
+    _atomic_write(directory / f"{checkpoint_id}.json", lambda t: Path(t).write_text(text))
+    return checkpoint
+
+
+def _read_record(record_path: Path) -> Checkpoint:
+    record = json.loads(record_path.read_text())
+    record["path"] = record_path.parent / record["path"]
+    return Checkpoint(**record)
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
+    """All checkpoints saved in ``directory``, in training order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    checkpoints = [_read_record(p) for p in directory.glob("*.json") if not p.name.startswith(".")]
+    return sorted(checkpoints, key=lambda c: (c.step, c.checkpoint_id))
+
+
+def load_checkpoint(checkpoint: Checkpoint, model: nn.Module) -> nn.Module:
+    """Load ``checkpoint`` into ``model`` (same architecture) and verify its fingerprint.
+
+    Raises:
+        ValueError: the architecture does not match or the file does not match its record.
+    """
+    state = load_file(str(checkpoint.path))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {checkpoint.path} does not fit this model: {error}") from error
+    if model_fingerprint(model) != checkpoint.fingerprint:
+        raise ValueError(f"checkpoint {checkpoint.path} does not match its recorded fingerprint")
+    return model

@@ -1,0 +1,39 @@
+"""scikit-learn's bundled handwritten digits (8x8 images, 1,797 examples, 10 classes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits as sklearn_digits
+
+from tda.data.examples import Examples
+from tda.data.splits import DataSplits
+
+
+def load_digits(
+    test_fraction: float = 0.2, seed: int = 0, classes: tuple[int, ...] | None = None
+) -> DataSplits:
+    """Digits as flat 64-pixel inputs scaled to [0, 1], split at random by ``seed``.
+
+    Args:
+        test_fraction: share of the examples held out for testing.
+        seed: seed of the split.
+        classes: keep only these digits (relabelled 0..len-1), e.g. ``(1, 7)`` for a binary task.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    inputs, targets = sklearn_digits(return_X_y=True)
+    if classes is not None:
+        keep = np.isin(targets, classes)
+        inputs, targets = inputs[keep], np.searchsorted(np.array(sorted(classes)), targets[keep])
+    order = np.random.default_rng(seed).permutation(len(targets))
+    n_test = int(round(test_fraction * len(targets)))
+    test_index, train_index = order[:n_test], order[n_test:]
+    x = torch.tensor(inputs / 16.0, dtype=torch.float32)
+    y = torch.tensor(targets).long()
+    num_classes = len(classes) if classes is not None else 10
+    return DataSplits(
+        train=Examples(x[train_index], y[train_index]),
+        test=Examples(x[test_index], y[test_index]),
+        num_classes=num_classes,
+    )

@@ -1,0 +1,112 @@
+"""``Examples``: the in-memory form of a labelled data set, and adapters from user data.
+
+Accepts torch ``Dataset`` / ``DataLoader`` objects yielding ``(input, target)`` pairs and Hugging Face
+``datasets.Dataset`` objects (columns named by the caller).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from tda.fingerprint import array_fingerprint
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Inputs ``[n, ...]`` and integer targets ``[n]`` of one data split."""
+
+    inputs: Tensor
+    targets: Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) != len(self.targets):
+            raise ValueError(f"{len(self.inputs)} inputs but {len(self.targets)} targets")
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def subset(self, indices: Sequence[int] | np.ndarray | Tensor) -> Examples:
+        """The examples at ``indices`` (integer positions or a boolean mask)."""
+        index = torch.as_tensor(np.asarray(indices))
+        if index.dtype != torch.bool:
+            index = index.long()
+        if index.dtype == torch.bool:
+            if len(index) != len(self):
+                raise ValueError(f"mask has {len(index)} entries for {len(self)} examples")
+            index = index.nonzero().squeeze(1)
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(self)):
+            raise ValueError(f"index {int(index.max())} is out of range for {len(self)} examples")
+        return Examples(self.inputs[index], self.targets[index])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """Move to a device; ``dtype`` applies to floating-point inputs only."""
+        inputs = self.inputs.to(device)
+        if dtype is not None and inputs.is_floating_point():
+            inputs = inputs.to(dtype)
+        return Examples(inputs, self.targets.to(device))
+
+    def fingerprint(self) -> str:
+        """Content hash of inputs and targets."""
+        return array_fingerprint(self.inputs, self.targets)
+
+
+def _stack(items: list[Any]) -> Tensor:
+    return torch.stack([torch.as_tensor(np.asarray(item)) for item in items])
+
+
+def _from_pairs(pairs) -> Examples:
+    inputs, targets = [], []
+    for x, y in pairs:
+        inputs.append(x)
+        targets.append(y)
+    if not inputs:
+        raise ValueError("the data set is empty")
+    return Examples(_stack(inputs), _stack(targets).long())
+
+
+def _from_loader(loader: DataLoader) -> Examples:
+    batches = [(torch.as_tensor(x), torch.as_tensor(y)) for x, y in loader]
+    if not batches:
+        raise ValueError("the data loader yielded no batches")
+    return Examples(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]).long())
+
+
+def _from_hugging_face(dataset, input_column: str, target_column: str) -> Examples:
+    missing = [c for c in (input_column, target_column) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"columns {missing} not in the data set; it has {dataset.column_names}")
+    if len(dataset) == 0:
+        raise ValueError("the data set is empty")
+    table = dataset.with_format("numpy")
+    inputs = torch.as_tensor(np.asarray(table[input_column]))
+    return Examples(inputs, torch.as_tensor(np.asarray(table[target_column])).long())
+
+
+def as_examples(data: Any, input_column: str = "input", target_column: str = "label") -> Examples:
+    """Convert user data to :class:`Examples`.
+
+    Args:
+        data: ``Examples``; a Hugging Face ``datasets.Dataset``; a torch ``DataLoader``; or any
+            torch ``Dataset`` / sequence of ``(input, target)`` pairs.
+        input_column: Hugging Face column holding inputs.
+        target_column: Hugging Face column holding integer targets.
+
+    Raises:
+        ValueError: the data is empty or the named columns do not exist.
+    """
+    if isinstance(data, Examples):
+        return data
+    if hasattr(data, "column_names") and hasattr(data, "with_format"):
+        return _from_hugging_face(data, input_column, target_column)
+    if isinstance(data, DataLoader):
+        return _from_loader(data)
+    if isinstance(data, Dataset) or isinstance(data, Sequence):
+        return _from_pairs(data[i] for i in range(len(data)))
+    raise TypeError(f"cannot read examples from {type(data).__name__}")

@@ -1,0 +1,172 @@
+r"""Per-sample gradients with ``torch.func``: the kernel every attribution method reads.
+
+For examples :math:`z_i = (x_i, y_i)` and a task function :math:`h` (the task's ``output`` or
+``loss``), computes :math:`g_i = \nabla_\theta h(z_i; \theta)` restricted to chosen parameters,
+flattened in the model's parameter order, chunked over examples so memory is bounded by
+``chunk_size * p``. Uses ``vmap(grad(functional_call(...)))``; where a model cannot be traced by
+``vmap`` it falls back to a per-example autograd loop and warns once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from tda.task import Task
+
+TaskFunction = Literal["output", "loss"]
+
+
+class VmapFallbackWarning(UserWarning):
+    """``vmap`` could not trace the model; gradients are computed one example at a time."""
+
+
+class NonFiniteGradientError(ValueError):
+    """A per-sample gradient contains NaN or infinity."""
+
+
+def select_parameters(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """Detached trainable parameters by name, in model order (all of them when ``names`` is None).
+
+    Raises:
+        ValueError: a name is not a trainable parameter of the model, or the selection is empty.
+    """
+    available = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    if names is None:
+        selected = available
+    else:
+        unknown = [name for name in names if name not in available]
+        if unknown:
+            raise ValueError(
+                f"parameters {unknown} are not trainable parameters of the model; "
+                f"available: {list(available)}"
+            )
+        wanted = set(names)
+        selected = {name: p for name, p in available.items() if name in wanted}
+    if not selected:
+        raise ValueError("no parameters selected for per-sample gradients")
+    return selected
+
+
+def parameter_count(model: nn.Module, names: Sequence[str] | None = None) -> int:
+    """Number of gradient coordinates ``p`` for the selected parameters."""
+    return sum(p.numel() for p in select_parameters(model, names).values())
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Run with dropout off and normalisation statistics frozen, then restore the mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _example_function(model: nn.Module, task: Task, function: TaskFunction, frozen: dict):
+    task_function = getattr(task, function)
+
+    def example_value(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        logits = functional_call(model, {**frozen, **params}, (x.unsqueeze(0),)).squeeze(0)
+        return task_function(logits, y)
+
+    return example_value
+
+
+def _flatten(gradients: dict[str, Tensor], batch: int) -> Tensor:
+    return torch.cat([g.reshape(batch, -1) for g in gradients.values()], dim=1)
+
+
+def _loop_gradients(value_fn, params, inputs: Tensor, targets: Tensor) -> Tensor:
+    grad_fn = grad(value_fn)
+    rows = [_flatten(grad_fn(params, x, y), 1) for x, y in zip(inputs, targets, strict=True)]
+    return torch.cat(rows, dim=0)
+
+
+def _check_finite(gradients: Tensor, offset: int, function: str) -> None:
+    finite = torch.isfinite(gradients).all(dim=1)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0, 0]) + offset
+        raise NonFiniteGradientError(
+            f"the per-sample gradient of the {function} for example {first} is not finite; "
+            "check the model's outputs and the input for that example"
+        )
+
+
+def iter_per_sample_gradients(
+    model: nn.Module,
+    task: Task,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    function: TaskFunction = "output",
+    parameters: Sequence[str] | None = None,
+    chunk_size: int = 256,
+    vectorize: bool | Literal["auto"] = "auto",
+) -> Iterator[Tensor]:
+    """Yield per-sample gradients ``[chunk, p]`` for consecutive chunks of the examples.
+
+    Args:
+        model: the network; evaluated in eval mode with its current parameters and buffers.
+        task: supplies the per-example ``output`` / ``loss`` of the logits.
+        inputs: ``[n, ...]`` examples on the model's device.
+        targets: ``[n]`` targets.
+        function: differentiate the task's ``"output"`` or ``"loss"``.
+        parameters: names of the parameters to differentiate (default: all trainable ones).
+        chunk_size: examples per vectorised call; bounds memory at ``chunk_size * p`` floats.
+        vectorize: ``True`` forces ``vmap``, ``False`` the loop, ``"auto"`` tries ``vmap`` first.
+
+    Raises:
+        ValueError: empty or mismatched inputs, bad arguments, or a non-finite gradient.
+    """
+    if len(inputs) == 0:
+        raise ValueError("cannot compute per-sample gradients of an empty set of examples")
+    if len(inputs) != len(targets):
+        raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    params = select_parameters(model, parameters)
+    frozen = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+    value_fn = _example_function(model, task, function, frozen)
+    batched = vmap(grad(value_fn), in_dims=(None, 0, 0))
+    use_vmap = vectorize is not False
+    with evaluation_mode(model):
+        for start in range(0, len(inputs), chunk_size):
+            x, y = inputs[start : start + chunk_size], targets[start : start + chunk_size]
+            gradients, use_vmap = _chunk_gradients(batched, value_fn, params, x, y, use_vmap, vectorize)
+            _check_finite(gradients, start, function)
+            yield gradients
+
+
+def _chunk_gradients(batched, value_fn, params, x, y, use_vmap, vectorize):
+    if use_vmap:
+        try:
+            return _flatten(batched(params, x, y), len(x)), True
+        except (RuntimeError, NotImplementedError, ValueError) as error:
+            if vectorize is True:
+                raise
+            warnings.warn(
+                f"vmap could not trace this model ({type(error).__name__}: {error}); "
+                "falling back to a per-example loop, which is slower but exact",
+                VmapFallbackWarning,
+                stacklevel=4,
+            )
+    return _loop_gradients(value_fn, params, x, y), False
+
+
+def per_sample_gradients(
+    model: nn.Module,
+    task: Task,
+    inputs: Tensor,
+    targets: Tensor,
+    **options,
+) -> Tensor:
+    """All per-sample gradients ``[n, p]`` at once (see :func:`iter_per_sample_gradients`)."""
+    return torch.cat(list(iter_per_sample_gradients(model, task, inputs, targets, **options)))

@@ -1,0 +1,62 @@
+"""Small reference models used by experiments, benchmarks and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    """Fully connected ReLU network, e.g. the MNIST-1D benchmark model 40-128-128-10."""
+
+    def __init__(
+        self, in_features: int = 40, hidden: Sequence[int] = (128, 128), num_classes: int = 10
+    ) -> None:
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        super().__init__(*layers)
+
+
+class CNN1d(nn.Module):
+    """Small 1-D convolutional network for sequences ``[batch, length]`` (e.g. MNIST-1D)."""
+
+    def __init__(
+        self, length: int = 40, channels: int = 32, num_classes: int = 10, kernel_size: int = 5
+    ) -> None:
+        super().__init__()
+        padding = kernel_size // 2
+        self.features = nn.Sequential(
+            nn.Conv1d(1, channels, kernel_size, padding=padding),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, kernel_size, stride=2, padding=padding),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, kernel_size, stride=2, padding=padding),
+            nn.ReLU(),
+        )
+        reduced = (length + 3) // 4
+        self.head = nn.Linear(channels * reduced, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.features(x.unsqueeze(1))
+        return self.head(hidden.flatten(1))
+
+
+class LogisticRegression(nn.Linear):
+    """Multinomial logistic regression: a single linear layer producing logits."""
+
+    def __init__(self, in_features: int = 64, num_classes: int = 10) -> None:
+        super().__init__(in_features, num_classes)
+
+
+def build_model(factory: Callable[[], nn.Module], seed: int, dtype: torch.dtype = torch.float32):
+    """Construct ``factory()`` with initial weights drawn from ``seed``, leaving global RNGs alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = factory()
+    return model.to(dtype)

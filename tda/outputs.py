@@ -1,0 +1,32 @@
+"""Batched evaluation of a task on examples: outputs (e.g. margins), losses and accuracy."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tda.data.examples import Examples
+from tda.grads import evaluation_mode
+from tda.task import Task
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, examples: Examples, batch_size: int = 1024) -> Tensor:
+    """Logits ``[n, C]`` of ``model`` (in eval mode) on ``examples``."""
+    with evaluation_mode(model):
+        parts = [
+            model(examples.inputs[start : start + batch_size])
+            for start in range(0, len(examples), batch_size)
+        ]
+    return torch.cat(parts)
+
+
+def task_outputs(model: nn.Module, task: Task, examples: Examples, batch_size: int = 1024):
+    """The task's attributed output ``[n]`` (the margin for classification) for each example."""
+    return task.output(logits_of(model, examples, batch_size), examples.targets)
+
+
+def accuracy(model: nn.Module, examples: Examples, batch_size: int = 1024) -> float:
+    """Fraction of examples whose arg-max logit is the target."""
+    predictions = logits_of(model, examples, batch_size).argmax(dim=-1)
+    return float((predictions == examples.targets).float().mean())

@@ -1,0 +1,62 @@
+r"""Tasks: what is attributed. Per-example functions of a model's logits and the example's target.
+
+Every function takes the logits of one example (shape ``[C]``) and its target (a 0-dim integer
+tensor) and returns a scalar, so ``torch.func.vmap`` can batch it. They also accept a leading batch
+dimension (``[B, C]`` logits, ``[B]`` targets) and then return ``[B]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from torch.nn import functional
+
+
+class Task(Protocol):
+    """The measurement attributed (``output``), the training loss, and TRAK's out-to-loss weight."""
+
+    def output(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The attributed model output :math:`f(z;\\theta)`."""
+        ...
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The training loss :math:`\\ell(z;\\theta)`."""
+        ...
+
+    def out_to_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """:math:`Q = \\partial \\ell / \\partial f` at the example (TRAK's diagonal weight)."""
+        ...
+
+
+def _true_class_mask(logits: Tensor, target: Tensor) -> Tensor:
+    classes = torch.arange(logits.shape[-1], device=logits.device)
+    return classes == target.unsqueeze(-1)
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    r"""Multi-class classification with cross-entropy loss and the margin as output.
+
+    ``output`` is the margin :math:`f = \text{logit}_y - \log\sum_{k \ne y} \exp \text{logit}_k`
+    (equal to :math:`\log\frac{p_y}{1-p_y}`), ``loss`` the cross-entropy, and ``out_to_loss``
+    :math:`Q = 1 - p_y`, since :math:`\ell = \log(1 + e^{-f})` gives
+    :math:`-\partial\ell/\partial f = 1 - p_y`.
+    """
+
+    def output(self, logits: Tensor, target: Tensor) -> Tensor:
+        mask = _true_class_mask(logits, target)
+        true_logit = (logits * mask).sum(-1)
+        others = torch.logsumexp(logits.masked_fill(mask, float("-inf")), dim=-1)
+        return true_logit - others
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        mask = _true_class_mask(logits, target)
+        return torch.logsumexp(logits, dim=-1) - (logits * mask).sum(-1)
+
+    def out_to_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        mask = _true_class_mask(logits, target)
+        probability = (functional.softmax(logits, dim=-1) * mask).sum(-1)
+        return 1.0 - probability

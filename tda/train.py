@@ -1,0 +1,125 @@
+"""A deterministic minibatch trainer that records checkpoints for Source and TracIn.
+
+The same (model initialisation, data, config, seed) gives bitwise the same weights on CPU: the
+shuffling order comes from a generator seeded by ``seed`` and any other randomness (dropout) runs
+under a forked, seeded global RNG, so the caller's random state is left untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from tda.checkpoints import Checkpoint, save_checkpoint
+from tda.data.examples import Examples
+from tda.task import ClassificationTask, Task
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        epochs: passes over the training data.
+        batch_size: examples per optimiser step (the last batch of an epoch may be smaller).
+        optimizer: builds the optimiser from the parameters (default Adam, lr 3e-3).
+        scheduler: optional learning-rate schedule, stepped once per epoch.
+        checkpoints: how many checkpoints to save, evenly spaced in epochs; the last is the final model.
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: OptimizerFactory = field(default=partial(torch.optim.Adam, lr=3e-3))
+    scheduler: SchedulerFactory | None = None
+    checkpoints: int = 1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if not 1 <= self.checkpoints <= self.epochs:
+            raise ValueError(f"checkpoints must be in [1, epochs={self.epochs}]")
+
+    def checkpoint_epochs(self) -> list[int]:
+        """Epochs (1-based) after which a checkpoint is saved."""
+        return sorted({round(self.epochs * (i + 1) / self.checkpoints) for i in range(self.checkpoints)})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The trained model and the checkpoints written (empty without a checkpoint directory)."""
+
+    model: nn.Module
+    checkpoints: list[Checkpoint]
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _epoch(model, task, data, config, optimizer, generator) -> tuple[int, float]:
+    order = torch.randperm(len(data), generator=generator).to(data.inputs.device)
+    steps, lr_sum = 0, 0.0
+    for start in range(0, len(data), config.batch_size):
+        batch = order[start : start + config.batch_size]
+        loss = task.loss(model(data.inputs[batch]), data.targets[batch]).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {float(loss)} at step {steps}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr_sum += _current_lr(optimizer)
+        optimizer.step()
+        steps += 1
+    return steps, lr_sum
+
+
+def train(
+    model: nn.Module,
+    data: Examples,
+    config: TrainConfig = TrainConfig(),
+    *,
+    seed: int = 0,
+    task: Task = ClassificationTask(),
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train ``model`` in place on ``data`` and save checkpoints to ``checkpoint_dir`` if given.
+
+    Raises:
+        ValueError: empty data.
+        FloatingPointError: the loss became NaN or infinite.
+    """
+    if len(data) == 0:
+        raise ValueError("cannot train on an empty data set")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = config.optimizer(model.parameters())
+    scheduler = config.scheduler(optimizer) if config.scheduler else None
+    save_after = set(config.checkpoint_epochs())
+    checkpoints, step, segment_steps, segment_lr = [], 0, 0, 0.0
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for epoch in tqdm(range(1, config.epochs + 1), desc="train", disable=not progress):
+            steps, lr_sum = _epoch(model, task, data, config, optimizer, generator)
+            step, segment_steps, segment_lr = step + steps, segment_steps + steps, segment_lr + lr_sum
+            if scheduler is not None:
+                scheduler.step()
+            if checkpoint_dir is not None and epoch in save_after:
+                checkpoints.append(
+                    save_checkpoint(
+                        checkpoint_dir, f"epoch-{epoch:04d}", model, step=step, epoch=epoch,
+                        learning_rate=_current_lr(optimizer), segment_steps=segment_steps,
+                        segment_learning_rate=segment_lr / segment_steps,
+                    )
+                )
+                segment_steps, segment_lr = 0, 0.0
+    model.eval()
+    return TrainResult(model=model, checkpoints=checkpoints)

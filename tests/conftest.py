@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny float64 problems whose exact answers are cheap to compute."""
+
+import pytest
+import torch
+
+from tda.data import Examples
+from tda.models import MLP, build_model
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tests run on 2 cores beside each other; one intra-op thread keeps them predictable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_mlp() -> torch.nn.Module:
+    """A 6-8-3 float64 MLP (83 parameters)."""
+    return build_model(lambda: MLP(6, (8,), 3), seed=0, dtype=torch.float64)
+
+
+@pytest.fixture
+def tiny_data() -> Examples:
+    """20 float64 examples with 6 features and 3 classes."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(20, 6, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, 3, (20,), generator=generator)
+    return Examples(inputs, targets)

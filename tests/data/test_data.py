@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from tda.data import Examples, as_examples, load_digits, load_mnist1d
+
+
+def test_mnist1d_is_generated_offline_deterministically_with_requested_sizes():
+    first, second = load_mnist1d(200, 50, seed=3), load_mnist1d(200, 50, seed=3)
+    assert len(first.train) == 200 and len(first.test) == 50 and first.input_shape == (40,)
+    assert first.train.fingerprint() == second.train.fingerprint()
+    assert load_mnist1d(200, 50, seed=4).train.fingerprint() != first.train.fingerprint()
+    assert set(first.train.targets.tolist()) == set(range(10))
+
+
+def test_mnist1d_leaves_global_random_state_alone():
+    state = np.random.get_state()[1].copy()
+    load_mnist1d(100, 10, seed=0)
+    assert np.array_equal(np.random.get_state()[1], state)
+
+
+def test_mnist1d_refuses_unbalanced_sizes():
+    with pytest.raises(ValueError, match="divisible by 10"):
+        load_mnist1d(101, 10)
+
+
+def test_digits_binary_subset_relabels_classes():
+    splits = load_digits(classes=(1, 7), seed=0)
+    assert splits.num_classes == 2
+    assert set(splits.train.targets.tolist()) == {0, 1}
+    assert float(splits.train.inputs.max()) <= 1.0
+
+
+def test_adapters_agree_for_dataset_loader_and_hugging_face():
+    import datasets
+
+    inputs = torch.arange(24, dtype=torch.float32).reshape(8, 3)
+    targets = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    expected = Examples(inputs, targets)
+    from_dataset = as_examples(TensorDataset(inputs, targets))
+    from_loader = as_examples(DataLoader(TensorDataset(inputs, targets), batch_size=3))
+    table = datasets.Dataset.from_dict({"x": inputs.numpy(), "label": targets.numpy()})
+    from_hf = as_examples(table, input_column="x", target_column="label")
+    for converted in (from_dataset, from_loader, from_hf):
+        assert converted.fingerprint() == expected.fingerprint()
+    with pytest.raises(ValueError, match="columns"):
+        as_examples(table, input_column="pixels")
+    with pytest.raises(ValueError, match="empty"):
+        as_examples(TensorDataset(inputs[:0], targets[:0]))
+
+
+def test_subset_by_indices_and_mask_and_range_check():
+    data = Examples(torch.arange(5.0)[:, None], torch.arange(5))
+    assert data.subset([4, 0]).targets.tolist() == [4, 0]
+    assert data.subset(np.array([True, False, True, False, False])).targets.tolist() == [0, 2]
+    with pytest.raises(ValueError, match="out of range"):
+        data.subset([5])

@@ -1,0 +1,93 @@
+import pytest
+import torch
+from torch import nn
+
+from tda.grads import (
+    NonFiniteGradientError,
+    VmapFallbackWarning,
+    parameter_count,
+    per_sample_gradients,
+)
+from tda.task import ClassificationTask
+
+TASK = ClassificationTask()
+
+
+def loop_reference(model, inputs, targets, function="output", names=None):
+    """Per-example autograd, one example at a time: the oracle for the vmap kernel."""
+    params = [p for n, p in model.named_parameters() if names is None or n in names]
+    rows = []
+    for x, y in zip(inputs, targets):
+        value = getattr(TASK, function)(model(x[None])[0], y)
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(value, params)]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("function", ["output", "loss"])
+def test_vmap_gradients_equal_a_per_example_autograd_loop(tiny_mlp, tiny_data, function):
+    gradients = per_sample_gradients(
+        tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, function=function, vectorize=True
+    )
+    expected = loop_reference(tiny_mlp, tiny_data.inputs, tiny_data.targets, function)
+    assert gradients.shape == (20, parameter_count(tiny_mlp))
+    torch.testing.assert_close(gradients, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_parameter_selection_keeps_model_order(tiny_mlp, tiny_data):
+    names = ["2.weight", "0.bias"]
+    gradients = per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, parameters=names)
+    expected = loop_reference(tiny_mlp, tiny_data.inputs, tiny_data.targets, names=set(names))
+    torch.testing.assert_close(gradients, expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="not trainable parameters"):
+        per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, parameters=["nope"])
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 20, 64])
+def test_chunk_size_does_not_change_gradients(tiny_mlp, tiny_data, chunk_size):
+    reference = per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, chunk_size=20)
+    chunked = per_sample_gradients(
+        tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, chunk_size=chunk_size
+    )
+    torch.testing.assert_close(chunked, reference, rtol=1e-12, atol=1e-14)
+
+
+class DataDependentModel(nn.Module):
+    """Python control flow on a tensor value: vmap cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(6, 3).double()
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.linear(x)
+        return -self.linear(x)
+
+
+def test_untraceable_model_falls_back_to_loop_with_a_warning(tiny_data):
+    model = DataDependentModel()
+    with pytest.warns(VmapFallbackWarning, match="per-example loop"):
+        gradients = per_sample_gradients(model, TASK, tiny_data.inputs, tiny_data.targets)
+    torch.testing.assert_close(gradients, loop_reference(model, tiny_data.inputs, tiny_data.targets))
+    with pytest.raises(RuntimeError):
+        per_sample_gradients(model, TASK, tiny_data.inputs, tiny_data.targets, vectorize=True)
+
+
+def test_nan_gradient_names_the_example(tiny_mlp, tiny_data):
+    inputs = tiny_data.inputs.clone()
+    inputs[13, 2] = float("nan")
+    with pytest.raises(NonFiniteGradientError, match="example 13"):
+        per_sample_gradients(tiny_mlp, TASK, inputs, tiny_data.targets, chunk_size=4)
+
+
+def test_empty_and_mismatched_inputs_are_refused(tiny_mlp, tiny_data):
+    with pytest.raises(ValueError, match="empty"):
+        per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs[:0], tiny_data.targets[:0])
+    with pytest.raises(ValueError, match="targets"):
+        per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets[:5])
+
+
+def test_model_mode_is_restored(tiny_mlp, tiny_data):
+    tiny_mlp.train()
+    per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets)
+    assert tiny_mlp.training
