@@ -1,0 +1,509 @@
+"""On-disk FeatureStore: per-example arrays for several checkpoints and data splits.
+
+Jobs that may run as separate processes or machines, and may be killed and restarted, each write
+their own shards. There is no shared mutable index: everything is derived by listing files.
+
+Layout under ``root``::
+
+    manifest.json                       {"format", "version", "config", "config_fingerprint"}
+    splits/<split>.json                 {"split", "size", "data_fingerprint"}
+    checkpoints/<checkpoint_id>.json    {"checkpoint_id", "model_fingerprint"}
+    shards/<checkpoint_id>/<split>/<index:06d>.<name>.npy   rows [start, stop) of array <name>
+    shards/<checkpoint_id>/<split>/<index:06d>.json         sidecar {"start", "stop",
+                                        "arrays": {name: {"shape", "dtype", "sha256"}}}
+
+Every file is written to a unique ``.<file>.<random>.tmp`` beside it, fsynced, then published by
+``os.replace`` (data files) or by a no-clobber hard link (records and sidecars: the first writer
+wins, later ones compare). A shard's sidecar is written last, so a shard is complete when its
+sidecar and the data files it lists exist; a killed writer's leftovers are ignored and overwritten.
+Files are read with ``json`` and ``np.load(allow_pickle=False)`` only. Two writers racing on one
+shard index with different content may leave data files unlike the winning sidecar:
+``load(verify=True)`` detects it and rewriting the winning content repairs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import operator
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tda.fingerprint import config_fingerprint
+
+FORMAT, VERSION = "tda.FeatureStore", 1
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_SIDECAR = re.compile(r"(\d+)\.json")
+
+
+class StoreMismatchError(ValueError):
+    """The store on disk does not match the model, config or data given."""
+
+
+class IncompleteStoreError(RuntimeError):
+    """Rows were requested that were never (completely and correctly) written."""
+
+
+class CorruptShardError(IncompleteStoreError):
+    """A shard's data file does not match the shape, dtype or sha256 its sidecar records."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """A complete shard: rows ``[start, stop)``; ``arrays``: name -> (shape, dtype like '<f4')."""
+
+    checkpoint_id: str
+    split: str
+    index: int
+    start: int
+    stop: int
+    arrays: dict[str, tuple[tuple[int, ...], str]]
+
+
+class _HashingWriter:
+    """File-like sink that hashes what is written and forwards it to ``file`` (if any)."""
+
+    def __init__(self, file: Any = None) -> None:
+        self.file, self.digest = file, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.file.write(data) if self.file is not None else len(data)
+
+
+def _check_name(kind: str, name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("."):
+        raise ValueError(
+            f"{kind} {name!r} is not valid: use a non-empty name of letters, digits, '_', '-' "
+            "and '.' that does not start with '.'"
+        )
+    return name
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_atomic(path: Path, fill: Callable[[Any], Any], *, replace: bool = True) -> str | None:
+    """Write ``fill(sink)`` atomically to ``path`` and return its sha256.
+
+    With ``replace=False`` an existing ``path`` is kept and ``None`` is returned.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            sink = _HashingWriter(file)
+            fill(sink)
+            file.flush()
+            os.fsync(file.fileno())
+        if replace:
+            os.replace(temp, path)
+        else:
+            try:
+                os.link(temp, path)  # atomic create-if-absent
+            except FileExistsError:
+                return None
+            except OSError:  # a file system without hard links
+                if path.exists():
+                    return None
+                os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+    _fsync_dir(path.parent)
+    return sink.digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _publish_json(path: Path, record: dict) -> dict:
+    """Create the JSON ``record`` at ``path`` unless a file is there; return what it holds."""
+    text = json.dumps(record, indent=1, sort_keys=True).encode()
+    _write_atomic(path, lambda sink: sink.write(text), replace=False)
+    return json.loads(path.read_text())
+
+
+def _save_npy(array: np.ndarray, sink: Any) -> None:
+    np.save(sink, array, allow_pickle=False)
+
+
+def _copy_into(source: Path, sink: Any) -> None:
+    with open(source, "rb") as file:
+        shutil.copyfileobj(file, sink)
+
+
+def _data_path(directory: Path, index: int, name: str) -> Path:
+    return directory / f"{index:06d}.{name}.npy"
+
+
+def _complete_sidecar(directory: Path, index: int) -> dict | None:
+    """The sidecar of shard ``index`` if it and all the data files it lists exist."""
+    path = directory / f"{index:06d}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    for name in record["arrays"]:  # names become file names: refuse traversal from disk too
+        _check_name("array name", name)
+    if not all(_data_path(directory, index, name).is_file() for name in record["arrays"]):
+        return None
+    return record
+
+
+def _check_same_shard(directory: Path, index: int, record: dict) -> None:
+    found = json.loads((directory / f"{index:06d}.json").read_text())
+    if found != record:
+        raise StoreMismatchError(
+            f"shard {index} in {directory} holds rows [{found['start']}, {found['stop']}) with "
+            f"other content than the rows [{record['start']}, {record['stop']}) given; a shard is "
+            "written once: use a new store directory, or delete the shard's files to replace it"
+        )
+
+
+def _normalize_config(config: Mapping[str, Any]) -> dict:
+    try:
+        return json.loads(json.dumps(dict(config), sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"a store config must be plain JSON data (no NaN): {error}") from None
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    items: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            items.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def _check_manifest(root: Path, found: dict, config: dict) -> None:
+    if (found.get("format"), found.get("version")) != (FORMAT, VERSION):
+        raise StoreMismatchError(f"{root} is not a {FORMAT} store of version {VERSION}: {found}")
+    stored, given = _flatten(found["config"]), _flatten(config)
+    keys = [
+        k for k in sorted(stored.keys() | given.keys()) if stored.get(k, ...) != given.get(k, ...)
+    ]
+    if keys:
+        differences = "; ".join(
+            f"{k!r}: store has {stored.get(k, '(absent)')!r}, given {given.get(k, '(absent)')!r}"
+            for k in keys
+        )
+        raise StoreMismatchError(
+            f"store {root} was built with a different config ({differences}); "
+            "use a new store directory or the store's config"
+        )
+
+
+def _as_array(name: str, value: Any) -> np.ndarray:
+    _check_name("array name", name)
+    array = np.asarray(value)
+    if array.dtype.hasobject or array.ndim == 0:
+        raise ValueError(f"array {name!r} must be a non-object array with a first (example) axis")
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+
+
+def _check_rows(arrays: dict[str, np.ndarray], start: int, size: int, split: str) -> int:
+    """Validate a shard's arrays for rows from ``start`` of a split of ``size``; return stop."""
+    lengths = {name: array.shape[0] for name, array in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"a shard needs one or more arrays with equal row counts, got {lengths}")
+    stop = start + next(iter(lengths.values()))
+    if stop == start or start < 0 or stop > size:
+        raise ValueError(
+            f"rows [{start}, {stop}) are not a non-empty part of {split!r} [0, {size})"
+        )
+    for name, array in arrays.items():
+        if array.dtype.kind in "fc":
+            bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+            if bad.any():
+                raise ValueError(
+                    f"array {name!r} has a non-finite value (NaN or inf) at row "
+                    f"{start + int(bad.argmax())}; fix the featurization before storing it"
+                )
+    return stop
+
+
+def _coverage_problems(shards: list[tuple[int, dict]], size: int) -> list[str]:
+    problems, cursor = [], 0
+    for index, record in shards:
+        if record["start"] > cursor:
+            problems.append(f"rows [{cursor}, {record['start']}) are missing")
+        elif record["start"] < cursor:
+            problems.append(f"shard {index} overlaps rows before {cursor}")
+        cursor = max(cursor, record["stop"])
+    if cursor < size:
+        problems.append(f"rows [{cursor}, {size}) are missing")
+    return problems
+
+
+class FeatureStore:
+    """Sharded, resumable, checksummed per-example arrays on disk (layout: module docstring).
+
+    Arrays are e.g. projected gradient ``features`` ``[n, k]`` and TRAK's ``out_to_loss`` ``[n]``.
+    Call :meth:`declare_split` and :meth:`register_checkpoint` before :meth:`write_shard`.
+    """
+
+    def __init__(self, root: Path, config: dict) -> None:
+        self.root, self.config = root, config
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, config: Mapping[str, Any]) -> FeatureStore:
+        """Open the store at ``root``, creating it if ``root`` is absent or empty.
+
+        Raises:
+            StoreMismatchError: the store was built with another config (the keys are named).
+            ValueError: ``root`` is a non-empty directory without a manifest.
+        """
+        root, config = Path(root), _normalize_config(config)
+        root.mkdir(parents=True, exist_ok=True)
+        entries = {entry.name for entry in root.iterdir() if not entry.name.endswith(".tmp")}
+        if entries and "manifest.json" not in entries:
+            raise ValueError(f"{root} is not empty and has no manifest.json: not a feature store")
+        manifest = {"format": FORMAT, "version": VERSION, "config": config}
+        manifest["config_fingerprint"] = config_fingerprint(config)
+        _check_manifest(root, _publish_json(root / "manifest.json", manifest), config)
+        return cls(root, config)
+
+    def declare_split(self, split: str, size: int, data_fingerprint: str) -> None:
+        """Record that ``split`` has ``size`` examples whose content has ``data_fingerprint``."""
+        size = operator.index(size)
+        if size <= 0:
+            raise ValueError(f"split {split!r} needs a positive size, got {size}")
+        record = {"split": split, "size": size, "data_fingerprint": data_fingerprint}
+        found = self._publish("splits", split, record, data_fingerprint)
+        if found != record:
+            raise StoreMismatchError(
+                f"store {self.root} declares split {split!r} with {found['size']} examples "
+                f"(data fingerprint {found['data_fingerprint'][:8]}…), but {size} examples (data "
+                f"fingerprint {data_fingerprint[:8]}…) were given; use a new store directory or "
+                "the matching data"
+            )
+
+    def register_checkpoint(self, checkpoint_id: str, model_fingerprint: str) -> None:
+        """Record that ``checkpoint_id`` names the model whose state has ``model_fingerprint``."""
+        record = {"checkpoint_id": checkpoint_id, "model_fingerprint": model_fingerprint}
+        found = self._publish("checkpoints", checkpoint_id, record, model_fingerprint)
+        if found != record:
+            raise StoreMismatchError(
+                f"store {self.root} holds features of checkpoint {checkpoint_id!r} computed from "
+                f"model fingerprint {found['model_fingerprint'][:8]}…, but the model given has "
+                f"{model_fingerprint[:8]}…; use a new store directory or the matching checkpoint"
+            )
+
+    def _publish(self, kind: str, name: str, record: dict, fingerprint: str) -> dict:
+        _check_name(kind[:-1], name)
+        _check_name("fingerprint", fingerprint)
+        return _publish_json(self.root / kind / f"{name}.json", record)
+
+    def _records(self, kind: str) -> dict[str, dict]:
+        paths = sorted((self.root / kind).glob("*.json"))
+        return {path.stem: json.loads(path.read_text()) for path in paths}
+
+    def checkpoints(self) -> list[str]:
+        """Registered checkpoint ids, sorted."""
+        return sorted(self._records("checkpoints"))
+
+    def splits(self) -> dict[str, int]:
+        """Declared splits -> number of examples."""
+        return {split: record["size"] for split, record in self._records("splits").items()}
+
+    def _shard_dir(self, checkpoint_id: str, split: str) -> Path:
+        _check_name("checkpoint", checkpoint_id)
+        return self.root / "shards" / checkpoint_id / _check_name("split", split)
+
+    def _split_size(self, checkpoint_id: str, split: str) -> int:
+        if not (
+            self.root / "checkpoints" / f"{_check_name('checkpoint', checkpoint_id)}.json"
+        ).exists():
+            raise ValueError(f"checkpoint {checkpoint_id!r} is not registered in {self.root}")
+        path = self.root / "splits" / f"{_check_name('split', split)}.json"
+        if not path.is_file():
+            raise ValueError(f"split {split!r} is not declared in {self.root}")
+        return json.loads(path.read_text())["size"]
+
+    @staticmethod
+    def _complete_shards(directory: Path) -> dict[int, dict]:
+        """Index -> sidecar of each complete shard in ``directory``."""
+        names = sorted(os.listdir(directory)) if directory.is_dir() else []
+        indices = [int(match[1]) for match in map(_SIDECAR.fullmatch, names) if match]
+        records = {index: _complete_sidecar(directory, index) for index in indices}
+        return {index: record for index, record in records.items() if record is not None}
+
+    def has_shard(self, checkpoint_id: str, split: str, index: int) -> bool:
+        """Whether shard ``index`` is complete (its sidecar and data files exist)."""
+        directory = self._shard_dir(checkpoint_id, split)
+        return _complete_sidecar(directory, operator.index(index)) is not None
+
+    def shards(self, checkpoint_id: str, split: str) -> list[ShardInfo]:
+        """The complete shards of ``(checkpoint_id, split)``, sorted by first row."""
+        infos = []
+        for index, record in self._complete_shards(self._shard_dir(checkpoint_id, split)).items():
+            arrays = {k: (tuple(v["shape"]), v["dtype"]) for k, v in record["arrays"].items()}
+            infos.append(
+                ShardInfo(checkpoint_id, split, index, record["start"], record["stop"], arrays)
+            )
+        return sorted(infos, key=lambda info: (info.start, info.index))
+
+    def write_shard(
+        self,
+        checkpoint_id: str,
+        split: str,
+        index: int,
+        start: int,
+        arrays: Mapping[str, np.ndarray],
+    ) -> None:
+        """Write rows ``[start, start + n)`` of ``split`` as shard ``index``.
+
+        Args:
+            arrays: name -> array ``[n, ...]``, one ``n > 0`` for all; float arrays must be finite.
+
+        Rewriting a complete shard with the same content writes nothing (it repairs missing or
+        corrupt data files). Other content, or rows overlapping another shard, raise
+        :class:`StoreMismatchError`.
+        """
+        size, index = self._split_size(checkpoint_id, split), operator.index(index)
+        arrays = {name: _as_array(name, value) for name, value in arrays.items()}
+        start = operator.index(start)
+        record: dict[str, Any] = {"start": start, "stop": _check_rows(arrays, start, size, split)}
+        record["arrays"] = {}
+        for name, array in arrays.items():
+            sink = _HashingWriter()
+            _save_npy(array, sink)
+            meta = {"shape": list(array.shape), "dtype": array.dtype.str}
+            record["arrays"][name] = {**meta, "sha256": sink.digest.hexdigest()}
+        fills = {name: partial(_save_npy, array) for name, array in arrays.items()}
+        self._put_shard(self._shard_dir(checkpoint_id, split), index, record, fills)
+
+    def _put_shard(self, directory: Path, index: int, record: dict, fills: Mapping) -> bool:
+        """Write a shard's data files with ``fills``, then its sidecar; True if the shard is new."""
+        if (directory / f"{index:06d}.json").is_file():
+            _check_same_shard(directory, index, record)
+        for other_index, other in self._complete_shards(directory).items():
+            overlap = min(record["stop"], other["stop"]) - max(record["start"], other["start"])
+            if other_index != index and overlap > 0:
+                raise StoreMismatchError(
+                    f"rows [{record['start']}, {record['stop']}) of shard {index} overlap rows "
+                    f"[{other['start']}, {other['stop']}) of shard {other_index} in {directory}"
+                )
+        for name, meta in record["arrays"].items():
+            path = _data_path(directory, index, name)
+            if not path.is_file() or _file_digest(path) != meta["sha256"]:
+                if _write_atomic(path, fills[name]) != meta["sha256"]:
+                    path.unlink(missing_ok=True)
+                    raise CorruptShardError(f"{path} does not match the sha256 of its sidecar")
+        text = json.dumps(record, indent=1, sort_keys=True).encode()
+        sidecar = directory / f"{index:06d}.json"
+        if _write_atomic(sidecar, lambda sink: sink.write(text), replace=False):
+            return True
+        _check_same_shard(directory, index, record)  # already complete, or another writer won
+        return False
+
+    def load(
+        self, checkpoint_id: str, split: str, name: str = "features", *, verify: bool = False
+    ) -> np.ndarray:
+        """All rows of array ``name`` in row order, ``[size, ...]``.
+
+        Raises:
+            IncompleteStoreError: the shards do not tile ``[0, size)`` (missing rows are named).
+            CorruptShardError: a data file does not match its sidecar (sha256 with ``verify``).
+        """
+        directory, shards = self._covering(checkpoint_id, split, name)
+        first = shards[0][1]["arrays"][name]
+        out = np.empty((shards[-1][1]["stop"], *first["shape"][1:]), dtype=first["dtype"])
+        for start, block in self._blocks(directory, shards, name, verify):
+            out[start : start + len(block)] = block
+        return out
+
+    def iter_rows(
+        self, checkpoint_id: str, split: str, name: str = "features", *, verify: bool = False
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, block)`` shard by shard in row order, one shard in memory at a time."""
+        directory, shards = self._covering(checkpoint_id, split, name)
+        return self._blocks(directory, shards, name, verify)
+
+    def _covering(self, checkpoint_id: str, split: str, name: str) -> tuple[Path, list]:
+        """The complete shards holding ``name``, in row order, checked to tile ``[0, size)``."""
+        size = self._split_size(checkpoint_id, split)
+        directory = self._shard_dir(checkpoint_id, split)
+        shards = sorted(
+            (
+                item
+                for item in self._complete_shards(directory).items()
+                if name in item[1]["arrays"]
+            ),
+            key=lambda item: (item[1]["start"], item[0]),
+        )
+        problems = _coverage_problems(shards, size)
+        if problems:
+            raise IncompleteStoreError(
+                f"array {name!r} of checkpoint {checkpoint_id!r}, split {split!r} in {self.root} "
+                f"is incomplete: {'; '.join(problems)} ({len(shards)} complete shards cover "
+                f"part of {size} rows); write the missing shards, then load again"
+            )
+        layouts = {(*r["arrays"][name]["shape"][1:], r["arrays"][name]["dtype"]) for _, r in shards}
+        if len(layouts) > 1:
+            raise StoreMismatchError(f"shards of {name!r} in {directory} differ: {layouts}")
+        return directory, shards
+
+    @staticmethod
+    def _blocks(directory: Path, shards: list, name: str, verify: bool) -> Iterator:
+        for index, record in shards:
+            path, meta = _data_path(directory, index, name), record["arrays"][name]
+            if verify and _file_digest(path) != meta["sha256"]:
+                raise CorruptShardError(f"{path} does not match the sha256 of its sidecar")
+            block = np.load(path, allow_pickle=False)
+            if list(block.shape) != meta["shape"] or block.dtype.str != meta["dtype"]:
+                raise CorruptShardError(f"{path} does not have the shape and dtype of its sidecar")
+            yield record["start"], block
+
+    def merge_from(self, other_root: str | os.PathLike) -> int:
+        """Copy the checkpoints, splits and complete shards of the store at ``other_root``.
+
+        Returns:
+            The number of shards copied; shards already here with the same content are skipped.
+
+        Raises:
+            StoreMismatchError: another config, or a conflicting checkpoint, split or shard.
+        """
+        other = FeatureStore(Path(other_root), self.config)  # read only: never write there
+        if not (other.root / "manifest.json").is_file():
+            raise ValueError(f"{other_root} is not a feature store (it has no manifest.json)")
+        _check_manifest(
+            other.root, json.loads((other.root / "manifest.json").read_text()), self.config
+        )
+        for split, record in other._records("splits").items():
+            self.declare_split(split, record["size"], record["data_fingerprint"])
+        for checkpoint_id, record in other._records("checkpoints").items():
+            self.register_checkpoint(checkpoint_id, record["model_fingerprint"])
+        copied = 0
+        for checkpoint_id in other.checkpoints():
+            for split in other.splits():
+                source = other._shard_dir(checkpoint_id, split)
+                for index, record in other._complete_shards(source).items():
+                    names = record["arrays"]
+                    fills = {n: partial(_copy_into, _data_path(source, index, n)) for n in names}
+                    target = self._shard_dir(checkpoint_id, split)
+                    copied += self._put_shard(target, index, record, fills)
+        return copied

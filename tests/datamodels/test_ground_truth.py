@@ -1,0 +1,180 @@
+import json
+import multiprocessing
+
+import numpy as np
+import pytest
+
+from tda.datamodels import GroundTruthStore, sample_subsets
+
+N_TRAIN, N_QUERY, COUNT, SEEDS = 12, 4, 6, [0, 1]
+QUERY_FINGERPRINT = "queries-v1"
+
+
+def fake_measure(mask: np.ndarray, seed: int) -> np.ndarray:
+    """A deterministic stand-in for training on ``mask`` and measuring ``N_QUERY`` outputs."""
+    weights = np.random.default_rng(100 + seed).normal(size=(N_QUERY, N_TRAIN))
+    return weights @ mask.astype(np.float64) + seed
+
+
+class CountingMeasure:
+    """Counts calls; raises after ``fail_after`` calls to simulate a killed job."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.calls: list[int] = []
+        self.fail_after = fail_after
+
+    def __call__(self, mask: np.ndarray, seed: int) -> np.ndarray:
+        if self.fail_after is not None and len(self.calls) == self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.calls.append(seed)
+        return fake_measure(mask, seed)
+
+
+@pytest.fixture
+def masks():
+    return sample_subsets(N_TRAIN, 0.5, COUNT, seed=0)
+
+
+def make_store(root, masks, **overrides):
+    arguments = {"seeds": SEEDS, "query_fingerprint": QUERY_FINGERPRINT, "config": {"lr": 0.1}}
+    return GroundTruthStore.create_or_open(root, masks, **(arguments | overrides))
+
+
+def expected_outputs(masks):
+    return np.array([[fake_measure(mask, seed) for seed in SEEDS] for mask in masks])
+
+
+def test_run_records_everything_then_does_nothing(tmp_path, masks):
+    store = make_store(tmp_path, masks)
+    measure = CountingMeasure()
+    assert store.run(measure, progress=False) == COUNT * len(SEEDS)
+    assert len(measure.calls) == COUNT * len(SEEDS)
+    assert store.missing() == []
+    np.testing.assert_array_equal(store.outputs(), expected_outputs(masks))
+    assert store.outputs().shape == (COUNT, len(SEEDS), N_QUERY)
+
+    again = CountingMeasure()
+    assert make_store(tmp_path, masks).run(again, progress=False) == 0
+    assert again.calls == []
+
+
+def test_manifest_and_masks_are_written(tmp_path, masks):
+    make_store(tmp_path, masks)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["alpha"] == 0.5
+    assert (manifest["n_train"], manifest["count"], manifest["seeds"]) == (N_TRAIN, COUNT, SEEDS)
+    assert manifest["query_fingerprint"] == QUERY_FINGERPRINT
+    assert manifest["config"] == {"lr": 0.1}
+    np.testing.assert_array_equal(np.load(tmp_path / "masks.npy"), masks)
+    opened = GroundTruthStore.open(tmp_path)
+    np.testing.assert_array_equal(opened.masks, masks)
+    assert opened.seeds == SEEDS and opened.alpha == 0.5
+
+
+def test_resume_after_kill_runs_only_the_missing_pairs(tmp_path, masks):
+    store = make_store(tmp_path, masks)
+    with pytest.raises(KeyboardInterrupt):
+        store.run(CountingMeasure(fail_after=5), progress=False)
+    assert len(store.missing()) == COUNT * len(SEEDS) - 5
+    with pytest.raises(RuntimeError, match=f"{COUNT * len(SEEDS) - 5} of {COUNT * len(SEEDS)}"):
+        store.outputs()
+
+    resumed = CountingMeasure()
+    assert make_store(tmp_path, masks).run(resumed, progress=False) == COUNT * len(SEEDS) - 5
+    np.testing.assert_array_equal(store.outputs(), expected_outputs(masks))
+
+
+def test_run_on_a_subset_list_only_touches_those(tmp_path, masks):
+    store = make_store(tmp_path, masks)
+    assert store.run(fake_measure, subsets=[1, 4], progress=False) == 2 * len(SEEDS)
+    done = {(i, s) for i in range(COUNT) for s in SEEDS} - set(store.missing())
+    assert done == {(1, 0), (1, 1), (4, 0), (4, 1)}
+    assert store.is_done(4, 1) and not store.is_done(0, 0)
+
+
+def _worker(root: str, subsets: list[int]) -> None:
+    store = GroundTruthStore.create_or_open(
+        root, sample_subsets(N_TRAIN, 0.5, COUNT, seed=0), SEEDS, QUERY_FINGERPRINT, {"lr": 0.1}
+    )
+    store.run(fake_measure, subsets=subsets, progress=False)
+
+
+def test_two_processes_fill_one_store(tmp_path, masks):
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker, args=(str(tmp_path), part))
+        for part in ([0, 2, 4], [1, 3, 5])
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    np.testing.assert_array_equal(
+        GroundTruthStore.open(tmp_path).outputs(), expected_outputs(masks)
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"seeds": [0, 1, 2]}, "seeds"),
+        ({"query_fingerprint": "other-queries"}, "query_fingerprint"),
+        ({"config": {"lr": 0.2}}, "config_fingerprint"),
+    ],
+)
+def test_reopening_with_other_settings_raises(tmp_path, masks, overrides, field):
+    make_store(tmp_path, masks)
+    with pytest.raises(ValueError, match=field):
+        make_store(tmp_path, masks, **overrides)
+
+
+def test_reopening_with_other_masks_raises(tmp_path, masks):
+    make_store(tmp_path, masks)
+    with pytest.raises(ValueError, match="masks_fingerprint"):
+        make_store(tmp_path, sample_subsets(N_TRAIN, 0.5, COUNT, seed=1))
+    with pytest.raises(ValueError, match="count"):
+        make_store(tmp_path, masks[:-1])
+
+
+def test_losing_the_creation_race_with_other_masks_raises(tmp_path, masks):
+    make_store(tmp_path, masks)
+    (tmp_path / "manifest.json").unlink()  # as if the winner had not written its manifest yet
+    with pytest.raises(ValueError, match="different masks"):
+        make_store(tmp_path, sample_subsets(N_TRAIN, 0.5, COUNT, seed=1))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_outputs_are_refused(tmp_path, masks, bad):
+    store = make_store(tmp_path, masks)
+    with pytest.raises(ValueError, match="subset 2, seed 1"):
+        store.record(2, 1, np.array([0.0, bad, 1.0, 2.0]))
+    assert not store.is_done(2, 1)
+
+
+def test_bad_pairs_and_shapes_are_refused(tmp_path, masks):
+    store = make_store(tmp_path, masks)
+    with pytest.raises(ValueError, match="out of range"):
+        store.record(COUNT, 0, np.zeros(N_QUERY))
+    with pytest.raises(ValueError, match="seed 7"):
+        store.record(0, 7, np.zeros(N_QUERY))
+    with pytest.raises(ValueError, match="1-D"):
+        store.record(0, 0, np.zeros((2, N_QUERY)))
+    with pytest.raises(ValueError, match="distinct"):
+        make_store(tmp_path / "other", masks, seeds=[1, 1])
+
+
+def test_open_without_a_store_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        GroundTruthStore.open(tmp_path)
+
+
+def test_masks_given_to_measure_are_read_only(tmp_path, masks):
+    def mutate(mask, seed):
+        mask[0] = not mask[0]
+        return np.zeros(N_QUERY)
+
+    store = make_store(tmp_path, masks)
+    with pytest.raises(ValueError, match="read-only"):
+        store.run(mutate, progress=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "masks.npy"), masks)

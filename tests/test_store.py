@@ -1,0 +1,252 @@
+"""FeatureStore: round trips, resume, idempotence, mismatches, corruption, concurrency, merging."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tda.store import (
+    CorruptShardError,
+    FeatureStore,
+    IncompleteStoreError,
+    StoreMismatchError,
+)
+
+CONFIG = {"projector": {"dim": 3, "seed": 0}, "task": "classification"}
+DATA_FINGERPRINT, MODEL_FINGERPRINT = "d" * 64, "a" * 64
+SIZE = 12
+RANGES = [(0, 3), (3, 6), (6, 9), (9, 12)]  # rows of shard i
+_rng = np.random.default_rng(0)
+FEATURES = _rng.standard_normal((SIZE, 3)).astype(np.float32)
+OUT_TO_LOSS = _rng.random(SIZE)
+
+
+def _store(root: Path, config: dict = CONFIG) -> FeatureStore:
+    store = FeatureStore.open(root, config)
+    store.declare_split("train", SIZE, DATA_FINGERPRINT)
+    store.register_checkpoint("c0", MODEL_FINGERPRINT)
+    return store
+
+
+def _write(store: FeatureStore, index: int, rows: tuple[int, int] | None = None) -> None:
+    start, stop = rows or RANGES[index]
+    arrays = {"features": FEATURES[start:stop], "out_to_loss": OUT_TO_LOSS[start:stop]}
+    store.write_shard("c0", "train", index, start, arrays)
+
+
+def _write_in_process(root: str, indices: list[int]) -> None:
+    store = _store(Path(root))
+    for index in indices:
+        _write(store, index)
+
+
+def _shard_dir(store: FeatureStore) -> Path:
+    return store.root / "shards" / "c0" / "train"
+
+
+def _assert_bitwise_equal(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    assert actual.tobytes() == expected.tobytes()
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> FeatureStore:
+    store = _store(tmp_path / "reference")
+    for index in range(len(RANGES)):
+        _write(store, index)
+    return store
+
+
+def test_round_trip(reference: FeatureStore) -> None:
+    _assert_bitwise_equal(reference.load("c0", "train"), FEATURES)
+    _assert_bitwise_equal(reference.load("c0", "train", "out_to_loss", verify=True), OUT_TO_LOSS)
+    assert reference.checkpoints() == ["c0"] and reference.splits() == {"train": SIZE}
+    infos = reference.shards("c0", "train")
+    assert [(info.index, info.start, info.stop) for info in infos] == [
+        (i, start, stop) for i, (start, stop) in enumerate(RANGES)
+    ]
+    assert infos[0].arrays == {"features": ((3, 3), "<f4"), "out_to_loss": ((3,), "<f8")}
+
+
+def test_write_order_and_shard_numbering_do_not_change_load(tmp_path, reference) -> None:
+    store = _store(tmp_path / "shuffled")
+    for index, rows in zip([7, 2, 0, 5], reversed(RANGES), strict=True):
+        _write(store, index, rows)
+    _assert_bitwise_equal(store.load("c0", "train"), reference.load("c0", "train"))
+    starts = [start for start, _ in store.iter_rows("c0", "train")]
+    assert starts == [start for start, _ in RANGES]
+
+
+def test_resume_in_a_new_store_object(tmp_path, reference) -> None:
+    _write(_store(tmp_path / "resumed"), 0)
+    _write(_store(tmp_path / "resumed"), 2)
+    store = FeatureStore.open(tmp_path / "resumed", CONFIG)
+    assert [store.has_shard("c0", "train", i) for i in range(4)] == [True, False, True, False]
+    _write(store, 1)
+    _write(store, 3)
+    for name in ("features", "out_to_loss"):
+        _assert_bitwise_equal(store.load("c0", "train", name), reference.load("c0", "train", name))
+
+
+def test_identical_rewrite_writes_nothing(reference: FeatureStore) -> None:
+    def snapshot() -> dict:
+        return {
+            p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _shard_dir(reference).iterdir()
+        }
+
+    before = snapshot()
+    _write(reference, 1)
+    assert snapshot() == before
+
+
+def test_conflicting_rewrite_is_refused(reference: FeatureStore) -> None:
+    with pytest.raises(StoreMismatchError, match="shard 1 .* other content"):
+        reference.write_shard("c0", "train", 1, 3, {"features": FEATURES[3:6] + 1})
+    _assert_bitwise_equal(reference.load("c0", "train", verify=True), FEATURES)
+
+
+def test_overlapping_shards_are_refused(reference: FeatureStore) -> None:
+    with pytest.raises(StoreMismatchError, match=r"rows \[2, 5\) of shard 9 overlap"):
+        _write(reference, 9, (2, 5))
+    assert not reference.has_shard("c0", "train", 9)
+
+
+def test_config_mismatch_names_the_key(tmp_path: Path) -> None:
+    FeatureStore.open(tmp_path, CONFIG)
+    other = {**CONFIG, "projector": {"dim": 8, "seed": 0}}
+    with pytest.raises(StoreMismatchError, match="'projector.dim': store has 3, given 8"):
+        FeatureStore.open(tmp_path, other)
+
+
+def test_checkpoint_fingerprint_mismatch_is_refused(reference: FeatureStore) -> None:
+    with pytest.raises(StoreMismatchError, match="'c0' .* aaaaaaaa….* bbbbbbbb…"):
+        reference.register_checkpoint("c0", "b" * 64)
+    reference.register_checkpoint("c0", MODEL_FINGERPRINT)  # idempotent
+
+
+def test_split_mismatch_is_refused(reference: FeatureStore) -> None:
+    with pytest.raises(StoreMismatchError, match="with 12 examples .* but 13 examples"):
+        reference.declare_split("train", 13, DATA_FINGERPRINT)
+    with pytest.raises(StoreMismatchError, match="eeeeeeee…"):
+        reference.declare_split("train", SIZE, "e" * 64)
+
+
+def test_missing_shard_names_the_gap(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    for index in (0, 1, 3):
+        _write(store, index)
+    with pytest.raises(IncompleteStoreError, match=r"rows \[6, 9\) are missing .*3 complete"):
+        store.load("c0", "train")
+    with pytest.raises(IncompleteStoreError):
+        store.iter_rows("c0", "train")
+
+
+def test_verify_detects_corruption_and_rewrite_repairs_it(reference: FeatureStore) -> None:
+    path = _shard_dir(reference) / "000001.features.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert not np.array_equal(reference.load("c0", "train"), FEATURES)
+    with pytest.raises(CorruptShardError, match="000001.features.npy"):
+        reference.load("c0", "train", verify=True)
+    _write(reference, 1)
+    _assert_bitwise_equal(reference.load("c0", "train", verify=True), FEATURES)
+
+
+def test_non_finite_values_are_refused_with_global_row(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    features = FEATURES[3:6].copy()
+    features[1, 2] = np.nan
+    with pytest.raises(ValueError, match="'features' has a non-finite value .* row 4"):
+        store.write_shard("c0", "train", 1, 3, {"features": features})
+    assert not store.has_shard("c0", "train", 1)
+
+
+def test_leftovers_of_a_killed_writer_are_ignored(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _write(store, 0)
+    directory = _shard_dir(store)
+    (directory / ".000001.json.k1ll3d.tmp").write_bytes(b'{"start": 3, "st')
+    (directory / "000001.features.npy").write_bytes(b"half a file")
+    (tmp_path / ".manifest.json.k1ll3d.tmp").write_bytes(b"{")
+    store = FeatureStore.open(tmp_path, CONFIG)
+    assert not store.has_shard("c0", "train", 1)
+    assert [info.index for info in store.shards("c0", "train")] == [0]
+    with pytest.raises(IncompleteStoreError, match=r"rows \[3, 12\) are missing"):
+        store.load("c0", "train")
+    for index in (1, 2, 3):
+        _write(store, index)
+    _assert_bitwise_equal(store.load("c0", "train", verify=True), FEATURES)
+
+
+def test_concurrent_writers_match_a_single_writer(tmp_path, reference) -> None:
+    root = str(tmp_path / "concurrent")
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.starmap(_write_in_process, [(root, [0, 2]), (root, [3, 1])])
+    store = FeatureStore.open(root, CONFIG)
+    _assert_bitwise_equal(store.load("c0", "train", verify=True), reference.load("c0", "train"))
+    assert not [name for name in os.listdir(_shard_dir(store)) if name.endswith(".tmp")]
+
+
+def test_merge_of_disjoint_stores_equals_a_single_store(tmp_path, reference) -> None:
+    first, second = _store(tmp_path / "first"), _store(tmp_path / "second")
+    _write(first, 0)
+    _write(first, 2)
+    _write(second, 1)
+    _write(second, 3)
+    merged = FeatureStore.open(tmp_path / "merged", CONFIG)
+    assert merged.merge_from(first.root) == 2 and merged.merge_from(second.root) == 2
+    assert merged.merge_from(second.root) == 0
+    assert merged.checkpoints() == ["c0"] and merged.splits() == {"train": SIZE}
+    for name in ("features", "out_to_loss"):
+        expected = reference.load("c0", "train", name)
+        _assert_bitwise_equal(merged.load("c0", "train", name, verify=True), expected)
+
+
+def test_merge_refuses_other_config_and_conflicting_shards(tmp_path, reference) -> None:
+    other = _store(tmp_path / "other", {**CONFIG, "task": "regression"})
+    with pytest.raises(StoreMismatchError, match="'task': store has 'regression'"):
+        reference.merge_from(other.root)
+    conflicting = _store(tmp_path / "conflicting")
+    conflicting.write_shard("c0", "train", 2, 6, {"features": FEATURES[6:9] * 2})
+    with pytest.raises(StoreMismatchError, match="shard 2"):
+        reference.merge_from(conflicting.root)
+
+
+@pytest.mark.parametrize("name", ["", "..", "../escape", "a/b", ".hidden", "has space", "ü"])
+def test_invalid_names_are_refused(tmp_path: Path, name: str) -> None:
+    store = _store(tmp_path)
+    with pytest.raises(ValueError, match="is not valid"):
+        store.register_checkpoint(name, MODEL_FINGERPRINT)
+    with pytest.raises(ValueError, match="is not valid"):
+        store.declare_split(name, SIZE, DATA_FINGERPRINT)
+    with pytest.raises(ValueError, match="is not valid"):
+        store.write_shard("c0", "train", 0, 0, {name: FEATURES[:3]})
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "manifest.json", "splits"]
+
+
+def test_bad_writes_and_non_store_directories_are_refused(tmp_path: Path) -> None:
+    store = _store(tmp_path / "store")
+    with pytest.raises(ValueError, match="split 'test' is not declared"):
+        store.write_shard("c0", "test", 0, 0, {"features": FEATURES[:3]})
+    with pytest.raises(ValueError, match=r"rows \[10, 13\)"):
+        store.write_shard("c0", "train", 0, 10, {"features": FEATURES[:3]})
+    with pytest.raises(ValueError, match="equal row counts"):
+        store.write_shard("c0", "train", 0, 0, {"features": FEATURES[:3], "w": OUT_TO_LOSS[:2]})
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("not a store")
+    with pytest.raises(ValueError, match="not a feature store"):
+        FeatureStore.open(tmp_path / "notes", CONFIG)
+
+
+def test_shard_missing_a_data_file_is_incomplete_until_rewritten(reference: FeatureStore) -> None:
+    (_shard_dir(reference) / "000002.out_to_loss.npy").unlink()
+    assert not reference.has_shard("c0", "train", 2)
+    with pytest.raises(IncompleteStoreError, match=r"rows \[6, 9\) are missing"):
+        reference.load("c0", "train", "out_to_loss")
+    _write(reference, 2)
+    _assert_bitwise_equal(reference.load("c0", "train", "out_to_loss", verify=True), OUT_TO_LOSS)
