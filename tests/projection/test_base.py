@@ -79,8 +79,8 @@ def test_conforms_to_protocol_and_config_round_trips(projector):
     settings = json.loads(json.dumps(config))
     rebuilt = type(projector)(**{key: value for key, value in settings.items() if key != "class"})
     assert rebuilt.config() == config  # speed knobs such as the cache budget are not config
-    x = _features()
-    assert torch.equal(rebuilt.project(x), projector.project(x))
+    x = _features()  # the rebuilt one may cache where the original streamed: same matrix
+    torch.testing.assert_close(rebuilt.project(x), projector.project(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("projector", PROJECTORS, ids=IDS)
