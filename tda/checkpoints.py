@@ -98,7 +98,9 @@ def load_checkpoint(checkpoint: Checkpoint, model: nn.Module) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ValueError(f"checkpoint {checkpoint.path} does not fit this model: {error}") from error
+        raise ValueError(
+            f"checkpoint {checkpoint.path} does not fit this model: {error}"
+        ) from error
     if model_fingerprint(model) != checkpoint.fingerprint:
         raise ValueError(f"checkpoint {checkpoint.path} does not match its recorded fingerprint")
     return model

@@ -1,4 +1,4 @@
-"""Content fingerprints that tie stored artefacts (features, scores, requests) to a model and data."""
+"""Content fingerprints that tie stored artefacts (features, scores, requests) to models, data."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def model_fingerprint(model: nn.Module | Mapping[str, torch.Tensor]) -> str:
 
 
 def array_fingerprint(*arrays: np.ndarray | torch.Tensor) -> str:
-    """SHA-256 over the dtypes, shapes and bytes of arrays (e.g. a data set's inputs and targets)."""
+    """SHA-256 over dtypes, shapes and bytes of arrays (e.g. a data set's inputs and targets)."""
     digest = hashlib.sha256()
     for array in arrays:
         if isinstance(array, torch.Tensor):

@@ -140,7 +140,9 @@ def iter_per_sample_gradients(
     with evaluation_mode(model):
         for start in range(0, len(inputs), chunk_size):
             x, y = inputs[start : start + chunk_size], targets[start : start + chunk_size]
-            gradients, use_vmap = _chunk_gradients(batched, value_fn, params, x, y, use_vmap, vectorize)
+            gradients, use_vmap = _chunk_gradients(
+                batched, value_fn, params, x, y, use_vmap, vectorize
+            )
             _check_finite(gradients, start, function)
             yield gradients
 

@@ -55,7 +55,7 @@ class LogisticRegression(nn.Linear):
 
 
 def build_model(factory: Callable[[], nn.Module], seed: int, dtype: torch.dtype = torch.float32):
-    """Construct ``factory()`` with initial weights drawn from ``seed``, leaving global RNGs alone."""
+    """Construct ``factory()`` with initial weights drawn from ``seed``; global RNGs untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = factory()

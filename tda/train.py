@@ -33,7 +33,8 @@ class TrainConfig:
         batch_size: examples per optimiser step (the last batch of an epoch may be smaller).
         optimizer: builds the optimiser from the parameters (default Adam, lr 3e-3).
         scheduler: optional learning-rate schedule, stepped once per epoch.
-        checkpoints: how many checkpoints to save, evenly spaced in epochs; the last is the final model.
+        checkpoints: how many checkpoints to save, evenly spaced in epochs; the last one is the
+            final model.
     """
 
     epochs: int = 30
@@ -50,7 +51,9 @@ class TrainConfig:
 
     def checkpoint_epochs(self) -> list[int]:
         """Epochs (1-based) after which a checkpoint is saved."""
-        return sorted({round(self.epochs * (i + 1) / self.checkpoints) for i in range(self.checkpoints)})
+        return sorted(
+            {round(self.epochs * (i + 1) / self.checkpoints) for i in range(self.checkpoints)}
+        )
 
 
 @dataclass(frozen=True)
@@ -109,14 +112,23 @@ def train(
         torch.manual_seed(seed)
         for epoch in tqdm(range(1, config.epochs + 1), desc="train", disable=not progress):
             steps, lr_sum = _epoch(model, task, data, config, optimizer, generator)
-            step, segment_steps, segment_lr = step + steps, segment_steps + steps, segment_lr + lr_sum
+            step, segment_steps, segment_lr = (
+                step + steps,
+                segment_steps + steps,
+                segment_lr + lr_sum,
+            )
             if scheduler is not None:
                 scheduler.step()
             if checkpoint_dir is not None and epoch in save_after:
                 checkpoints.append(
                     save_checkpoint(
-                        checkpoint_dir, f"epoch-{epoch:04d}", model, step=step, epoch=epoch,
-                        learning_rate=_current_lr(optimizer), segment_steps=segment_steps,
+                        checkpoint_dir,
+                        f"epoch-{epoch:04d}",
+                        model,
+                        step=step,
+                        epoch=epoch,
+                        learning_rate=_current_lr(optimizer),
+                        segment_steps=segment_steps,
                         segment_learning_rate=segment_lr / segment_steps,
                     )
                 )

@@ -17,7 +17,7 @@ def loop_reference(model, inputs, targets, function="output", names=None):
     """Per-example autograd, one example at a time: the oracle for the vmap kernel."""
     params = [p for n, p in model.named_parameters() if names is None or n in names]
     rows = []
-    for x, y in zip(inputs, targets):
+    for x, y in zip(inputs, targets, strict=True):
         value = getattr(TASK, function)(model(x[None])[0], y)
         rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(value, params)]))
     return torch.stack(rows)
@@ -35,16 +35,22 @@ def test_vmap_gradients_equal_a_per_example_autograd_loop(tiny_mlp, tiny_data, f
 
 def test_parameter_selection_keeps_model_order(tiny_mlp, tiny_data):
     names = ["2.weight", "0.bias"]
-    gradients = per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, parameters=names)
+    gradients = per_sample_gradients(
+        tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, parameters=names
+    )
     expected = loop_reference(tiny_mlp, tiny_data.inputs, tiny_data.targets, names=set(names))
     torch.testing.assert_close(gradients, expected, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="not trainable parameters"):
-        per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, parameters=["nope"])
+        per_sample_gradients(
+            tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, parameters=["nope"]
+        )
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 20, 64])
 def test_chunk_size_does_not_change_gradients(tiny_mlp, tiny_data, chunk_size):
-    reference = per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, chunk_size=20)
+    reference = per_sample_gradients(
+        tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, chunk_size=20
+    )
     chunked = per_sample_gradients(
         tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, chunk_size=chunk_size
     )
@@ -68,7 +74,9 @@ def test_untraceable_model_falls_back_to_loop_with_a_warning(tiny_data):
     model = DataDependentModel()
     with pytest.warns(VmapFallbackWarning, match="per-example loop"):
         gradients = per_sample_gradients(model, TASK, tiny_data.inputs, tiny_data.targets)
-    torch.testing.assert_close(gradients, loop_reference(model, tiny_data.inputs, tiny_data.targets))
+    torch.testing.assert_close(
+        gradients, loop_reference(model, tiny_data.inputs, tiny_data.targets)
+    )
     with pytest.raises(RuntimeError):
         per_sample_gradients(model, TASK, tiny_data.inputs, tiny_data.targets, vectorize=True)
 

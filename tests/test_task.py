@@ -20,7 +20,9 @@ def test_loss_is_cross_entropy_and_out_to_loss_its_derivative_in_the_margin():
     # loss = log(1 + exp(-f)), so -dloss/df = 1 - p_y = out_to_loss
     margin = task.output(logits, target).requires_grad_()
     (derivative,) = torch.autograd.grad(torch.log1p(torch.exp(-margin)), margin)
-    torch.testing.assert_close(-derivative, task.out_to_loss(logits, target), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        -derivative, task.out_to_loss(logits, target), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_per_example_and_batched_calls_agree():
@@ -28,5 +30,7 @@ def test_per_example_and_batched_calls_agree():
     logits = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     targets = torch.tensor([0, 2, 1, 1, 0, 2])
     batched = task.output(logits, targets)
-    single = torch.stack([task.output(logit, target) for logit, target in zip(logits, targets)])
+    single = torch.stack(
+        [task.output(logit, target) for logit, target in zip(logits, targets, strict=True)]
+    )
     torch.testing.assert_close(batched, single, rtol=0, atol=0)

@@ -6,7 +6,7 @@ import torch
 from tda.checkpoints import list_checkpoints, load_checkpoint
 from tda.data import load_mnist1d
 from tda.fingerprint import model_fingerprint
-from tda.models import CNN1d, MLP, build_model
+from tda.models import MLP, CNN1d, build_model
 from tda.train import TrainConfig, train
 
 CONFIG = TrainConfig(epochs=4, batch_size=32, checkpoints=2)
@@ -33,7 +33,9 @@ def test_training_leaves_global_rng_alone(data):
 
 def test_checkpoints_record_segments_and_round_trip(data, tmp_path):
     config = TrainConfig(
-        epochs=4, batch_size=50, checkpoints=2,
+        epochs=4,
+        batch_size=50,
+        checkpoints=2,
         optimizer=partial(torch.optim.SGD, lr=0.1),
         scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=2, gamma=0.5),
     )

@@ -1,7 +1,7 @@
 """``Examples``: the in-memory form of a labelled data set, and adapters from user data.
 
-Accepts torch ``Dataset`` / ``DataLoader`` objects yielding ``(input, target)`` pairs and Hugging Face
-``datasets.Dataset`` objects (columns named by the caller).
+Accepts torch ``Dataset`` / ``DataLoader`` objects yielding ``(input, target)`` pairs and
+Hugging Face ``datasets.Dataset`` objects (columns named by the caller).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Examples:
 
     def subset(self, indices: Sequence[int] | np.ndarray | Tensor) -> Examples:
         """The examples at ``indices`` (integer positions or a boolean mask)."""
-        index = torch.as_tensor(np.asarray(indices))
+        index = torch.as_tensor(np.array(indices))
         if index.dtype != torch.bool:
             index = index.long()
         if index.dtype == torch.bool:

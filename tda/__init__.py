@@ -1,0 +1,59 @@
+"""tda: training-data attribution for PyTorch.
+
+One kernel (per-sample gradients with ``torch.func`` + random projection -> on-disk FeatureStore)
+serves every attribution method. Scores follow one sign convention: ``scores[q, i] > 0`` means
+training example ``i`` pushes the output of query ``q`` up (removing it would lower that output).
+"""
+
+from tda.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from tda.data import DataSplits, Examples, as_examples, load_digits, load_mnist1d
+from tda.datamodels import GroundTruthStore, SubsetRetrainer, sample_subsets
+from tda.ensemble import load_member, train_ensemble
+from tda.eval import LDSResult, lds, noise_ceiling
+from tda.features import GradientFeaturizer, featurize, open_feature_store
+from tda.grads import per_sample_gradients
+from tda.methods import TRAK, GradientSimilarity
+from tda.models import MLP, CNN1d, LogisticRegression, build_model
+from tda.projection import DenseProjector, IdentityProjector, SparseProjector
+from tda.store import FeatureStore, IncompleteStoreError, StoreMismatchError
+from tda.task import ClassificationTask
+from tda.train import TrainConfig, train
+
+__all__ = [
+    "CNN1d",
+    "Checkpoint",
+    "ClassificationTask",
+    "DataSplits",
+    "DenseProjector",
+    "Examples",
+    "FeatureStore",
+    "GradientFeaturizer",
+    "GradientSimilarity",
+    "GroundTruthStore",
+    "IdentityProjector",
+    "IncompleteStoreError",
+    "LDSResult",
+    "LogisticRegression",
+    "MLP",
+    "SparseProjector",
+    "StoreMismatchError",
+    "SubsetRetrainer",
+    "TRAK",
+    "TrainConfig",
+    "as_examples",
+    "build_model",
+    "featurize",
+    "lds",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_digits",
+    "load_member",
+    "load_mnist1d",
+    "noise_ceiling",
+    "open_feature_store",
+    "per_sample_gradients",
+    "sample_subsets",
+    "save_checkpoint",
+    "train",
+    "train_ensemble",
+]

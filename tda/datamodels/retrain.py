@@ -1,0 +1,49 @@
+"""Retraining on a subset of the training set and measuring the task output on query points.
+
+A :class:`SubsetRetrainer` is the ``measure`` callable of
+:meth:`tda.datamodels.GroundTruthStore.run`: given a subset mask and a seed, it trains a fresh model
+(initialised from the seed) on the subset and returns the outputs (margins) on the queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from tda.data.examples import Examples
+from tda.models import build_model
+from tda.outputs import task_outputs
+from tda.task import ClassificationTask, Task
+from tda.train import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class SubsetRetrainer:
+    """Train ``model_factory()`` on ``train_data[mask]`` with ``seed``; return query outputs.
+
+    Args:
+        model_factory: builds an untrained model; its initial weights are drawn from the seed.
+        train_data: the full training set the masks index.
+        queries: examples whose outputs are recorded.
+        config: training settings (the same as the attributed model's, so the ground truth
+            measures the same learning algorithm).
+        task: defines the recorded output (the margin by default).
+    """
+
+    model_factory: Callable[[], nn.Module]
+    train_data: Examples
+    queries: Examples
+    config: TrainConfig = TrainConfig()
+    task: Task = ClassificationTask()
+
+    def __call__(self, mask: np.ndarray, seed: int) -> np.ndarray:
+        if len(mask) != len(self.train_data):
+            raise ValueError(f"mask has {len(mask)} entries for {len(self.train_data)} examples")
+        model = build_model(self.model_factory, seed)
+        train(
+            model, self.train_data.subset(np.asarray(mask)), self.config, seed=seed, task=self.task
+        )
+        return task_outputs(model, self.task, self.queries).double().numpy()

@@ -1,0 +1,94 @@
+r"""Gradient features: per-sample gradients followed by a random projection.
+
+For each example, :math:`\phi_i = P^\top \nabla_\theta f(z_i;\theta)` (``[k]``), where
+:math:`P` is the projector's matrix and :math:`f` the task's output, together with TRAK's
+out-to-loss weight :math:`Q_i` evaluated at the same parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from tda.grads import TaskFunction, evaluation_mode, iter_per_sample_gradients, parameter_count
+from tda.projection import Projector
+from tda.task import ClassificationTask, Task
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Features ``[b, k]`` and out-to-loss weights ``[b]`` of a batch of examples."""
+
+    features: Tensor
+    out_to_loss: Tensor
+
+
+@dataclass(frozen=True)
+class GradientFeaturizer:
+    """Projected per-sample gradients of the task's output (or loss).
+
+    Args:
+        projector: maps ``[b, p]`` gradients to ``[b, k]`` features.
+        task: defines the output that is differentiated and the out-to-loss weight.
+        parameters: names of the parameters to differentiate (default: all trainable ones).
+        function: ``"output"`` (TRAK, influence queries) or ``"loss"``.
+        chunk_size: examples per vectorised gradient call (bounds memory at ``chunk_size * p``).
+    """
+
+    projector: Projector
+    task: Task = ClassificationTask()
+    parameters: tuple[str, ...] | None = None
+    function: TaskFunction = "output"
+    chunk_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.parameters is not None:  # accept any sequence (e.g. a Hydra list); store a tuple
+            object.__setattr__(self, "parameters", tuple(self.parameters))
+
+    @property
+    def seed(self) -> int:
+        """The projector's seed."""
+        return self.projector.seed
+
+    def with_seed(self, seed: int) -> GradientFeaturizer:
+        """The same featurizer with the projector reseeded (e.g. per checkpoint)."""
+        return replace(self, projector=self.projector.with_seed(seed))
+
+    def output_dim(self, model: nn.Module) -> int:
+        """Feature dimension ``k`` for ``model``."""
+        return self.projector.output_dim(parameter_count(model, self.parameters))
+
+    def config(self) -> dict:
+        """JSON-able description; stores are keyed by it."""
+        return {
+            "featurizer": type(self).__name__,
+            "projector": self.projector.config(),
+            "task": type(self.task).__name__,
+            "parameters": list(self.parameters) if self.parameters else None,
+            "function": self.function,
+        }
+
+    def __call__(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> FeatureBatch:
+        """Features of ``inputs``/``targets`` under ``model``'s current parameters."""
+        gradients = iter_per_sample_gradients(
+            model,
+            self.task,
+            inputs,
+            targets,
+            function=self.function,
+            parameters=self.parameters,
+            chunk_size=self.chunk_size,
+        )
+        features = torch.cat([self.projector.project(chunk) for chunk in gradients])
+        return FeatureBatch(
+            features=features, out_to_loss=out_to_loss(model, self.task, inputs, targets)
+        )
+
+
+@torch.no_grad()
+def out_to_loss(model: nn.Module, task: Task, inputs: Tensor, targets: Tensor) -> Tensor:
+    """TRAK's weight :math:`Q_i` for each example ``[b]``."""
+    with evaluation_mode(model):
+        return task.out_to_loss(model(inputs), targets)

@@ -1,0 +1,13 @@
+"""Attribution methods. All share the sign convention in :mod:`tda.methods.base`."""
+
+from tda.methods.base import Attributor, mean_over_checkpoints
+from tda.methods.graddot import GradientSimilarity
+from tda.methods.trak import TRAK, damped_inverse
+
+__all__ = [
+    "TRAK",
+    "Attributor",
+    "GradientSimilarity",
+    "damped_inverse",
+    "mean_over_checkpoints",
+]

@@ -1,0 +1,84 @@
+"""The Attributor interface and the one place where checkpoints are ensembled.
+
+Sign convention (the whole library): ``scores[q, i] > 0`` means training example ``i`` pushes the
+output of query ``q`` up, i.e. removing ``i`` from training would lower it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tda.store import FeatureStore
+
+
+class Attributor(Protocol):
+    """Fit on training features in a store; score queries against the training set."""
+
+    def fit(self, store: FeatureStore, *, split: str = "train", checkpoints=None) -> Attributor:
+        """Prepare whatever the method needs from the training features (returns ``self``)."""
+        ...
+
+    def score(self, split: str, *, indices: Sequence[int] | None = None) -> Tensor:
+        """Scores ``[n_query, n_train]`` of the queries in ``split`` (optionally some rows)."""
+        ...
+
+
+def resolve_checkpoints(store: FeatureStore, checkpoints: Sequence[str] | None) -> list[str]:
+    """The checkpoints to ensemble: all in the store by default; unknown names are refused."""
+    available = store.checkpoints()
+    if checkpoints is None:
+        checkpoints = available
+    missing = [c for c in checkpoints if c not in available]
+    if missing:
+        raise ValueError(f"checkpoints {missing} are not in the store; it has {available}")
+    if not checkpoints:
+        raise ValueError(f"the store at {store.root} holds no checkpoints")
+    return list(checkpoints)
+
+
+def mean_over_checkpoints(score_one: Callable[[str], Tensor], checkpoints: Sequence[str]) -> Tensor:
+    r"""Ensemble: :math:`\frac{1}{M}\sum_m s_m`, accumulated one checkpoint at a time."""
+    total = None
+    for checkpoint_id in checkpoints:
+        scores = score_one(checkpoint_id)
+        total = scores if total is None else total.add_(scores)
+    return total / len(checkpoints)
+
+
+def query_rows(store: FeatureStore, checkpoint_id: str, split: str, indices) -> Tensor:
+    """Query features ``[q, k]`` of ``split``, optionally only the rows at ``indices``."""
+    features = store.load(checkpoint_id, split)
+    if indices is None:
+        return torch.from_numpy(features)
+    index = np.asarray(indices, dtype=np.int64)
+    bad = index[(index < 0) | (index >= len(features))]
+    if len(bad):
+        raise ValueError(
+            f"query index {int(bad[0])} is out of range for split '{split}' "
+            f"of {len(features)} examples"
+        )
+    return torch.from_numpy(features[index])
+
+
+def train_product(store: FeatureStore, checkpoint_id: str, split: str, left: Tensor) -> Tensor:
+    r"""``left @ Φᵀ`` (``[q, n]``) for training features :math:`\Phi`, streamed by shard."""
+    n_train = store.splits()[split]
+    result = torch.empty(left.shape[0], n_train, dtype=left.dtype)
+    for start, block in store.iter_rows(checkpoint_id, split):
+        block = torch.from_numpy(block).to(left.dtype)
+        result[:, start : start + len(block)] = left @ block.T
+    return result
+
+
+def train_gram(store: FeatureStore, checkpoint_id: str, split: str) -> Tensor:
+    r""":math:`\Phi^\top\Phi` (``[k, k]``, float64), accumulated shard by shard."""
+    gram = None
+    for _, block in store.iter_rows(checkpoint_id, split):
+        block = torch.from_numpy(block).double()
+        gram = block.T @ block if gram is None else gram.addmm_(block.T, block)
+    return gram

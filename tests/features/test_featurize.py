@@ -1,0 +1,172 @@
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from tda.features import GradientFeaturizer, featurize, open_feature_store, shard_count
+from tda.grads import per_sample_gradients
+from tda.models import MLP, build_model
+from tda.projection import DenseProjector, IdentityProjector, derive_seed
+from tda.store import StoreMismatchError
+from tda.task import ClassificationTask
+
+
+@dataclass(frozen=True)
+class CountingFeaturizer:
+    """Wraps a featurizer and records how many shards it computed (to test resume)."""
+
+    inner: GradientFeaturizer
+    calls: list
+
+    @property
+    def seed(self):
+        return self.inner.seed
+
+    def with_seed(self, seed):
+        return CountingFeaturizer(self.inner.with_seed(seed), self.calls)
+
+    def config(self):
+        return self.inner.config()
+
+    def __call__(self, model, inputs, targets):
+        self.calls.append(len(inputs))
+        return self.inner(model, inputs, targets)
+
+
+def test_identity_features_are_the_per_sample_gradients(tmp_path, tiny_mlp, tiny_data):
+    featurizer = GradientFeaturizer(IdentityProjector())
+    store = open_feature_store(tmp_path, featurizer, shard_size=6)
+    featurize(
+        tiny_mlp, tiny_data, featurizer, store, checkpoint_id="c0", split="train", progress=False
+    )
+    expected = per_sample_gradients(
+        tiny_mlp, ClassificationTask(), tiny_data.inputs, tiny_data.targets
+    )
+    np.testing.assert_allclose(store.load("c0", "train"), expected.numpy(), rtol=1e-12, atol=1e-14)
+    assert store.load("c0", "train", "out_to_loss").shape == (20,)
+
+
+def test_killed_run_resumes_without_redoing_shards_and_gives_identical_features(
+    tmp_path, tiny_mlp, tiny_data
+):
+    calls = []
+    featurizer = CountingFeaturizer(GradientFeaturizer(DenseProjector(16, seed=4)), calls)
+    reference = open_feature_store(tmp_path / "one", featurizer.inner, shard_size=6)
+    featurize(
+        tiny_mlp,
+        tiny_data,
+        featurizer.inner,
+        reference,
+        checkpoint_id="c",
+        split="train",
+        progress=False,
+    )
+
+    store = open_feature_store(tmp_path / "two", featurizer.inner, shard_size=6)
+    featurize(
+        tiny_mlp,
+        tiny_data,
+        featurizer,
+        store,
+        checkpoint_id="c",
+        split="train",
+        shards=[0, 2],
+        progress=False,
+    )
+    assert calls == [6, 6]  # "killed" after two of four shards
+    reopened = open_feature_store(tmp_path / "two", featurizer.inner, shard_size=6)
+    written = featurize(
+        tiny_mlp, tiny_data, featurizer, reopened, checkpoint_id="c", split="train", progress=False
+    )
+    assert written == 2 and calls == [6, 6, 6, 2]
+    np.testing.assert_array_equal(reopened.load("c", "train"), reference.load("c", "train"))
+
+
+def test_projection_seed_is_derived_from_the_checkpoint(tmp_path, tiny_mlp, tiny_data):
+    featurizer = GradientFeaturizer(DenseProjector(16, seed=4))
+    store = open_feature_store(tmp_path, featurizer, shard_size=32)
+    for checkpoint in ("a", "b"):
+        featurize(
+            tiny_mlp,
+            tiny_data,
+            featurizer,
+            store,
+            checkpoint_id=checkpoint,
+            split="train",
+            progress=False,
+        )
+    expected = featurizer.with_seed(derive_seed(4, "a"))(
+        tiny_mlp, tiny_data.inputs, tiny_data.targets
+    )
+    np.testing.assert_array_equal(store.load("a", "train"), expected.features.numpy())
+    assert not np.allclose(store.load("a", "train"), store.load("b", "train"))
+
+
+def test_store_of_another_model_or_featurizer_is_refused(tmp_path, tiny_mlp, tiny_data):
+    featurizer = GradientFeaturizer(DenseProjector(16))
+    store = open_feature_store(tmp_path, featurizer)
+    featurize(
+        tiny_mlp, tiny_data, featurizer, store, checkpoint_id="c0", split="train", progress=False
+    )
+    other_model = build_model(lambda: MLP(6, (8,), 3), seed=1, dtype=torch.float64)
+    with pytest.raises(StoreMismatchError, match="c0"):
+        featurize(
+            other_model,
+            tiny_data,
+            featurizer,
+            store,
+            checkpoint_id="c0",
+            split="train",
+            progress=False,
+        )
+    with pytest.raises(StoreMismatchError, match="projector.dim"):
+        open_feature_store(tmp_path, GradientFeaturizer(DenseProjector(32)))
+
+
+def test_bad_requests_give_clear_errors(tmp_path, tiny_mlp, tiny_data):
+    featurizer = GradientFeaturizer(DenseProjector(16))
+    store = open_feature_store(tmp_path, featurizer, shard_size=8)
+    with pytest.raises(ValueError, match="no examples"):
+        featurize(
+            tiny_mlp,
+            tiny_data.subset([]),
+            featurizer,
+            store,
+            checkpoint_id="c",
+            split="x",
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="out of range"):
+        featurize(
+            tiny_mlp,
+            tiny_data,
+            featurizer,
+            store,
+            checkpoint_id="c",
+            split="train",
+            shards=[3],
+            progress=False,
+        )
+    assert shard_count(20, 8) == 3
+    with pytest.raises(ValueError, match="shard_size"):
+        open_feature_store(tmp_path / "other", featurizer, shard_size=0)
+
+
+def test_float16_storage(tmp_path, tiny_mlp, tiny_data):
+    featurizer = GradientFeaturizer(DenseProjector(16))
+    store = open_feature_store(tmp_path, featurizer)
+    featurize(
+        tiny_mlp,
+        tiny_data,
+        featurizer,
+        store,
+        checkpoint_id="c",
+        split="train",
+        storage_dtype=torch.float16,
+        progress=False,
+    )
+    full = featurizer.with_seed(derive_seed(0, "c"))(tiny_mlp, tiny_data.inputs, tiny_data.targets)
+    stored = store.load("c", "train")
+    assert stored.dtype == np.float16
+    np.testing.assert_allclose(stored, full.features.numpy(), rtol=2e-3, atol=1e-4)

@@ -1,0 +1,145 @@
+"""TRAK and the gradient-similarity baselines against closed forms computed in float64 numpy."""
+
+import numpy as np
+import pytest
+import torch
+
+from tda.data import Examples
+from tda.features import GradientFeaturizer, featurize, open_feature_store
+from tda.grads import per_sample_gradients
+from tda.methods import TRAK, GradientSimilarity
+from tda.models import MLP, build_model
+from tda.projection import DenseProjector, IdentityProjector
+from tda.task import ClassificationTask
+
+TASK = ClassificationTask()
+
+
+@pytest.fixture
+def problem():
+    """A 4-3-3 float64 MLP (27 parameters), 60 training and 7 query examples."""
+    generator = torch.Generator().manual_seed(0)
+    train = Examples(
+        torch.randn(60, 4, generator=generator, dtype=torch.float64),
+        torch.randint(0, 3, (60,), generator=generator),
+    )
+    queries = Examples(
+        torch.randn(7, 4, generator=generator, dtype=torch.float64),
+        torch.randint(0, 3, (7,), generator=generator),
+    )
+    models = [build_model(lambda: MLP(4, (3,), 3), seed=s, dtype=torch.float64) for s in (0, 1)]
+    return train, queries, models
+
+
+def build_store(path, featurizer, models, train, queries, shard_size=16, order=(0, 1)):
+    store = open_feature_store(path, featurizer, shard_size=shard_size)
+    for index in order:
+        for split, data in (("train", train), ("query", queries)):
+            featurize(
+                models[index],
+                data,
+                featurizer,
+                store,
+                checkpoint_id=f"m{index}",
+                split=split,
+                progress=False,
+            )
+    return store
+
+
+def closed_form(models, train, queries, damping):
+    """Eq. (2) of the TRAK paper in numpy with exact gradients (identity projection)."""
+    total, weights = 0.0, []
+    for model in models:
+        phi = per_sample_gradients(model, TASK, train.inputs, train.targets).numpy()
+        query = per_sample_gradients(model, TASK, queries.inputs, queries.targets).numpy()
+        gram = phi.T @ phi
+        gram += damping * np.mean(np.diag(gram)) * np.eye(len(gram))
+        total = total + query @ np.linalg.inv(gram) @ phi.T
+        with torch.no_grad():
+            weights.append(TASK.out_to_loss(model(train.inputs), train.targets).numpy())
+    return total / len(models) * np.mean(weights, axis=0)
+
+
+@pytest.mark.parametrize("damping", [1e-3, 0.1])  # margins have exact symmetries: ΦᵀΦ is singular
+def test_trak_with_identity_projection_equals_closed_form(tmp_path, problem, damping):
+    train, queries, models = problem
+    store = build_store(tmp_path, GradientFeaturizer(IdentityProjector()), models, train, queries)
+    scores = TRAK(damping=damping).fit(store).score("query")
+    assert scores.dtype == torch.float64 and scores.shape == (7, 60)
+    np.testing.assert_allclose(
+        scores.numpy(), closed_form(models, train, queries, damping), rtol=1e-8, atol=1e-10
+    )
+    one = TRAK(damping=damping).fit(store, checkpoints=["m1"]).score("query")
+    np.testing.assert_allclose(
+        one.numpy(), closed_form(models[1:], train, queries, damping), rtol=1e-8, atol=1e-10
+    )
+
+
+def test_scores_do_not_depend_on_chunking_sharding_or_checkpoint_order(tmp_path, problem):
+    train, queries, models = problem
+    reference = (
+        TRAK(damping=0.01)
+        .fit(
+            build_store(
+                tmp_path / "a", GradientFeaturizer(DenseProjector(16)), models, train, queries
+            )
+        )
+        .score("query")
+    )
+    featurizer = GradientFeaturizer(DenseProjector(16), chunk_size=5)
+    other = build_store(
+        tmp_path / "b", featurizer, models, train, queries, shard_size=7, order=(1, 0)
+    )
+    scores = TRAK(damping=0.01).fit(other, checkpoints=["m1", "m0"]).score("query")
+    np.testing.assert_allclose(scores.numpy(), reference.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_query_indices_select_rows_and_out_of_range_is_refused(tmp_path, problem):
+    train, queries, models = problem
+    store = build_store(tmp_path, GradientFeaturizer(IdentityProjector()), models, train, queries)
+    trak = TRAK(damping=0.1).fit(store)
+    np.testing.assert_allclose(
+        trak.score("query", indices=[5, 2]).numpy(), trak.score("query").numpy()[[5, 2]]
+    )
+    with pytest.raises(ValueError, match="query index 7 is out of range"):
+        trak.score("query", indices=[7])
+    with pytest.raises(ValueError, match="not in the store"):
+        TRAK().fit(store, checkpoints=["m9"])
+
+
+def test_singular_kernel_without_damping_is_reported(tmp_path, problem):
+    train, queries, models = problem
+    small = train.subset(range(10))  # 10 examples, 27 parameters: rank-deficient kernel
+    store = build_store(tmp_path, GradientFeaturizer(IdentityProjector()), models, small, queries)
+    with pytest.raises(ValueError, match="singular"):
+        TRAK(damping=0.0).fit(store)
+    assert torch.isfinite(TRAK(damping=0.1).fit(store).score("query")).all()
+
+
+def test_sign_convention_training_point_supports_itself(tmp_path, problem):
+    """A query identical to a training example gets a positive score from it (it helps itself)."""
+    train, _, models = problem
+    store = build_store(tmp_path, GradientFeaturizer(IdentityProjector()), models, train, train)
+    scores = TRAK(damping=0.01).fit(store).score("query").numpy()
+    assert (np.diag(scores) > 0).all()
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_gradient_similarity_closed_form(tmp_path, problem, normalize):
+    train, queries, models = problem
+    store = build_store(tmp_path, GradientFeaturizer(IdentityProjector()), models, train, queries)
+    scores = GradientSimilarity(normalize=normalize).fit(store).score("query").numpy()
+    expected = 0.0
+    for model in models:
+        phi = per_sample_gradients(model, TASK, train.inputs, train.targets).numpy()
+        query = per_sample_gradients(model, TASK, queries.inputs, queries.targets).numpy()
+        if normalize:
+            phi = phi / np.linalg.norm(phi, axis=1, keepdims=True)
+            query = query / np.linalg.norm(query, axis=1, keepdims=True)
+            expected = expected + query @ phi.T
+        else:
+            with torch.no_grad():
+                weight = TASK.out_to_loss(model(train.inputs), train.targets).numpy()
+            expected = expected + query @ phi.T * weight
+    np.testing.assert_allclose(scores, expected / len(models), rtol=1e-5, atol=1e-6)
