@@ -1,0 +1,42 @@
+"""Reading a score matrix: the most helpful and most harmful training examples per query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TopExamples:
+    """For each query, training indices ``[q, k]`` and their scores, most extreme first."""
+
+    helpful: Tensor
+    helpful_scores: Tensor
+    harmful: Tensor
+    harmful_scores: Tensor
+
+
+def top_examples(scores: Tensor, k: int = 5, chunk_size: int = 1024) -> TopExamples:
+    """The ``k`` highest-scored (helpful) and lowest-scored (harmful) training examples per query.
+
+    Processes ``chunk_size`` queries at a time, so a memory-mapped score matrix is never copied
+    whole.
+
+    Raises:
+        ValueError: ``k`` is not in ``[1, n_train]``.
+    """
+    scores = torch.as_tensor(scores)
+    if not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"k must be in [1, {scores.shape[1]}], got {k}")
+    parts = []
+    for start in range(0, scores.shape[0], chunk_size):
+        block = torch.as_tensor(scores[start : start + chunk_size])
+        parts.append((block.topk(k, dim=1), block.topk(k, dim=1, largest=False)))
+    return TopExamples(
+        helpful=torch.cat([top.indices for top, _ in parts]),
+        helpful_scores=torch.cat([top.values for top, _ in parts]),
+        harmful=torch.cat([bottom.indices for _, bottom in parts]),
+        harmful_scores=torch.cat([bottom.values for _, bottom in parts]),
+    )

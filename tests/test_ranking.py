@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from tda.data import Examples
+from tda.plots import plot_top_examples
+from tda.ranking import top_examples
+
+
+def test_top_examples_match_a_full_sort_in_any_chunking():
+    scores = torch.randn(9, 30, generator=torch.Generator().manual_seed(0))
+    order = scores.argsort(dim=1, descending=True)
+    for chunk_size in (1, 4, 100):
+        top = top_examples(scores, k=3, chunk_size=chunk_size)
+        assert torch.equal(top.helpful, order[:, :3])
+        assert torch.equal(top.harmful, order.flip(1)[:, :3])
+        assert torch.equal(top.helpful_scores, scores.gather(1, order[:, :3]))
+    with pytest.raises(ValueError, match="k must be"):
+        top_examples(scores, k=31)
+
+
+def test_figure_is_written(tmp_path):
+    train = Examples(torch.randn(12, 40), torch.arange(12) % 3)
+    queries = Examples(torch.randn(2, 40), torch.tensor([0, 1]))
+    top = top_examples(torch.randn(2, 12), k=2)
+    path = tmp_path / "top.png"
+    plot_top_examples(queries, train, top, rows=[0, 1], path=path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
