@@ -1,70 +1,101 @@
-r"""Kronecker-structured projection of Linear-layer gradients, never forming per-sample gradients.
+r"""Structured projections of Linear-layer gradients that never form per-sample gradients.
 
 For a Linear layer with weight :math:`W \in \mathbb{R}^{o \times n}` (a trainable bias adds an
 input column: :math:`c = n + 1`), the per-sample gradient of :math:`h_i` is
 :math:`G_i = \sum_t g_{i,t} a_{i,t}^\top`, with :math:`a_{i,t}` the layer's input at position
 :math:`t` (a 1 appended for the bias) and :math:`g_{i,t} = \partial h_i / \partial y_{i,t}` for the
-layer's output :math:`y`. Projecting with :math:`P = B \otimes A` (:math:`A` ``[c, k_in]``,
-:math:`B` ``[o, k_out]``, i.i.d. :math:`\pm 1/\sqrt{k_{in}}`, :math:`\pm 1/\sqrt{k_{out}}`) gives
-:math:`B^\top G_i A = \sum_t (B^\top g_{i,t})(A^\top a_{i,t})^\top` at a cost of
-:math:`O(T(o k_{out} + n k_{in} + k_{out} k_{in}))` per example instead of :math:`O(o n k)`.
-Since :math:`\mathbb{E}[P P^\top] = \mathbb{E}[B B^\top] \otimes \mathbb{E}[A A^\top] = I`, inner
-products are preserved in expectation, with a larger variance than a dense JL map of equal size.
+layer's output :math:`y`. Both structures sketch the two sides, :math:`B^\top g_{i,t}` and
+:math:`A^\top a_{i,t}` (Rademacher :math:`A` ``[c, k_in]``, :math:`B` ``[o, k_out]``), then combine:
+
+* ``"kronecker"``: :math:`P = B \otimes A` (entries of :math:`A`, :math:`B`:
+  :math:`\pm 1/\sqrt{k_{in}}`, :math:`\pm 1/\sqrt{k_{out}}`), features
+  :math:`B^\top G_i A = \sum_t (B^\top g_{i,t})(A^\top a_{i,t})^\top`, ``k_out * k_in`` per layer at
+  :math:`O(T(o k_{out} + c k_{in} + k_{out} k_{in}))` per example.
+* ``"khatri_rao"``: :math:`P` has the :math:`k` columns :math:`b_j \otimes a_j` (entries of
+  :math:`A` :math:`\pm 1/\sqrt{k}`, of :math:`B` :math:`\pm 1`; :math:`k_{in} = k_{out} = k`),
+  features :math:`\phi_{i,j} = b_j^\top G_i a_j = \sum_t (b_j^\top g_{i,t})(a_j^\top a_{i,t})`,
+  at :math:`O(T k (o + c))` per example.
+
+Either way :math:`\mathbb{E}[P P^\top] = I`, so inner products are preserved in expectation, and the
+cost is far below a dense map's :math:`O(o c k)`. They differ in variance. For rank-1 gradients
+(:math:`T = 1`, e.g. MLPs), a Kronecker inner product is the product of two small sketches,
+:math:`(g^\top B B^\top g')(a^\top A A^\top a')`, with an error relative to the norms of about
+:math:`\sqrt{2/k_{out} + 2/k_{in}} \sim k^{-1/4}`. A Khatri-Rao inner product averages :math:`k`
+independent terms :math:`(b_j^\top g)(b_j^\top g')(a_j^\top a)(a_j^\top a')`, so its error falls as
+:math:`k^{-1/2}` like a dense JL map's, with a constant a few times larger (fourth moments of two
+sketches multiply).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from tda.features.gradient import FeatureBatch
+from tda.features.layer_sketch import (
+    khatri_rao_block,
+    kronecker_block,
+    kronecker_sizes,
+    proportional_shares,
+    rademacher,
+    stable_seed,
+)
 from tda.grads import NonFiniteGradientError, TaskFunction, evaluation_mode
 from tda.task import ClassificationTask, Task
+
+Structure = Literal["kronecker", "khatri_rao"]
 
 
 class _Layer(NamedTuple):
     name: str
     module: nn.Linear
-    k_out: int
-    k_in: int
+    k_out: int  # columns of B
+    k_in: int  # columns of A
+    width: int  # features of the layer: k_out * k_in (kronecker) or k_out == k_in (khatri_rao)
 
 
 @dataclass(frozen=True)
 class KroneckerFeaturizer:
-    r"""Features :math:`\phi_i = [\operatorname{vec}(B_l^\top G_{i,l} A_l)]_l` of Linear layers.
+    r"""Features :math:`\phi_i = [\phi_{i,l}]_l` of Linear layers, Kronecker or Khatri-Rao sketched.
+
+    Per layer ``l``, :math:`\phi_{i,l} = \operatorname{vec}(B_l^\top G_{i,l} A_l)` (``"kronecker"``)
+    or :math:`\phi_{i,l,j} = b_{l,j}^\top G_{i,l} a_{l,j}` (``"khatri_rao"``); see the module doc.
+    Either block equals the row-major flattening of ``[grad W | grad b]`` times the layer's ``P``:
+    ``torch.kron(B, A)``, or the matrix whose column ``j`` is ``torch.kron(B[:, j], A[:, j])``.
 
     Per chunk: one forward pass, whose hooks record each layer's input already multiplied by
     :math:`A_l`, and one backward pass of ``task.<function>(logits, targets).sum()`` to the layers'
     outputs. Differentiating the sum gives every example's :math:`g_{i,t}` at once because the
     model runs in eval mode, where examples do not interact (no batch statistics). Blocks are
-    concatenated in model order, each ``[k_out, k_in]`` row-major: for one layer, the block equals
-    the row-major flattening of ``[grad W | grad b]`` times ``torch.kron(B, A)``.
+    concatenated in model order.
 
-    Size rule (deterministic): with :math:`s_l = o_l c_l` and :math:`S = \sum_l s_l`, layer ``l``
-    gets ``share = clamp(round(dim * s_l / S), 1, s_l)``, ``k_out = clamp(round(sqrt(share * o /
-    c)), 1, o)`` (so ``k_out / k_in ~ o / c``) and ``k_in = clamp(round(share / k_out), 1, c)``.
-    ``output_dim(model)`` (the sum of ``k_out * k_in``) may differ slightly from ``dim``.
+    Size rules (deterministic), with :math:`s_l = o_l c_l` the layer's parameter count:
+    ``"khatri_rao"`` splits ``dim`` exactly, in shares proportional to :math:`s_l`, at least 1 each
+    (``layer_sketch.proportional_shares``), so ``output_dim(model) == dim``. ``"kronecker"``
+    factors a share :math:`\approx` ``dim * s_l / S`` into ``k_out * k_in`` with ``k_out / k_in ~
+    o / c`` (``layer_sketch.kronecker_sizes``), so ``output_dim(model)`` may differ from ``dim``.
 
-    Accuracy: for rank-1 gradients (:math:`T = 1`, e.g. MLPs) an inner product is the product of
-    two small sketches, :math:`(g^\top B B^\top g')(a^\top A A^\top a')`, so its error relative to
-    the norms is about :math:`\sqrt{2/k_{out} + 2/k_{in}} \sim k^{-1/4}`, not a dense map's
-    :math:`\sqrt{2/k}`: use a larger ``dim`` than with a dense projector (it is cheap here).
+    Which to choose: ``"khatri_rao"`` (the default) unless featurization time dominates. On the
+    MNIST-1D MLP (one CPU thread; see the numbers in the report of ``benchmarks``), the
+    correlation of feature inner products with exact gradient inner products was
+    {ACCURACY}. Khatri-Rao's projection costs more than Kronecker's but both are far below dense.
+    ``"kronecker"`` only suits a very large ``dim`` where speed or memory is what counts.
 
     Args:
         dim: target total feature size ``k``.
         task: defines the output that is differentiated and the out-to-loss weight.
-        seed: factors are drawn on CPU from a SHA-256 hash of (seed, layer name).
+        seed: factors are drawn on CPU from a SHA-256 hash of (seed, layer name, side).
         modules: names of ``nn.Linear`` modules (default: every Linear with a trainable weight,
             and then every trainable parameter of the model must belong to one of them).
         function: ``"output"`` (TRAK, influence queries) or ``"loss"``.
         chunk_size: examples per forward/backward pass.
+        structure: ``"khatri_rao"`` or ``"kronecker"`` (see above).
     """
 
     dim: int
@@ -73,6 +104,7 @@ class KroneckerFeaturizer:
     modules: tuple[str, ...] | None = None
     function: TaskFunction = "output"
     chunk_size: int = 256
+    structure: Structure = "khatri_rao"
     # (name, side, rows, cols, device, dtype) -> factor (small: o*k_out + c*k_in); not compared.
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -85,6 +117,10 @@ class KroneckerFeaturizer:
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.function not in ("output", "loss"):
             raise ValueError(f"function must be 'output' or 'loss', got {self.function!r}")
+        if self.structure not in ("kronecker", "khatri_rao"):
+            raise ValueError(
+                f"structure must be 'kronecker' or 'khatri_rao', got {self.structure!r}"
+            )
         if self.modules is not None:  # accept any sequence (e.g. a Hydra list); store a tuple
             object.__setattr__(self, "modules", tuple(self.modules))
 
@@ -96,6 +132,7 @@ class KroneckerFeaturizer:
         """JSON-able description; stores are keyed by it."""
         return {
             "featurizer": type(self).__name__,
+            "structure": self.structure,
             "dim": self.dim,
             "seed": self.seed,
             "task": type(self.task).__name__,
@@ -104,8 +141,8 @@ class KroneckerFeaturizer:
         }
 
     def output_dim(self, model: nn.Module) -> int:
-        r"""Realised feature dimension :math:`\sum_l k_{out,l} k_{in,l}` for ``model``."""
-        return sum(layer.k_out * layer.k_in for layer in self._plan(model))
+        """Realised feature dimension for ``model``: the sum of the layers' block widths."""
+        return sum(layer.width for layer in self._plan(model))
 
     def factors(self, model: nn.Module) -> dict[str, tuple[Tensor, Tensor]]:
         """Per layer name, ``(A [c, k_in], B [out, k_out])`` as float64 on CPU, for inspection."""
@@ -142,7 +179,11 @@ class KroneckerFeaturizer:
     def _plan(self, model: nn.Module) -> list[_Layer]:
         chosen = _chosen_linears(model, self.modules)
         shapes = [(module.out_features, _columns(module)) for _, module in chosen]
-        sizes = _factor_sizes(self.dim, shapes)
+        if self.structure == "kronecker":
+            sizes = [(o, i, o * i) for o, i in kronecker_sizes(self.dim, shapes)]
+        else:
+            shares = proportional_shares(self.dim, [out * columns for out, columns in shapes])
+            sizes = [(k, k, k) for k in shares]
         return [_Layer(n, m, *size) for (n, m), size in zip(chosen, sizes, strict=True)]
 
     def _factor(self, layer: _Layer, side: str, device: torch.device, dtype: torch.dtype):
@@ -151,11 +192,11 @@ class KroneckerFeaturizer:
         rows, cols = (columns, layer.k_in) if side == "A" else (out, layer.k_out)
         key = (layer.name, side, rows, cols, str(device), dtype)
         if key not in self._cache:
-            generator = torch.Generator(device="cpu")
-            generator.manual_seed(_stable_seed(self.seed, layer.name, side))
-            bits = torch.randint(0, 2, (rows, cols), generator=generator, dtype=torch.int8)
-            signs = bits.to(torch.float64) * 2.0 - 1.0
-            self._cache[key] = (signs / math.sqrt(cols)).to(device=device, dtype=dtype)
+            signs = rademacher(rows, cols, stable_seed(self.seed, layer.name, side))
+            # Khatri-Rao puts the whole 1/sqrt(k) column scale of b_j kron a_j on A.
+            scaled = side == "A" or self.structure == "kronecker"
+            factor = signs / math.sqrt(cols) if scaled else signs
+            self._cache[key] = factor.to(device=device, dtype=dtype)
         return self._cache[key]
 
     @contextlib.contextmanager
@@ -202,7 +243,7 @@ class KroneckerFeaturizer:
         blocks = []
         for layer in plan:
             dtype = _compute_dtype(total.dtype)
-            block = torch.zeros(len(x), layer.k_out * layer.k_in, dtype=dtype, device=total.device)
+            block = torch.zeros(len(x), layer.width, dtype=dtype, device=total.device)
             for projected, _ in records[layer.name]:
                 gradient = next(gradients)
                 if len(projected) != len(x):
@@ -217,21 +258,11 @@ class KroneckerFeaturizer:
         return torch.cat(blocks, dim=1), logits
 
     def _block(self, layer: _Layer, projected: Tensor, gradient: Tensor) -> Tensor:
-        r""":math:`\sum_t (B^\top g_t)(A^\top a_t)^\top` flattened to ``[b, k_out * k_in]``."""
+        """Block ``[b, width]`` of one recorded call; ``projected``: ``A^T a``, ``[b, T, k_in]``."""
         g = gradient.to(projected.dtype).reshape(len(projected), -1, gradient.shape[-1])
         g = g @ self._factor(layer, "B", g.device, g.dtype)  # [b, T, k_out]
-        return (g.transpose(1, 2) @ projected).reshape(len(projected), -1)
-
-
-def _factor_sizes(dim: int, shapes: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``(k_out, k_in)`` per layer of gradient shape ``(out, c)`` (the rule in the class doc)."""
-    total = sum(out * columns for out, columns in shapes)
-    sizes = []
-    for out, columns in shapes:
-        share = min(out * columns, max(1, round(dim * out * columns / total)))
-        k_out = min(out, max(1, round(math.sqrt(share * out / columns))))
-        sizes.append((k_out, min(columns, max(1, round(share / k_out)))))
-    return sizes
+        combine = kronecker_block if self.structure == "kronecker" else khatri_rao_block
+        return combine(g, projected)
 
 
 def _columns(module: nn.Linear) -> int:
@@ -268,12 +299,6 @@ def _all_linears(model: nn.Module, named: dict) -> list[tuple[str, nn.Linear]]:
     if not chosen:
         raise ValueError("the model has no nn.Linear module with a trainable weight")
     return chosen
-
-
-def _stable_seed(seed: int, name: str, side: str) -> int:
-    """Generator seed: SHA-256 of (seed, layer name, side), stable across processes and machines."""
-    digest = hashlib.sha256(f"kronecker\x00{seed}\x00{name}\x00{side}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
