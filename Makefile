@@ -32,8 +32,8 @@ $(VENV)/.bench: $(STAMP)
 	touch $(VENV)/.bench
 
 bench: $(VENV)/.bench
-	$(PY) benchmarks/bench_throughput.py
-	$(PY) benchmarks/bench_lds.py
+	$(PY) -m benchmarks.bench_throughput
+	$(PY) -m benchmarks.bench_lds
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -1,0 +1,86 @@
+"""What every benchmark records beside its numbers: command, versions, machine; and table output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not every platform has affinity masks
+        return os.cpu_count() or 1
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """Versions of the libraries compared and a description of the machine."""
+    return {
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": _version("numpy"),
+            "traker": _version("traker"),
+            "tda": _version("tda-unlearn"),
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "available_cores": available_cores(),
+            "torch_threads": threads,
+        },
+    }
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, as it can be pasted into a shell (repository root)."""
+    return shlex.join(["python", *sys.orig_argv[1:]])
+
+
+def output_path(name: str, quick: bool, given: str | None) -> Path:
+    """``results/<name>.json``, or ``results/<name>-quick.json`` so a smoke run never overwrites."""
+    if given is not None:
+        return Path(given)
+    return REPO_ROOT / "results" / (f"{name}-quick.json" if quick else f"{name}.json")
+
+
+def write_record(path: Path, benchmark: str, settings: dict, threads: int, results: dict) -> None:
+    """Write the JSON record of one benchmark run."""
+    record = {
+        "benchmark": benchmark,
+        "command": command_line(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": settings,
+        **environment(threads),
+        "results": results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table; cells are formatted with ``str``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
