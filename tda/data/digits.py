@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits as sklearn_digits
 
 from tda.data.examples import Examples
 from tda.data.splits import DataSplits
@@ -22,6 +21,8 @@ def load_digits(
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    from sklearn.datasets import load_digits as sklearn_digits  # lazy: sklearn imports slowly
+
     inputs, targets = sklearn_digits(return_X_y=True)
     if classes is not None:
         keep = np.isin(targets, classes)

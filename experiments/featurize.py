@@ -1,0 +1,76 @@
+"""Featurize the members' final checkpoints into the feature store ``${workspace}/features``.
+
+Both splits are featurized: "train" (the training set) and "query" (the first ``queries`` test
+examples). Each shard is written atomically and skipped when present, so jobs that split the
+shards between them (or a rerun after a crash) fill the same store:
+
+    python experiments/featurize.py experiment=tiny
+    python experiments/featurize.py -m hydra/launcher=local shards=0,1,2 seeds=[0],[1]
+"""
+
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig
+
+from tda.checkpoints import list_checkpoints
+from tda.ensemble import load_member, member_directory, store_id
+from tda.features import featurize, open_feature_store, shard_count
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(config_path="../conf", config_name="featurize", version_base="1.3")
+def main(cfg: DictConfig) -> int:
+    """Write this job's shards of every chosen member and split; returns the shards written."""
+    torch.set_num_threads(cfg.threads)
+    workspace = Path(to_absolute_path(cfg.workspace))
+    splits = instantiate(cfg.data)
+    examples = {"train": splits.train, "query": splits.test.subset(range(cfg.queries))}
+    sizes = {name: len(data) for name, data in examples.items()}
+    shards = _shards_of(cfg.shards, sizes, cfg.shard_size)
+    finals = {
+        seed: list_checkpoints(member_directory(workspace / "models", seed))[-1]
+        for seed in cfg.seeds
+    }
+    unfinished = [seed for seed, final in finals.items() if final.epoch != cfg.train.epochs]
+    if unfinished:
+        raise ValueError(f"members {unfinished} have not finished training: run train.py first")
+    featurizer = instantiate(cfg.featurizer)
+    store = open_feature_store(workspace / "features", featurizer, cfg.shard_size)
+    model_factory = instantiate(cfg.model)
+    written = 0
+    for seed, checkpoint in finals.items():
+        model = load_member(model_factory, checkpoint)
+        for name, data in examples.items():
+            written += featurize(
+                model,
+                data,
+                featurizer,
+                store,
+                checkpoint_id=store_id(seed, checkpoint),
+                split=name,
+                shards=shards[name],
+                progress=cfg.progress,
+            )
+    log.info("wrote %d shards into %s", written, store.root)
+    return written
+
+
+def _shards_of(wanted, sizes: dict[str, int], shard_size: int) -> dict[str, list[int] | None]:
+    """Per split, the requested shard indices (an int, a list, or None: all) that it has."""
+    if wanted is None:
+        return dict.fromkeys(sizes)
+    wanted = [wanted] if isinstance(wanted, int) else [int(index) for index in wanted]
+    totals = {name: shard_count(size, shard_size) for name, size in sizes.items()}
+    bad = [index for index in wanted if not 0 <= index < max(totals.values())]
+    if bad:
+        raise ValueError(f"shards {bad} do not exist: the splits have {totals} shards")
+    return {name: [index for index in wanted if index < totals[name]] for name in sizes}
+
+
+if __name__ == "__main__":
+    main()

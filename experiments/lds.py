@@ -1,0 +1,74 @@
+"""LDS of saved scores against the retraining ground truth, with the ground truth's noise ceiling.
+
+Reads ``${workspace}/scores/<scores_name>.npy`` and ``${workspace}/ground_truth``, prints both
+numbers and writes ``${workspace}/results/lds-<scores_name>.json``:
+
+    python experiments/lds.py experiment=tiny attributor=trak
+"""
+
+import dataclasses
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from tda.datamodels import GroundTruthStore
+from tda.eval import LDSResult, lds, noise_ceiling
+
+
+@hydra.main(config_path="../conf", config_name="lds", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Evaluate one score matrix; returns the mean LDS (the headline metric for sweepers)."""
+    torch.set_num_threads(cfg.threads)
+    workspace = Path(to_absolute_path(cfg.workspace))
+    path = workspace / "scores" / f"{cfg.scores_name}.npy"
+    made = json.loads(path.with_suffix(".json").read_text())
+    truth = GroundTruthStore.open(workspace / "ground_truth")
+    if made["query_fingerprint"] != truth.query_fingerprint:
+        raise ValueError(f"{path} scores other queries than the ground truth in {truth.root}")
+    outputs = truth.outputs()  # [count, n_seeds, n_query]
+    result = lds(np.load(path), truth.masks, outputs)
+    ceiling = noise_ceiling(outputs) if len(truth.seeds) >= 2 else None
+    print(result)
+    print(ceiling if ceiling else "Noise ceiling: needs at least 2 retraining seeds")
+    record = {
+        "scores": str(path),
+        "lds": _summary(result),
+        "noise_ceiling": _summary(ceiling) if ceiling else None,
+        "ground_truth": {"alpha": truth.alpha, "subsets": len(truth.masks), "seeds": truth.seeds},
+        "scores_made_with": made,
+        "settings": OmegaConf.to_container(cfg, resolve=True),
+        "versions": _versions(),
+        "command": [sys.executable, *sys.argv],
+        "overrides": list(HydraConfig.get().overrides.task),
+    }
+    results = workspace / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"lds-{cfg.scores_name}.json").write_text(json.dumps(record, indent=2))
+    return result.mean
+
+
+def _summary(result: LDSResult) -> dict:
+    """JSON form of an LDS result; undefined per-query correlations become null."""
+    fields = dataclasses.asdict(result)
+    fields["per_query"] = [
+        None if np.isnan(value) else value for value in result.per_query.tolist()
+    ]
+    return fields
+
+
+def _versions() -> dict[str, str]:
+    packages = ("tda-unlearn", "torch", "numpy", "scipy", "hydra-core", "mnist1d")
+    return {"python": platform.python_version(), **{p: metadata.version(p) for p in packages}}
+
+
+if __name__ == "__main__":
+    main()
