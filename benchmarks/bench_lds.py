@@ -186,9 +186,8 @@ def featurize_members(featurizer, members, train, queries, root: Path):
         model = load_member(MLP, checkpoint)
         ids.append(store_id(seed, checkpoint))
         start = time.perf_counter()
-        for split, examples in (("train", train), ("query", queries)):
-            where = {"checkpoint_id": ids[-1], "split": split, "progress": False}
-            featurize(model, examples, featurizer, store, **where)
+        splits = {"train": train, "query": queries}
+        featurize(model, splits, featurizer, store, checkpoint_id=ids[-1], progress=False)
         seconds.append(_since(start))
     return store, ids, seconds
 

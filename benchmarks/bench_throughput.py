@@ -235,9 +235,7 @@ def rss_child(n: int, k: int, seed: int) -> dict:
     before = high_water_mark_mib()
     with tempfile.TemporaryDirectory() as root:
         store = open_feature_store(root, featurizer)
-        featurize(
-            model, examples, featurizer, store, checkpoint_id="m0", split="train", progress=False
-        )
+        featurize(model, {"train": examples}, featurizer, store, checkpoint_id="m0", progress=False)
     return {"n": n, "k": k, "baseline_peak_mib": before, "peak_mib": high_water_mark_mib()}
 
 

@@ -28,10 +28,8 @@ def attribute(data: tda.DataSplits, queries: tda.Examples) -> torch.Tensor:
     store = tda.open_feature_store(WORKSPACE / "features", featurizer)
     for seed, checkpoints in members.items():
         model = tda.load_member(tda.MLP, checkpoints[-1])
-        for split, examples in (("train", data.train), ("test", queries)):
-            tda.featurize(
-                model, examples, featurizer, store, checkpoint_id=f"seed-{seed}", split=split
-            )
+        splits = {"train": data.train, "test": queries}
+        tda.featurize(model, splits, featurizer, store, checkpoint_id=f"seed-{seed}")
     return tda.TRAK().fit(store).score("test")
 
 

@@ -45,17 +45,15 @@ def main(cfg: DictConfig) -> int:
     written = 0
     for seed, checkpoint in finals.items():
         model = load_member(model_factory, checkpoint)
-        for name, data in examples.items():
-            written += featurize(
-                model,
-                data,
-                featurizer,
-                store,
-                checkpoint_id=store_id(seed, checkpoint),
-                split=name,
-                shards=shards[name],
-                progress=cfg.progress,
-            )
+        written += featurize(
+            model,
+            examples,
+            featurizer,
+            store,
+            checkpoint_id=store_id(seed, checkpoint),
+            shards=shards,
+            progress=cfg.progress,
+        )
     log.info("wrote %d shards into %s", written, store.root)
     return written
 

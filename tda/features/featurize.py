@@ -8,7 +8,7 @@ processes (Hydra multirun jobs) can each compute a subset of the shards of the s
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import torch
@@ -58,36 +58,66 @@ def shard_count(n_examples: int, shard_size: int) -> int:
 
 def featurize(
     model: nn.Module,
-    examples: Examples,
+    splits: Mapping[str, Examples],
     featurizer: Featurizer,
     store: FeatureStore,
     *,
     checkpoint_id: str,
-    split: str,
-    shards: Iterable[int] | None = None,
+    shards: Mapping[str, Iterable[int] | None] | None = None,
     storage_dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> int:
-    """Compute and store the features of ``examples`` for one checkpoint; returns shards written.
+    """Compute and store the features of each split for one checkpoint; returns shards written.
+
+    Args:
+        model: the checkpoint's model.
+        splits: split name -> examples, e.g. ``{"train": data.train, "test": queries}``.
+        featurizer: what to compute; reseeded once per checkpoint (see below).
+        store: where to write; opened with :func:`open_feature_store` for this featurizer.
+        checkpoint_id: the model's id in the store.
+        shards: per split, the shard indices this call computes (missing split or ``None``: all),
+            so separate processes can share a checkpoint's work.
+        storage_dtype: e.g. ``torch.float16`` halves the store (methods accumulate in float32 or
+            wider); default the model's dtype.
+        progress: show a progress bar per split.
 
     The projection seed is derived from (featurizer seed, ``checkpoint_id``), so any process that
-    computes a shard of this checkpoint uses the same projection. Shards already complete are
-    skipped. Features are stored in the model's dtype unless ``storage_dtype`` is given (e.g.
-    ``torch.float16`` halves the store; methods accumulate in float32 or wider).
+    computes a shard of this checkpoint uses the same projection; the reseeded featurizer (and a
+    dense projector's cached matrix) serves every split of the call. Complete shards are skipped.
 
     Raises:
         StoreMismatchError: the store holds another model under ``checkpoint_id`` or other data
-            under ``split``.
-        ValueError: empty examples, a shard index out of range, or non-finite gradients.
+            under a split's name.
+        ValueError: an empty split, a shard index out of range, or non-finite gradients.
     """
-    if len(examples) == 0:
-        raise ValueError(f"split '{split}' has no examples to featurize")
-    shard_size = store.config["shard_size"]
+    empty = [name for name, examples in splits.items() if len(examples) == 0]
+    if not splits or empty:
+        raise ValueError(f"splits {empty or '{}'} have no examples to featurize")
     store.register_checkpoint(checkpoint_id, model_fingerprint(model))
-    store.declare_split(split, len(examples), examples.fingerprint())
     seeded = featurizer.with_seed(derive_seed(featurizer.seed, checkpoint_id))
-    total = shard_count(len(examples), shard_size)
-    wanted = _validated_shards(shards, total)
+    shards = shards or {}
+    written = 0
+    for split, examples in splits.items():
+        store.declare_split(split, len(examples), examples.fingerprint())
+        written += _featurize_split(
+            model,
+            examples,
+            seeded,
+            store,
+            checkpoint_id,
+            split,
+            shards.get(split),
+            storage_dtype,
+            progress,
+        )
+    return written
+
+
+def _featurize_split(
+    model, examples, seeded, store, checkpoint_id, split, shards, storage_dtype, progress
+) -> int:
+    shard_size = store.config["shard_size"]
+    wanted = _validated_shards(shards, shard_count(len(examples), shard_size), split)
     todo = [index for index in wanted if not store.has_shard(checkpoint_id, split, index)]
     for index in tqdm(todo, desc=f"featurize {checkpoint_id}/{split}", disable=not progress):
         start = index * shard_size
@@ -105,11 +135,13 @@ def _rows(examples: Examples, start: int, size: int):
     return examples.inputs[start : start + size], examples.targets[start : start + size]
 
 
-def _validated_shards(shards: Iterable[int] | None, total: int) -> list[int]:
+def _validated_shards(shards: Iterable[int] | None, total: int, split: str) -> list[int]:
     if shards is None:
         return list(range(total))
     wanted = sorted(set(int(s) for s in shards))
     bad = [s for s in wanted if not 0 <= s < total]
     if bad:
-        raise ValueError(f"shard indices {bad} are out of range: this split has {total} shards")
+        raise ValueError(
+            f"shard indices {bad} are out of range: split '{split}' has {total} shards"
+        )
     return wanted

@@ -37,9 +37,7 @@ class CountingFeaturizer:
 def test_identity_features_are_the_per_sample_gradients(tmp_path, tiny_mlp, tiny_data):
     featurizer = GradientFeaturizer(IdentityProjector())
     store = open_feature_store(tmp_path, featurizer, shard_size=6)
-    featurize(
-        tiny_mlp, tiny_data, featurizer, store, checkpoint_id="c0", split="train", progress=False
-    )
+    featurize(tiny_mlp, {"train": tiny_data}, featurizer, store, checkpoint_id="c0", progress=False)
     expected = per_sample_gradients(
         tiny_mlp, ClassificationTask(), tiny_data.inputs, tiny_data.targets
     )
@@ -55,29 +53,27 @@ def test_killed_run_resumes_without_redoing_shards_and_gives_identical_features(
     reference = open_feature_store(tmp_path / "one", featurizer.inner, shard_size=6)
     featurize(
         tiny_mlp,
-        tiny_data,
+        {"train": tiny_data},
         featurizer.inner,
         reference,
         checkpoint_id="c",
-        split="train",
         progress=False,
     )
 
     store = open_feature_store(tmp_path / "two", featurizer.inner, shard_size=6)
     featurize(
         tiny_mlp,
-        tiny_data,
+        {"train": tiny_data},
         featurizer,
         store,
         checkpoint_id="c",
-        split="train",
-        shards=[0, 2],
+        shards={"train": [0, 2]},
         progress=False,
     )
     assert calls == [6, 6]  # "killed" after two of four shards
     reopened = open_feature_store(tmp_path / "two", featurizer.inner, shard_size=6)
     written = featurize(
-        tiny_mlp, tiny_data, featurizer, reopened, checkpoint_id="c", split="train", progress=False
+        tiny_mlp, {"train": tiny_data}, featurizer, reopened, checkpoint_id="c", progress=False
     )
     assert written == 2 and calls == [6, 6, 6, 2]
     np.testing.assert_array_equal(reopened.load("c", "train"), reference.load("c", "train"))
@@ -89,11 +85,10 @@ def test_projection_seed_is_derived_from_the_checkpoint(tmp_path, tiny_mlp, tiny
     for checkpoint in ("a", "b"):
         featurize(
             tiny_mlp,
-            tiny_data,
+            {"train": tiny_data},
             featurizer,
             store,
             checkpoint_id=checkpoint,
-            split="train",
             progress=False,
         )
     expected = featurizer.with_seed(derive_seed(4, "a"))(
@@ -106,18 +101,15 @@ def test_projection_seed_is_derived_from_the_checkpoint(tmp_path, tiny_mlp, tiny
 def test_store_of_another_model_or_featurizer_is_refused(tmp_path, tiny_mlp, tiny_data):
     featurizer = GradientFeaturizer(DenseProjector(16))
     store = open_feature_store(tmp_path, featurizer)
-    featurize(
-        tiny_mlp, tiny_data, featurizer, store, checkpoint_id="c0", split="train", progress=False
-    )
+    featurize(tiny_mlp, {"train": tiny_data}, featurizer, store, checkpoint_id="c0", progress=False)
     other_model = build_model(lambda: MLP(6, (8,), 3), seed=1, dtype=torch.float64)
     with pytest.raises(StoreMismatchError, match="c0"):
         featurize(
             other_model,
-            tiny_data,
+            {"train": tiny_data},
             featurizer,
             store,
             checkpoint_id="c0",
-            split="train",
             progress=False,
         )
     with pytest.raises(StoreMismatchError, match="projector.dim"):
@@ -130,22 +122,20 @@ def test_bad_requests_give_clear_errors(tmp_path, tiny_mlp, tiny_data):
     with pytest.raises(ValueError, match="no examples"):
         featurize(
             tiny_mlp,
-            tiny_data.subset([]),
+            {"x": tiny_data.subset([])},
             featurizer,
             store,
             checkpoint_id="c",
-            split="x",
             progress=False,
         )
     with pytest.raises(ValueError, match="out of range"):
         featurize(
             tiny_mlp,
-            tiny_data,
+            {"train": tiny_data},
             featurizer,
             store,
             checkpoint_id="c",
-            split="train",
-            shards=[3],
+            shards={"train": [3]},
             progress=False,
         )
     assert shard_count(20, 8) == 3
@@ -158,11 +148,10 @@ def test_float16_storage(tmp_path, tiny_mlp, tiny_data):
     store = open_feature_store(tmp_path, featurizer)
     featurize(
         tiny_mlp,
-        tiny_data,
+        {"train": tiny_data},
         featurizer,
         store,
         checkpoint_id="c",
-        split="train",
         storage_dtype=torch.float16,
         progress=False,
     )

@@ -34,16 +34,10 @@ def problem():
 def build_store(path, featurizer, models, train, queries, shard_size=16, order=(0, 1)):
     store = open_feature_store(path, featurizer, shard_size=shard_size)
     for index in order:
-        for split, data in (("train", train), ("query", queries)):
-            featurize(
-                models[index],
-                data,
-                featurizer,
-                store,
-                checkpoint_id=f"m{index}",
-                split=split,
-                progress=False,
-            )
+        splits = {"train": train, "query": queries}
+        featurize(
+            models[index], splits, featurizer, store, checkpoint_id=f"m{index}", progress=False
+        )
     return store
 
 
