@@ -27,7 +27,7 @@ from tda.features import KroneckerFeaturizer
 from tda.grads import per_sample_gradients
 from tda.models import MLP
 from tda.task import ClassificationTask
-from tda.train import TrainConfig, train
+from tda.training import TrainConfig, train
 
 FULL = {"n": 4000, "speed_dims": [512, 2048], "accuracy_dims": [512, 2048, 8192], "seeds": 5}
 QUICK = {"n": 500, "speed_dims": [256], "accuracy_dims": [256], "seeds": 2}

@@ -17,7 +17,7 @@ from tda.models import MLP, CNN1d, LogisticRegression, build_model
 from tda.projection import DenseProjector, IdentityProjector, SparseProjector
 from tda.store import FeatureStore, IncompleteStoreError, StoreMismatchError
 from tda.task import ClassificationTask
-from tda.train import TrainConfig, train
+from tda.training import TrainConfig, train
 
 __all__ = [
     "CNN1d",

@@ -18,7 +18,7 @@ from tda.checkpoints import Checkpoint, list_checkpoints, load_checkpoint
 from tda.data.examples import Examples
 from tda.models import build_model
 from tda.task import ClassificationTask, Task
-from tda.train import TrainConfig, train
+from tda.training import TrainConfig, train
 
 
 def member_directory(root: str | os.PathLike, seed: int) -> Path:

@@ -7,7 +7,7 @@ from tda.checkpoints import list_checkpoints, load_checkpoint
 from tda.data import load_mnist1d
 from tda.fingerprint import model_fingerprint
 from tda.models import MLP, CNN1d, build_model
-from tda.train import TrainConfig, train
+from tda.training import TrainConfig, train
 
 CONFIG = TrainConfig(epochs=4, batch_size=32, checkpoints=2)
 

@@ -17,7 +17,7 @@ from tda.data.examples import Examples
 from tda.models import build_model
 from tda.outputs import task_outputs
 from tda.task import ClassificationTask, Task
-from tda.train import TrainConfig, train
+from tda.training import TrainConfig, train
 
 
 @dataclass(frozen=True)

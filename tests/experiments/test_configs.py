@@ -18,7 +18,7 @@ from tda.methods import TRAK, GradientSimilarity
 from tda.models import MLP, CNN1d, LogisticRegression
 from tda.projection import DenseProjector, IdentityProjector, SparseProjector
 from tda.task import ClassificationTask
-from tda.train import TrainConfig
+from tda.training import TrainConfig
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 PRIMARY = ("train", "featurize", "retrain", "score", "lds")
