@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from tda.atomic import write_bytes_atomic
 from tda.fingerprint import model_fingerprint
 
 
@@ -44,32 +44,19 @@ class Checkpoint:
     fingerprint: str
 
 
-def _atomic_write(path: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def save_checkpoint(directory: str | os.PathLike, checkpoint_id: str, model: nn.Module, **position):
     """Write ``model``'s state and its training ``position`` (Checkpoint fields) atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = directory / f"{checkpoint_id}.safetensors"
-    _atomic_write(weights, lambda temporary: save_file(state, temporary))
+    write_bytes_atomic(weights, save(state))
     checkpoint = Checkpoint(
         checkpoint_id=checkpoint_id, path=weights, fingerprint=model_fingerprint(state), **position
     )
     record = {**asdict(checkpoint), "path": weights.name}
     text = json.dumps(record, indent=2)
-    _atomic_write(directory / f"{checkpoint_id}.json", lambda t: Path(t).write_text(text))
+    write_bytes_atomic(directory / f"{checkpoint_id}.json", text.encode())
     return checkpoint
 
 

@@ -23,15 +23,12 @@ shard index with different content may leave data files unlike the winning sidec
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import operator
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -39,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from tda.atomic import HashingWriter, file_digest, write_atomic
 from tda.fingerprint import config_fingerprint
 
 FORMAT, VERSION = "tda.FeatureStore", 1
@@ -70,17 +68,6 @@ class ShardInfo:
     arrays: dict[str, tuple[tuple[int, ...], str]]
 
 
-class _HashingWriter:
-    """File-like sink that hashes what is written and forwards it to ``file`` (if any)."""
-
-    def __init__(self, file: Any = None) -> None:
-        self.file, self.digest = file, hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return self.file.write(data) if self.file is not None else len(data)
-
-
 def _check_name(kind: str, name: Any) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("."):
         raise ValueError(
@@ -90,58 +77,10 @@ def _check_name(kind: str, name: Any) -> str:
     return name
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_atomic(path: Path, fill: Callable[[Any], Any], *, replace: bool = True) -> str | None:
-    """Write ``fill(sink)`` atomically to ``path`` and return its sha256.
-
-    With ``replace=False`` an existing ``path`` is kept and ``None`` is returned.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            sink = _HashingWriter(file)
-            fill(sink)
-            file.flush()
-            os.fsync(file.fileno())
-        if replace:
-            os.replace(temp, path)
-        else:
-            try:
-                os.link(temp, path)  # atomic create-if-absent
-            except FileExistsError:
-                return None
-            except OSError:  # a file system without hard links
-                if path.exists():
-                    return None
-                os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-    _fsync_dir(path.parent)
-    return sink.digest.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _publish_json(path: Path, record: dict) -> dict:
     """Create the JSON ``record`` at ``path`` unless a file is there; return what it holds."""
     text = json.dumps(record, indent=1, sort_keys=True).encode()
-    _write_atomic(path, lambda sink: sink.write(text), replace=False)
+    write_atomic(path, lambda sink: sink.write(text), replace=False)
     return json.loads(path.read_text())
 
 
@@ -389,7 +328,7 @@ class FeatureStore:
         record: dict[str, Any] = {"start": start, "stop": _check_rows(arrays, start, size, split)}
         record["arrays"] = {}
         for name, array in arrays.items():
-            sink = _HashingWriter()
+            sink = HashingWriter()
             _save_npy(array, sink)
             meta = {"shape": list(array.shape), "dtype": array.dtype.str}
             record["arrays"][name] = {**meta, "sha256": sink.digest.hexdigest()}
@@ -409,13 +348,13 @@ class FeatureStore:
                 )
         for name, meta in record["arrays"].items():
             path = _data_path(directory, index, name)
-            if not path.is_file() or _file_digest(path) != meta["sha256"]:
-                if _write_atomic(path, fills[name]) != meta["sha256"]:
+            if not path.is_file() or file_digest(path) != meta["sha256"]:
+                if write_atomic(path, fills[name]) != meta["sha256"]:
                     path.unlink(missing_ok=True)
                     raise CorruptShardError(f"{path} does not match the sha256 of its sidecar")
         text = json.dumps(record, indent=1, sort_keys=True).encode()
         sidecar = directory / f"{index:06d}.json"
-        if _write_atomic(sidecar, lambda sink: sink.write(text), replace=False):
+        if write_atomic(sidecar, lambda sink: sink.write(text), replace=False):
             return True
         _check_same_shard(directory, index, record)  # already complete, or another writer won
         return False
@@ -471,7 +410,7 @@ class FeatureStore:
     def _blocks(directory: Path, shards: list, name: str, verify: bool) -> Iterator:
         for index, record in shards:
             path, meta = _data_path(directory, index, name), record["arrays"][name]
-            if verify and _file_digest(path) != meta["sha256"]:
+            if verify and file_digest(path) != meta["sha256"]:
                 raise CorruptShardError(f"{path} does not match the sha256 of its sidecar")
             block = np.load(path, allow_pickle=False)
             if list(block.shape) != meta["shape"] or block.dtype.str != meta["dtype"]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from tda.atomic import write_bytes_atomic
 from tda.fingerprint import array_fingerprint, config_fingerprint
 
 _FORMAT = "tda.datamodels.ground_truth/1"
@@ -87,8 +87,12 @@ class GroundTruthStore:
         manifest = _new_manifest(masks, _validated_seeds(seeds), query_fingerprint, config or {})
         if not (root / _MANIFEST).exists():
             (root / _OUTPUTS).mkdir(parents=True, exist_ok=True)
-            _check_masks(root, masks, _write_exclusive(root / _MASKS, _npy_bytes(masks)))
-            _write_exclusive(root / _MANIFEST, json.dumps(manifest, indent=2).encode())
+            _check_masks(
+                root, masks, write_bytes_atomic(root / _MASKS, _npy_bytes(masks), replace=False)
+            )
+            write_bytes_atomic(
+                root / _MANIFEST, json.dumps(manifest, indent=2).encode(), replace=False
+            )
         store = cls.open(root)
         _check_manifest(root, _read_manifest(root), manifest)
         return store
@@ -147,7 +151,7 @@ class GroundTruthStore:
             raise ValueError(
                 f"outputs of subset {subset}, seed {seed} hold {bad} non-finite values"
             )
-        _write_atomic(self._path(subset, seed), _npy_bytes(values))
+        write_bytes_atomic(self._path(subset, seed), _npy_bytes(values))
 
     def run(
         self,
@@ -285,30 +289,3 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
-
-
-def _write_temporary(path: Path, data: bytes) -> Path:
-    """Writes ``data`` to a fresh temporary file beside ``path`` and fsyncs it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return temporary
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replaces ``path`` by ``data`` at once: readers see the old or the new file, never half."""
-    os.replace(_write_temporary(path, data), path)
-
-
-def _write_exclusive(path: Path, data: bytes) -> bool:
-    """Creates ``path`` holding ``data`` atomically unless it exists; returns whether it did."""
-    temporary = _write_temporary(path, data)
-    try:
-        os.link(temporary, path)  # fails if path exists, unlike os.replace
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        temporary.unlink()
