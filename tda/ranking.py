@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -18,21 +19,21 @@ class TopExamples:
     harmful_scores: Tensor
 
 
-def top_examples(scores: Tensor, k: int = 5, chunk_size: int = 1024) -> TopExamples:
+def top_examples(scores: Tensor | np.ndarray, k: int = 5, chunk_size: int = 1024) -> TopExamples:
     """The ``k`` highest-scored (helpful) and lowest-scored (harmful) training examples per query.
 
-    Processes ``chunk_size`` queries at a time, so a memory-mapped score matrix is never copied
-    whole.
+    Processes ``chunk_size`` queries at a time, so a memory-mapped score matrix
+    (:func:`tda.scores.open_scores`) is never read whole.
 
     Raises:
         ValueError: ``k`` is not in ``[1, n_train]``.
     """
-    scores = torch.as_tensor(scores)
     if not 1 <= k <= scores.shape[1]:
         raise ValueError(f"k must be in [1, {scores.shape[1]}], got {k}")
     parts = []
     for start in range(0, scores.shape[0], chunk_size):
-        block = torch.as_tensor(scores[start : start + chunk_size])
+        block = scores[start : start + chunk_size]
+        block = block if isinstance(block, Tensor) else torch.from_numpy(np.array(block))
         parts.append((block.topk(k, dim=1), block.topk(k, dim=1, largest=False)))
     return TopExamples(
         helpful=torch.cat([top.indices for top, _ in parts]),

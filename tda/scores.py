@@ -1,0 +1,72 @@
+"""Score matrices too large for memory, written to a memory-mapped ``.npy`` block by block.
+
+``TRAK.score`` and the other store-based attributors return ``[n_query, n_train]`` in memory. For
+large query sets, :func:`write_scores` asks the attributor for ``query_chunk`` queries at a time and
+writes each block into an ``.npy`` file opened as a memory map, so peak memory is one block, never
+the whole matrix. The file is written under a temporary name and published atomically when
+complete; :func:`open_scores` maps it read-only (``np.load(mmap_mode="r")``, no pickle). Streaming
+top-k over the result is :func:`tda.ranking.top_examples`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from torch import Tensor
+from tqdm.auto import tqdm
+
+ScoreFunction = Callable[[Sequence[int]], Tensor]
+
+
+def write_scores(
+    score: ScoreFunction,
+    n_query: int,
+    path: str | os.PathLike,
+    *,
+    query_chunk: int = 1024,
+    dtype: np.dtype | type = np.float32,
+    progress: bool = True,
+) -> np.memmap:
+    """Write ``score(indices)`` for every block of query indices into ``path`` (``.npy``).
+
+    Args:
+        score: returns scores ``[len(indices), n_train]`` for query indices, e.g.
+            ``lambda rows: trak.score("test", indices=rows)``.
+        n_query: number of queries.
+        path: destination ``.npy`` file; replaced atomically once every block is written.
+        query_chunk: queries per block (bounds memory at ``query_chunk * n_train``).
+        dtype: storage dtype.
+
+    Returns:
+        The finished matrix, memory-mapped read-only.
+    """
+    if n_query < 1 or query_chunk < 1:
+        raise ValueError(f"n_query ({n_query}) and query_chunk ({query_chunk}) must be positive")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    matrix = None
+    try:
+        for start in tqdm(range(0, n_query, query_chunk), desc="score", disable=not progress):
+            rows = list(range(start, min(start + query_chunk, n_query)))
+            block = score(rows).detach().cpu().numpy()
+            if matrix is None:
+                shape = (n_query, block.shape[1])
+                matrix = open_memmap(temporary, mode="w+", dtype=dtype, shape=shape)
+            matrix[start : start + len(rows)] = block
+        matrix.flush()
+        del matrix
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return open_scores(path)
+
+
+def open_scores(path: str | os.PathLike) -> np.memmap:
+    """A score matrix written by :func:`write_scores`, memory-mapped read-only."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
