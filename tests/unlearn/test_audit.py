@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from tda.fingerprint import model_fingerprint
+from tda.models import build_model
+from tests.unlearn.reference import FACTORY
+from unlearn import (
+    AuditRecord,
+    FineTune,
+    LoopConfig,
+    Unlearner,
+    UnlearningRequest,
+    UnlearningResult,
+    append_audit,
+    read_audit_log,
+)
+
+
+@pytest.fixture
+def result(mnist, trained) -> UnlearningResult:
+    request = UnlearningRequest(
+        [3, 1, 4, 15], train_size=300, seed=9, model_fingerprint=model_fingerprint(trained)
+    )
+    unlearner = Unlearner(FineTune(LoopConfig(epochs=1, batch_size=64)))
+    return unlearner.unlearn(trained, mnist.train, request, test_data=mnist.test)
+
+
+def test_the_audit_record_round_trips_through_json_and_says_what_ran(result):
+    record = result.audit
+    restored = AuditRecord.from_json(json.dumps(json.loads(record.to_json())))
+    assert restored == record
+    content = json.loads(record.to_json())
+    assert content["request_id"] == record.request_id and content["seed"] == 9
+    assert content["request"]["forget_indices"] == [1, 3, 4, 15]
+    assert content["method"] == "unlearn.methods.fine_tune.FineTune"
+    assert content["method_config"]["loop"]["optimizer"] == {
+        "partial": "torch.optim.sgd.SGD",
+        "args": [],
+        "kwargs": {"lr": 0.01, "momentum": 0.9},
+    }
+    assert content["library_version"] and content["timestamp"].endswith("+00:00")
+    with pytest.raises(ValueError, match="disagree"):
+        AuditRecord.from_dict({**content, "seed": 10})
+    with pytest.raises(ValueError, match="fields"):
+        AuditRecord.from_dict({**content, "extra": 1})
+
+
+def test_a_saved_result_loads_back_and_checks_its_fingerprint(result, tmp_path):
+    result.save(tmp_path / "run")
+    loaded = UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
+    assert loaded.audit == result.audit
+    assert model_fingerprint(loaded.model) == model_fingerprint(result.model)
+    tampered = json.loads((tmp_path / "run" / "audit.json").read_text())
+    tampered["model_fingerprint_after"] = "0" * 64
+    (tmp_path / "run" / "audit.json").write_text(json.dumps(tampered))
+    with pytest.raises(ValueError, match="do not match the audit's fingerprint"):
+        UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
+
+
+def test_appending_keeps_earlier_lines_and_refuses_a_damaged_log(result, tmp_path):
+    log = tmp_path / "logs" / "audit.jsonl"
+    result.append_audit(log)
+    append_audit(result.audit, log)
+    assert read_audit_log(log) == [result.audit, result.audit]
+    assert log.read_text().count("\n") == 2
+    damaged = log.read_bytes()[:-10]
+    log.write_bytes(damaged)
+    with pytest.raises(ValueError, match="does not end with a newline"):
+        result.append_audit(log)
+    assert log.read_bytes() == damaged

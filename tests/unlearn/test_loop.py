@@ -1,0 +1,129 @@
+from functools import partial
+
+import pytest
+import torch
+
+from tda.fingerprint import model_fingerprint
+from unlearn import LoopConfig, Phase, WeightedLoss, unlearning_loop
+
+FIT = WeightedLoss({"retain": 1.0})
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The raw bit pattern of a float64 tensor (so -0.0 != 0.0 and NaN == NaN)."""
+    return tensor.detach().clone().view(torch.int64)
+
+
+def _checkerboard_mask(model) -> dict[str, torch.Tensor]:
+    first = model.get_parameter("0.weight")
+    rows, cols = torch.meshgrid(
+        torch.arange(first.shape[0]), torch.arange(first.shape[1]), indexing="ij"
+    )
+    return {
+        "0.weight": (rows + cols) % 2 == 0,  # half of the first layer may move
+        "2.bias": torch.zeros_like(model.get_parameter("2.bias"), dtype=torch.bool),
+    }  # "0.bias" and "2.weight" are not named: fully trainable
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1),
+        partial(torch.optim.AdamW, lr=0.05, weight_decay=0.5),
+    ],
+    ids=["sgd-momentum-wd", "adamw"],
+)
+def test_masked_out_weights_stay_bitwise_unchanged(tiny_mlp, tiny_data, optimizer):
+    mask = _checkerboard_mask(tiny_mlp)
+    before = {name: _bits(p) for name, p in tiny_mlp.named_parameters()}
+    config = LoopConfig(epochs=4, batch_size=6, optimizer=optimizer)
+    phase = Phase("retain", {"retain": tiny_data}, FIT)
+    unlearning_loop(tiny_mlp, [phase], config, mask=mask, seed=0)
+    after = {name: _bits(p) for name, p in tiny_mlp.named_parameters()}
+    for name, trainable in mask.items():
+        assert torch.equal(after[name][~trainable], before[name][~trainable]), name
+    assert (after["0.weight"][mask["0.weight"]] != before["0.weight"][mask["0.weight"]]).all()
+    assert (after["2.weight"] != before["2.weight"]).all()
+
+
+def test_without_the_mask_the_same_weights_would_move(tiny_mlp, tiny_data):
+    before = tiny_mlp.get_parameter("2.bias").detach().clone()
+    config = LoopConfig(epochs=1, optimizer=partial(torch.optim.SGD, lr=0.1, weight_decay=0.1))
+    unlearning_loop(tiny_mlp, [Phase("retain", {"retain": tiny_data}, FIT)], config)
+    assert (tiny_mlp.get_parameter("2.bias") != before).all()
+
+
+def test_same_seed_same_weights_and_the_global_rng_is_left_alone(tiny_data):
+    from tda.models import MLP, build_model
+
+    def run(seed):
+        model = build_model(lambda: torch.nn.Sequential(MLP(6, (8,), 3), torch.nn.Dropout(0.3)), 0)
+        data = tiny_data.to(dtype=torch.float32)
+        phases = [Phase("retain", {"retain": data}, FIT)]
+        return model_fingerprint(unlearning_loop(model, phases, LoopConfig(epochs=2), seed=seed))
+
+    state = torch.random.get_rng_state()
+    assert run(3) == run(3) != run(4)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_a_nan_loss_stops_the_loop_with_a_clear_error(tiny_mlp, tiny_data):
+    def loss(model, batches, progress):
+        value = FIT(model, batches, progress)
+        return value * float("nan") if progress.step == 2 else value
+
+    with pytest.raises(
+        FloatingPointError, match="loss became nan in phase 'boom' at epoch 1, step 2"
+    ):
+        unlearning_loop(tiny_mlp, [Phase("boom", {"retain": tiny_data}, loss)], LoopConfig(2, 5))
+
+
+def test_secondary_sources_give_one_batch_per_lead_batch(tiny_mlp, tiny_data):
+    forget, retain = tiny_data.subset(range(5)), tiny_data.subset(range(5, 20))
+    seen = []
+
+    def loss(model, batches, progress):
+        seen.append((progress.epoch, len(batches["forget"]), len(batches["retain"])))
+        return WeightedLoss({"forget": -1.0, "retain": 1.0})(model, batches, progress)
+
+    phase = Phase("both", {"retain": retain, "forget": forget}, loss, lead="forget")
+    config = LoopConfig(epochs=2, batch_size=2, optimizer=partial(torch.optim.SGD, lr=0.0))
+    unlearning_loop(tiny_mlp, [phase], config)
+    assert seen == [(0, 2, 2), (0, 2, 2), (0, 1, 1), (1, 2, 2), (1, 2, 2), (1, 1, 1)]
+
+
+def test_bad_masks_phases_and_configs_are_refused(tiny_mlp, tiny_data):
+    phase = Phase("retain", {"retain": tiny_data}, FIT)
+    weight = tiny_mlp.get_parameter("0.weight")
+    bad_masks = {
+        "not a model parameter": {"0.wieght": torch.ones_like(weight, dtype=torch.bool)},
+        "must be a bool tensor": {"0.weight": torch.ones_like(weight)},
+        "has shape": {"0.weight": torch.ones(3, dtype=torch.bool)},
+        "freezes every weight": {
+            name: torch.zeros_like(p, dtype=torch.bool) for name, p in tiny_mlp.named_parameters()
+        },
+    }
+    for message, mask in bad_masks.items():
+        with pytest.raises(ValueError, match=message):
+            unlearning_loop(tiny_mlp, [phase], mask=mask)
+    with pytest.raises(ValueError, match="at least one phase"):
+        unlearning_loop(tiny_mlp, [])
+    with pytest.raises(ValueError, match="source 'forget' has no examples"):
+        Phase("forget", {"forget": tiny_data.subset([])}, FIT)
+    with pytest.raises(ValueError, match="lead 'x' is not one of its sources"):
+        Phase("p", {"retain": tiny_data}, FIT, lead="x")
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        LoopConfig(epochs=0)
+    with pytest.raises(ValueError, match="does not feed"):
+        unlearning_loop(tiny_mlp, [Phase("p", {"retain": tiny_data}, WeightedLoss({"forget": 1}))])
+
+
+def test_progress_reports_the_epoch_fraction(tiny_mlp, tiny_data):
+    fractions = []
+
+    def loss(model, batches, progress):
+        fractions.append(progress.fraction)
+        return FIT(model, batches, progress)
+
+    unlearning_loop(tiny_mlp, [Phase("p", {"retain": tiny_data}, loss)], LoopConfig(4, 20))
+    assert fractions == [0.0, 0.25, 0.5, 0.75]

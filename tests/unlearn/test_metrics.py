@@ -1,0 +1,59 @@
+import pytest
+import torch
+from torch.nn import functional
+
+from tda.data import Examples
+from unlearn import accuracy_percent, average_gap, mia_efficacy, unlearning_metrics
+
+
+def _predicting(classes: torch.Tensor, targets: torch.Tensor) -> Examples:
+    """Inputs that the identity "model" turns into confident logits for ``classes``."""
+    return Examples(10.0 * functional.one_hot(classes, 4).double(), targets)
+
+
+def _hand_made():
+    """An identity model that is right on R, wrong on F and right on half of the test set."""
+    targets = torch.arange(4).repeat(10)
+    retain = _predicting(targets, targets)
+    forget = _predicting((targets[:12] + 1) % 4, targets[:12])
+    test_predictions = torch.where(torch.arange(40) % 2 == 0, targets, (targets + 2) % 4)
+    return forget, retain, _predicting(test_predictions, targets)
+
+
+def test_metrics_on_a_model_that_is_perfect_on_retain_and_wrong_on_forget():
+    forget, retain, test = _hand_made()
+    metrics = unlearning_metrics(torch.nn.Identity(), forget, retain, test)
+    assert metrics == {"UA": 100.0, "RA": 100.0, "TA": 50.0, "MIA": 100.0}
+
+
+def test_a_model_that_still_fits_the_forget_set_looks_like_it_remembers():
+    forget, retain, test = _hand_made()
+    remembered = Examples(retain.inputs[:12], retain.targets[:12])
+    assert mia_efficacy(torch.nn.Identity(), remembered, retain, test) == 0.0
+    assert unlearning_metrics(torch.nn.Identity(), remembered, retain)["UA"] == 0.0
+
+
+def test_the_attack_balances_members_and_non_members_with_a_seed():
+    forget, retain, test = _hand_made()
+    big_retain = Examples(retain.inputs.repeat(5, 1), retain.targets.repeat(5))
+    first = mia_efficacy(torch.nn.Identity(), forget, big_retain, test, seed=1)
+    assert first == mia_efficacy(torch.nn.Identity(), forget, big_retain, test, seed=1) == 100.0
+
+
+def test_average_gap_is_the_mean_absolute_difference():
+    ours = {"UA": 10.0, "RA": 90.0, "TA": 80.0, "MIA": 20.0}
+    oracle = {"UA": 12.0, "RA": 95.0, "TA": 79.0, "MIA": 30.0}
+    assert average_gap(ours, oracle) == pytest.approx((2 + 5 + 1 + 10) / 4)
+    assert average_gap(ours, oracle, keys=("UA",)) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match=r"oracle metrics lack \['MIA'\]"):
+        average_gap(ours, {"UA": 1.0, "RA": 1.0, "TA": 1.0})
+
+
+def test_empty_sets_give_clear_errors():
+    forget, retain, test = _hand_made()
+    empty = Examples(forget.inputs[:0], forget.targets[:0])
+    with pytest.raises(ValueError, match="empty"):
+        accuracy_percent(torch.nn.Identity(), empty)
+    with pytest.raises(ValueError, match="non-empty test set"):
+        mia_efficacy(torch.nn.Identity(), forget, retain, empty)
+    assert set(unlearning_metrics(torch.nn.Identity(), empty, retain, test)) == {"RA", "TA"}

@@ -1,0 +1,211 @@
+r"""The one unlearning loop: optimiser, epochs, batches, schedule and hard masks.
+
+Methods describe *what* to minimise as a list of :class:`Phase` objects; the loop decides *how*.
+Each epoch runs every phase once, in order. A phase draws minibatches from named data sources
+(e.g. ``"forget"`` and ``"retain"``): the *lead* source is shuffled and split into batches, which
+sets the phase's number of steps; every other source contributes a batch of the same size per step,
+drawn from its own reshuffled stream. For each step the loop minimises the phase's loss
+
+.. math:: \theta \leftarrow \mathrm{opt}\big(\theta, \nabla_\theta L(\theta; B)\big),
+   \qquad \theta_j \text{ unchanged wherever } M_j = \text{False},
+
+with :math:`M` the mask (see :mod:`unlearn.masks`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from tda.data.examples import Examples
+from tda.training import OptimizerFactory, SchedulerFactory
+from unlearn.masks import Mask, fully_frozen, pin, restore_frozen, zero_frozen_gradients
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How the loop optimises.
+
+    Attributes:
+        epochs: passes of every phase.
+        batch_size: examples per source per step.
+        optimizer: builds the optimiser from the trainable parameters (default SGD, lr 0.01,
+            momentum 0.9).
+        scheduler: optional learning-rate schedule, stepped once per epoch.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: OptimizerFactory = field(default=partial(torch.optim.SGD, lr=0.01, momentum=0.9))
+    scheduler: SchedulerFactory | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the loop is when it asks for a loss (for losses with schedules, e.g. decaying ℓ1)."""
+
+    epoch: int
+    epochs: int
+    step: int
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of epochs completed before this one, in ``[0, 1)``."""
+        return self.epoch / self.epochs
+
+
+PhaseLoss = Callable[[nn.Module, Mapping[str, Examples], Progress], Tensor]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One pass per epoch over batches drawn from named data sources.
+
+    Attributes:
+        name: label used in error messages (e.g. ``"forget"``).
+        sources: the data, by name; every source must be non-empty.
+        loss: ``loss(model, batches, progress) -> scalar`` where ``batches`` maps each source
+            name to this step's minibatch.
+        lead: the source whose shuffled pass defines the steps (default: the first source).
+    """
+
+    name: str
+    sources: Mapping[str, Examples]
+    loss: PhaseLoss
+    lead: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError(f"phase {self.name!r} has no data sources")
+        if not self.lead:
+            object.__setattr__(self, "lead", next(iter(self.sources)))
+        if self.lead not in self.sources:
+            raise ValueError(f"phase {self.name!r}: lead {self.lead!r} is not one of its sources")
+        for source, data in self.sources.items():
+            if len(data) == 0:
+                raise ValueError(f"phase {self.name!r}: source {source!r} has no examples")
+
+
+def _phase_batches(phase: Phase, batch_size: int, generator: torch.Generator):
+    """Index batches ``[{source: LongTensor[b]}]`` for one pass of ``phase``."""
+    lead_size = len(phase.sources[phase.lead])
+    plan = [
+        {phase.lead: b} for b in torch.randperm(lead_size, generator=generator).split(batch_size)
+    ]
+    for name, data in phase.sources.items():
+        if name == phase.lead:
+            continue
+        laps = math.ceil(lead_size / len(data))
+        stream = torch.cat([torch.randperm(len(data), generator=generator) for _ in range(laps)])
+        for batch, indices in zip(plan, stream[:lead_size].split(batch_size), strict=True):
+            batch[name] = indices
+    return plan
+
+
+def _select(data: Examples, indices: Tensor) -> Examples:
+    indices = indices.to(data.inputs.device)
+    return Examples(data.inputs[indices], data.targets[indices])
+
+
+def _step_loss(model, phase: Phase, indices, progress: Progress) -> Tensor:
+    batches = {name: _select(phase.sources[name], idx) for name, idx in indices.items()}
+    loss = phase.loss(model, batches, progress)
+    if loss.dim() != 0:
+        raise ValueError(f"phase {phase.name!r} returned a loss of shape {tuple(loss.shape)}")
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"unlearning loss became {float(loss.detach())} in phase {phase.name!r} at epoch "
+            f"{progress.epoch + 1}, step {progress.step}; lower the learning rate or the epochs"
+        )
+    return loss
+
+
+def _build_optimizer(model: nn.Module, config: LoopConfig, mask: Mask | None):
+    frozen = fully_frozen(mask) if mask is not None else set()
+    trainable = [
+        p for name, p in model.named_parameters() if p.requires_grad and name not in frozen
+    ]
+    if not trainable:
+        raise ValueError("the mask freezes every weight of the model; nothing can be unlearned")
+    return config.optimizer(trainable)
+
+
+def _check_finite_weights(model: nn.Module) -> None:
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            raise FloatingPointError(f"parameter {name!r} became non-finite during unlearning")
+
+
+def _run_epochs(model, phases, config, optimizer, pinned, generator) -> None:
+    scheduler = config.scheduler(optimizer) if config.scheduler else None
+    step = 0
+    for epoch in range(config.epochs):
+        for phase in phases:
+            for indices in _phase_batches(phase, config.batch_size, generator):
+                loss = _step_loss(model, phase, indices, Progress(epoch, config.epochs, step))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                zero_frozen_gradients(pinned)
+                optimizer.step()
+                restore_frozen(pinned)
+                step += 1
+        if scheduler is not None:
+            scheduler.step()
+
+
+def unlearning_loop(
+    model: nn.Module,
+    phases: Sequence[Phase],
+    config: LoopConfig | None = None,
+    *,
+    mask: Mask | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Minimise the phases' losses on ``model`` **in place**, keeping masked-out weights fixed.
+
+    The :class:`~unlearn.Unlearner` passes a copy, so the caller's model is never touched.
+    Shuffling uses a generator seeded by ``seed`` and any other randomness (dropout) runs under a
+    forked, seeded global RNG: the same inputs and seed give bitwise the same weights on CPU.
+
+    Args:
+        model: the model to update.
+        phases: what to minimise, run in order every epoch.
+        config: optimiser, epochs, batch size and schedule (default :class:`LoopConfig`).
+        mask: ``{name: bool tensor}``, ``True`` = trainable; unnamed parameters are trainable.
+            Masked-out weights stay bitwise unchanged under any optimiser, weight decay included.
+        seed: seed for shuffling and dropout.
+
+    Returns:
+        ``model`` (updated, in the training mode it had on entry).
+
+    Raises:
+        ValueError: no phases, a bad mask, a mask that freezes everything, a non-scalar loss.
+        FloatingPointError: a loss or a weight became NaN or infinite.
+    """
+    if not phases:
+        raise ValueError("the unlearning loop needs at least one phase")
+    config = config if config is not None else LoopConfig()
+    pinned = pin(model, mask) if mask is not None else []
+    optimizer = _build_optimizer(model, config, mask)
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _run_epochs(model, phases, config, optimizer, pinned, generator)
+    finally:
+        model.train(was_training)
+    _check_finite_weights(model)
+    return model

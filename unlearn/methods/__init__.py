@@ -1,0 +1,24 @@
+"""Unlearning methods: exact retraining (the oracle), FT, GA, RL, GradDiff, SalUn, ℓ1-sparse."""
+
+from unlearn.methods.base import ForgetSplit, UnlearningMethod
+from unlearn.methods.fine_tune import FineTune
+from unlearn.methods.gradient_ascent import GradientAscent
+from unlearn.methods.gradient_difference import GradientDifference
+from unlearn.methods.l1_sparse import DecayingL1Loss, L1Sparse
+from unlearn.methods.random_labels import RandomLabels, random_other_labels
+from unlearn.methods.retrain import ExactRetraining
+from unlearn.methods.salun import SalUn
+
+__all__ = [
+    "DecayingL1Loss",
+    "ExactRetraining",
+    "FineTune",
+    "ForgetSplit",
+    "GradientAscent",
+    "GradientDifference",
+    "L1Sparse",
+    "RandomLabels",
+    "SalUn",
+    "UnlearningMethod",
+    "random_other_labels",
+]

@@ -1,0 +1,77 @@
+r"""What an unlearning method is: an object with hyperparameters and one ``unlearn`` call.
+
+Methods are thin. Most describe losses as :class:`~unlearn.loop.Phase` objects and hand them to
+:func:`~unlearn.loop.unlearning_loop`; a method that computes a mask (saliency, pruning) intersects
+it with the mask it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import numpy as np
+from torch import nn
+
+from tda.data.examples import Examples
+from unlearn.masks import Mask
+from unlearn.request import UnlearningRequest
+
+
+@dataclass(frozen=True)
+class ForgetSplit:
+    r"""The training set split by a request into forget :math:`F` and retain :math:`R` sets.
+
+    Attributes:
+        forget: the examples of :math:`F`, in ascending index order.
+        retain: the examples of :math:`R = S \setminus (F \cup F_{\text{earlier}})`, ascending.
+        forget_indices: positions of :math:`F` in the training set, ``[|F|]``.
+        retain_indices: positions of :math:`R` in the training set, ``[|R|]``.
+    """
+
+    forget: Examples
+    retain: Examples
+    forget_indices: np.ndarray
+    retain_indices: np.ndarray
+
+    @classmethod
+    def of(cls, train: Examples, request: UnlearningRequest) -> ForgetSplit:
+        """Split ``train`` (of ``request.train_size`` examples) as ``request`` says."""
+        if len(train) != request.train_size:
+            raise ValueError(
+                f"the request refers to a training set of {request.train_size} examples but "
+                f"{len(train)} were given"
+            )
+        forget_indices = np.asarray(request.forget_indices, dtype=np.int64)
+        retain_indices = request.retain_indices()
+        return cls(
+            train.subset(forget_indices),
+            train.subset(retain_indices),
+            forget_indices,
+            retain_indices,
+        )
+
+
+class UnlearningMethod(Protocol):
+    """An unlearner: hyperparameters as attributes, the work in :meth:`unlearn`.
+
+    Attributes:
+        requires_forget_set: whether the method's losses need forget examples; for an empty
+            forget set the :class:`~unlearn.Unlearner` returns the model unchanged when this is
+            ``False`` and raises otherwise.
+    """
+
+    requires_forget_set: ClassVar[bool]
+
+    def unlearn(
+        self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
+    ) -> nn.Module:
+        """Return the unlearned model; ``model`` is a copy the method may modify in place.
+
+        Args:
+            model: copy of the model to unlearn from.
+            split: forget and retain examples (on the model's device and dtype).
+            seed: seed of every random choice.
+            mask: ``{name: bool tensor}`` of weights allowed to change; others stay bitwise equal.
+        """
+        ...

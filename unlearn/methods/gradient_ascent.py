@@ -1,0 +1,43 @@
+r"""GA: gradient ascent on the forget set.
+
+.. math:: \min_\theta \; -\frac{1}{|F|}\sum_{z\in F}\ell(z;\theta)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from unlearn.loop import LoopConfig, Phase, unlearning_loop
+from unlearn.losses import WeightedLoss
+from unlearn.masks import Mask
+from unlearn.methods.base import ForgetSplit
+
+
+def _default_loop() -> LoopConfig:
+    return LoopConfig(epochs=5, optimizer=partial(torch.optim.SGD, lr=1e-3, momentum=0.9))
+
+
+@dataclass(frozen=True)
+class GradientAscent:
+    r"""Gradient ascent (GA): raise the loss on :math:`F`.
+
+    The objective is unbounded below, so the number of epochs and the learning rate are what stop
+    it; small defaults (5 epochs, lr 1e-3).
+
+    Attributes:
+        loop: optimiser, epochs, batch size and schedule.
+    """
+
+    loop: LoopConfig = field(default_factory=_default_loop)
+    requires_forget_set: ClassVar[bool] = True
+
+    def unlearn(
+        self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
+    ) -> nn.Module:
+        phase = Phase("forget", {"forget": split.forget}, WeightedLoss({"forget": -1.0}))
+        return unlearning_loop(model, [phase], self.loop, mask=mask, seed=seed)

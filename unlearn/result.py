@@ -1,0 +1,94 @@
+"""``UnlearningResult``: the unlearned model with its metrics, timings and audit record."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save
+from torch import nn
+
+from tda.atomic import write_bytes_atomic
+from tda.fingerprint import model_fingerprint
+from unlearn.audit import AuditRecord, append_audit
+from unlearn.request import IndexLike, UnlearningRequest
+
+MODEL_FILE, AUDIT_FILE = "model.safetensors", "audit.json"
+
+
+@dataclass(frozen=True)
+class UnlearningResult:
+    """A new model (the caller's is untouched) and the record of how it was made.
+
+    Attributes:
+        model: the unlearned model.
+        audit: request, fingerprints before / after, data fingerprint, method configuration,
+            seed, versions, timestamp, metrics and timings.
+    """
+
+    model: nn.Module
+    audit: AuditRecord
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """UA / RA / TA / MIA in percent (those that could be computed)."""
+        return self.audit.metrics
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Wall-clock seconds of the unlearning run and of the metrics."""
+        return self.audit.timings
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` and ``audit.json`` into ``directory``, each atomically."""
+        directory = Path(directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        write_bytes_atomic(directory / MODEL_FILE, save(state))
+        text = json.dumps(self.audit.to_dict(), indent=2, sort_keys=True, allow_nan=False)
+        write_bytes_atomic(directory / AUDIT_FILE, text.encode())
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, model: nn.Module) -> UnlearningResult:
+        """Load a saved result into ``model`` (same architecture, modified in place).
+
+        Raises:
+            ValueError: the weights do not fit ``model`` or do not match the audit's fingerprint.
+        """
+        directory = Path(directory)
+        audit = AuditRecord.from_dict(json.loads((directory / AUDIT_FILE).read_text()))
+        try:
+            model.load_state_dict(load_file(str(directory / MODEL_FILE)), strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"saved weights in {directory} do not fit this model: {error}"
+            ) from error
+        if model_fingerprint(model) != audit.model_fingerprint_after:
+            raise ValueError(f"weights in {directory} do not match the audit's fingerprint")
+        return cls(model=model, audit=audit)
+
+    def append_audit(self, log_path: str | os.PathLike) -> None:
+        """Append the audit record as one JSON line to ``log_path`` (see :mod:`unlearn.audit`)."""
+        append_audit(self.audit, log_path)
+
+    def next_request(self, forget_indices: IndexLike, *, seed: int | None = None):
+        """A request to forget more examples from this result's model (sequential unlearning).
+
+        It targets this result's model fingerprint and data, and counts everything forgotten so
+        far as ``previously_forgotten`` so that no later step retrains on it.
+
+        Args:
+            forget_indices: further training-set positions to forget.
+            seed: the new request's seed (default: this request's seed).
+        """
+        request = self.audit.request
+        return UnlearningRequest(
+            forget_indices=forget_indices,
+            train_size=request.train_size,
+            seed=request.seed if seed is None else seed,
+            model_fingerprint=self.audit.model_fingerprint_after,
+            data_fingerprint=self.audit.data_fingerprint,
+            previously_forgotten=request.forgotten_after(),
+        )

@@ -1,0 +1,74 @@
+r"""SalUn's weight saliency mask (Fan et al. 2024): weights the forget loss is most sensitive to.
+
+.. math:: g = \nabla_\theta \sum_{z \in F} \ell(z; \theta_o), \qquad
+   M_j = \mathbb{1}\big[|g_j| \text{ is among the } \lceil r p \rceil \text{ largest } |g_k|\big]
+
+over all :math:`p` weights of the model at once (a global ranking, not per layer), with
+:math:`\theta_o` the model before unlearning. Gradients are taken in evaluation mode (no dropout).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from tda.data.examples import Examples
+from tda.grads import evaluation_mode
+from tda.task import ClassificationTask, Task
+
+
+def forget_gradient(
+    model: nn.Module, forget: Examples, *, task: Task | None = None, batch_size: int = 256
+) -> dict[str, Tensor]:
+    r""":math:`\nabla_\theta \sum_{z\in F}\ell(z;\theta)` per parameter (``.grad`` untouched)."""
+    if len(forget) == 0:
+        raise ValueError("a saliency mask needs a non-empty forget set")
+    task = task if task is not None else ClassificationTask()
+    names, parameters = zip(*model.named_parameters(), strict=True)
+    total = [torch.zeros_like(p) for p in parameters]
+    with evaluation_mode(model):
+        for start in range(0, len(forget), batch_size):
+            inputs = forget.inputs[start : start + batch_size]
+            targets = forget.targets[start : start + batch_size]
+            loss = task.loss(model(inputs), targets).sum()
+            for accumulated, gradient in zip(
+                total, torch.autograd.grad(loss, parameters), strict=True
+            ):
+                accumulated.add_(gradient)
+    return dict(zip(names, total, strict=True))
+
+
+def top_fraction_mask(scores: dict[str, Tensor], fraction: float) -> dict[str, Tensor]:
+    r"""``True`` for the :math:`\lceil r p \rceil` largest scores over all tensors together.
+
+    Raises:
+        ValueError: ``fraction`` outside ``(0, 1]``.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"the trainable fraction must be in (0, 1], got {fraction}")
+    flat = torch.cat([score.detach().flatten() for score in scores.values()])
+    keep = math.ceil(fraction * flat.numel())
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    chosen[torch.topk(flat, keep, sorted=False).indices] = True
+    pieces = chosen.split([score.numel() for score in scores.values()])
+    return {
+        name: piece.view_as(score)
+        for (name, score), piece in zip(scores.items(), pieces, strict=True)
+    }
+
+
+def saliency_mask(
+    model: nn.Module, forget: Examples, fraction: float = 0.5, *, task: Task | None = None
+) -> dict[str, Tensor]:
+    """SalUn's mask: the top ``fraction`` of weights by forget-loss gradient magnitude.
+
+    Args:
+        model: the model before unlearning (not modified).
+        forget: the forget set :math:`F`.
+        fraction: :math:`r`, the share of all weights left trainable (SalUn's default 0.5).
+        task: supplies :math:`\\ell` (default cross-entropy).
+    """
+    gradient = forget_gradient(model, forget, task=task)
+    return top_fraction_mask({name: g.abs() for name, g in gradient.items()}, fraction)

@@ -1,0 +1,148 @@
+"""``Unlearner``: run one method on one request, safely, and record what was done.
+
+``Unlearner(method).unlearn(model, train_data, request)`` checks the request against the model
+and data it is given, works on a deep copy (the caller's model is never mutated, even when the run
+fails), times the run, measures UA / RA / TA / MIA and returns an
+:class:`~unlearn.result.UnlearningResult` with an audit record. An empty forget set returns the
+model unchanged for methods that do not need forget data and is refused by those that do.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import torch
+from torch import nn
+
+from tda.data.examples import Examples, as_examples
+from tda.fingerprint import model_fingerprint
+from unlearn.audit import AuditRecord
+from unlearn.describe import describe, qualified_name
+from unlearn.masks import Mask, check_mask, describe_mask
+from unlearn.methods.base import ForgetSplit, UnlearningMethod
+from unlearn.metrics import unlearning_metrics
+from unlearn.request import UnlearningRequest
+from unlearn.result import UnlearningResult
+
+
+def _library_version() -> str:
+    try:
+        return version("tda-unlearn")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _check_request(request, method, model_before: str, train: Examples, data_before: str) -> None:
+    if request.model_fingerprint is not None and request.model_fingerprint != model_before:
+        raise ValueError(
+            f"request {request.request_id} targets model {request.model_fingerprint[:12]}... but "
+            f"was given model {model_before[:12]}...; refusing to unlearn from a different model"
+        )
+    if len(train) != request.train_size:
+        raise ValueError(
+            f"request {request.request_id} refers to a training set of {request.train_size} "
+            f"examples but {len(train)} were given"
+        )
+    if request.data_fingerprint is not None and request.data_fingerprint != data_before:
+        raise ValueError(f"request {request.request_id} targets different training data")
+    if request.is_empty and method.requires_forget_set:
+        raise ValueError(
+            f"{type(method).__name__} needs forget examples but request {request.request_id} "
+            "has an empty forget set"
+        )
+
+
+def _on_model(model: nn.Module, data: Examples) -> Examples:
+    reference = next(iter(model.parameters()), None)
+    if reference is None:
+        raise ValueError("the model has no parameters to unlearn")
+    return data.to(reference.device, reference.dtype)
+
+
+@dataclass(frozen=True)
+class Unlearner:
+    """Runs an unlearning method on requests.
+
+    Attributes:
+        method: the unlearner (e.g. ``FineTune()``, ``ExactRetraining(tda.MLP)``).
+        mask: optional ``{name: bool tensor}``, ``True`` = may change; all other weights stay
+            bitwise unchanged (a hard constraint the method's own mask is intersected with).
+        audit_log: optional JSON-lines file each successful run is appended to.
+        compute_metrics: measure UA / RA / TA / MIA after the run.
+    """
+
+    method: UnlearningMethod
+    mask: Mask | None = None
+    audit_log: str | os.PathLike | None = None
+    compute_metrics: bool = True
+
+    def unlearn(
+        self,
+        model: nn.Module,
+        train_data: Any,
+        request: UnlearningRequest,
+        *,
+        test_data: Any | None = None,
+    ) -> UnlearningResult:
+        """Unlearn ``request``'s forget set from a copy of ``model``.
+
+        Args:
+            model: the trained model; never modified.
+            train_data: the training set :math:`S` the request's indices refer to (``Examples``
+                or anything :func:`tda.as_examples` reads).
+            request: what to forget.
+            test_data: held-out examples for TA and MIA-efficacy (optional).
+
+        Raises:
+            ValueError: the model, data or forget set do not fit the request or the method, or a
+                bad mask. Nothing is returned or logged and ``model`` is untouched.
+            FloatingPointError: the unlearning loss or weights became NaN / infinite.
+        """
+        train = as_examples(train_data)
+        model_before, data_before = model_fingerprint(model), train.fingerprint()
+        _check_request(request, self.method, model_before, train, data_before)
+        mask = check_mask(model, self.mask) if self.mask is not None else None
+        split = ForgetSplit.of(_on_model(model, train), request)
+        start = time.perf_counter()
+        unlearned = copy.deepcopy(model)
+        if not request.is_empty:
+            unlearned = self.method.unlearn(unlearned, split, seed=request.seed, mask=mask)
+        timings = {"unlearn": time.perf_counter() - start}
+        start = time.perf_counter()
+        metrics = self._metrics(unlearned, split, test_data, request.seed)
+        if self.compute_metrics:
+            timings["metrics"] = time.perf_counter() - start
+        audit = self._audit(request, model_before, unlearned, data_before, metrics, timings)
+        result = UnlearningResult(model=unlearned, audit=audit)
+        if self.audit_log is not None:
+            result.append_audit(self.audit_log)
+        return result
+
+    def _metrics(self, model, split: ForgetSplit, test_data, seed: int) -> dict[str, float]:
+        if not self.compute_metrics:
+            return {}
+        test = _on_model(model, as_examples(test_data)) if test_data is not None else None
+        return unlearning_metrics(model, split.forget, split.retain, test, seed=seed)
+
+    def _audit(self, request, model_before, unlearned, data_before, metrics, timings):
+        return AuditRecord(
+            request=request,
+            method=qualified_name(type(self.method)),
+            method_config=describe(self.method),
+            mask=describe_mask(self.mask),
+            model_fingerprint_before=model_before,
+            model_fingerprint_after=model_fingerprint(unlearned),
+            data_fingerprint=data_before,
+            metrics=metrics,
+            timings=timings,
+            no_op=request.is_empty,
+            library_version=_library_version(),
+            torch_version=torch.__version__,
+            timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
