@@ -1,9 +1,11 @@
-"""`make demo`: attribute MNIST-1D predictions to training data with TRAK and measure LDS.
+"""`make demo`: attribute MNIST-1D predictions with TRAK, measure LDS, then unlearn 10% of the data.
 
 Steps (a few minutes on 2 CPU cores; everything is cached under runs/demo and resumes):
 train an ensemble of MLPs, featurize train + test examples into a FeatureStore, score with TRAK,
 retrain on random half-subsets for a small LDS ground truth, report LDS with its confidence
 interval and noise ceiling, and show the most helpful / harmful training examples for test points.
+Then issue an unlearning request (forget a random 10% of the training set) to one of the models and
+print its report: SalUn and fine-tuning against exact retraining, with the audit record.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import demo_unlearning
 import torch
 
 import tda
@@ -64,6 +67,8 @@ def main() -> None:
     figure = WORKSPACE / "top_examples.png"
     plot_top_examples(queries, data.train, top, rows=[0, 1, 2], path=figure)
     print(f"\nfigure of the most helpful and harmful training examples: {figure}")
+    model = tda.load_member(tda.MLP, tda.list_checkpoints(WORKSPACE / "models" / "seed-0")[-1])
+    demo_unlearning.run(model, data, CONFIG, WORKSPACE)
 
 
 if __name__ == "__main__":
