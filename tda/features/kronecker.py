@@ -28,9 +28,7 @@ sketches multiply).
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
@@ -47,6 +45,7 @@ from tda.features.layer_sketch import (
     stable_seed,
 )
 from tda.grads import NonFiniteGradientError, TaskFunction, evaluation_mode
+from tda.linear_capture import capture_linear_calls, compute_dtype
 from tda.task import ClassificationTask, Task
 
 Structure = Literal["kronecker", "khatri_rao"]
@@ -179,11 +178,11 @@ class KroneckerFeaturizer:
             raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
         plan = self._plan(model)
         features, weights = [], []
-        with evaluation_mode(model), self._recording(plan) as records:
+        with evaluation_mode(model):
             for start in range(0, len(inputs), self.chunk_size):
                 stop = start + self.chunk_size
                 x, y = inputs[start:stop], targets[start:stop]
-                chunk, logits = self._chunk_features(model, plan, records, x, y)
+                chunk, logits = self._chunk_features(model, plan, x, y)
                 _check_finite(chunk, start, self.function)
                 features.append(chunk)
                 with torch.no_grad():  # Q from the same forward pass (cf. gradient.out_to_loss)
@@ -213,68 +212,39 @@ class KroneckerFeaturizer:
             self._cache[key] = factor.to(device=device, dtype=dtype)
         return self._cache[key]
 
-    @contextlib.contextmanager
-    def _recording(self, plan: list[_Layer]) -> Iterator[dict[str, list]]:
-        """Forward hooks storing ``(A^T a [b, T, k_in], output)`` per call of each layer."""
-        records: dict[str, list] = {layer.name: [] for layer in plan}
-        handles = []
-        try:
-            for layer in plan:
-                hook = self._hook(layer, records[layer.name])
-                handles.append(layer.module.register_forward_hook(hook))
-            yield records
-        finally:
-            for handle in handles:
-                handle.remove()
+    def _project_input(self, plan: list[_Layer]):
+        """``prepare`` for the hooks: ``A^T a`` ``[b, T, k_in]`` from the input ``a [b, T, in]``."""
+        layers = {layer.name: layer for layer in plan}
 
-    def _hook(self, layer: _Layer, record: list):
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-            with torch.no_grad():
-                a = args[0].detach()
-                a = a.to(_compute_dtype(a.dtype)).reshape(len(a), -1, a.shape[-1])  # [b, T, in]
-                factor = self._factor(layer, "A", a.device, a.dtype)
-                projected = a @ factor[: a.shape[-1]]
-                if _columns(module) > a.shape[-1]:
-                    projected += factor[-1]  # the bias's constant-1 input column
-            record.append((projected, output))
-            # Downstream layers get a copy: after an in-place op on it (ReLU(inplace=True)),
-            # autograd.grad w.r.t. `output` would silently return the modified tensor's gradient.
-            return output.clone()
+        def project(name: str, a: Tensor) -> Tensor:
+            layer = layers[name]
+            factor = self._factor(layer, "A", a.device, a.dtype)
+            projected = a @ factor[: a.shape[-1]]
+            if _columns(layer.module) > a.shape[-1]:
+                projected += factor[-1]  # the bias's constant-1 input column
+            return projected
 
-        return hook
+        return project
 
-    def _chunk_features(self, model, plan, records, x: Tensor, y: Tensor):
+    def _chunk_features(self, model, plan, x: Tensor, y: Tensor):
         """Features ``[b, k]`` and logits of one chunk from one forward and one backward pass."""
-        for record in records.values():
-            record.clear()
-        with torch.enable_grad():
-            logits = model(x)
-            total = getattr(self.task, self.function)(logits, y).sum()
-            outputs = [output for record in records.values() for _, output in record]
-            needed = outputs and total.requires_grad  # else no recorded output reaches the value
-            grads = torch.autograd.grad(total, outputs, allow_unused=True) if needed else None
-            gradients = iter(grads or [None] * len(outputs))
+        modules = [(layer.name, layer.module) for layer in plan]
+        task_function = getattr(self.task, self.function)
+        calls, logits = capture_linear_calls(
+            model, modules, x, lambda out: task_function(out, y), self._project_input(plan)
+        )
+        dtype = compute_dtype(logits.dtype)
         blocks = []
         for layer in plan:
-            dtype = _compute_dtype(total.dtype)
-            block = torch.zeros(len(x), layer.width, dtype=dtype, device=total.device)
-            for projected, _ in records[layer.name]:
-                gradient = next(gradients)
-                if len(projected) != len(x):
-                    raise ValueError(
-                        f"module '{layer.name}' got an input with leading dimension "
-                        f"{len(projected)} in a chunk of {len(x)} examples; Linear inputs must be "
-                        "[batch, ..., in] for KroneckerFeaturizer"
-                    )
-                if gradient is not None:  # None: this output does not reach the task's value
-                    block = block + self._block(layer, projected, gradient)
+            block = torch.zeros(len(x), layer.width, dtype=dtype, device=logits.device)
+            for call in calls[layer.name]:
+                block = block + self._block(layer, call.inputs, call.output_gradients)
             blocks.append(block)
         return torch.cat(blocks, dim=1), logits
 
     def _block(self, layer: _Layer, projected: Tensor, gradient: Tensor) -> Tensor:
-        """Block ``[b, width]`` of one recorded call; ``projected``: ``A^T a``, ``[b, T, k_in]``."""
-        g = gradient.to(projected.dtype).reshape(len(projected), -1, gradient.shape[-1])
-        g = g @ self._factor(layer, "B", g.device, g.dtype)  # [b, T, k_out]
+        """Block ``[b, width]`` of one call: ``A^T a`` ``[b, T, k_in]``, ``g`` ``[b, T, out]``."""
+        g = gradient @ self._factor(layer, "B", gradient.device, gradient.dtype)  # [b, T, k_out]
         combine = kronecker_block if self.structure == "kronecker" else khatri_rao_block
         return combine(g, projected)
 
@@ -313,10 +283,6 @@ def _all_linears(model: nn.Module, named: dict) -> list[tuple[str, nn.Linear]]:
     if not chosen:
         raise ValueError("the model has no nn.Linear module with a trainable weight")
     return chosen
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_finite(features: Tensor, offset: int, function: str) -> None:
