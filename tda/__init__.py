@@ -6,13 +6,21 @@ training example ``i`` pushes the output of query ``q`` up (removing it would lo
 """
 
 from tda.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from tda.curvature import (
+    ConjugateGradientSolver,
+    DiagonalSolver,
+    ExplicitSolver,
+    IdentitySolver,
+    LiSSASolver,
+    SolverDivergedError,
+)
 from tda.data import DataSplits, Examples, as_examples, load_digits, load_mnist1d
 from tda.datamodels import GroundTruthStore, SubsetRetrainer, sample_subsets
 from tda.ensemble import load_member, train_ensemble
 from tda.eval import LDSResult, lds, noise_ceiling
 from tda.features import GradientFeaturizer, featurize, open_feature_store
 from tda.grads import per_sample_gradients
-from tda.methods import TRAK, GradientSimilarity
+from tda.methods import TRAK, GradientSimilarity, InfluenceFunction
 from tda.models import MLP, CNN1d, LogisticRegression, build_model
 from tda.projection import DenseProjector, IdentityProjector, SparseProjector
 from tda.store import FeatureStore, IncompleteStoreError, StoreMismatchError
@@ -20,6 +28,13 @@ from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
 
 __all__ = [
+    "InfluenceFunction",
+    "SolverDivergedError",
+    "LiSSASolver",
+    "IdentitySolver",
+    "ExplicitSolver",
+    "DiagonalSolver",
+    "ConjugateGradientSolver",
     "CNN1d",
     "Checkpoint",
     "ClassificationTask",

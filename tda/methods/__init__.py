@@ -2,12 +2,14 @@
 
 from tda.methods.base import Attributor, mean_over_checkpoints
 from tda.methods.graddot import GradientSimilarity
+from tda.methods.influence import InfluenceFunction
 from tda.methods.trak import TRAK, damped_inverse
 
 __all__ = [
     "TRAK",
     "Attributor",
     "GradientSimilarity",
+    "InfluenceFunction",
     "damped_inverse",
     "mean_over_checkpoints",
 ]

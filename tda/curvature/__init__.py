@@ -1,0 +1,53 @@
+"""Curvature of the mean training loss as pure functions, and inverse-HVP solvers.
+
+Every solver follows :class:`CurvatureSolver`: ``fit(model, task, train, parameters=...)`` then
+``solve(vectors)`` returns :math:`(H + \\lambda I)^{-1}` applied to ``[q, p]`` rows in
+:mod:`tda.grads` parameter order.
+"""
+
+from tda.curvature.base import (
+    Curvature,
+    CurvatureSolver,
+    NotPositiveDefiniteError,
+    SolverDivergedError,
+)
+from tda.curvature.explicit import ExplicitSolver, explicit_curvature
+from tda.curvature.hvp import (
+    curvature_vector_product,
+    gauss_newton_vector_product,
+    hessian_vector_product,
+)
+from tda.curvature.iterative import (
+    ConjugateGradientSolver,
+    LiSSASolver,
+    SolverConvergenceWarning,
+    conjugate_gradient,
+    lissa,
+)
+from tda.curvature.simple import (
+    DiagonalSolver,
+    IdentitySolver,
+    empirical_fisher_diagonal,
+    gauss_newton_diagonal,
+)
+
+__all__ = [
+    "ConjugateGradientSolver",
+    "Curvature",
+    "CurvatureSolver",
+    "DiagonalSolver",
+    "ExplicitSolver",
+    "IdentitySolver",
+    "LiSSASolver",
+    "NotPositiveDefiniteError",
+    "SolverConvergenceWarning",
+    "SolverDivergedError",
+    "conjugate_gradient",
+    "curvature_vector_product",
+    "empirical_fisher_diagonal",
+    "explicit_curvature",
+    "gauss_newton_diagonal",
+    "gauss_newton_vector_product",
+    "hessian_vector_product",
+    "lissa",
+]

@@ -1,0 +1,174 @@
+r"""Cheap preconditioners: the diagonal of the Gauss-Newton matrix or empirical Fisher, and none.
+
+* ``gauss_newton`` diagonal: :math:`\operatorname{diag}(G) = \frac1n\sum_i \sum_{c,d}
+  (H_{\text{out},i})_{cd}\, J_{i,c} \odot J_{i,d}` from per-example logit Jacobians
+  :math:`J_i` (``[C, p]``) and logit Hessians of the loss, exact for any task.
+* ``empirical_fisher`` diagonal: :math:`\frac1n\sum_i g_i \odot g_i` from the per-sample loss
+  gradients :math:`g_i` of :func:`tda.grads.per_sample_gradients`.
+* :class:`IdentitySolver`: no curvature (:math:`C = 0`), so :math:`(C+\lambda I)^{-1}v = v/\lambda`;
+  influence then reduces to a scaled gradient dot product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import Tensor, nn
+from torch.func import functional_call, hessian, jacrev, vmap
+
+from tda.curvature.base import check_curvature, check_damping, check_vectors
+from tda.curvature.hvp import flatten
+from tda.data.examples import Examples
+from tda.grads import evaluation_mode, iter_per_sample_gradients, select_parameters
+from tda.task import Task
+
+DiagonalCurvature = Literal["gauss_newton", "empirical_fisher"]
+
+
+def gauss_newton_diagonal(
+    model: nn.Module,
+    task: Task,
+    data: Examples,
+    *,
+    parameters: Sequence[str] | None = None,
+    chunk_size: int = 64,
+) -> Tensor:
+    r"""``[p]``: the diagonal of the Gauss-Newton matrix of the mean loss over ``data``.
+
+    Memory per chunk is ``chunk_size * C * p`` (the logit Jacobians).
+    """
+    if len(data) == 0:
+        raise ValueError("cannot compute a curvature diagonal over an empty set of examples")
+    params = select_parameters(model, parameters)
+    state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+
+    def one_example(x: Tensor, y: Tensor) -> Tensor:
+        def logits_of(p: dict[str, Tensor]) -> Tensor:
+            return functional_call(model, {**state, **p}, (x.unsqueeze(0),)).squeeze(0)
+
+        jacobian = jacrev(logits_of)(params)  # {name: [C, *shape]}
+        logits = logits_of(params)
+        jacobian = flatten(jacobian, len(logits))  # [C, p]
+        output_hessian = hessian(lambda o: task.loss(o, y))(logits)  # [C, C]
+        return ((output_hessian @ jacobian) * jacobian).sum(0)
+
+    total = None
+    with evaluation_mode(model):
+        for start in range(0, len(data), chunk_size):
+            x = data.inputs[start : start + chunk_size]
+            y = data.targets[start : start + chunk_size]
+            chunk = vmap(one_example)(x, y).sum(0)
+            total = chunk if total is None else total + chunk
+    return total / len(data)
+
+
+def empirical_fisher_diagonal(
+    model: nn.Module,
+    task: Task,
+    data: Examples,
+    *,
+    parameters: Sequence[str] | None = None,
+    chunk_size: int = 256,
+) -> Tensor:
+    r"""``[p]``: :math:`\frac1n\sum_i g_i \odot g_i` for per-sample loss gradients :math:`g_i`."""
+    total = None
+    for block in iter_per_sample_gradients(
+        model,
+        task,
+        data.inputs,
+        data.targets,
+        function="loss",
+        parameters=parameters,
+        chunk_size=chunk_size,
+    ):
+        squares = (block * block).sum(0)
+        total = squares if total is None else total + squares
+    return total / len(data)
+
+
+@dataclass
+class DiagonalSolver:
+    r""":math:`(\operatorname{diag}(C) + \lambda I)^{-1}v`: elementwise division.
+
+    Args:
+        curvature: ``"gauss_newton"`` (exact GGN diagonal; costs ``C`` gradient passes) or
+            ``"empirical_fisher"`` (one pass of per-sample loss gradients).
+        damping: :math:`\lambda`, absolute; must be positive where a diagonal entry is zero.
+        chunk_size: examples per vectorised call.
+    """
+
+    curvature: DiagonalCurvature = "gauss_newton"
+    damping: float = 0.01
+    chunk_size: int = 64
+    diagonal: Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_curvature(self.curvature, ("gauss_newton", "empirical_fisher"))
+        check_damping(self.damping)
+
+    def fit(
+        self,
+        model: nn.Module,
+        task: Task,
+        train: Examples,
+        *,
+        parameters: Sequence[str] | None = None,
+    ) -> DiagonalSolver:
+        """Compute and keep the ``[p]`` diagonal."""
+        build = (
+            gauss_newton_diagonal if self.curvature == "gauss_newton" else empirical_fisher_diagonal
+        )
+        diagonal = build(model, task, train, parameters=parameters, chunk_size=self.chunk_size)
+        if not bool((diagonal + self.damping > 0).all()):
+            raise ValueError(
+                "the curvature diagonal has zero entries (parameters the loss does not depend "
+                "on); use damping > 0"
+            )
+        self.diagonal = diagonal
+        return self
+
+    def solve(self, vectors: Tensor) -> Tensor:
+        r"""``[q, p]``: :math:`v / (\operatorname{diag}(C) + \lambda)` per row."""
+        size = None if self.diagonal is None else len(self.diagonal)
+        check_vectors(vectors, size, type(self).__name__)
+        return vectors / (self.diagonal.to(vectors) + self.damping)
+
+    def config(self) -> dict:
+        """Solver name and hyperparameters."""
+        return {"solver": "diagonal", "curvature": self.curvature, "damping": self.damping}
+
+
+@dataclass
+class IdentitySolver:
+    r"""No curvature: :math:`(0 + \lambda I)^{-1}v = v / \lambda` (default :math:`\lambda = 1`)."""
+
+    damping: float = 1.0
+    _size: int | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_damping(self.damping)
+        if self.damping == 0:
+            raise ValueError("IdentitySolver needs damping > 0 (it solves λ x = v)")
+
+    def fit(
+        self,
+        model: nn.Module,
+        task: Task,
+        train: Examples,
+        *,
+        parameters: Sequence[str] | None = None,
+    ) -> IdentitySolver:
+        """Record the parameter count; nothing else to fit."""
+        self._size = sum(p.numel() for p in select_parameters(model, parameters).values())
+        return self
+
+    def solve(self, vectors: Tensor) -> Tensor:
+        r"""``[q, p]``: :math:`v / \lambda`."""
+        check_vectors(vectors, self._size, type(self).__name__)
+        return vectors / self.damping
+
+    def config(self) -> dict:
+        """Solver name and hyperparameters."""
+        return {"solver": "identity", "damping": self.damping}
