@@ -20,7 +20,7 @@ from tda.ensemble import load_member, train_ensemble
 from tda.eval import LDSResult, lds, noise_ceiling
 from tda.features import GradientFeaturizer, featurize, open_feature_store
 from tda.grads import per_sample_gradients
-from tda.methods import TRAK, GradientSimilarity, InfluenceFunction
+from tda.methods import TRAK, GradientSimilarity, InfluenceFunction, TracIn
 from tda.models import MLP, CNN1d, LogisticRegression, build_model
 from tda.projection import DenseProjector, IdentityProjector, SparseProjector
 from tda.store import FeatureStore, IncompleteStoreError, StoreMismatchError
@@ -28,6 +28,7 @@ from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
 
 __all__ = [
+    "TracIn",
     "InfluenceFunction",
     "SolverDivergedError",
     "LiSSASolver",

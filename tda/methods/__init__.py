@@ -3,6 +3,7 @@
 from tda.methods.base import Attributor, mean_over_checkpoints
 from tda.methods.graddot import GradientSimilarity
 from tda.methods.influence import InfluenceFunction
+from tda.methods.tracin import TracIn
 from tda.methods.trak import TRAK, damped_inverse
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "Attributor",
     "GradientSimilarity",
     "InfluenceFunction",
+    "TracIn",
     "damped_inverse",
     "mean_over_checkpoints",
 ]

@@ -1,0 +1,138 @@
+r"""TracIn-CP (Pruthi et al. 2020, "Estimating Training Data Influence by Tracing Gradient
+Descent").
+
+Over saved checkpoints :math:`\theta_c`,
+
+.. math:: \tau(x)_i = \sum_c \eta_c\, \nabla_\theta f(x;\theta_c) \cdot
+          \big(-\nabla_\theta \ell(z_i;\theta_c)\big),
+
+the first-order change of the query output :math:`f(x)` caused by gradient steps on :math:`z_i`
+(a step :math:`\theta \leftarrow \theta - \eta\nabla\ell(z_i)` changes :math:`f(x)` by
+:math:`-\eta\nabla f(x)\cdot\nabla\ell(z_i)`), so ``scores[q, i] > 0`` means :math:`z_i` pushes
+:math:`f(x_q)` up, the library's sign convention. The paper writes the query's loss gradient;
+for the margin :math:`\nabla\ell(x) = -(1-p_x)\nabla f(x)`, so the two differ by a positive factor
+per query and rank training examples identically.
+
+:math:`\eta_c` is the checkpoint's ``segment_learning_rate``: the mean learning rate over the
+steps the checkpoint closes, i.e. the step size actually used between the previous checkpoint and
+this one (the paper's choice). ``learning_rate`` is not used: the trainer records it after the
+scheduler has stepped, so it is the rate of the *next* segment. The first-order reading assumes
+(stochastic) gradient descent; with Adam it is the usual heuristic, not a step's effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from tda.checkpoints import Checkpoint, load_checkpoint
+from tda.data.examples import Examples
+from tda.grads import iter_per_sample_gradients, per_sample_gradients
+from tda.task import ClassificationTask, Task
+
+ModelFactory = Callable[[], nn.Module]
+
+
+def load_model(model_factory: ModelFactory, checkpoint: Checkpoint) -> nn.Module:
+    """A fresh ``model_factory()`` holding the weights of ``checkpoint``."""
+    return load_checkpoint(checkpoint, model_factory())
+
+
+def on_model_device(model: nn.Module, examples: Examples) -> Examples:
+    """``examples`` on the device of ``model``'s first parameter."""
+    return examples.to(next(model.parameters()).device)
+
+
+def streamed_products(
+    model: nn.Module,
+    task: Task,
+    left: Tensor,
+    train: Examples,
+    *,
+    parameters: Sequence[str] | None,
+    chunk_size: int,
+) -> Tensor:
+    r"""``left @ Gᵀ`` (``[q, n]``, returned in float64) for per-sample training loss gradients
+    :math:`G = [\nabla\ell(z_i)]_i`, computed ``chunk_size`` examples at a time."""
+    train = on_model_device(model, train)
+    result = torch.empty(left.shape[0], len(train), dtype=torch.float64, device=left.device)
+    chunks = iter_per_sample_gradients(
+        model,
+        task,
+        train.inputs,
+        train.targets,
+        function="loss",
+        parameters=parameters,
+        chunk_size=chunk_size,
+    )
+    start = 0
+    for gradients in chunks:
+        block = left.to(gradients.dtype) @ gradients.T  # in the gradients' dtype; summed in float64
+        result[:, start : start + len(gradients)] = block.double()
+        start += len(gradients)
+    return result
+
+
+@dataclass
+class TracIn:
+    """TracIn-CP over checkpoints written by :func:`tda.training.train` (or any trainer).
+
+    Args:
+        task: the attributed output ``f`` and the training loss ``ℓ``.
+        parameters: names of the parameters to differentiate (default: all trainable ones).
+        chunk_size: training examples per per-sample-gradient call; memory is
+            ``chunk_size * p`` floats.
+    """
+
+    task: Task = field(default_factory=ClassificationTask)
+    parameters: Sequence[str] | None = None
+    chunk_size: int = 256
+    checkpoints: list[Checkpoint] = field(default_factory=list, init=False)
+    _model_factory: ModelFactory | None = field(default=None, init=False, repr=False)
+    _train: Examples | None = field(default=None, init=False, repr=False)
+
+    def fit(
+        self, model_factory: ModelFactory, checkpoints: Sequence[Checkpoint], train: Examples
+    ) -> TracIn:
+        """Record the checkpoints and the training set (gradients are streamed in ``score``).
+
+        Raises:
+            ValueError: no checkpoints, an empty training set, or a non-positive chunk size.
+        """
+        if not checkpoints:
+            raise ValueError("TracIn needs at least one checkpoint; got none")
+        if len(train) == 0:
+            raise ValueError("cannot attribute to an empty training set")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
+        self._model_factory, self._train = model_factory, train
+        self.checkpoints = list(checkpoints)
+        return self
+
+    def score(self, queries: Examples) -> Tensor:
+        """TracIn-CP scores ``[n_query, n_train]`` in the dtype of the model's gradients."""
+        if self._model_factory is None:
+            raise RuntimeError("call fit(model_factory, checkpoints, train) before score()")
+        total, dtype = None, None
+        for checkpoint in self.checkpoints:
+            model = load_model(self._model_factory, checkpoint)
+            local = on_model_device(model, queries)
+            query_gradients = per_sample_gradients(
+                model, self.task, local.inputs, local.targets, parameters=self.parameters
+            )
+            dtype = query_gradients.dtype
+            # η_c ∇f(x)·(−∇ℓ(z)): the output change from a step of size η_c on z
+            left = -checkpoint.segment_learning_rate * query_gradients.double()
+            scores = streamed_products(
+                model,
+                self.task,
+                left,
+                self._train,
+                parameters=self.parameters,
+                chunk_size=self.chunk_size,
+            )
+            total = scores if total is None else total.add_(scores)
+        return total.to(dtype)
