@@ -9,8 +9,10 @@ from tda.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, save_
 from tda.curvature import (
     ConjugateGradientSolver,
     DiagonalSolver,
+    EKFACSolver,
     ExplicitSolver,
     IdentitySolver,
+    KFACSolver,
     LiSSASolver,
     SolverDivergedError,
 )
@@ -20,7 +22,7 @@ from tda.ensemble import load_member, train_ensemble
 from tda.eval import LDSResult, lds, noise_ceiling
 from tda.features import GradientFeaturizer, featurize, open_feature_store
 from tda.grads import per_sample_gradients
-from tda.methods import TRAK, GradientSimilarity, InfluenceFunction, TracIn
+from tda.methods import TRAK, GradientSimilarity, InfluenceFunction, Source, TracIn
 from tda.models import MLP, CNN1d, LogisticRegression, build_model
 from tda.projection import DenseProjector, IdentityProjector, SparseProjector
 from tda.store import FeatureStore, IncompleteStoreError, StoreMismatchError
@@ -28,6 +30,9 @@ from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
 
 __all__ = [
+    "Source",
+    "EKFACSolver",
+    "KFACSolver",
     "TracIn",
     "InfluenceFunction",
     "SolverDivergedError",

@@ -24,6 +24,13 @@ from tda.curvature.iterative import (
     conjugate_gradient,
     lissa,
 )
+from tda.curvature.kfac import EKFACSolver, KFACSolver
+from tda.curvature.kronecker import (
+    KroneckerEigenbasis,
+    apply_in_eigenbasis,
+    fit_kronecker_eigenbases,
+    sample_targets,
+)
 from tda.curvature.simple import (
     DiagonalSolver,
     IdentitySolver,
@@ -36,18 +43,24 @@ __all__ = [
     "Curvature",
     "CurvatureSolver",
     "DiagonalSolver",
+    "EKFACSolver",
     "ExplicitSolver",
     "IdentitySolver",
+    "KFACSolver",
+    "KroneckerEigenbasis",
     "LiSSASolver",
     "NotPositiveDefiniteError",
     "SolverConvergenceWarning",
     "SolverDivergedError",
+    "apply_in_eigenbasis",
     "conjugate_gradient",
     "curvature_vector_product",
     "empirical_fisher_diagonal",
     "explicit_curvature",
+    "fit_kronecker_eigenbases",
     "gauss_newton_diagonal",
     "gauss_newton_vector_product",
     "hessian_vector_product",
     "lissa",
+    "sample_targets",
 ]

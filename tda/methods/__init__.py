@@ -3,6 +3,7 @@
 from tda.methods.base import Attributor, mean_over_checkpoints
 from tda.methods.graddot import GradientSimilarity
 from tda.methods.influence import InfluenceFunction
+from tda.methods.source import EKFACEigenbasis, ExplicitEigenbasis, Source
 from tda.methods.tracin import TracIn
 from tda.methods.trak import TRAK, damped_inverse
 
@@ -11,6 +12,9 @@ __all__ = [
     "Attributor",
     "GradientSimilarity",
     "InfluenceFunction",
+    "EKFACEigenbasis",
+    "ExplicitEigenbasis",
+    "Source",
     "TracIn",
     "damped_inverse",
     "mean_over_checkpoints",

@@ -1,0 +1,109 @@
+r"""Inputs and output gradients of Linear layers from one forward and one backward pass.
+
+A Linear layer :math:`y = W a (+ b)` applied at positions :math:`t` (sequence or other leading
+dimensions after the batch) has the per-example weight gradient
+:math:`G_i = \sum_t g_{i,t} a_{i,t}^\top` of a per-example value :math:`h_i`, with
+:math:`g_{i,t} = \partial h_i / \partial y_{i,t}`. Forward hooks record every call's input and
+output; one backward pass of :math:`\sum_i h_i` to the recorded outputs then yields every
+:math:`g_{i,t}` at once, because in eval mode examples do not interact (no batch statistics).
+
+Readers: :class:`~tda.features.kronecker.KroneckerFeaturizer` (sketches of :math:`a` and
+:math:`g`) and the K-FAC / EK-FAC solvers of :mod:`tda.curvature.kfac` (their covariances).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+Prepare = Callable[[str, Tensor], Tensor]
+
+
+class LinearCall(NamedTuple):
+    """One call of a recorded layer whose output reaches the differentiated value."""
+
+    inputs: Tensor  # prepare(name, a): [b, T, k], from the layer input a [b, T, in]
+    output_gradients: Tensor  # g: [b, T, out], in the compute dtype
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other dtype (float16, bfloat16, float32) computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def capture_linear_calls(
+    model: nn.Module,
+    modules: Sequence[tuple[str, nn.Module]],
+    inputs: Tensor,
+    value: Callable[[Tensor], Tensor],
+    prepare: Prepare | None = None,
+) -> tuple[dict[str, list[LinearCall]], Tensor]:
+    """One forward pass with hooks, one backward pass of ``value(logits).sum()``.
+
+    The caller puts the model in eval mode (see ``tda.grads.evaluation_mode``).
+
+    Args:
+        model: the network.
+        modules: ``(name, module)`` pairs of the Linear layers to record.
+        inputs: one chunk of examples ``[b, ...]``.
+        value: per-example values ``[b]`` of the logits; differentiated as their sum.
+        prepare: applied in the hook to each call's input ``[b, T, in]`` (compute dtype, no grad),
+            e.g. a projection; the recorded tensor is its result. Default: the input itself.
+
+    Returns:
+        Per module name, the calls whose output reaches the value, in call order; and the logits.
+
+    Raises:
+        ValueError: a recorded input has no leading batch dimension of size ``b``.
+    """
+    records: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name, _ in modules}
+    handles = [
+        module.register_forward_hook(_hook(name, records[name], prepare))
+        for name, module in modules
+    ]
+    try:
+        with torch.enable_grad():
+            logits = model(inputs)
+            total = value(logits).sum()
+            recorded = [(name, call) for name, calls in records.items() for call in calls]
+            outputs = [output for _, (_, output) in recorded]
+            needed = outputs and total.requires_grad  # else no recorded output reaches the value
+            grads = torch.autograd.grad(total, outputs, allow_unused=True) if needed else None
+            gradients = grads or [None] * len(outputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    captured: dict[str, list[LinearCall]] = {name: [] for name, _ in modules}
+    for (name, (prepared, _)), gradient in zip(recorded, gradients, strict=True):
+        if len(prepared) != len(inputs):
+            raise ValueError(
+                f"module '{name}' got an input with leading dimension {len(prepared)} in a chunk "
+                f"of {len(inputs)} examples; Linear inputs must be [batch, ..., in]"
+            )
+        if gradient is not None:  # None: this output does not reach the value
+            g = gradient.to(prepared.dtype).reshape(len(prepared), -1, gradient.shape[-1])
+            if g.shape[1] != prepared.shape[1]:
+                raise ValueError(
+                    f"module '{name}' maps {prepared.shape[1]} input positions to "
+                    f"{g.shape[1]} output positions; hooks need y = W a + b at every position "
+                    "(a Linear subclass with another forward is not supported)"
+                )
+            captured[name].append(LinearCall(prepared, g))
+    return captured, logits
+
+
+def _hook(name: str, record: list, prepare: Prepare | None):
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        with torch.no_grad():
+            a = args[0].detach()
+            a = a.to(compute_dtype(a.dtype)).reshape(len(a), -1, a.shape[-1])  # [b, T, in]
+            prepared = a if prepare is None else prepare(name, a)
+        record.append((prepared, output))
+        # Downstream layers get a copy: after an in-place op on it (ReLU(inplace=True)),
+        # autograd.grad w.r.t. `output` would silently return the modified tensor's gradient.
+        return output.clone()
+
+    return hook

@@ -1,0 +1,340 @@
+"""K-FAC and EK-FAC against explicit float64 oracles from autograd and per-sample gradients."""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from tda.curvature import kronecker
+from tda.curvature.kfac import RELATIVE_DAMPING, EKFACSolver, KFACSolver
+from tda.curvature.kronecker import sample_targets
+from tda.data import Examples
+from tda.grads import per_sample_gradients, select_parameters
+from tda.models import MLP, CNN1d, LogisticRegression, build_model
+from tda.task import ClassificationTask
+
+TASK = ClassificationTask()
+SOLVERS = (KFACSolver, EKFACSolver)
+
+
+class Reordered(nn.Module):
+    """Parameters registered head first, so model order differs from the forward order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(5, 3)
+        self.body = nn.Linear(4, 5, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.body(x)))
+
+
+class Sequence(nn.Module):
+    """Linear layers on ``[b, T, in]``; ``mix`` is called twice, once before an in-place ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 5)
+        self.mix = nn.Linear(5, 5, bias=False)
+        self.head = nn.Linear(5 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu_(self.mix(torch.tanh(self.embed(x))))
+        return self.head(self.mix(hidden).flatten(1))
+
+
+class Pooled(nn.Module):
+    """Logits ``sum_t (W x_t + b)``: every position gets the same output gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).sum(1)
+
+
+def _build(factory):
+    return build_model(factory, seed=0, dtype=torch.float64)
+
+
+def _examples(n: int, shape: tuple[int, ...], seed: int = 0) -> Examples:
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, *shape, generator=generator, dtype=torch.float64)
+    return Examples(inputs, torch.randint(0, 3, (n,), generator=generator))
+
+
+def _layer_gradients(model, gradients, base) -> torch.Tensor:
+    """``[n, o, c]`` blocks ``[grad W | grad b]`` cut from per-sample gradients by name."""
+    offsets, offset = {}, 0
+    for name, parameter in select_parameters(model, None).items():
+        offsets[name] = (offset, parameter)
+        offset += parameter.numel()
+    parts = []
+    for name in (base.weight, base.bias):
+        if name is not None:
+            start, parameter = offsets[name]
+            block = gradients[:, start : start + parameter.numel()]
+            parts.append(block.reshape(len(gradients), parameter.shape[0], -1))
+    return torch.cat(parts, dim=2)
+
+
+def _dense_block(base) -> torch.Tensor:
+    """The layer's approximate curvature ``(Q_S kron Q_A) diag(vec L) (Q_S kron Q_A)^T``."""
+    basis = torch.kron(base.output_basis, base.input_basis)
+    return basis @ torch.diag(base.eigenvalues.reshape(-1)) @ basis.T
+
+
+def _gradients_of(model, data, base, sampled_labels=False):
+    """``[n, o, c]`` per-sample loss gradient blocks of one layer, at sampled or true labels."""
+    targets = sample_targets(model(data.inputs), seed=0) if sampled_labels else data.targets
+    gradients = per_sample_gradients(model, TASK, data.inputs, targets, function="loss")
+    return _layer_gradients(model, gradients, base)
+
+
+def _hessian(model, data) -> torch.Tensor:
+    """Exact Hessian of the mean loss over the flat parameters (model order)."""
+    named = list(model.named_parameters())
+    flat = torch.cat([p.detach().reshape(-1) for _, p in named])
+
+    def mean_loss(vector):
+        values, offset = {}, 0
+        for name, p in named:
+            values[name] = vector[offset : offset + p.numel()].reshape(p.shape)
+            offset += p.numel()
+        logits = torch.func.functional_call(model, values, (data.inputs,))
+        return TASK.loss(logits, data.targets).mean()
+
+    return torch.autograd.functional.hessian(mean_loss, flat)
+
+
+@pytest.mark.parametrize("solver_class", SOLVERS)
+def test_exact_where_the_kronecker_factorisation_is_exact(solver_class):
+    # Logistic regression at W = 0, b = 0: every softmax is uniform (p = 1/C), so the output
+    # gradient g = p - e_y depends on the label only, never on the input a. The design pairs each
+    # of 5 inputs with each of the 3 labels, making a and g independent over the data set, so
+    # the empirical Fisher E[g g^T kron a a^T] = E[g g^T] kron E[a a^T] = S kron A exactly. And
+    # E_y[(p - e_y)(p - e_y)^T] = diag(p) - p p^T is the softmax's Hessian, so this Fisher is
+    # also the Gauss-Newton matrix and the Hessian (the model is linear in its parameters).
+    model = _build(lambda: LogisticRegression(4, 3))
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    inputs = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    data = Examples(inputs.repeat_interleave(3, 0), torch.arange(3).repeat(5))
+    damping = 0.05
+    solver = solver_class(damping=damping, sampled_labels=False).fit(model, TASK, data)
+    size = 15
+    expected = torch.linalg.inv(_hessian(model, data) + damping * torch.eye(size).double())
+    actual = solver.solve(torch.eye(size, dtype=torch.float64))
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_kfac_factors_follow_their_definitions(tiny_mlp, tiny_data):
+    # A = mean a a^T over inputs [a, 1]; S = mean g g^T, with g the bias gradient (T = 1).
+    solver = KFACSolver(sampled_labels=False).fit(tiny_mlp, TASK, tiny_data)
+    layer_inputs = [tiny_data.inputs, torch.relu(tiny_mlp[0](tiny_data.inputs)).detach()]
+    for base, inputs in zip(solver.layers, layer_inputs, strict=True):
+        a = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=torch.float64)], dim=1)
+        options = {"function": "loss", "parameters": [base.bias]}
+        g = per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets, **options)
+        expected = torch.kron(g.T @ g / len(g), a.T @ a / len(a))
+        torch.testing.assert_close(_dense_block(base), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_positions_are_summed_in_s_and_averaged_in_a():
+    # y = sum_t (W x_t + b): every position's output gradient is g = p - e_y, so
+    # S = (1/N) sum_n T g g^T and A = (1/(N T)) sum_{n,t} a a^T (K-FAC "expand").
+    model, data = _build(Pooled), _examples(12, (5, 4))
+    solver = KFACSolver(sampled_labels=False).fit(model, TASK, data)
+    a = torch.cat([data.inputs, torch.ones(12, 5, 1, dtype=torch.float64)], dim=2).reshape(60, 5)
+    probabilities = torch.softmax(model(data.inputs), dim=1).detach()
+    g = probabilities - nn.functional.one_hot(data.targets, 3)
+    expected = torch.kron(5 * g.T @ g / 12, a.T @ a / 60)
+    torch.testing.assert_close(_dense_block(solver.layers[0]), expected, rtol=1e-9, atol=1e-12)
+
+
+MODELS = {
+    "mlp": (lambda: MLP(6, (8,), 3), (6,)),
+    "reordered": (Reordered, (4,)),
+    "sequence": (Sequence, (3, 4)),
+}
+
+
+@pytest.mark.parametrize(
+    ("model_name", "parameters", "sampled_labels"),
+    [
+        ("mlp", None, False),
+        ("mlp", None, True),
+        ("mlp", ["0.bias", "2.weight"], False),
+        ("reordered", None, True),
+        ("sequence", None, False),
+    ],
+)
+def test_ekfac_eigenvalues_are_the_fisher_diagonal_in_the_kronecker_basis(
+    model_name, parameters, sampled_labels, monkeypatch
+):
+    monkeypatch.setattr(kronecker, "_MAX_BLOCK_ELEMENTS", 60)  # several sub-batches of [b, o, c]
+    factory, shape = MODELS[model_name]
+    model, data = _build(factory), _examples(20, shape)
+    options = {"sampled_labels": sampled_labels, "chunk_size": 7}
+    ekfac = EKFACSolver(**options).fit(model, TASK, data, parameters=parameters)
+    kfac = KFACSolver(**options).fit(model, TASK, data, parameters=parameters)
+    for base, kfac_base in zip(ekfac.layers, kfac.layers, strict=True):
+        assert torch.equal(base.output_basis, kfac_base.output_basis)
+        assert torch.equal(base.input_basis, kfac_base.input_basis)
+        blocks = _gradients_of(model, data, base, sampled_labels)
+        rotated = base.output_basis.T @ blocks @ base.input_basis
+        torch.testing.assert_close(base.eigenvalues, (rotated**2).mean(0), rtol=1e-9, atol=1e-14)
+
+
+def test_ekfac_is_closer_to_the_fisher_than_kfac(tiny_mlp):
+    # EK-FAC's eigenvalues are the diagonal of each Fisher block in the shared Kronecker basis,
+    # the Frobenius-closest choice in that basis, so no layer may be further than K-FAC's.
+    # (Their damped inverses differ by under 1% on this model: the basis dominates the error.)
+    data = _examples(40, (6,))
+    gradients = per_sample_gradients(tiny_mlp, TASK, data.inputs, data.targets, function="loss")
+    errors = {}
+    for solver_class in SOLVERS:
+        solver = solver_class(sampled_labels=False).fit(tiny_mlp, TASK, data)
+        errors[solver_class] = []
+        for base in solver.layers:
+            blocks = _layer_gradients(tiny_mlp, gradients, base).reshape(40, -1)
+            fisher = blocks.T @ blocks / 40
+            errors[solver_class].append(
+                float(torch.linalg.matrix_norm(_dense_block(base) - fisher))
+            )
+    for ekfac, kfac in zip(errors[EKFACSolver], errors[KFACSolver], strict=True):
+        assert ekfac <= kfac + 1e-12
+    assert math.hypot(*errors[EKFACSolver]) < 0.95 * math.hypot(*errors[KFACSolver])
+
+
+@pytest.mark.parametrize("solver_class", SOLVERS)
+def test_a_single_block_maps_to_its_own_layer(solver_class):
+    model, data = _build(Reordered), _examples(20, (4,))
+    solver = solver_class(damping=0.1).fit(model, TASK, data)
+    names = list(select_parameters(model))
+    assert names == ["head.weight", "head.bias", "body.weight"]
+    assert [(b.module, b.weight, b.bias, b.offset) for b in solver.layers] == [
+        ("head", "head.weight", "head.bias", 0),
+        ("body", "body.weight", None, 18),
+    ]
+    for base in solver.layers:
+        stop = base.offset + base.parameter_count
+        vector = torch.zeros(1, 38, dtype=torch.float64)
+        vector[:, base.offset : stop] = torch.randn(base.parameter_count, dtype=torch.float64)
+        result = solver.solve(vector)
+        assert torch.count_nonzero(result[:, : base.offset]) == 0
+        assert torch.count_nonzero(result[:, stop:]) == 0
+        assert torch.all(result[:, base.offset : stop].abs() > 0)
+
+
+@pytest.mark.parametrize("solver_class", SOLVERS)
+def test_default_damping_is_a_tenth_of_the_mean_eigenvalue(solver_class, tiny_mlp, tiny_data):
+    solver = solver_class(sampled_labels=False).fit(tiny_mlp, TASK, tiny_data)
+    mean = sum(float(b.eigenvalues.sum()) for b in solver.layers) / 83
+    assert solver.mean_eigenvalue == pytest.approx(mean, rel=1e-12)
+    assert solver.damping == pytest.approx(RELATIVE_DAMPING * mean, rel=1e-12)
+    if solver_class is EKFACSolver:  # the refitted eigenvalues keep the Fisher's trace
+        inputs, targets = tiny_data.inputs, tiny_data.targets
+        gradients = per_sample_gradients(tiny_mlp, TASK, inputs, targets, function="loss")
+        trace = float((gradients**2).sum()) / len(gradients)
+        assert solver.mean_eigenvalue == pytest.approx(trace / 83, rel=1e-10)
+    undamped = replace(solver, damping=1.0).solve(torch.ones(1, 83, dtype=torch.float64))
+    assert not torch.allclose(undamped, solver.solve(torch.ones(1, 83, dtype=torch.float64)))
+
+
+def test_sampled_labels_follow_the_softmax_and_the_seed():
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5]], dtype=torch.float64).repeat(40_000, 1)
+    labels = sample_targets(logits, seed=3)
+    frequencies = torch.bincount(labels, minlength=4).double() / len(labels)
+    probabilities = torch.softmax(logits[0], dim=0)
+    bound = 5 * torch.sqrt(probabilities * (1 - probabilities) / len(labels))
+    assert torch.all((frequencies - probabilities).abs() < bound)
+    assert torch.equal(labels, sample_targets(logits, seed=3))
+    assert not torch.equal(labels, sample_targets(logits, seed=4))
+
+
+@pytest.mark.parametrize("solver_class", SOLVERS)
+def test_seed_determinism_and_chunk_independence(solver_class, tiny_mlp, tiny_data):
+    first = solver_class(seed=5).fit(tiny_mlp, TASK, tiny_data)
+    again = solver_class(seed=5).fit(tiny_mlp, TASK, tiny_data)
+    chunked = solver_class(seed=5, chunk_size=3).fit(tiny_mlp, TASK, tiny_data)
+    other = solver_class(seed=6).fit(tiny_mlp, TASK, tiny_data)
+    for base, same, small in zip(first.layers, again.layers, chunked.layers, strict=True):
+        assert torch.equal(base.eigenvalues, same.eigenvalues)
+        torch.testing.assert_close(small.eigenvalues, base.eigenvalues, rtol=1e-10, atol=1e-14)
+    assert not torch.equal(first.layers[1].eigenvalues, other.layers[1].eigenvalues)
+    config = first.config()
+    assert json.loads(json.dumps(config)) == config
+    assert config["solver"] == ("ekfac" if solver_class is EKFACSolver else "kfac")
+
+
+def test_float32_vectors_stay_float32(tiny_data):
+    model = build_model(lambda: MLP(6, (8,), 3), seed=0)
+    data = Examples(tiny_data.inputs.float(), tiny_data.targets)
+    solver = EKFACSolver().fit(model, TASK, data)
+    result = solver.solve(torch.ones(2, 83))
+    assert result.dtype == torch.float32 and torch.isfinite(result).all()
+
+
+def test_conv_models_need_linear_parameters():
+    model = build_model(lambda: CNN1d(length=8, channels=2, num_classes=3), seed=0)
+    data = Examples(torch.randn(6, 8), torch.randint(0, 3, (6,)))
+    with pytest.raises(ValueError, match=r"'features\.0\.weight' \(Conv1d 'features\.0'\)"):
+        KFACSolver().fit(model, TASK, data)
+    with pytest.raises(ValueError, match="Conv support is future work"):
+        EKFACSolver().fit(model, TASK, data)
+    solver = EKFACSolver().fit(model, TASK, data, parameters=["head.weight", "head.bias"])
+    assert solver.solve(torch.ones(1, 3 * 5)).shape == (1, 15)  # head: 3 x (2 * 2 + 1)
+
+
+def test_layers_the_hooks_never_see_are_rejected(tiny_data):
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.spare = nn.Linear(6, 3), nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    model = _build(Unused)
+    with pytest.raises(ValueError, match="'spare' reached the loss"):
+        KFACSolver().fit(model, TASK, tiny_data)
+    assert (
+        KFACSolver().fit(model, TASK, tiny_data, parameters=["used.weight"]).layers[0].bias is None
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"damping": -1.0},
+        {"damping": float("nan")},
+        {"damping": "0.1"},
+        {"chunk_size": 0},
+        {"seed": 1.5},
+        {"sampled_labels": "yes"},
+    ],
+)
+def test_invalid_settings_are_rejected(settings):
+    with pytest.raises(ValueError):
+        KFACSolver(**settings)
+
+
+def test_solve_checks_its_inputs(tiny_mlp, tiny_data):
+    with pytest.raises(RuntimeError, match="fit"):
+        KFACSolver().solve(torch.ones(1, 83))
+    solver = KFACSolver(damping=0.0, sampled_labels=False)
+    fitted = solver.fit(tiny_mlp, TASK, tiny_data)
+    with pytest.raises(ValueError, match=r"\[q, 83\]"):
+        fitted.solve(torch.ones(83, dtype=torch.float64))
+    dead = Examples(torch.cat([tiny_data.inputs[:, :5], torch.zeros(20, 1)], 1), tiny_data.targets)
+    singular = solver.fit(tiny_mlp, TASK, dead)  # input 6 is always 0: A is singular
+    with pytest.raises(ValueError, match="singular"):
+        singular.solve(torch.ones(1, 83, dtype=torch.float64))
+    with pytest.raises(ValueError, match="empty"):
+        solver.fit(tiny_mlp, TASK, tiny_data.subset([]))
