@@ -22,7 +22,15 @@ from tda.ensemble import load_member, train_ensemble
 from tda.eval import LDSResult, lds, noise_ceiling
 from tda.features import GradientFeaturizer, featurize, open_feature_store
 from tda.grads import per_sample_gradients
-from tda.methods import TRAK, GradientSimilarity, InfluenceFunction, Source, TracIn
+from tda.methods import (
+    TRAK,
+    EKFACEigenbasis,
+    ExplicitEigenbasis,
+    GradientSimilarity,
+    InfluenceFunction,
+    Source,
+    TracIn,
+)
 from tda.models import MLP, CNN1d, LogisticRegression, build_model
 from tda.projection import DenseProjector, IdentityProjector, SparseProjector
 from tda.store import FeatureStore, IncompleteStoreError, StoreMismatchError
@@ -30,6 +38,8 @@ from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
 
 __all__ = [
+    "EKFACEigenbasis",
+    "ExplicitEigenbasis",
     "Source",
     "EKFACSolver",
     "KFACSolver",
