@@ -19,7 +19,17 @@ from tda.curvature import (
 from tda.data import DataSplits, Examples, as_examples, load_digits, load_mnist1d
 from tda.datamodels import GroundTruthStore, SubsetRetrainer, sample_subsets
 from tda.ensemble import load_member, train_ensemble
-from tda.eval import LDSResult, lds, noise_ceiling
+from tda.eval import (
+    CounterfactualStore,
+    DampingChoice,
+    LDSResult,
+    RemovalRetrainer,
+    counterfactual_retraining,
+    lds,
+    noise_ceiling,
+    plan_removals,
+    select_damping,
+)
 from tda.features import GradientFeaturizer, featurize, open_feature_store
 from tda.grads import per_sample_gradients
 from tda.methods import (
@@ -38,6 +48,12 @@ from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
 
 __all__ = [
+    "select_damping",
+    "plan_removals",
+    "counterfactual_retraining",
+    "RemovalRetrainer",
+    "DampingChoice",
+    "CounterfactualStore",
     "EKFACEigenbasis",
     "ExplicitEigenbasis",
     "Source",

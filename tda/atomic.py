@@ -18,6 +18,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _public_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_PUBLIC_MODE = _public_mode()
+
+
 class HashingWriter:
     """File-like sink that hashes what is written and forwards it to ``file`` (if any)."""
 
@@ -68,6 +77,7 @@ def write_atomic(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, _PUBLIC_MODE)  # mkstemp makes 0600; published files follow the umask
         with os.fdopen(fd, "wb") as file:
             sink = HashingWriter(file)
             fill(sink)

@@ -21,7 +21,7 @@ from tda.task import ClassificationTask
 from tda.training import TrainConfig
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-PRIMARY = ("train", "featurize", "retrain", "score", "lds")
+PRIMARY = ("train", "featurize", "retrain", "score", "lds", "counterfactual")
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
 # Group option -> the type it builds (models: the type the partial factory builds).
 BUILDS = {

@@ -1,0 +1,253 @@
+"""Counterfactual retraining: planning, the resumable store, summaries, and real retraining."""
+
+import dataclasses
+import json
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from tda.data import Examples, load_mnist1d
+from tda.eval import (
+    RANDOM,
+    CounterfactualStore,
+    QueryOutcomes,
+    RemovalRetrainer,
+    counterfactual_result,
+    counterfactual_retraining,
+    plan_removals,
+)
+from tda.models import MLP, LogisticRegression, build_model
+from tda.outputs import task_outputs
+from tda.task import ClassificationTask
+from tda.training import TrainConfig, train
+
+N_TRAIN, N_QUERY = 30, 4
+
+
+class LinearFake:
+    """A counting stand-in for retraining whose outputs are linear in the kept examples.
+
+    ``outputs = weights @ keep`` (so removing R drops query q's output by exactly
+    ``weights[q, R].sum()``), the seed adds ``seed`` to every output, and the prediction is 1
+    where the output is positive. ``fail_after`` raises after that many calls (a killed job).
+    """
+
+    def __init__(self, weights: np.ndarray, fail_after: int | None = None) -> None:
+        self.weights, self.fail_after, self.calls = weights, fail_after, []
+
+    def __call__(self, keep: np.ndarray, seed: int) -> QueryOutcomes:
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.calls.append((tuple(int(i) for i in np.flatnonzero(~keep)), seed))
+        outputs = self.weights @ keep.astype(np.float64) + seed
+        return QueryOutcomes(outputs, (outputs > 0).astype(np.int64))
+
+
+@pytest.fixture
+def weights() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(N_QUERY, N_TRAIN))
+
+
+def open_store(root, n_train=N_TRAIN, n_query=N_QUERY, fingerprint="queries"):
+    return CounterfactualStore.create_or_open(
+        root, n_train=n_train, n_query=n_query, query_fingerprint=fingerprint
+    )
+
+
+def test_plan_removes_the_top_k_and_nested_seeded_random_sets():
+    scores = np.array([[0.5, 2.0, -1.0, 2.0, 0.1, -3.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    plan = plan_removals(scores, [0], [4, 2], [7, 8], method="trak", random_seed=1)
+    assert [(r.k, r.removal, r.seed) for r in plan] == [
+        (2, "trak", 7),
+        (2, RANDOM, 7),
+        (4, "trak", 7),
+        (4, RANDOM, 7),
+        (2, "trak", 8),
+        (2, RANDOM, 8),
+        (4, "trak", 8),
+        (4, RANDOM, 8),
+    ]
+    assert plan[0].removed == (1, 3)  # tie at 2.0: lower index first
+    assert plan[2].removed == (1, 3, 0, 4) and plan[2].n_positive == 4
+    assert plan[1].n_positive is None and plan[3].removed[:2] == plan[1].removed  # nested
+    assert plan[1].removed != plan[5].removed  # another seed, another random set
+    again = plan_removals(
+        torch.from_numpy(scores), [0], [4, 2], [7, 8], method="trak", random_seed=1
+    )
+    assert again == plan
+    other = plan_removals(scores, [0], [4, 2], [7, 8], method="trak", random_seed=2)
+    assert other[1].removed != plan[1].removed
+    assert plan_removals(scores, [1], [4], [0], method="x")[0].n_positive == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"ks": [0]}, "every k"),
+        ({"ks": [6]}, "every k"),
+        ({"seeds": [1, 1]}, "distinct"),
+        ({"queries": []}, "non-empty"),
+        ({"queries": [2]}, r"lie in \[0, 2\)"),
+        ({"method": RANDOM}, "other than"),
+        ({"method": "../trak"}, "file-name-safe"),
+    ],
+)
+def test_bad_plans_are_refused(overrides, message):
+    arguments = {"queries": [0], "ks": [2], "seeds": [0], "method": "trak"} | overrides
+    scores = np.zeros((2, 6))
+    with pytest.raises(ValueError, match=message):
+        plan_removals(scores, arguments.pop("queries"), **arguments)
+    scores[0, 3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        plan_removals(scores, [0], [2], [0], method="trak")
+
+
+def test_resume_skips_finished_runs_and_a_killed_job_loses_nothing(tmp_path, weights):
+    plan = plan_removals(weights, [0, 1, 2], [3, 5], [0, 1], method="oracle")  # 24 runs
+    first = LinearFake(weights)
+    one_query = [r for r in plan if r.query == 0]
+    assert open_store(tmp_path).run(first, one_query, progress=False) == 2 + 8  # 2 full + runs
+    killed = LinearFake(weights, fail_after=5)
+    with pytest.raises(KeyboardInterrupt):
+        open_store(tmp_path).run(killed, plan, progress=False)
+    rest = LinearFake(weights)
+    assert open_store(tmp_path).run(rest, plan, progress=False) == 16 - 5
+    assert open_store(tmp_path).run(LinearFake(weights), plan, progress=False) == 0
+    trained = first.calls + killed.calls + rest.calls
+    assert len(trained) == len(set(trained)) == 2 + 24  # every run exactly once
+    assert sorted(trained[2:]) == sorted((tuple(sorted(r.removed)), r.seed) for r in plan)
+    assert open_store(tmp_path).missing(plan) == []
+    written = sorted(p.name for p in (tmp_path / "removed" / "oracle").iterdir())
+    assert len(written) == 12 and written[0] == "q000000-k000003-seed0.json"
+
+
+def test_summaries_match_the_exact_drops_of_linear_outputs(tmp_path, weights):
+    fake, store = LinearFake(weights), open_store(tmp_path)
+    plan = dict(queries=[0, 1, 2, 3], ks=[3], seeds=[0, 1], method="oracle")
+    result = counterfactual_retraining(store, fake, weights, **plan, progress=False)
+    assert len(result.records) == 4 * 2 * 2
+    for record in result.records:
+        removal = next(
+            r
+            for r in plan_removals(weights, [record.query], [3], [record.seed], method="oracle")
+            if r.removal == record.removal
+        )
+        expected = weights[record.query, list(removal.removed)].sum()  # the seed cancels
+        assert record.drop == pytest.approx(expected, abs=1e-12)
+    summary = {(s.removal, s.k): s for s in result.summaries}
+    top = np.sort(weights, axis=1)[:, -3:].sum(axis=1)
+    assert summary["oracle", 3].drop.mean == pytest.approx(top.mean(), abs=1e-12)
+    assert summary["oracle", 3].n_queries == 4 and summary["oracle", 3].n_seeds == 2
+    for s in result.summaries:
+        assert s.drop.ci_low <= s.drop.mean <= s.drop.ci_high
+        assert 0.0 <= s.flipped.ci_low <= s.flipped.mean <= s.flipped.ci_high <= 1.0
+    (comparison,) = result.comparisons
+    difference = summary["oracle", 3].drop.mean - summary[RANDOM, 3].drop.mean
+    assert comparison.extra_drop.mean == pytest.approx(difference, abs=1e-12)
+    assert comparison.extra_drop.ci_low > 0  # the oracle beats random on every query here
+    json.dumps(dataclasses.asdict(result))  # serialisable
+    assert "oracle - random, 3:" in str(result)
+
+
+def test_stale_records_and_other_settings_are_refused(tmp_path, weights):
+    plan = plan_removals(weights, [0], [3], [0], method="oracle")
+    open_store(tmp_path).run(LinearFake(weights), plan, progress=False)
+    changed = plan_removals(-weights, [0], [3], [0], method="oracle")
+    with pytest.raises(ValueError, match="removed other training examples"):
+        open_store(tmp_path).run(LinearFake(weights), changed, progress=False)
+    with pytest.raises(ValueError, match="query_fingerprint"):
+        open_store(tmp_path, fingerprint="other queries")
+    with pytest.raises(ValueError, match="n_train"):
+        open_store(tmp_path, n_train=31)
+    with pytest.raises(RuntimeError, match="not recorded"):
+        counterfactual_result(
+            open_store(tmp_path), plan_removals(weights, [1], [3], [0], method="o")
+        )
+
+    def too_short(keep, seed):
+        return QueryOutcomes(np.zeros(3), np.zeros(3))
+
+    with pytest.raises(ValueError, match=r"outputs \(3,\)"):
+        new_seed = [dataclasses.replace(plan[0], seed=5)]
+        open_store(tmp_path).run(too_short, new_seed, progress=False)
+
+
+def planted_problem(generic=6, groups=3, copies=10):
+    """200 examples with noise labels, except that feature ``generic + j`` is on only for the
+    ``copies`` examples ``j*copies ...`` of class j. Query j has just that feature on, so its
+    margin rests on those examples: they are the known top-k of query j."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.zeros(200, generic + groups)
+    inputs[:, :generic] = torch.randn(200, generic, generator=generator)
+    targets = torch.randint(0, groups, (200,), generator=generator)
+    for j in range(groups):
+        inputs[j * copies : (j + 1) * copies, generic + j] = 1.0
+        targets[j * copies : (j + 1) * copies] = j
+    queries = torch.zeros(groups, generic + groups)
+    queries[torch.arange(groups), generic + torch.arange(groups)] = 1.0
+    return Examples(inputs, targets), Examples(queries, torch.arange(groups))
+
+
+def test_removing_planted_helpers_drops_the_margin_far_more_than_random(tmp_path):
+    train_data, queries = planted_problem()
+    scores = np.random.default_rng(0).normal(scale=0.1, size=(3, 200))
+    for j in range(3):
+        scores[j, j * 10 : (j + 1) * 10] += 1.0
+    config = TrainConfig(epochs=20, batch_size=32, optimizer=partial(torch.optim.Adam, lr=0.05))
+    retrain = RemovalRetrainer(lambda: LogisticRegression(9, 3), train_data, queries, config)
+    store = CounterfactualStore.create_or_open(
+        tmp_path, n_train=200, n_query=3, query_fingerprint=queries.fingerprint()
+    )
+    result = counterfactual_retraining(
+        store, retrain, scores, [0, 1, 2], [10], [0, 1, 2], method="planted", progress=False
+    )
+    summary = {s.removal: s for s in result.summaries}
+    for removal in plan_removals(scores, [0, 1, 2], [10], [0], method="planted")[::2]:
+        assert set(removal.removed) == set(range(10 * removal.query, 10 * removal.query + 10))
+    assert all(r.drop > 2.0 for r in result.records if r.removal == "planted")
+    assert summary["planted"].drop.mean > 4 * summary[RANDOM].drop.mean
+    (comparison,) = result.comparisons
+    assert comparison.extra_drop.ci_low > 2.0
+    assert summary["planted"].flipped.mean >= 0.5 and summary[RANDOM].flipped.mean == 0.0
+
+
+def test_mnist1d_runs_match_direct_seed_matched_retraining(tmp_path):
+    splits = load_mnist1d(n_train=200, n_test=20)
+    queries = splits.test.subset(range(5))
+    config = TrainConfig(epochs=2, batch_size=32)
+    factory = partial(MLP, 40, (16,), 10)
+    retrain = RemovalRetrainer(factory, splits.train, queries, config)
+    scores = np.random.default_rng(0).normal(size=(5, 200))
+    store = CounterfactualStore.create_or_open(
+        tmp_path, n_train=200, n_query=5, query_fingerprint=queries.fingerprint()
+    )
+    result = counterfactual_retraining(
+        store, retrain, scores, [1, 3], [5, 20], [0, 1], method="noise", progress=False
+    )
+    assert len(result.records) == 2 * 2 * 2 * 2  # queries x ks x removals x seeds
+    assert [(s.removal, s.k, s.n_queries, s.n_seeds) for s in result.summaries] == [
+        ("noise", 5, 2, 2),
+        ("noise", 20, 2, 2),
+        (RANDOM, 5, 2, 2),
+        (RANDOM, 20, 2, 2),
+    ]
+    assert [c.k for c in result.comparisons] == [5, 20]
+
+    def direct(keep, seed):  # the original recipe, trained here by hand
+        model = build_model(factory, seed)
+        train(model, splits.train.subset(keep), config, seed=seed)
+        return task_outputs(model, ClassificationTask(), queries).double().numpy()
+
+    record = next(r for r in result.records if (r.removal, r.k, r.seed) == ("noise", 20, 1))
+    removal = next(
+        r
+        for r in plan_removals(scores, [record.query], [20], [1], method="noise")
+        if r.removal == "noise"
+    )
+    keep = np.ones(200, dtype=bool)
+    keep[list(removal.removed)] = False
+    assert record.output_full == direct(np.ones(200, dtype=bool), 1)[record.query]  # bitwise
+    assert record.output == direct(keep, 1)[record.query]
+    assert record.drop == record.output_full - record.output
