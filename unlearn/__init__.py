@@ -1,12 +1,34 @@
 """unlearn: remove training examples from PyTorch models and prove it.
 
 A validated :class:`UnlearningRequest` names the examples to forget; an :class:`Unlearner` runs
-one method (exact retraining, FT, GA, RL, GradDiff, SalUn, ℓ1-sparse) through one hard-masked
-training loop on a copy of the model and returns an :class:`UnlearningResult` with metrics,
-timings and an audit record.
+one method (exact retraining, FT, GA, RL, GradDiff, SalUn, ℓ1-sparse, prune first then unlearn)
+through one hard-masked training loop on a copy of the model and returns an
+:class:`UnlearningResult` with metrics, timings and an audit record. :mod:`unlearn.benchmark`,
+:mod:`unlearn.klom` and :mod:`unlearn.tuning` measure unlearners against retrained oracles.
 """
 
 from unlearn.audit import AuditRecord, append_audit, read_audit_log
+from unlearn.benchmark import (
+    UnlearnedGroup,
+    benchmark,
+    gap_report,
+    interval,
+    klom_report,
+    mean_metrics,
+    metrics_of,
+    unlearn_each,
+    unlearn_each_stable,
+    untouched_report,
+)
+from unlearn.ensembles import OracleGroup, load_or_train, load_or_train_oracles, oracle_directory
+from unlearn.forget_sets import (
+    ClassForgetSet,
+    ForgetSet,
+    IndexForgetSet,
+    RandomForgetSet,
+    forget_request,
+)
+from unlearn.klom import klom, klom_by_split, klom_floor, klom_per_point, margins_of
 from unlearn.loop import LoopConfig, Phase, Progress, unlearning_loop
 from unlearn.losses import WeightedLoss
 from unlearn.masks import Mask, check_mask, intersect_masks
@@ -18,6 +40,7 @@ from unlearn.methods import (
     GradientAscent,
     GradientDifference,
     L1Sparse,
+    PruneThenUnlearn,
     RandomLabels,
     SalUn,
     UnlearningMethod,
@@ -30,26 +53,43 @@ from unlearn.metrics import (
     true_label_probability,
     unlearning_metrics,
 )
+from unlearn.pruning import (
+    MagnitudePruning,
+    apply_mask,
+    magnitude_mask,
+    mask_sparsity,
+    prunable_parameters,
+)
 from unlearn.request import UnlearningRequest
 from unlearn.result import UnlearningResult
 from unlearn.saliency import forget_gradient, saliency_mask, top_fraction_mask
+from unlearn.tuning import Selection, select_on_proxy, tune_on_proxy
 from unlearn.unlearner import Unlearner
 
 __all__ = [
     "AuditRecord",
+    "ClassForgetSet",
     "DecayingL1Loss",
     "ExactRetraining",
     "FineTune",
+    "ForgetSet",
     "ForgetSplit",
     "GradientAscent",
     "GradientDifference",
+    "IndexForgetSet",
     "L1Sparse",
     "LoopConfig",
+    "MagnitudePruning",
     "Mask",
+    "OracleGroup",
     "Phase",
     "Progress",
+    "PruneThenUnlearn",
+    "RandomForgetSet",
     "RandomLabels",
     "SalUn",
+    "Selection",
+    "UnlearnedGroup",
     "Unlearner",
     "UnlearningMethod",
     "UnlearningRequest",
@@ -57,16 +97,40 @@ __all__ = [
     "WeightedLoss",
     "accuracy_percent",
     "append_audit",
+    "apply_mask",
     "average_gap",
+    "benchmark",
     "check_mask",
     "forget_gradient",
+    "forget_request",
+    "gap_report",
     "intersect_masks",
+    "interval",
+    "klom",
+    "klom_by_split",
+    "klom_floor",
+    "klom_per_point",
+    "klom_report",
+    "load_or_train",
+    "load_or_train_oracles",
+    "magnitude_mask",
+    "margins_of",
+    "mask_sparsity",
+    "mean_metrics",
+    "metrics_of",
     "mia_efficacy",
+    "oracle_directory",
+    "prunable_parameters",
     "random_other_labels",
     "read_audit_log",
     "saliency_mask",
+    "select_on_proxy",
     "top_fraction_mask",
     "true_label_probability",
+    "tune_on_proxy",
+    "unlearn_each",
+    "unlearn_each_stable",
     "unlearning_loop",
     "unlearning_metrics",
+    "untouched_report",
 ]

@@ -3,9 +3,10 @@
 Saliency (SalUn), weight attribution (WAGLE) and pruning each produce such a dictionary; the
 unlearning loop enforces it as a hard constraint. Parameters a mask does not name are fully
 trainable. Enforcement does not trust the optimiser: gradients of frozen weights are zeroed before
-each step (so momentum and Adam statistics never see them) and frozen weights are written back from
-a snapshot after each step (so weight decay, momentum carried from elsewhere, or any other optimiser
-rule cannot move them). Masked-out weights therefore stay bitwise unchanged.
+each step (so momentum and Adam statistics never see them) and frozen weights are written back
+after each step from the values recorded when the loop started (so weight decay, momentum carried
+from elsewhere, or any other optimiser rule cannot move them). Masked-out weights therefore stay
+bitwise unchanged.
 """
 
 from __future__ import annotations
@@ -71,35 +72,62 @@ def describe_mask(mask: Mask | None) -> dict | None:
 
 @dataclass(frozen=True)
 class PinnedWeights:
-    """One parameter under a mask: its trainable entries and a snapshot of all its values."""
+    """One parameter under a mask: where its masked-out weights are and what they must stay.
+
+    Attributes:
+        parameter: the parameter.
+        frozen: ``[k]`` positions of the masked-out weights in the flattened parameter.
+        values: ``[k]`` their values when pinned.
+    """
 
     parameter: nn.Parameter
-    trainable: Tensor
-    snapshot: Tensor
+    frozen: Tensor
+    values: Tensor
 
 
 def pin(model: nn.Module, mask: Mask) -> list[PinnedWeights]:
-    """Snapshot every parameter that has at least one masked-out weight."""
+    """Record every parameter that has at least one masked-out weight.
+
+    Enforcement works on flat positions (``index_fill_`` / ``index_copy_``): on a 128 x 128 layer
+    these are about five times faster than boolean-mask ``masked_fill_`` / ``where`` on CPU, and
+    the loop runs them twice per step.
+    """
     parameters = dict(model.named_parameters())
-    return [
-        PinnedWeights(parameters[name], trainable, parameters[name].detach().clone())
-        for name, trainable in check_mask(model, mask).items()
-        if not bool(trainable.all())
-    ]
+    pinned = []
+    for name, trainable in check_mask(model, mask).items():
+        frozen = (~trainable).flatten().nonzero().squeeze(1)
+        if len(frozen):
+            values = parameters[name].detach().reshape(-1)[frozen].clone()
+            pinned.append(PinnedWeights(parameters[name], frozen, values))
+    return pinned
+
+
+def _write(tensor: Tensor, positions: Tensor, values: Tensor | float) -> None:
+    """``tensor.flatten()[positions] = values`` in place, for any memory layout."""
+    if tensor.is_contiguous():
+        flat = tensor.view(-1)
+        if isinstance(values, Tensor):
+            flat.index_copy_(0, positions, values)
+        else:
+            flat.index_fill_(0, positions, values)
+        return
+    flat = tensor.reshape(-1).clone()
+    _write(flat, positions, values)
+    tensor.copy_(flat.view(tensor.shape))
 
 
 def zero_frozen_gradients(pinned: list[PinnedWeights]) -> None:
     """Set the gradients of masked-out weights to exactly zero (``NaN`` included)."""
     for weights in pinned:
         if weights.parameter.grad is not None:
-            weights.parameter.grad.masked_fill_(~weights.trainable, 0.0)
+            _write(weights.parameter.grad, weights.frozen, 0.0)
 
 
 @torch.no_grad()
 def restore_frozen(pinned: list[PinnedWeights]) -> None:
-    """Write the snapshot back into masked-out weights, bit for bit."""
+    """Write the pinned values back into masked-out weights, bit for bit."""
     for weights in pinned:
-        weights.parameter.copy_(torch.where(weights.trainable, weights.parameter, weights.snapshot))
+        _write(weights.parameter, weights.frozen, weights.values)
 
 
 def fully_frozen(mask: Mask) -> set[str]:

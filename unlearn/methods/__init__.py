@@ -1,10 +1,12 @@
-"""Unlearning methods: exact retraining (the oracle), FT, GA, RL, GradDiff, SalUn, ℓ1-sparse."""
+"""Unlearning methods: exact retraining (the oracle), FT, GA, RL, GradDiff, SalUn, ℓ1-sparse,
+and prune first, then unlearn."""
 
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
 from unlearn.methods.fine_tune import FineTune
 from unlearn.methods.gradient_ascent import GradientAscent
 from unlearn.methods.gradient_difference import GradientDifference
 from unlearn.methods.l1_sparse import DecayingL1Loss, L1Sparse
+from unlearn.methods.prune_then_unlearn import PruneThenUnlearn
 from unlearn.methods.random_labels import RandomLabels, random_other_labels
 from unlearn.methods.retrain import ExactRetraining
 from unlearn.methods.salun import SalUn
@@ -17,6 +19,7 @@ __all__ = [
     "GradientAscent",
     "GradientDifference",
     "L1Sparse",
+    "PruneThenUnlearn",
     "RandomLabels",
     "SalUn",
     "UnlearningMethod",

@@ -1,0 +1,118 @@
+"""Benchmark one unlearner on one forget set against N retrained oracles (METHODS.md, Unlearning).
+
+Trains or loads N originals (``${workspace}/models``) and N (+N for the KLOM floor) oracles on R
+(``${workspace}/oracles``), picks the tuned hyperparameter on a proxy forget set inside R
+(unlearn.tuning), unlearns every original and writes UA/RA/TA/MIA, average gap, KLOM P95 and time
+as a fraction of retraining to ``${workspace}/results/<results_name>.json``:
+
+    python experiments/unlearning.py unlearner=retrain forget=class   # also trains every model
+    python experiments/unlearning.py -m hydra/launcher=local unlearner=ft,ga,rl,salun forget=class
+    python -m experiments.unlearn_table runs/mnist1d_mlp --forget class --output results/x.json
+
+Run one job first: parallel jobs that find the same models missing would train them twice.
+"""
+
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+import unlearn
+from unlearn.describe import describe
+
+
+@hydra.main(config_path="../conf", config_name="unlearn", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Run the benchmark; returns the average gap to the oracles (inf if unlearning diverged)."""
+    torch.set_num_threads(cfg.threads)
+    workspace = Path(to_absolute_path(cfg.workspace))
+    splits, forget_set = instantiate(cfg.data), instantiate(cfg.forget)
+    factory, config, train = instantiate(cfg.model), instantiate(cfg.train), splits.train
+    seeds = list(range(cfg.models))
+    originals = unlearn.load_or_train(factory, train, config, seeds, workspace / "models")
+    forget = forget_set.indices(train)
+    count = 2 * cfg.models if cfg.klom_floor else cfg.models
+    oracle_seeds = [cfg.oracle_seed + i for i in range(count)]
+    oracles = unlearn.load_or_train_oracles(
+        factory, train, forget, config, oracle_seeds, workspace / "oracles"
+    )
+    candidates, selection = _tuned_methods(cfg, originals, splits, forget_set, workspace)
+    test = forget_set.evaluation_test(splits.test)
+    split = unlearn.ForgetSplit.of(train, unlearn.forget_request(forget, train))
+    record = {"forget_size": len(forget), "seeds": seeds, "oracle_seeds": oracle_seeds}
+    record["tuning"] = selection.to_dict() if selection else None
+    try:
+        used, group, diverged = unlearn.unlearn_each_stable(
+            candidates, originals, train, forget, test, seeds=seeds
+        )
+    except FloatingPointError as error:
+        _write(cfg, workspace, {**record, "status": "diverged", "error": str(error)})
+        return float("inf")
+    reference, floor = oracles.models[: cfg.models], oracles.models[cfg.models :] or None
+    oracle_metrics = unlearn.metrics_of(reference, split, test, seeds=oracle_seeds[: cfg.models])
+    report = unlearn.benchmark(
+        group, reference, oracle_metrics, oracles.seconds, split, splits.test, floor_oracles=floor
+    )
+    method = describe(dict(candidates)[used])
+    record |= {"status": "ok", **report, "used": used, "diverged": diverged, "method": method}
+    record["original"] = unlearn.untouched_report(
+        originals, reference, oracle_metrics, split, test, splits.test, seeds=seeds
+    )
+    _write(cfg, workspace, record)
+    return report["average_gap"]
+
+
+def _write(cfg: DictConfig, workspace: Path, record: dict) -> None:
+    """``${workspace}/results/<results_name>.json`` with the settings, versions and command."""
+    record |= {
+        "settings": OmegaConf.to_container(cfg, resolve=True),
+        "versions": _versions(),
+        "command": [sys.executable, *sys.argv],
+        "overrides": list(HydraConfig.get().overrides.task),
+    }
+    path = workspace / "results" / f"{cfg.results_name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, allow_nan=False))
+    print(f"{path}: {record['status']}, average gap {record.get('average_gap', float('inf')):.2f}")
+
+
+def _tuned_methods(cfg, originals, splits, forget_set, workspace):
+    """``[(value, unlearner)]``, best proxy value first, when ``tuning.parameter`` is named."""
+    if cfg.tuning.parameter is None:
+        return [(None, instantiate(cfg.unlearner))], None
+    candidates = {}
+    for value in cfg.tuning.grid:
+        variant = OmegaConf.create(OmegaConf.to_container(cfg.unlearner, resolve=True))
+        OmegaConf.update(variant, cfg.tuning.parameter, value)
+        candidates[value] = instantiate(variant)
+    count = min(cfg.tuning.models, cfg.models)
+    selection = unlearn.tune_on_proxy(
+        cfg.tuning.parameter,
+        candidates,
+        forget_set,
+        originals[:count],
+        splits.train,
+        splits.test,
+        seeds=list(range(count)),
+        model_factory=instantiate(cfg.model),
+        config=instantiate(cfg.train),
+        oracle_seeds=[cfg.oracle_seed + i for i in range(count)],
+        oracle_root=workspace / "oracles",
+    )
+    return [(value, candidates[value]) for value in selection.ranking()], selection
+
+
+def _versions() -> dict[str, str]:
+    packages = ("tda-unlearn", "torch", "numpy", "scipy", "scikit-learn", "hydra-core", "mnist1d")
+    return {"python": platform.python_version(), **{p: metadata.version(p) for p in packages}}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The unlearning configs: every unlearner and forget-set option builds; a tiny benchmark runs."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+import unlearn
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "conf"
+UNLEARNERS = {
+    "retrain": unlearn.ExactRetraining,
+    "ft": unlearn.FineTune,
+    "ga": unlearn.GradientAscent,
+    "rl": unlearn.RandomLabels,
+    "graddiff": unlearn.GradientDifference,
+    "salun": unlearn.SalUn,
+    "l1_sparse": unlearn.L1Sparse,
+    "prune_then_unlearn": unlearn.PruneThenUnlearn,
+}
+FORGET_SETS = {
+    "random_1pct": unlearn.RandomForgetSet,
+    "random_10pct": unlearn.RandomForgetSet,
+    "class": unlearn.ClassForgetSet,
+}
+TINY = ("experiment=tiny", "progress=false", "models=2", "tuning.models=1")
+
+
+def compose_unlearn(*overrides: str):
+    """Compose ``conf/unlearn.yaml`` as ``@hydra.main`` does (``${hydra:...}`` resolves)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("unlearn", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _forget_hydra_config():
+    yield
+    HydraConfig.instance().cfg = None
+
+
+def test_every_unlearner_and_forget_option_is_covered():
+    assert {p.stem for p in (CONF / "unlearner").glob("*.yaml")} == set(UNLEARNERS)
+    assert {p.stem for p in (CONF / "forget").glob("*.yaml")} == set(FORGET_SETS)
+
+
+@pytest.mark.parametrize("name", sorted(UNLEARNERS))
+def test_unlearner_option_builds_its_method_and_every_grid_value(name):
+    cfg = compose_unlearn("experiment=tiny", f"unlearner={name}")
+    assert type(instantiate(cfg.unlearner)) is UNLEARNERS[name]
+    if cfg.tuning.parameter is None:
+        assert name == "retrain"
+        return
+    assert len(cfg.tuning.grid) >= 2
+    for value in cfg.tuning.grid:
+        variant = OmegaConf.create(OmegaConf.to_container(cfg.unlearner, resolve=True))
+        OmegaConf.update(variant, cfg.tuning.parameter, value)
+        built = instantiate(variant)
+        target = built
+        for part in cfg.tuning.parameter.split("."):
+            target = target.keywords[part] if hasattr(target, "keywords") else getattr(target, part)
+        assert target == value and isinstance(value, float)
+
+
+@pytest.mark.parametrize("name", sorted(FORGET_SETS))
+def test_forget_option_builds_its_forget_set(name):
+    cfg = compose_unlearn("experiment=tiny", f"forget={name}")
+    forget_set = instantiate(cfg.forget)
+    assert type(forget_set) is FORGET_SETS[name]
+    train = instantiate(cfg.data).train
+    assert 0 < len(forget_set.indices(train)) < len(train)
+
+
+def test_the_default_is_ft_on_a_random_tenth_with_twenty_models_and_a_floor():
+    cfg = compose_unlearn()
+    assert cfg.experiment_name == "mnist1d_mlp" and cfg.models == 20 and cfg.klom_floor
+    assert cfg.results_name == "unlearn-ft-random_10pct"
+    assert instantiate(cfg.forget) == unlearn.RandomForgetSet(0.1)
+
+
+def _run_in_process(workspace: Path, *overrides: str) -> dict:
+    spec = importlib.util.spec_from_file_location("unlearning", REPO / "experiments/unlearning.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = compose_unlearn(*TINY, f"workspace={workspace}", *overrides)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as @hydra.main hands it over: Hydra's node lives in HydraConfig
+    gap = module.main(cfg)
+    record = json.loads((workspace / "results" / f"{cfg.results_name}.json").read_text())
+    assert record.get("average_gap", math.inf) == gap
+    return record
+
+
+def _numbers(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _numbers(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _numbers(value)
+    elif isinstance(node, float | int) and not isinstance(node, bool):
+        yield node
+
+
+def test_a_tiny_benchmark_writes_finite_numbers_and_resumes(tmp_path):
+    forget = unlearn.ClassForgetSet(0).indices(instantiate(compose_unlearn(*TINY).data).train)
+    record = _run_in_process(tmp_path, "unlearner=salun", "forget=class")
+    assert record["forget_size"] == len(forget) and record["seeds"] == [0, 1]
+    assert record["status"] == "ok" and record["diverged"] == []
+    assert record["used"] == record["tuning"]["chosen"]
+    assert record["oracle_seeds"] == [1000, 1001, 1002, 1003]
+    for key in ("UA", "RA", "TA", "MIA"):
+        assert 0.0 <= record["metrics"][key]["mean"] <= 100.0
+        assert record["metrics"][key]["n"] == 2
+    klom = record["klom"]
+    for split in ("forget", "retain", "validation"):
+        assert klom[split] >= 0.0 and klom[f"{split}_floor"] >= 0.0
+    assert record["time_fraction"]["mean"] > 0.0
+    assert (
+        record["original"]["metrics"]["UA"]["n"] == 2 and record["original"]["klom"]["forget"] >= 0
+    )
+    tuning = record["tuning"]
+    assert tuning["parameter"] == "loop.optimizer.lr" and tuning["chosen"] in tuning["grid"]
+    assert len(tuning["scores"]) == len(tuning["grid"])
+    assert all(math.isfinite(value) for value in _numbers(record))
+    assert record["settings"]["forget"]["label"] == 0
+    # A second run trains nothing: the oracles' recorded times are read back unchanged.
+    again = _run_in_process(tmp_path, "unlearner=retrain", "forget=class", "klom_floor=false")
+    assert again["oracle_seeds"] == [1000, 1001] and again["tuning"] is None
+    directory = unlearn.oracle_directory(tmp_path / "oracles", forget)
+    recorded = [
+        json.loads((directory / f"seconds-seed-{seed}.json").read_text())["seconds"]
+        for seed in (1000, 1001)
+    ]
+    assert again["oracle_seconds"] == pytest.approx(sum(recorded) / 2, rel=1e-12)
+
+
+def test_a_diverging_unlearner_is_recorded_as_such(tmp_path):
+    overrides = ("unlearner=ga", "unlearner.loop.optimizer.lr=1e30", "tuning.parameter=null")
+    record = _run_in_process(tmp_path, *overrides, "klom_floor=false")
+    assert record["status"] == "diverged" and "diverged with every candidate" in record["error"]
+    assert "average_gap" not in record and record["settings"]["unlearner"]["loop"]["epochs"] == 5

@@ -1,0 +1,126 @@
+import json
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from tda.fingerprint import model_fingerprint
+from tda.models import MLP
+from tda.training import TrainConfig
+from unlearn import (
+    ExactRetraining,
+    FineTune,
+    ForgetSplit,
+    LoopConfig,
+    RandomForgetSet,
+    benchmark,
+    forget_request,
+    interval,
+    load_or_train,
+    load_or_train_oracles,
+    metrics_of,
+    oracle_directory,
+    select_on_proxy,
+    unlearn_each,
+)
+from unlearn.benchmark import UnlearnedGroup
+
+FACTORY = partial(MLP, 40, (16,), 10)
+CONFIG = TrainConfig(epochs=2, batch_size=32)
+T_975_2DOF = 4.302652729749464  # Student t quantile 0.975 with 2 degrees of freedom
+
+
+@pytest.fixture(scope="module")
+def small(mnist):
+    """120 training and 60 test examples of the shared MNIST-1D fixture."""
+    return mnist.train.subset(range(120)), mnist.test.subset(range(60))
+
+
+def test_interval_is_the_student_t_interval():
+    summary = interval([1.0, 2.0, 3.0])
+    assert summary["mean"] == 2.0 and summary["n"] == 3
+    assert summary["ci95"] == pytest.approx(T_975_2DOF / np.sqrt(3), rel=1e-10)
+    assert interval([5.0])["ci95"] is None
+    with pytest.raises(ValueError, match="finite values"):
+        interval([1.0, float("nan")])
+
+
+def test_oracles_are_exact_retraining_and_resume_with_their_recorded_times(small, tmp_path):
+    train, _ = small
+    forget = RandomForgetSet(0.1).indices(train)
+    first = load_or_train_oracles(FACTORY, train, forget, CONFIG, [3, 4], tmp_path)
+    again = load_or_train_oracles(FACTORY, train, forget, CONFIG, [3, 4], tmp_path)
+    assert [model_fingerprint(m) for m in first.models] == [
+        model_fingerprint(m) for m in again.models
+    ]
+    assert first.seconds == again.seconds and all(s > 0 for s in first.seconds)
+    directory = oracle_directory(tmp_path, forget)
+    assert json.loads((directory / "seconds-seed-3.json").read_text())["seed"] == 3
+    split = ForgetSplit.of(train, forget_request(forget, train))
+    retrained = ExactRetraining(FACTORY, CONFIG, init_seed=3).unlearn(
+        first.models[1], split, seed=3
+    )
+    assert model_fingerprint(retrained) == model_fingerprint(first.models[0])
+
+
+def test_an_unlearner_that_returns_the_oracles_has_zero_gap_and_zero_klom(small, tmp_path):
+    train, test = small
+    forget = RandomForgetSet(0.1).indices(train)
+    split = ForgetSplit.of(train, forget_request(forget, train))
+    oracles = load_or_train_oracles(FACTORY, train, forget, CONFIG, [0, 1], tmp_path)
+    floor = load_or_train_oracles(FACTORY, train, forget, CONFIG, [2, 3], tmp_path)
+    metrics = metrics_of(oracles.models, split, test, seeds=[0, 1])
+    group = UnlearnedGroup(oracles.models, metrics, [s / 10 for s in oracles.seconds])
+    report = benchmark(
+        group, oracles.models, metrics, oracles.seconds, split, test, floor_oracles=floor.models
+    )
+    assert report["average_gap"] == 0.0 and report["paired_gap"]["mean"] == 0.0
+    klom = report["klom"]
+    assert klom["forget"] == klom["retain"] == klom["validation"] == 0.0
+    assert klom["forget_floor"] > 0.0 and klom["direction"] == "KL(unlearned || oracle)"
+    expected = np.mean([s / np.median(oracles.seconds) / 10 for s in oracles.seconds])
+    assert report["time_fraction"]["mean"] == pytest.approx(expected, rel=1e-12)
+    assert report["metrics"]["UA"] == report["oracle_metrics"]["UA"]
+    json.dumps(report, allow_nan=False)
+
+
+def test_unlearn_each_uses_each_originals_seed_and_leaves_the_originals_alone(small, tmp_path):
+    train, test = small
+    originals = load_or_train(FACTORY, train, CONFIG, [0, 1], tmp_path)
+    before = [model_fingerprint(m) for m in originals]
+    forget = RandomForgetSet(0.1).indices(train)
+    method = FineTune(LoopConfig(epochs=1))
+    group = unlearn_each(method, originals, train, forget, test, seeds=[0, 1])
+    assert [model_fingerprint(m) for m in originals] == before
+    assert len(group.models) == len(group.metrics) == len(group.seconds) == 2
+    assert set(group.metrics[0]) == {"UA", "RA", "TA", "MIA"}
+    with pytest.raises(ValueError, match="2 originals but 1 seeds"):
+        unlearn_each(FineTune(), originals, train, forget, test, seeds=[0])
+
+
+def test_the_proxy_selection_picks_the_value_closest_to_the_proxy_oracles(small, tmp_path):
+    train, test = small
+    originals = load_or_train(FACTORY, train, CONFIG, [0], tmp_path)
+    proxy = RandomForgetSet(0.1).proxy(train).indices(train)
+    sgd = lambda lr: LoopConfig(epochs=1, optimizer=partial(torch.optim.SGD, lr=lr))  # noqa: E731
+    candidates = {lr: FineTune(sgd(lr)) for lr in (0.0, 0.05, 0.5)}
+    # Make the "oracle" metrics those of lr = 0.05 itself: the rule must pick it with score 0.
+    target = unlearn_each(candidates[0.05], originals, train, proxy, test, seeds=[0]).metrics
+    selection = select_on_proxy(
+        "loop.optimizer.lr", candidates, originals, train, proxy, target, test, seeds=[0]
+    )
+    assert selection.chosen == 0.05 and selection.grid == [0.0, 0.05, 0.5]
+    assert selection.scores[1] == 0.0 and min(selection.scores[0], selection.scores[2]) > 0
+    record = selection.to_dict()
+    assert record["parameter"] == "loop.optimizer.lr" and "proxy forget set" in record["rule"]
+    diverging = {lr: FineTune(sgd(lr)) for lr in (1e30, 0.05)}  # lr 1e30 gives infinite weights
+    selection = select_on_proxy("lr", diverging, originals, train, proxy, target, test, seeds=[0])
+    assert selection.scores[0] is None and selection.metrics[0] is None
+    assert selection.chosen == 0.05 and selection.scores[1] == 0.0
+    with pytest.raises(ValueError, match="every value of lr"):
+        select_on_proxy(
+            "lr", {1e30: diverging[1e30]}, originals, train, proxy, target, test, seeds=[0]
+        )
+    with pytest.raises(ValueError, match="grid is empty"):
+        select_on_proxy("lr", {}, originals, train, proxy, target, test, seeds=[0])

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from tda.data import Examples
+from tda.fingerprint import model_fingerprint
+from unlearn import (
+    ClassForgetSet,
+    FineTune,
+    IndexForgetSet,
+    LoopConfig,
+    RandomForgetSet,
+    Unlearner,
+    forget_request,
+)
+
+
+@pytest.fixture
+def labelled() -> Examples:
+    """100 examples, 10 of each of the classes 0..9 (in a shuffled order)."""
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    targets = torch.arange(10).repeat(10)[order]
+    return Examples(torch.randn(100, 6, dtype=torch.float64), targets)
+
+
+def test_random_forget_sets_have_the_right_size_are_seeded_and_the_proxy_is_disjoint(labelled):
+    chosen = RandomForgetSet(0.1, seed=3).indices(labelled)
+    assert len(chosen) == 10 and np.all(np.diff(chosen) > 0)
+    assert np.array_equal(chosen, RandomForgetSet(0.1, seed=3).indices(labelled))
+    assert not np.array_equal(chosen, RandomForgetSet(0.1, seed=4).indices(labelled))
+    proxy = RandomForgetSet(0.1, seed=3).proxy(labelled).indices(labelled)
+    assert len(proxy) == 10 and not set(proxy) & set(chosen)
+    assert len(RandomForgetSet(0.001).indices(labelled)) == 1  # never empty
+    assert RandomForgetSet(0.1).evaluation_test(labelled) is labelled
+    for fraction in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\)"):
+            RandomForgetSet(fraction)
+    with pytest.raises(ValueError, match="too small for a proxy"):
+        RandomForgetSet(0.6).proxy(labelled)
+
+
+def test_class_wise_forget_sets_take_a_whole_class_and_the_proxy_is_the_next_class(labelled):
+    targets = labelled.targets.numpy()
+    chosen = ClassForgetSet(9).indices(labelled)
+    assert np.array_equal(chosen, np.flatnonzero(targets == 9))
+    assert ClassForgetSet(9).proxy(labelled) == ClassForgetSet(0)
+    assert ClassForgetSet(4).proxy(labelled) == ClassForgetSet(5)
+    test = ClassForgetSet(4).evaluation_test(labelled)
+    assert len(test) == 90 and not (test.targets == 4).any()
+    with pytest.raises(ValueError, match="no example of class 11"):
+        ClassForgetSet(11).indices(labelled)
+    two_classes = labelled.subset(targets < 2)
+    with pytest.raises(ValueError, match="at least three classes"):
+        ClassForgetSet(0).proxy(two_classes)
+
+
+def test_index_forget_sets_are_validated_and_their_proxy_is_disjoint(labelled):
+    given = IndexForgetSet((7, 3, 5))
+    assert given.positions == (3, 5, 7)
+    assert np.array_equal(given.indices(labelled), [3, 5, 7])
+    proxy = given.proxy(labelled).indices(labelled)
+    assert len(proxy) == 3 and not set(proxy) & {3, 5, 7}
+    for bad in ((), (1, 1)):
+        with pytest.raises(ValueError, match="distinct positions"):
+            IndexForgetSet(bad)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 100\)"):
+        IndexForgetSet((100,)).indices(labelled)
+
+
+def test_forget_request_binds_the_model_and_data(labelled, tiny_mlp):
+    chosen = ClassForgetSet(2).indices(labelled)
+    request = forget_request(chosen, labelled, seed=5, model=tiny_mlp)
+    assert request.forget_indices == tuple(chosen.tolist()) and request.seed == 5
+    assert request.model_fingerprint == model_fingerprint(tiny_mlp)
+    assert request.data_fingerprint == labelled.fingerprint()
+    labelled3 = Examples(labelled.inputs, labelled.targets % 3)  # the tiny MLP has 3 classes
+    method = FineTune(LoopConfig(epochs=1))
+    Unlearner(method, compute_metrics=False).unlearn(
+        tiny_mlp, labelled3, forget_request(chosen, labelled3, model=tiny_mlp)
+    )
+    with pytest.raises(ValueError, match="different training data"):
+        Unlearner(method).unlearn(tiny_mlp, labelled3, request)

@@ -1,0 +1,105 @@
+import math
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from tda.models import MLP, build_model
+from tda.task import ClassificationTask
+from tda.training import TrainConfig, train
+from unlearn import klom, klom_by_split, klom_floor, klom_per_point, margins_of
+
+EPSILON = 1e-5
+
+
+def test_klom_per_point_matches_a_hand_computation():
+    # Point 0: margins 0 and 1 span [0, 1] in 20 bins of 0.05; 0 -> bin 0, 1 -> bin 19.
+    #   unlearned p = (1/2, 0 x 18, 1/2), oracle q = (1/4, 0 x 18, 3/4).
+    # Point 1: every margin is 3: a zero-width range, both histograms identical.
+    # Point 2: +-150 clip to +-100; unlearned all at -100, oracle all at +100.
+    unlearned = np.array([[0, 3, -150], [0, 3, -150], [1, 3, -150], [1, 3, -120]], dtype=float)
+    oracle = np.array([[0, 3, 150], [1, 3, 150], [1, 3, 150], [1, 3, 100]], dtype=float)
+    z = 1 + 18 * EPSILON  # both histograms of point 0 have 18 empty bins floored to epsilon
+    expected_0 = (0.5 / z) * math.log((0.5 / z) / (0.25 / z)) + (0.5 / z) * math.log(
+        (0.5 / z) / (0.75 / z)
+    )
+    z2 = 1 + 19 * EPSILON  # point 2: one full bin each, at opposite ends
+    expected_2 = (1 / z2) * math.log(1 / EPSILON) + (EPSILON / z2) * math.log(EPSILON / 1)
+    values = klom_per_point(unlearned, oracle, epsilon=EPSILON)
+    np.testing.assert_allclose(values, [expected_0, 0.0, expected_2], rtol=1e-12, atol=1e-15)
+    # The direction is KL(unlearned || oracle): swapping the groups changes point 0.
+    swapped = klom_per_point(oracle, unlearned, epsilon=EPSILON)
+    expected_swapped = (0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)) / z
+    assert swapped[0] == pytest.approx(expected_swapped, rel=1e-12)
+    assert abs(swapped[0] - values[0]) > 1e-3
+    assert klom(unlearned, oracle, epsilon=EPSILON) == pytest.approx(
+        np.percentile(values, 95), rel=1e-12
+    )
+
+
+def test_groups_from_one_distribution_sit_at_the_floor_and_a_shift_is_clearly_higher():
+    rng = np.random.default_rng(0)
+    points, models = 400, 40
+    centres = rng.normal(0, 5, size=points)  # each point has its own margin distribution
+    draw = lambda shift=0.0: centres + shift + rng.normal(size=(models, points))  # noqa: E731
+    oracles_a, oracles_b, same, shifted = draw(), draw(), draw(), draw(2.0)
+    floor = klom_floor(oracles_a, oracles_b)  # > 0: 40 draws spread over 20 bins leave gaps
+    assert abs(klom(same, oracles_a) - floor) < 0.1 * floor
+    assert klom(shifted, oracles_a) > 2.5 * floor  # two standard deviations away
+    assert klom_floor(oracles_a, oracles_a) == 0.0
+    oracles = {"forget": oracles_a, "retain": oracles_a}
+    by_split = klom_by_split({"forget": shifted, "retain": same}, oracles)
+    assert by_split == {"forget": klom(shifted, oracles_a), "retain": klom(same, oracles_a)}
+
+
+def test_margins_of_lists_each_models_margins():
+    models = [build_model(lambda: MLP(6, (8,), 3), seed, dtype=torch.float64) for seed in (0, 1)]
+    generator = torch.Generator().manual_seed(0)
+    from tda.data import Examples
+
+    examples = Examples(torch.randn(5, 6, generator=generator), torch.tensor([0, 1, 2, 0, 1]))
+    margins = margins_of(models, examples)
+    assert margins.shape == (2, 5) and margins.dtype == np.float64
+    for row, model in zip(margins, models, strict=True):
+        expected = ClassificationTask().output(model(examples.inputs.double()), examples.targets)
+        np.testing.assert_allclose(row, expected.detach().numpy(), rtol=0, atol=1e-12)
+
+
+def test_bad_shapes_and_settings_are_refused():
+    good = np.zeros((3, 4))
+    cases = {
+        "must have shape": (np.zeros(4), good),
+        "same points": (good, np.zeros((3, 5))),
+        "contain NaN": (good, np.full((3, 4), np.nan)),
+    }
+    for message, (unlearned, oracle) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            klom_per_point(unlearned, oracle)
+    with pytest.raises(ValueError, match="must have shape"):
+        klom_per_point(np.zeros((0, 4)), good)
+    for settings in ({"bins": 0}, {"clip": 0.0}, {"epsilon": 0.0}, {"epsilon": 0.1}):
+        with pytest.raises(ValueError, match="epsilon < 1/bins"):
+            klom_per_point(good, good, **settings)
+    with pytest.raises(ValueError, match="splits differ"):
+        klom_by_split({"forget": good}, {"retain": good})
+    with pytest.raises(ValueError, match="at least one model"):
+        margins_of([], None)
+
+
+def test_the_untouched_originals_sit_far_above_the_oracle_floor_on_the_forget_set(mnist):
+    factory, config = partial(MLP, 40, (32,), 10), TrainConfig(epochs=40, batch_size=64)
+    forget = np.arange(0, 300, 10)  # 30 of the 300 training examples
+    retain = mnist.train.subset(np.setdiff1d(np.arange(300), forget))
+
+    def group(data, seeds):
+        return [train(build_model(factory, s), data, config, seed=s).model for s in seeds]
+
+    originals = margins_of(group(mnist.train, range(12)), mnist.train.subset(forget))
+    oracles_a = margins_of(group(retain, range(100, 112)), mnist.train.subset(forget))
+    oracles_b = margins_of(group(retain, range(200, 212)), mnist.train.subset(forget))
+    # With 12 models a group, 20 bins leave most bins empty and the P95 saturates towards
+    # log(1 / epsilon) for everyone; the median point still separates the groups clearly.
+    assert klom(originals, oracles_a) > klom_floor(oracles_b, oracles_a)
+    median = klom(originals, oracles_a, percentile=50)
+    assert median > 1.5 * klom_floor(oracles_b, oracles_a, percentile=50)

@@ -1,0 +1,164 @@
+r"""Forget-set types for benchmarks: a random fraction of the training set, one whole class, or
+given positions (:class:`RandomForgetSet`, :class:`ClassForgetSet`, :class:`IndexForgetSet`).
+
+Each type is a small frozen dataclass with three calls:
+
+- ``indices(train)``: the forget set :math:`F` as sorted training-set positions ``[|F|]``;
+- ``proxy(train)``: a *different* forget set of the same kind inside :math:`R = S \setminus F`
+  (another random sample of the same size, or another class), on which hyperparameters may be
+  tuned without looking at anything measured on :math:`F` (see :mod:`unlearn.tuning`);
+- ``evaluation_test(test)``: the test examples TA and MIA are measured on; class-wise forgetting
+  measures them on the other classes, as in SalUn's protocol.
+
+:func:`forget_request` turns indices into an :class:`~unlearn.UnlearningRequest`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from torch import nn
+
+from tda.data.examples import Examples
+from tda.fingerprint import model_fingerprint
+from unlearn.request import UnlearningRequest
+
+
+class ForgetSet(Protocol):
+    """A rule that picks the examples to forget from a training set."""
+
+    def indices(self, train: Examples) -> np.ndarray:
+        """Sorted positions ``[|F|]`` of the forget set in ``train``."""
+        ...
+
+    def proxy(self, train: Examples) -> ForgetSet:
+        """A disjoint forget set of the same kind, inside the retain set."""
+        ...
+
+    def evaluation_test(self, test: Examples) -> Examples:
+        """The test examples that TA and MIA-efficacy are measured on."""
+        ...
+
+
+def _sample(pool: np.ndarray, count: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(pool, size=count, replace=False))
+
+
+@dataclass(frozen=True)
+class IndexForgetSet:
+    """Forget sets given by their positions (e.g. a user's list, or a random set's proxy).
+
+    Attributes:
+        positions: training-set positions to forget.
+    """
+
+    positions: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        positions = np.asarray(self.positions, dtype=np.int64).reshape(-1)
+        if len(positions) == 0 or len(np.unique(positions)) != len(positions):
+            raise ValueError("an index forget set needs distinct positions, at least one")
+        object.__setattr__(self, "positions", tuple(sorted(int(i) for i in positions)))
+
+    def indices(self, train: Examples) -> np.ndarray:
+        chosen = np.asarray(self.positions, dtype=np.int64)
+        if chosen[0] < 0 or chosen[-1] >= len(train):
+            raise ValueError(f"forget positions must lie in [0, {len(train)})")
+        return chosen
+
+    def proxy(self, train: Examples) -> ForgetSet:
+        """As many other positions, drawn at random (seed 1) from the rest."""
+        rest = np.setdiff1d(np.arange(len(train)), self.indices(train))
+        if len(self.positions) > len(rest) - 1:
+            raise ValueError(f"the retain set of {len(rest)} is too small for a proxy")
+        return IndexForgetSet(tuple(_sample(rest, len(self.positions), 1).tolist()))
+
+    def evaluation_test(self, test: Examples) -> Examples:
+        return test
+
+
+@dataclass(frozen=True)
+class RandomForgetSet:
+    r"""A uniformly random :math:`\mathrm{round}(\text{fraction} \cdot n)` examples (at least 1).
+
+    Attributes:
+        fraction: share of the training set to forget, in ``(0, 1)``.
+        seed: seed of the draw (the proxy uses ``seed + 1`` on the retain set).
+    """
+
+    fraction: float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
+
+    def _count(self, train: Examples) -> int:
+        count = max(1, round(self.fraction * len(train)))
+        if count >= len(train):
+            raise ValueError(f"forgetting {count} of {len(train)} examples leaves none to retain")
+        return count
+
+    def indices(self, train: Examples) -> np.ndarray:
+        return _sample(np.arange(len(train)), self._count(train), self.seed)
+
+    def proxy(self, train: Examples) -> ForgetSet:
+        """As many examples again, drawn with ``seed + 1`` from the retain set."""
+        retain = np.setdiff1d(np.arange(len(train)), self.indices(train))
+        count = self._count(train)
+        if count > len(retain) - 1:
+            raise ValueError(f"the retain set of {len(retain)} is too small for a proxy of {count}")
+        return IndexForgetSet(tuple(_sample(retain, count, self.seed + 1).tolist()))
+
+    def evaluation_test(self, test: Examples) -> Examples:
+        return test
+
+
+@dataclass(frozen=True)
+class ClassForgetSet:
+    """Every training example of one class (class-wise forgetting).
+
+    Attributes:
+        label: the class to forget.
+    """
+
+    label: int
+
+    def indices(self, train: Examples) -> np.ndarray:
+        chosen = np.flatnonzero(train.targets.cpu().numpy() == self.label)
+        if len(chosen) == 0:
+            raise ValueError(f"the training set has no example of class {self.label}")
+        if len(chosen) == len(train):
+            raise ValueError(f"every training example is of class {self.label}")
+        return chosen
+
+    def proxy(self, train: Examples) -> ForgetSet:
+        """The next class present in the training set (cyclically)."""
+        present = np.unique(train.targets.cpu().numpy())
+        others = present[present != self.label]
+        if len(others) < 2:
+            raise ValueError("a class-wise proxy needs at least three classes in the training set")
+        following = others[others > self.label]
+        return ClassForgetSet(int(following[0] if len(following) else others[0]))
+
+    def evaluation_test(self, test: Examples) -> Examples:
+        return test.subset(test.targets.cpu().numpy() != self.label)
+
+
+def forget_request(
+    indices: np.ndarray,
+    train: Examples,
+    *,
+    seed: int = 0,
+    model: nn.Module | None = None,
+) -> UnlearningRequest:
+    """A request to forget ``indices`` from ``train``, bound to ``model``'s fingerprint if given."""
+    return UnlearningRequest(
+        forget_indices=indices,
+        train_size=len(train),
+        seed=seed,
+        model_fingerprint=model_fingerprint(model) if model is not None else None,
+        data_fingerprint=train.fingerprint(),
+    )
