@@ -1,0 +1,112 @@
+r"""NTK surrogate attribution: a kernel machine on the network's empirical NTK, read term by term.
+
+``fit(model, train)`` computes the kernel's training features and Gram matrix and fits the kernel
+machine to the **network's predictions** on the training set (the surrogate imitates the
+network, not the labels). For a query :math:`x` with target class :math:`y`, the attributed output
+is the surrogate's margin-like contrast
+
+.. math:: \hat m(x) = \hat f_y(x) - \frac{1}{C-1}\sum_{k \ne y} \hat f_k(x)
+          = \sum_i \underbrace{K(x, z_i)\Big(\alpha_{iy} - \frac{1}{C-1}\sum_{k\ne y}
+            \alpha_{ik}\Big)}_{\tau(x)_i} + \text{bias}(x),
+
+(for two classes, :math:`\pm` the binary decision value) and ``score`` returns the terms
+:math:`\tau(x)_i`. Sign convention of the library: :math:`\tau(x)_i > 0` means training example
+:math:`i` pushes the (surrogate's) output for the query's class up. The contrast does not change
+when every class score moves by the same amount, as the network's margin does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from tda.data.examples import Examples
+from tda.ntk.faithfulness import FaithfulnessReport, faithfulness
+from tda.ntk.kernel import EmpiricalNTK, kernel_from_features
+from tda.ntk.surrogate import (
+    KernelLogisticRegression,
+    KernelMachine,
+    contributions,
+    decision_function,
+)
+from tda.outputs import logits_of
+
+
+@dataclass
+class NTKSurrogate:
+    """Attributor through a kernel-machine surrogate of the network on its empirical NTK.
+
+    Args:
+        kernel: which NTK (trace / pseudo, exact / projected) and its memory limit.
+        machine: the kernel machine, e.g. ``KernelLogisticRegression()`` or ``KernelSVM()``.
+    """
+
+    kernel: EmpiricalNTK = field(default_factory=EmpiricalNTK)
+    machine: KernelMachine = field(default_factory=KernelLogisticRegression)
+    model: nn.Module | None = field(default=None, init=False, repr=False)
+    train: Examples | None = field(default=None, init=False, repr=False)
+    fitted: KernelMachine | None = field(default=None, init=False, repr=False)
+    train_features: Tensor | None = field(default=None, init=False, repr=False)
+
+    def fit(self, model: nn.Module, train: Examples) -> NTKSurrogate:
+        """Compute the training kernel and fit the machine to the network's predictions.
+
+        The model must not change afterwards (query kernels read its parameters).
+
+        Raises:
+            KernelTooLargeError: the training features and Gram matrix exceed the memory limit.
+            DegenerateKernelError: the training kernel is non-finite or constant.
+        """
+        if len(train) < 2:
+            raise ValueError(f"need at least 2 training examples, got {len(train)}")
+        self.kernel.check_memory(model, train.inputs, n_left=0, n_right=len(train), square=True)
+        self.train_features = self.kernel.features(model, train.inputs)
+        gram = kernel_from_features(self.train_features, self.train_features)
+        logits = logits_of(model, train)
+        predictions = logits.argmax(1).cpu()
+        self.fitted = self.machine.fit(gram.cpu(), predictions, logits.shape[1])
+        self.model, self.train = model, train
+        return self
+
+    def kernel_rows(self, queries: Examples) -> Tensor:
+        """``K(x_q, z_i)`` ``[q, n_train]`` (float64) between queries and training examples."""
+        self._require_fitted()
+        return self.kernel.cross_matrix(self.model, queries.inputs, self.train_features).cpu()
+
+    def decision_function(self, queries: Examples) -> Tensor:
+        r"""Surrogate class scores :math:`\hat f(x)` ``[q, C]``."""
+        return decision_function(self.fitted, self.kernel_rows(queries))
+
+    def score(self, queries: Examples) -> Tensor:
+        r"""Attribution scores :math:`\tau(x_q)_i` ``[n_query, n_train]`` (module docstring)."""
+        rows = self.kernel_rows(queries)
+        return contributions(self.fitted, rows, self._contrast(queries.targets))
+
+    def bias(self, queries: Examples) -> Tensor:
+        """The intercept's share of each query's contrast ``[q]``: ``score`` rows sum to the
+        contrast minus this."""
+        self._require_fitted()
+        return self._contrast(queries.targets) @ self.fitted.intercept
+
+    def surrogate_output(self, queries: Examples) -> Tensor:
+        r"""The attributed contrast :math:`\hat m(x_q)` ``[q]`` of each query's target class."""
+        scores = self.decision_function(queries)
+        return (scores * self._contrast(queries.targets)).sum(1)
+
+    def faithfulness(self, queries: Examples) -> FaithfulnessReport:
+        """Kendall tau and agreement between surrogate and network on held-out ``queries``."""
+        surrogate = self.decision_function(queries)
+        return faithfulness(logits_of(self.model, queries).cpu(), surrogate)
+
+    def _contrast(self, targets: Tensor) -> Tensor:
+        """Class weights ``[q, C]``: 1 for the target, ``-1/(C-1)`` for every other class."""
+        classes = self.fitted.coefficients.shape[1]
+        weights = torch.full((len(targets), classes), -1.0 / (classes - 1), dtype=torch.float64)
+        weights[torch.arange(len(targets)), targets.cpu().long()] = 1.0
+        return weights
+
+    def _require_fitted(self) -> None:
+        if self.fitted is None:
+            raise RuntimeError("call fit(model, train) before scoring")

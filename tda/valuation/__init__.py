@@ -1,0 +1,34 @@
+"""Data valuation: per-example values, self-influence, mislabel detection and pruning curves.
+
+Works with any attributor's scores ``[n_query, n_train]`` (library sign convention: positive
+helps the query's output) or with self-influence. ``valuation_report`` gives a one-call summary.
+"""
+
+from tda.ranking import TopExamples, top_examples
+from tda.valuation.mislabel import MislabelReport, flip_labels, mislabel_detection
+from tda.valuation.pruning import PruningCurve, pruning_curve, removal_order, removed_count
+from tda.valuation.report import ValuationReport, valuation_report
+from tda.valuation.values import (
+    loss_gradient_norms,
+    self_scores,
+    tracin_self_influence,
+    values_from_scores,
+)
+
+__all__ = [
+    "MislabelReport",
+    "PruningCurve",
+    "TopExamples",
+    "ValuationReport",
+    "flip_labels",
+    "loss_gradient_norms",
+    "mislabel_detection",
+    "pruning_curve",
+    "removal_order",
+    "removed_count",
+    "self_scores",
+    "top_examples",
+    "tracin_self_influence",
+    "valuation_report",
+    "values_from_scores",
+]

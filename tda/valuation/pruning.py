@@ -1,0 +1,206 @@
+r"""Data pruning curves: remove the lowest-value training examples, retrain, measure test accuracy.
+
+For each fraction :math:`f` and seed :math:`s`, two models are trained from the same
+initialisation and shuffling seed :math:`s` (a paired comparison):
+
+* ``"value"``: without the :math:`\lfloor f n \rfloor` lowest-value examples (ties by index);
+* ``"random"``: without the first :math:`\lfloor f n \rfloor` examples of a random permutation
+  drawn from seed :math:`s` (nested: a larger fraction removes a superset).
+
+Fraction 0 (the full data) is trained once per seed and shared by both curves. Each run is
+written atomically to ``workspace/<strategy>-<fraction>-seed<s>.json`` and skipped when it is
+already there, so an interrupted curve resumes; a run recorded for other data or another
+removal set is refused. Intervals are Student-t intervals of the mean over seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import t as student_t
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from tda.atomic import write_bytes_atomic
+from tda.data.examples import Examples
+from tda.models import build_model
+from tda.outputs import accuracy
+from tda.task import ClassificationTask, Task
+from tda.training import TrainConfig, train
+
+STRATEGIES = ("value", "random")
+
+
+@dataclass(frozen=True)
+class PruningCurve:
+    """Test accuracy ``[n_fractions, n_seeds]`` per strategy after removing each fraction."""
+
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
+    accuracy: dict[str, np.ndarray]
+    confidence: float = 0.95
+
+    def mean(self, strategy: str) -> np.ndarray:
+        """Mean accuracy over seeds ``[n_fractions]``."""
+        return self.accuracy[strategy].mean(axis=1)
+
+    def interval(self, strategy: str) -> tuple[np.ndarray, np.ndarray]:
+        """Student-t interval of the mean over seeds (zero width with one seed)."""
+        values = self.accuracy[strategy]
+        if values.shape[1] < 2:
+            return values.mean(1), values.mean(1)
+        half = student_t.ppf((1 + self.confidence) / 2, values.shape[1] - 1)
+        half = half * values.std(axis=1, ddof=1) / np.sqrt(values.shape[1])
+        return values.mean(1) - half, values.mean(1) + half
+
+    def as_dict(self) -> dict:
+        """JSON-able: per strategy the per-seed accuracies, means and intervals."""
+        curves = {}
+        for strategy in self.accuracy:
+            low, high = self.interval(strategy)
+            curves[strategy] = {
+                "accuracy": self.accuracy[strategy].tolist(),
+                "mean": self.mean(strategy).tolist(),
+                "ci_low": low.tolist(),
+                "ci_high": high.tolist(),
+            }
+        return {
+            "fractions": list(self.fractions),
+            "seeds": list(self.seeds),
+            "confidence": self.confidence,
+            "curves": curves,
+        }
+
+
+def removal_order(values: Tensor | np.ndarray, strategy: str, seed: int) -> np.ndarray:
+    """Training indices in the order they are removed: lowest value first, or a permutation."""
+    values = np.asarray(torch.as_tensor(values).cpu(), dtype=np.float64)
+    if strategy == "value":
+        return np.argsort(values, kind="stable")
+    if strategy == "random":
+        return np.random.default_rng(seed).permutation(len(values))
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+
+
+def removed_count(fraction: float, n_train: int) -> int:
+    r""":math:`\lfloor f n \rfloor`, robust to the rounding of ``f`` (0.29 * 100 removes 29)."""
+    return int(np.floor(fraction * n_train + 1e-9))
+
+
+def pruning_curve(
+    model_factory: Callable[[], nn.Module],
+    train_data: Examples,
+    test_data: Examples,
+    values: Tensor | np.ndarray,
+    *,
+    fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5),
+    seeds: Sequence[int] = (0, 1, 2),
+    config: TrainConfig | None = None,
+    task: Task = ClassificationTask(),
+    workspace: str | os.PathLike | None = None,
+    confidence: float = 0.95,
+    progress: bool = False,
+) -> PruningCurve:
+    """Accuracy after removing each fraction by value and at random (module docstring).
+
+    Args:
+        model_factory: builds an untrained model; initialised from each seed.
+        train_data: the training set the values refer to, ``values[i]`` for example ``i``.
+        test_data: held-out examples the accuracy is measured on.
+        values: ``[n_train]``; the lowest are removed first. For self-influence, pass its negative.
+        fractions: fractions removed, in (0, 1); 0 (the full data) is always added.
+        seeds: training seeds (and random-removal seeds).
+        config: how each model is trained (default ``TrainConfig()``).
+        task: training loss.
+        workspace: directory for resumable per-run records (``None``: keep nothing on disk).
+        confidence: level of the intervals.
+        progress: show a progress bar.
+
+    Raises:
+        ValueError: bad fractions, seeds or values, or a workspace holding other runs.
+    """
+    values = _checked_values(values, len(train_data))
+    config = TrainConfig() if config is None else config
+    fractions = _checked_fractions(fractions)
+    if not seeds:
+        raise ValueError("need at least one seed")
+    runs = [(s, f, seed) for f in fractions for s in STRATEGIES for seed in seeds]
+    runs = [(s, f, seed) for s, f, seed in runs if f > 0 or s == "value"]
+    results = {}
+    for strategy, fraction, seed in tqdm(runs, desc="pruning", disable=not progress):
+        removed = removal_order(values, strategy, seed)[: removed_count(fraction, len(train_data))]
+        results[strategy, fraction, seed] = _run(
+            model_factory,
+            train_data,
+            test_data,
+            removed,
+            seed,
+            config,
+            task,
+            _record_path(workspace, strategy, fraction, seed),
+        )
+    table = {
+        s: np.array(
+            [[results[("value" if f == 0 else s), f, seed] for seed in seeds] for f in fractions]
+        )
+        for s in STRATEGIES
+    }
+    return PruningCurve(tuple(fractions), tuple(seeds), table, confidence)
+
+
+def _run(model_factory, train_data, test_data, removed, seed, config, task, path) -> float:
+    """Test accuracy of a model trained without ``removed``; read from or written to ``path``."""
+    identity = {
+        "train": train_data.fingerprint(),
+        "test": test_data.fingerprint(),
+        "removed": hashlib.sha256(np.sort(removed).astype(np.int64).tobytes()).hexdigest(),
+        "seed": seed,
+    }
+    if path is not None and path.exists():
+        record = json.loads(path.read_text())
+        if {key: record.get(key) for key in identity} != identity:
+            raise ValueError(
+                f"{path} records a run on other data or another removal set; use another "
+                "workspace for these values"
+            )
+        return float(record["accuracy"])
+    keep = np.setdiff1d(np.arange(len(train_data)), removed)
+    model = build_model(model_factory, seed, dtype=train_data.inputs.dtype)
+    model = train(model, train_data.subset(keep), config, seed=seed, task=task).model
+    result = accuracy(model, test_data)
+    if path is not None:
+        record = {**identity, "accuracy": result, "n_removed": len(removed)}
+        write_bytes_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
+    return result
+
+
+def _record_path(workspace, strategy: str, fraction: float, seed: int) -> Path | None:
+    if workspace is None:
+        return None
+    name = "full" if fraction == 0 else strategy
+    return Path(workspace) / f"{name}-{fraction:.3f}-seed{seed}.json"
+
+
+def _checked_values(values, n_train: int) -> Tensor:
+    values = torch.as_tensor(values)
+    if values.shape != (n_train,):
+        raise ValueError(
+            f"values must be [{n_train}] (one per training example), got {tuple(values.shape)}"
+        )
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("values hold NaN or infinite entries")
+    return values
+
+
+def _checked_fractions(fractions: Sequence[float]) -> list[float]:
+    bad = [f for f in fractions if not 0.0 < f < 1.0]
+    if bad or not fractions:
+        raise ValueError(f"fractions must be a non-empty list in (0, 1), got {list(fractions)}")
+    return [0.0, *sorted(set(float(f) for f in fractions))]

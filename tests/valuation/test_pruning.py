@@ -1,0 +1,86 @@
+"""Pruning curves: removal sets, pairing, intervals and resuming from a workspace."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import t as student_t
+
+from tda.data import Examples
+from tda.models import LogisticRegression
+from tda.training import TrainConfig
+from tda.valuation import PruningCurve, pruning_curve, removal_order, removed_count
+
+CONFIG = TrainConfig(epochs=3, batch_size=16)
+
+
+def factory():
+    return LogisticRegression(2, 2)
+
+
+@pytest.fixture
+def problem():
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.arange(60) % 2
+    inputs = (targets[:, None] * 2.0 - 1.0) * 2.0 + torch.randn(60, 2, generator=generator)
+    data = Examples(inputs, targets)
+    return data.subset(range(40)), data.subset(range(40, 60))
+
+
+def test_removal_orders():
+    values = torch.tensor([0.3, -1.0, 0.3, 2.0, -1.0])
+    assert removal_order(values, "value", seed=0).tolist() == [1, 4, 0, 2, 3]  # stable ties
+    first, second = removal_order(values, "random", 0), removal_order(values, "random", 0)
+    assert sorted(first.tolist()) == list(range(5)) and np.array_equal(first, second)
+    with pytest.raises(ValueError, match="strategy"):
+        removal_order(values, "largest", 0)
+    assert removed_count(0.29, 100) == 29 and removed_count(0.5, 5) == 2
+
+
+def test_curve_shapes_and_shared_full_data(problem):
+    train_data, test_data = problem
+    values = torch.linspace(-1, 1, 40)
+    curve = pruning_curve(
+        factory, train_data, test_data, values, fractions=(0.25, 0.5), seeds=(0, 1), config=CONFIG
+    )
+    assert curve.fractions == (0.0, 0.25, 0.5) and curve.seeds == (0, 1)
+    for strategy in ("value", "random"):
+        assert curve.accuracy[strategy].shape == (3, 2)
+        assert ((curve.accuracy[strategy] >= 0) & (curve.accuracy[strategy] <= 1)).all()
+    np.testing.assert_array_equal(curve.accuracy["value"][0], curve.accuracy["random"][0])
+    again = pruning_curve(
+        factory, train_data, test_data, values, fractions=(0.25, 0.5), seeds=(0, 1), config=CONFIG
+    )
+    np.testing.assert_array_equal(again.accuracy["value"], curve.accuracy["value"])
+
+
+def test_resume_reads_records_and_refuses_other_values(problem, tmp_path):
+    train_data, test_data = problem
+    values = torch.linspace(-1, 1, 40)
+    options = {"fractions": (0.5,), "seeds": (3,), "config": CONFIG, "workspace": tmp_path}
+    first = pruning_curve(factory, train_data, test_data, values, **options)
+    assert len(list(tmp_path.glob("*.json"))) == 3  # full, value and random at 0.5
+
+    def never():
+        raise AssertionError("a recorded run was trained again")
+
+    resumed = pruning_curve(never, train_data, test_data, values, **options)
+    np.testing.assert_array_equal(resumed.accuracy["random"], first.accuracy["random"])
+    with pytest.raises(ValueError, match="another removal set"):
+        pruning_curve(never, train_data, test_data, -values, **options)
+
+
+def test_interval_is_student_t():
+    accuracy = np.array([[0.8, 0.9, 0.85]])
+    curve = PruningCurve((0.0,), (0, 1, 2), {"value": accuracy, "random": accuracy})
+    low, high = curve.interval("value")
+    half = student_t.ppf(0.975, 2) * np.std(accuracy, ddof=1) / np.sqrt(3)
+    np.testing.assert_allclose([low[0], high[0]], [0.85 - half, 0.85 + half])
+    assert curve.as_dict()["curves"]["value"]["mean"] == pytest.approx([0.85])
+
+
+def test_bad_arguments_are_refused(problem):
+    train_data, test_data = problem
+    with pytest.raises(ValueError, match="one per training example"):
+        pruning_curve(factory, train_data, test_data, torch.zeros(3))
+    with pytest.raises(ValueError, match="fractions"):
+        pruning_curve(factory, train_data, test_data, torch.zeros(40), fractions=(1.0,))
