@@ -42,12 +42,46 @@ from tda.methods import (
     TracIn,
 )
 from tda.models import MLP, CNN1d, LogisticRegression, build_model
+from tda.ntk import (
+    DegenerateKernelError,
+    EmpiricalNTK,
+    FaithfulnessReport,
+    KernelLogisticRegression,
+    KernelSVM,
+    KernelTooLargeError,
+    NTKSurrogate,
+)
 from tda.projection import DenseProjector, IdentityProjector, SparseProjector
 from tda.store import FeatureStore, IncompleteStoreError, StoreMismatchError
 from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
+from tda.valuation import (
+    flip_labels,
+    loss_gradient_norms,
+    mislabel_detection,
+    pruning_curve,
+    self_scores,
+    tracin_self_influence,
+    valuation_report,
+    values_from_scores,
+)
 
 __all__ = [
+    "values_from_scores",
+    "valuation_report",
+    "tracin_self_influence",
+    "self_scores",
+    "pruning_curve",
+    "mislabel_detection",
+    "loss_gradient_norms",
+    "flip_labels",
+    "NTKSurrogate",
+    "KernelTooLargeError",
+    "KernelSVM",
+    "KernelLogisticRegression",
+    "FaithfulnessReport",
+    "EmpiricalNTK",
+    "DegenerateKernelError",
     "select_damping",
     "plan_removals",
     "counterfactual_retraining",
