@@ -27,13 +27,21 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check tda unlearn experiments tests benchmarks
 	$(VENV)/bin/ruff format --check tda unlearn experiments tests benchmarks
 
+# Peers for side-by-side benchmarks only. kronfluence pins a torchvision that does not import
+# beside this torch, and its MLP path never needs it: install it without dependencies.
 $(VENV)/.bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) -m pip install --quiet --no-deps kronfluence==1.0.1
+	$(PY) -m pip install --quiet accelerate einops einconv opt-einsum
 	touch $(VENV)/.bench
 
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.bench_throughput
 	$(PY) -m benchmarks.bench_lds
+	$(PY) -m benchmarks.bench_methods
+	$(PY) -m benchmarks.bench_source
+	$(PY) -m benchmarks.bench_ntk
+	$(PY) -m benchmarks.bench_valuation
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
