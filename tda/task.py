@@ -60,3 +60,32 @@ class ClassificationTask:
         mask = _true_class_mask(logits, target)
         probability = (functional.softmax(logits, dim=-1) * mask).sum(-1)
         return 1.0 - probability
+
+
+@dataclass(frozen=True)
+class ClassLogit:
+    r"""One class's logit as the attributed output, with cross-entropy as the loss.
+
+    ``output`` is :math:`\text{logit}_c` for a fixed class :math:`c` (whatever the target), so
+    per-class features predict whole logit vectors (datamodel matching); ``loss`` and
+    ``out_to_loss`` are those of :class:`ClassificationTask`.
+    """
+
+    class_index: int
+
+    def __post_init__(self) -> None:
+        if self.class_index < 0:
+            raise ValueError(f"class_index must be non-negative, got {self.class_index}")
+
+    def output(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.class_index >= logits.shape[-1]:
+            raise ValueError(
+                f"class_index {self.class_index} is out of range for {logits.shape[-1]} logits"
+            )
+        return logits[..., self.class_index]
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        return ClassificationTask().loss(logits, target)
+
+    def out_to_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        return ClassificationTask().out_to_loss(logits, target)

@@ -1,8 +1,8 @@
 """unlearn: remove training examples from PyTorch models and prove it.
 
 A validated :class:`UnlearningRequest` names the examples to forget; an :class:`Unlearner` runs
-one method (exact retraining, FT, GA, RL, GradDiff, SalUn, ℓ1-sparse, prune first then unlearn)
-through one hard-masked training loop on a copy of the model and returns an
+one method (exact retraining, FT, GA, RL, GradDiff, SalUn, ℓ1-sparse, prune first then unlearn,
+datamodel matching) through one hard-masked training loop on a copy of the model and returns an
 :class:`UnlearningResult` with metrics, timings and an audit record. :mod:`unlearn.benchmark`,
 :mod:`unlearn.klom` and :mod:`unlearn.tuning` measure unlearners against retrained oracles.
 """
@@ -33,6 +33,7 @@ from unlearn.loop import LoopConfig, Phase, Progress, unlearning_loop
 from unlearn.losses import WeightedLoss
 from unlearn.masks import Mask, check_mask, intersect_masks
 from unlearn.methods import (
+    DatamodelMatching,
     DecayingL1Loss,
     ExactRetraining,
     FineTune,
@@ -53,6 +54,17 @@ from unlearn.metrics import (
     true_label_probability,
     unlearning_metrics,
 )
+from unlearn.predictors import (
+    DatamodelPredictor,
+    OraclePredictor,
+    OutputPredictor,
+    PredictorScope,
+    ScoresPredictor,
+    TRAKPredictor,
+    architecture,
+    datamodel_predictor,
+    trak_predictor,
+)
 from unlearn.pruning import (
     MagnitudePruning,
     apply_mask,
@@ -67,6 +79,15 @@ from unlearn.tuning import Selection, select_on_proxy, tune_on_proxy
 from unlearn.unlearner import Unlearner
 
 __all__ = [
+    "trak_predictor",
+    "datamodel_predictor",
+    "TRAKPredictor",
+    "ScoresPredictor",
+    "PredictorScope",
+    "OutputPredictor",
+    "OraclePredictor",
+    "DatamodelPredictor",
+    "DatamodelMatching",
     "AuditRecord",
     "ClassForgetSet",
     "DecayingL1Loss",
@@ -97,6 +118,7 @@ __all__ = [
     "WeightedLoss",
     "accuracy_percent",
     "append_audit",
+    "architecture",
     "apply_mask",
     "average_gap",
     "benchmark",

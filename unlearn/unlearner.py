@@ -108,7 +108,7 @@ class Unlearner:
         model_before, data_before = model_fingerprint(model), train.fingerprint()
         _check_request(request, self.method, model_before, train, data_before)
         mask = check_mask(model, self.mask) if self.mask is not None else None
-        split = ForgetSplit.of(_on_model(model, train), request)
+        split = ForgetSplit.of(_on_model(model, train), request, train_fingerprint=data_before)
         start = time.perf_counter()
         unlearned = copy.deepcopy(model)
         if not request.is_empty:

@@ -92,6 +92,43 @@ class TRAK:
         scores = mean_over_checkpoints(one_checkpoint, self.checkpoints) * self._weights
         return scores.to(_score_dtype(self.store, self.checkpoints[0], self.split))
 
+    def score_group(
+        self, split: str, group: Sequence[int], *, indices: Sequence[int] | None = None
+    ) -> Tensor:
+        r"""Summed scores :math:`\sum_{i \in G} \tau(x)_i` of the training examples in ``group``.
+
+        Equal to ``score(split)[:, group].sum(-1)`` but never forms the ``[n_query, n_train]``
+        matrix: per checkpoint it solves :math:`v = (\Phi^\top\Phi + \lambda I)^{-1}
+        \Phi_G^\top \bar Q_G` once and returns :math:`\phi(x)^\top v`. Query features may
+        carry extra axes (``[q, C, k]`` per-class features give ``[q, C]``).
+
+        Raises:
+            ValueError: a group index outside the training split.
+        """
+        if self.store is None:
+            raise RuntimeError("call fit(store) before score_group()")
+        columns = _group_columns(group, self.store.splits()[self.split], self.split)
+        weights = self._weights[columns]
+
+        def one_checkpoint(checkpoint_id: str) -> Tensor:
+            train = torch.from_numpy(self.store.load(checkpoint_id, self.split)[columns]).double()
+            direction = self._inverses[checkpoint_id] @ (train.T @ weights)
+            return query_rows(self.store, checkpoint_id, split, indices).double() @ direction
+
+        summed = mean_over_checkpoints(one_checkpoint, self.checkpoints)
+        return summed.to(_score_dtype(self.store, self.checkpoints[0], self.split))
+
+
+def _group_columns(group: Sequence[int], n_train: int, split: str) -> np.ndarray:
+    columns = np.asarray(group, dtype=np.int64).reshape(-1)
+    bad = columns[(columns < 0) | (columns >= n_train)]
+    if len(bad):
+        raise ValueError(
+            f"group index {int(bad[0])} is out of range for training split '{split}' "
+            f"of {n_train} examples"
+        )
+    return columns
+
 
 def _score_dtype(store: FeatureStore, checkpoint_id: str, split: str) -> torch.dtype:
     stored = store.shards(checkpoint_id, split)[0].arrays["features"][1]

@@ -137,3 +137,18 @@ def test_gradient_similarity_closed_form(tmp_path, problem, normalize):
                 weight = TASK.out_to_loss(model(train.inputs), train.targets).numpy()
             expected = expected + query @ phi.T * weight
     np.testing.assert_allclose(scores, expected / len(models), rtol=1e-5, atol=1e-6)
+
+
+def test_group_scores_equal_summed_columns_of_the_full_score_matrix(tmp_path, problem):
+    train, queries, models = problem
+    featurizer = GradientFeaturizer(DenseProjector(5, seed=3))
+    trak = TRAK(damping=0.1).fit(build_store(tmp_path, featurizer, models, train, queries))
+    group = [0, 7, 8, 31, 59]
+    expected = trak.score("query")[:, group].sum(dim=1)
+    torch.testing.assert_close(trak.score_group("query", group), expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(
+        trak.score_group("query", group, indices=[2, 5]), expected[[2, 5]], rtol=1e-10, atol=0
+    )
+    assert torch.equal(trak.score_group("query", []), torch.zeros(7, dtype=torch.float64))
+    with pytest.raises(ValueError, match="group index 60 is out of range"):
+        trak.score_group("query", [1, 60])

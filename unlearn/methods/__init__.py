@@ -1,7 +1,8 @@
 """Unlearning methods: exact retraining (the oracle), FT, GA, RL, GradDiff, SalUn, ℓ1-sparse,
-and prune first, then unlearn."""
+prune first then unlearn, and datamodel matching (DMM / OM)."""
 
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
+from unlearn.methods.dmm import DatamodelMatching, matching_set
 from unlearn.methods.fine_tune import FineTune
 from unlearn.methods.gradient_ascent import GradientAscent
 from unlearn.methods.gradient_difference import GradientDifference
@@ -12,6 +13,7 @@ from unlearn.methods.retrain import ExactRetraining
 from unlearn.methods.salun import SalUn
 
 __all__ = [
+    "DatamodelMatching",
     "DecayingL1Loss",
     "ExactRetraining",
     "FineTune",
@@ -23,5 +25,6 @@ __all__ = [
     "RandomLabels",
     "SalUn",
     "UnlearningMethod",
+    "matching_set",
     "random_other_labels",
 ]

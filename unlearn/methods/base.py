@@ -27,16 +27,28 @@ class ForgetSplit:
         retain: the examples of :math:`R = S \setminus (F \cup F_{\text{earlier}})`, ascending.
         forget_indices: positions of :math:`F` in the training set, ``[|F|]``.
         retain_indices: positions of :math:`R` in the training set, ``[|R|]``.
+        train_size: :math:`|S|`, the size of the training set the positions refer to.
+        train_fingerprint: ``Examples.fingerprint()`` of :math:`S` (``None`` when unknown), so
+            methods built for one training set (e.g. attribution-based predictors) can refuse
+            another.
     """
 
     forget: Examples
     retain: Examples
     forget_indices: np.ndarray
     retain_indices: np.ndarray
+    train_size: int | None = None
+    train_fingerprint: str | None = None
 
     @classmethod
-    def of(cls, train: Examples, request: UnlearningRequest) -> ForgetSplit:
-        """Split ``train`` (of ``request.train_size`` examples) as ``request`` says."""
+    def of(
+        cls, train: Examples, request: UnlearningRequest, *, train_fingerprint: str | None = None
+    ) -> ForgetSplit:
+        """Split ``train`` (of ``request.train_size`` examples) as ``request`` says.
+
+        ``train_fingerprint`` defaults to ``train.fingerprint()``; pass the fingerprint of the data
+        as the caller has it when ``train`` is a device or dtype conversion of it.
+        """
         if len(train) != request.train_size:
             raise ValueError(
                 f"the request refers to a training set of {request.train_size} examples but "
@@ -49,6 +61,8 @@ class ForgetSplit:
             train.subset(retain_indices),
             forget_indices,
             retain_indices,
+            request.train_size,
+            train_fingerprint or train.fingerprint(),
         )
 
 

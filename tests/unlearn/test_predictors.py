@@ -1,0 +1,149 @@
+"""Output predictors: TRAK shapes and signs, datamodels against a linear truth, scope checks."""
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from tda.data import Examples
+from tda.features import GradientFeaturizer
+from tda.models import MLP
+from tda.projection import DenseProjector
+from tda.training import TrainConfig
+from tests.unlearn.reference import FACTORY
+from unlearn import ForgetSplit, UnlearningRequest
+from unlearn.predictors import (
+    DatamodelPredictor,
+    OraclePredictor,
+    PredictorScope,
+    ScoresPredictor,
+    architecture,
+    select_ridge,
+    trak_predictor,
+)
+
+
+def _split(train: Examples, forget) -> ForgetSplit:
+    return ForgetSplit.of(train, UnlearningRequest(forget, train_size=len(train)))
+
+
+@pytest.fixture(scope="module")
+def trak_logits(tmp_path_factory, mnist):
+    """TRAK predictor over 2 members trained on the 300-example MNIST-1D set, per-class logits."""
+    root = tmp_path_factory.mktemp("trak")
+    config = TrainConfig(epochs=10, batch_size=32)
+    featurizer = GradientFeaturizer(DenseProjector(64, seed=0))
+    build = partial(
+        trak_predictor, FACTORY, mnist, config, 2, root / "models", featurizer, root / "store"
+    )
+    return build, build(output="logits"), build(output="margin")
+
+
+def test_trak_predictions_have_one_value_per_training_point_and_class(trak_logits, mnist):
+    _, logits, margins = trak_logits
+    forget = np.arange(0, 300, 10)
+    assert logits.forget_effect(forget).shape == (300, 10)
+    assert margins.forget_effect(forget).shape == (300,)
+
+
+def test_removing_a_point_is_predicted_to_lower_its_own_true_class_logit_and_margin(
+    trak_logits, mnist
+):
+    _, logits, margins = trak_logits
+    forget = np.arange(0, 300, 10)
+    own = logits.forget_effect(forget)[forget, mnist.train.targets[forget]]
+    others = logits.forget_effect(forget)[forget].sum(dim=1) - own
+    assert float((own > 0).float().mean()) > 0.9
+    assert float(own.mean()) > float(others.mean()) / 9
+    assert float((margins.forget_effect(forget)[forget] > 0).float().mean()) > 0.9
+
+
+def test_trak_predictor_resumes_from_its_store_without_retraining(trak_logits):
+    build, logits, _ = trak_logits
+    again = build(output="logits")
+    forget = np.arange(5)
+    assert torch.equal(again.forget_effect(forget), logits.forget_effect(forget))
+
+
+def test_the_prediction_is_the_original_output_minus_the_forget_effect(trak_logits, mnist, trained):
+    _, logits, _ = trak_logits
+    split = _split(mnist.train, np.arange(0, 300, 10))
+    positions = np.array([0, 5, 10])
+    targets = logits.targets(trained, mnist.train.subset(positions), positions, split, seed=0)
+    with torch.no_grad():
+        expected = (
+            trained(mnist.train.inputs[positions])
+            - logits.forget_effect(split.forget_indices)[positions].float()
+        )
+    torch.testing.assert_close(targets, expected)
+
+
+def test_datamodels_recover_a_linear_truth():
+    """Outputs exactly linear in the mask: the summed weights of F are recovered for every query."""
+    generator = np.random.default_rng(0)
+    masks = generator.random((200, 12)) < 0.7
+    weights = generator.normal(size=(12, 12, 3))  # [query, train example, class]
+    outputs = np.einsum("si,qic->sqc", masks, weights) + generator.normal(size=(12, 3))
+    scope = PredictorScope(12)
+    predictor = DatamodelPredictor(scope, "logits", masks=masks, outputs=outputs, ridge=1e-9)
+    forget = np.array([1, 4, 5])
+    expected = torch.from_numpy(weights[:, forget].sum(axis=1))
+    torch.testing.assert_close(predictor.forget_effect(forget), expected, rtol=1e-5, atol=1e-5)
+    margin = DatamodelPredictor(scope, "margin", masks=masks, outputs=outputs[..., 0], ridge=1e-9)
+    torch.testing.assert_close(
+        margin.margin_scores(), torch.from_numpy(weights[..., 0]), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_ridge_selection_prefers_little_shrinkage_on_noiseless_data():
+    generator = np.random.default_rng(1)
+    masks = generator.random((100, 10)) < 0.5
+    outputs = masks @ generator.normal(size=(10, 4))
+    assert select_ridge(masks, outputs, [1e-6, 1.0, 100.0]) == 1e-6
+
+
+def test_a_predictor_refuses_another_architecture_training_set_or_size(trak_logits, mnist):
+    _, logits, _ = trak_logits
+    split = _split(mnist.train, [0, 1])
+    logits.check(FACTORY(), split)  # the architecture and data it was built for
+    with pytest.raises(ValueError, match="architecture"):
+        logits.check(MLP(40, (32,), 10), split)
+    other = Examples(mnist.train.inputs + 1.0, mnist.train.targets)
+    with pytest.raises(ValueError, match="built on training set"):
+        logits.check(FACTORY(), _split(other, [0, 1]))
+    smaller = mnist.train.subset(np.arange(200))
+    with pytest.raises(ValueError, match="scores 300 training examples .* has 200"):
+        logits.check(FACTORY(), _split(smaller, [0, 1]))
+
+
+def test_forget_points_without_scores_are_refused():
+    scores = torch.zeros(4, 4, dtype=torch.float64)
+    scores[:, 2] = float("nan")
+    predictor = ScoresPredictor(PredictorScope(4), "margin", scores=scores)
+    assert torch.equal(predictor.forget_effect([0, 1]), torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="no scores"):
+        predictor.forget_effect([2])
+    with pytest.raises(ValueError, match=r"shape \[4, 4\]"):
+        ScoresPredictor(PredictorScope(4), "margin", scores=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="forget point 5 has no scores"):
+        PredictorScope(4).check(FACTORY(), _split_indices(6, [5]))
+
+
+def _split_indices(size: int, forget) -> ForgetSplit:
+    data = Examples(torch.zeros(size, 40), torch.zeros(size, dtype=torch.long))
+    split = ForgetSplit.of(data, UnlearningRequest(forget, train_size=size))
+    return ForgetSplit(split.forget, split.retain, split.forget_indices, split.retain_indices)
+
+
+def test_oracle_predictor_reads_the_oracle_of_the_request_seed(tmp_path, mnist, trained):
+    config = TrainConfig(epochs=2, batch_size=32)
+    predictor = OraclePredictor(FACTORY, mnist, config, seeds=[7, 8], root=tmp_path)
+    split = _split(mnist.train, np.arange(30))
+    positions = np.arange(3)
+    examples = mnist.train.subset(positions)
+    first = predictor.targets(trained, examples, positions, split, seed=0)
+    third = predictor.targets(trained, examples, positions, split, seed=2)
+    second = predictor.targets(trained, examples, positions, split, seed=1)
+    assert torch.equal(first, third) and not torch.equal(first, second)
+    assert architecture(FACTORY()) == predictor.scope.architecture

@@ -1,0 +1,36 @@
+"""Predictors of the retrained model's outputs, for datamodel matching (DMM) and oracle matching."""
+
+from unlearn.predictors.base import (
+    OutputPredictor,
+    PredictorScope,
+    ShiftPredictor,
+    architecture,
+    model_outputs,
+)
+from unlearn.predictors.datamodel import (
+    DatamodelPredictor,
+    TrainingLogits,
+    datamodel_predictor,
+    select_ridge,
+    subset_logits,
+)
+from unlearn.predictors.oracle import OraclePredictor
+from unlearn.predictors.scores import ScoresPredictor
+from unlearn.predictors.trak import TRAKPredictor, trak_predictor
+
+__all__ = [
+    "DatamodelPredictor",
+    "OraclePredictor",
+    "OutputPredictor",
+    "PredictorScope",
+    "ScoresPredictor",
+    "ShiftPredictor",
+    "TRAKPredictor",
+    "TrainingLogits",
+    "architecture",
+    "datamodel_predictor",
+    "model_outputs",
+    "select_ridge",
+    "subset_logits",
+    "trak_predictor",
+]

@@ -1,0 +1,168 @@
+r"""Predictor from linear datamodels fit on a subset-retraining store (Ilyas et al. 2022).
+
+Models retrained on random subsets (masks :math:`X \in \{0,1\}^{S\times n}`) record their logits
+on every training point (:class:`TrainingLogits`, a :class:`tda.datamodels.GroundTruthStore`
+measure). A ridge regression :math:`Y \approx b + X\beta` per output, solved in its dual form,
+
+.. math:: \beta = X_c^\top (X_c X_c^\top + \lambda I)^{-1} Y_c,
+
+(:math:`X_c, Y_c` centred over subsets) never forms :math:`\beta` (``[n, n, C]``) for the effect
+of a forget set: :math:`\sum_{i\in F}\beta_i = w^\top Y_c` with
+:math:`w = (X_cX_c^\top + \lambda I)^{-1} X_c 1_F`. :math:`\lambda` is relative to the mean
+diagonal of :math:`X_cX_c^\top` and, when a grid is given, chosen on held-out subsets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tda.data.examples import Examples
+from tda.datamodels import GroundTruthStore, sample_subsets
+from tda.models import build_model
+from tda.outputs import logits_of
+from tda.task import ClassificationTask
+from tda.training import TrainConfig, train
+from unlearn.predictors.base import Output, PredictorScope, ShiftPredictor, architecture
+from unlearn.predictors.trak import _training_set
+
+
+@dataclass(frozen=True)
+class TrainingLogits:
+    """Ground-truth measure: train on ``train[mask]`` from ``seed``; logits on all of ``train``.
+
+    Returns the logits flattened to ``[n * C]`` (a :class:`GroundTruthStore` records 1-D rows).
+    """
+
+    model_factory: Callable[[], nn.Module]
+    train: Examples
+    config: TrainConfig
+
+    def __call__(self, mask: np.ndarray, seed: int) -> np.ndarray:
+        model = build_model(self.model_factory, seed)
+        train(model, self.train.subset(np.asarray(mask)), self.config, seed=seed)
+        return logits_of(model, self.train).double().reshape(-1).numpy()
+
+
+def subset_logits(store: GroundTruthStore, train: Examples, output: Output) -> np.ndarray:
+    """Seed-averaged outputs ``[S, n, C]`` (logits) or ``[S, n]`` (margins) from ``store``."""
+    logits = store.outputs().mean(axis=1).reshape(len(store.masks), len(train), -1)
+    if output == "logits":
+        return logits
+    margins = ClassificationTask().output(torch.from_numpy(logits), train.targets.cpu())
+    return margins.numpy()
+
+
+def _centred(values: np.ndarray) -> Tensor:
+    array = torch.from_numpy(np.asarray(values, dtype=np.float64))
+    return array - array.mean(dim=0)
+
+
+def _ridge_inverse(masks_c: Tensor, ridge: float) -> Tensor:
+    kernel = masks_c @ masks_c.T
+    shift = ridge * float(torch.diagonal(kernel).mean())
+    return torch.linalg.inv(kernel + shift * torch.eye(len(kernel), dtype=kernel.dtype))
+
+
+def select_ridge(masks: np.ndarray, outputs: np.ndarray, grid: Sequence[float]) -> float:
+    """The ridge with the lowest squared error on the last fifth of the subsets, fit on the rest."""
+    if not grid:
+        raise ValueError("the ridge grid is empty")
+    cut = len(masks) - max(1, len(masks) // 5)
+    if cut < 2:
+        raise ValueError(f"need at least 3 subsets to select the ridge, got {len(masks)}")
+    x = torch.from_numpy(np.asarray(masks, dtype=np.float64))
+    y = torch.from_numpy(np.asarray(outputs, dtype=np.float64)).reshape(len(masks), -1)
+    x_mean, y_mean = x[:cut].mean(0), y[:cut].mean(0)
+
+    def error(ridge: float) -> float:
+        weights = _ridge_inverse(x[:cut] - x_mean, ridge) @ (y[:cut] - y_mean)
+        predicted = y_mean + (x[cut:] - x_mean) @ (x[:cut] - x_mean).T @ weights
+        return float(((predicted - y[cut:]) ** 2).mean())
+
+    return min(grid, key=error)
+
+
+@dataclass
+class DatamodelPredictor(ShiftPredictor):
+    """Shift outputs by the datamodels' summed forget-set weights.
+
+    Attributes:
+        masks: subset masks ``[S, n]``.
+        outputs: outputs of the models trained on them, ``[S, n, C]`` or ``[S, n]``.
+        ridge: relative ridge :math:`\\lambda`.
+    """
+
+    masks: np.ndarray | None = None
+    outputs: np.ndarray | None = None
+    ridge: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        masks, outputs = np.asarray(self.masks), np.asarray(self.outputs)
+        n = self.scope.train_size
+        if masks.ndim != 2 or masks.shape[1] != n or outputs.shape[:2] != (len(masks), n):
+            raise ValueError(
+                f"masks must be [S, {n}] and outputs [S, {n}, ...]; got {masks.shape} and "
+                f"{outputs.shape}"
+            )
+        if (outputs.ndim == 3) != (self.output == "logits"):
+            raise ValueError(f"{self.output} outputs have the wrong rank: {outputs.shape}")
+        if self.ridge <= 0:
+            raise ValueError(f"ridge must be positive, got {self.ridge}")
+        self._masks_c = _centred(masks)
+        self._outputs_c = _centred(outputs)
+        self._inverse = _ridge_inverse(self._masks_c, self.ridge)
+
+    def effect(self, forget_indices: np.ndarray) -> Tensor:
+        weights = self._inverse @ self._masks_c[:, torch.as_tensor(forget_indices)].sum(dim=1)
+        return torch.tensordot(weights, self._outputs_c, dims=1)
+
+    def margin_scores(self) -> Tensor:
+        """Datamodel weights as scores ``[n_query, n_train]`` (margin output only)."""
+        if self.output != "margin":
+            raise ValueError("margin_scores needs a margin predictor")
+        return (self._masks_c.T @ self._inverse @ self._outputs_c).T
+
+
+def datamodel_predictor(
+    model_factory,
+    data: Any,
+    config: TrainConfig,
+    root: str | os.PathLike,
+    *,
+    count: int,
+    alpha: float,
+    seeds: Sequence[int] = (0,),
+    fit_subsets: int | None = None,
+    ridge_grid: Sequence[float] = (0.1, 0.3, 1.0, 3.0, 10.0),
+    output: Output = "logits",
+    progress: bool = False,
+) -> DatamodelPredictor:
+    """Retrain on ``count`` random ``alpha``-subsets (resumable) and fit datamodels.
+
+    Args:
+        root: the :class:`GroundTruthStore` of training-point logits.
+        fit_subsets: use only the first ``fit_subsets`` subsets (the rest can serve as held-out
+            ground truth, e.g. for the LDS of every predictor); default all.
+        ridge_grid: candidate ridges, chosen on held-out fit subsets by :func:`select_ridge`.
+    """
+    train_set = _training_set(data)
+    masks = sample_subsets(len(train_set), alpha, count, seed=0)
+    store = GroundTruthStore.create_or_open(
+        root, masks, seeds, train_set.fingerprint(), {"output": "training-point logits"}
+    )
+    store.run(TrainingLogits(model_factory, train_set, config), progress=progress)
+    used = slice(0, fit_subsets)
+    outputs = subset_logits(store, train_set, output)[used]
+    ridge = select_ridge(store.masks[used], outputs, ridge_grid)
+    scope = PredictorScope(len(train_set), train_set.fingerprint(), architecture(model_factory()))
+    return DatamodelPredictor(
+        scope=scope, output=output, masks=store.masks[used], outputs=outputs, ridge=ridge
+    )

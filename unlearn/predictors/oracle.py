@@ -1,0 +1,85 @@
+r"""The oracle predictor: outputs of models really retrained without the forget set.
+
+Oracle Matching (OM, Georgiev et al. 2024) fine-tunes towards these outputs; it is the upper
+reference for datamodel matching (a perfect attribution method would predict them exactly). For
+request seed :math:`s`, the oracle is the retrained model ``seeds[s mod len(seeds)]``; oracles are
+trained on demand (or loaded) per forget set by :func:`unlearn.load_or_train_oracles`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from tda.data.examples import Examples
+from tda.fingerprint import array_fingerprint
+from tda.training import TrainConfig
+from unlearn.ensembles import load_or_train_oracles
+from unlearn.methods.base import ForgetSplit
+from unlearn.predictors.base import (
+    Output,
+    PredictorScope,
+    architecture,
+    check_output,
+    model_outputs,
+)
+from unlearn.predictors.trak import _training_set
+
+
+@dataclass
+class OraclePredictor:
+    """Outputs of models retrained on :math:`R` (one per seed in ``seeds``).
+
+    Attributes:
+        model_factory: builds an untrained model.
+        data: the training set (or splits whose ``.train`` it is).
+        config: the training recipe.
+        seeds: oracle seeds (use seeds that the evaluation's own oracles do not use).
+        root: where the oracles are kept (``root/forget-<hash>/seed-<s>``).
+        output: ``"logits"`` or ``"margin"``.
+    """
+
+    model_factory: Callable[[], nn.Module]
+    data: Any
+    config: TrainConfig
+    seeds: Sequence[int]
+    root: str | os.PathLike
+    output: Output = "logits"
+    _oracles: dict[str, list[nn.Module]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_output(self.output)
+        if not self.seeds:
+            raise ValueError("OraclePredictor needs at least one oracle seed")
+        self.seeds = list(self.seeds)
+        self._train: Examples = _training_set(self.data)
+        self.scope = PredictorScope(
+            len(self._train), self._train.fingerprint(), architecture(self.model_factory())
+        )
+
+    def check(self, model: nn.Module, split: ForgetSplit) -> None:
+        self.scope.check(model, split)
+
+    def prepare(self, forget_indices: np.ndarray) -> None:
+        self._models(forget_indices)
+
+    def _models(self, forget_indices: np.ndarray) -> list[nn.Module]:
+        forget = np.sort(np.asarray(forget_indices, dtype=np.int64))
+        key = array_fingerprint(forget)
+        if key not in self._oracles:
+            group = load_or_train_oracles(
+                self.model_factory, self._train, forget, self.config, self.seeds, self.root
+            )
+            self._oracles = {key: group.models}
+        return self._oracles[key]
+
+    def targets(self, model, examples, positions, split, *, seed) -> Tensor:
+        oracle = self._models(split.forget_indices)[seed % len(self.seeds)]
+        reference = next(model.parameters())
+        oracle = oracle.to(reference.device, reference.dtype)
+        return model_outputs(oracle, examples, self.output)

@@ -1,0 +1,118 @@
+r"""Predictor from TRAK scores over an ensemble's feature store (DMM's attribution half).
+
+The effect of the forget set on training point :math:`x` is TRAK's summed score,
+:math:`\sum_{i\in F}\tau(x)_i`, from per-class-logit features (``output="logits"``: the split
+``train.logits``, see :mod:`tda.features.logits`) or margin features (``output="margin"``: the
+``train`` split itself). :func:`trak_predictor` builds everything resumably: the ensemble, its
+features and the fitted TRAK.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from tda.data.examples import Examples, as_examples
+from tda.ensemble import load_member, store_id, train_ensemble
+from tda.features import LogitFeaturizer, featurize, logit_split, open_feature_store
+from tda.features.featurize import Featurizer
+from tda.methods.trak import TRAK
+from tda.outputs import logits_of
+from tda.training import TrainConfig
+from unlearn.predictors.base import Output, PredictorScope, ShiftPredictor, architecture
+
+
+@dataclass
+class TRAKPredictor(ShiftPredictor):
+    """Shift outputs by TRAK's summed forget-set scores.
+
+    Attributes:
+        trak: a fitted :class:`tda.methods.TRAK` whose training split is the training set; for
+            ``output="logits"`` its store must also hold ``logit_split(trak.split)``.
+    """
+
+    trak: TRAK | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.trak is None or self.trak.store is None:
+            raise ValueError("TRAKPredictor needs a fitted TRAK (call TRAK().fit(store) first)")
+        size = self.trak.store.splits()[self.trak.split]
+        if size != self.scope.train_size:
+            raise ValueError(
+                f"the TRAK store has {size} training rows, not {self.scope.train_size}"
+            )
+
+    def effect(self, forget_indices: np.ndarray) -> Tensor:
+        queries = logit_split(self.trak.split) if self.output == "logits" else self.trak.split
+        return self.trak.score_group(queries, forget_indices)
+
+
+def _training_set(data: Any) -> Examples:
+    """``data`` itself, or its ``.train`` split (e.g. :func:`tda.data.load_mnist1d`'s result)."""
+    return as_examples(getattr(data, "train", data))
+
+
+def trak_predictor(
+    model_factory,
+    data: Any,
+    config: TrainConfig,
+    models: int,
+    models_root: str | os.PathLike,
+    featurizer: Featurizer,
+    store_root: str | os.PathLike,
+    *,
+    damping: float = 0.1,
+    output: Output = "logits",
+    progress: bool = False,
+) -> TRAKPredictor:
+    """Train (or load) ``models`` ensemble members, featurize them and fit TRAK; resumable.
+
+    Args:
+        model_factory: builds an untrained model (member ``s`` is trained from seed ``s``).
+        data: the training set, or splits whose ``.train`` is the training set.
+        config: the training recipe of the members (that of the model to unlearn).
+        models: :math:`M`, members ``0 .. M-1`` (shared with :func:`tda.ensemble.train_ensemble`
+            users of ``models_root``, e.g. the unlearning benchmark's originals).
+        models_root: where the members live.
+        featurizer: projection of the features (its seed and size define the store).
+        store_root: the feature store (splits ``train`` and, for logits, ``train.logits``).
+        damping: TRAK's relative damping.
+        output: ``"logits"`` or ``"margin"``.
+    """
+    if models < 1:
+        raise ValueError(f"models must be at least 1, got {models}")
+    train = _training_set(data)
+    members = train_ensemble(
+        model_factory, train, config, range(models), models_root, progress=progress
+    )
+    store = open_feature_store(store_root, featurizer)
+    checkpoints = []
+    for seed in range(models):
+        final = members[seed][-1]
+        model, checkpoint_id = load_member(model_factory, final), store_id(seed, final)
+        splits = {"train": (featurizer, train)}
+        if output == "logits":
+            classes = _num_classes(model, train)
+            splits[logit_split("train")] = (LogitFeaturizer(featurizer, classes), train)
+        for split, (split_featurizer, examples) in splits.items():
+            featurize(
+                model,
+                {split: examples},
+                split_featurizer,
+                store,
+                checkpoint_id=checkpoint_id,
+                progress=progress,
+            )
+        checkpoints.append(checkpoint_id)
+    trak = TRAK(damping=damping).fit(store, checkpoints=checkpoints)
+    scope = PredictorScope(len(train), train.fingerprint(), architecture(model))
+    return TRAKPredictor(scope=scope, output=output, trak=trak)
+
+
+def _num_classes(model: nn.Module, train: Examples) -> int:
+    return logits_of(model, train.subset(np.arange(1))).shape[-1]
