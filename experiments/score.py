@@ -1,11 +1,14 @@
-"""Fit the attributor on the training features and score the queries.
+"""Score the queries with any attributor: on the feature store, or on the members' checkpoints.
 
-Writes ``${workspace}/scores/<scores_name>.npy`` (``[n_query, n_train]``, the library's sign
-convention: positive = the training example pushes the query's output up) and a JSON record of
-how the scores were made, which lds.py copies into its results.
+Store-based attributors (TRAK, grad-dot, grad-cos) fit on the training features of the members'
+final checkpoints (run featurize.py first); the others (influence functions, TracIn, Source:
+:class:`tda.methods.runs.RunAttributor`) fit on each member's checkpoints and the training set,
+averaged over the members. Either way this writes ``${workspace}/scores/<scores_name>.npy``
+(``[n_query, n_train]``, positive = the training example pushes the query's output up) and a JSON
+record of how the scores were made, which lds.py and counterfactual.py read.
 
     python experiments/score.py experiment=tiny attributor=trak
-    python experiments/score.py experiment=tiny attributor=gradcos models=1 scores_name=gradcos-m1
+    python experiments/score.py experiment=tiny attributor=if_ekfac models=1 scores_name=ekfac-m1
 """
 
 import json
@@ -21,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tda.checkpoints import list_checkpoints
 from tda.ensemble import member_directory, store_id
 from tda.features import open_feature_store
+from tda.methods.runs import RunAttributor, TrainingRun, attribute_runs
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +37,48 @@ def main(cfg: DictConfig) -> str:
     seeds = list(cfg.seeds)
     if cfg.models is not None and not 1 <= cfg.models <= len(seeds):
         raise ValueError(f"models={cfg.models} must be between 1 and the {len(seeds)} seeds")
-    members = seeds[: cfg.models]
-    checkpoints = [
-        store_id(seed, list_checkpoints(member_directory(workspace / "models", seed))[-1])
-        for seed in members
-    ]
-    store = open_feature_store(workspace / "features", instantiate(cfg.featurizer), cfg.shard_size)
-    attributor = instantiate(cfg.attributor).fit(store, split="train", checkpoints=checkpoints)
-    scores = attributor.score("query").numpy()
-    splits = instantiate(cfg.data)
+    saved = {
+        s: list_checkpoints(member_directory(workspace / "models", s)) for s in seeds[: cfg.models]
+    }
+    splits, attributor = instantiate(cfg.data), instantiate(cfg.attributor)
     queries = splits.test.subset(range(cfg.queries))
+    if isinstance(attributor, RunAttributor):
+        scores, inputs = _score_runs(cfg, attributor, saved, splits.train, queries)
+    else:
+        scores, inputs = _score_store(cfg, attributor, workspace, saved)
     path = workspace / "scores" / f"{cfg.scores_name}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, scores)
     record = {
         "attributor": OmegaConf.to_container(cfg.attributor, resolve=True),
-        "featurizer": OmegaConf.to_container(cfg.featurizer, resolve=True),
-        "checkpoints": checkpoints,
+        **inputs,
         "shape": list(scores.shape),
         "query_fingerprint": queries.fingerprint(),
         "train_fingerprint": splits.train.fingerprint(),
     }
     path.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    log.info("scores %s of %d checkpoints saved to %s", scores.shape, len(checkpoints), path)
+    log.info("scores %s of %d members saved to %s", scores.shape, len(saved), path)
     return str(path)
+
+
+def _score_runs(cfg, attributor, saved, train, queries) -> tuple[np.ndarray, dict]:
+    """Mean over members of the attributor fitted on each member's checkpoints."""
+    unfinished = [seed for seed, run in saved.items() if run[-1].epoch != cfg.train.epochs]
+    if unfinished:
+        raise ValueError(f"members {unfinished} have not finished training: run train.py first")
+    model_factory = instantiate(cfg.model)
+    runs = [TrainingRun(model_factory, tuple(run), train) for run in saved.values()]
+    scores = attribute_runs(attributor, runs, queries).numpy()
+    return scores, {"checkpoints": [store_id(s, c) for s, run in saved.items() for c in run]}
+
+
+def _score_store(cfg, attributor, workspace, saved) -> tuple[np.ndarray, dict]:
+    """The attributor fitted on the features of the members' final checkpoints."""
+    store = open_feature_store(workspace / "features", instantiate(cfg.featurizer), cfg.shard_size)
+    checkpoints = [store_id(seed, run[-1]) for seed, run in saved.items()]
+    scores = attributor.fit(store, split="train", checkpoints=checkpoints).score("query").numpy()
+    featurizer = OmegaConf.to_container(cfg.featurizer, resolve=True)
+    return scores, {"featurizer": featurizer, "checkpoints": checkpoints}
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ class Checkpoint:
         step: optimiser steps taken since the start of training.
         epoch: epochs completed.
         learning_rate: learning rate in force when the checkpoint was saved.
-        segment_steps: steps since the previous checkpoint (or the start).
-        segment_learning_rate: mean learning rate over those steps.
+        segment_steps: steps since the previous checkpoint (or the start); 0 for a checkpoint of
+            the starting parameters (``TrainConfig(save_initial=True)``), which is listed first.
+        segment_learning_rate: mean learning rate over those steps (0 when there are none).
         fingerprint: :func:`tda.fingerprint.model_fingerprint` of the saved state.
     """
 

@@ -35,6 +35,10 @@ class TrainConfig:
         scheduler: optional learning-rate schedule, stepped once per epoch.
         checkpoints: how many checkpoints to save, evenly spaced in epochs; the last one is the
             final model.
+        save_initial: also save the starting parameters as ``epoch-0000`` (step 0, epoch 0,
+            ``segment_steps`` 0 and ``segment_learning_rate`` 0: it closes no steps), before any
+            step. Source needs it to take each segment's gradients where its steps start
+            (``Source(gradients="start")``), which is exact from an arbitrary start.
     """
 
     epochs: int = 30
@@ -42,6 +46,7 @@ class TrainConfig:
     optimizer: OptimizerFactory = field(default=partial(torch.optim.Adam, lr=3e-3))
     scheduler: SchedulerFactory | None = None
     checkpoints: int = 1
+    save_initial: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -84,6 +89,20 @@ def _epoch(model, task, data, config, optimizer, generator) -> tuple[int, float]
     return steps, lr_sum
 
 
+def _save_initial(checkpoint_dir, model: nn.Module, optimizer) -> Checkpoint:
+    """The starting parameters as a checkpoint that closes no steps (see ``save_initial``)."""
+    return save_checkpoint(
+        checkpoint_dir,
+        "epoch-0000",
+        model,
+        step=0,
+        epoch=0,
+        learning_rate=_current_lr(optimizer),
+        segment_steps=0,
+        segment_learning_rate=0.0,
+    )
+
+
 def train(
     model: nn.Module,
     data: Examples,
@@ -107,6 +126,8 @@ def train(
     scheduler = config.scheduler(optimizer) if config.scheduler else None
     save_after = set(config.checkpoint_epochs())
     checkpoints, step, segment_steps, segment_lr = [], 0, 0, 0.0
+    if checkpoint_dir is not None and config.save_initial:
+        checkpoints.append(_save_initial(checkpoint_dir, model, optimizer))
     model.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -18,11 +18,14 @@ from tda.curvature.hvp import (
     hessian_vector_product,
 )
 from tda.curvature.iterative import (
+    LISSA_TRUNCATION_TOLERANCE,
     ConjugateGradientSolver,
     LiSSASolver,
     SolverConvergenceWarning,
     conjugate_gradient,
     lissa,
+    lissa_required_depth,
+    lissa_truncation,
 )
 from tda.curvature.kfac import EKFACSolver, KFACSolver
 from tda.curvature.kronecker import (
@@ -39,6 +42,7 @@ from tda.curvature.simple import (
 )
 
 __all__ = [
+    "LISSA_TRUNCATION_TOLERANCE",
     "ConjugateGradientSolver",
     "Curvature",
     "CurvatureSolver",
@@ -62,5 +66,7 @@ __all__ = [
     "gauss_newton_vector_product",
     "hessian_vector_product",
     "lissa",
+    "lissa_required_depth",
+    "lissa_truncation",
     "sample_targets",
 ]

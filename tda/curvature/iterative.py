@@ -29,6 +29,8 @@ from tda.data.examples import Examples
 from tda.task import Task
 
 _GROWTH_SLACK = 10.0  # LiSSA iterates may exceed their convergent-regime bound by this factor
+LISSA_TRUNCATION_TOLERANCE = 0.01
+"""Largest acceptable :func:`lissa_truncation`; :class:`LiSSASolver` warns above it."""
 
 
 class SolverConvergenceWarning(UserWarning):
@@ -192,6 +194,52 @@ def lissa(
     return iterate / scale
 
 
+def lissa_truncation(damping: float, scale: float, depth: int) -> float:
+    r"""The worst-case relative error :math:`|1 - \lambda/s|^{T+1}` left by :func:`lissa`.
+
+    :func:`lissa` sums :math:`T + 1` terms of the Neumann series, so along an eigenvector of
+    :math:`A = C + \lambda I` with eigenvalue :math:`a` its estimate misses the fraction
+    :math:`(1 - a/s)^{T+1}` of :math:`a^{-1}b`. With ``scale`` above the largest eigenvalue (the
+    advised setting) the slowest mode is the smallest :math:`a \ge \lambda`, which is
+    :math:`\lambda` itself when :math:`C` is singular (over-parameterised models): the bound.
+    """
+    return abs(1.0 - damping / scale) ** (depth + 1)
+
+
+def lissa_required_depth(
+    damping: float, scale: float, tolerance: float = LISSA_TRUNCATION_TOLERANCE
+) -> int | None:
+    """The smallest ``depth`` with :func:`lissa_truncation` at most ``tolerance``.
+
+    ``None`` when no depth reaches it: ``damping`` 0 (zero-curvature directions never converge) or
+    ``damping >= 2 * scale`` (the series diverges).
+    """
+    contraction = abs(1.0 - damping / scale)
+    if contraction >= 1.0:
+        return None
+    if contraction == 0.0:
+        return 0
+    depth = max(math.ceil(math.log(tolerance) / math.log(contraction)) - 1, 0)
+    while lissa_truncation(damping, scale, depth) > tolerance:  # guard the rounding of the logs
+        depth += 1
+    return depth
+
+
+def _truncation_message(damping: float, scale: float, depth: int) -> str:
+    needed = lissa_required_depth(damping, scale)
+    remedy = (
+        f"use depth >= {needed}"
+        if needed is not None
+        else "no depth is enough: use damping > 0 (and below 2 * scale)"
+    )
+    return (
+        f"LiSSA with depth={depth}, scale={scale:g} and damping={damping:g} leaves up to "
+        f"{lissa_truncation(damping, scale, depth):.3g} of the solution along low-curvature "
+        f"directions (|1 - damping/scale|^(depth+1) > {LISSA_TRUNCATION_TOLERANCE:g}); {remedy}, "
+        "or lower scale (keeping it above half the largest eigenvalue) or raise damping"
+    )
+
+
 def _divergence_message(norms: Tensor, previous: Tensor, step: int, scale: float) -> str:
     growth = float((norms / previous.clamp_min(torch.finfo(norms.dtype).tiny)).max())
     estimate = ""
@@ -219,8 +267,9 @@ class LiSSASolver:
         damping: :math:`\lambda`, absolute.
         scale: :math:`s`; must exceed half the largest eigenvalue of :math:`C + \lambda I`
             (safer: exceed it). Too small diverges (raised, naming ``scale``); too large needs a
-            larger ``depth``: error shrinks like :math:`(1 - \lambda/s)^{\text{depth}}`.
-        depth: recursion steps :math:`T`.
+            larger ``depth``: error shrinks like :math:`(1 - \lambda/s)^{\text{depth}+1}`.
+        depth: recursion steps :math:`T`. A :class:`SolverConvergenceWarning` names the depth
+            needed when :func:`lissa_truncation` exceeds ``LISSA_TRUNCATION_TOLERANCE`` (1%).
         batch_size: examples per curvature estimate.
         repeats: independent recursions averaged.
         seed: seed of the minibatch sampling.
@@ -245,6 +294,9 @@ class LiSSASolver:
             raise ValueError(f"scale must be positive, got {self.scale}")
         if min(self.depth, self.batch_size, self.repeats) < 1:
             raise ValueError("depth, batch_size and repeats must be at least 1")
+        if lissa_truncation(self.damping, self.scale, self.depth) > LISSA_TRUNCATION_TOLERANCE:
+            message = _truncation_message(self.damping, self.scale, self.depth)
+            warnings.warn(message, SolverConvergenceWarning, stacklevel=3)
 
     def fit(
         self,

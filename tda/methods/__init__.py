@@ -3,6 +3,7 @@
 from tda.methods.base import Attributor, mean_over_checkpoints
 from tda.methods.graddot import GradientSimilarity
 from tda.methods.influence import InfluenceFunction
+from tda.methods.runs import RunAttributor, TrainingRun, attribute_runs
 from tda.methods.source import EKFACEigenbasis, ExplicitEigenbasis, Source
 from tda.methods.tracin import TracIn
 from tda.methods.trak import TRAK, damped_inverse
@@ -12,10 +13,13 @@ __all__ = [
     "Attributor",
     "GradientSimilarity",
     "InfluenceFunction",
+    "RunAttributor",
     "EKFACEigenbasis",
     "ExplicitEigenbasis",
     "Source",
     "TracIn",
+    "TrainingRun",
+    "attribute_runs",
     "damped_inverse",
     "mean_over_checkpoints",
 ]

@@ -26,12 +26,14 @@ from torch import Tensor, nn
 from tda.curvature.base import CurvatureSolver, SolverDivergedError
 from tda.data.examples import Examples
 from tda.grads import iter_per_sample_gradients
+from tda.methods.runs import TrainingRun
 from tda.task import ClassificationTask, Task
 
 
 @dataclass
 class InfluenceFunction:
-    """Influence-function attributor: ``fit(model, train)``, then ``score(queries)``.
+    """Influence-function attributor: ``fit(model, train)`` (or ``fit_run(run)``), then
+    ``score(queries)``.
 
     Args:
         solver: applies :math:`(H + \\lambda I)^{-1}` (explicit, CG, LiSSA, K-FAC, diagonal...).
@@ -62,6 +64,10 @@ class InfluenceFunction:
         self.fitted_solver = self.solver.fit(model, self.task, train, parameters=self.parameters)
         self.model, self.train = model, train
         return self
+
+    def fit_run(self, run: TrainingRun) -> InfluenceFunction:
+        """``fit`` on the run's trained model (its last checkpoint) and training set."""
+        return self.fit(run.final_model(), run.train)
 
     def score(self, queries: Examples) -> Tensor:
         r"""Scores ``[n_query, n_train]``: :math:`\tau(x_q)_i` as defined in the module docstring.

@@ -5,7 +5,8 @@ steps (the sum of its checkpoints' ``segment_steps``), learning rate :math:`\eta
 step-weighted mean ``segment_learning_rate``), curvature :math:`H_l` (of the mean training loss at
 the segment's *last* checkpoint, damped: :math:`H_l + \lambda I`; one curvature fit per segment) and
 mean gradient :math:`\bar g_l(z)` (the step-weighted mean of :math:`\nabla\ell(z;\theta_c)` over the
-segment's checkpoints, each checkpoint standing for the steps it closes). Holding :math:`H_l` and
+segment's checkpoints, each checkpoint standing for the steps it closes; ``gradients="start"``
+takes each at the checkpoint before instead, where those steps begin). Holding :math:`H_l` and
 :math:`\bar g_l` constant, up-weighting :math:`z` by :math:`\epsilon` in the mean loss changes one
 step's parameter perturbation :math:`d` by
 :math:`d \leftarrow (I - \eta H)d - \frac{\eta}{n}\bar g`, so a segment maps
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +53,7 @@ from tda.curvature.kronecker import (
 )
 from tda.data.examples import Examples
 from tda.grads import per_sample_gradients
+from tda.methods.runs import TrainingRun
 from tda.methods.tracin import ModelFactory, load_model, on_model_device, streamed_products
 from tda.task import ClassificationTask, Task
 
@@ -165,40 +167,54 @@ def unrolled_decay(eigenvalues: Tensor, rate: float, steps: int, discrete: bool)
 @dataclass(frozen=True)
 class Segment:
     r"""Contiguous checkpoints, their total steps :math:`K_l` and mean learning rate
-    :math:`\eta_l`."""
+    :math:`\eta_l`; ``previous`` is the checkpoint just before them (``None`` for the first
+    segment of a run saved without its starting parameters)."""
 
     checkpoints: tuple[Checkpoint, ...]
     steps: int
     learning_rate: float
+    previous: Checkpoint | None = None
+
+    def intervals(self) -> list[tuple[Checkpoint | None, Checkpoint]]:
+        """``(start, end)`` checkpoints of the steps each of the segment's checkpoints closes."""
+        starts = (self.previous, *self.checkpoints[:-1])
+        return list(zip(starts, self.checkpoints, strict=True))
 
 
 def plan_segments(checkpoints: Sequence[Checkpoint], segments: int) -> list[Segment]:
     """Split checkpoints (training order) into ``segments`` contiguous groups of near-equal size.
 
+    A first checkpoint that closes no steps (the starting parameters, saved by
+    ``TrainConfig(save_initial=True)``) belongs to no segment: it is the first one's ``previous``.
+
     Raises:
-        ValueError: more segments than checkpoints, checkpoints out of order, or a checkpoint
-            closing no steps.
+        ValueError: more segments than checkpoints closing steps, checkpoints out of order, or a
+            checkpoint after the first closing no steps.
     """
     if segments < 1:
         raise ValueError(f"segments must be at least 1, got {segments}")
-    if segments > len(checkpoints):
-        raise ValueError(
-            f"asked for {segments} segments but only {len(checkpoints)} checkpoints were saved; "
-            "save more checkpoints (TrainConfig(checkpoints=...)) or use fewer segments"
-        )
     steps = [c.step for c in checkpoints]
     if any(later <= earlier for earlier, later in zip(steps[:-1], steps[1:], strict=True)):
         raise ValueError(f"checkpoints must be in training order (increasing steps), got {steps}")
-    empty = [c.checkpoint_id for c in checkpoints if c.segment_steps < 1]
+    start = checkpoints[0] if checkpoints and checkpoints[0].segment_steps == 0 else None
+    closing = list(checkpoints[1:] if start is not None else checkpoints)
+    if segments > len(closing):
+        raise ValueError(
+            f"asked for {segments} segments but only {len(closing)} checkpoints were saved"
+            f"{' after the start' if start is not None else ''}; save more checkpoints "
+            "(TrainConfig(checkpoints=...)) or use fewer segments"
+        )
+    empty = [c.checkpoint_id for c in closing if c.segment_steps < 1]
     if empty:
         raise ValueError(f"checkpoints {empty} close no optimiser steps (segment_steps < 1)")
-    bounds = [index * len(checkpoints) // segments for index in range(segments + 1)]
-    plan = []
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        group = tuple(checkpoints[start:stop])
+    bounds = [index * len(closing) // segments for index in range(segments + 1)]
+    plan, previous = [], start
+    for first, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        group = tuple(closing[first:stop])
         total = sum(c.segment_steps for c in group)
         rate = sum(c.segment_steps * c.segment_learning_rate for c in group) / total
-        plan.append(Segment(group, total, rate))
+        plan.append(Segment(group, total, rate, previous))
+        previous = group[-1]
     return plan
 
 
@@ -221,6 +237,11 @@ class Source:
         discrete: use :math:`(I - \eta H)^K` (exact for gradient descent with constant curvature;
             needs :math:`\eta h \le 2`) instead of the paper's :math:`e^{-\eta K H}`.
         chunk_size: training examples per per-sample-gradient call.
+        gradients: where the gradients standing for a checkpoint's steps are taken: ``"end"``
+            (default) at that checkpoint, ``"start"`` at the checkpoint before it, where those
+            steps begin. ``"start"`` needs the starting parameters as the first checkpoint
+            (``TrainConfig(save_initial=True)``); with a checkpoint per full-batch gradient step
+            and constant curvature it is exact from any start, while ``"end"`` lags one step.
     """
 
     segments: int = 1
@@ -230,6 +251,7 @@ class Source:
     eigenbasis: EigenbasisProvider = field(default_factory=ExplicitEigenbasis)
     discrete: bool = False
     chunk_size: int = 256
+    gradients: Literal["end", "start"] = "end"
     plan: list[Segment] = field(default_factory=list, init=False)
     _bases: list[Eigenbasis] = field(default_factory=list, init=False, repr=False)
     _model_factory: ModelFactory | None = field(default=None, init=False, repr=False)
@@ -239,6 +261,8 @@ class Source:
         check_damping(self.damping)
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
+        if self.gradients not in ("end", "start"):
+            raise ValueError(f"gradients must be 'end' or 'start', got {self.gradients!r}")
 
     def fit(
         self, model_factory: ModelFactory, checkpoints: Sequence[Checkpoint], train: Examples
@@ -246,11 +270,17 @@ class Source:
         """Plan the segments and decompose each segment's curvature at its last checkpoint.
 
         Raises:
-            ValueError: see :func:`plan_segments`; an empty training set.
+            ValueError: see :func:`plan_segments`; an empty training set; ``gradients="start"``
+                without a first checkpoint of the starting parameters.
         """
         if len(train) == 0:
             raise ValueError("cannot attribute to an empty training set")
         self.plan = plan_segments(checkpoints, self.segments)
+        if self.gradients == "start" and self.plan[0].previous is None:
+            raise ValueError(
+                "gradients='start' needs the starting parameters as the first checkpoint (one "
+                "closing no steps): train with TrainConfig(save_initial=True)"
+            )
         self._bases = []
         for segment in self.plan:
             model = load_model(model_factory, segment.checkpoints[-1])
@@ -259,6 +289,10 @@ class Source:
             self._bases.append(basis)
         self._model_factory, self._train = model_factory, train
         return self
+
+    def fit_run(self, run: TrainingRun) -> Source:
+        """``fit`` on the run's model factory, checkpoints and training set."""
+        return self.fit(run.model_factory, run.checkpoints, run.train)
 
     def score(self, queries: Examples) -> Tensor:
         """Source scores ``[n_query, n_train]`` in the dtype of the model's gradients."""
@@ -271,8 +305,9 @@ class Source:
         )
         total = None
         for segment, direction in zip(self.plan, self._directions(query_gradients), strict=True):
-            for checkpoint in segment.checkpoints:
-                model = load_model(self._model_factory, checkpoint)
+            for start, checkpoint in segment.intervals():
+                at = start if self.gradients == "start" else checkpoint
+                model = load_model(self._model_factory, at)
                 weight = -checkpoint.segment_steps / (segment.steps * len(self._train))
                 scores = streamed_products(
                     model, self.task, weight * direction, self._train,

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from tda.checkpoints import Checkpoint, load_checkpoint
 from tda.data.examples import Examples
 from tda.grads import iter_per_sample_gradients, per_sample_gradients
+from tda.methods.runs import TrainingRun
 from tda.task import ClassificationTask, Task
 
 ModelFactory = Callable[[], nn.Module]
@@ -111,6 +112,10 @@ class TracIn:
         self._model_factory, self._train = model_factory, train
         self.checkpoints = list(checkpoints)
         return self
+
+    def fit_run(self, run: TrainingRun) -> TracIn:
+        """``fit`` on the run's model factory, checkpoints and training set."""
+        return self.fit(run.model_factory, run.checkpoints, run.train)
 
     def score(self, queries: Examples) -> Tensor:
         """TracIn-CP scores ``[n_query, n_train]`` in the dtype of the model's gradients."""

@@ -1,0 +1,147 @@
+"""experiments/score.py with the model-based attributors, on the `tiny` experiment in this process.
+
+The members are trained with two checkpoints plus their starting parameters. For influence
+functions (CG, EK-FAC), TracIn and Source the entry point must write exactly what the library
+returns when called directly, in the place and format lds.py reads.
+"""
+
+import importlib.util
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from tda.checkpoints import list_checkpoints
+from tda.curvature import ConjugateGradientSolver, EKFACSolver
+from tda.data import load_mnist1d
+from tda.ensemble import load_member
+from tda.methods import EKFACEigenbasis, InfluenceFunction, Source, TracIn
+from tda.models import MLP
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["experiment=tiny", "progress=false", "++train.checkpoints=2", "++train.save_initial=true"]
+FACTORY = partial(MLP, hidden=(16,))  # the tiny experiment's model, built without Hydra
+
+
+def run_entry_point(script: str, workspace: Path, *overrides: str):
+    """Compose ``conf/<script>.yaml`` as ``@hydra.main`` does and call its ``main``."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(script, [*TINY, f"workspace={workspace}", *overrides], True)
+    HydraConfig.instance().set_config(cfg)  # ${hydra:...} and lds.py's overrides
+    with open_dict(cfg):
+        del cfg["hydra"]
+    spec = importlib.util.spec_from_file_location(script, REPO / "experiments" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return module.main(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("score")
+    run_entry_point("train", root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data():
+    """The tiny experiment's training set and its 40 queries."""
+    splits = load_mnist1d(240, 60)
+    return splits.train, splits.test.subset(range(40))
+
+
+def member_checkpoints(workspace: Path, seed: int):
+    return list_checkpoints(workspace / "models" / f"seed-{seed}")
+
+
+def written(workspace: Path, name: str) -> tuple[np.ndarray, dict]:
+    path = workspace / "scores" / f"{name}.npy"
+    return np.load(path), json.loads(path.with_suffix(".json").read_text())
+
+
+def ensemble(scores_of, seeds) -> np.ndarray:
+    """Mean over members, accumulated as the library does."""
+    total = None
+    for seed in seeds:
+        scores = scores_of(seed)
+        total = scores if total is None else total.add_(scores)
+    return (total / len(seeds)).numpy()
+
+
+def test_members_carry_their_start(workspace):
+    saved = member_checkpoints(workspace, 0)
+    assert [(c.epoch, c.step, c.segment_steps) for c in saved] == [(0, 0, 0), (1, 8, 8), (2, 16, 8)]
+
+
+@pytest.mark.parametrize(
+    ("attributor", "solver"),
+    [("if_cg", ConjugateGradientSolver()), ("if_ekfac", EKFACSolver())],
+)
+def test_influence_scores_equal_the_library_on_the_final_models(
+    workspace, data, attributor, solver
+):
+    train, queries = data
+    path = run_entry_point("score", workspace, f"attributor={attributor}")
+    assert path == str(workspace / "scores" / f"{attributor}.npy")
+
+    def direct(seed):
+        model = load_member(FACTORY, member_checkpoints(workspace, seed)[-1])
+        return InfluenceFunction(solver).fit(model, train).score(queries)
+
+    scores, made = written(workspace, attributor)
+    assert scores.shape == (40, 240) and scores.dtype == np.float32
+    np.testing.assert_array_equal(scores, ensemble(direct, [0, 1]))
+    assert made["attributor"]["solver"]["_target_"].endswith(type(solver).__name__)
+    assert made["query_fingerprint"] == queries.fingerprint()
+    assert made["train_fingerprint"] == train.fingerprint()
+
+
+def test_tracin_scores_equal_the_library_over_every_checkpoint(workspace, data):
+    train, queries = data
+    run_entry_point("score", workspace, "attributor=tracin")
+
+    def direct(seed):
+        return TracIn().fit(FACTORY, member_checkpoints(workspace, seed), train).score(queries)
+
+    scores, made = written(workspace, "tracin")
+    np.testing.assert_array_equal(scores, ensemble(direct, [0, 1]))
+    assert made["checkpoints"] == [
+        f"seed-{seed}.epoch-000{epoch}" for seed in (0, 1) for epoch in (0, 1, 2)
+    ]
+    assert "featurizer" not in made
+
+
+def test_source_scores_equal_the_library_with_start_gradients(workspace, data):
+    train, queries = data
+    overrides = ("attributor=source", "+attributor.segments=2", "+attributor.gradients=start")
+    run_entry_point("score", workspace, *overrides, "models=1", "scores_name=source-m1")
+
+    def direct(seed):
+        source = Source(segments=2, eigenbasis=EKFACEigenbasis(), gradients="start")
+        return source.fit(FACTORY, member_checkpoints(workspace, seed), train).score(queries)
+
+    scores, made = written(workspace, "source-m1")
+    np.testing.assert_array_equal(scores, ensemble(direct, [0]))
+    assert len(made["checkpoints"]) == 3 and made["shape"] == [40, 240]
+
+
+def test_lds_reads_model_based_scores(workspace):
+    run_entry_point("score", workspace, "attributor=tracin")
+    run_entry_point("retrain", workspace)
+    mean = run_entry_point("lds", workspace, "attributor=tracin")
+    record = json.loads((workspace / "results" / "lds-tracin.json").read_text())
+    assert record["lds"]["mean"] == mean and -1.0 <= mean <= 1.0
+    assert record["scores_made_with"] == written(workspace, "tracin")[1]
+
+
+def test_unfinished_members_are_refused(workspace):
+    with pytest.raises(ValueError, match=r"members \[0, 1\] have not finished"):
+        run_entry_point("score", workspace, "attributor=tracin", "train.epochs=3")

@@ -1,0 +1,88 @@
+"""Training runs: ``fit_run`` is ``fit`` on the run's parts, and runs ensemble by their mean."""
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from tda.curvature import ExplicitSolver
+from tda.data import Examples
+from tda.methods import TRAK, GradientSimilarity, InfluenceFunction, Source, TracIn
+from tda.methods.runs import RunAttributor, TrainingRun, attribute_runs
+from tda.models import MLP, build_model
+from tda.training import TrainConfig, train
+
+
+def factory():
+    return build_model(lambda: MLP(4, (5,), 3), seed=0, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two SGD runs (seeds 0 and 1) of a 4-5-3 float64 MLP, each with its start and 2 checkpoints;
+    15 training and 4 query examples."""
+    generator = torch.Generator().manual_seed(3)
+    data = Examples(
+        torch.randn(19, 4, generator=generator, dtype=torch.float64),
+        torch.randint(0, 3, (19,), generator=generator),
+    )
+    config = TrainConfig(
+        epochs=4,
+        batch_size=5,
+        optimizer=partial(torch.optim.SGD, lr=0.2),
+        checkpoints=2,
+        save_initial=True,
+    )
+    train_set, made = data.subset(range(15)), []
+    for seed in (0, 1):
+        directory = tmp_path_factory.mktemp(f"seed-{seed}")
+        result = train(factory(), train_set, config, seed=seed, checkpoint_dir=directory)
+        made.append(TrainingRun(factory, tuple(result.checkpoints), train_set))
+    return made, data.subset(range(15, 19))
+
+
+def influence():
+    return InfluenceFunction(ExplicitSolver(damping=0.1))
+
+
+def test_fit_run_is_fit_on_the_final_model_or_on_the_checkpoints(runs):
+    (run, _), queries = runs
+    final = run.final_model()
+    assert not final.training
+    expected = influence().fit(final, run.train).score(queries)
+    assert torch.equal(influence().fit_run(run).score(queries), expected)
+    for method in (TracIn(), Source(segments=2, gradients="start")):
+        direct = method.fit(factory, run.checkpoints, run.train).score(queries)
+        assert torch.equal(method.fit_run(run).score(queries), direct)
+
+
+def test_runs_ensemble_by_their_mean(runs):
+    made, queries = runs
+    each = [TracIn().fit_run(run).score(queries) for run in made]
+    assert not torch.equal(each[0], each[1])
+    mean = attribute_runs(TracIn(), made, queries)
+    np.testing.assert_allclose(mean.numpy(), ((each[0] + each[1]) / 2).numpy(), rtol=1e-15)
+    assert torch.equal(
+        attribute_runs(influence(), made[:1], queries), influence().fit_run(made[0]).score(queries)
+    )
+
+
+def test_model_based_methods_are_run_attributors_and_store_based_ones_are_not():
+    for method in (influence(), TracIn(), Source()):
+        assert isinstance(method, RunAttributor)
+    for method in (TRAK(), GradientSimilarity()):
+        assert not isinstance(method, RunAttributor)
+
+
+def test_bad_runs_are_refused(runs):
+    (run, _), queries = runs
+    with pytest.raises(ValueError, match="at least one checkpoint"):
+        TrainingRun(factory, (), run.train)
+    with pytest.raises(ValueError, match="training order"):
+        TrainingRun(factory, run.checkpoints[::-1], run.train)
+    with pytest.raises(ValueError, match="at least one training run"):
+        attribute_runs(TracIn(), [], queries)
+    shorter = TrainingRun(factory, run.checkpoints, run.train.subset(range(10)))
+    with pytest.raises(ValueError, match=r"different sizes \[10, 15\]"):
+        attribute_runs(TracIn(), [run, shorter], queries)
