@@ -15,6 +15,7 @@ Run one job first: parallel jobs that find the same models missing would train t
 import json
 import platform
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def main(cfg: DictConfig) -> float:
     split = unlearn.ForgetSplit.of(train, unlearn.forget_request(forget, train))
     record = {"forget_size": len(forget), "seeds": seeds, "oracle_seeds": oracle_seeds}
     record["tuning"] = selection.to_dict() if selection else None
+    record["predictor_seconds"] = _prepare_predictors(candidates, forget)
     try:
         used, group, diverged = unlearn.unlearn_each_stable(
             candidates, originals, train, forget, test, seeds=seeds
@@ -107,6 +109,22 @@ def _tuned_methods(cfg, originals, splits, forget_set, workspace):
         oracle_root=workspace / "oracles",
     )
     return [(value, candidates[value]) for value in selection.ranking()], selection
+
+
+def _prepare_predictors(candidates, forget) -> float | None:
+    """Seconds to ready each candidate's output predictor for ``forget`` (DMM / OM), if any.
+
+    Attribution cost is reported apart from unlearning time, since one featurization (or one set
+    of oracles) serves many requests; the first candidate's time is the one returned.
+    """
+    seconds = []
+    for _, method in candidates:
+        predictor = getattr(method, "predictor", None)
+        if predictor is not None:
+            start = time.perf_counter()
+            predictor.prepare(forget)
+            seconds.append(time.perf_counter() - start)
+    return seconds[0] if seconds else None
 
 
 def _versions() -> dict[str, str]:

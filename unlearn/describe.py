@@ -4,6 +4,8 @@ Methods are frozen dataclasses whose fields may hold optimiser factories (``func
 model classes, tasks or masks. The audit must say exactly what ran, in plain JSON, so each value is
 described by what it is: dataclasses by their fields, partials by their target and arguments,
 classes and functions by their qualified name, tensors by shape, dtype and content fingerprint.
+Objects that hold large state (e.g. output predictors) describe themselves with an
+``audit_description()`` method.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def _describe_tensor(tensor: torch.Tensor) -> dict[str, Any]:
 
 
 def _describe_object(value: Any) -> Any:
+    if callable(getattr(value, "audit_description", None)):
+        return {"type": qualified_name(type(value)), **describe(value.audit_description())}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         content = {f.name: describe(getattr(value, f.name)) for f in dataclasses.fields(value)}
         return {"type": qualified_name(type(value)), **content}

@@ -1,6 +1,7 @@
 """The Hydra config tree: every group option builds its object; overlays and launchers compose."""
 
 import functools
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,26 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from tda.curvature import (
+    ConjugateGradientSolver,
+    DiagonalSolver,
+    EKFACSolver,
+    ExplicitSolver,
+    IdentitySolver,
+    KFACSolver,
+    LiSSASolver,
+)
 from tda.data import DataSplits
 from tda.features import GradientFeaturizer
 from tda.features.kronecker import KroneckerFeaturizer
-from tda.methods import TRAK, GradientSimilarity
+from tda.methods import (
+    TRAK,
+    EKFACEigenbasis,
+    GradientSimilarity,
+    InfluenceFunction,
+    Source,
+    TracIn,
+)
 from tda.models import MLP, CNN1d, LogisticRegression
 from tda.projection import DenseProjector, IdentityProjector, SparseProjector
 from tda.task import ClassificationTask
@@ -23,6 +40,16 @@ from tda.training import TrainConfig
 CONF = Path(__file__).resolve().parents[2] / "conf"
 PRIMARY = ("train", "featurize", "retrain", "score", "lds", "counterfactual")
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
+# Influence-function attributor options -> the curvature solver they use.
+SOLVERS = {
+    "explicit": ExplicitSolver,
+    "cg": ConjugateGradientSolver,
+    "lissa": LiSSASolver,
+    "kfac": KFACSolver,
+    "ekfac": EKFACSolver,
+    "diagonal": DiagonalSolver,
+    "identity": IdentitySolver,
+}
 # Group option -> the type it builds (models: the type the partial factory builds).
 BUILDS = {
     "data/mnist1d": DataSplits,
@@ -40,6 +67,9 @@ BUILDS = {
     "attributor/trak": TRAK,
     "attributor/graddot": GradientSimilarity,
     "attributor/gradcos": GradientSimilarity,
+    **{f"attributor/if_{solver}": InfluenceFunction for solver in SOLVERS},
+    "attributor/tracin": TracIn,
+    "attributor/source": Source,
 }
 # What every experiment overlay must state (??? in common.yaml).
 REQUIRED = {
@@ -83,9 +113,9 @@ def _forget_hydra_config():
 
 
 def test_every_group_option_is_covered():
-    # unlearner/ and forget/ are covered by test_unlearn_configs.py
+    # unlearner/, forget/ and predictor/ are covered by test_unlearn_configs.py
     groups = {path.parent.name for path in CONF.glob("*/*.yaml")}
-    groups -= {"experiment", "unlearner", "forget"}
+    groups -= {"experiment", "unlearner", "forget", "predictor"}
     on_disk = {f"{group}/{path.stem}" for group in groups for path in (CONF / group).glob("*.yaml")}
     assert on_disk == set(BUILDS)
 
@@ -111,6 +141,28 @@ def test_group_options_carry_their_settings():
     assert (config.epochs, config.batch_size) == (30, 64)
     optimizer = config.optimizer([torch.nn.Parameter(torch.zeros(2))])
     assert type(optimizer) is torch.optim.Adam and optimizer.defaults["lr"] == 3e-3
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_influence_options_use_their_solver_and_the_task(solver):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # if_lissa is deep enough for its damping and scale
+        attributor = instantiate(
+            compose_config("score", ("experiment=tiny", f"attributor=if_{solver}")).attributor
+        )
+    assert type(attributor.solver) is SOLVERS[solver]
+    assert attributor.task == ClassificationTask()
+
+
+def test_trajectory_options_carry_their_settings():
+    source = instantiate(
+        compose_config("score", ("experiment=tiny", "attributor=source")).attributor
+    )
+    assert type(source.eigenbasis) is EKFACEigenbasis and source.task == ClassificationTask()
+    tracin = instantiate(
+        compose_config("score", ("experiment=tiny", "attributor=tracin")).attributor
+    )
+    assert tracin.task == ClassificationTask()
 
 
 @pytest.mark.parametrize("projector", ["dense", "sparse", "identity"])

@@ -24,7 +24,15 @@ UNLEARNERS = {
     "salun": unlearn.SalUn,
     "l1_sparse": unlearn.L1Sparse,
     "prune_then_unlearn": unlearn.PruneThenUnlearn,
+    "dmm": unlearn.DatamodelMatching,
 }
+PREDICTORS = {
+    "trak": unlearn.TRAKPredictor,
+    "datamodels": unlearn.DatamodelPredictor,
+    "oracle": unlearn.OraclePredictor,
+}
+# DMM's predictors build small ensembles, ground truths and oracles for the tiny experiment.
+TINY_DMM = ("dmm.models=2", "predictor.count=6", "predictor.fit_subsets=5")
 FORGET_SETS = {
     "random_1pct": unlearn.RandomForgetSet,
     "random_10pct": unlearn.RandomForgetSet,
@@ -50,11 +58,13 @@ def _forget_hydra_config():
 def test_every_unlearner_and_forget_option_is_covered():
     assert {p.stem for p in (CONF / "unlearner").glob("*.yaml")} == set(UNLEARNERS)
     assert {p.stem for p in (CONF / "forget").glob("*.yaml")} == set(FORGET_SETS)
+    assert {p.stem for p in (CONF / "predictor").glob("*.yaml")} == set(PREDICTORS)
 
 
 @pytest.mark.parametrize("name", sorted(UNLEARNERS))
-def test_unlearner_option_builds_its_method_and_every_grid_value(name):
-    cfg = compose_unlearn("experiment=tiny", f"unlearner={name}")
+def test_unlearner_option_builds_its_method_and_every_grid_value(tmp_path, name):
+    extra = ["dmm.models=2"] if name == "dmm" else []
+    cfg = compose_unlearn("experiment=tiny", f"unlearner={name}", f"workspace={tmp_path}", *extra)
     assert type(instantiate(cfg.unlearner)) is UNLEARNERS[name]
     if cfg.tuning.parameter is None:
         assert name == "retrain"
@@ -141,6 +151,18 @@ def test_a_tiny_benchmark_writes_finite_numbers_and_resumes(tmp_path):
         for seed in (1000, 1001)
     ]
     assert again["oracle_seconds"] == pytest.approx(sum(recorded) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(PREDICTORS))
+def test_dmm_runs_with_each_predictor_and_reports_its_preparation_time(tmp_path, name):
+    options = {"trak": TINY_DMM[:1], "datamodels": TINY_DMM[1:], "oracle": ()}[name]
+    overrides = ("unlearner=dmm", f"predictor={name}", "forget=random_10pct", "klom_floor=false")
+    record = _run_in_process(tmp_path, *overrides, *options, "tuning.grid=[0.001]")
+    assert record["status"] == "ok" and record["predictor_seconds"] > 0.0
+    expected = PREDICTORS[name]
+    assert record["method"]["predictor"]["type"] == f"{expected.__module__}.{expected.__qualname__}"
+    assert record["method"]["predictor"]["output"] == "logits"
+    assert all(math.isfinite(value) for value in _numbers(record["klom"]))
 
 
 def test_a_diverging_unlearner_is_recorded_as_such(tmp_path):

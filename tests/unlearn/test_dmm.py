@@ -47,7 +47,7 @@ def test_oracle_matching_on_logistic_regression_converges_to_the_retrained_model
     config = TrainConfig(epochs=300, batch_size=40, optimizer=descent)
     original = train(build_model(factory, 0), data, config, seed=0).model
     request = UnlearningRequest([0, 3, 11, 12, 30], train_size=40)
-    predictor = OraclePredictor(factory, data, config, seeds=[1], root=tmp_path)
+    predictor = OraclePredictor(factory, data, config, first_seed=1, count=1, root=tmp_path)
     loop = LoopConfig(epochs=3000, batch_size=40, optimizer=partial(torch.optim.SGD, lr=2.0))
     method = DatamodelMatching(predictor, loop, retain_multiple=100)
     unlearned = Unlearner(method, compute_metrics=False).unlearn(original, data, request).model

@@ -138,7 +138,7 @@ def _split_indices(size: int, forget) -> ForgetSplit:
 
 def test_oracle_predictor_reads_the_oracle_of_the_request_seed(tmp_path, mnist, trained):
     config = TrainConfig(epochs=2, batch_size=32)
-    predictor = OraclePredictor(FACTORY, mnist, config, seeds=[7, 8], root=tmp_path)
+    predictor = OraclePredictor(FACTORY, mnist, config, first_seed=7, count=2, root=tmp_path)
     split = _split(mnist.train, np.arange(30))
     positions = np.arange(3)
     examples = mnist.train.subset(positions)

@@ -15,6 +15,7 @@ A predictor is built for one training set and one architecture and refuses any o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -147,6 +148,14 @@ class ShiftPredictor:
 
     def check(self, model: nn.Module, split: ForgetSplit) -> None:
         self.scope.check(model, split)
+
+    def audit_description(self) -> dict:
+        """What the audit record says about this predictor (not its arrays)."""
+        return {"output": self.output, "scope": dataclasses.asdict(self.scope), **self.settings()}
+
+    def settings(self) -> dict:
+        """The subclass's own settings for :meth:`audit_description`."""
+        return {}
 
     def effect(self, forget_indices: np.ndarray) -> Tensor:
         """:math:`\\sum_{i \\in F}\\beta_i(x)` for every training point ``x``."""

@@ -120,6 +120,9 @@ class DatamodelPredictor(ShiftPredictor):
         self._outputs_c = _centred(outputs)
         self._inverse = _ridge_inverse(self._masks_c, self.ridge)
 
+    def settings(self) -> dict:
+        return {"subsets": len(self._masks_c), "ridge": self.ridge}
+
     def effect(self, forget_indices: np.ndarray) -> Tensor:
         weights = self._inverse @ self._masks_c[:, torch.as_tensor(forget_indices)].sum(dim=1)
         return torch.tensordot(weights, self._outputs_c, dims=1)

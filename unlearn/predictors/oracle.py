@@ -1,15 +1,16 @@
 r"""The oracle predictor: outputs of models really retrained without the forget set.
 
 Oracle Matching (OM, Georgiev et al. 2024) fine-tunes towards these outputs; it is the upper
-reference for datamodel matching (a perfect attribution method would predict them exactly). For
-request seed :math:`s`, the oracle is the retrained model ``seeds[s mod len(seeds)]``; oracles are
-trained on demand (or loaded) per forget set by :func:`unlearn.load_or_train_oracles`.
+reference for datamodel matching (a perfect attribution method would predict them exactly).
+For request seed :math:`s`, the oracle is the one retrained from seed
+``first_seed + (s mod count)``; oracles are trained on demand (or loaded) per forget set by
+:func:`unlearn.load_or_train_oracles`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,9 @@ class OraclePredictor:
         model_factory: builds an untrained model.
         data: the training set (or splits whose ``.train`` it is).
         config: the training recipe.
-        seeds: oracle seeds (use seeds that the evaluation's own oracles do not use).
+        first_seed: seed of the first oracle; oracles use ``first_seed .. first_seed + count - 1``
+            (choose seeds the evaluation's own oracles do not use).
+        count: number of oracles.
         root: where the oracles are kept (``root/forget-<hash>/seed-<s>``).
         output: ``"logits"`` or ``"margin"``.
     """
@@ -47,16 +50,17 @@ class OraclePredictor:
     model_factory: Callable[[], nn.Module]
     data: Any
     config: TrainConfig
-    seeds: Sequence[int]
+    first_seed: int
+    count: int
     root: str | os.PathLike
     output: Output = "logits"
     _oracles: dict[str, list[nn.Module]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_output(self.output)
-        if not self.seeds:
-            raise ValueError("OraclePredictor needs at least one oracle seed")
-        self.seeds = list(self.seeds)
+        if self.count < 1:
+            raise ValueError(f"OraclePredictor needs at least one oracle, got count={self.count}")
+        self.seeds = list(range(self.first_seed, self.first_seed + self.count))
         self._train: Examples = _training_set(self.data)
         self.scope = PredictorScope(
             len(self._train), self._train.fingerprint(), architecture(self.model_factory())
@@ -64,6 +68,10 @@ class OraclePredictor:
 
     def check(self, model: nn.Module, split: ForgetSplit) -> None:
         self.scope.check(model, split)
+
+    def audit_description(self) -> dict:
+        """What the audit record says about this predictor."""
+        return {"output": self.output, "seeds": self.seeds, "root": str(self.root)}
 
     def prepare(self, forget_indices: np.ndarray) -> None:
         self._models(forget_indices)

@@ -36,6 +36,9 @@ class ScoresPredictor(ShiftPredictor):
             )
         self.scores = scores
 
+    def settings(self) -> dict:
+        return {"scores": list(self.scores.shape)}
+
     def effect(self, forget_indices: np.ndarray) -> Tensor:
         summed = self.scores[..., torch.as_tensor(forget_indices)].sum(-1)
         return summed if self.output == "margin" else summed.T

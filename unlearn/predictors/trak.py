@@ -47,6 +47,13 @@ class TRAKPredictor(ShiftPredictor):
                 f"the TRAK store has {size} training rows, not {self.scope.train_size}"
             )
 
+    def settings(self) -> dict:
+        return {
+            "damping": self.trak.damping,
+            "checkpoints": list(self.trak.checkpoints),
+            "store": str(self.trak.store.root),
+        }
+
     def effect(self, forget_indices: np.ndarray) -> Tensor:
         queries = logit_split(self.trak.split) if self.output == "logits" else self.trak.split
         return self.trak.score_group(queries, forget_indices)

@@ -1,0 +1,164 @@
+"""DMM results: predictor quality (LDS on training queries) against unlearning quality (KLOM).
+
+Reads the ``experiments/unlearning.py`` results of DMM with each predictor (TRAK with M models,
+datamodels, the oracle = Oracle Matching) and of the engine's baselines on the same originals,
+measures each predictor's LDS on training points against the held-out subsets of the datamodel
+ground truth (``datamodels-train-logits/``, subsets after ``fit_subsets``), and writes one JSON
+record, Markdown tables and a figure (LDS vs forget-set KLOM):
+
+    python -m experiments.dmm_table runs/mnist1d_mlp --forget random_1pct random_10pct class \\
+        --output results/dmm.json --figure results/dmm-lds-vs-klom.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from benchmarks.record import command_line, environment, markdown_table
+from experiments.unlearn_table import HEADER, reference_rows, row
+from tda.datamodels import GroundTruthStore
+from tda.eval import lds
+from unlearn.predictors import subset_logits
+
+TRAK_MODELS = (1, 5, 10, 20)
+BASELINES = ("ft", "ga", "rl", "graddiff", "salun", "l1_sparse")
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def predictor_names() -> list[str]:
+    """Result names of the DMM predictors, in order of (expected) quality."""
+    return [f"dmm-trak-m{m}" for m in TRAK_MODELS] + ["dmm-datamodels", "dmm-oracle"]
+
+
+def _config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("unlearn", overrides=["unlearner=dmm", *overrides])
+
+
+def predictor_lds(workspace: str) -> dict[str, dict]:
+    """LDS (margins of training points) of each attribution predictor on held-out subsets."""
+    base = _config(["predictor=datamodels", f"workspace={workspace}"])
+    train = instantiate(base.data).train
+    store = GroundTruthStore.open(base.predictor.root)
+    held_out = slice(base.predictor.fit_subsets, None)
+    masks, truth = store.masks[held_out], subset_logits(store, train, "margin")[held_out]
+    scores = {}
+    for models in TRAK_MODELS:
+        cfg = _config(["predictor=trak", f"dmm.models={models}", f"workspace={workspace}"])
+        scores[f"dmm-trak-m{models}"] = instantiate(cfg.predictor).trak.score("train")
+    datamodels = instantiate(base.predictor, output="margin")
+    scores["dmm-datamodels"] = datamodels.margin_scores()
+    results = {}
+    for name, matrix in scores.items():
+        result = lds(matrix.double().numpy(), masks, truth)
+        results[name] = {"lds": result.mean, "ci": [result.ci_low, result.ci_high]}
+        print(f"{name}: LDS {result}")
+    results["subsets"] = {"held_out": int(len(masks)), "alpha": float(masks.mean())}
+    return results
+
+
+def _load(workspace: Path, name: str, forget: str) -> dict | None:
+    path = workspace / "results" / f"unlearn-{name}-{forget}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _predictor_seconds(record: dict) -> str:
+    seconds = record.get("predictor_seconds")
+    return f"{seconds:.1f}" if seconds is not None else "-"
+
+
+def comparison_table(workspace: Path, forget: str) -> tuple[str, dict]:
+    """DMM (each predictor) and the baselines on one forget set, with reference rows."""
+    names = [*predictor_names(), *BASELINES]
+    found = {name: record for name in names if (record := _load(workspace, name, forget))}
+    if not found:
+        raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}")
+    rows = [[*row(n, r), _predictor_seconds(r)] for n, r in found.items()]
+    complete = next(r for r in found.values() if r["status"] == "ok")
+    references = [[*cells, "-"] for cells in reference_rows(complete)]
+    return markdown_table([*HEADER, "predictor s"], rows + references), found
+
+
+def meta_table(quality: dict, runs: dict) -> str:
+    """Predictor | LDS | forget-set KLOM and average gap per forget set."""
+    header = ["predictor", "LDS (train queries)"]
+    for forget in runs:
+        header += [f"KLOM F {forget}", f"gap {forget}"]
+    rows = []
+    for name in predictor_names():
+        cells = [name.removeprefix("dmm-")]
+        entry = quality.get(name)
+        cells.append(f"{entry['lds']:.3f}" if entry else "(oracle)")
+        for found in runs.values():
+            record = found.get(name)
+            ok = record is not None and record["status"] == "ok"
+            cells += (
+                [f"{record['klom']['forget']:.2f}", f"{record['average_gap']:.2f}"]
+                if ok
+                else [
+                    "-",
+                    "-",
+                ]
+            )
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
+def figure(quality: dict, runs: dict, path: Path) -> None:
+    """Forget-set KLOM of DMM against its predictor's LDS, one line per forget set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axis = plt.subplots(figsize=(5, 3.5))[1]
+    for forget, found in runs.items():
+        points = [
+            (quality[n]["lds"], found[n]["klom"]["forget"], n.removeprefix("dmm-"))
+            for n in predictor_names()
+            if n in quality and n in found and found[n]["status"] == "ok"
+        ]
+        if points:
+            x, y, labels = zip(*sorted(points), strict=True)
+            axis.plot(x, y, marker="o", label=forget)
+            for xi, yi, label in points:
+                axis.annotate(label, (xi, yi), fontsize=7)
+    axis.set_xlabel("predictor LDS on training queries")
+    axis.set_ylabel("DMM forget-set KLOM P95 (lower is better)")
+    axis.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.tight_layout()
+    plt.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workspace", type=Path)
+    parser.add_argument("--forget", nargs="+", default=["random_10pct"])
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--figure", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    quality = predictor_lds(str(args.workspace))
+    tables, runs = {}, {}
+    for forget in args.forget:
+        tables[forget], runs[forget] = comparison_table(args.workspace, forget)
+        print(f"\n{forget}\n{tables[forget]}")
+    tables["predictors"] = meta_table(quality, runs)
+    print(f"\npredictor quality vs unlearning quality\n{tables['predictors']}")
+    if args.figure:
+        figure(quality, runs, args.figure)
+    record = {"command": command_line(), **environment(1), "predictor_lds": quality}
+    record |= {"tables": tables, "runs": runs}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(record, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
