@@ -147,3 +147,24 @@ def test_oracle_predictor_reads_the_oracle_of_the_request_seed(tmp_path, mnist, 
     second = predictor.targets(trained, examples, positions, split, seed=1)
     assert torch.equal(first, third) and not torch.equal(first, second)
     assert architecture(FACTORY()) == predictor.scope.architecture
+
+
+def test_the_scale_multiplies_the_predicted_effect(mnist, trained):
+    n = len(mnist.train)
+    scores = torch.rand(n, n, generator=torch.Generator().manual_seed(0))
+    split = _split(mnist.train, [4, 9])
+    positions = np.array([0, 4, 9])
+    examples = mnist.train.subset(positions)
+    outputs = {
+        scale: ScoresPredictor(PredictorScope(n), "margin", scale, scores=scores).targets(
+            trained, examples, positions, split, seed=0
+        )
+        for scale in (1.0, 3.0)
+    }
+    with torch.no_grad():
+        logits = trained(examples.inputs)
+    own = logits.gather(1, examples.targets[:, None])[:, 0]
+    margin = own - logits.scatter(1, examples.targets[:, None], float("-inf")).logsumexp(1)
+    torch.testing.assert_close(outputs[3.0] - margin, 3 * (outputs[1.0] - margin))
+    with pytest.raises(ValueError, match="scale must be positive"):
+        ScoresPredictor(PredictorScope(n), "margin", 0.0, scores=scores)

@@ -6,7 +6,8 @@ positions in :math:`S`), the predicted output of the model retrained on :math:`S
 
 - attribution-based predictors (TRAK, datamodels, any score matrix) shift the original's outputs by
   the predicted effect of the forget set,
-  :math:`\hat f(x) = f(x;\theta_o) - \sum_{i \in F} \beta_i(x)`;
+  :math:`\hat f(x) = f(x;\theta_o) - s\sum_{i \in F} \beta_i(x)` (a scale :math:`s` calibrates
+  scores that are right in direction but not in size);
 - the oracle predictor reads real retrained models (Oracle Matching, the upper reference).
 
 ``output`` is ``"logits"`` (whole logit vectors ``[n, C]``) or ``"margin"`` (``[n]``).
@@ -137,21 +138,33 @@ class ShiftPredictor:
 
     Subclasses implement :meth:`effect`, the summed scores of the forget set for every training
     point, ``[n_train, C]`` or ``[n_train]``; it is cached per forget set.
+
+    Attributes:
+        scope: the training set and architecture the predictor serves.
+        output: ``"logits"`` or ``"margin"``.
+        scale: factor on the effect. Attribution scores are often right in direction but not in
+            size (TRAK's kernel leaves out the loss curvature :math:`p(1-p)`, which is small for a
+            well-fit model, so its effects come out orders of magnitude too small); tune it like
+            any hyperparameter, on a proxy forget set (:mod:`unlearn.tuning`).
     """
 
     scope: PredictorScope
     output: Output = "logits"
+    scale: float = 1.0
     _cache: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_output(self.output)
+        if not self.scale > 0:
+            raise ValueError(f"scale must be positive, got {self.scale}")
 
     def check(self, model: nn.Module, split: ForgetSplit) -> None:
         self.scope.check(model, split)
 
     def audit_description(self) -> dict:
         """What the audit record says about this predictor (not its arrays)."""
-        return {"output": self.output, "scope": dataclasses.asdict(self.scope), **self.settings()}
+        scope = dataclasses.asdict(self.scope)
+        return {"output": self.output, "scale": self.scale, "scope": scope, **self.settings()}
 
     def settings(self) -> dict:
         """The subclass's own settings for :meth:`audit_description`."""
@@ -182,4 +195,4 @@ class ShiftPredictor:
     def targets(self, model, examples, positions, split, *, seed):
         shift = self.forget_effect(split.forget_indices)[torch.as_tensor(positions)]
         outputs = model_outputs(model, examples, self.output)
-        return outputs - shift.to(outputs.device, outputs.dtype)
+        return outputs - self.scale * shift.to(outputs.device, outputs.dtype)

@@ -144,8 +144,9 @@ def datamodel_predictor(
     alpha: float,
     seeds: Sequence[int] = (0,),
     fit_subsets: int | None = None,
-    ridge_grid: Sequence[float] = (0.1, 0.3, 1.0, 3.0, 10.0),
+    ridge_grid: Sequence[float] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0),
     output: Output = "logits",
+    scale: float = 1.0,
     progress: bool = False,
 ) -> DatamodelPredictor:
     """Retrain on ``count`` random ``alpha``-subsets (resumable) and fit datamodels.
@@ -155,6 +156,8 @@ def datamodel_predictor(
         fit_subsets: use only the first ``fit_subsets`` subsets (the rest can serve as held-out
             ground truth, e.g. for the LDS of every predictor); default all.
         ridge_grid: candidate ridges, chosen on held-out fit subsets by :func:`select_ridge`.
+        scale: factor on the effect (ridge shrinks it; see
+            :class:`~unlearn.predictors.ShiftPredictor`).
     """
     train_set = _training_set(data)
     masks = sample_subsets(len(train_set), alpha, count, seed=0)
@@ -167,5 +170,10 @@ def datamodel_predictor(
     ridge = select_ridge(store.masks[used], outputs, ridge_grid)
     scope = PredictorScope(len(train_set), train_set.fingerprint(), architecture(model_factory()))
     return DatamodelPredictor(
-        scope=scope, output=output, masks=store.masks[used], outputs=outputs, ridge=ridge
+        scope=scope,
+        output=output,
+        scale=scale,
+        masks=store.masks[used],
+        outputs=outputs,
+        ridge=ridge,
     )

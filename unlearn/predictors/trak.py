@@ -75,6 +75,7 @@ def trak_predictor(
     *,
     damping: float = 0.1,
     output: Output = "logits",
+    scale: float = 1.0,
     progress: bool = False,
 ) -> TRAKPredictor:
     """Train (or load) ``models`` ensemble members, featurize them and fit TRAK; resumable.
@@ -90,6 +91,7 @@ def trak_predictor(
         store_root: the feature store (splits ``train`` and, for logits, ``train.logits``).
         damping: TRAK's relative damping.
         output: ``"logits"`` or ``"margin"``.
+        scale: factor on TRAK's effect (see :class:`~unlearn.predictors.ShiftPredictor`).
     """
     if models < 1:
         raise ValueError(f"models must be at least 1, got {models}")
@@ -118,7 +120,7 @@ def trak_predictor(
         checkpoints.append(checkpoint_id)
     trak = TRAK(damping=damping).fit(store, checkpoints=checkpoints)
     scope = PredictorScope(len(train), train.fingerprint(), architecture(model))
-    return TRAKPredictor(scope=scope, output=output, trak=trak)
+    return TRAKPredictor(scope=scope, output=output, scale=scale, trak=trak)
 
 
 def _num_classes(model: nn.Module, train: Examples) -> int:
