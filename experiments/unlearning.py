@@ -2,8 +2,9 @@
 
 Trains or loads N originals (``${workspace}/models``) and N (+N for the KLOM floor) oracles on R
 (``${workspace}/oracles``), picks the tuned hyperparameter on a proxy forget set inside R
-(unlearn.tuning), unlearns every original and writes UA/RA/TA/MIA, average gap, KLOM P95 and time
-as a fraction of retraining to ``${workspace}/results/<results_name>.json``:
+(unlearn.tuning; DMM's predictor is first calibrated on the same proxy), unlearns every original
+and writes UA/RA/TA/MIA, average gap, KLOM P95 and time as a fraction of retraining to
+``${workspace}/results/<results_name>.json``:
 
     python experiments/unlearning.py unlearner=retrain forget=class   # also trains every model
     python experiments/unlearning.py -m hydra/launcher=local unlearner=ft,ga,rl,salun forget=class
@@ -44,12 +45,14 @@ def main(cfg: DictConfig) -> float:
     oracles = unlearn.load_or_train_oracles(
         factory, train, forget, config, oracle_seeds, workspace / "oracles"
     )
+    calibration = _calibrate_predictor(cfg, originals, splits.train, forget_set, workspace)
     candidates, selection = _tuned_methods(cfg, originals, splits, forget_set, workspace)
     test = forget_set.evaluation_test(splits.test)
     split = unlearn.ForgetSplit.of(train, unlearn.forget_request(forget, train))
     record = {"forget_size": len(forget), "seeds": seeds, "oracle_seeds": oracle_seeds}
     record["tuning"] = selection.to_dict() if selection else None
     record["predictor_seconds"] = _prepare_predictors(candidates, forget)
+    record["calibration"] = calibration
     try:
         used, group, diverged = unlearn.unlearn_each_stable(
             candidates, originals, train, forget, test, seeds=seeds
@@ -109,6 +112,27 @@ def _tuned_methods(cfg, originals, splits, forget_set, workspace):
         oracle_root=workspace / "oracles",
     )
     return [(value, candidates[value]) for value in selection.ranking()], selection
+
+
+def _calibrate_predictor(cfg, originals, train, forget_set, workspace) -> dict | None:
+    """Fit the DMM predictor's scales on the proxy forget set (``calibrate_predictor``) and
+    write them into ``cfg.predictor``; uses the tuning protocol's originals and proxy oracles."""
+    if not cfg.calibrate_predictor:
+        return None
+    count = min(cfg.tuning.models, cfg.models)
+    calibration = unlearn.calibrate_on_proxy(
+        instantiate(cfg.predictor),
+        forget_set,
+        originals[:count],
+        train,
+        model_factory=instantiate(cfg.model),
+        config=instantiate(cfg.train),
+        oracle_seeds=[cfg.oracle_seed + i for i in range(count)],
+        oracle_root=workspace / "oracles",
+    )
+    OmegaConf.update(cfg, "predictor.scale", calibration.scale)
+    OmegaConf.update(cfg, "predictor.forget_scale", calibration.forget_scale)
+    return calibration.to_dict()
 
 
 def _prepare_predictors(candidates, forget) -> float | None:

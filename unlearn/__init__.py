@@ -62,6 +62,7 @@ from unlearn.predictors import (
     ScoresPredictor,
     TRAKPredictor,
     architecture,
+    calibrate_on_proxy,
     datamodel_predictor,
     trak_predictor,
 )
@@ -119,6 +120,7 @@ __all__ = [
     "accuracy_percent",
     "append_audit",
     "architecture",
+    "calibrate_on_proxy",
     "apply_mask",
     "average_gap",
     "benchmark",

@@ -75,10 +75,14 @@ def train_product(store: FeatureStore, checkpoint_id: str, split: str, left: Ten
     return result
 
 
-def train_gram(store: FeatureStore, checkpoint_id: str, split: str) -> Tensor:
-    r""":math:`\Phi^\top\Phi` (``[k, k]``, float64), accumulated shard by shard."""
+def train_gram(
+    store: FeatureStore, checkpoint_id: str, split: str, weights: Tensor | None = None
+) -> Tensor:
+    r""":math:`\Phi^\top\Phi`, or :math:`\Phi^\top W\Phi` for row ``weights`` ``[n]``
+    (``[k, k]``, float64), accumulated shard by shard."""
     gram = None
-    for _, block in store.iter_rows(checkpoint_id, split):
+    for start, block in store.iter_rows(checkpoint_id, split):
         block = torch.from_numpy(block).double()
-        gram = block.T @ block if gram is None else gram.addmm_(block.T, block)
+        left = block if weights is None else block * weights[start : start + len(block), None]
+        gram = left.T @ block if gram is None else gram.addmm_(left.T, block)
     return gram

@@ -7,6 +7,7 @@ from unlearn.predictors.base import (
     architecture,
     model_outputs,
 )
+from unlearn.predictors.calibration import Calibration, calibrate, calibrate_on_proxy
 from unlearn.predictors.datamodel import (
     DatamodelPredictor,
     TrainingLogits,
@@ -19,6 +20,7 @@ from unlearn.predictors.scores import ScoresPredictor
 from unlearn.predictors.trak import TRAKPredictor, trak_predictor
 
 __all__ = [
+    "Calibration",
     "DatamodelPredictor",
     "OraclePredictor",
     "OutputPredictor",
@@ -28,6 +30,8 @@ __all__ = [
     "TRAKPredictor",
     "TrainingLogits",
     "architecture",
+    "calibrate",
+    "calibrate_on_proxy",
     "datamodel_predictor",
     "model_outputs",
     "select_ridge",

@@ -142,21 +142,25 @@ class ShiftPredictor:
     Attributes:
         scope: the training set and architecture the predictor serves.
         output: ``"logits"`` or ``"margin"``.
-        scale: factor on the effect. Attribution scores are often right in direction but not in
-            size (TRAK's kernel leaves out the loss curvature :math:`p(1-p)`, which is small for a
-            well-fit model, so its effects come out orders of magnitude too small); tune it like
-            any hyperparameter, on a proxy forget set (:mod:`unlearn.tuning`).
+        scale: factor on the effect on retain points. Attribution scores are often right in
+            direction but not in size; :func:`~unlearn.predictors.calibrate_on_proxy` fits it.
+        forget_scale: factor on the effect on the forget points themselves (``None``: ``scale``).
+            Linearised estimates underestimate how much a point's own output depends on it
+            (memorisation), so it is usually much larger than ``scale``.
     """
 
     scope: PredictorScope
     output: Output = "logits"
     scale: float = 1.0
+    forget_scale: float | None = None
     _cache: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_output(self.output)
-        if not self.scale > 0:
-            raise ValueError(f"scale must be positive, got {self.scale}")
+        for name in ("scale", "forget_scale"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
 
     def check(self, model: nn.Module, split: ForgetSplit) -> None:
         self.scope.check(model, split)
@@ -164,7 +168,8 @@ class ShiftPredictor:
     def audit_description(self) -> dict:
         """What the audit record says about this predictor (not its arrays)."""
         scope = dataclasses.asdict(self.scope)
-        return {"output": self.output, "scale": self.scale, "scope": scope, **self.settings()}
+        scales = {"scale": self.scale, "forget_scale": self.forget_scale}
+        return {"output": self.output, **scales, "scope": scope, **self.settings()}
 
     def settings(self) -> dict:
         """The subclass's own settings for :meth:`audit_description`."""
@@ -192,7 +197,15 @@ class ShiftPredictor:
             self._cache = {key: effect}  # one forget set at a time: bounded memory
         return self._cache[key]
 
+    def scaled_effect(self, forget_indices: np.ndarray, positions: np.ndarray) -> Tensor:
+        """The effect at ``positions`` times ``forget_scale`` (forget points) or ``scale``."""
+        effect = self.forget_effect(forget_indices)[torch.as_tensor(positions)]
+        forget_scale = self.scale if self.forget_scale is None else self.forget_scale
+        is_forget = torch.as_tensor(np.isin(positions, forget_indices))
+        factors = torch.where(is_forget, forget_scale, self.scale).to(effect.dtype)
+        return effect * factors.reshape(-1, *([1] * (effect.dim() - 1)))
+
     def targets(self, model, examples, positions, split, *, seed):
-        shift = self.forget_effect(split.forget_indices)[torch.as_tensor(positions)]
+        shift = self.scaled_effect(split.forget_indices, positions)
         outputs = model_outputs(model, examples, self.output)
-        return outputs - self.scale * shift.to(outputs.device, outputs.dtype)
+        return outputs - shift.to(outputs.device, outputs.dtype)

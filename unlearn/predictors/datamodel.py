@@ -147,6 +147,7 @@ def datamodel_predictor(
     ridge_grid: Sequence[float] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0),
     output: Output = "logits",
     scale: float = 1.0,
+    forget_scale: float | None = None,
     progress: bool = False,
 ) -> DatamodelPredictor:
     """Retrain on ``count`` random ``alpha``-subsets (resumable) and fit datamodels.
@@ -156,8 +157,8 @@ def datamodel_predictor(
         fit_subsets: use only the first ``fit_subsets`` subsets (the rest can serve as held-out
             ground truth, e.g. for the LDS of every predictor); default all.
         ridge_grid: candidate ridges, chosen on held-out fit subsets by :func:`select_ridge`.
-        scale: factor on the effect (ridge shrinks it; see
-            :class:`~unlearn.predictors.ShiftPredictor`).
+        scale, forget_scale: factors on the effect on retain and forget points (ridge shrinks
+            it; see :class:`~unlearn.predictors.ShiftPredictor`).
     """
     train_set = _training_set(data)
     masks = sample_subsets(len(train_set), alpha, count, seed=0)
@@ -173,6 +174,7 @@ def datamodel_predictor(
         scope=scope,
         output=output,
         scale=scale,
+        forget_scale=forget_scale,
         masks=store.masks[used],
         outputs=outputs,
         ridge=ridge,

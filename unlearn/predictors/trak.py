@@ -50,6 +50,7 @@ class TRAKPredictor(ShiftPredictor):
     def settings(self) -> dict:
         return {
             "damping": self.trak.damping,
+            "gauss_newton": self.trak.gauss_newton,
             "checkpoints": list(self.trak.checkpoints),
             "store": str(self.trak.store.root),
         }
@@ -74,8 +75,10 @@ def trak_predictor(
     store_root: str | os.PathLike,
     *,
     damping: float = 0.1,
+    gauss_newton: bool = True,
     output: Output = "logits",
     scale: float = 1.0,
+    forget_scale: float | None = None,
     progress: bool = False,
 ) -> TRAKPredictor:
     """Train (or load) ``models`` ensemble members, featurize them and fit TRAK; resumable.
@@ -90,8 +93,11 @@ def trak_predictor(
         featurizer: projection of the features (its seed and size define the store).
         store_root: the feature store (splits ``train`` and, for logits, ``train.logits``).
         damping: TRAK's relative damping.
+        gauss_newton: weight TRAK's kernel by the loss curvature, so effects come out in output
+            units (see :class:`tda.methods.TRAK`); on by default since sizes matter here.
         output: ``"logits"`` or ``"margin"``.
-        scale: factor on TRAK's effect (see :class:`~unlearn.predictors.ShiftPredictor`).
+        scale, forget_scale: factors on TRAK's effect on retain and forget points (see
+            :class:`~unlearn.predictors.ShiftPredictor`).
     """
     if models < 1:
         raise ValueError(f"models must be at least 1, got {models}")
@@ -118,9 +124,11 @@ def trak_predictor(
                 progress=progress,
             )
         checkpoints.append(checkpoint_id)
-    trak = TRAK(damping=damping).fit(store, checkpoints=checkpoints)
+    trak = TRAK(damping=damping, gauss_newton=gauss_newton).fit(store, checkpoints=checkpoints)
     scope = PredictorScope(len(train), train.fingerprint(), architecture(model))
-    return TRAKPredictor(scope=scope, output=output, scale=scale, trak=trak)
+    return TRAKPredictor(
+        scope=scope, output=output, scale=scale, forget_scale=forget_scale, trak=trak
+    )
 
 
 def _num_classes(model: nn.Module, train: Examples) -> int:
