@@ -49,7 +49,7 @@ def test_oracle_matching_on_logistic_regression_converges_to_the_retrained_model
     request = UnlearningRequest([0, 3, 11, 12, 30], train_size=40)
     predictor = OraclePredictor(factory, data, config, first_seed=1, count=1, root=tmp_path)
     loop = LoopConfig(epochs=3000, batch_size=40, optimizer=partial(torch.optim.SGD, lr=2.0))
-    method = DatamodelMatching(predictor, loop, retain_multiple=100)
+    method = DatamodelMatching(predictor, loop, forget_copies=1, retain_multiple=100)
     unlearned = Unlearner(method, compute_metrics=False).unlearn(original, data, request).model
     oracle = predictor._models(np.asarray(request.forget_indices))[0]
     assert _max_distance(original, oracle) > 1e-2  # the test can fail
@@ -94,14 +94,16 @@ def _margins(model, examples):
 def test_the_matching_set_repeats_forget_points_and_samples_the_retain_set(mnist):
     request = UnlearningRequest(list(range(20)), train_size=len(mnist.train))
     split = ForgetSplit.of(mnist.train, request)
-    chosen = matching_set(split, forget_repeats=2, retain_multiple=3, seed=0)
+    chosen = matching_set(split, forget_copies=35, retain_multiple=1.5, seed=0)  # 2 copies of F
     assert np.array_equal(chosen.positions[:20], np.arange(20))
     assert len(chosen.positions) == 80 and len(set(chosen.positions.tolist())) == 80
     assert set(chosen.positions[20:]) <= set(split.retain_indices.tolist())
     assert chosen.repeats.tolist() == [2] * 20 + [1] * 60
-    again = matching_set(split, forget_repeats=2, retain_multiple=3, seed=0)
+    again = matching_set(split, forget_copies=35, retain_multiple=1.5, seed=0)
     assert np.array_equal(again.positions, chosen.positions)
-    capped = matching_set(split, forget_repeats=1, retain_multiple=1000, seed=0)
+    once = matching_set(split, forget_copies=1, retain_multiple=1.0, seed=0)
+    assert once.repeats.tolist() == [1] * 40
+    capped = matching_set(split, forget_copies=1, retain_multiple=1000, seed=0)
     assert len(capped.positions) == len(mnist.train)
 
 

@@ -2,8 +2,9 @@ r"""DMM: unlearning by datamodel matching (Georgiev et al. 2024, "Attribute-to-D
 
 A predictor (:mod:`unlearn.predictors`) gives the outputs :math:`\hat f(x)` the model would have
 had it been trained without :math:`F`; a copy of the model is fine-tuned to match them on a matching
-set :math:`M` made of :math:`F` repeated ``forget_repeats`` times and a random sample of
-:math:`R` of ``retain_multiple`` :math:`\times |F|` points:
+set :math:`M` made of :math:`F` repeated :math:`r = \lceil \text{forget_copies} / |F| \rceil`
+times (so small forget sets still get enough steps) and a random sample of :math:`R` of
+``retain_multiple`` :math:`\times r|F|` points:
 
 .. math:: \min_\theta \frac{1}{|M|}\sum_{x\in M} \tfrac{1}{C}\|f(x;\theta) - \hat f(x)\|^2 .
 
@@ -13,6 +14,7 @@ predictor this is Oracle Matching (OM).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,10 +56,12 @@ class MatchingSet:
 
 
 def matching_set(
-    split: ForgetSplit, forget_repeats: int, retain_multiple: float, seed: int
+    split: ForgetSplit, forget_copies: int, retain_multiple: float, seed: int
 ) -> MatchingSet:
-    """:math:`F` (each ``forget_repeats`` times) and a seeded sample of :math:`R`."""
-    size = min(len(split.retain_indices), int(round(retain_multiple * len(split.forget_indices))))
+    """:math:`F` repeated to at least ``forget_copies`` points and a seeded sample of :math:`R`."""
+    forget_repeats = max(1, math.ceil(forget_copies / len(split.forget_indices)))
+    wanted = int(round(retain_multiple * forget_repeats * len(split.forget_indices)))
+    size = min(len(split.retain_indices), wanted)
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(split.retain_indices), generator=generator)[:size].numpy()
     positions = np.concatenate([split.forget_indices, split.retain_indices[np.sort(chosen)]])
@@ -103,20 +107,20 @@ class DatamodelMatching:
         loop: optimiser, epochs, batch size and schedule (default: Adam, lr 1e-3, 5 epochs,
             exponential decay 0.95 per epoch, batch 64 — the paper's recipe with a learning rate
             for small models).
-        forget_repeats: copies of each forget point per epoch.
-        retain_multiple: retain points sampled, as a multiple of :math:`|F|` (at most
+        forget_copies: forget examples per epoch, at least (:math:`F` is repeated to reach it).
+        retain_multiple: retain points sampled, as a multiple of the forget copies (at most
             :math:`|R|`).
     """
 
     predictor: OutputPredictor
     loop: LoopConfig = field(default_factory=_default_loop)
-    forget_repeats: int = 1
+    forget_copies: int = 400
     retain_multiple: float = 3.0
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.forget_repeats < 1:
-            raise ValueError(f"forget_repeats must be at least 1, got {self.forget_repeats}")
+        if self.forget_copies < 1:
+            raise ValueError(f"forget_copies must be at least 1, got {self.forget_copies}")
         if self.retain_multiple < 0:
             raise ValueError(f"retain_multiple must be non-negative, got {self.retain_multiple}")
 
@@ -124,7 +128,7 @@ class DatamodelMatching:
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
     ) -> nn.Module:
         self.predictor.check(model, split)
-        chosen = matching_set(split, self.forget_repeats, self.retain_multiple, seed)
+        chosen = matching_set(split, self.forget_copies, self.retain_multiple, seed)
         examples = _examples_at(split, chosen.positions)
         targets = self.predictor.targets(model, examples, chosen.positions, split, seed=seed)
         rows = torch.repeat_interleave(
