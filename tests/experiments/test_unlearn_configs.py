@@ -167,7 +167,8 @@ def test_dmm_runs_with_each_predictor_and_reports_its_preparation_time(tmp_path,
     assert record["status"] == "ok" and record["predictor_seconds"] > 0.0
     expected = PREDICTORS[name]
     assert record["method"]["predictor"]["type"] == f"{expected.__module__}.{expected.__qualname__}"
-    assert record["method"]["predictor"]["output"] == "logits"
+    expected_output = "logits" if name == "oracle" else "margin"
+    assert record["method"]["predictor"]["output"] == expected_output
     if name == "trak":  # calibrated on the proxy, and the scales reached the predictor
         calibration = record["calibration"]
         assert calibration["scale"] > 0 and calibration["forget_scale"] > 0
