@@ -1,4 +1,4 @@
-"""Calibration of a predictor's scales: exact on a constructed problem, refused when hopeless."""
+"""Calibration of a predictor's scales: exact on a constructed problem, zero when hopeless."""
 
 import numpy as np
 import pytest
@@ -47,7 +47,9 @@ def test_calibration_recovers_the_forget_and_retain_scales_exactly():
         torch.testing.assert_close(targets, oracle(train.inputs))
 
 
-def test_a_predictor_pointing_the_wrong_way_is_refused():
+def test_effects_pointing_the_wrong_way_get_scale_zero():
+    """Non-negative least squares: keep the original's outputs rather than push them away."""
     predictor, train, (original, oracle) = _problem(forget_factor=-1.0, retain_factor=2.0)
-    with pytest.raises(ValueError, match="forget points do not point the way the oracles moved"):
-        calibrate(predictor, [original], [oracle], train, FORGET)
+    calibration = calibrate(predictor, [original], [oracle], train, FORGET)
+    assert calibration.forget_scale == 0.0
+    assert calibration.scale == pytest.approx(2.0, rel=1e-12)

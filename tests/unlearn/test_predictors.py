@@ -166,5 +166,5 @@ def test_the_scale_multiplies_the_predicted_effect(mnist, trained):
     own = logits.gather(1, examples.targets[:, None])[:, 0]
     margin = own - logits.scatter(1, examples.targets[:, None], float("-inf")).logsumexp(1)
     torch.testing.assert_close(outputs[3.0] - margin, 3 * (outputs[1.0] - margin))
-    with pytest.raises(ValueError, match="scale must be positive"):
-        ScoresPredictor(PredictorScope(n), "margin", 0.0, scores=scores)
+    with pytest.raises(ValueError, match="scale must be non-negative"):
+        ScoresPredictor(PredictorScope(n), "margin", -1.0, scores=scores)

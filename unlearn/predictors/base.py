@@ -142,8 +142,9 @@ class ShiftPredictor:
     Attributes:
         scope: the training set and architecture the predictor serves.
         output: ``"logits"`` or ``"margin"``.
-        scale: factor on the effect on retain points. Attribution scores are often right in
-            direction but not in size; :func:`~unlearn.predictors.calibrate_on_proxy` fits it.
+        scale: factor (non-negative) on the effect on retain points. Attribution scores are
+            often right in direction but not in size; :func:`~unlearn.predictors.calibrate` fits
+            it.
         forget_scale: factor on the effect on the forget points themselves (``None``: ``scale``).
             Linearised estimates underestimate how much a point's own output depends on it
             (memorisation), so it is usually much larger than ``scale``.
@@ -159,8 +160,8 @@ class ShiftPredictor:
         check_output(self.output)
         for name in ("scale", "forget_scale"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be non-negative, got {value}")
 
     def check(self, model: nn.Module, split: ForgetSplit) -> None:
         self.scope.check(model, split)

@@ -4,11 +4,14 @@ Attribution effects are often right in direction but not in size, and differentl
 forget points themselves (self-effects, underestimated by linearised models) and on the other
 points. :func:`calibrate` fits both factors by least squares,
 
-.. math:: s_G = \frac{\sum_{x\in G} \langle a(x), e(x)\rangle}{\sum_{x\in G} \|e(x)\|^2},
+.. math:: s_G = \max\Big(0, \frac{\sum_{x\in G} \langle a(x), e(x)\rangle}{\sum_{x\in G}
+   \|e(x)\|^2}\Big),
    \qquad a(x) = \overline{f(x;\theta_o)} - \overline{f(x;\theta_{\text{oracle}})},
 
 for :math:`G` the forget points and the other training points, with :math:`e` the predictor's
-unscaled effect and :math:`a` the mean change from originals to oracles. :func:`calibrate_on_proxy`
+unscaled effect and :math:`a` the mean change from originals to oracles (non-negative least
+squares: effects pointing the wrong way get scale 0, keeping the original's outputs there).
+:func:`calibrate_on_proxy`
 does it on the tuning protocol's proxy forget set :math:`F' \subset R` and its oracles (retrained
 on :math:`S\setminus F'`, which still contains :math:`F`), so the real forget set is never used.
 """
@@ -53,15 +56,10 @@ def _mean_outputs(models: Sequence[nn.Module], train: Examples, output: str) -> 
     return torch.stack([model_outputs(m, train, output).double() for m in models]).mean(dim=0)
 
 
-def _least_squares(actual: Tensor, effect: Tensor, group: str) -> float:
+def _least_squares(actual: Tensor, effect: Tensor) -> float:
     denominator = float((effect * effect).sum())
     scale = float((actual * effect).sum()) / denominator if denominator > 0 else 0.0
-    if not scale > 0:
-        raise ValueError(
-            f"the predictor's effects on {group} points do not point the way the oracles moved "
-            f"(least-squares scale {scale:.3g}): it cannot predict the retrained outputs"
-        )
-    return scale
+    return max(scale, 0.0)
 
 
 def calibrate(
@@ -80,8 +78,8 @@ def calibrate(
     is_forget = torch.zeros(len(train), dtype=torch.bool)
     is_forget[torch.as_tensor(forget_indices)] = True
     return Calibration(
-        scale=_least_squares(actual[~is_forget], effect[~is_forget], "retain"),
-        forget_scale=_least_squares(actual[is_forget], effect[is_forget], "forget"),
+        scale=_least_squares(actual[~is_forget], effect[~is_forget]),
+        forget_scale=_least_squares(actual[is_forget], effect[is_forget]),
         forget_size=int(is_forget.sum()),
         originals=len(originals),
         oracles=len(oracles),

@@ -1,0 +1,42 @@
+"""experiments/unlearn_table.py: only complete, comparable results make a table."""
+
+import json
+
+import pytest
+
+from experiments.unlearn_table import collect, tuned
+
+
+def _record(**changes) -> dict:
+    record = {"status": "ok", "forget_size": 40, "seeds": [0, 1], "oracle_seeds": [1000, 1001]}
+    return record | changes
+
+
+def _write(workspace, method: str, forget: str, record: dict) -> None:
+    path = workspace / "results" / f"unlearn-{method}-{forget}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_collect_refuses_a_forget_set_with_a_missing_method(tmp_path):
+    _write(tmp_path, "ft", "class", _record())
+    with pytest.raises(FileNotFoundError, match=r"\['salun'\]"):
+        collect(tmp_path, "class", ["ft", "salun"], allow_missing=False)
+    assert list(collect(tmp_path, "class", ["ft", "salun"], allow_missing=True)) == ["ft"]
+    with pytest.raises(FileNotFoundError, match="random_1pct"):
+        collect(tmp_path, "random_1pct", ["ft"], allow_missing=True)
+
+
+def test_collect_refuses_results_on_different_oracles(tmp_path):
+    _write(tmp_path, "ft", "class", _record())
+    _write(tmp_path, "salun", "class", _record(oracle_seeds=[1000, 1001, 1002, 1003]))
+    with pytest.raises(ValueError, match="oracle_seeds"):
+        collect(tmp_path, "class", ["ft", "salun"], allow_missing=False)
+
+
+def test_tuned_marks_grid_edges_fallbacks_and_total_divergence():
+    tuning = {"grid": [0.01, 0.03, 0.1], "chosen": 0.1}
+    assert tuned(_record(tuning=None)) == "-"
+    assert tuned(_record(tuning=tuning, used=0.1)) == "0.1 [0.01, 0.1] (edge)"
+    assert tuned(_record(tuning=tuning, used=0.03)) == "0.03 [0.01, 0.1] (fallback)"
+    assert tuned(_record(status="diverged", tuning=tuning)) == "none of [0.01, 0.1]"
