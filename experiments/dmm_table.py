@@ -27,7 +27,10 @@ from tda.eval import lds
 from unlearn.predictors import subset_logits
 
 TRAK_MODELS = (1, 5, 10, 20)
-BASELINES = ("ft", "ga", "rl", "graddiff", "salun", "l1_sparse")
+BASELINES = ("ft", "ga", "rl", "graddiff", "salun", "l1_sparse", "prune_then_unlearn")
+GOAL_BASELINES = ("ft", "ga", "graddiff", "salun", "l1_sparse")  # the issue's list
+DMM = "dmm-trak-m20"  # the headline DMM: TRAK over all 20 originals
+EXTRA = ("dmm-trak-m20-logits",)  # variants shown in the comparison table when present
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -75,7 +78,7 @@ def _predictor_seconds(record: dict) -> str:
 
 def comparison_table(workspace: Path, forget: str) -> tuple[str, dict]:
     """DMM (each predictor) and the baselines on one forget set, with reference rows."""
-    names = [*predictor_names(), *BASELINES]
+    names = [*predictor_names(), *EXTRA, *BASELINES]
     found = {name: record for name in names if (record := _load(workspace, name, forget))}
     if not found:
         raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}")
@@ -83,6 +86,28 @@ def comparison_table(workspace: Path, forget: str) -> tuple[str, dict]:
     complete = next(r for r in found.values() if r["status"] == "ok")
     references = [[*cells, "-"] for cells in reference_rows(complete)]
     return markdown_table([*HEADER, "predictor s"], rows + references), found
+
+
+def goal_check(found: dict) -> dict:
+    """The issue's goal on one forget set: DMM's forget KLOM below every listed baseline's,
+    within 2x of Oracle Matching's, at no more than 10% of retraining time."""
+    dmm, oracle = found.get(DMM), found.get("dmm-oracle")
+    if dmm is None or oracle is None or dmm["status"] != "ok" or oracle["status"] != "ok":
+        return {"complete": False}
+    klom = dmm["klom"]["forget"]
+    baselines = {
+        name: found[name]["klom"]["forget"]
+        for name in GOAL_BASELINES
+        if name in found and found[name]["status"] == "ok"
+    }
+    return {
+        "complete": True,
+        "dmm_klom_forget": klom,
+        "beats": {name: klom < value for name, value in baselines.items()},
+        "within_2x_of_oracle_matching": klom <= 2 * oracle["klom"]["forget"],
+        "time_fraction": dmm["time_fraction"]["mean"],
+        "within_10pct_time": dmm["time_fraction"]["mean"] <= 0.10,
+    }
 
 
 def meta_table(quality: dict, runs: dict) -> str:
@@ -146,16 +171,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     quality = predictor_lds(str(args.workspace))
-    tables, runs = {}, {}
+    tables, runs, goals = {}, {}, {}
     for forget in args.forget:
         tables[forget], runs[forget] = comparison_table(args.workspace, forget)
-        print(f"\n{forget}\n{tables[forget]}")
+        goals[forget] = goal_check(runs[forget])
+        print(f"\n{forget}\n{tables[forget]}\ngoal: {goals[forget]}")
     tables["predictors"] = meta_table(quality, runs)
     print(f"\npredictor quality vs unlearning quality\n{tables['predictors']}")
     if args.figure:
         figure(quality, runs, args.figure)
     record = {"command": command_line(), **environment(1), "predictor_lds": quality}
-    record |= {"tables": tables, "runs": runs}
+    record |= {"tables": tables, "goals": goals, "runs": runs}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2, default=float) + "\n")
 
