@@ -45,8 +45,9 @@ def main(cfg: DictConfig) -> float:
     oracles = unlearn.load_or_train_oracles(
         factory, train, forget, config, oracle_seeds, workspace / "oracles"
     )
-    calibration = _calibrate_predictor(cfg, originals, splits.train, forget_set, workspace)
-    candidates, selection = _tuned_methods(cfg, originals, splits, forget_set, workspace)
+    shared = _shared_parts(cfg)
+    calibration = _calibrate_predictor(cfg, shared, originals, splits.train, forget_set, workspace)
+    candidates, selection = _tuned_methods(cfg, shared, originals, splits, forget_set, workspace)
     test = forget_set.evaluation_test(splits.test)
     split = unlearn.ForgetSplit.of(train, unlearn.forget_request(forget, train))
     record = {"forget_size": len(forget), "seeds": seeds, "oracle_seeds": oracle_seeds}
@@ -88,15 +89,20 @@ def _write(cfg: DictConfig, workspace: Path, record: dict) -> None:
     print(f"{path}: {record['status']}, average gap {record.get('average_gap', float('inf')):.2f}")
 
 
-def _tuned_methods(cfg, originals, splits, forget_set, workspace):
+def _shared_parts(cfg) -> dict:
+    """Objects every candidate shares: DMM's output predictor, built (and featurized) once."""
+    return {"predictor": instantiate(cfg.predictor)} if "predictor" in cfg.unlearner else {}
+
+
+def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace):
     """``[(value, unlearner)]``, best proxy value first, when ``tuning.parameter`` is named."""
     if cfg.tuning.parameter is None:
-        return [(None, instantiate(cfg.unlearner))], None
+        return [(None, _build(_own_config(cfg, shared), shared))], None
     candidates = {}
     for value in cfg.tuning.grid:
-        variant = OmegaConf.create(OmegaConf.to_container(cfg.unlearner, resolve=True))
+        variant = _own_config(cfg, shared)
         OmegaConf.update(variant, cfg.tuning.parameter, value)
-        candidates[value] = instantiate(variant)
+        candidates[value] = _build(variant, shared)
     count = min(cfg.tuning.models, cfg.models)
     selection = unlearn.tune_on_proxy(
         cfg.tuning.parameter,
@@ -114,14 +120,25 @@ def _tuned_methods(cfg, originals, splits, forget_set, workspace):
     return [(value, candidates[value]) for value in selection.ranking()], selection
 
 
-def _calibrate_predictor(cfg, originals, train, forget_set, workspace) -> dict | None:
-    """Fit the DMM predictor's scales on the proxy forget set (``calibrate_predictor``) and
-    write them into ``cfg.predictor``; uses the tuning protocol's originals and proxy oracles."""
+def _own_config(cfg, shared: dict) -> DictConfig:
+    """A resolved copy of the unlearner's config without the shared parts."""
+    own = OmegaConf.to_container(cfg.unlearner, resolve=True)
+    return OmegaConf.create({k: v for k, v in own.items() if k not in shared})
+
+
+def _build(unlearner_cfg: DictConfig, shared: dict):
+    """The unlearner, with the shared objects in place of their configs."""
+    return instantiate(unlearner_cfg, _partial_=True)(**shared)
+
+
+def _calibrate_predictor(cfg, shared, originals, train, forget_set, workspace) -> dict | None:
+    """Fit the shared DMM predictor's scales on the proxy forget set (``calibrate_predictor``);
+    uses the tuning protocol's originals and proxy oracles."""
     if not cfg.calibrate_predictor:
         return None
     count = min(cfg.tuning.models, cfg.models)
     calibration = unlearn.calibrate_on_proxy(
-        instantiate(cfg.predictor),
+        shared["predictor"],
         forget_set,
         originals[:count],
         train,
@@ -130,8 +147,7 @@ def _calibrate_predictor(cfg, originals, train, forget_set, workspace) -> dict |
         oracle_seeds=[cfg.oracle_seed + i for i in range(count)],
         oracle_root=workspace / "oracles",
     )
-    OmegaConf.update(cfg, "predictor.scale", calibration.scale)
-    OmegaConf.update(cfg, "predictor.forget_scale", calibration.forget_scale)
+    calibration.apply(shared["predictor"])
     return calibration.to_dict()
 
 
@@ -139,16 +155,14 @@ def _prepare_predictors(candidates, forget) -> float | None:
     """Seconds to ready each candidate's output predictor for ``forget`` (DMM / OM), if any.
 
     Attribution cost is reported apart from unlearning time, since one featurization (or one set
-    of oracles) serves many requests; the first candidate's time is the one returned.
+    of oracles) serves many requests; the candidates share one predictor.
     """
-    seconds = []
-    for _, method in candidates:
-        predictor = getattr(method, "predictor", None)
-        if predictor is not None:
-            start = time.perf_counter()
-            predictor.prepare(forget)
-            seconds.append(time.perf_counter() - start)
-    return seconds[0] if seconds else None
+    predictor = getattr(candidates[0][1], "predictor", None)
+    if predictor is None:
+        return None
+    start = time.perf_counter()
+    predictor.prepare(forget)
+    return time.perf_counter() - start
 
 
 def _versions() -> dict[str, str]:

@@ -147,6 +147,19 @@ def _check_finite_weights(model: nn.Module) -> None:
             raise FloatingPointError(f"parameter {name!r} became non-finite during unlearning")
 
 
+@torch.no_grad()
+def _check_finite_outputs(model: nn.Module, phases: Sequence[Phase]) -> None:
+    """Finite weights can still give infinite outputs (e.g. after gradient ascent): refuse them."""
+    for phase in phases:
+        for source, data in phase.sources.items():
+            outputs = model(data.inputs)
+            if not bool(torch.isfinite(outputs).all()):
+                raise FloatingPointError(
+                    f"the unlearned model's outputs on phase {phase.name!r}, source {source!r} "
+                    "are not finite; lower the learning rate or the epochs"
+                )
+
+
 def _run_epochs(model, phases, config, optimizer, pinned, generator) -> None:
     scheduler = config.scheduler(optimizer) if config.scheduler else None
     step = 0
@@ -191,7 +204,8 @@ def unlearning_loop(
 
     Raises:
         ValueError: no phases, a bad mask, a mask that freezes everything, a non-scalar loss.
-        FloatingPointError: a loss or a weight became NaN or infinite.
+        FloatingPointError: a loss, a weight or an output on the phases' data became NaN or
+            infinite.
     """
     if not phases:
         raise ValueError("the unlearning loop needs at least one phase")
@@ -205,7 +219,9 @@ def unlearning_loop(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             _run_epochs(model, phases, config, optimizer, pinned, generator)
+        _check_finite_weights(model)
+        model.eval()
+        _check_finite_outputs(model, phases)
     finally:
         model.train(was_training)
-    _check_finite_weights(model)
     return model

@@ -12,9 +12,11 @@ damping, so one value works across models and projection sizes).
 With ``gauss_newton=True`` the kernel is :math:`\Phi_m^\top W_m \Phi_m`,
 :math:`W_m = \operatorname{diag}(Q_m(1-Q_m))` (:math:`= p(1-p)`, the curvature of the loss in the
 output): the Gauss-Newton Hessian of the linearised model, the one-step Newton estimate of
-removing examples. TRAK drops :math:`W`, which preserves rankings but shrinks effects by orders of
-magnitude on well-fit models (:math:`p(1-p)` is small); keep it when the size of an effect matters,
-e.g. to predict retrained outputs for datamodel matching.
+removing examples, with each checkpoint's own :math:`Q_m` in place of :math:`\bar Q`:
+:math:`\tau(x) = \frac1M\sum_m \phi_m(x)^\top(\Phi_m^\top W_m\Phi_m + \lambda_m I)^{-1}
+\Phi_m^\top \operatorname{diag}(Q_m)`. TRAK drops :math:`W`, which preserves rankings but shrinks
+effects by orders of magnitude on well-fit models (:math:`p(1-p)` is small); keep it when the size
+of an effect matters, e.g. to predict retrained outputs for datamodel matching.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class TRAK:
     split: str = field(default="train", init=False)
     _inverses: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
     _weights: Tensor | None = field(default=None, init=False, repr=False)
+    _checkpoint_weights: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.damping < 0:
@@ -86,7 +89,18 @@ class TRAK:
             for c, q in zip(self.checkpoints, weights, strict=True)
         }
         self._weights = torch.from_numpy(np.mean(weights, axis=0))
+        self._checkpoint_weights = {
+            c: torch.from_numpy(q) for c, q in zip(self.checkpoints, weights, strict=True)
+        }
         return self
+
+    def _inside(self, checkpoint_id: str) -> Tensor | None:
+        """The out-to-loss weights applied per checkpoint (Gauss-Newton) or ``None``."""
+        return self._checkpoint_weights[checkpoint_id] if self.gauss_newton else None
+
+    def _outside(self) -> Tensor | float:
+        """The weights applied to the ensemble mean (TRAK's :math:`\bar Q`) or 1."""
+        return 1.0 if self.gauss_newton else self._weights
 
     def _curvature(self, out_to_loss: np.ndarray) -> Tensor | None:
         if not self.gauss_newton:
@@ -101,11 +115,13 @@ class TRAK:
 
         def one_checkpoint(checkpoint_id: str) -> Tensor:
             queries = query_rows(self.store, checkpoint_id, split, indices).double()
-            return train_product(
+            scores = train_product(
                 self.store, checkpoint_id, self.split, queries @ self._inverses[checkpoint_id]
             )
+            inside = self._inside(checkpoint_id)
+            return scores if inside is None else scores * inside
 
-        scores = mean_over_checkpoints(one_checkpoint, self.checkpoints) * self._weights
+        scores = mean_over_checkpoints(one_checkpoint, self.checkpoints) * self._outside()
         return scores.to(_score_dtype(self.store, self.checkpoints[0], self.split))
 
     def score_group(
@@ -115,7 +131,8 @@ class TRAK:
 
         Equal to ``score(split)[:, group].sum(-1)`` but never forms the ``[n_query, n_train]``
         matrix: per checkpoint it solves :math:`v = (\Phi^\top\Phi + \lambda I)^{-1}
-        \Phi_G^\top \bar Q_G` once and returns :math:`\phi(x)^\top v`. Query features may
+        \Phi_G^\top \bar Q_G` once (the checkpoint's own kernel and :math:`Q` with
+        ``gauss_newton``) and returns :math:`\phi(x)^\top v`. Query features may
         carry extra axes (``[q, C, k]`` per-class features give ``[q, C]``).
 
         Raises:
@@ -124,10 +141,11 @@ class TRAK:
         if self.store is None:
             raise RuntimeError("call fit(store) before score_group()")
         columns = _group_columns(group, self.store.splits()[self.split], self.split)
-        weights = self._weights[columns]
 
         def one_checkpoint(checkpoint_id: str) -> Tensor:
             train = torch.from_numpy(self.store.load(checkpoint_id, self.split)[columns]).double()
+            inside = self._inside(checkpoint_id)
+            weights = (self._weights if inside is None else inside)[columns]
             direction = self._inverses[checkpoint_id] @ (train.T @ weights)
             return query_rows(self.store, checkpoint_id, split, indices).double() @ direction
 

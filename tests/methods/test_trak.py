@@ -155,11 +155,11 @@ def test_group_scores_equal_summed_columns_of_the_full_score_matrix(tmp_path, pr
 
 
 def test_gauss_newton_trak_weights_the_kernel_by_the_loss_curvature(tmp_path, problem):
-    """Φᵀ diag(p(1−p)) Φ in place of ΦᵀΦ, checked against numpy with exact gradients."""
+    """Φᵀ diag(p(1−p)) Φ in place of ΦᵀΦ and each model's own Q, against numpy."""
     train, queries, models = problem
     store = build_store(tmp_path, GradientFeaturizer(IdentityProjector()), models, train, queries)
     scores = TRAK(damping=0.1, gauss_newton=True).fit(store).score("query").numpy()
-    total, weights = 0.0, []
+    total = 0.0
     for model in models:
         phi = per_sample_gradients(model, TASK, train.inputs, train.targets).numpy()
         query = per_sample_gradients(model, TASK, queries.inputs, queries.targets).numpy()
@@ -167,9 +167,13 @@ def test_gauss_newton_trak_weights_the_kernel_by_the_loss_curvature(tmp_path, pr
             q = TASK.out_to_loss(model(train.inputs), train.targets).numpy()
         gram = (phi.T * (q * (1 - q))) @ phi
         gram += 0.1 * np.mean(np.diag(gram)) * np.eye(len(gram))
-        total = total + query @ np.linalg.inv(gram) @ phi.T
-        weights.append(q)
-    expected = total / len(models) * np.mean(weights, axis=0)
+        total = total + query @ np.linalg.inv(gram) @ phi.T * q
+    expected = total / len(models)
     np.testing.assert_allclose(scores, expected, rtol=1e-7, atol=1e-9)
     plain = TRAK(damping=0.1).fit(store).score("query").numpy()
     assert np.abs(scores).mean() > 3 * np.abs(plain).mean()  # effects no longer shrunk
+    group = [1, 4, 40]
+    torch.testing.assert_close(
+        TRAK(damping=0.1, gauss_newton=True).fit(store).score_group("query", group),
+        torch.from_numpy(expected[:, group].sum(axis=1)),
+    )

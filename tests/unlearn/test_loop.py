@@ -3,6 +3,7 @@ from functools import partial
 import pytest
 import torch
 
+from tda.data import Examples
 from tda.fingerprint import model_fingerprint
 from unlearn import LoopConfig, Phase, WeightedLoss, unlearning_loop
 
@@ -76,6 +77,20 @@ def test_a_nan_loss_stops_the_loop_with_a_clear_error(tiny_mlp, tiny_data):
         FloatingPointError, match="loss became nan in phase 'boom' at epoch 1, step 2"
     ):
         unlearning_loop(tiny_mlp, [Phase("boom", {"retain": tiny_data}, loss)], LoopConfig(2, 5))
+
+
+def test_finite_weights_with_infinite_outputs_are_refused():
+    """One huge ascent step keeps the weights finite (~1e30) but overflows the outputs."""
+    model = torch.nn.Linear(4, 2)
+    data = Examples(torch.full((8, 4), 1e10), torch.zeros(8, dtype=torch.long))
+
+    def ascent(model, batches, progress):
+        return -1e30 * model.weight.sum()
+
+    config = LoopConfig(epochs=1, batch_size=8, optimizer=partial(torch.optim.SGD, lr=1.0))
+    with pytest.raises(FloatingPointError, match="outputs on phase 'up', source 'forget'"):
+        unlearning_loop(model, [Phase("up", {"forget": data}, ascent)], config)
+    assert bool(torch.isfinite(model.weight).all())
 
 
 def test_secondary_sources_give_one_batch_per_lead_batch(tiny_mlp, tiny_data):
