@@ -1,7 +1,9 @@
 """Collect ``experiments/unlearning.py`` results into one JSON record and a Markdown table.
 
 Reads ``<workspace>/results/unlearn-<method>-<forget>.json`` for each method and forget set given,
-writes them (and the commands that made them) to ``--output`` and prints one table per forget set:
+writes them (and the commands that made them) to ``--output`` and prints one table per forget set.
+Every requested method must have a result for every forget set, measured on the same originals and
+oracles, or nothing is written (``--allow-missing`` writes what there is, with "no result" rows):
 
     python -m experiments.unlearn_table runs/mnist1d_mlp --forget random_10pct class \\
         --output results/unlearning-mlp.json
@@ -16,7 +18,21 @@ from pathlib import Path
 from benchmarks.record import command_line, environment, markdown_table
 
 METHODS = ("retrain", "ft", "ga", "rl", "graddiff", "salun", "l1_sparse", "prune_then_unlearn")
-HEADER = ["method", "UA", "RA", "TA", "MIA", "avg gap", "KLOM F", "KLOM R", "KLOM V", "time/RT"]
+HEADER = [
+    "method",
+    "UA",
+    "RA",
+    "TA",
+    "MIA",
+    "avg gap",
+    "KLOM F",
+    "KLOM R",
+    "KLOM V",
+    "time/RT",
+    "tuned",
+]
+# What every result of one forget set must share to sit in one table.
+SHARED = ("forget_size", "seeds", "oracle_seeds")
 
 
 def _cell(summary: dict) -> str:
@@ -24,10 +40,28 @@ def _cell(summary: dict) -> str:
     return f"{summary['mean']:.1f} ± {half:.1f}" if half is not None else f"{summary['mean']:.1f}"
 
 
+def tuned(record: dict) -> str:
+    """The value used and the grid's ends, e.g. ``0.1 [0.01, 0.3] (edge)``.
+
+    ``edge``: the value is an end of the grid; ``fallback``: the proxy's choice diverged on F and
+    the next value of its ranking was used; ``none of``: every value diverged.
+    """
+    tuning = record.get("tuning")
+    if not tuning:
+        return "-"
+    grid, value = tuning["grid"], record.get("used")
+    ends = f"[{grid[0]:g}, {grid[-1]:g}]"
+    if value is None:
+        return f"none of {ends}"
+    edge = " (edge)" if value in (grid[0], grid[-1]) else ""
+    fallback = " (fallback)" if value != tuning["chosen"] else ""
+    return f"{value:g} {ends}{edge}{fallback}"
+
+
 def row(method: str, record: dict) -> list[str]:
-    """One table row: metric means ± 95% CI, gap of the means, KLOM P95, time / retraining."""
+    """One table row: metric means ± 95% CI, gap of the means, KLOM P95, time / RT, tuned value."""
     if record["status"] != "ok":
-        return [method, *[record["status"]] * (len(HEADER) - 1)]
+        return [method, *[record["status"]] * (len(HEADER) - 2), tuned(record)]
     klom = record["klom"]
     return [
         method,
@@ -35,6 +69,7 @@ def row(method: str, record: dict) -> list[str]:
         f"{record['average_gap']:.2f}",
         *(f"{klom[name]:.2f}" for name in ("forget", "retain", "validation")),
         f"{record['time_fraction']['mean']:.3f}",
+        tuned(record),
     ]
 
 
@@ -51,10 +86,38 @@ def reference_rows(record: dict) -> list[list[str]]:
             f"{original['average_gap']:.2f}",
             *(f"{original['klom'][name]:.2f}" for name in ("forget", "retain", "validation")),
             "0",
+            "-",
         ],
-        ["oracle (N retrained)", *oracle, "0", "-", "-", "-", "1"],
-        ["oracle vs oracle (floor)", "-", "-", "-", "-", "-", *floor_cells, "-"],
+        ["oracle (N retrained)", *oracle, "0", "-", "-", "-", "1", "-"],
+        ["oracle vs oracle (floor)", "-", "-", "-", "-", "-", *floor_cells, "-", "-"],
     ]
+
+
+def collect(workspace: Path, forget: str, methods: list[str], allow_missing: bool) -> dict:
+    """``{method: record}`` of one forget set, checked complete and comparable.
+
+    Raises:
+        FileNotFoundError: no result at all, or (unless ``allow_missing``) a method without one.
+        ValueError: results measured on different originals, oracles or forget-set sizes.
+    """
+    paths = {
+        method: workspace / "results" / f"unlearn-{method}-{forget}.json" for method in methods
+    }
+    found = {
+        method: json.loads(path.read_text()) for method, path in paths.items() if path.is_file()
+    }
+    missing = [method for method in methods if method not in found]
+    if not found or (missing and not allow_missing):
+        raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}: {missing}")
+    first_method, first = next(iter(found.items()))
+    for method, record in found.items():
+        for key in SHARED:
+            if record[key] != first[key]:
+                raise ValueError(
+                    f"{forget}: {method} and {first_method} differ in {key} "
+                    f"({record[key]} vs {first[key]}); rerun one of them"
+                )
+    return found
 
 
 def main() -> None:
@@ -63,17 +126,17 @@ def main() -> None:
     parser.add_argument("--forget", nargs="+", default=["random_10pct"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--allow-missing", action="store_true", help="tabulate partial results")
     args = parser.parse_args()
     tables, records = {}, {}
     for forget in args.forget:
-        found = {
-            method: json.loads(path.read_text())
+        found = collect(args.workspace, forget, args.methods, args.allow_missing)
+        rows = [
+            row(method, found[method])
+            if method in found
+            else [method, *["no result"] * (len(HEADER) - 1)]
             for method in args.methods
-            if (path := args.workspace / "results" / f"unlearn-{method}-{forget}.json").is_file()
-        }
-        if not found:
-            raise FileNotFoundError(f"no results for forget set {forget!r} in {args.workspace}")
-        rows = [row(method, record) for method, record in found.items()]
+        ]
         complete = next(record for record in found.values() if record["status"] == "ok")
         tables[forget] = markdown_table(HEADER, rows + reference_rows(complete))
         records[forget] = found
