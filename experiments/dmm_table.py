@@ -30,7 +30,6 @@ TRAK_MODELS = (1, 5, 10, 20)
 BASELINES = ("ft", "ga", "rl", "graddiff", "salun", "l1_sparse", "prune_then_unlearn")
 GOAL_BASELINES = ("ft", "ga", "graddiff", "salun", "l1_sparse")  # the issue's list
 DMM = "dmm-trak-m20"  # the headline DMM: TRAK over all 20 originals
-EXTRA = ("dmm-trak-m20-logits",)  # variants shown in the comparison table when present
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -78,7 +77,7 @@ def _predictor_seconds(record: dict) -> str:
 
 def comparison_table(workspace: Path, forget: str) -> tuple[str, dict]:
     """DMM (each predictor) and the baselines on one forget set, with reference rows."""
-    names = [*predictor_names(), *EXTRA, *BASELINES]
+    names = [*predictor_names(), *BASELINES]
     found = {name: record for name in names if (record := _load(workspace, name, forget))}
     if not found:
         raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}")
