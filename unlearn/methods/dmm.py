@@ -2,8 +2,8 @@ r"""DMM: unlearning by datamodel matching (Georgiev et al. 2024, "Attribute-to-D
 
 A predictor (:mod:`unlearn.predictors`) gives the outputs :math:`\hat f(x)` the model would have
 had it been trained without :math:`F`; a copy of the model is fine-tuned to match them on a matching
-set :math:`M` made of :math:`F` repeated :math:`r = \lceil \text{forget_copies} / |F| \rceil`
-times (so small forget sets still get enough steps) and a random sample of :math:`R` of
+set :math:`M` made of :math:`F` repeated :math:`r = \max(1, \text{round}(\text{forget_copies}
+/ |F|))` times (so small forget sets still get enough steps) and a random sample of :math:`R` of
 ``retain_multiple`` :math:`\times r|F|` points:
 
 .. math:: \min_\theta \frac{1}{|M|}\sum_{x\in M} \tfrac{1}{C}\|f(x;\theta) - \hat f(x)\|^2 .
@@ -14,7 +14,6 @@ predictor this is Oracle Matching (OM).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,8 +57,8 @@ class MatchingSet:
 def matching_set(
     split: ForgetSplit, forget_copies: int, retain_multiple: float, seed: int
 ) -> MatchingSet:
-    """:math:`F` repeated to at least ``forget_copies`` points and a seeded sample of :math:`R`."""
-    forget_repeats = max(1, math.ceil(forget_copies / len(split.forget_indices)))
+    """:math:`F` repeated to about ``forget_copies`` points and a seeded sample of :math:`R`."""
+    forget_repeats = max(1, round(forget_copies / len(split.forget_indices)))
     wanted = int(round(retain_multiple * forget_repeats * len(split.forget_indices)))
     size = min(len(split.retain_indices), wanted)
     generator = torch.Generator().manual_seed(seed)
@@ -107,7 +106,7 @@ class DatamodelMatching:
         loop: optimiser, epochs, batch size and schedule (default: Adam, lr 1e-3, 5 epochs,
             exponential decay 0.95 per epoch, batch 64 — the paper's recipe with a learning rate
             for small models).
-        forget_copies: forget examples per epoch, at least (:math:`F` is repeated to reach it).
+        forget_copies: forget examples per epoch, about (:math:`F` is repeated to approach it).
         retain_multiple: retain points sampled, as a multiple of the forget copies (at most
             :math:`|R|`).
     """
