@@ -27,6 +27,7 @@ def test_goal_check_compares_dmm_with_each_listed_baseline_and_oracle_matching()
         "within_2x_of_oracle_matching"
     ]
     assert goal_check({"ft": _record(7.0)}) == {"complete": False}
+    assert not goal_check(found, time_fraction=0.12)["within_10pct_time"]
 
 
 def test_meta_table_marks_the_oracle_and_missing_runs():
