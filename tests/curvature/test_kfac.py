@@ -260,10 +260,11 @@ def test_sampled_labels_follow_the_softmax_and_the_seed():
 
 @pytest.mark.parametrize("solver_class", SOLVERS)
 def test_seed_determinism_and_chunk_independence(solver_class, tiny_mlp, tiny_data):
-    first = solver_class(seed=5).fit(tiny_mlp, TASK, tiny_data)
-    again = solver_class(seed=5).fit(tiny_mlp, TASK, tiny_data)
-    chunked = solver_class(seed=5, chunk_size=3).fit(tiny_mlp, TASK, tiny_data)
-    other = solver_class(seed=6).fit(tiny_mlp, TASK, tiny_data)
+    sampled = {"sampled_labels": True}
+    first = solver_class(seed=5, **sampled).fit(tiny_mlp, TASK, tiny_data)
+    again = solver_class(seed=5, **sampled).fit(tiny_mlp, TASK, tiny_data)
+    chunked = solver_class(seed=5, chunk_size=3, **sampled).fit(tiny_mlp, TASK, tiny_data)
+    other = solver_class(seed=6, **sampled).fit(tiny_mlp, TASK, tiny_data)
     for base, same, small in zip(first.layers, again.layers, chunked.layers, strict=True):
         assert torch.equal(base.eigenvalues, same.eigenvalues)
         torch.testing.assert_close(small.eigenvalues, base.eigenvalues, rtol=1e-10, atol=1e-14)
@@ -271,6 +272,21 @@ def test_seed_determinism_and_chunk_independence(solver_class, tiny_mlp, tiny_da
     config = first.config()
     assert json.loads(json.dumps(config)) == config
     assert config["solver"] == ("ekfac" if solver_class is EKFACSolver else "kfac")
+
+
+@pytest.mark.parametrize("solver_class", SOLVERS)
+def test_default_fisher_is_the_empirical_one_and_ignores_the_seed(
+    solver_class, tiny_mlp, tiny_data
+):
+    # The default (chosen by held-out LDS in benchmarks/bench_fisher.py) uses the training
+    # labels: the same eigenvalues as sampled_labels=False, whatever the seed.
+    default = solver_class(seed=5).fit(tiny_mlp, TASK, tiny_data)
+    empirical = solver_class(sampled_labels=False, seed=6).fit(tiny_mlp, TASK, tiny_data)
+    sampled = solver_class(sampled_labels=True, seed=5).fit(tiny_mlp, TASK, tiny_data)
+    assert default.config()["sampled_labels"] is False
+    for base, same, other in zip(default.layers, empirical.layers, sampled.layers, strict=True):
+        assert torch.equal(base.eigenvalues, same.eigenvalues)
+        assert not torch.allclose(base.eigenvalues, other.eigenvalues)
 
 
 def test_float32_vectors_stay_float32(tiny_data):
