@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tda.data.examples import Examples
+from tda.data.examples import Examples, as_examples
 from tda.fingerprint import array_fingerprint, config_fingerprint
 from tda.outputs import logits_of
 from tda.task import ClassificationTask
@@ -47,6 +47,11 @@ def model_outputs(model: nn.Module, examples: Examples, output: Output) -> Tenso
     if output == "logits":
         return logits
     return ClassificationTask().output(logits, examples.targets)
+
+
+def training_set(data: Any) -> Examples:
+    """``data`` itself, or its ``.train`` split (e.g. :func:`tda.data.load_mnist1d`'s result)."""
+    return as_examples(getattr(data, "train", data))
 
 
 def check_output(output: str) -> None:

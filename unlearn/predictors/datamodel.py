@@ -29,8 +29,13 @@ from tda.models import build_model
 from tda.outputs import logits_of
 from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
-from unlearn.predictors.base import Output, PredictorScope, ShiftPredictor, architecture
-from unlearn.predictors.trak import _training_set
+from unlearn.predictors.base import (
+    Output,
+    PredictorScope,
+    ShiftPredictor,
+    architecture,
+    training_set,
+)
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ def datamodel_predictor(
         scale, forget_scale: factors on the effect on retain and forget points (ridge shrinks
             it; see :class:`~unlearn.predictors.ShiftPredictor`).
     """
-    train_set = _training_set(data)
+    train_set = training_set(data)
     masks = sample_subsets(len(train_set), alpha, count, seed=0)
     store = GroundTruthStore.create_or_open(
         root, masks, seeds, train_set.fingerprint(), {"output": "training-point logits"}

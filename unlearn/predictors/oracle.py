@@ -28,8 +28,8 @@ from unlearn.predictors.base import (
     architecture,
     check_output,
     model_outputs,
+    training_set,
 )
-from unlearn.predictors.trak import _training_set
 
 
 @dataclass
@@ -61,7 +61,7 @@ class OraclePredictor:
         if self.count < 1:
             raise ValueError(f"OraclePredictor needs at least one oracle, got count={self.count}")
         self.seeds = list(range(self.first_seed, self.first_seed + self.count))
-        self._train: Examples = _training_set(self.data)
+        self._train: Examples = training_set(self.data)
         self.scope = PredictorScope(
             len(self._train), self._train.fingerprint(), architecture(self.model_factory())
         )

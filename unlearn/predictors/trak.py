@@ -16,14 +16,20 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from tda.data.examples import Examples, as_examples
+from tda.data.examples import Examples
 from tda.ensemble import load_member, store_id, train_ensemble
 from tda.features import LogitFeaturizer, featurize, logit_split, open_feature_store
 from tda.features.featurize import Featurizer
 from tda.methods.trak import TRAK
 from tda.outputs import logits_of
 from tda.training import TrainConfig
-from unlearn.predictors.base import Output, PredictorScope, ShiftPredictor, architecture
+from unlearn.predictors.base import (
+    Output,
+    PredictorScope,
+    ShiftPredictor,
+    architecture,
+    training_set,
+)
 
 
 @dataclass
@@ -58,11 +64,6 @@ class TRAKPredictor(ShiftPredictor):
     def effect(self, forget_indices: np.ndarray) -> Tensor:
         queries = logit_split(self.trak.split) if self.output == "logits" else self.trak.split
         return self.trak.score_group(queries, forget_indices)
-
-
-def _training_set(data: Any) -> Examples:
-    """``data`` itself, or its ``.train`` split (e.g. :func:`tda.data.load_mnist1d`'s result)."""
-    return as_examples(getattr(data, "train", data))
 
 
 def trak_predictor(
@@ -101,7 +102,7 @@ def trak_predictor(
     """
     if models < 1:
         raise ValueError(f"models must be at least 1, got {models}")
-    train = _training_set(data)
+    train = training_set(data)
     members = train_ensemble(
         model_factory, train, config, range(models), models_root, progress=progress
     )
