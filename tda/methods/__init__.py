@@ -3,7 +3,7 @@
 from tda.methods.base import Attributor, mean_over_checkpoints
 from tda.methods.graddot import GradientSimilarity
 from tda.methods.influence import InfluenceFunction
-from tda.methods.runs import RunAttributor, TrainingRun, attribute_runs
+from tda.methods.runs import CheckpointAverage, RunAttributor, TrainingRun, attribute_runs
 from tda.methods.source import EKFACEigenbasis, ExplicitEigenbasis, Source
 from tda.methods.tracin import TracIn
 from tda.methods.trak import TRAK, damped_inverse
@@ -11,6 +11,7 @@ from tda.methods.trak import TRAK, damped_inverse
 __all__ = [
     "TRAK",
     "Attributor",
+    "CheckpointAverage",
     "GradientSimilarity",
     "InfluenceFunction",
     "RunAttributor",

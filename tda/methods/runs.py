@@ -11,12 +11,15 @@ without knowing the method:
 
 the mean over the runs (independently trained members) of each run's scores, as
 :func:`tda.methods.base.mean_over_checkpoints` ensembles the store-based methods.
+:class:`CheckpointAverage` wraps a method that reads the final model (influence functions) so
+that each run contributes the mean over its last checkpoints instead.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -64,6 +67,81 @@ class RunAttributor(Protocol):
     def score(self, queries: Examples) -> Tensor:
         """Scores ``[n_query, n_train]`` of ``queries`` against ``run.train``."""
         ...
+
+
+@dataclass
+class CheckpointAverage:
+    r"""A model-based attributor averaged over the last checkpoints of each run.
+
+    ``fit_run(run)`` fits an independent copy of ``attributor`` (through its ``fit_run``) to the run
+    cut at each of its last ``last`` checkpoints (the run as if training had stopped there), and
+    ``score`` returns the mean of their scores:
+
+    .. math:: \tau(x) = \frac1K \sum_{k=1}^{K} \tau^{(\theta_k)}(x),
+
+    where :math:`\theta_1, \dots, \theta_K` are the chosen checkpoints. A checkpoint of the
+    starting parameters (``segment_steps == 0``, ``TrainConfig(save_initial=True)``) closes no
+    optimiser steps and is never used. With :func:`attribute_runs` the ensemble is the mean over
+    runs and checkpoints (``M`` models, ``M * K`` fits).
+
+    Args:
+        attributor: a :class:`RunAttributor` that reads the run's final model (e.g.
+            :class:`~tda.methods.InfluenceFunction`); deep-copied for every checkpoint, never
+            fitted itself.
+        last: how many of the last trained checkpoints to average (default: all of them).
+    """
+
+    attributor: RunAttributor
+    last: int | None = None
+    fitted: list[RunAttributor] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.last is not None and self.last < 1:
+            raise ValueError(f"last must be at least 1 checkpoint, got {self.last}")
+
+    def checkpoints(self, run: TrainingRun) -> tuple[Checkpoint, ...]:
+        """The checkpoints of ``run`` that are averaged, in training order.
+
+        Raises:
+            ValueError: ``last`` is more than the run's trained checkpoints (or it has none).
+        """
+        trained = tuple(c for c in run.checkpoints if c.segment_steps > 0)
+        count = len(trained) if self.last is None else self.last
+        if count > len(trained) or not trained:
+            raise ValueError(
+                f"cannot average the last {count} checkpoints of a run with {len(trained)} "
+                "trained checkpoints (a checkpoint of the starting parameters is not counted)"
+            )
+        return trained[-count:]
+
+    def fit_run(self, run: TrainingRun) -> CheckpointAverage:
+        """Fit a copy of ``attributor`` to the run truncated at each chosen checkpoint."""
+        position = {checkpoint: index for index, checkpoint in enumerate(run.checkpoints)}
+        cut = [run.checkpoints[: position[c] + 1] for c in self.checkpoints(run)]
+        self.fitted = [
+            copy.deepcopy(self.attributor).fit_run(replace(run, checkpoints=checkpoints))
+            for checkpoints in cut
+        ]
+        return self
+
+    def score(self, queries: Examples) -> Tensor:
+        """Mean of the fitted copies' scores ``[n_query, n_train]``.
+
+        Raises:
+            RuntimeError: called before ``fit_run``.
+        """
+        if not self.fitted:
+            raise RuntimeError("call fit_run(run) before scoring")
+        return mean_over_checkpoints(lambda fitted: fitted.score(queries), self.fitted)
+
+    def config(self) -> dict:
+        """The wrapped attributor's configuration and the number of checkpoints averaged."""
+        inner = getattr(self.attributor, "config", None)
+        return {
+            "method": "checkpoint_average",
+            "last": self.last,
+            "attributor": inner() if callable(inner) else repr(self.attributor),
+        }
 
 
 def attribute_runs(

@@ -26,6 +26,7 @@ from tda.features import GradientFeaturizer
 from tda.features.kronecker import KroneckerFeaturizer
 from tda.methods import (
     TRAK,
+    CheckpointAverage,
     EKFACEigenbasis,
     GradientSimilarity,
     InfluenceFunction,
@@ -68,6 +69,7 @@ BUILDS = {
     "attributor/graddot": GradientSimilarity,
     "attributor/gradcos": GradientSimilarity,
     **{f"attributor/if_{solver}": InfluenceFunction for solver in SOLVERS},
+    "attributor/if_ekfac_checkpoints": CheckpointAverage,
     "attributor/tracin": TracIn,
     "attributor/source": Source,
 }
@@ -163,6 +165,12 @@ def test_trajectory_options_carry_their_settings():
         compose_config("score", ("experiment=tiny", "attributor=tracin")).attributor
     )
     assert tracin.task == ClassificationTask()
+    average = instantiate(
+        compose_config("score", ("experiment=tiny", "attributor=if_ekfac_checkpoints")).attributor
+    )
+    assert average.last is None and type(average.attributor) is InfluenceFunction
+    assert type(average.attributor.solver) is EKFACSolver
+    assert average.attributor.task == ClassificationTask()
 
 
 @pytest.mark.parametrize("projector", ["dense", "sparse", "identity"])

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from tda.checkpoints import load_checkpoint
 from tda.curvature import ExplicitSolver
 from tda.data import Examples
 from tda.methods import TRAK, GradientSimilarity, InfluenceFunction, Source, TracIn
-from tda.methods.runs import RunAttributor, TrainingRun, attribute_runs
+from tda.methods.runs import CheckpointAverage, RunAttributor, TrainingRun, attribute_runs
 from tda.models import MLP, build_model
 from tda.training import TrainConfig, train
 
@@ -86,3 +87,52 @@ def test_bad_runs_are_refused(runs):
     shorter = TrainingRun(factory, run.checkpoints, run.train.subset(range(10)))
     with pytest.raises(ValueError, match=r"different sizes \[10, 15\]"):
         attribute_runs(TracIn(), [run, shorter], queries)
+
+
+def fitted_at(checkpoint, run, queries):
+    """The influence function fitted on ``checkpoint``'s model alone."""
+    model = load_checkpoint(checkpoint, factory()).eval()
+    return influence().fit(model, run.train).score(queries)
+
+
+def test_checkpoint_average_is_the_mean_over_the_trained_checkpoints(runs):
+    (run, _), queries = runs
+    assert run.checkpoints[0].segment_steps == 0  # the start closes no steps: never averaged
+    trained = run.checkpoints[1:]
+    each = [fitted_at(checkpoint, run, queries) for checkpoint in trained]
+    assert not torch.allclose(each[0], each[1], rtol=1e-3)
+    average = CheckpointAverage(influence())
+    assert average.checkpoints(run) == trained
+    scores = average.fit_run(run).score(queries)
+    np.testing.assert_allclose(scores.numpy(), ((each[0] + each[1]) / 2).numpy(), rtol=1e-14)
+    assert average.attributor.fitted_solver is None  # copies are fitted, not the wrapped one
+
+
+def test_checkpoint_average_of_the_last_checkpoint_is_the_wrapped_attributor(runs):
+    (run, _), queries = runs
+    last = CheckpointAverage(influence(), last=1)
+    assert last.checkpoints(run) == run.checkpoints[-1:]
+    assert torch.equal(last.fit_run(run).score(queries), influence().fit_run(run).score(queries))
+    assert CheckpointAverage(influence(), last=2).checkpoints(run) == run.checkpoints[1:]
+
+
+def test_checkpoint_average_ensembles_runs(runs):
+    made, queries = runs
+    average = CheckpointAverage(influence())
+    assert isinstance(average, RunAttributor)
+    each = [CheckpointAverage(influence()).fit_run(run).score(queries) for run in made]
+    mean = attribute_runs(average, made, queries)
+    np.testing.assert_allclose(mean.numpy(), ((each[0] + each[1]) / 2).numpy(), rtol=1e-14)
+
+
+def test_checkpoint_average_refuses_bad_counts(runs):
+    (run, _), queries = runs
+    with pytest.raises(ValueError, match="last must be at least 1 checkpoint, got 0"):
+        CheckpointAverage(influence(), last=0)
+    with pytest.raises(ValueError, match="last 3 checkpoints of a run with 2 trained"):
+        CheckpointAverage(influence(), last=3).fit_run(run)
+    with pytest.raises(RuntimeError, match="before scoring"):
+        CheckpointAverage(influence()).score(queries)
+    start_only = TrainingRun(factory, run.checkpoints[:1], run.train)
+    with pytest.raises(ValueError, match="with 0 trained checkpoints"):
+        CheckpointAverage(influence()).fit_run(start_only)
