@@ -39,6 +39,9 @@ bench: $(VENV)/.bench
 	$(PY) -m benchmarks.bench_throughput
 	$(PY) -m benchmarks.bench_lds
 	$(PY) -m benchmarks.bench_methods
+	$(PY) -m benchmarks.bench_fisher
+	$(PY) -m benchmarks.bench_combined
+	$(PY) -m benchmarks.bench_fresh_lds
 	$(PY) -m benchmarks.bench_source
 	$(PY) -m benchmarks.bench_ntk
 	$(PY) -m benchmarks.bench_valuation
