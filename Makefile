@@ -44,6 +44,7 @@ bench: $(VENV)/.bench
 	$(PY) -m benchmarks.bench_fresh_lds
 	$(PY) -m benchmarks.bench_source
 	$(PY) -m benchmarks.bench_ntk
+	$(PY) -m benchmarks.bench_ntk_lds
 	$(PY) -m benchmarks.bench_valuation
 
 clean:
