@@ -57,17 +57,6 @@ def factory():
     return build_model(lambda: nn.Linear(3, 1), seed=0, dtype=torch.float64)
 
 
-@pytest.fixture(scope="module")
-def data():
-    """8 training and 3 query examples; column scales spread the Hessian's eigenvalues."""
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(11, 3, generator=generator, dtype=torch.float64)
-    inputs = inputs * torch.tensor([1.5, 0.6, 0.2], dtype=torch.float64)
-    targets = inputs @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 0.3
-    targets = targets + 0.5 * torch.randn(11, generator=generator, dtype=torch.float64)
-    return Examples(inputs[:8], targets[:8]), Examples(inputs[8:], targets[8:])
-
-
 def design(examples):
     return torch.cat([examples.inputs, torch.ones(len(examples), 1, dtype=torch.float64)], dim=1)
 

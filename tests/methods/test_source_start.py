@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from tda.data import Examples
 from tda.methods.source import Source, plan_segments
 from tda.methods.tracin import TracIn
 from tests.methods.test_source import (
@@ -27,17 +26,6 @@ from tests.methods.test_source import (
 )
 
 START = torch.tensor([0.5, 0.5, -1.0, 0.0], dtype=torch.float64)  # far from the optimum
-
-
-@pytest.fixture(scope="module")
-def data():
-    """As test_source.py's: 8 training and 3 query examples, spread Hessian eigenvalues."""
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(11, 3, generator=generator, dtype=torch.float64)
-    inputs = inputs * torch.tensor([1.5, 0.6, 0.2], dtype=torch.float64)
-    targets = inputs @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 0.3
-    targets = targets + 0.5 * torch.randn(11, generator=generator, dtype=torch.float64)
-    return Examples(inputs[:8], targets[:8]), Examples(inputs[8:], targets[8:])
 
 
 @pytest.fixture(scope="module")
