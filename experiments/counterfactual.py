@@ -21,6 +21,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from tda.atomic import write_bytes_atomic
+from tda.device import on_device
 from tda.eval import (
     CounterfactualStore,
     RemovalRetrainer,
@@ -58,7 +59,11 @@ def main(cfg: DictConfig) -> float | None:
         config=recipe,
     )
     retrainer = RemovalRetrainer(
-        instantiate(cfg.model), splits.train, queries, instantiate(cfg.train), instantiate(cfg.task)
+        on_device(instantiate(cfg.model), cfg.device),
+        splits.train,
+        queries,
+        instantiate(cfg.train),
+        instantiate(cfg.task),
     )
     trained = store.run(retrainer, mine, progress=cfg.progress)
     missing = len(store.missing(everything))

@@ -23,14 +23,15 @@ from tda.ranking import top_examples
 WORKSPACE = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
 MODELS, QUERIES, SUBSETS, SEEDS = 3, 100, 30, (0, 1)
 CONFIG = tda.TrainConfig(epochs=30, batch_size=64)
+MODEL = tda.on_device(tda.MLP, "auto")  # CUDA when present, else the CPU
 
 
 def attribute(data: tda.DataSplits, queries: tda.Examples) -> torch.Tensor:
-    members = tda.train_ensemble(tda.MLP, data.train, CONFIG, range(MODELS), WORKSPACE / "models")
+    members = tda.train_ensemble(MODEL, data.train, CONFIG, range(MODELS), WORKSPACE / "models")
     featurizer = tda.GradientFeaturizer(tda.SparseProjector(dim=2048))
     store = tda.open_feature_store(WORKSPACE / "features", featurizer)
     for seed, checkpoints in members.items():
-        model = tda.load_member(tda.MLP, checkpoints[-1])
+        model = tda.load_member(MODEL, checkpoints[-1])
         splits = {"train": data.train, "test": queries}
         tda.featurize(model, splits, featurizer, store, checkpoint_id=f"seed-{seed}")
     return tda.TRAK().fit(store).score("test")
@@ -41,7 +42,7 @@ def ground_truth(data: tda.DataSplits, queries: tda.Examples) -> tda.GroundTruth
     store = tda.GroundTruthStore.create_or_open(
         WORKSPACE / "ground_truth", masks, SEEDS, queries.fingerprint()
     )
-    store.run(tda.SubsetRetrainer(tda.MLP, data.train, queries, CONFIG))
+    store.run(tda.SubsetRetrainer(MODEL, data.train, queries, CONFIG))
     return store
 
 
@@ -67,8 +68,8 @@ def main() -> None:
     figure = WORKSPACE / "top_examples.png"
     plot_top_examples(queries, data.train, top, rows=[0, 1, 2], path=figure)
     print(f"\nfigure of the most helpful and harmful training examples: {figure}")
-    model = tda.load_member(tda.MLP, tda.list_checkpoints(WORKSPACE / "models" / "seed-0")[-1])
-    demo_unlearning.run(model, data, CONFIG, WORKSPACE)
+    model = tda.load_member(MODEL, tda.list_checkpoints(WORKSPACE / "models" / "seed-0")[-1])
+    demo_unlearning.run(model, MODEL, data, CONFIG, WORKSPACE)
 
 
 if __name__ == "__main__":

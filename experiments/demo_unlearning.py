@@ -25,14 +25,14 @@ def forget_request(model, data: tda.DataSplits, fraction: float = 0.1) -> unlear
     )
 
 
-def run(model, data: tda.DataSplits, config: tda.TrainConfig, workspace: Path) -> None:
+def run(model, factory, data: tda.DataSplits, config: tda.TrainConfig, workspace: Path) -> None:
     """Unlearn with SalUn and FT, retrain the oracle, print the report and the audit record."""
     request = forget_request(model, data)
     audit_log = workspace / "audit.jsonl"
     methods = {
         "SalUn": unlearn.SalUn(loop=unlearn.LoopConfig(epochs=5)),
         "FT": unlearn.FineTune(loop=unlearn.LoopConfig(epochs=5)),
-        "Retrain (oracle)": unlearn.ExactRetraining(tda.MLP, config),
+        "Retrain (oracle)": unlearn.ExactRetraining(factory, config),
     }
     results = {
         name: unlearn.Unlearner(method, audit_log=audit_log).unlearn(

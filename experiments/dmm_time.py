@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 
 import unlearn
 from benchmarks.record import markdown_table, write_record
+from tda.device import on_device
 from unlearn.predictors import Calibration
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -54,7 +55,7 @@ def measure(workspace: Path, forget_name: str, repeats: int) -> dict:
     )
     train, factory, config = (
         instantiate(cfg.data).train,
-        instantiate(cfg.model),
+        on_device(instantiate(cfg.model), cfg.device),
         instantiate(cfg.train),
     )
     forget = instantiate(cfg.forget).indices(train)

@@ -17,6 +17,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
 from tda.checkpoints import list_checkpoints
+from tda.device import on_device
 from tda.ensemble import load_member, member_directory, store_id
 from tda.features import featurize, open_feature_store, shard_count
 
@@ -41,7 +42,7 @@ def main(cfg: DictConfig) -> int:
         raise ValueError(f"members {unfinished} have not finished training: run train.py first")
     featurizer = instantiate(cfg.featurizer)
     store = open_feature_store(workspace / "features", featurizer, cfg.shard_size)
-    model_factory = instantiate(cfg.model)
+    model_factory = on_device(instantiate(cfg.model), cfg.device)
     written = 0
     for seed, checkpoint in finals.items():
         model = load_member(model_factory, checkpoint)

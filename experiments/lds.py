@@ -8,9 +8,7 @@ numbers and writes ``${workspace}/results/lds-<scores_name>.json``:
 
 import dataclasses
 import json
-import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import hydra
@@ -22,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tda.datamodels import GroundTruthStore
 from tda.eval import LDSResult, lds, noise_ceiling
+from tda.versions import package_versions
 
 
 @hydra.main(config_path="../conf", config_name="lds", version_base="1.3")
@@ -66,8 +65,7 @@ def _summary(result: LDSResult) -> dict:
 
 
 def _versions() -> dict[str, str]:
-    packages = ("tda-unlearn", "torch", "numpy", "scipy", "hydra-core", "mnist1d")
-    return {"python": platform.python_version(), **{p: metadata.version(p) for p in packages}}
+    return package_versions("tda-unlearn", "torch", "numpy", "scipy", "hydra-core", "mnist1d")
 
 
 if __name__ == "__main__":

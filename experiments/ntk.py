@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from tda.device import on_device
 from tda.models import build_model
 from tda.ntk import NTKSurrogate
 from tda.training import train
@@ -27,7 +28,7 @@ def main(cfg: DictConfig) -> float:
     """Train the network, fit the surrogate, write and return its Kendall tau."""
     torch.set_num_threads(cfg.threads)
     splits = instantiate(cfg.data)
-    model = build_model(instantiate(cfg.model), cfg.model_seed)
+    model = build_model(on_device(instantiate(cfg.model), cfg.device), cfg.model_seed)
     train(model, splits.train, instantiate(cfg.train), seed=cfg.model_seed)
     surrogate = NTKSurrogate(instantiate(cfg.ntk.kernel), instantiate(cfg.ntk.machine))
     start = time.perf_counter()

@@ -18,6 +18,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from tda.datamodels import GroundTruthStore, SubsetRetrainer
+from tda.device import on_device
 
 log = logging.getLogger(__name__)
 RECIPE = ("data", "model", "train", "task")  # recorded in the store: a changed recipe is refused
@@ -40,7 +41,11 @@ def main(cfg: DictConfig) -> int:
         recipe,
     )
     retrainer = SubsetRetrainer(
-        instantiate(cfg.model), splits.train, queries, instantiate(cfg.train), instantiate(cfg.task)
+        on_device(instantiate(cfg.model), cfg.device),
+        splits.train,
+        queries,
+        instantiate(cfg.train),
+        instantiate(cfg.task),
     )
     subsets = [cfg.subsets] if isinstance(cfg.subsets, int) else cfg.subsets
     trained = store.run(retrainer, subsets=subsets, progress=cfg.progress)

@@ -22,6 +22,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from tda.checkpoints import list_checkpoints
+from tda.device import on_device
 from tda.ensemble import member_directory, store_id
 from tda.features import open_feature_store
 from tda.methods.runs import RunAttributor, TrainingRun, attribute_runs
@@ -66,9 +67,9 @@ def _score_runs(cfg, attributor, saved, train, queries) -> tuple[np.ndarray, dic
     unfinished = [seed for seed, run in saved.items() if run[-1].epoch != cfg.train.epochs]
     if unfinished:
         raise ValueError(f"members {unfinished} have not finished training: run train.py first")
-    model_factory = instantiate(cfg.model)
+    model_factory = on_device(instantiate(cfg.model), cfg.device)
     runs = [TrainingRun(model_factory, tuple(run), train) for run in saved.values()]
-    scores = attribute_runs(attributor, runs, queries).numpy()
+    scores = attribute_runs(attributor, runs, queries).cpu().numpy()
     return scores, {"checkpoints": [store_id(s, c) for s, run in saved.items() for c in run]}
 
 

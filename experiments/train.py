@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from tda.device import on_device
 from tda.ensemble import load_member, train_ensemble
 from tda.outputs import accuracy
 
@@ -25,7 +26,7 @@ def main(cfg: DictConfig) -> float:
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
     splits = instantiate(cfg.data)
-    model_factory = instantiate(cfg.model)
+    model_factory = on_device(instantiate(cfg.model), cfg.device)
     members = train_ensemble(
         model_factory,
         splits.train,

@@ -14,10 +14,8 @@ Run one job first: parallel jobs that find the same models missing would train t
 """
 
 import json
-import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import hydra
@@ -27,6 +25,8 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 import unlearn
+from tda.device import on_device
+from tda.versions import package_versions
 from unlearn.describe import describe
 
 
@@ -36,7 +36,8 @@ def main(cfg: DictConfig) -> float:
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
     splits, forget_set = instantiate(cfg.data), instantiate(cfg.forget)
-    factory, config, train = instantiate(cfg.model), instantiate(cfg.train), splits.train
+    factory, config = on_device(instantiate(cfg.model), cfg.device), instantiate(cfg.train)
+    train = splits.train
     seeds = list(range(cfg.models))
     originals = unlearn.load_or_train(factory, train, config, seeds, workspace / "models")
     forget = forget_set.indices(train)
@@ -112,7 +113,7 @@ def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace):
         splits.train,
         splits.test,
         seeds=list(range(count)),
-        model_factory=instantiate(cfg.model),
+        model_factory=on_device(instantiate(cfg.model), cfg.device),
         config=instantiate(cfg.train),
         oracle_seeds=[cfg.oracle_seed + i for i in range(count)],
         oracle_root=workspace / "oracles",
@@ -142,7 +143,7 @@ def _calibrate_predictor(cfg, shared, originals, train, forget_set, workspace) -
         forget_set,
         originals[:count],
         train,
-        model_factory=instantiate(cfg.model),
+        model_factory=on_device(instantiate(cfg.model), cfg.device),
         config=instantiate(cfg.train),
         oracle_seeds=[cfg.oracle_seed + i for i in range(count)],
         oracle_root=workspace / "oracles",
@@ -167,7 +168,7 @@ def _prepare_predictors(candidates, forget) -> float | None:
 
 def _versions() -> dict[str, str]:
     packages = ("tda-unlearn", "torch", "numpy", "scipy", "scikit-learn", "hydra-core", "mnist1d")
-    return {"python": platform.python_version(), **{p: metadata.version(p) for p in packages}}
+    return package_versions(*packages)
 
 
 if __name__ == "__main__":

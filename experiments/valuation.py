@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from tda.device import on_device
 from tda.methods import InfluenceFunction
 from tda.models import build_model
 from tda.training import train
@@ -29,7 +30,7 @@ def main(cfg: DictConfig) -> float:
     noisy, flipped = flip_labels(
         splits.train, options.flip_fraction, splits.num_classes, options.flip_seed
     )
-    factory, config = instantiate(cfg.model), instantiate(cfg.train)
+    factory, config = on_device(instantiate(cfg.model), cfg.device), instantiate(cfg.train)
     model = build_model(factory, cfg.model_seed)
     train(model, noisy, config, seed=cfg.model_seed)
     influence = InfluenceFunction(instantiate(options.solver)).fit(model, noisy)

@@ -18,6 +18,7 @@ from tda.curvature import (
 )
 from tda.data import DataSplits, Examples, as_examples, load_digits, load_mnist1d
 from tda.datamodels import GroundTruthStore, SubsetRetrainer, sample_subsets
+from tda.device import on_device, resolve_device
 from tda.ensemble import load_member, train_ensemble
 from tda.eval import (
     CounterfactualStore,
@@ -131,8 +132,10 @@ __all__ = [
     "load_member",
     "load_mnist1d",
     "noise_ceiling",
+    "on_device",
     "open_feature_store",
     "per_sample_gradients",
+    "resolve_device",
     "sample_subsets",
     "save_checkpoint",
     "train",

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from tda.device import to_device_of
 from tda.task import Task
 
 TaskFunction = Literal["output", "loss"]
@@ -118,7 +119,8 @@ def iter_per_sample_gradients(
     Args:
         model: the network; evaluated in eval mode with its current parameters and buffers.
         task: supplies the per-example ``output`` / ``loss`` of the logits.
-        inputs: ``[n, ...]`` examples on the model's device.
+        inputs: ``[n, ...]`` examples (each chunk is moved to the model's device, where the
+            gradients are computed and returned).
         targets: ``[n]`` targets.
         function: differentiate the task's ``"output"`` or ``"loss"``.
         parameters: names of the parameters to differentiate (default: all trainable ones).
@@ -141,7 +143,9 @@ def iter_per_sample_gradients(
     use_vmap = vectorize is not False
     with evaluation_mode(model):
         for start in range(0, len(inputs), chunk_size):
-            x, y = inputs[start : start + chunk_size], targets[start : start + chunk_size]
+            x, y = to_device_of(
+                model, inputs[start : start + chunk_size], targets[start : start + chunk_size]
+            )
             gradients, use_vmap = _chunk_gradients(
                 batched, value_fn, params, x, y, use_vmap, vectorize
             )

@@ -6,16 +6,18 @@ import torch
 from torch import Tensor, nn
 
 from tda.data.examples import Examples
+from tda.device import to_device_of
 from tda.grads import evaluation_mode
 from tda.task import Task
 
 
 @torch.no_grad()
 def logits_of(model: nn.Module, examples: Examples, batch_size: int = 1024) -> Tensor:
-    """Logits ``[n, C]`` of ``model`` (in eval mode) on ``examples``."""
+    """Logits ``[n, C]`` of ``model`` (in eval mode) on ``examples``, on the examples' device."""
+    home = examples.inputs.device
     with evaluation_mode(model):
         parts = [
-            model(examples.inputs[start : start + batch_size])
+            model(*to_device_of(model, examples.inputs[start : start + batch_size])).to(home)
             for start in range(0, len(examples), batch_size)
         ]
     return torch.cat(parts)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from tda.checkpoints import Checkpoint, save_checkpoint
 from tda.data.examples import Examples
+from tda.device import to_device_of
 from tda.task import ClassificationTask, Task
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -78,7 +79,8 @@ def _epoch(model, task, data, config, optimizer, generator) -> tuple[int, float]
     steps, lr_sum = 0, 0.0
     for start in range(0, len(data), config.batch_size):
         batch = order[start : start + config.batch_size]
-        loss = task.loss(model(data.inputs[batch]), data.targets[batch]).mean()
+        inputs, targets = to_device_of(model, data.inputs[batch], data.targets[batch])
+        loss = task.loss(model(inputs), targets).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {float(loss)} at step {steps}")
         optimizer.zero_grad(set_to_none=True)

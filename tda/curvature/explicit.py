@@ -25,6 +25,7 @@ from tda.curvature.base import (
 )
 from tda.curvature.hvp import curvature_vector_product
 from tda.data.examples import Examples
+from tda.device import module_device
 from tda.grads import select_parameters
 from tda.task import Task
 
@@ -71,7 +72,7 @@ def explicit_curvature(
     size = sum(p.numel() for p in selected.values())
     dtype = next(iter(selected.values())).dtype
     _check_size(size, max_parameters, dtype)
-    device = data.inputs.device
+    device = module_device(model)
     matrix = torch.empty(size, size, dtype=dtype, device=device)
     for start in range(0, size, block_size):
         stop = min(start + block_size, size)

@@ -28,6 +28,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from tda.curvature.base import Curvature, check_curvature, check_damping
 from tda.data.examples import Examples
+from tda.device import to_device_of
 from tda.grads import VmapFallbackWarning, evaluation_mode, select_parameters
 from tda.task import Task
 
@@ -140,8 +141,11 @@ def curvature_vector_product(
     total = torch.zeros_like(vectors)
     with evaluation_mode(model):
         for start in range(0, len(data), chunk_size):
-            inputs = data.inputs[start : start + chunk_size]
-            targets = data.targets[start : start + chunk_size]
+            inputs, targets = to_device_of(
+                model,
+                data.inputs[start : start + chunk_size],
+                data.targets[start : start + chunk_size],
+            )
             total += _apply_chunk(product, params, inputs, targets, vectors)
     return total / len(data)
 

@@ -21,6 +21,7 @@ from torch.func import functional_call, hessian, jacrev, vmap
 from tda.curvature.base import check_curvature, check_damping, check_vectors
 from tda.curvature.hvp import flatten
 from tda.data.examples import Examples
+from tda.device import to_device_of
 from tda.grads import evaluation_mode, iter_per_sample_gradients, select_parameters
 from tda.task import Task
 
@@ -57,8 +58,11 @@ def gauss_newton_diagonal(
     total = None
     with evaluation_mode(model):
         for start in range(0, len(data), chunk_size):
-            x = data.inputs[start : start + chunk_size]
-            y = data.targets[start : start + chunk_size]
+            x, y = to_device_of(
+                model,
+                data.inputs[start : start + chunk_size],
+                data.targets[start : start + chunk_size],
+            )
             chunk = vmap(one_example)(x, y).sum(0)
             total = chunk if total is None else total + chunk
     return total / len(data)

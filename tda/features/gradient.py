@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from tda.device import to_device_of
 from tda.grads import TaskFunction, evaluation_mode, iter_per_sample_gradients, parameter_count
 from tda.projection import Projector
 from tda.task import ClassificationTask, Task
@@ -91,4 +92,5 @@ class GradientFeaturizer:
 def out_to_loss(model: nn.Module, task: Task, inputs: Tensor, targets: Tensor) -> Tensor:
     """TRAK's weight :math:`Q_i` for each example ``[b]``."""
     with evaluation_mode(model):
+        inputs, targets = to_device_of(model, inputs, targets)
         return task.out_to_loss(model(inputs), targets)

@@ -35,6 +35,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from tda.device import to_device_of
 from tda.features.gradient import FeatureBatch
 from tda.features.layer_sketch import (
     khatri_rao_block,
@@ -181,7 +182,7 @@ class KroneckerFeaturizer:
         with evaluation_mode(model):
             for start in range(0, len(inputs), self.chunk_size):
                 stop = start + self.chunk_size
-                x, y = inputs[start:stop], targets[start:stop]
+                x, y = to_device_of(model, inputs[start:stop], targets[start:stop])
                 chunk, logits = self._chunk_features(model, plan, x, y)
                 _check_finite(chunk, start, self.function)
                 features.append(chunk)

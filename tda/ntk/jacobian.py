@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from tda.device import to_device_of
 from tda.grads import NonFiniteGradientError, evaluation_mode, select_parameters
 
 
@@ -50,7 +51,7 @@ def iter_output_jacobians(
     batched = vmap(jacrev(logits_of_one), in_dims=(None, 0))
     with evaluation_mode(model):
         for start in range(0, len(inputs), chunk_size):
-            chunk = inputs[start : start + chunk_size]
+            (chunk,) = to_device_of(model, inputs[start : start + chunk_size])
             blocks = batched(params, chunk)  # name -> [b, C, *shape]
             flat = [block.reshape(len(chunk), block.shape[1], -1) for block in blocks.values()]
             jacobian = torch.cat(flat, dim=2)

@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from tda.device import to_device_of
 from tda.grads import evaluation_mode, iter_per_sample_gradients, parameter_count
 from tda.ntk.jacobian import iter_output_jacobians
 from tda.projection import Projector
@@ -123,7 +124,8 @@ class EmpiricalNTK:
     def matrix(self, model: nn.Module, left: Tensor, right: Tensor | None = None) -> Tensor:
         """Kernel ``[n1, n2]`` (float64) between two sets of inputs; ``right=None``: ``left``.
 
-        The right set's features are kept; the left set is streamed chunk by chunk.
+        The right set's features are kept; the left set is streamed chunk by chunk. Computed on
+        the model's device; returned on the device of ``left``.
 
         Raises:
             KernelTooLargeError: features + kernel + one chunk would exceed the memory limit.
@@ -132,9 +134,9 @@ class EmpiricalNTK:
         if right is None:
             self.check_memory(model, left, n_left=0, n_right=len(left), square=True)
             features = self.features(model, left)
-            return finite_kernel(kernel_from_features(features, features))
+            return finite_kernel(kernel_from_features(features, features)).to(left.device)
         self.check_memory(model, left, n_left=len(left), n_right=len(right))
-        return self.cross_matrix(model, left, self.features(model, right))
+        return self.cross_matrix(model, left, self.features(model, right)).to(left.device)
 
     def cross_matrix(self, model: nn.Module, left: Tensor, right_features: Tensor) -> Tensor:
         """Kernel ``[n1, n2]`` between ``left`` inputs and already computed right features."""
@@ -260,7 +262,7 @@ def check_kernel(kernel: Tensor, name: str = "kernel") -> Tensor:
 def _output_shape(model: nn.Module, inputs: Tensor) -> tuple[int, int]:
     """``(C, bytes per feature element)`` from one forward pass on the first input."""
     with evaluation_mode(model):
-        logits = model(inputs[:1])
+        logits = model(*to_device_of(model, inputs[:1]))
     element = 8 if logits.dtype == torch.float64 else 4
     return logits.shape[-1], element
 

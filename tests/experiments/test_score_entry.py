@@ -5,16 +5,12 @@ functions (CG, EK-FAC), TracIn and Source the entry point must write exactly wha
 returns when called directly, in the place and format lds.py reads.
 """
 
-import importlib.util
 import json
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from tda.checkpoints import list_checkpoints
 from tda.curvature import ConjugateGradientSolver, EKFACSolver
@@ -22,26 +18,9 @@ from tda.data import load_mnist1d
 from tda.ensemble import load_member
 from tda.methods import EKFACEigenbasis, InfluenceFunction, Source, TracIn
 from tda.models import MLP
+from tests.experiments.entry import run_entry_point
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = ["experiment=tiny", "progress=false", "++train.checkpoints=2", "++train.save_initial=true"]
 FACTORY = partial(MLP, hidden=(16,))  # the tiny experiment's model, built without Hydra
-
-
-def run_entry_point(script: str, workspace: Path, *overrides: str):
-    """Compose ``conf/<script>.yaml`` as ``@hydra.main`` does and call its ``main``."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(script, [*TINY, f"workspace={workspace}", *overrides], True)
-    HydraConfig.instance().set_config(cfg)  # ${hydra:...} and lds.py's overrides
-    with open_dict(cfg):
-        del cfg["hydra"]
-    spec = importlib.util.spec_from_file_location(script, REPO / "experiments" / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    try:
-        return module.main(cfg)
-    finally:
-        HydraConfig.instance().cfg = None
 
 
 @pytest.fixture(scope="module")

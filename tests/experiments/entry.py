@@ -1,0 +1,31 @@
+"""Run an ``experiments/`` entry point in this process, composed as ``@hydra.main`` composes it."""
+
+import importlib.util
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["experiment=tiny", "progress=false", "++train.checkpoints=2", "++train.save_initial=true"]
+
+
+CONFIGS = {"unlearning": "unlearn", "ntk": "valuation_ntk"}  # scripts not named as their config
+
+
+def run_entry_point(script: str, workspace: Path, *overrides: str, base=TINY):
+    """Compose the script's config with ``base`` + ``overrides`` and call its ``main``."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        config = CONFIGS.get(script, script)
+        cfg = compose(config, [*base, f"workspace={workspace}", *overrides], True)
+    HydraConfig.instance().set_config(cfg)  # ${hydra:...} and lds.py's overrides
+    with open_dict(cfg):
+        del cfg["hydra"]
+    spec = importlib.util.spec_from_file_location(script, REPO / "experiments" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return module.main(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
