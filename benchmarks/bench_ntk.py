@@ -22,6 +22,7 @@ import torch
 
 from benchmarks.record import markdown_table, output_path, write_record
 from tda.data import load_digits, load_mnist1d
+from tda.device import module_device, on_device, resolve_device
 from tda.models import MLP, CNN1d, build_model
 from tda.ntk import EmpiricalNTK, KernelLogisticRegression, KernelSVM, faithfulness
 from tda.ntk.kernel import kernel_from_features
@@ -32,7 +33,6 @@ from tda.training import TrainConfig, train
 
 FULL = {"n_train": 2000, "n_test": 500, "epochs": 30, "dims": [128, 512, 2048], "digits": True}
 QUICK = {"n_train": 300, "n_test": 100, "epochs": 5, "dims": [64], "digits": False}
-MEMORY_LIMIT = 3 * 2**30
 KINDS = ("trace", "pseudo")
 
 
@@ -48,13 +48,13 @@ def setups(settings: dict) -> list[tuple[str, object, object]]:
     return chosen
 
 
-def kernels(dims: list[int]) -> list[tuple[str, EmpiricalNTK]]:
+def kernels(dims: list[int], limit: int) -> list[tuple[str, EmpiricalNTK]]:
     """Exact trace and pseudo NTKs, then their sparse-JL projections at each dim."""
-    chosen = [(kind, EmpiricalNTK(kind, memory_limit_bytes=MEMORY_LIMIT)) for kind in KINDS]
+    chosen = [(kind, EmpiricalNTK(kind, memory_limit_bytes=limit)) for kind in KINDS]
     for dim in dims:
         projector = SparseProjector(dim, nonzeros=4, seed=0)
         chosen += [
-            (f"{kind}-proj{dim}", EmpiricalNTK(kind, projector, memory_limit_bytes=MEMORY_LIMIT))
+            (f"{kind}-proj{dim}", EmpiricalNTK(kind, projector, memory_limit_bytes=limit))
             for kind in KINDS
         ]
     return chosen
@@ -81,11 +81,13 @@ def _reset_peak() -> None:
 def measure_kernel(ntk: EmpiricalNTK, model, splits) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Training Gram and test-by-train kernel, with time and memory."""
     _reset_peak()  # the peak restarts at the current resident size
-    before = _status("VmRSS")
+    before, device = _status("VmRSS"), module_device(model)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     features = ntk.features(model, splits.train.inputs)
-    gram = kernel_from_features(features, features)
-    rows = ntk.cross_matrix(model, splits.test.inputs, features)
+    gram = kernel_from_features(features, features).cpu()
+    rows = ntk.cross_matrix(model, splits.test.inputs, features).cpu()
     seconds = time.perf_counter() - start
     footprint = (
         ntk.required_bytes(
@@ -99,18 +101,21 @@ def measure_kernel(ntk: EmpiricalNTK, model, splits) -> tuple[torch.Tensor, torc
         "footprint_mib": round(footprint / 2**20, 1),
         "feature_width": features.shape[1],
     }
+    if device.type == "cuda":
+        cost["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     del features
     return gram, rows, cost
 
 
-def evaluate(name: str, splits, factory, settings: dict) -> list[dict]:
-    """Train one network and measure every kernel and machine on it."""
-    model = build_model(factory, seed=0)
+def evaluate(name: str, splits, factory, settings: dict, save) -> list[dict]:
+    """Train one network and measure every kernel and machine on it; ``save(rows)`` after each."""
+    model = build_model(on_device(factory, settings["device"]), seed=0)
     train(model, splits.train, TrainConfig(epochs=settings["epochs"]), seed=0)
     train_logits, test_logits = logits_of(model, splits.train), logits_of(model, splits.test)
     network_accuracy = float((test_logits.argmax(1) == splits.test.targets).float().mean())
     rows = []
-    for kernel_name, ntk in kernels(settings["dims"]):
+    limit = int(settings["memory_limit_gib"] * 2**30)
+    for kernel_name, ntk in kernels(settings["dims"], limit):
         gram, test_rows, cost = measure_kernel(ntk, model, splits)
         for machine in (KernelLogisticRegression(), KernelSVM()):
             start = time.perf_counter()
@@ -132,6 +137,7 @@ def evaluate(name: str, splits, factory, settings: dict) -> list[dict]:
                 }
             )
             print(_line(rows[-1]), flush=True)
+            save(rows)
     return rows
 
 
@@ -180,13 +186,35 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run")
     parser.add_argument("--out", help="JSON path (default results/ntk[-quick].json)")
+    parser.add_argument("--n-train", type=int, help="training examples (MNIST-1D)")
+    parser.add_argument("--dims", type=int, nargs="*", help="projection sizes (none: exact only)")
+    parser.add_argument("--no-digits", action="store_true", help="skip the digits MLP")
+    parser.add_argument("--setups", nargs="*", help="only these setups (e.g. mnist1d-cnn)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda: network and kernels")
+    parser.add_argument("--memory-limit-gib", type=float, default=3.0, help="per kernel")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
-    settings = {**(QUICK if args.quick else FULL), "threads": 1, "model_seed": 0, "data_seed": 0}
-    torch.set_num_threads(1)
+    settings = {**(QUICK if args.quick else FULL), "model_seed": 0, "data_seed": 0}
+    settings.update(threads=args.threads, device=str(resolve_device(args.device)))
+    settings.update(memory_limit_gib=args.memory_limit_gib)
+    if args.n_train is not None:
+        settings["n_train"] = args.n_train
+    if args.dims is not None:
+        settings["dims"] = args.dims
+    if args.no_digits:
+        settings["digits"] = False
+    torch.set_num_threads(args.threads)
+    settings["setups"] = args.setups
+    path = output_path("ntk", args.quick, args.out)
     rows = []
     for name, splits, factory in setups(settings):
-        rows += evaluate(name, splits, factory, settings)
-    write_record(output_path("ntk", args.quick, args.out), "ntk", settings, 1, {"rows": rows})
+        if args.setups and name not in args.setups:
+            continue
+
+        def save(new, done=tuple(rows)):  # a killed run keeps every finished row
+            write_record(path, "ntk", settings, args.threads, {"rows": [*done, *new]})
+
+        rows += evaluate(name, splits, factory, settings, save)
     print(table(rows))
 
 
