@@ -45,7 +45,7 @@ from tda import (
     open_feature_store,
     train,
 )
-from tda.models import MLP, build_model
+from tda.models import MLP, CNN1d, build_model
 from tda.task import ClassificationTask
 from tda.valuation import (
     flip_labels,
@@ -80,8 +80,9 @@ QUICK = {
 FLIP_FRACTION = 0.1
 
 
-def model_factory():
-    return MLP(40, (128, 128), 10)
+MODELS = {"mlp": lambda: MLP(40, (128, 128), 10), "cnn": lambda: CNN1d(40, 32, 10)}
+# EK-FAC covers nn.Linear layers only: on the CNN, influence goes through its linear head.
+EKFAC_PARAMETERS = {"mlp": None, "cnn": ("head.weight", "head.bias")}
 
 
 def timed(function):
@@ -109,7 +110,8 @@ def rankings(model, checkpoints, noisy, settings, workspace) -> dict:
         return self_scores(lambda rows: attributor.score("train", indices=rows), n, 512)
 
     def ekfac():
-        return InfluenceFunction(EKFACSolver()).fit(model, noisy).self_influence()
+        influence = InfluenceFunction(EKFACSolver(), parameters=EKFAC_PARAMETERS[settings["model"]])
+        return influence.fit(model, noisy).self_influence()
 
     def loss():
         with torch.no_grad():
@@ -120,7 +122,7 @@ def rankings(model, checkpoints, noisy, settings, workspace) -> dict:
         "IF (EK-FAC) self-influence": ekfac,
         "grad-dot self-score": lambda: loss_gradient_norms(model, noisy),
         "TracIn-CP self-influence": lambda: tracin_self_influence(
-            model_factory, checkpoints, noisy
+            MODELS[settings["model"]], checkpoints, noisy
         ),
         "training loss": loss,
         "random": lambda: torch.rand(n, generator=torch.Generator().manual_seed(0)),
@@ -133,7 +135,7 @@ def detection(settings, splits, workspace) -> tuple[list[dict], dict]:
     rows, first = [], {}
     for seed in settings["seeds"]:
         noisy, flipped = flip_labels(splits.train, FLIP_FRACTION, splits.num_classes, seed)
-        model = build_model(model_factory, seed)
+        model = build_model(MODELS[settings["model"]], seed)
         config = TrainConfig(epochs=settings["epochs"], checkpoints=settings["checkpoints"])
         directory = workspace / "models" / f"seed-{seed}"
         checkpoints = train(model, noisy, config, seed=seed, checkpoint_dir=directory).checkpoints
@@ -158,7 +160,7 @@ def pruning(settings, splits, first, workspace):
     )
     scores = attributor.score("query")
     curve = pruning_curve(
-        model_factory,
+        MODELS[settings["model"]],
         first["noisy"],
         held_out,
         scores.double().mean(0),
@@ -230,24 +232,30 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="minute-scale smoke run")
     parser.add_argument("--no-pruning", action="store_true", help="mislabel detection only")
-    parser.add_argument("--out", help="JSON path (default results/valuation[-quick].json)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="mlp", help="the network")
+    parser.add_argument("--checkpoints", type=int, help="TracIn-CP checkpoints (default 10)")
+    parser.add_argument("--out", help="JSON path (default results/valuation[-cnn][-quick].json)")
     args = parser.parse_args(argv)
     settings = {
+        "model": args.model,
         **(QUICK if args.quick else FULL),
         "flip_fraction": FLIP_FRACTION,
         "data_seed": 0,
         "threads": 1,
         "trak_damping": 0.1,
     }
+    if args.checkpoints is not None:
+        settings["checkpoints"] = args.checkpoints
     torch.set_num_threads(1)
-    workspace = REPO_ROOT / "runs" / ("bench_valuation-quick" if args.quick else "bench_valuation")
+    name = "valuation" if args.model == "mlp" else f"valuation-{args.model}"
+    workspace = REPO_ROOT / "runs" / (f"bench_{name}-quick" if args.quick else f"bench_{name}")
     splits = load_mnist1d(settings["n_train"], settings["n_test"], seed=0)
     rows, first = detection(settings, splits, workspace)
     curve = None if args.no_pruning else pruning(settings, splits, first, workspace)
     results = {"per_seed": rows, "summary": summary(rows)}
     if curve is not None:
         results["pruning"] = curve.as_dict()
-    write_record(output_path("valuation", args.quick, args.out), "valuation", settings, 1, results)
+    write_record(output_path(name, args.quick, args.out), "valuation", settings, 1, results)
     print_tables(results["summary"], curve)
 
 

@@ -2,6 +2,10 @@
 
 python experiments/valuation.py experiment=tiny
 python experiments/valuation.py valuation.pruning_fractions=[0.1,0.2,0.3,0.4,0.5]
+# one row of the mislabel table: TracIn-CP on the CNN, label and model seed 1
+python experiments/valuation.py experiment=mnist1d_cnn valuation.ranking=tracin \
+    ++train.checkpoints=10 'valuation.influence_parameters=[head.weight,head.bias]' \
+    valuation.flip_seed=1 model_seed=1
 """
 
 import logging
@@ -16,7 +20,13 @@ from tda.device import on_device
 from tda.methods import InfluenceFunction
 from tda.models import build_model
 from tda.training import train
-from tda.valuation import flip_labels, pruning_curve, valuation_report
+from tda.valuation import (
+    flip_labels,
+    loss_gradient_norms,
+    pruning_curve,
+    tracin_self_influence,
+    valuation_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +42,11 @@ def main(cfg: DictConfig) -> float:
     )
     factory, config = on_device(instantiate(cfg.model), cfg.device), instantiate(cfg.train)
     model = build_model(factory, cfg.model_seed)
-    train(model, noisy, config, seed=cfg.model_seed)
-    influence = InfluenceFunction(instantiate(options.solver)).fit(model, noisy)
+    saved = workspace / "valuation" / "models" / f"seed-{cfg.model_seed}-flip-{options.flip_seed}"
+    checkpoints = train(model, noisy, config, seed=cfg.model_seed, checkpoint_dir=saved).checkpoints
+    parameters = list(options.influence_parameters or []) or None
+    influence = InfluenceFunction(instantiate(options.solver), parameters=parameters)
+    influence.fit(model, noisy)
     queries = splits.test.subset(range(min(cfg.queries, len(splits.test) // 2)))
     scores = influence.score(queries)  # values on held-out queries, the rest measures accuracy
     curve = None
@@ -53,13 +66,27 @@ def main(cfg: DictConfig) -> float:
     report = valuation_report(
         noisy,
         scores=scores,
-        self_influence=influence.self_influence(),
+        self_influence=suspicion(options.ranking, influence, factory, checkpoints),
         flipped=flipped,
         pruning=curve,
     )
     report.save(workspace / "valuation")
-    log.info("self-influence: %s", report.mislabel)
+    log.info("%s self-influence: %s", options.ranking, report.mislabel)
     return report.mislabel.auc
+
+
+def suspicion(ranking: str, influence, factory, checkpoints) -> torch.Tensor:
+    """Self-influence ``[n]`` by the chosen ranking (higher: more likely mislabelled); TracIn and
+    grad-dot go through every parameter."""
+    model, noisy = influence.model, influence.train
+    rankings = {
+        "influence": influence.self_influence,
+        "tracin": lambda: tracin_self_influence(factory, checkpoints, noisy),
+        "graddot": lambda: loss_gradient_norms(model, noisy),
+    }
+    if ranking not in rankings:
+        raise ValueError(f"valuation.ranking={ranking!r}: choose one of {sorted(rankings)}")
+    return rankings[ranking]()
 
 
 if __name__ == "__main__":
