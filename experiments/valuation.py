@@ -3,9 +3,8 @@
 python experiments/valuation.py experiment=tiny
 python experiments/valuation.py valuation.pruning_fractions=[0.1,0.2,0.3,0.4,0.5]
 # one row of the mislabel table: TracIn-CP on the CNN, label and model seed 1
-python experiments/valuation.py experiment=mnist1d_cnn valuation.ranking=tracin \
-    ++train.checkpoints=10 'valuation.influence_parameters=[head.weight,head.bias]' \
-    valuation.flip_seed=1 model_seed=1
+python experiments/valuation.py experiment=mnist1d_cnn valuation.ranking=tracin \\
+    ++train.checkpoints=10 model_seed=1
 """
 
 import logging
@@ -17,6 +16,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
 from tda.device import on_device
+from tda.features import featurize, open_feature_store
 from tda.methods import InfluenceFunction
 from tda.models import build_model
 from tda.training import train
@@ -24,69 +24,106 @@ from tda.valuation import (
     flip_labels,
     loss_gradient_norms,
     pruning_curve,
+    self_scores,
     tracin_self_influence,
     valuation_report,
 )
 
 log = logging.getLogger(__name__)
+RANKINGS = ("influence", "trak", "tracin", "graddot")
+ATTRIBUTIONS = ("influence", "trak")  # what values (mean scores on held-out queries) come from
 
 
 @hydra.main(config_path="../conf", config_name="valuation", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """Returns the AUC of self-influence as a detector of the flipped labels."""
+    """Returns the AUC of the chosen self-influence as a detector of the flipped labels."""
+    options = cfg.valuation
+    if options.ranking not in RANKINGS or options.values_from not in ATTRIBUTIONS:
+        raise ValueError(
+            f"valuation.ranking={options.ranking!r} must be one of {RANKINGS} and "
+            f"valuation.values_from={options.values_from!r} one of {ATTRIBUTIONS}"
+        )
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
-    splits, options = instantiate(cfg.data), cfg.valuation
+    splits = instantiate(cfg.data)
     noisy, flipped = flip_labels(
         splits.train, options.flip_fraction, splits.num_classes, options.flip_seed
     )
     factory, config = on_device(instantiate(cfg.model), cfg.device), instantiate(cfg.train)
+    run = workspace / "valuation" / f"seed-{cfg.model_seed}-flip-{options.flip_seed}"
     model = build_model(factory, cfg.model_seed)
-    saved = workspace / "valuation" / "models" / f"seed-{cfg.model_seed}-flip-{options.flip_seed}"
-    checkpoints = train(model, noisy, config, seed=cfg.model_seed, checkpoint_dir=saved).checkpoints
-    parameters = list(options.influence_parameters or []) or None
-    influence = InfluenceFunction(instantiate(options.solver), parameters=parameters)
-    influence.fit(model, noisy)
+    checkpoints = train(model, noisy, config, seed=cfg.model_seed, checkpoint_dir=run / "models")
     queries = splits.test.subset(range(min(cfg.queries, len(splits.test) // 2)))
-    scores = influence.score(queries)  # values on held-out queries, the rest measures accuracy
+    attributions = Attributions(cfg, model, noisy, queries, run)
+    scores = attributions.query_scores(options.values_from)  # the rest of the test set: accuracy
     curve = None
     if options.pruning_fractions:
-        held_out = splits.test.subset(range(len(queries), len(splits.test)))
         curve = pruning_curve(
             factory,
             noisy,
-            held_out,
-            scores.mean(0),
+            splits.test.subset(range(len(queries), len(splits.test))),
+            scores.double().mean(0),
             fractions=list(options.pruning_fractions),
             seeds=list(options.pruning_seeds),
             config=config,
-            workspace=workspace / "pruning",
+            workspace=run / "pruning",
             progress=cfg.progress,
         )
+    rankings = {
+        "tracin": lambda: tracin_self_influence(factory, checkpoints.checkpoints, noisy),
+        "graddot": lambda: loss_gradient_norms(model, noisy),
+    }
+    ranking = rankings.get(options.ranking, lambda: attributions.self_scores(options.ranking))
     report = valuation_report(
-        noisy,
-        scores=scores,
-        self_influence=suspicion(options.ranking, influence, factory, checkpoints),
-        flipped=flipped,
-        pruning=curve,
+        noisy, scores=scores, self_influence=ranking(), flipped=flipped, pruning=curve
     )
-    report.save(workspace / "valuation")
+    report.save(run)
     log.info("%s self-influence: %s", options.ranking, report.mislabel)
     return report.mislabel.auc
 
 
-def suspicion(ranking: str, influence, factory, checkpoints) -> torch.Tensor:
-    """Self-influence ``[n]`` by the chosen ranking (higher: more likely mislabelled); TracIn and
-    grad-dot go through every parameter."""
-    model, noisy = influence.model, influence.train
-    rankings = {
-        "influence": influence.self_influence,
-        "tracin": lambda: tracin_self_influence(factory, checkpoints, noisy),
-        "graddot": lambda: loss_gradient_norms(model, noisy),
-    }
-    if ranking not in rankings:
-        raise ValueError(f"valuation.ranking={ranking!r}: choose one of {sorted(rankings)}")
-    return rankings[ranking]()
+class Attributions:
+    """Influence functions and TRAK on the trained model, each fitted once when first asked."""
+
+    def __init__(self, cfg: DictConfig, model, train_data, queries, run: Path) -> None:
+        self.cfg, self.model, self.train, self.queries, self.run = (
+            cfg,
+            model,
+            train_data,
+            queries,
+            run,
+        )
+        self.fitted: dict = {}
+
+    def query_scores(self, kind: str) -> torch.Tensor:
+        """``[n_query, n_train]`` scores of the held-out queries."""
+        fitted = self._fitted(kind)
+        return fitted.score(self.queries) if kind == "influence" else fitted.score("query")
+
+    def self_scores(self, kind: str) -> torch.Tensor:
+        """``[n_train]`` self-influence."""
+        fitted = self._fitted(kind)
+        if kind == "influence":
+            return fitted.self_influence()
+        return self_scores(lambda rows: fitted.score("train", indices=rows), len(self.train), 512)
+
+    def _fitted(self, kind: str):
+        if kind not in self.fitted:
+            self.fitted[kind] = self._influence() if kind == "influence" else self._trak()
+        return self.fitted[kind]
+
+    def _influence(self) -> InfluenceFunction:
+        options = self.cfg.valuation
+        parameters = list(options.influence_parameters or []) or None
+        influence = InfluenceFunction(instantiate(options.solver), parameters=parameters)
+        return influence.fit(self.model, self.train)
+
+    def _trak(self):
+        featurizer = instantiate(self.cfg.featurizer)
+        store = open_feature_store(self.run / "features", featurizer, self.cfg.shard_size)
+        splits = {"train": self.train, "query": self.queries}
+        featurize(self.model, splits, featurizer, store, checkpoint_id="final", progress=False)
+        return instantiate(self.cfg.attributor).fit(store)
 
 
 if __name__ == "__main__":

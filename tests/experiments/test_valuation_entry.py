@@ -1,16 +1,22 @@
 """experiments/valuation.py ranks by the chosen self-influence and reports what the library does."""
 
+import json
 from functools import partial
 
 import pytest
 
 from tda.checkpoints import list_checkpoints, load_checkpoint
+from tda.curvature import EKFACSolver
 from tda.data import load_mnist1d
+from tda.features import GradientFeaturizer, featurize, open_feature_store
+from tda.methods import TRAK, InfluenceFunction
 from tda.models import MLP, build_model
+from tda.projection import DenseProjector
 from tda.valuation import (
     flip_labels,
     loss_gradient_norms,
     mislabel_detection,
+    self_scores,
     tracin_self_influence,
 )
 from tests.experiments.entry import run_entry_point
@@ -26,7 +32,7 @@ def noisy():
 
 
 def saved(workspace):
-    return list_checkpoints(workspace / "valuation" / "models" / "seed-0-flip-0")
+    return list_checkpoints(workspace / "valuation" / "seed-0-flip-0" / "models")
 
 
 def test_tracin_ranking_is_the_library_tracin_self_influence(tmp_path, noisy):
@@ -35,16 +41,44 @@ def test_tracin_ranking_is_the_library_tracin_self_influence(tmp_path, noisy):
     suspicion = tracin_self_influence(FACTORY, saved(tmp_path), data)
     assert len(saved(tmp_path)) == 2
     assert auc == mislabel_detection(suspicion, flipped).auc
-    assert (tmp_path / "valuation" / "valuation.json").is_file()
+    assert (tmp_path / "valuation" / "seed-0-flip-0" / "valuation.json").is_file()
 
 
 def test_graddot_ranking_reads_the_final_model(tmp_path, noisy):
     auc = run_entry_point("valuation", tmp_path, "valuation.ranking=graddot", base=BASE)
     data, flipped = noisy
-    model = load_checkpoint(saved(tmp_path)[-1], build_model(FACTORY, 0))
+    model = final_model(tmp_path)
     assert auc == mislabel_detection(loss_gradient_norms(model, data), flipped).auc
 
 
 def test_an_unknown_ranking_names_the_choices(tmp_path):
-    with pytest.raises(ValueError, match=r"valuation.ranking='aum'.*graddot.*influence.*tracin"):
+    with pytest.raises(ValueError, match=r"valuation.ranking='aum' must be one of .*'tracin'"):
         run_entry_point("valuation", tmp_path, "valuation.ranking=aum", base=BASE)
+
+
+def final_model(workspace):
+    return load_checkpoint(saved(workspace)[-1], build_model(FACTORY, 0))
+
+
+def test_influence_ranking_is_the_library_ekfac_self_influence(tmp_path, noisy):
+    auc = run_entry_point("valuation", tmp_path, base=BASE)  # the default ranking
+    data, flipped = noisy
+    influence = InfluenceFunction(EKFACSolver()).fit(final_model(tmp_path), data)
+    assert auc == mislabel_detection(influence.self_influence(), flipped).auc
+
+
+def test_trak_ranking_is_the_library_trak_self_influence(tmp_path, noisy):
+    overrides = ("valuation.ranking=trak", "valuation.pruning_fractions=[0.5]")
+    auc = run_entry_point(
+        "valuation", tmp_path, *overrides, "valuation.pruning_seeds=[0]", base=BASE
+    )
+    data, flipped = noisy
+    featurizer = GradientFeaturizer(DenseProjector(dim=16))  # the tiny experiment's projection
+    store = open_feature_store(tmp_path / "store", featurizer)
+    model = final_model(tmp_path)
+    featurize(model, {"train": data}, featurizer, store, checkpoint_id="final", progress=False)
+    trak = TRAK().fit(store)
+    suspicion = self_scores(lambda rows: trak.score("train", indices=rows), len(data), 512)
+    assert auc == pytest.approx(mislabel_detection(suspicion, flipped).auc, abs=1e-12)
+    report = json.loads((tmp_path / "valuation" / "seed-0-flip-0" / "valuation.json").read_text())
+    assert report["pruning"]["fractions"] == [0.0, 0.5]  # with the full-data baseline
