@@ -53,10 +53,19 @@ def main(cfg: DictConfig) -> int:
             store,
             checkpoint_id=store_id(seed, checkpoint),
             shards=shards,
+            storage_dtype=_storage_dtype(cfg.storage_dtype),
             progress=cfg.progress,
         )
     log.info("wrote %d shards into %s", written, store.root)
     return written
+
+
+def _storage_dtype(name: str | None) -> torch.dtype | None:
+    """``null`` (the model's dtype), ``float16`` or ``float32``; bfloat16 has no numpy form."""
+    choices = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+    if name is not None and name not in choices:
+        raise ValueError(f"storage_dtype={name!r}: choose null or one of {sorted(choices)}")
+    return None if name is None else choices[name]
 
 
 def _shards_of(wanted, sizes: dict[str, int], shard_size: int) -> dict[str, list[int] | None]:

@@ -124,3 +124,23 @@ def test_lds_reads_model_based_scores(workspace):
 def test_unfinished_members_are_refused(workspace):
     with pytest.raises(ValueError, match=r"members \[0, 1\] have not finished"):
         run_entry_point("score", workspace, "attributor=tracin", "train.epochs=3")
+
+
+def test_float16_feature_store_scores_like_float32(workspace, tmp_path):
+    """``storage_dtype=float16`` halves the store; TRAK still accumulates in float64."""
+    for name, dtype in (("half", "float16"), ("full", "null")):
+        target = tmp_path / name
+        target.mkdir()
+        (target / "models").symlink_to(workspace / "models")
+        run_entry_point("featurize", target, f"storage_dtype={dtype}")
+        run_entry_point("score", target, "attributor=trak")
+    shards = list((tmp_path / "half" / "features").rglob("*.features.npy"))
+    assert shards and all(np.load(path).dtype == np.float16 for path in shards)
+    half, full = (written(tmp_path / name, "trak")[0] for name in ("half", "full"))
+    assert np.corrcoef(half.ravel(), full.ravel())[0, 1] > 0.999
+
+
+def test_bfloat16_storage_is_refused_by_name(workspace, tmp_path):
+    (tmp_path / "models").symlink_to(workspace / "models")
+    with pytest.raises(ValueError, match="storage_dtype='bfloat16'.*float16"):
+        run_entry_point("featurize", tmp_path, "storage_dtype=bfloat16")
