@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import shutil
@@ -35,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional
 
 from benchmarks import bench_lds
+from benchmarks.logistic import LogisticRetrainer, fit_logistic_regression
+from benchmarks.peer_kronfluence import kronfluence_scores, plain_linear
 from benchmarks.record import (
     REPO_ROOT,
     _version,
@@ -60,7 +60,6 @@ from tda import (
     InfluenceFunction,
     KFACSolver,
     LiSSASolver,
-    LogisticRegression,
     SolverDivergedError,
     Source,
     SparseProjector,
@@ -78,7 +77,6 @@ from tda import (
 from tda.curvature import curvature_vector_product
 from tda.methods import EKFACEigenbasis
 from tda.models import MLP
-from tda.outputs import task_outputs
 
 TASK = ClassificationTask()
 FAILURES = (SolverDivergedError, ValueError, FloatingPointError, RuntimeError)
@@ -253,56 +251,6 @@ def projected_rows(bench: Bench, featurizer, models, train, queries, trak_counts
 # ---------------------------------------------------------------- kronfluence 1.0.1
 
 
-def kronfluence_task():
-    """kronfluence's Task for our measurement: ``-margin`` (so that its positive scores, which
-    lower the measurement, are ours: they raise the margin) and the summed cross-entropy."""
-    from kronfluence.task import Task
-
-    class MarginTask(Task):
-        def compute_train_loss(self, batch, model, sample=False):
-            inputs, targets = batch
-            logits = model(inputs)
-            if sample:  # labels from the model's softmax: the true Fisher
-                with torch.no_grad():
-                    probabilities = functional.softmax(logits.detach(), dim=-1)
-                    targets = torch.multinomial(probabilities, 1).flatten()
-            return functional.cross_entropy(logits, targets, reduction="sum")
-
-        def compute_measurement(self, batch, model):
-            inputs, targets = batch
-            return -TASK.output(model(inputs), targets).sum()
-
-    return MarginTask()
-
-
-def kronfluence_scores(model, train, queries, root: Path, strategy: str, **options) -> np.ndarray:
-    """kronfluence's pairwise scores ``[q, n]``: factors, eigendecomposition, lambda, scores."""
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
-
-    torch.manual_seed(0)  # its sampled labels come from the global generator
-    dtype = next(model.parameters()).dtype
-    names = ("activation_covariance", "gradient_covariance", "per_sample_gradient", "lambda")
-    factor_args = FactorArguments(strategy=strategy, use_empirical_fisher=options.get("empirical",
-        False), **{f"{name}_dtype": dtype for name in names})  # fmt: skip
-    names = ("per_sample_gradient", "precondition", "score")
-    score_args = ScoreArguments(damping_factor=options.get("damping", 1e-8),
-        **{f"{name}_dtype": dtype for name in names})  # fmt: skip
-    task = kronfluence_task()
-    analyzer = Analyzer("bench", prepare_model(model, task), task, cpu=True, disable_tqdm=True,
-        output_dir=str(root), log_level=logging.WARNING)  # fmt: skip
-    data = torch.utils.data.TensorDataset(train.inputs, train.targets)
-    query_data = torch.utils.data.TensorDataset(queries.inputs, queries.targets)
-    analyzer.fit_all_factors("factors", data, per_device_batch_size=256, factor_args=factor_args,
-        overwrite_output_dir=True)  # fmt: skip
-    analyzer.compute_pairwise_scores("scores", "factors", query_data, data,
-        per_device_query_batch_size=len(queries), per_device_train_batch_size=256,
-        score_args=score_args, overwrite_output_dir=True)  # fmt: skip
-    scores = analyzer.load_pairwise_scores("scores")["all_modules"]
-    shutil.rmtree(root)
-    return scores.double().numpy()
-
-
 def kronfluence_rows(bench: Bench, variants, members, model_of, train, queries, counts):
     """Rows of kronfluence's variants ``(name, strategy, options)``; one untimed warm-up first."""
     import warnings
@@ -405,52 +353,6 @@ MNIST_PAIRS = [
 # ---------------------------------------------------------------- digits + logistic regression
 
 
-def _objective(theta: np.ndarray, inputs: np.ndarray, onehot: np.ndarray, l2: float):
-    r""":math:`\frac1n\sum_i \mathrm{CE}(z_i) + \frac{\lambda}{2}\lVert\theta\rVert^2` and its
-    gradient; ``theta`` flattens ``[classes, features + 1]`` (bias included in the penalty)."""
-    weights = theta.reshape(onehot.shape[1], inputs.shape[1])
-    logits = inputs @ weights.T
-    logits = logits - logits.max(1, keepdims=True)
-    log_normaliser = np.log(np.exp(logits).sum(1, keepdims=True))
-    probabilities = np.exp(logits - log_normaliser)
-    loss = -(onehot * (logits - log_normaliser)).sum(1).mean() + 0.5 * l2 * theta @ theta
-    gradient = (probabilities - onehot).T @ inputs / len(inputs) + l2 * weights
-    return loss, gradient.ravel()
-
-
-def fit_logistic_regression(data: Examples, l2: float, tolerance: float = 1e-8):
-    """Float64 multinomial LR from zeros by full-batch L-BFGS to ``max |grad| < tolerance``."""
-    from scipy.optimize import minimize
-
-    inputs = np.hstack([data.inputs.numpy(), np.ones((len(data), 1))])
-    onehot = np.eye(10)[data.targets.numpy()]
-    result = minimize(_objective, np.zeros(10 * inputs.shape[1]), (inputs, onehot, l2),
-        method="L-BFGS-B", jac=True, options={"gtol": tolerance / 10, "ftol": 0.0,
-        "maxiter": 100_000, "maxcor": 20})  # fmt: skip
-    worst = float(np.abs(_objective(result.x, inputs, onehot, l2)[1]).max())
-    if worst >= tolerance:
-        raise FloatingPointError(f"L-BFGS stopped at max |grad| {worst:.2e} ({result.message})")
-    theta = torch.from_numpy(result.x.reshape(10, -1))
-    model = LogisticRegression(data.inputs.shape[1], 10).double()
-    with torch.no_grad():
-        model.weight.copy_(theta[:, :-1]), model.bias.copy_(theta[:, -1])
-    return model.eval()
-
-
-@dataclass(frozen=True)
-class LogisticRetrainer:
-    """Ground-truth ``measure``: refit on the subset, return the query margins. The seed is not
-    used: the objective is strictly convex, so its minimiser does not depend on the start."""
-
-    train: Examples
-    queries: Examples
-    l2: float
-
-    def __call__(self, mask: np.ndarray, seed: int) -> np.ndarray:
-        model = fit_logistic_regression(self.train.subset(np.asarray(mask)), self.l2)
-        return task_outputs(model, TASK, self.queries).double().numpy()
-
-
 def digits_setup(args):
     """Digits (10 classes, float64), the trained model and the resumable ground truth."""
     splits = load_digits(seed=0)
@@ -491,14 +393,6 @@ def digits_rows(args, bench: Bench, train, queries, model) -> list[dict]:
     variants = [("kronfluence EK-FAC", "ekfac", {"damping": l2}),
         ("kronfluence K-FAC", "kfac", {"damping": l2})]  # fmt: skip
     return rows + kronfluence_rows(bench, variants, [model], plain_linear, train, queries, [1])
-
-
-def plain_linear(model: torch.nn.Linear) -> torch.nn.Module:
-    """The LR as ``Sequential(nn.Linear)``: kronfluence wraps modules by exact type, so it raises
-    ``KeyError: <class 'tda.models.LogisticRegression'>`` on our ``nn.Linear`` subclass."""
-    plain = torch.nn.Sequential(torch.nn.Linear(model.in_features, model.out_features))
-    plain[0].load_state_dict(model.state_dict())
-    return plain.to(model.weight.dtype).eval()
 
 
 DIGITS_PAIRS = [(name, "IF explicit") for name in ("IF CG", "IF LiSSA", "IF K-FAC", "IF EK-FAC",
