@@ -51,8 +51,11 @@ def main(cfg: DictConfig) -> float | None:
     batch = (_listed(cfg.query_batch, plan.queries), _listed(cfg.seed_batch, plan.seeds))
     mine = [r for r in everything if r.query in batch[0] and r.seed in batch[1]]
     recipe = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in RECIPE}
+    suffix = "-aligned" if cfg.aligned_batches else ""
+    if cfg.aligned_batches:  # recorded only when on, so earlier stores keep their fingerprint
+        recipe["aligned_batches"] = True
     store = CounterfactualStore.create_or_open(
-        workspace / "counterfactual",
+        workspace / f"counterfactual{suffix}",
         n_train=len(splits.train),
         n_query=len(queries),
         query_fingerprint=queries.fingerprint(),
@@ -64,6 +67,7 @@ def main(cfg: DictConfig) -> float | None:
         queries,
         instantiate(cfg.train),
         instantiate(cfg.task),
+        aligned_batches=cfg.aligned_batches,
     )
     trained = store.run(retrainer, mine, progress=cfg.progress)
     missing = len(store.missing(everything))
@@ -80,7 +84,7 @@ def main(cfg: DictConfig) -> float | None:
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "command": [sys.executable, *sys.argv],
     }
-    out = workspace / "results" / f"counterfactual-{cfg.scores_name}.json"
+    out = workspace / "results" / f"counterfactual-{cfg.scores_name}{suffix}.json"
     write_bytes_atomic(out, json.dumps(record, indent=2).encode())  # jobs may finish together
     return result.comparisons[-1].extra_drop.mean  # the largest k
 

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tda.checkpoints import Checkpoint, save_checkpoint
@@ -74,11 +75,15 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def _epoch(model, task, data, config, optimizer, generator) -> tuple[int, float]:
+def _epoch(model, task, data, config, optimizer, generator, keep) -> tuple[int, float]:
     order = torch.randperm(len(data), generator=generator).to(data.inputs.device)
     steps, lr_sum = 0, 0.0
     for start in range(0, len(data), config.batch_size):
         batch = order[start : start + config.batch_size]
+        if keep is not None:
+            batch = batch[keep[batch]]
+            if len(batch) == 0:  # every example of this batch was removed: no step
+                continue
         inputs, targets = to_device_of(model, data.inputs[batch], data.targets[batch])
         loss = task.loss(model(inputs), targets).mean()
         if not torch.isfinite(loss):
@@ -89,6 +94,19 @@ def _epoch(model, task, data, config, optimizer, generator) -> tuple[int, float]
         optimizer.step()
         steps += 1
     return steps, lr_sum
+
+
+def _checked_keep(keep, size: int, device: torch.device) -> Tensor | None:
+    if keep is None:
+        return None
+    keep = torch.as_tensor(np.asarray(keep))
+    if keep.dtype != torch.bool or keep.shape != (size,):
+        raise ValueError(
+            f"keep must be a boolean mask of shape ({size},), got {keep.dtype} {tuple(keep.shape)}"
+        )
+    if not bool(keep.any()):
+        raise ValueError("keep removes every example: cannot train on an empty data set")
+    return keep.to(device)
 
 
 def _save_initial(checkpoint_dir, model: nn.Module, optimizer) -> Checkpoint:
@@ -114,13 +132,23 @@ def train(
     task: Task = ClassificationTask(),
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = False,
+    keep: Tensor | np.ndarray | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` and save checkpoints to ``checkpoint_dir`` if given.
 
+    Args:
+        keep: optional ``[n]`` boolean mask: train on the examples of ``data`` where it is True,
+            in the minibatches of training on all of ``data`` with the same seed, each without
+            its removed examples (a batch left empty is skipped). Runs that remove different
+            examples then share every other batch (common random numbers), so comparing them
+            measures the removal rather than a reshuffle; with ``data.subset(keep)`` instead,
+            any removal changes every minibatch. All True trains exactly as without ``keep``.
+
     Raises:
-        ValueError: empty data.
+        ValueError: empty data, or a ``keep`` mask that is not ``[n]`` booleans or keeps nothing.
         FloatingPointError: the loss became NaN or infinite.
     """
+    keep = _checked_keep(keep, len(data), data.inputs.device)
     if len(data) == 0:
         raise ValueError("cannot train on an empty data set")
     generator = torch.Generator().manual_seed(seed)
@@ -134,7 +162,7 @@ def train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for epoch in tqdm(range(1, config.epochs + 1), desc="train", disable=not progress):
-            steps, lr_sum = _epoch(model, task, data, config, optimizer, generator)
+            steps, lr_sum = _epoch(model, task, data, config, optimizer, generator, keep)
             step, segment_steps, segment_lr = (
                 step + steps,
                 segment_steps + steps,
@@ -158,3 +186,19 @@ def train(
                 segment_steps, segment_lr = 0, 0.0
     model.eval()
     return TrainResult(model=model, checkpoints=checkpoints)
+
+
+def train_on(
+    model: nn.Module,
+    data: Examples,
+    keep: np.ndarray,
+    config: TrainConfig,
+    seed: int,
+    task: Task,
+    aligned_batches: bool,
+) -> TrainResult:
+    """Train on the examples of ``data`` where ``keep`` is True: in the full run's minibatches
+    (``aligned_batches``, see :func:`train`'s ``keep``) or reshuffled as a data set of their own."""
+    if aligned_batches:
+        return train(model, data, config, seed=seed, task=task, keep=keep)
+    return train(model, data.subset(keep), config, seed=seed, task=task)

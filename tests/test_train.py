@@ -106,3 +106,70 @@ def test_an_ensemble_member_with_its_start_is_finished_only_when_trained(data, t
     again = train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
     assert again[0] == members[0]  # finished: listed, not retrained
     assert [c.path.stat().st_mtime_ns for c in again[0]] == stamps
+
+
+def _parameters(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_keep_all_trains_exactly_as_without_a_mask(data):
+    everything = torch.ones(len(data.train), dtype=torch.bool)
+    masked = train(build_model(MLP, 0), data.train, CONFIG, seed=5, keep=everything).model
+    plain = train(build_model(MLP, 0), data.train, CONFIG, seed=5).model
+    assert model_fingerprint(masked) == model_fingerprint(plain)
+
+
+def test_keep_drops_removed_examples_from_the_full_run_batches(data):
+    """Replayed by hand: SGD on each full-data batch without its removed examples."""
+    keep = torch.ones(len(data.train), dtype=torch.bool)
+    keep[::7] = False
+    config = TrainConfig(epochs=2, batch_size=16, optimizer=partial(torch.optim.SGD, lr=0.1))
+    trained = train(build_model(MLP, 0), data.train, config, seed=3, keep=keep).model
+    model = build_model(MLP, 0)
+    optimizer, generator = torch.optim.SGD(model.parameters(), lr=0.1), torch.Generator()
+    generator.manual_seed(3)
+    with torch.random.fork_rng(devices=[]):
+        for _ in range(2):
+            order = torch.randperm(len(data.train), generator=generator)
+            for start in range(0, len(order), 16):
+                batch = order[start : start + 16]
+                batch = batch[keep[batch]]
+                logits = model(data.train.inputs[batch])
+                loss = torch.nn.functional.cross_entropy(logits, data.train.targets[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    torch.testing.assert_close(_parameters(trained), _parameters(model), rtol=0, atol=1e-7)
+
+
+def test_a_batch_with_every_example_removed_takes_no_step(data, tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    first_batch = torch.randperm(len(data.train), generator=generator)[:32]
+    keep = torch.ones(len(data.train), dtype=torch.bool)
+    keep[first_batch] = False
+    config = TrainConfig(epochs=1, batch_size=32)
+    saved = train(
+        build_model(MLP, 0), data.train, config, seed=0, keep=keep, checkpoint_dir=tmp_path
+    )
+    assert saved.checkpoints[-1].step == -(-len(data.train) // 32) - 1
+
+
+def test_aligned_removal_stays_closer_to_the_full_run_than_a_reshuffle(data):
+    keep = torch.ones(len(data.train), dtype=torch.bool)
+    keep[[3, 50, 200]] = False
+    full = _parameters(train(build_model(MLP, 0), data.train, CONFIG, seed=1).model)
+    aligned = _parameters(train(build_model(MLP, 0), data.train, CONFIG, seed=1, keep=keep).model)
+    reshuffled = _parameters(
+        train(build_model(MLP, 0), data.train.subset(keep), CONFIG, seed=1).model
+    )
+    assert (aligned - full).norm() < 0.5 * (reshuffled - full).norm()
+
+
+def test_bad_keep_masks_are_refused(data):
+    n = len(data.train)
+    with pytest.raises(ValueError, match=r"boolean mask of shape \(300,\)"):
+        train(build_model(MLP, 0), data.train, CONFIG, keep=torch.ones(n - 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="boolean mask"):
+        train(build_model(MLP, 0), data.train, CONFIG, keep=torch.ones(n, dtype=torch.long))
+    with pytest.raises(ValueError, match="keep removes every example"):
+        train(build_model(MLP, 0), data.train, CONFIG, keep=torch.zeros(n, dtype=torch.bool))

@@ -17,7 +17,7 @@ from tda.data.examples import Examples
 from tda.models import build_model
 from tda.outputs import task_outputs
 from tda.task import ClassificationTask, Task
-from tda.training import TrainConfig, train
+from tda.training import TrainConfig, train_on
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class SubsetRetrainer:
         config: training settings (the same as the attributed model's, so the ground truth
             measures the same learning algorithm).
         task: defines the recorded output (the margin by default).
+        aligned_batches: train in the full-data run's minibatches minus the left-out examples
+            (``tda.train(keep=...)``) instead of reshuffling the subset.
     """
 
     model_factory: Callable[[], nn.Module]
@@ -38,12 +40,19 @@ class SubsetRetrainer:
     queries: Examples
     config: TrainConfig = TrainConfig()
     task: Task = ClassificationTask()
+    aligned_batches: bool = False
 
     def __call__(self, mask: np.ndarray, seed: int) -> np.ndarray:
         if len(mask) != len(self.train_data):
             raise ValueError(f"mask has {len(mask)} entries for {len(self.train_data)} examples")
         model = build_model(self.model_factory, seed)
-        train(
-            model, self.train_data.subset(np.asarray(mask)), self.config, seed=seed, task=self.task
+        train_on(
+            model,
+            self.train_data,
+            np.asarray(mask),
+            self.config,
+            seed,
+            self.task,
+            self.aligned_batches,
         )
         return task_outputs(model, self.task, self.queries).double().numpy()

@@ -37,7 +37,7 @@ from tda.eval.lds import _bootstrap_interval
 from tda.models import build_model
 from tda.outputs import logits_of
 from tda.task import ClassificationTask, Task
-from tda.training import TrainConfig, train
+from tda.training import TrainConfig, train_on
 
 if TYPE_CHECKING:
     from tda.eval.counterfactual_store import CounterfactualStore
@@ -70,6 +70,9 @@ class RemovalRetrainer:
         queries: the query set (all of it; a removal reads its own query).
         config: the training recipe of the attributed models.
         task: defines the output (the margin by default).
+        aligned_batches: train in the full-data run's minibatches minus the removed examples
+            (``tda.train(keep=...)``), so that a removal is compared with the full model of the
+            same seed without a reshuffle of every batch; default: reshuffle the kept examples.
     """
 
     model_factory: Callable[[], nn.Module]
@@ -77,11 +80,18 @@ class RemovalRetrainer:
     queries: Examples
     config: TrainConfig = TrainConfig()
     task: Task = ClassificationTask()
+    aligned_batches: bool = False
 
     def __call__(self, keep: np.ndarray, seed: int) -> QueryOutcomes:
         model = build_model(self.model_factory, seed)
-        train(
-            model, self.train_data.subset(np.asarray(keep)), self.config, seed=seed, task=self.task
+        train_on(
+            model,
+            self.train_data,
+            np.asarray(keep),
+            self.config,
+            seed,
+            self.task,
+            self.aligned_batches,
         )
         logits = logits_of(model, self.queries)
         outputs = self.task.output(logits, self.queries.targets)

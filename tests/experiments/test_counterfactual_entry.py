@@ -83,3 +83,27 @@ def test_scores_of_other_queries_and_batches_outside_the_plan_are_refused(tmp_pa
     write_scores(tmp_path)
     with pytest.raises(ValueError, match="not part of the plan"):
         run_counterfactual(tmp_path, "query_batch=[1]")
+
+
+def test_aligned_batches_keep_their_own_store_and_full_models(tmp_path):
+    write_scores(tmp_path)
+    run_counterfactual(tmp_path)
+    run_counterfactual(tmp_path, "aligned_batches=true")
+    aligned = tmp_path / "counterfactual-aligned"
+    manifest = json.loads((aligned / "manifest.json").read_text())
+    assert manifest["config"]["aligned_batches"] is True
+    assert (
+        "aligned_batches"
+        not in json.loads((tmp_path / "counterfactual" / "manifest.json").read_text())["config"]
+    )
+    for seed in (7, 8):  # keeping everything trains exactly the full-data model
+        name = f"full/seed{seed}.json"
+        assert (aligned / name).read_text() == (tmp_path / "counterfactual" / name).read_text()
+    plain = json.loads((tmp_path / "results" / "counterfactual-noise.json").read_text())
+    record = json.loads((tmp_path / "results" / "counterfactual-noise-aligned.json").read_text())
+
+    def runs(rows):
+        return [(r["query"], r["k"], r["removal"], r["seed"]) for r in rows]
+
+    assert runs(record["records"]) == runs(plain["records"])  # the same plan, other training
+    assert [r["output"] for r in record["records"]] != [r["output"] for r in plain["records"]]
