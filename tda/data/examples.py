@@ -34,7 +34,7 @@ class Examples:
 
     def subset(self, indices: Sequence[int] | np.ndarray | Tensor) -> Examples:
         """The examples at ``indices`` (integer positions or a boolean mask)."""
-        index = torch.as_tensor(np.array(indices))
+        index = indices.cpu() if isinstance(indices, Tensor) else torch.as_tensor(np.array(indices))
         if index.dtype != torch.bool:
             index = index.long()
         if index.dtype == torch.bool:
