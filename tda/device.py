@@ -7,6 +7,7 @@ points resolve one ``device`` setting and put models there with :class:`OnDevice
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,9 +37,8 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
 
 def module_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (or buffer); the CPU for a stateless module."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 def to_device_of(model: nn.Module, *tensors: Tensor) -> tuple[Tensor, ...]:
