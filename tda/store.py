@@ -26,10 +26,7 @@ from __future__ import annotations
 import json
 import operator
 import os
-import re
-import shutil
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,43 +35,31 @@ import numpy as np
 
 from tda.atomic import HashingWriter, file_digest, write_atomic
 from tda.fingerprint import config_fingerprint
+from tda.shards import (
+    SIDECAR,
+    CorruptShardError,
+    IncompleteStoreError,
+    ShardInfo,
+    StoreMismatchError,
+    as_array,
+    check_name,
+    check_rows,
+    check_same_shard,
+    complete_sidecar,
+    copy_into,
+    coverage_problems,
+    data_path,
+    save_npy,
+)
 
 FORMAT, VERSION = "tda.FeatureStore", 1
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_SIDECAR = re.compile(r"(\d+)\.json")
-
-
-class StoreMismatchError(ValueError):
-    """The store on disk does not match the model, config or data given."""
-
-
-class IncompleteStoreError(RuntimeError):
-    """Rows were requested that were never (completely and correctly) written."""
-
-
-class CorruptShardError(IncompleteStoreError):
-    """A shard's data file does not match the shape, dtype or sha256 its sidecar records."""
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """A complete shard: rows ``[start, stop)``; ``arrays``: name -> (shape, dtype like '<f4')."""
-
-    checkpoint_id: str
-    split: str
-    index: int
-    start: int
-    stop: int
-    arrays: dict[str, tuple[tuple[int, ...], str]]
-
-
-def _check_name(kind: str, name: Any) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("."):
-        raise ValueError(
-            f"{kind} {name!r} is not valid: use a non-empty name of letters, digits, '_', '-' "
-            "and '.' that does not start with '.'"
-        )
-    return name
+__all__ = [
+    "CorruptShardError",
+    "FeatureStore",
+    "IncompleteStoreError",
+    "ShardInfo",
+    "StoreMismatchError",
+]
 
 
 def _publish_json(path: Path, record: dict) -> dict:
@@ -82,42 +67,6 @@ def _publish_json(path: Path, record: dict) -> dict:
     text = json.dumps(record, indent=1, sort_keys=True).encode()
     write_atomic(path, lambda sink: sink.write(text), replace=False)
     return json.loads(path.read_text())
-
-
-def _save_npy(array: np.ndarray, sink: Any) -> None:
-    np.save(sink, array, allow_pickle=False)
-
-
-def _copy_into(source: Path, sink: Any) -> None:
-    with open(source, "rb") as file:
-        shutil.copyfileobj(file, sink)
-
-
-def _data_path(directory: Path, index: int, name: str) -> Path:
-    return directory / f"{index:06d}.{name}.npy"
-
-
-def _complete_sidecar(directory: Path, index: int) -> dict | None:
-    """The sidecar of shard ``index`` if it and all the data files it lists exist."""
-    path = directory / f"{index:06d}.json"
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    for name in record["arrays"]:  # names become file names: refuse traversal from disk too
-        _check_name("array name", name)
-    if not all(_data_path(directory, index, name).is_file() for name in record["arrays"]):
-        return None
-    return record
-
-
-def _check_same_shard(directory: Path, index: int, record: dict) -> None:
-    found = json.loads((directory / f"{index:06d}.json").read_text())
-    if found != record:
-        raise StoreMismatchError(
-            f"shard {index} in {directory} holds rows [{found['start']}, {found['stop']}) with "
-            f"other content than the rows [{record['start']}, {record['stop']}) given; a shard is "
-            "written once: use a new store directory, or delete the shard's files to replace it"
-        )
 
 
 def _normalize_config(config: Mapping[str, Any]) -> dict:
@@ -153,48 +102,6 @@ def _check_manifest(root: Path, found: dict, config: dict) -> None:
             f"store {root} was built with a different config ({differences}); "
             "use a new store directory or the store's config"
         )
-
-
-def _as_array(name: str, value: Any) -> np.ndarray:
-    _check_name("array name", name)
-    array = np.asarray(value)
-    if array.dtype.hasobject or array.ndim == 0:
-        raise ValueError(f"array {name!r} must be a non-object array with a first (example) axis")
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
-
-
-def _check_rows(arrays: dict[str, np.ndarray], start: int, size: int, split: str) -> int:
-    """Validate a shard's arrays for rows from ``start`` of a split of ``size``; return stop."""
-    lengths = {name: array.shape[0] for name, array in arrays.items()}
-    if len(set(lengths.values())) != 1:
-        raise ValueError(f"a shard needs one or more arrays with equal row counts, got {lengths}")
-    stop = start + next(iter(lengths.values()))
-    if stop == start or start < 0 or stop > size:
-        raise ValueError(
-            f"rows [{start}, {stop}) are not a non-empty part of {split!r} [0, {size})"
-        )
-    for name, array in arrays.items():
-        if array.dtype.kind in "fc":
-            bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
-            if bad.any():
-                raise ValueError(
-                    f"array {name!r} has a non-finite value (NaN or inf) at row "
-                    f"{start + int(bad.argmax())}; fix the featurization before storing it"
-                )
-    return stop
-
-
-def _coverage_problems(shards: list[tuple[int, dict]], size: int) -> list[str]:
-    problems, cursor = [], 0
-    for index, record in shards:
-        if record["start"] > cursor:
-            problems.append(f"rows [{cursor}, {record['start']}) are missing")
-        elif record["start"] < cursor:
-            problems.append(f"shard {index} overlaps rows before {cursor}")
-        cursor = max(cursor, record["stop"])
-    if cursor < size:
-        problems.append(f"rows [{cursor}, {size}) are missing")
-    return problems
 
 
 class FeatureStore:
@@ -252,8 +159,8 @@ class FeatureStore:
             )
 
     def _publish(self, kind: str, name: str, record: dict, fingerprint: str) -> dict:
-        _check_name(kind[:-1], name)
-        _check_name("fingerprint", fingerprint)
+        check_name(kind[:-1], name)
+        check_name("fingerprint", fingerprint)
         return _publish_json(self.root / kind / f"{name}.json", record)
 
     def _records(self, kind: str) -> dict[str, dict]:
@@ -269,15 +176,15 @@ class FeatureStore:
         return {split: record["size"] for split, record in self._records("splits").items()}
 
     def _shard_dir(self, checkpoint_id: str, split: str) -> Path:
-        _check_name("checkpoint", checkpoint_id)
-        return self.root / "shards" / checkpoint_id / _check_name("split", split)
+        check_name("checkpoint", checkpoint_id)
+        return self.root / "shards" / checkpoint_id / check_name("split", split)
 
     def _split_size(self, checkpoint_id: str, split: str) -> int:
         if not (
-            self.root / "checkpoints" / f"{_check_name('checkpoint', checkpoint_id)}.json"
+            self.root / "checkpoints" / f"{check_name('checkpoint', checkpoint_id)}.json"
         ).exists():
             raise ValueError(f"checkpoint {checkpoint_id!r} is not registered in {self.root}")
-        path = self.root / "splits" / f"{_check_name('split', split)}.json"
+        path = self.root / "splits" / f"{check_name('split', split)}.json"
         if not path.is_file():
             raise ValueError(f"split {split!r} is not declared in {self.root}")
         return json.loads(path.read_text())["size"]
@@ -286,14 +193,14 @@ class FeatureStore:
     def _complete_shards(directory: Path) -> dict[int, dict]:
         """Index -> sidecar of each complete shard in ``directory``."""
         names = sorted(os.listdir(directory)) if directory.is_dir() else []
-        indices = [int(match[1]) for match in map(_SIDECAR.fullmatch, names) if match]
-        records = {index: _complete_sidecar(directory, index) for index in indices}
+        indices = [int(match[1]) for match in map(SIDECAR.fullmatch, names) if match]
+        records = {index: complete_sidecar(directory, index) for index in indices}
         return {index: record for index, record in records.items() if record is not None}
 
     def has_shard(self, checkpoint_id: str, split: str, index: int) -> bool:
         """Whether shard ``index`` is complete (its sidecar and data files exist)."""
         directory = self._shard_dir(checkpoint_id, split)
-        return _complete_sidecar(directory, operator.index(index)) is not None
+        return complete_sidecar(directory, operator.index(index)) is not None
 
     def shards(self, checkpoint_id: str, split: str) -> list[ShardInfo]:
         """The complete shards of ``(checkpoint_id, split)``, sorted by first row."""
@@ -323,22 +230,22 @@ class FeatureStore:
         :class:`StoreMismatchError`.
         """
         size, index = self._split_size(checkpoint_id, split), operator.index(index)
-        arrays = {name: _as_array(name, value) for name, value in arrays.items()}
+        arrays = {name: as_array(name, value) for name, value in arrays.items()}
         start = operator.index(start)
-        record: dict[str, Any] = {"start": start, "stop": _check_rows(arrays, start, size, split)}
+        record: dict[str, Any] = {"start": start, "stop": check_rows(arrays, start, size, split)}
         record["arrays"] = {}
         for name, array in arrays.items():
             sink = HashingWriter()
-            _save_npy(array, sink)
+            save_npy(array, sink)
             meta = {"shape": list(array.shape), "dtype": array.dtype.str}
             record["arrays"][name] = {**meta, "sha256": sink.digest.hexdigest()}
-        fills = {name: partial(_save_npy, array) for name, array in arrays.items()}
+        fills = {name: partial(save_npy, array) for name, array in arrays.items()}
         self._put_shard(self._shard_dir(checkpoint_id, split), index, record, fills)
 
     def _put_shard(self, directory: Path, index: int, record: dict, fills: Mapping) -> bool:
         """Write a shard's data files with ``fills``, then its sidecar; True if the shard is new."""
         if (directory / f"{index:06d}.json").is_file():
-            _check_same_shard(directory, index, record)
+            check_same_shard(directory, index, record)
         for other_index, other in self._complete_shards(directory).items():
             overlap = min(record["stop"], other["stop"]) - max(record["start"], other["start"])
             if other_index != index and overlap > 0:
@@ -347,7 +254,7 @@ class FeatureStore:
                     f"[{other['start']}, {other['stop']}) of shard {other_index} in {directory}"
                 )
         for name, meta in record["arrays"].items():
-            path = _data_path(directory, index, name)
+            path = data_path(directory, index, name)
             if not path.is_file() or file_digest(path) != meta["sha256"]:
                 if write_atomic(path, fills[name]) != meta["sha256"]:
                     path.unlink(missing_ok=True)
@@ -356,7 +263,7 @@ class FeatureStore:
         sidecar = directory / f"{index:06d}.json"
         if write_atomic(sidecar, lambda sink: sink.write(text), replace=False):
             return True
-        _check_same_shard(directory, index, record)  # already complete, or another writer won
+        check_same_shard(directory, index, record)  # already complete, or another writer won
         return False
 
     def load(
@@ -394,7 +301,7 @@ class FeatureStore:
             ),
             key=lambda item: (item[1]["start"], item[0]),
         )
-        problems = _coverage_problems(shards, size)
+        problems = coverage_problems(shards, size)
         if problems:
             raise IncompleteStoreError(
                 f"array {name!r} of checkpoint {checkpoint_id!r}, split {split!r} in {self.root} "
@@ -409,7 +316,7 @@ class FeatureStore:
     @staticmethod
     def _blocks(directory: Path, shards: list, name: str, verify: bool) -> Iterator:
         for index, record in shards:
-            path, meta = _data_path(directory, index, name), record["arrays"][name]
+            path, meta = data_path(directory, index, name), record["arrays"][name]
             if verify and file_digest(path) != meta["sha256"]:
                 raise CorruptShardError(f"{path} does not match the sha256 of its sidecar")
             block = np.load(path, allow_pickle=False)
@@ -442,7 +349,7 @@ class FeatureStore:
                 source = other._shard_dir(checkpoint_id, split)
                 for index, record in other._complete_shards(source).items():
                     names = record["arrays"]
-                    fills = {n: partial(_copy_into, _data_path(source, index, n)) for n in names}
+                    fills = {n: partial(copy_into, data_path(source, index, n)) for n in names}
                     target = self._shard_dir(checkpoint_id, split)
                     copied += self._put_shard(target, index, record, fills)
         return copied
