@@ -173,3 +173,13 @@ def test_bad_keep_masks_are_refused(data):
         train(build_model(MLP, 0), data.train, CONFIG, keep=torch.ones(n, dtype=torch.long))
     with pytest.raises(ValueError, match="keep removes every example"):
         train(build_model(MLP, 0), data.train, CONFIG, keep=torch.zeros(n, dtype=torch.bool))
+
+
+def test_a_non_finite_loss_names_its_step(data):
+    inputs = data.train.inputs.clone()
+    inputs[5, 0] = float("nan")
+    poisoned = type(data.train)(inputs, data.train.targets)
+    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(2))
+    step = int((order == 5).nonzero()[0, 0]) // CONFIG.batch_size
+    with pytest.raises(FloatingPointError, match=f"training loss became nan at step {step}$"):
+        train(build_model(MLP, 0), poisoned, CONFIG, seed=2)
