@@ -87,7 +87,7 @@ def _epoch(model, task, data, config, optimizer, generator, keep) -> tuple[int, 
         inputs, targets = to_device_of(model, data.inputs[batch], data.targets[batch])
         loss = task.loss(model(inputs), targets).mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss)} at step {steps}")
+            raise FloatingPointError(f"training loss became {float(loss.detach())} at step {steps}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr_sum += _current_lr(optimizer)
