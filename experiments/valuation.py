@@ -116,7 +116,14 @@ class Attributions:
         options = self.cfg.valuation
         parameters = list(options.influence_parameters or []) or None
         influence = InfluenceFunction(instantiate(options.solver), parameters=parameters)
-        return influence.fit(self.model, self.train)
+        try:
+            return influence.fit(self.model, self.train)
+        except ValueError as error:  # e.g. EK-FAC on a Conv layer: say which option fixes it
+            raise ValueError(
+                f"{error}; here: valuation.influence_parameters=[...] (e.g. the CNN's "
+                "[head.weight,head.bias]), or valuation.ranking / valuation.values_from "
+                "without influence"
+            ) from error
 
     def _trak(self):
         featurizer = instantiate(self.cfg.featurizer)

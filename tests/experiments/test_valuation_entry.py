@@ -82,3 +82,9 @@ def test_trak_ranking_is_the_library_trak_self_influence(tmp_path, noisy):
     assert auc == pytest.approx(mislabel_detection(suspicion, flipped).auc, abs=1e-12)
     report = json.loads((tmp_path / "valuation" / "seed-0-flip-0" / "valuation.json").read_text())
     assert report["pruning"]["fractions"] == [0.0, 0.5]  # with the full-data baseline
+
+
+def test_influence_on_a_cnn_names_the_option_that_fixes_it(tmp_path):
+    cnn = ("experiment=tiny", "progress=false", "model=cnn1d", "~model.hidden", "+model.channels=4")
+    with pytest.raises(ValueError, match=r"valuation.influence_parameters=\[\.\.\.\]"):
+        run_entry_point("valuation", tmp_path, "valuation.values_from=influence", base=cnn)
