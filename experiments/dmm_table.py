@@ -171,18 +171,22 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--figure", type=Path)
     parser.add_argument("--timing", type=Path, help="results of experiments/dmm_time.py")
+    parser.add_argument(
+        "--no-lds", action="store_true", help="no predictor LDS (no datamodel ground truth)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    quality = predictor_lds(str(args.workspace))
+    quality = {} if args.no_lds else predictor_lds(str(args.workspace))
     timing = json.loads(args.timing.read_text())["results"] if args.timing else {}
     tables, runs, goals = {}, {}, {}
     for forget in args.forget:
         tables[forget], runs[forget] = comparison_table(args.workspace, forget)
         goals[forget] = goal_check(runs[forget], timing.get(forget, {}).get("fraction"))
         print(f"\n{forget}\n{tables[forget]}\ngoal: {goals[forget]}")
-    tables["predictors"] = meta_table(quality, runs)
-    print(f"\npredictor quality vs unlearning quality\n{tables['predictors']}")
-    if args.figure:
+    if quality:
+        tables["predictors"] = meta_table(quality, runs)
+        print(f"\npredictor quality vs unlearning quality\n{tables['predictors']}")
+    if args.figure and quality:
         figure(quality, runs, args.figure)
     record = {"command": command_line(), **environment(1), "predictor_lds": quality}
     record |= {"tables": tables, "goals": goals, "runs": runs}
