@@ -7,8 +7,9 @@ points resolve one ``device`` setting and put models there with :class:`OnDevice
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -62,3 +63,14 @@ class OnDevice:
 def on_device(factory: Callable[[], nn.Module], spec: str | torch.device = "auto") -> OnDevice:
     """``factory`` whose models land on the device ``spec`` names (see :func:`resolve_device`)."""
     return OnDevice(factory, resolve_device(spec))
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run with the global RNGs (the CPU's and every CUDA device's) seeded by ``seed``, and give
+    the caller's states back afterwards: ``torch.manual_seed`` also reseeds CUDA, so forking only
+    the CPU's generator would leave the caller's CUDA stream changed."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from tda.device import seeded_rng
+
 
 class MLP(nn.Sequential):
     """Fully connected ReLU network, e.g. the MNIST-1D benchmark model 40-128-128-10."""
@@ -56,7 +58,6 @@ class LogisticRegression(nn.Linear):
 
 def build_model(factory: Callable[[], nn.Module], seed: int, dtype: torch.dtype = torch.float32):
     """Construct ``factory()`` with initial weights drawn from ``seed``; global RNGs untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_rng(seed):
         model = factory()
     return model.to(dtype)

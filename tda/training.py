@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from tda.checkpoints import Checkpoint, save_checkpoint
 from tda.data.examples import Examples
-from tda.device import to_device_of
+from tda.device import seeded_rng, to_device_of
 from tda.task import ClassificationTask, Task
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -159,8 +159,7 @@ def train(
     if checkpoint_dir is not None and config.save_initial:
         checkpoints.append(_save_initial(checkpoint_dir, model, optimizer))
     model.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_rng(seed):
         for epoch in tqdm(range(1, config.epochs + 1), desc="train", disable=not progress):
             steps, lr_sum = _epoch(model, task, data, config, optimizer, generator, keep)
             step, segment_steps, segment_lr = (

@@ -153,3 +153,11 @@ def test_hydra_valuation_and_ntk_run_on_cuda(tmp_path):
     run_entry_point("valuation", tmp_path, base=base)
     tau = run_entry_point("ntk", tmp_path, "ntk/kernel=trace", base=base)
     assert -1.0 <= tau <= 1.0
+
+
+def test_seeded_work_gives_the_callers_cuda_rng_back(data):
+    """``torch.manual_seed`` reseeds CUDA too; training must restore the caller's CUDA stream."""
+    torch.cuda.manual_seed(123)
+    state = torch.cuda.get_rng_state()
+    trained("cuda", data)
+    assert torch.equal(torch.cuda.get_rng_state(), state)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from tda.data.examples import Examples
+from tda.device import seeded_rng
 from tda.training import OptimizerFactory, SchedulerFactory
 from unlearn.masks import Mask, fully_frozen, pin, restore_frozen, zero_frozen_gradients
 
@@ -216,8 +217,7 @@ def unlearning_loop(
     was_training = model.training
     model.train()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_rng(seed):
             _run_epochs(model, phases, config, optimizer, pinned, generator)
         _check_finite_weights(model)
         model.eval()
