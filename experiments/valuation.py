@@ -8,6 +8,7 @@ python experiments/valuation.py experiment=mnist1d_cnn valuation.ranking=tracin 
 """
 
 import logging
+import shutil
 from pathlib import Path
 
 import hydra
@@ -52,7 +53,7 @@ def main(cfg: DictConfig) -> float:
     factory, config = on_device(instantiate(cfg.model), cfg.device), instantiate(cfg.train)
     run = workspace / "valuation" / f"seed-{cfg.model_seed}-flip-{options.flip_seed}"
     model = build_model(factory, cfg.model_seed)
-    checkpoints = train(model, noisy, config, seed=cfg.model_seed, checkpoint_dir=run / "models")
+    trained = train(model, noisy, config, seed=cfg.model_seed, checkpoint_dir=run / "models")
     queries = splits.test.subset(range(min(cfg.queries, len(splits.test) // 2)))
     attributions = Attributions(cfg, model, noisy, queries, run)
     scores = attributions.query_scores(options.values_from)  # the rest of the test set: accuracy
@@ -70,7 +71,7 @@ def main(cfg: DictConfig) -> float:
             progress=cfg.progress,
         )
     rankings = {
-        "tracin": lambda: tracin_self_influence(factory, checkpoints.checkpoints, noisy),
+        "tracin": lambda: tracin_self_influence(factory, trained.checkpoints, noisy),
         "graddot": lambda: loss_gradient_norms(model, noisy),
     }
     ranking = rankings.get(options.ranking, lambda: attributions.self_scores(options.ranking))
@@ -86,13 +87,8 @@ class Attributions:
     """Influence functions and TRAK on the trained model, each fitted once when first asked."""
 
     def __init__(self, cfg: DictConfig, model, train_data, queries, run: Path) -> None:
-        self.cfg, self.model, self.train, self.queries, self.run = (
-            cfg,
-            model,
-            train_data,
-            queries,
-            run,
-        )
+        self.cfg, self.model, self.run = cfg, model, run
+        self.train, self.queries = train_data, queries
         self.fitted: dict = {}
 
     def query_scores(self, kind: str) -> torch.Tensor:
@@ -126,7 +122,10 @@ class Attributions:
             ) from error
 
     def _trak(self):
+        """TRAK on a store rebuilt every run: the model was just retrained (bitwise the same on
+        the CPU, not on a GPU, where the old store would refuse it)."""
         featurizer = instantiate(self.cfg.featurizer)
+        shutil.rmtree(self.run / "features", ignore_errors=True)
         store = open_feature_store(self.run / "features", featurizer, self.cfg.shard_size)
         splits = {"train": self.train, "query": self.queries}
         featurize(self.model, splits, featurizer, store, checkpoint_id="final", progress=False)
