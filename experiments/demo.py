@@ -48,6 +48,7 @@ def ground_truth(data: tda.DataSplits, queries: tda.Examples) -> tda.GroundTruth
 
 def main() -> None:
     torch.set_num_threads(1)  # small models: one thread is as fast and robust to a busy machine
+    print(f"models run on: {MODEL.device} (device=auto)")
     data = tda.load_mnist1d(n_train=4000, n_test=1000, seed=0)
     queries = data.test.subset(range(QUERIES))
     scores = attribute(data, queries)
