@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all test-gpu lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# On a machine with CUDA (torch's PyPI wheels for Linux are CUDA builds): CPU vs CUDA agreement.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m gpu -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tda unlearn experiments tests benchmarks
