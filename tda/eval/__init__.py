@@ -1,20 +1,16 @@
 """Evaluation of attributions against retraining: LDS, damping chosen by data, counterfactuals."""
 
-from tda.eval.counterfactual import (
-    RANDOM,
+from tda.eval.counterfactual import RANDOM, QueryOutcomes, Removal, RemovalRetrainer, plan_removals
+from tda.eval.counterfactual_store import CounterfactualStore
+from tda.eval.counterfactual_summary import (
     CounterfactualComparison,
     CounterfactualRecord,
     CounterfactualResult,
     CounterfactualSummary,
     Estimate,
-    QueryOutcomes,
-    Removal,
-    RemovalRetrainer,
     counterfactual_result,
     counterfactual_retraining,
-    plan_removals,
 )
-from tda.eval.counterfactual_store import CounterfactualStore
 from tda.eval.damping import DampingChoice, select_damping
 from tda.eval.lds import LDSResult, lds, noise_ceiling, predict_subset_outputs
 
