@@ -61,8 +61,13 @@ def main(cfg: DictConfig) -> int:
 
 
 def _storage_dtype(name: str | None) -> torch.dtype | None:
-    """``null`` (the model's dtype), ``float16`` or ``float32``; bfloat16 has no numpy form."""
-    choices = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+    """``null`` (the model's dtype), ``bfloat16``, ``float16``, ``float32`` or ``float64``."""
+    choices = {
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "float32": torch.float32,
+        "float64": torch.float64,
+    }
     if name is not None and name not in choices:
         raise ValueError(f"storage_dtype={name!r}: choose null or one of {sorted(choices)}")
     return None if name is None else choices[name]

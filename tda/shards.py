@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
+BFLOAT16 = "bfloat16"  # sidecar dtype of arrays kept as raw bfloat16 words ('<u2' on disk)
 SIDECAR = re.compile(r"(\d+)\.json")
 
 
@@ -129,3 +131,30 @@ def coverage_problems(shards: list[tuple[int, dict]], size: int) -> list[str]:
     if cursor < size:
         problems.append(f"rows [{cursor}, {size}) are missing")
     return problems
+
+
+def encode(name: str, value: Any) -> tuple[np.ndarray, str]:
+    """``(array as saved, dtype the sidecar records)``. A torch ``bfloat16`` tensor, which numpy
+    cannot hold, is saved as its raw 16-bit words and recorded as ``"bfloat16"``."""
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16:
+        words = value.detach().cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
+        return as_array(name, words), BFLOAT16
+    array = as_array(name, value)
+    return array, array.dtype.str
+
+
+def decode(block: np.ndarray, dtype: str) -> np.ndarray:
+    """A saved block as its values: ``bfloat16`` words widen exactly to float32."""
+    if dtype == BFLOAT16:
+        return (block.astype(np.uint32) << 16).view(np.float32)
+    return block
+
+
+def saved_dtype(dtype: str) -> str:
+    """The numpy dtype of the file that holds an array recorded as ``dtype``."""
+    return np.dtype(np.uint16).newbyteorder("<").str if dtype == BFLOAT16 else dtype
+
+
+def loaded_dtype(dtype: str) -> np.dtype:
+    """The dtype :meth:`FeatureStore.load` returns for an array recorded as ``dtype``."""
+    return np.dtype(np.float32) if dtype == BFLOAT16 else np.dtype(dtype)

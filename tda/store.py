@@ -41,7 +41,6 @@ from tda.shards import (
     IncompleteStoreError,
     ShardInfo,
     StoreMismatchError,
-    as_array,
     check_name,
     check_rows,
     check_same_shard,
@@ -49,7 +48,11 @@ from tda.shards import (
     copy_into,
     coverage_problems,
     data_path,
+    decode,
+    encode,
+    loaded_dtype,
     save_npy,
+    saved_dtype,
 )
 
 FORMAT, VERSION = "tda.FeatureStore", 1
@@ -224,22 +227,25 @@ class FeatureStore:
 
         Args:
             arrays: name -> array ``[n, ...]``, one ``n > 0`` for all; float arrays must be finite.
+                A torch ``bfloat16`` tensor is kept as raw 16-bit words (half a float32 array, the
+                float32 exponent range) and loaded back as float32.
 
         Rewriting a complete shard with the same content writes nothing (it repairs missing or
         corrupt data files). Other content, or rows overlapping another shard, raise
         :class:`StoreMismatchError`.
         """
         size, index = self._split_size(checkpoint_id, split), operator.index(index)
-        arrays = {name: as_array(name, value) for name, value in arrays.items()}
+        encoded = {name: encode(name, value) for name, value in arrays.items()}
+        values = {name: decode(array, dtype) for name, (array, dtype) in encoded.items()}
         start = operator.index(start)
-        record: dict[str, Any] = {"start": start, "stop": check_rows(arrays, start, size, split)}
+        record: dict[str, Any] = {"start": start, "stop": check_rows(values, start, size, split)}
         record["arrays"] = {}
-        for name, array in arrays.items():
+        for name, (array, dtype) in encoded.items():
             sink = HashingWriter()
             save_npy(array, sink)
-            meta = {"shape": list(array.shape), "dtype": array.dtype.str}
+            meta = {"shape": list(array.shape), "dtype": dtype}
             record["arrays"][name] = {**meta, "sha256": sink.digest.hexdigest()}
-        fills = {name: partial(save_npy, array) for name, array in arrays.items()}
+        fills = {name: partial(save_npy, array) for name, (array, _) in encoded.items()}
         self._put_shard(self._shard_dir(checkpoint_id, split), index, record, fills)
 
     def _put_shard(self, directory: Path, index: int, record: dict, fills: Mapping) -> bool:
@@ -277,7 +283,8 @@ class FeatureStore:
         """
         directory, shards = self._covering(checkpoint_id, split, name)
         first = shards[0][1]["arrays"][name]
-        out = np.empty((shards[-1][1]["stop"], *first["shape"][1:]), dtype=first["dtype"])
+        shape = (shards[-1][1]["stop"], *first["shape"][1:])
+        out = np.empty(shape, dtype=loaded_dtype(first["dtype"]))
         for start, block in self._blocks(directory, shards, name, verify):
             out[start : start + len(block)] = block
         return out
@@ -320,9 +327,9 @@ class FeatureStore:
             if verify and file_digest(path) != meta["sha256"]:
                 raise CorruptShardError(f"{path} does not match the sha256 of its sidecar")
             block = np.load(path, allow_pickle=False)
-            if list(block.shape) != meta["shape"] or block.dtype.str != meta["dtype"]:
+            if list(block.shape) != meta["shape"] or block.dtype.str != saved_dtype(meta["dtype"]):
                 raise CorruptShardError(f"{path} does not have the shape and dtype of its sidecar")
-            yield record["start"], block
+            yield record["start"], decode(block, meta["dtype"])
 
     def merge_from(self, other_root: str | os.PathLike) -> int:
         """Copy the checkpoints, splits and complete shards of the store at ``other_root``.

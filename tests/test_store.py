@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tda.store import (
     CorruptShardError,
@@ -250,3 +251,29 @@ def test_shard_missing_a_data_file_is_incomplete_until_rewritten(reference: Feat
         reference.load("c0", "train", "out_to_loss")
     _write(reference, 2)
     _assert_bitwise_equal(reference.load("c0", "train", "out_to_loss", verify=True), OUT_TO_LOSS)
+
+
+def test_bfloat16_arrays_round_trip_as_float32(tmp_path: Path) -> None:
+    """Kept as raw 16-bit words (numpy has no bfloat16), loaded back exactly as float32."""
+    store = _store(tmp_path)
+    values = torch.from_numpy(FEATURES).to(torch.bfloat16)
+    for index, (start, stop) in enumerate(RANGES):
+        store.write_shard("c0", "train", index, start, {"features": values[start:stop]})
+    expected = values.float().numpy()
+    _assert_bitwise_equal(store.load("c0", "train", verify=True), expected)
+    blocks = np.concatenate([block for _, block in store.iter_rows("c0", "train")])
+    _assert_bitwise_equal(blocks, expected)
+    assert np.load(_shard_dir(store) / "000000.features.npy").dtype == np.uint16
+    assert store.shards("c0", "train")[0].arrays["features"] == ((3, 3), "bfloat16")
+
+
+def test_bfloat16_shards_refuse_non_finite_values_and_float32_neighbours(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    bad = torch.from_numpy(FEATURES[:3]).to(torch.bfloat16)
+    bad[1, 2] = float("inf")
+    with pytest.raises(ValueError, match="non-finite value .* at row 1"):
+        store.write_shard("c0", "train", 0, 0, {"features": bad})
+    store.write_shard("c0", "train", 0, 0, {"features": torch.from_numpy(FEATURES[:6]).bfloat16()})
+    store.write_shard("c0", "train", 1, 6, {"features": FEATURES[6:]})
+    with pytest.raises(StoreMismatchError, match="differ"):
+        store.load("c0", "train")

@@ -77,8 +77,9 @@ def featurize(
         checkpoint_id: the model's id in the store.
         shards: per split, the shard indices this call computes (missing split or ``None``: all),
             so separate processes can share a checkpoint's work.
-        storage_dtype: e.g. ``torch.float16`` halves the store (methods accumulate in float32 or
-            wider); default the model's dtype.
+        storage_dtype: ``torch.float16`` or ``torch.bfloat16`` halve the store (methods
+            accumulate in float32 or wider; bfloat16 keeps float32's range, float16 overflows
+            above 65504); default the model's dtype.
         progress: show a progress bar per split.
 
     The projection seed is derived from (featurizer seed, ``checkpoint_id``), so any process that
@@ -122,9 +123,9 @@ def _featurize_split(
     for index in tqdm(todo, desc=f"featurize {checkpoint_id}/{split}", disable=not progress):
         start = index * shard_size
         batch = seeded(model, *_rows(examples, start, shard_size))
-        dtype = storage_dtype or batch.features.dtype
-        arrays = {
-            "features": batch.features.detach().to("cpu", dtype).numpy(),
+        features = batch.features.detach().to("cpu", storage_dtype or batch.features.dtype)
+        arrays = {  # the store keeps a bfloat16 tensor as raw words: numpy has no bfloat16
+            "features": features if features.dtype == torch.bfloat16 else features.numpy(),
             "out_to_loss": batch.out_to_loss.detach().cpu().numpy(),
         }
         store.write_shard(checkpoint_id, split, index, start, arrays)

@@ -166,4 +166,4 @@ def _group_columns(group: Sequence[int], n_train: int, split: str) -> np.ndarray
 
 def _score_dtype(store: FeatureStore, checkpoint_id: str, split: str) -> torch.dtype:
     stored = store.shards(checkpoint_id, split)[0].arrays["features"][1]
-    return torch.float64 if np.dtype(stored) == np.float64 else torch.float32
+    return torch.float64 if stored == np.dtype(np.float64).str else torch.float32

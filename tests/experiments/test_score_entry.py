@@ -126,21 +126,23 @@ def test_unfinished_members_are_refused(workspace):
         run_entry_point("score", workspace, "attributor=tracin", "train.epochs=3")
 
 
-def test_float16_feature_store_scores_like_float32(workspace, tmp_path):
-    """``storage_dtype=float16`` halves the store; TRAK still accumulates in float64."""
-    for name, dtype in (("half", "float16"), ("full", "null")):
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_feature_stores_score_like_float32(workspace, tmp_path, dtype):
+    """``storage_dtype`` halves the store; TRAK still accumulates in float64."""
+    for name, storage in (("half", dtype), ("full", "null")):
         target = tmp_path / name
         target.mkdir()
         (target / "models").symlink_to(workspace / "models")
-        run_entry_point("featurize", target, f"storage_dtype={dtype}")
+        run_entry_point("featurize", target, f"storage_dtype={storage}")
         run_entry_point("score", target, "attributor=trak")
     shards = list((tmp_path / "half" / "features").rglob("*.features.npy"))
-    assert shards and all(np.load(path).dtype == np.float16 for path in shards)
+    saved = np.float16 if dtype == "float16" else np.uint16  # bfloat16: raw 16-bit words
+    assert shards and all(np.load(path).dtype == saved for path in shards)
     half, full = (written(tmp_path / name, "trak")[0] for name in ("half", "full"))
     assert np.corrcoef(half.ravel(), full.ravel())[0, 1] > 0.999
 
 
-def test_bfloat16_storage_is_refused_by_name(workspace, tmp_path):
+def test_an_unknown_storage_dtype_is_refused_by_name(workspace, tmp_path):
     (tmp_path / "models").symlink_to(workspace / "models")
-    with pytest.raises(ValueError, match="storage_dtype='bfloat16'.*float16"):
-        run_entry_point("featurize", tmp_path, "storage_dtype=bfloat16")
+    with pytest.raises(ValueError, match="storage_dtype='int8'.*bfloat16"):
+        run_entry_point("featurize", tmp_path, "storage_dtype=int8")

@@ -143,7 +143,11 @@ def test_bad_requests_give_clear_errors(tmp_path, tiny_mlp, tiny_data):
         open_feature_store(tmp_path / "other", featurizer, shard_size=0)
 
 
-def test_float16_storage(tmp_path, tiny_mlp, tiny_data):
+@pytest.mark.parametrize(
+    ("dtype", "loaded", "rtol"),
+    [(torch.float16, np.float16, 2e-3), (torch.bfloat16, np.float32, 1e-2)],
+)
+def test_half_precision_storage(tmp_path, tiny_mlp, tiny_data, dtype, loaded, rtol):
     featurizer = GradientFeaturizer(DenseProjector(16))
     store = open_feature_store(tmp_path, featurizer)
     featurize(
@@ -152,10 +156,12 @@ def test_float16_storage(tmp_path, tiny_mlp, tiny_data):
         featurizer,
         store,
         checkpoint_id="c",
-        storage_dtype=torch.float16,
+        storage_dtype=dtype,
         progress=False,
     )
     full = featurizer.with_seed(derive_seed(0, "c"))(tiny_mlp, tiny_data.inputs, tiny_data.targets)
     stored = store.load("c", "train")
-    assert stored.dtype == np.float16
-    np.testing.assert_allclose(stored, full.features.numpy(), rtol=2e-3, atol=1e-4)
+    assert stored.dtype == loaded
+    np.testing.assert_allclose(stored, full.features.numpy(), rtol=rtol, atol=1e-4)
+    if dtype == torch.bfloat16:  # exactly the bfloat16 rounding of the features
+        np.testing.assert_array_equal(stored, full.features.to(dtype).float().numpy())
