@@ -16,9 +16,10 @@ Every file is written to a unique ``.<file>.<random>.tmp`` beside it, fsynced, t
 ``os.replace`` (data files) or by a no-clobber hard link (records and sidecars: the first writer
 wins, later ones compare). A shard's sidecar is written last, so a shard is complete when its
 sidecar and the data files it lists exist; a killed writer's leftovers are ignored and overwritten.
-Files are read with ``json`` and ``np.load(allow_pickle=False)`` only. Two writers racing on one
-shard index with different content may leave data files unlike the winning sidecar:
-``load(verify=True)`` detects it and rewriting the winning content repairs it.
+Files are read with ``json`` and ``np.load(allow_pickle=False)`` only; an array whose sidecar
+dtype is ``"bfloat16"`` holds raw 16-bit words (numpy has no bfloat16) and loads as float32.
+Two writers racing on one shard index with different content may leave data files unlike the
+winning sidecar: ``load(verify=True)`` detects it and rewriting the winning content repairs it.
 """
 
 from __future__ import annotations
