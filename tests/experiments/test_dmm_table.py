@@ -1,6 +1,9 @@
 """experiments/dmm_table.py: the goal check and the predictor table read the records right."""
 
-from experiments.dmm_table import goal_check, meta_table
+import json
+import sys
+
+from experiments.dmm_table import goal_check, main, meta_table
 
 
 def _record(klom_forget: float, time_fraction: float = 0.05) -> dict:
@@ -37,3 +40,39 @@ def test_meta_table_marks_the_oracle_and_missing_runs():
     assert "| trak-m1 | 0.100 | 9.00 | 1.00 |" in table
     assert "| oracle | (oracle) | 5.00 | 1.00 |" in table
     assert "| trak-m20 | 0.200 | - | - |" in table
+
+
+def _full_record(klom_forget: float) -> dict:
+    """A finished experiments/unlearning.py record with every field the tables read."""
+    cell = {"mean": 50.0, "ci95": 1.0}
+    klom = {"forget": klom_forget, "retain": 5.0, "validation": 5.0}
+    floors = {f"{name}_floor": 4.9 for name in klom}
+    return {
+        "status": "ok",
+        "metrics": dict.fromkeys(("UA", "RA", "TA", "MIA"), cell),
+        "oracle_metrics": dict.fromkeys(("UA", "RA", "TA", "MIA"), cell),
+        "average_gap": 1.0,
+        "klom": {**klom, **floors},
+        "time_fraction": {"mean": 0.05},
+        "tuning": None,
+        "original": {"metrics": dict.fromkeys(("UA", "RA", "TA", "MIA"), cell),
+                     "average_gap": 9.0, "klom": {"forget": 9.0, "retain": 5.0, "validation": 5.0}},
+        "predictor_seconds": 1.0,
+    }  # fmt: skip
+
+
+def test_main_without_predictor_lds_writes_tables_and_goals(tmp_path, monkeypatch):
+    """``--no-lds`` (no datamodel ground truth, e.g. the CNN): comparison tables and goals only."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, klom in (("dmm-trak-m20", 5.0), ("dmm-oracle", 4.0), ("ft", 6.0), ("ga", 7.0)):
+        record = _full_record(klom)
+        (results / f"unlearn-{name}-random_10pct.json").write_text(json.dumps(record))
+    output = tmp_path / "dmm.json"
+    argv = ["dmm_table", str(tmp_path), "--forget", "random_10pct", "--no-lds", "--output"]
+    monkeypatch.setattr(sys, "argv", [*argv, str(output)])
+    main()
+    written = json.loads(output.read_text())
+    assert written["predictor_lds"] == {} and "predictors" not in written["tables"]
+    assert written["goals"]["random_10pct"]["beats"] == {"ft": True, "ga": True}
+    assert "| dmm-trak-m20 |" in written["tables"]["random_10pct"]
