@@ -117,6 +117,7 @@ def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace):
         config=instantiate(cfg.train),
         oracle_seeds=[cfg.oracle_seed + i for i in range(count)],
         oracle_root=workspace / "oracles",
+        criterion=cfg.tuning.criterion,
     )
     return [(value, candidates[value]) for value in selection.ranking()], selection
 

@@ -14,6 +14,18 @@ nor any model trained without :math:`F`:
    unlearning diverges (NaN or infinite loss or weights) on the proxy is recorded as failed and
    never chosen.
 
+The average gap sees accuracies only: two values that both misclassify :math:`F'` score alike
+however far their margins are from the oracles'. The ``"gap+klom"`` criterion also measures
+KLOM P95 on :math:`F'` (the proxy models' margins against the proxy oracles', as
+:mod:`unlearn.klom` judges :math:`F`; it needs enough models for its histograms, e.g. 20) and
+scores :math:`v` by
+
+.. math:: \frac{\mathrm{gap}(v)}{\mathrm{gap}_0} + \frac{\mathrm{KLOM}(v)}{\mathrm{KLOM}_0},
+
+each measure as a fraction of what the untouched originals leave on :math:`F'` (no unlearning:
+:math:`\mathrm{gap}_0`, :math:`\mathrm{KLOM}_0`), so the two measures the benchmark reports
+weigh alike whatever their units and whatever the forget set.
+
 The chosen value is then used, unchanged, on :math:`F`; should it diverge there (which the
 unlearner sees from its own loss, without any oracle), the next value of :meth:`Selection.ranking`
 is used instead (:func:`unlearn.benchmark.unlearn_each_stable`). Grid, scores, choice and any
@@ -25,7 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,13 +48,22 @@ from tda.training import TrainConfig
 from unlearn.benchmark import mean_metrics, metrics_of, unlearn_each
 from unlearn.ensembles import load_or_train_oracles
 from unlearn.forget_sets import ForgetSet, forget_request
+from unlearn.klom import klom, margins_of
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
 from unlearn.metrics import average_gap
 
-RULE = (
-    "minimise the average UA/RA/TA/MIA gap to oracles retrained without a proxy forget set "
-    "drawn from the retain set (same kind and size as F); ties -> earliest grid value"
-)
+RULES = {
+    "gap": (
+        "minimise the average UA/RA/TA/MIA gap to oracles retrained without a proxy forget set "
+        "drawn from the retain set (same kind and size as F); ties -> earliest grid value"
+    ),
+    "gap+klom": (
+        "minimise gap/gap0 + KLOM/KLOM0: the average UA/RA/TA/MIA gap and KLOM P95 on a proxy "
+        "forget set drawn from the retain set (same kind and size as F), both against oracles "
+        "retrained without it, each as a fraction of the untouched originals' own; ties -> "
+        "smaller gap, then earliest grid value"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -52,11 +73,15 @@ class Selection:
     Attributes:
         parameter: what was searched (a label, e.g. ``"loop.optimizer.lr"``).
         grid: the values tried, in order.
-        scores: proxy average gap of each value (lower is better); ``None`` where it diverged.
+        scores: what the criterion minimises for each value (the proxy average gap, or the sum
+            of relative gap and KLOM); ``None`` where it diverged.
         metrics: mean proxy UA / RA / TA / MIA of each value; ``None`` where it diverged.
         oracle_metrics: mean proxy metrics of the proxy oracles.
         chosen: the selected value.
-        rule: the selection rule, in words.
+        criterion: ``"gap"`` or ``"gap+klom"`` (see the module docstring).
+        gaps: proxy average gap of each value; ``None`` where it diverged.
+        kloms: proxy forget-set KLOM P95 of each value (``"gap+klom"`` only).
+        untouched: the untouched originals' proxy ``gap`` and ``klom`` (``"gap+klom"`` only).
     """
 
     parameter: str
@@ -65,24 +90,49 @@ class Selection:
     metrics: list[dict[str, float] | None]
     oracle_metrics: dict[str, float]
     chosen: Any
-    rule: str = RULE
+    criterion: str = "gap"
+    gaps: list[float | None] | None = None
+    kloms: list[float | None] | None = None
+    untouched: dict[str, float] | None = None
+
+    @property
+    def rule(self) -> str:
+        """The selection rule, in words."""
+        return RULES[self.criterion]
 
     def ranking(self) -> list[Any]:
-        """The values that did not diverge, best first (ties in grid order)."""
-        scored = [(score, i) for i, score in enumerate(self.scores) if score is not None]
-        return [self.grid[i] for _, i in sorted(scored)]
+        """The values that did not diverge, best first (ties: smaller gap, then grid order)."""
+        gaps = self.gaps if self.gaps is not None else self.scores
+        scored = [(score, gaps[i], i) for i, score in enumerate(self.scores) if score is not None]
+        return [self.grid[i] for *_, i in sorted(scored)]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         return {
             "parameter": self.parameter,
             "grid": self.grid,
+            "criterion": self.criterion,
             "scores": self.scores,
+            "gaps": self.gaps,
+            "kloms": self.kloms,
+            "untouched": self.untouched,
             "metrics": self.metrics,
             "oracle_metrics": self.oracle_metrics,
             "chosen": self.chosen,
             "rule": self.rule,
         }
+
+
+def relative_sum(
+    gaps: Sequence[float | None], kloms: Sequence[float | None], untouched: Mapping[str, float]
+) -> list[float | None]:
+    """Each value's gap and KLOM as fractions of the untouched originals' own, summed;
+    ``None`` where a value diverged. Units at or below 1e-9 count as 1e-9."""
+    gap_unit, klom_unit = (max(untouched[key], 1e-9) for key in ("gap", "klom"))
+    return [
+        None if gap is None else gap / gap_unit + measure / klom_unit
+        for gap, measure in zip(gaps, kloms, strict=True)
+    ]
 
 
 def select_on_proxy(
@@ -95,6 +145,7 @@ def select_on_proxy(
     test: Examples,
     *,
     seeds: Sequence[int],
+    proxy_oracle_margins: np.ndarray | None = None,
 ) -> Selection:
     """Pick the grid value whose proxy unlearning is closest to the proxy oracles.
 
@@ -108,6 +159,8 @@ def select_on_proxy(
             :math:`S \\setminus F'`.
         test: the evaluation test set (TA, MIA non-members).
         seeds: request seed of each original.
+        proxy_oracle_margins: margins ``[oracles, |F'|]`` of the proxy oracles on :math:`F'`
+            in ascending index order; given, the criterion is ``"gap+klom"``, else ``"gap"``.
 
     Raises:
         ValueError: an empty grid, or every value diverged.
@@ -115,21 +168,48 @@ def select_on_proxy(
     if not candidates:
         raise ValueError("the hyperparameter grid is empty")
     oracle = mean_metrics(proxy_oracle_metrics)
-    scores, metrics = [], []
+    split = ForgetSplit.of(train, forget_request(proxy_indices, train))
+    gaps, kloms, metrics = [], [], []
     for method in candidates.values():
         try:
             group = unlearn_each(method, originals, train, proxy_indices, test, seeds=seeds)
         except FloatingPointError:
-            scores.append(None)
+            gaps.append(None)
+            kloms.append(None)
             metrics.append(None)
             continue
         metrics.append(mean_metrics(group.metrics))
-        scores.append(average_gap(metrics[-1], oracle))
+        gaps.append(average_gap(metrics[-1], oracle))
+        if proxy_oracle_margins is not None:
+            kloms.append(klom(margins_of(group.models, split.forget), proxy_oracle_margins))
     grid = list(candidates)
-    finite = [np.inf if score is None else score for score in scores]
-    if np.isinf(finite).all():
+    if all(gap is None for gap in gaps):
         raise ValueError(f"every value of {parameter} in {grid} diverged on the proxy forget set")
-    return Selection(parameter, grid, scores, metrics, oracle, grid[int(np.argmin(finite))])
+    if proxy_oracle_margins is None:
+        selection = Selection(parameter, grid, gaps, metrics, oracle, None, "gap", gaps)
+    else:
+        untouched = _untouched(originals, split, test, seeds, oracle, proxy_oracle_margins)
+        scores = relative_sum(gaps, kloms, untouched)
+        selection = Selection(
+            parameter, grid, scores, metrics, oracle, None, "gap+klom", gaps, kloms, untouched
+        )
+    return replace(selection, chosen=selection.ranking()[0])
+
+
+def _untouched(
+    originals: Sequence[nn.Module],
+    split: ForgetSplit,
+    test: Examples,
+    seeds: Sequence[int],
+    oracle_metrics: Mapping[str, float],
+    oracle_margins: np.ndarray,
+) -> dict[str, float]:
+    """The untouched originals' proxy average gap and forget-set KLOM (no unlearning at all)."""
+    own = mean_metrics(metrics_of(originals, split, test, seeds=seeds))
+    return {
+        "gap": average_gap(own, oracle_metrics),
+        "klom": klom(margins_of(originals, split.forget), oracle_margins),
+    }
 
 
 def tune_on_proxy(
@@ -145,6 +225,7 @@ def tune_on_proxy(
     config: TrainConfig,
     oracle_seeds: Sequence[int],
     oracle_root: str | os.PathLike,
+    criterion: str = "gap",
 ) -> Selection:
     """The whole rule: draw ``forget_set``'s proxy, train (or load) its oracles, select.
 
@@ -156,7 +237,13 @@ def tune_on_proxy(
         model_factory, config: the recipe the oracles are retrained with.
         oracle_seeds: one proxy oracle per seed.
         oracle_root: where oracles are kept (see :func:`unlearn.oracle_directory`).
+        criterion: ``"gap"`` or ``"gap+klom"`` (see the module docstring).
+
+    Raises:
+        ValueError: an unknown criterion (and as :func:`select_on_proxy`).
     """
+    if criterion not in RULES:
+        raise ValueError(f"unknown tuning criterion {criterion!r}; choose one of {list(RULES)}")
     proxy = forget_set.proxy(train)
     indices, proxy_test = proxy.indices(train), proxy.evaluation_test(test)
     oracles = load_or_train_oracles(
@@ -164,6 +251,15 @@ def tune_on_proxy(
     )
     split = ForgetSplit.of(train, forget_request(indices, train))
     oracle_metrics = metrics_of(oracles.models, split, proxy_test, seeds=oracle_seeds)
+    margins = margins_of(oracles.models, split.forget) if criterion == "gap+klom" else None
     return select_on_proxy(
-        parameter, candidates, originals, train, indices, oracle_metrics, proxy_test, seeds=seeds
+        parameter,
+        candidates,
+        originals,
+        train,
+        indices,
+        oracle_metrics,
+        proxy_test,
+        seeds=seeds,
+        proxy_oracle_margins=margins,
     )

@@ -17,14 +17,18 @@ from unlearn import (
     benchmark,
     forget_request,
     interval,
+    klom,
     load_or_train,
     load_or_train_oracles,
+    margins_of,
     metrics_of,
     oracle_directory,
     select_on_proxy,
+    tune_on_proxy,
     unlearn_each,
 )
 from unlearn.benchmark import UnlearnedGroup
+from unlearn.tuning import relative_sum
 
 FACTORY = partial(MLP, 40, (16,), 10)
 CONFIG = TrainConfig(epochs=2, batch_size=32)
@@ -124,3 +128,47 @@ def test_the_proxy_selection_picks_the_value_closest_to_the_proxy_oracles(small,
         )
     with pytest.raises(ValueError, match="grid is empty"):
         select_on_proxy("lr", {}, originals, train, proxy, target, test, seeds=[0])
+
+
+def test_the_gap_and_klom_criterion_weighs_both_against_the_untouched_originals(small, tmp_path):
+    train, test = small
+    originals = load_or_train(FACTORY, train, CONFIG, [0, 1], tmp_path)
+    proxy = RandomForgetSet(0.1).proxy(train).indices(train)
+    sgd = lambda lr: LoopConfig(epochs=1, optimizer=partial(torch.optim.SGD, lr=lr))  # noqa: E731
+    candidates = {lr: FineTune(sgd(lr)) for lr in (0.0, 0.05, 0.5)}
+    # The "oracles" are lr = 0.05's own unlearned models: its gap and KLOM are both exactly 0.
+    group = unlearn_each(candidates[0.05], originals, train, proxy, test, seeds=[0, 1])
+    split = ForgetSplit.of(train, forget_request(proxy, train))
+    margins = margins_of(group.models, split.forget)
+    selection = select_on_proxy(
+        "lr", candidates, originals, train, proxy, group.metrics, test, seeds=[0, 1],
+        proxy_oracle_margins=margins,
+    )  # fmt: skip
+    assert selection.criterion == "gap+klom" and selection.chosen == 0.05
+    assert selection.gaps[1] == 0.0 and selection.kloms[1] == 0.0 and selection.scores[1] == 0.0
+    untouched = selection.untouched
+    assert untouched["klom"] == klom(margins_of(originals, split.forget), margins)
+    for gap, measure, score in zip(selection.gaps, selection.kloms, selection.scores, strict=True):
+        assert score == pytest.approx(gap / untouched["gap"] + measure / untouched["klom"])
+    record = selection.to_dict()
+    assert record["criterion"] == "gap+klom" and "KLOM P95" in record["rule"]
+    by_gap = select_on_proxy(
+        "lr", candidates, originals, train, proxy, group.metrics, test, seeds=[0, 1]
+    )
+    assert by_gap.criterion == "gap" and by_gap.kloms is None and by_gap.untouched is None
+
+
+def test_relative_sum_puts_both_measures_in_units_of_the_untouched_model():
+    scores = relative_sum([1.0, 2.0, None], [4.0, 1.0, None], {"gap": 2.0, "klom": 4.0})
+    assert scores == [1.5, 1.25, None]
+    assert relative_sum([0.5], [1.0], {"gap": 0.0, "klom": 1.0}) == [0.5 / 1e-9 + 1.0]
+
+
+def test_an_unknown_tuning_criterion_is_refused(small, tmp_path):
+    train, test = small
+    with pytest.raises(ValueError, match="unknown tuning criterion 'klom'"):
+        tune_on_proxy(
+            "lr", {0.1: FineTune()}, RandomForgetSet(0.1), [], train, test, seeds=[],
+            model_factory=FACTORY, config=CONFIG, oracle_seeds=[], oracle_root=tmp_path,
+            criterion="klom",
+        )  # fmt: skip
