@@ -24,7 +24,9 @@ scores :math:`v` by
 
 each measure as a fraction of what the untouched originals leave on :math:`F'` (no unlearning:
 :math:`\mathrm{gap}_0`, :math:`\mathrm{KLOM}_0`), so the two measures the benchmark reports
-weigh alike whatever their units and whatever the forget set.
+weigh alike whatever their units and whatever the forget set. A limit: where every value's
+KLOM sits at its cap on :math:`F'` (disjoint margin histograms, as for whole classes), its
+differences are noise, yet still move the choice between values whose gaps are close.
 
 The chosen value is then used, unchanged, on :math:`F`; should it diverge there (which the
 unlearner sees from its own loss, without any oracle), the next value of :meth:`Selection.ranking`
