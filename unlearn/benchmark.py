@@ -148,14 +148,16 @@ def klom_report(
 ) -> dict[str, Any]:
     """KLOM P95, KL(unlearned || oracle), per named point set, with its 95% bootstrap interval
     over the points (``<name>_ci95``), and the floor if given."""
-    report: dict[str, Any] = {"direction": "KL(unlearned || oracle)", "percentile": 95}
+    percentile = 95.0
+    report: dict[str, Any] = {"direction": "KL(unlearned || oracle)", "percentile": percentile}
     for name, examples in points.items():
         reference = margins_of(oracles, examples)
         per_point = klom_per_point(margins_of(unlearned, examples), reference)
-        report[name] = float(np.percentile(per_point, 95))
-        report[f"{name}_ci95"] = list(klom_interval(per_point))
+        report[name] = float(np.percentile(per_point, percentile))
+        report[f"{name}_ci95"] = list(klom_interval(per_point, percentile=percentile))
         if floor_oracles is not None:
-            report[f"{name}_floor"] = klom(margins_of(floor_oracles, examples), reference)
+            floor = margins_of(floor_oracles, examples)
+            report[f"{name}_floor"] = klom(floor, reference, percentile=percentile)
     return report
 
 
