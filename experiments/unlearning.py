@@ -118,6 +118,7 @@ def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace):
         oracle_seeds=[cfg.oracle_seed + i for i in range(count)],
         oracle_root=workspace / "oracles",
         criterion=cfg.tuning.criterion,
+        proxies=cfg.tuning.proxies,
     )
     return [(value, candidates[value]) for value in selection.ranking()], selection
 

@@ -7,6 +7,7 @@ Each type is a small frozen dataclass with three calls:
 - ``proxy(train)``: a *different* forget set of the same kind inside :math:`R = S \setminus F`
   (another random sample of the same size, or another class), on which hyperparameters may be
   tuned without looking at anything measured on :math:`F` (see :mod:`unlearn.tuning`);
+  ``proxies(train, count)`` gives ``count`` of them, the first being ``proxy(train)``;
 - ``evaluation_test(test)``: the test examples TA and MIA are measured on; class-wise forgetting
   measures them on the other classes, as in SalUn's protocol.
 
@@ -37,9 +38,18 @@ class ForgetSet(Protocol):
         """A disjoint forget set of the same kind, inside the retain set."""
         ...
 
+    def proxies(self, train: Examples, count: int) -> list[ForgetSet]:
+        """``count`` such forget sets (different from each other), ``proxy(train)`` first."""
+        ...
+
     def evaluation_test(self, test: Examples) -> Examples:
         """The test examples that TA and MIA-efficacy are measured on."""
         ...
+
+
+def _check_count(count: int) -> None:
+    if count < 1:
+        raise ValueError(f"need at least one proxy forget set, got {count}")
 
 
 def _sample(pool: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -70,10 +80,16 @@ class IndexForgetSet:
 
     def proxy(self, train: Examples) -> ForgetSet:
         """As many other positions, drawn at random (seed 1) from the rest."""
+        return self.proxies(train, 1)[0]
+
+    def proxies(self, train: Examples, count: int) -> list[ForgetSet]:
+        """Draws with seeds ``1 .. count`` from the rest."""
+        _check_count(count)
         rest = np.setdiff1d(np.arange(len(train)), self.indices(train))
         if len(self.positions) > len(rest) - 1:
             raise ValueError(f"the retain set of {len(rest)} is too small for a proxy")
-        return IndexForgetSet(tuple(_sample(rest, len(self.positions), 1).tolist()))
+        size = len(self.positions)
+        return [IndexForgetSet(tuple(_sample(rest, size, s).tolist())) for s in range(1, count + 1)]
 
     def evaluation_test(self, test: Examples) -> Examples:
         return test
@@ -106,11 +122,17 @@ class RandomForgetSet:
 
     def proxy(self, train: Examples) -> ForgetSet:
         """As many examples again, drawn with ``seed + 1`` from the retain set."""
+        return self.proxies(train, 1)[0]
+
+    def proxies(self, train: Examples, count: int) -> list[ForgetSet]:
+        """Draws with seeds ``seed + 1 .. seed + count`` from the retain set."""
+        _check_count(count)
         retain = np.setdiff1d(np.arange(len(train)), self.indices(train))
-        count = self._count(train)
-        if count > len(retain) - 1:
-            raise ValueError(f"the retain set of {len(retain)} is too small for a proxy of {count}")
-        return IndexForgetSet(tuple(_sample(retain, count, self.seed + 1).tolist()))
+        size = self._count(train)
+        if size > len(retain) - 1:
+            raise ValueError(f"the retain set of {len(retain)} is too small for a proxy of {size}")
+        seeds = range(self.seed + 1, self.seed + count + 1)
+        return [IndexForgetSet(tuple(_sample(retain, size, s).tolist())) for s in seeds]
 
     def evaluation_test(self, test: Examples) -> Examples:
         return test
@@ -136,12 +158,19 @@ class ClassForgetSet:
 
     def proxy(self, train: Examples) -> ForgetSet:
         """The next class present in the training set (cyclically)."""
+        return self.proxies(train, 1)[0]
+
+    def proxies(self, train: Examples, count: int) -> list[ForgetSet]:
+        """The next ``count`` classes present in the training set (cyclically)."""
+        _check_count(count)
         present = np.unique(train.targets.cpu().numpy())
         others = present[present != self.label]
         if len(others) < 2:
             raise ValueError("a class-wise proxy needs at least three classes in the training set")
-        following = others[others > self.label]
-        return ClassForgetSet(int(following[0] if len(following) else others[0]))
+        if count > len(others):
+            raise ValueError(f"{count} proxy classes asked for; there are {len(others)} others")
+        ordered = np.concatenate([others[others > self.label], others[others < self.label]])
+        return [ClassForgetSet(int(label)) for label in ordered[:count]]
 
     def evaluation_test(self, test: Examples) -> Examples:
         return test.subset(test.targets.cpu().numpy() != self.label)

@@ -28,6 +28,11 @@ weigh alike whatever their units and whatever the forget set. A limit: where eve
 KLOM sits at its cap on :math:`F'` (disjoint margin histograms, as for whole classes), its
 differences are noise, yet still move the choice between values whose gaps are close.
 
+One proxy is one other forget set, and what it ranks first need not be best on :math:`F` (a
+class above all: classes differ in how far their removal moves their points). ``proxies=K``
+scores every value on :math:`K` proxies (:meth:`ForgetSet.proxies`: the next :math:`K` classes,
+or :math:`K` random draws) and averages the scores (:func:`average_selections`).
+
 The chosen value is then used, unchanged, on :math:`F`; should it diverge there (which the
 unlearner sees from its own loss, without any oracle), the next value of :meth:`Selection.ranking`
 is used instead (:func:`unlearn.benchmark.unlearn_each_stable`). Grid, scores, choice and any
@@ -84,6 +89,7 @@ class Selection:
         gaps: proxy average gap of each value; ``None`` where it diverged.
         kloms: proxy forget-set KLOM P95 of each value (``"gap+klom"`` only).
         untouched: the untouched originals' proxy ``gap`` and ``klom`` (``"gap+klom"`` only).
+        per_proxy: each proxy's own selection, where several were averaged.
     """
 
     parameter: str
@@ -96,6 +102,7 @@ class Selection:
     gaps: list[float | None] | None = None
     kloms: list[float | None] | None = None
     untouched: dict[str, float] | None = None
+    per_proxy: list[dict[str, Any]] | None = None
 
     @property
     def rule(self) -> str:
@@ -118,6 +125,7 @@ class Selection:
             "gaps": self.gaps,
             "kloms": self.kloms,
             "untouched": self.untouched,
+            "per_proxy": self.per_proxy,
             "metrics": self.metrics,
             "oracle_metrics": self.oracle_metrics,
             "chosen": self.chosen,
@@ -228,40 +236,89 @@ def tune_on_proxy(
     oracle_seeds: Sequence[int],
     oracle_root: str | os.PathLike,
     criterion: str = "gap",
+    proxies: int = 1,
 ) -> Selection:
-    """The whole rule: draw ``forget_set``'s proxy, train (or load) its oracles, select.
+    """The whole rule: draw ``forget_set``'s proxies, train (or load) their oracles, select.
 
     Args:
         parameter, candidates, originals, train: as :func:`select_on_proxy`.
-        forget_set: the real forget set's rule; only its :meth:`proxy` is used.
-        test: the full test set (the proxy decides which examples evaluate it).
+        forget_set: the real forget set's rule; only its :meth:`proxies` are used.
+        test: the full test set (each proxy decides which examples evaluate it).
         seeds: request seed of each original (normally the original's training seed).
         model_factory, config: the recipe the oracles are retrained with.
-        oracle_seeds: one proxy oracle per seed.
+        oracle_seeds: one oracle per seed for every proxy.
         oracle_root: where oracles are kept (see :func:`unlearn.oracle_directory`).
         criterion: ``"gap"`` or ``"gap+klom"`` (see the module docstring).
+        proxies: how many proxy forget sets to score every value on; with more than one the
+            scores are averaged over them (:func:`average_selections`).
 
     Raises:
         ValueError: an unknown criterion (and as :func:`select_on_proxy`).
     """
     if criterion not in RULES:
         raise ValueError(f"unknown tuning criterion {criterion!r}; choose one of {list(RULES)}")
-    proxy = forget_set.proxy(train)
-    indices, proxy_test = proxy.indices(train), proxy.evaluation_test(test)
-    oracles = load_or_train_oracles(
-        model_factory, train, indices, config, oracle_seeds, oracle_root
+    selections = []
+    for proxy in forget_set.proxies(train, proxies):
+        indices, proxy_test = proxy.indices(train), proxy.evaluation_test(test)
+        oracles = load_or_train_oracles(
+            model_factory, train, indices, config, oracle_seeds, oracle_root
+        )
+        split = ForgetSplit.of(train, forget_request(indices, train))
+        oracle_metrics = metrics_of(oracles.models, split, proxy_test, seeds=oracle_seeds)
+        margins = margins_of(oracles.models, split.forget) if criterion == "gap+klom" else None
+        selections.append(
+            select_on_proxy(
+                parameter,
+                candidates,
+                originals,
+                train,
+                indices,
+                oracle_metrics,
+                proxy_test,
+                seeds=seeds,
+                proxy_oracle_margins=margins,
+            )
+        )
+    return selections[0] if len(selections) == 1 else average_selections(selections)
+
+
+def average_selections(selections: Sequence[Selection]) -> Selection:
+    """One selection from several proxies' of the same grid and criterion: every number is the
+    mean over proxies (``None`` where a value diverged on any), the choice is re-made on the mean
+    scores, and each proxy's own selection is kept in ``per_proxy``.
+
+    Raises:
+        ValueError: no selections, or selections of different grids or criteria.
+    """
+    if not selections:
+        raise ValueError("no selections to average")
+    first = selections[0]
+    for other in selections[1:]:
+        if (other.grid, other.criterion) != (first.grid, first.criterion):
+            raise ValueError("selections to average must share their grid and criterion")
+
+    def mean(field_name: str) -> list[float | None] | None:
+        columns = [getattr(selection, field_name) for selection in selections]
+        if columns[0] is None:
+            return None
+        rows = zip(*columns, strict=True)
+        return [None if None in row else float(np.mean(row)) for row in rows]
+
+    metrics = [
+        None if None in row else mean_metrics(row)
+        for row in zip(*(s.metrics for s in selections), strict=True)
+    ]
+    untouched = None if first.untouched is None else mean_metrics([s.untouched for s in selections])
+    averaged = replace(
+        first,
+        scores=mean("scores"),
+        gaps=mean("gaps"),
+        kloms=mean("kloms"),
+        metrics=metrics,
+        oracle_metrics=mean_metrics([s.oracle_metrics for s in selections]),
+        untouched=untouched,
+        per_proxy=[s.to_dict() for s in selections],
     )
-    split = ForgetSplit.of(train, forget_request(indices, train))
-    oracle_metrics = metrics_of(oracles.models, split, proxy_test, seeds=oracle_seeds)
-    margins = margins_of(oracles.models, split.forget) if criterion == "gap+klom" else None
-    return select_on_proxy(
-        parameter,
-        candidates,
-        originals,
-        train,
-        indices,
-        oracle_metrics,
-        proxy_test,
-        seeds=seeds,
-        proxy_oracle_margins=margins,
-    )
+    if all(score is None for score in averaged.scores):
+        raise ValueError(f"every value of {first.parameter} diverged on some proxy forget set")
+    return replace(averaged, chosen=averaged.ranking()[0])

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -9,6 +10,7 @@ from tda.fingerprint import model_fingerprint
 from tda.models import MLP
 from tda.training import TrainConfig
 from unlearn import (
+    ClassForgetSet,
     ExactRetraining,
     FineTune,
     ForgetSplit,
@@ -28,7 +30,7 @@ from unlearn import (
     unlearn_each,
 )
 from unlearn.benchmark import UnlearnedGroup
-from unlearn.tuning import relative_sum
+from unlearn.tuning import Selection, average_selections, relative_sum
 
 FACTORY = partial(MLP, 40, (16,), 10)
 CONFIG = TrainConfig(epochs=2, batch_size=32)
@@ -156,6 +158,48 @@ def test_the_gap_and_klom_criterion_weighs_both_against_the_untouched_originals(
         "lr", candidates, originals, train, proxy, group.metrics, test, seeds=[0, 1]
     )
     assert by_gap.criterion == "gap" and by_gap.kloms is None and by_gap.untouched is None
+
+
+def _selection(gaps, kloms, untouched):
+    metrics = [None if g is None else {"UA": g, "RA": 0.0, "TA": 0.0, "MIA": 0.0} for g in gaps]
+    return Selection("lr", [0.1, 0.2, 0.3], relative_sum(gaps, kloms, untouched), metrics,
+                     {"UA": 1.0, "RA": 2.0, "TA": 3.0, "MIA": 4.0}, 0.1, "gap+klom", gaps,
+                     kloms, untouched)  # fmt: skip
+
+
+def test_selections_on_several_proxies_are_averaged_and_the_choice_remade():
+    one = _selection([1.0, 2.0, 3.0], [4.0, 4.0, 4.0], {"gap": 4.0, "klom": 8.0})
+    two = _selection([5.0, 1.0, None], [4.0, 2.0, None], {"gap": 2.0, "klom": 4.0})
+    averaged = average_selections([one, two])
+    # scores: one 0.75 / 1.0 / 1.25, two 3.5 / 1.0 / None -> the mean picks 0.2
+    assert averaged.scores == pytest.approx([2.125, 1.0, None]) and averaged.chosen == 0.2
+    assert averaged.gaps == [3.0, 1.5, None] and averaged.kloms == [4.0, 3.0, None]
+    assert averaged.untouched == {"gap": 3.0, "klom": 6.0} and averaged.metrics[2] is None
+    assert averaged.metrics[0]["UA"] == 3.0 and len(averaged.to_dict()["per_proxy"]) == 2
+    with pytest.raises(ValueError, match="share their grid and criterion"):
+        average_selections([one, replace(two, grid=[1, 2, 3])])
+    with pytest.raises(ValueError, match="diverged on some proxy"):
+        average_selections([one, _selection([None] * 3, [None] * 3, {"gap": 1.0, "klom": 1.0})])
+
+
+def test_tuning_on_several_class_proxies_averages_them(small, tmp_path):
+    train, test = small
+    originals = load_or_train(FACTORY, train, CONFIG, [0], tmp_path / "models")
+    sgd = lambda lr: LoopConfig(epochs=1, optimizer=partial(torch.optim.SGD, lr=lr))  # noqa: E731
+    candidates = {lr: FineTune(sgd(lr)) for lr in (0.0, 0.05)}
+    settings = dict(seeds=[0], model_factory=FACTORY, config=CONFIG, oracle_seeds=[7],
+                    oracle_root=tmp_path / "oracles")  # fmt: skip
+    forget_set = ClassForgetSet(2)
+    both = tune_on_proxy(
+        "lr", candidates, forget_set, originals, train, test, proxies=2, **settings
+    )
+    first = tune_on_proxy("lr", candidates, forget_set, originals, train, test, **settings)
+    assert len(both.per_proxy) == 2 and first.per_proxy is None
+    assert both.per_proxy[0]["oracle_metrics"] != both.per_proxy[1]["oracle_metrics"]
+    assert both.per_proxy[0]["gaps"] == first.gaps
+    assert both.gaps == pytest.approx(
+        [np.mean([record["gaps"][i] for record in both.per_proxy]) for i in range(2)]
+    )
 
 
 def test_relative_sum_puts_both_measures_in_units_of_the_untouched_model():

@@ -67,6 +67,21 @@ def test_index_forget_sets_are_validated_and_their_proxy_is_disjoint(labelled):
         IndexForgetSet((100,)).indices(labelled)
 
 
+def test_several_proxies_are_distinct_disjoint_from_f_and_start_with_the_proxy(labelled):
+    for forget_set in (RandomForgetSet(0.1, seed=3), IndexForgetSet((7, 3, 5)), ClassForgetSet(8)):
+        chosen = set(forget_set.indices(labelled))
+        proxies = forget_set.proxies(labelled, 3)
+        assert proxies[0] == forget_set.proxy(labelled) and len(proxies) == 3
+        drawn = [tuple(proxy.indices(labelled)) for proxy in proxies]
+        assert len(set(drawn)) == 3 and not any(chosen & set(indices) for indices in drawn)
+        with pytest.raises(ValueError, match="at least one proxy"):
+            forget_set.proxies(labelled, 0)
+    assert ClassForgetSet(8).proxies(labelled, 3) == [ClassForgetSet(c) for c in (9, 0, 1)]
+    assert len(ClassForgetSet(8).proxies(labelled, 9)) == 9
+    with pytest.raises(ValueError, match="10 proxy classes asked for; there are 9 others"):
+        ClassForgetSet(8).proxies(labelled, 10)
+
+
 def test_forget_request_binds_the_model_and_data(labelled, tiny_mlp):
     chosen = ClassForgetSet(2).indices(labelled)
     request = forget_request(chosen, labelled, seed=5, model=tiny_mlp)
