@@ -20,6 +20,7 @@ from unlearn import (
     GradientDifference,
     LoopConfig,
     RandomLabels,
+    SalUn,
     UnlearningRequest,
     random_other_labels,
 )
@@ -95,14 +96,55 @@ def test_random_labels_are_uniform_over_the_other_classes_and_seeded():
         random_other_labels(targets, 1, seed=0)
 
 
+def _gradient_step(model, examples: Examples, lr: float) -> None:
+    """One plain gradient-descent step on the mean cross-entropy over ``examples``."""
+    loss = ClassificationTask().loss(model(examples.inputs), examples.targets).mean()
+    gradients = torch.autograd.grad(loss, list(model.parameters()))
+    with torch.no_grad():
+        for parameter, gradient in zip(model.parameters(), gradients, strict=True):
+            parameter.sub_(lr * gradient)
+
+
+@pytest.mark.parametrize("batches", ["separate", "mixed"])
+def test_random_labels_take_the_steps_their_batches_describe(batches):
+    r"""Full batches, plain GD, one epoch: ``separate`` is a step on relabelled F's mean loss then
+    one on R's; ``mixed`` is one step on the mean loss over relabelled F ∪ R (float64)."""
+    data, factory, lr = _logistic_problem(), partial(LogisticRegression, 5, 3), 0.5
+    split = ForgetSplit.of(data, UnlearningRequest([0, 3, 11, 12, 30], train_size=40))
+    original = build_model(factory, 0, torch.float64)
+    loop = LoopConfig(epochs=1, batch_size=40, optimizer=partial(torch.optim.SGD, lr=lr))
+    method = RandomLabels(loop, batches=batches)
+    unlearned = method.unlearn(copy.deepcopy(original), split, seed=3)
+    relabelled = Examples(split.forget.inputs, random_other_labels(split.forget.targets, 3, 3))
+    expected = copy.deepcopy(original)
+    if batches == "separate":
+        _gradient_step(expected, relabelled, lr)
+        _gradient_step(expected, split.retain, lr)
+    else:
+        both = Examples(
+            torch.cat([relabelled.inputs, split.retain.inputs]),
+            torch.cat([relabelled.targets, split.retain.targets]),
+        )
+        _gradient_step(expected, both, lr)
+    assert _max_distance(unlearned, expected) < 1e-12
+    assert _max_distance(unlearned, original) > 1e-3
+
+
+@pytest.mark.parametrize("method", [RandomLabels, SalUn])
+def test_random_label_methods_refuse_unknown_batches(method):
+    with pytest.raises(ValueError, match="batches must be one of"):
+        method(batches="interleaved")
+
+
 @pytest.mark.parametrize(
     "method",
     [
         GradientAscent(LoopConfig(epochs=3, optimizer=partial(torch.optim.SGD, lr=0.05))),
         GradientDifference(LoopConfig(epochs=3, batch_size=16), retain_weight=0.5),
         RandomLabels(LoopConfig(epochs=3, batch_size=16)),
+        RandomLabels(LoopConfig(epochs=3, batch_size=16), batches="mixed"),
     ],
-    ids=["GA", "GradDiff", "RL"],
+    ids=["GA", "GradDiff", "RL", "RL mixed"],
 )
 def test_forgetting_methods_raise_the_loss_on_the_forget_set(mnist, trained, method):
     split = ForgetSplit.of(mnist.train, REQUEST)

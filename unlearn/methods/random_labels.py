@@ -1,11 +1,16 @@
-r"""RL: train on the forget set relabelled at random (never the true label), then on the retain set.
+r"""RL: fit the forget set relabelled at random (never the true label) while fitting the retain set.
 
-Each epoch is a pass over :math:`F` with labels :math:`\tilde y \ne y` and a pass over :math:`R`
-with true labels:
+With ``batches="separate"`` (the default) each epoch is a pass over :math:`F` with labels
+:math:`\tilde y \ne y` and then a pass over :math:`R` with true labels:
 
 .. math:: \min_\theta \frac{1}{|F|}\sum_{(x, y)\in F}\ell\big((x, \tilde y);\theta\big)
    \quad\text{then}\quad \min_\theta \frac{1}{|R|}\sum_{z\in R}\ell(z;\theta),
    \qquad \tilde y = (y + u) \bmod C,\; u \sim \mathcal{U}\{1, \dots, C-1\}.
+
+With ``batches="mixed"`` each epoch is one shuffled pass over :math:`F \cup R` (relabelled
+:math:`F`), so every step minimises the mean loss of a uniform sample of both: the forget points
+weigh by their share of the data, and :math:`R` anchors every step. SalUn's reference code uses
+the separate passes for CIFAR-10 and the mixed one for CIFAR-100 and Tiny ImageNet.
 
 The labels are drawn once from the seed. SalUn runs the same procedure inside its saliency mask.
 """
@@ -13,7 +18,7 @@ The labels are drawn once from the seed. SalUn runs the same procedure inside it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -41,23 +46,50 @@ def relabelled_forget_set(model: nn.Module, forget: Examples, seed: int) -> Exam
     return Examples(forget.inputs, random_other_labels(forget.targets, num_classes, seed))
 
 
+BATCHES = ("separate", "mixed")
+
+
+def random_label_phases(
+    relabelled: Examples, retain: Examples, batches: Literal["separate", "mixed"]
+) -> list[Phase]:
+    """The phases of one RL epoch: F's pass then R's (``separate``) or one pass over both
+    shuffled together (``mixed``)."""
+    if batches == "separate":
+        return [
+            Phase("forget (random labels)", {"forget": relabelled}, WeightedLoss({"forget": 1.0})),
+            Phase("retain", {"retain": retain}, WeightedLoss({"retain": 1.0})),
+        ]
+    if batches == "mixed":
+        both = Examples(
+            torch.cat([relabelled.inputs, retain.inputs]),
+            torch.cat([relabelled.targets, retain.targets]),
+        )
+        name = "forget (random labels) and retain"
+        return [Phase(name, {"both": both}, WeightedLoss({"both": 1.0}))]
+    raise ValueError(f"batches must be one of {BATCHES}, got {batches!r}")
+
+
 @dataclass(frozen=True)
 class RandomLabels:
     """Random labelling (RL): fit wrong labels on :math:`F` while keeping :math:`R` fitted.
 
     Attributes:
         loop: optimiser, epochs, batch size and schedule.
+        batches: ``"separate"`` (a pass over F, then one over R, each epoch) or ``"mixed"`` (one
+            shuffled pass over F and R together).
     """
 
     loop: LoopConfig = field(default_factory=LoopConfig)
+    batches: Literal["separate", "mixed"] = "separate"
     requires_forget_set: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.batches not in BATCHES:
+            raise ValueError(f"batches must be one of {BATCHES}, got {self.batches!r}")
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
     ) -> nn.Module:
         relabelled = relabelled_forget_set(model, split.forget, seed)
-        phases = [
-            Phase("forget (random labels)", {"forget": relabelled}, WeightedLoss({"forget": 1.0})),
-            Phase("retain", {"retain": split.retain}, WeightedLoss({"retain": 1.0})),
-        ]
+        phases = random_label_phases(relabelled, split.retain, self.batches)
         return unlearning_loop(model, phases, self.loop, mask=mask, seed=seed)

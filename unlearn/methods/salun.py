@@ -2,21 +2,22 @@ r"""SalUn (Fan et al. 2024): random-label unlearning restricted to the most sali
 
 A saliency mask keeps the top fraction :math:`r` of weights by :math:`|\nabla_\theta \mathcal{L}_F|`
 at the original model (see :mod:`unlearn.saliency`); then, each epoch, a pass over :math:`F` with
-random wrong labels and a pass over :math:`R` with true labels update only those weights. Every
-other weight stays bitwise unchanged, under momentum and weight decay too.
+random wrong labels and a pass over :math:`R` with true labels (or one pass over both, shuffled
+together: ``batches="mixed"``) update only those weights. Every other weight stays bitwise
+unchanged, under momentum and weight decay too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from torch import nn
 
 from unlearn.loop import LoopConfig
 from unlearn.masks import Mask, intersect_masks
 from unlearn.methods.base import ForgetSplit
-from unlearn.methods.random_labels import RandomLabels
+from unlearn.methods.random_labels import BATCHES, RandomLabels
 from unlearn.saliency import saliency_mask
 
 
@@ -27,19 +28,23 @@ class SalUn:
     Attributes:
         loop: optimiser, epochs, batch size and schedule (reference: SGD momentum 0.9, 10 epochs).
         fraction: :math:`r`, the share of all weights that may change (reference 0.5).
+        batches: how F's and R's batches meet, as in :class:`~unlearn.RandomLabels`.
     """
 
     loop: LoopConfig = field(default_factory=LoopConfig)
     fraction: float = 0.5
+    batches: Literal["separate", "mixed"] = "separate"
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.batches not in BATCHES:
+            raise ValueError(f"batches must be one of {BATCHES}, got {self.batches!r}")
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
     ) -> nn.Module:
         salient = saliency_mask(model, split.forget, self.fraction)
         inside = intersect_masks(mask, salient)
-        return RandomLabels(self.loop).unlearn(model, split, seed=seed, mask=inside)
+        return RandomLabels(self.loop, self.batches).unlearn(model, split, seed=seed, mask=inside)
