@@ -135,8 +135,8 @@ def _build(unlearner_cfg: DictConfig, shared: dict):
 
 
 def _calibrate_predictor(cfg, shared, originals, train, forget_set, workspace) -> dict | None:
-    """Fit the shared DMM predictor's scales on the proxy forget set (``calibrate_predictor``);
-    uses the tuning protocol's originals and proxy oracles."""
+    """Fit the shared DMM predictor's scales on the proxy forget sets (``calibrate_predictor``);
+    uses the tuning protocol's originals, proxies (``tuning.proxies``, pooled) and their oracles."""
     if not cfg.calibrate_predictor:
         return None
     count = min(cfg.tuning.models, cfg.models)
@@ -149,6 +149,7 @@ def _calibrate_predictor(cfg, shared, originals, train, forget_set, workspace) -
         config=instantiate(cfg.train),
         oracle_seeds=[cfg.oracle_seed + i for i in range(count)],
         oracle_root=workspace / "oracles",
+        proxies=cfg.tuning.proxies,
     )
     calibration.apply(shared["predictor"])
     return calibration.to_dict()

@@ -161,7 +161,10 @@ def test_a_tiny_benchmark_writes_finite_numbers_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(PREDICTORS))
 def test_dmm_runs_with_each_predictor_and_reports_its_preparation_time(tmp_path, name):
-    options = {"trak": TINY_DMM[:1], "datamodels": TINY_DMM[1:], "oracle": ()}[name]
+    # TRAK is tuned and calibrated on two proxies: the calibration pools them
+    options = {"trak": (*TINY_DMM[:1], "tuning.proxies=2"), "datamodels": TINY_DMM[1:]}.get(
+        name, ()
+    )
     overrides = ("unlearner=dmm", f"predictor={name}", "forget=random_10pct", "klom_floor=false")
     record = _run_in_process(tmp_path, *overrides, *options, "tuning.grid=[0.001]")
     assert record["status"] == "ok" and record["predictor_seconds"] > 0.0
@@ -169,9 +172,10 @@ def test_dmm_runs_with_each_predictor_and_reports_its_preparation_time(tmp_path,
     assert record["method"]["predictor"]["type"] == f"{expected.__module__}.{expected.__qualname__}"
     expected_output = "logits" if name == "oracle" else "margin"
     assert record["method"]["predictor"]["output"] == expected_output
-    if name == "trak":  # calibrated on the proxy, and the scales reached the predictor
+    if name == "trak":  # calibrated on the proxies, and the scales reached the predictor
         calibration = record["calibration"]
         assert calibration["scale"] >= 0 and calibration["forget_scale"] >= 0
+        assert calibration["proxies"] == 2 and len(record["tuning"]["per_proxy"]) == 2
         assert record["method"]["predictor"]["forget_scale"] == calibration["forget_scale"]
     assert all(math.isfinite(value) for value in _numbers(record["klom"]))
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from tda.data import Examples
 from unlearn import ForgetSplit, UnlearningRequest
-from unlearn.predictors import PredictorScope, ScoresPredictor, calibrate
+from unlearn.predictors import PredictorScope, ScoresPredictor, calibrate, calibrate_pooled
 
 N, C = 12, 3
 FORGET = np.array([2, 5, 9])
@@ -21,13 +21,13 @@ def _lookup_model(logits: torch.Tensor) -> nn.Module:
     return model
 
 
-def _problem(forget_factor: float, retain_factor: float):
+def _problem(forget_factor: float, retain_factor: float, forget: np.ndarray = FORGET):
     generator = torch.Generator().manual_seed(0)
     scores = torch.randn(C, N, N, generator=generator, dtype=torch.float64)
     predictor = ScoresPredictor(PredictorScope(N), "logits", scores=scores)
-    effect = predictor.forget_effect(FORGET)
+    effect = predictor.forget_effect(forget)
     factors = torch.full((N, 1), retain_factor, dtype=torch.float64)
-    factors[FORGET] = forget_factor
+    factors[forget] = forget_factor
     original = torch.randn(N, C, generator=generator, dtype=torch.float64)
     train = Examples(torch.eye(N, dtype=torch.float64), torch.zeros(N, dtype=torch.long))
     models = _lookup_model(original), _lookup_model(original - factors * effect)
@@ -53,3 +53,21 @@ def test_effects_pointing_the_wrong_way_get_scale_zero():
     calibration = calibrate(predictor, [original], [oracle], train, FORGET)
     assert calibration.forget_scale == 0.0
     assert calibration.scale == pytest.approx(2.0, rel=1e-12)
+
+
+def test_pooled_calibration_fits_one_least_squares_over_every_forget_set():
+    """Two proxies whose true forget scales differ (7 and 3): the pooled scale is the least-squares
+    fit over both sets' points together, not the mean of the two."""
+    other = np.array([0, 7, 11])
+    predictor, train, (original, first) = _problem(forget_factor=7.0, retain_factor=2.0)
+    _, _, (_, second) = _problem(forget_factor=3.0, retain_factor=2.0, forget=other)
+    pooled = calibrate_pooled(predictor, [original], [([first], FORGET), ([second], other)], train)
+    weights = [float(predictor.forget_effect(f)[f].pow(2).sum()) for f in (FORGET, other)]
+    expected = (7.0 * weights[0] + 3.0 * weights[1]) / sum(weights)
+    assert pooled.forget_scale == pytest.approx(expected, rel=1e-12)
+    assert pooled.scale == pytest.approx(2.0, rel=1e-12)
+    assert (pooled.proxies, pooled.forget_size) == (2, 6)
+    single = calibrate_pooled(predictor, [original], [([first], FORGET)], train)
+    assert single == calibrate(predictor, [original], [first], train, FORGET)
+    with pytest.raises(ValueError, match="at least one forget set"):
+        calibrate_pooled(predictor, [original], [], train)

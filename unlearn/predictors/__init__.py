@@ -7,7 +7,12 @@ from unlearn.predictors.base import (
     architecture,
     model_outputs,
 )
-from unlearn.predictors.calibration import Calibration, calibrate, calibrate_on_proxy
+from unlearn.predictors.calibration import (
+    Calibration,
+    calibrate,
+    calibrate_on_proxy,
+    calibrate_pooled,
+)
 from unlearn.predictors.datamodel import (
     DatamodelPredictor,
     TrainingLogits,
@@ -32,6 +37,7 @@ __all__ = [
     "architecture",
     "calibrate",
     "calibrate_on_proxy",
+    "calibrate_pooled",
     "datamodel_predictor",
     "model_outputs",
     "select_ridge",

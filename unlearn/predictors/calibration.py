@@ -13,7 +13,9 @@ unscaled effect and :math:`a` the mean change from originals to oracles (non-neg
 squares: effects pointing the wrong way get scale 0, keeping the original's outputs there).
 :func:`calibrate_on_proxy`
 does it on the tuning protocol's proxy forget set :math:`F' \subset R` and its oracles (retrained
-on :math:`S\setminus F'`, which still contains :math:`F`), so the real forget set is never used.
+on :math:`S\setminus F'`, which still contains :math:`F`), so the real forget set is never used;
+with several proxies (``proxies=K``, as the tuning's) their points are pooled into one fit
+(:func:`calibrate_pooled`).
 """
 
 from __future__ import annotations
@@ -35,13 +37,22 @@ from unlearn.predictors.base import ShiftPredictor, model_outputs
 
 @dataclass(frozen=True)
 class Calibration:
-    """Least-squares scales and the data they were fit on."""
+    """Least-squares scales and the data they were fit on.
+
+    Attributes:
+        scale, forget_scale: the fitted scales of the other points' and the forget points' effects.
+        forget_size: forget points the fit saw, over every proxy.
+        originals: originals whose mean outputs were compared.
+        oracles: oracles per proxy.
+        proxies: forget sets whose points were pooled into one fit.
+    """
 
     scale: float
     forget_scale: float
     forget_size: int
     originals: int
     oracles: int
+    proxies: int = 1
 
     def apply(self, predictor: ShiftPredictor) -> ShiftPredictor:
         """Set ``predictor``'s scales (in place) and return it."""
@@ -56,10 +67,14 @@ def _mean_outputs(models: Sequence[nn.Module], train: Examples, output: str) -> 
     return torch.stack([model_outputs(m, train, output).double() for m in models]).mean(dim=0)
 
 
-def _least_squares(actual: Tensor, effect: Tensor) -> float:
-    denominator = float((effect * effect).sum())
-    scale = float((actual * effect).sum()) / denominator if denominator > 0 else 0.0
-    return max(scale, 0.0)
+def _sums(actual: Tensor, effect: Tensor) -> np.ndarray:
+    r""":math:`(\sum \langle a, e\rangle, \sum \|e\|^2)`, the two sums of a least-squares scale."""
+    return np.array([float((actual * effect).sum()), float((effect * effect).sum())])
+
+
+def _scale(sums: np.ndarray) -> float:
+    numerator, denominator = sums
+    return max(numerator / denominator, 0.0) if denominator > 0 else 0.0
 
 
 def calibrate(
@@ -70,19 +85,44 @@ def calibrate(
     forget_indices: np.ndarray,
 ) -> Calibration:
     """Scales that best map the predictor's effect of ``forget_indices`` to the oracles' change."""
-    if not originals or not oracles:
+    return calibrate_pooled(predictor, originals, [(oracles, forget_indices)], train)
+
+
+def calibrate_pooled(
+    predictor: ShiftPredictor,
+    originals: Sequence[nn.Module],
+    proxies: Sequence[tuple[Sequence[nn.Module], np.ndarray]],
+    train: Examples,
+) -> Calibration:
+    r"""One pair of scales fit on several forget sets at once: the least-squares sums
+    :math:`\sum\langle a, e\rangle` and :math:`\sum\|e\|^2` of every ``(oracles, forget_indices)``
+    pair are added before dividing, so each set weighs by how much effect it carries.
+
+    Raises:
+        ValueError: no forget sets, or one without originals or oracles.
+    """
+    if not proxies:
+        raise ValueError("calibration needs at least one forget set and its oracles")
+    if not originals or not all(oracles for oracles, _ in proxies):
         raise ValueError("calibration needs at least one original and one oracle")
     output = predictor.output
-    actual = _mean_outputs(originals, train, output) - _mean_outputs(oracles, train, output)
-    effect = predictor.forget_effect(forget_indices).double()
-    is_forget = torch.zeros(len(train), dtype=torch.bool)
-    is_forget[torch.as_tensor(forget_indices)] = True
+    before = _mean_outputs(originals, train, output)
+    forget_sums, other_sums, forget_size = np.zeros(2), np.zeros(2), 0
+    for oracles, forget_indices in proxies:
+        actual = before - _mean_outputs(oracles, train, output)
+        effect = predictor.forget_effect(forget_indices).double()
+        is_forget = torch.zeros(len(train), dtype=torch.bool)
+        is_forget[torch.as_tensor(forget_indices)] = True
+        forget_sums += _sums(actual[is_forget], effect[is_forget])
+        other_sums += _sums(actual[~is_forget], effect[~is_forget])
+        forget_size += int(is_forget.sum())
     return Calibration(
-        scale=_least_squares(actual[~is_forget], effect[~is_forget]),
-        forget_scale=_least_squares(actual[is_forget], effect[is_forget]),
-        forget_size=int(is_forget.sum()),
+        scale=_scale(other_sums),
+        forget_scale=_scale(forget_sums),
+        forget_size=forget_size,
         originals=len(originals),
-        oracles=len(oracles),
+        oracles=len(proxies[0][0]),
+        proxies=len(proxies),
     )
 
 
@@ -96,8 +136,15 @@ def calibrate_on_proxy(
     config: TrainConfig,
     oracle_seeds: Sequence[int],
     oracle_root: str | os.PathLike,
+    proxies: int = 1,
 ) -> Calibration:
-    """:func:`calibrate` on ``forget_set``'s proxy and its oracles (trained or loaded)."""
-    proxy = forget_set.proxy(train).indices(train)
-    oracles = load_or_train_oracles(model_factory, train, proxy, config, oracle_seeds, oracle_root)
-    return calibrate(predictor, originals, oracles.models, train, proxy)
+    """:func:`calibrate` on ``forget_set``'s proxy and its oracles (trained or loaded); with
+    ``proxies`` > 1, :func:`calibrate_pooled` on that many proxies (:meth:`ForgetSet.proxies`)."""
+    pairs = []
+    for proxy in forget_set.proxies(train, proxies):
+        indices = proxy.indices(train)
+        oracles = load_or_train_oracles(
+            model_factory, train, indices, config, oracle_seeds, oracle_root
+        )
+        pairs.append((oracles.models, indices))
+    return calibrate_pooled(predictor, originals, pairs, train)
