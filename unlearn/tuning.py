@@ -31,7 +31,9 @@ differences are noise, yet still move the choice between values whose gaps are c
 One proxy is one other forget set, and what it ranks first need not be best on :math:`F` (a
 class above all: classes differ in how far their removal moves their points). ``proxies=K``
 scores every value on :math:`K` proxies (:meth:`ForgetSet.proxies`: the next :math:`K` classes,
-or :math:`K` random draws) and averages the scores (:func:`average_selections`).
+or :math:`K` random draws) and averages the scores (:func:`average_selections`). Searches of
+several variants of a method (one per optimiser, say), scored on the same proxies, are one search
+over the union of their grids (:func:`join_selections`).
 
 The chosen value is then used, unchanged, on :math:`F`; should it diverge there (which the
 unlearner sees from its own loss, without any oracle), the next value of :meth:`Selection.ranking`
@@ -114,6 +116,11 @@ class Selection:
         gaps = self.gaps if self.gaps is not None else self.scores
         scored = [(score, gaps[i], i) for i, score in enumerate(self.scores) if score is not None]
         return [self.grid[i] for *_, i in sorted(scored)]
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Selection:
+        """The selection :meth:`to_dict` wrote (e.g. a benchmark result's ``"tuning"``)."""
+        return cls(**{key: value for key, value in record.items() if key != "rule"})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -322,3 +329,48 @@ def average_selections(selections: Sequence[Selection]) -> Selection:
     if all(score is None for score in averaged.scores):
         raise ValueError(f"every value of {first.parameter} diverged on some proxy forget set")
     return replace(averaged, chosen=averaged.ranking()[0])
+
+
+def join_selections(searches: Mapping[str, Selection]) -> Selection:
+    """One search over the union of several searches' grids (e.g. one per optimiser): each grid
+    value becomes ``[name, value]``, and the choice is re-made over all of them.
+
+    Scores compare only when every search was scored on the same proxies, proxy oracles and
+    untouched originals by the same criterion, so the searches must agree on ``criterion``,
+    ``oracle_metrics`` and ``untouched``. ``per_proxy`` is dropped (each search keeps its own).
+
+    Raises:
+        ValueError: no searches, or a search scored on other proxies or by another criterion.
+    """
+    if not searches:
+        raise ValueError("no searches to join")
+    (first_name, first), *others = searches.items()
+    for name, other in others:
+        if (other.criterion, other.oracle_metrics, other.untouched) != (
+            first.criterion,
+            first.oracle_metrics,
+            first.untouched,
+        ):
+            raise ValueError(
+                f"search {name!r} was scored on other proxies or by another criterion than "
+                f"{first_name!r}: their scores do not compare"
+            )
+
+    def concatenated(field_name: str) -> list | None:
+        columns = [getattr(search, field_name) for search in searches.values()]
+        return None if None in columns else [item for column in columns for item in column]
+
+    parameters = dict.fromkeys(search.parameter for search in searches.values())
+    joined = replace(
+        first,
+        parameter="variant, " + " / ".join(parameters),
+        grid=[[name, value] for name, search in searches.items() for value in search.grid],
+        scores=concatenated("scores"),
+        metrics=concatenated("metrics"),
+        gaps=concatenated("gaps"),
+        kloms=concatenated("kloms"),
+        per_proxy=None,
+    )
+    if all(score is None for score in joined.scores):
+        raise ValueError("every value of every search diverged on the proxy")
+    return replace(joined, chosen=joined.ranking()[0])

@@ -30,7 +30,7 @@ from unlearn import (
     unlearn_each,
 )
 from unlearn.benchmark import UnlearnedGroup
-from unlearn.tuning import Selection, average_selections, relative_sum
+from unlearn.tuning import Selection, average_selections, join_selections, relative_sum
 
 FACTORY = partial(MLP, 40, (16,), 10)
 CONFIG = TrainConfig(epochs=2, batch_size=32)
@@ -180,6 +180,26 @@ def test_selections_on_several_proxies_are_averaged_and_the_choice_remade():
         average_selections([one, replace(two, grid=[1, 2, 3])])
     with pytest.raises(ValueError, match="diverged on some proxy"):
         average_selections([one, _selection([None] * 3, [None] * 3, {"gap": 1.0, "klom": 1.0})])
+
+
+def test_searches_of_two_variants_join_into_one_over_both_grids():
+    untouched = {"gap": 4.0, "klom": 8.0}
+    sgd = _selection([1.0, 2.0, 3.0], [4.0, 4.0, 4.0], untouched)  # scores 0.75 / 1.0 / 1.25
+    adam = _selection([None, 1.0, 0.5], [None, 2.0, 4.0], untouched)  # None / 0.5 / 0.625
+    joined = join_selections({"sgd": sgd, "adam": adam})
+    assert joined.grid == [["sgd", 0.1], ["sgd", 0.2], ["sgd", 0.3]] + [
+        ["adam", 0.1],
+        ["adam", 0.2],
+        ["adam", 0.3],
+    ]
+    assert joined.chosen == ["adam", 0.2] and joined.ranking()[1] == ["adam", 0.3]
+    assert joined.scores == pytest.approx([0.75, 1.0, 1.25, None, 0.5, 0.625])
+    assert joined.parameter == "variant, lr" and joined.kloms[3] is None
+    assert Selection.from_dict(json.loads(json.dumps(joined.to_dict()))) == joined
+    with pytest.raises(ValueError, match="'adam' was scored on other proxies"):
+        join_selections({"sgd": sgd, "adam": replace(adam, untouched={"gap": 1.0, "klom": 8.0})})
+    with pytest.raises(ValueError, match="no searches"):
+        join_selections({})
 
 
 def test_tuning_on_several_class_proxies_averages_them(small, tmp_path):
