@@ -8,8 +8,10 @@ method's choice; nothing measured on F enters it. Prints and writes, per forget 
 variant's best proxy score and value, the choice, and the chosen run's average gap and KLOM:
 
     python -m experiments.variant_table runs/mnist1d_mlp --forget random_1pct random_10pct class \\
-        --methods ft ga rl graddiff salun --variants sgd= adam=-adam \\
-        --output results/optimizer-choice-mlp.json
+        --methods ft ga rl --variants sgd= adam=-adam \\
+        --methods dmm-trak-m20 --variants adam= sgd=-sgd --output results/optimizer-choice-mlp.json
+
+(each ``--methods`` group takes the ``--variants`` given after it).
 """
 
 from __future__ import annotations
@@ -64,15 +66,19 @@ def choose(records: dict[str, dict]) -> dict:
     }
 
 
-def row(method: str, choice: dict, variants: list[str]) -> list[str]:
-    cells = [
-        f"{choice['best_scores'][name]:.3f} ({choice['chosen_by_variant'][name]:g})"
-        for name in variants
-    ]
+HEADER = ["method", "best proxy score (value) per variant", "chosen", "avg gap"]
+HEADER += ["KLOM F", "KLOM R", "KLOM V", "time/RT"]
+
+
+def row(method: str, choice: dict) -> list[str]:
+    scores = ", ".join(
+        f"{name} {score:.3f} ({choice['chosen_by_variant'][name]:g})"
+        for name, score in choice["best_scores"].items()
+    )
     fallback = " (fallback)" if choice["fallback"] else ""
     return [
         method,
-        *cells,
+        scores,
         f"{choice['variant']}, {choice['used']:g}{fallback}",
         f"{choice['average_gap']:.2f}",
         *(klom_cell(choice["klom"], name) for name in ("forget", "retain", "validation")),
@@ -84,26 +90,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workspace", type=Path)
     parser.add_argument("--forget", nargs="+", required=True)
-    parser.add_argument("--methods", nargs="+", required=True)
-    parser.add_argument("--variants", nargs="+", required=True, help="NAME=SUFFIX, e.g. adam=-adam")
+    parser.add_argument("--methods", nargs="+", action="append", required=True)
+    parser.add_argument(
+        "--variants", nargs="+", action="append", required=True, help="NAME=SUFFIX ..."
+    )
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
-    variants = dict(pair.split("=", 1) for pair in args.variants)
-    header = ["method", *(f"{name}: best proxy score (value)" for name in variants), "chosen"]
-    header += ["avg gap", "KLOM F", "KLOM R", "KLOM V", "time/RT"]
+    if len(args.methods) != len(args.variants):
+        parser.error("give one --variants after each --methods")
+    groups = {
+        method: dict(pair.split("=", 1) for pair in variants)
+        for methods, variants in zip(args.methods, args.variants, strict=True)
+        for method in methods
+    }
     choices, tables = {}, {}
     for forget in args.forget:
-        choices[forget] = {}
-        for method in args.methods:
-            records = {
-                name: _load(args.workspace, method, suffix, forget)
-                for name, suffix in variants.items()
-            }
-            choices[forget][method] = choose(records)
-        rows = [row(method, choices[forget][method], list(variants)) for method in args.methods]
-        tables[forget] = markdown_table(header, rows)
+        choices[forget] = {
+            method: choose(
+                {
+                    name: _load(args.workspace, method, suffix, forget)
+                    for name, suffix in variants.items()
+                }
+            )
+            for method, variants in groups.items()
+        }
+        rows = [row(method, choice) for method, choice in choices[forget].items()]
+        tables[forget] = markdown_table(HEADER, rows)
         print(f"\n{forget}\n{tables[forget]}")
-    record = {"command": command_line(), "variants": variants, "choices": choices}
+    record = {"command": command_line(), "variants": groups, "choices": choices}
     record["tables"] = tables
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n")
