@@ -11,7 +11,8 @@ variant's best proxy score and value, the choice, and the chosen run's average g
         --methods ft ga rl --variants sgd= adam=-adam \\
         --methods dmm-trak-m20 --variants adam= sgd=-sgd --output results/optimizer-choice-mlp.json
 
-(each ``--methods`` group takes the ``--variants`` given after it).
+(each ``--methods`` group takes the ``--variants`` given after it; with ``--allow-missing`` a
+method lacking a variant's result on a forget set is left out of that set's table and listed).
 """
 
 from __future__ import annotations
@@ -66,6 +67,26 @@ def choose(records: dict[str, dict]) -> dict:
     }
 
 
+def collect(
+    workspace: Path, forget: str, groups: dict[str, dict[str, str]], allow_missing: bool
+) -> tuple[dict[str, dict], list[str]]:
+    """Each method's :func:`choose` on one forget set, and the methods left out for lack of a
+    variant's result (``allow_missing``; otherwise that raises ``FileNotFoundError``)."""
+    choices, missing = {}, []
+    for method, variants in groups.items():
+        try:
+            records = {
+                name: _load(workspace, method, suffix, forget) for name, suffix in variants.items()
+            }
+        except FileNotFoundError:
+            if not allow_missing:
+                raise
+            missing.append(method)
+            continue
+        choices[method] = choose(records)
+    return choices, missing
+
+
 HEADER = ["method", "best proxy score (value) per variant", "chosen", "avg gap"]
 HEADER += ["KLOM F", "KLOM R", "KLOM V", "time/RT"]
 
@@ -95,6 +116,7 @@ def main() -> None:
         "--variants", nargs="+", action="append", required=True, help="NAME=SUFFIX ..."
     )
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--allow-missing", action="store_true", help="skip incomplete methods")
     args = parser.parse_args()
     if len(args.methods) != len(args.variants):
         parser.error("give one --variants after each --methods")
@@ -103,21 +125,16 @@ def main() -> None:
         for methods, variants in zip(args.methods, args.variants, strict=True)
         for method in methods
     }
-    choices, tables = {}, {}
+    choices, tables, missing = {}, {}, {}
     for forget in args.forget:
-        choices[forget] = {
-            method: choose(
-                {
-                    name: _load(args.workspace, method, suffix, forget)
-                    for name, suffix in variants.items()
-                }
-            )
-            for method, variants in groups.items()
-        }
+        choices[forget], missing[forget] = collect(
+            args.workspace, forget, groups, args.allow_missing
+        )
         rows = [row(method, choice) for method, choice in choices[forget].items()]
         tables[forget] = markdown_table(HEADER, rows)
         print(f"\n{forget}\n{tables[forget]}")
     record = {"command": command_line(), "variants": groups, "choices": choices}
+    record["missing"] = missing
     record["tables"] = tables
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,8 +1,10 @@
 """experiments/variant_table.py: variants of a method chosen on their joined proxy searches."""
 
+import json
+
 import pytest
 
-from experiments.variant_table import choose
+from experiments.variant_table import choose, collect
 from unlearn.tuning import Selection, relative_sum
 
 UNTOUCHED = {"gap": 4.0, "klom": 8.0}
@@ -40,3 +42,15 @@ def test_variants_of_other_originals_or_proxies_are_refused():
     other_proxy = _record([1.0], [8.0], used=0.01, untouched={"gap": 2.0, "klom": 8.0})
     with pytest.raises(ValueError, match="scored on other proxies"):
         choose({"sgd": sgd, "adam": other_proxy})
+
+
+def test_methods_lacking_a_variant_are_refused_or_left_out(tmp_path):
+    (tmp_path / "results").mkdir()
+    for name, record in {"ft": _record([1.0], [8.0], 0.01), "ft-adam": _record([0.5], [4.0], 0.01),
+                         "rl": _record([1.0], [8.0], 0.01)}.items():  # fmt: skip
+        (tmp_path / "results" / f"unlearn-{name}-class.json").write_text(json.dumps(record))
+    groups = {"ft": {"sgd": "", "adam": "-adam"}, "rl": {"sgd": "", "adam": "-adam"}}
+    with pytest.raises(FileNotFoundError, match="unlearn-rl-adam-class.json is missing"):
+        collect(tmp_path, "class", groups, allow_missing=False)
+    choices, missing = collect(tmp_path, "class", groups, allow_missing=True)
+    assert list(choices) == ["ft"] and choices["ft"]["variant"] == "adam" and missing == ["rl"]
