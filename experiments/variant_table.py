@@ -64,7 +64,14 @@ def choose(records: dict[str, dict]) -> dict:
         "average_gap": chosen["average_gap"],
         "klom": chosen["klom"],
         "time_fraction": chosen["time_fraction"]["mean"],
+        "runs": {name: _provenance(record) for name, record in records.items()},
     }
+
+
+def _provenance(record: dict) -> dict:
+    """What made one variant's result: command, overrides, seeds, versions, settings, tuning."""
+    keys = ("command", "overrides", "seeds", "oracle_seeds", "versions", "settings", "tuning")
+    return {key: record.get(key) for key in keys}
 
 
 def collect(
