@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 from benchmarks.record import command_line, markdown_table
+from experiments.dmm_table import DMM, goal_check
 from experiments.unlearn_table import SHARED, klom_cell
 from unlearn.tuning import Selection, join_selections
 
@@ -94,6 +95,17 @@ def collect(
     return choices, missing
 
 
+def dmm_goals(choices: dict[str, dict]) -> dict[str, dict]:
+    """The DMM goal (:func:`experiments.dmm_table.goal_check`) on one forget set's chosen
+    variants, for each DMM result among them (summed effects, retained kernel)."""
+    found = {
+        method: {"status": "ok", "klom": c["klom"], "time_fraction": {"mean": c["time_fraction"]}}
+        for method, c in choices.items()
+    }
+    names = (DMM, f"{DMM}-retain")
+    return {name: goal_check(found, dmm_name=name) for name in names if name in found}
+
+
 HEADER = ["method", "best proxy score (value) per variant", "chosen", "avg gap"]
 HEADER += ["KLOM F", "KLOM R", "KLOM V", "time/RT"]
 
@@ -132,16 +144,19 @@ def main() -> None:
         for methods, variants in zip(args.methods, args.variants, strict=True)
         for method in methods
     }
-    choices, tables, missing = {}, {}, {}
+    choices, tables, missing, goals = {}, {}, {}, {}
     for forget in args.forget:
         choices[forget], missing[forget] = collect(
             args.workspace, forget, groups, args.allow_missing
         )
         rows = [row(method, choice) for method, choice in choices[forget].items()]
         tables[forget] = markdown_table(HEADER, rows)
+        goals[forget] = dmm_goals(choices[forget])
         print(f"\n{forget}\n{tables[forget]}")
+        for name, goal in goals[forget].items():
+            print(f"DMM goal ({name}): {goal}")
     record = {"command": command_line(), "variants": groups, "choices": choices}
-    record["missing"] = missing
+    record |= {"missing": missing, "dmm_goal": goals}
     record["tables"] = tables
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments.variant_table import choose, collect
+from experiments.variant_table import choose, collect, dmm_goals
 from unlearn.tuning import Selection, relative_sum
 
 UNTOUCHED = {"gap": 4.0, "klom": 8.0}
@@ -54,3 +54,14 @@ def test_methods_lacking_a_variant_are_refused_or_left_out(tmp_path):
         collect(tmp_path, "class", groups, allow_missing=False)
     choices, missing = collect(tmp_path, "class", groups, allow_missing=True)
     assert list(choices) == ["ft"] and choices["ft"]["variant"] == "adam" and missing == ["rl"]
+
+
+def test_the_dmm_goal_is_checked_on_the_chosen_variants():
+    def chosen(klom):
+        return {"klom": {"forget": klom}, "time_fraction": 0.05}
+
+    choices = {"ft": chosen(6.0), "ga": chosen(8.0), "dmm-trak-m20": chosen(7.0),
+               "dmm-oracle": chosen(5.0)}  # fmt: skip
+    goal = dmm_goals(choices)["dmm-trak-m20"]
+    assert goal["beats"] == {"ft": False, "ga": True} and goal["within_2x_of_oracle_matching"]
+    assert list(dmm_goals(choices)) == ["dmm-trak-m20"]
