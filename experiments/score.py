@@ -5,10 +5,13 @@ final checkpoints (run featurize.py first); the others (influence functions, Tra
 :class:`tda.methods.runs.RunAttributor`) fit on each member's checkpoints and the training set,
 averaged over the members. Either way this writes ``${workspace}/scores/<scores_name>.npy``
 (``[n_query, n_train]``, positive = the training example pushes the query's output up) and a JSON
-record of how the scores were made, which lds.py and counterfactual.py read.
+record of how the scores were made, which lds.py and counterfactual.py read. With
+``query_split=train`` the queries are the training points themselves (``[n_train, n_train]``), the
+score matrix a DMM predictor reads (``predictor=scores``, :func:`unlearn.load_scores_predictor`).
 
     python experiments/score.py experiment=tiny attributor=trak
     python experiments/score.py experiment=tiny attributor=if_ekfac models=1 scores_name=ekfac-m1
+    python experiments/score.py attributor=if_ekfac query_split=train scores_name=if_ekfac-train
 """
 
 import json
@@ -26,6 +29,7 @@ from tda.device import on_device
 from tda.ensemble import member_directory, store_id
 from tda.features import open_feature_store
 from tda.methods.runs import RunAttributor, TrainingRun, attribute_runs
+from unlearn.predictors import architecture
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ def main(cfg: DictConfig) -> str:
         s: list_checkpoints(member_directory(workspace / "models", s)) for s in seeds[: cfg.models]
     }
     splits, attributor = instantiate(cfg.data), instantiate(cfg.attributor)
-    queries = splits.test.subset(range(cfg.queries))
+    queries = _queries(cfg, splits)
     if isinstance(attributor, RunAttributor):
         scores, inputs = _score_runs(cfg, attributor, saved, splits.train, queries)
     else:
@@ -54,12 +58,23 @@ def main(cfg: DictConfig) -> str:
         "attributor": OmegaConf.to_container(cfg.attributor, resolve=True),
         **inputs,
         "shape": list(scores.shape),
+        "query_split": cfg.query_split,
+        "architecture": architecture(instantiate(cfg.model)()),
         "query_fingerprint": queries.fingerprint(),
         "train_fingerprint": splits.train.fingerprint(),
     }
     path.with_suffix(".json").write_text(json.dumps(record, indent=2))
     log.info("scores %s of %d members saved to %s", scores.shape, len(saved), path)
     return str(path)
+
+
+def _queries(cfg, splits):
+    """The first ``queries`` test examples, or (``query_split=train``) every training example."""
+    if cfg.query_split == "test":
+        return splits.test.subset(range(cfg.queries))
+    if cfg.query_split == "train":
+        return splits.train
+    raise ValueError(f"query_split must be 'test' or 'train', got {cfg.query_split!r}")
 
 
 def _score_runs(cfg, attributor, saved, train, queries) -> tuple[np.ndarray, dict]:
@@ -77,7 +92,8 @@ def _score_store(cfg, attributor, workspace, saved) -> tuple[np.ndarray, dict]:
     """The attributor fitted on the features of the members' final checkpoints."""
     store = open_feature_store(workspace / "features", instantiate(cfg.featurizer), cfg.shard_size)
     checkpoints = [store_id(seed, run[-1]) for seed, run in saved.items()]
-    scores = attributor.fit(store, split="train", checkpoints=checkpoints).score("query").numpy()
+    split = "train" if cfg.query_split == "train" else "query"
+    scores = attributor.fit(store, split="train", checkpoints=checkpoints).score(split).numpy()
     featurizer = OmegaConf.to_container(cfg.featurizer, resolve=True)
     return scores, {"featurizer": featurizer, "checkpoints": checkpoints}
 

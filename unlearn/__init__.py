@@ -71,6 +71,7 @@ from unlearn.predictors import (
     architecture,
     calibrate_on_proxy,
     datamodel_predictor,
+    load_scores_predictor,
     trak_predictor,
 )
 from unlearn.pruning import (
@@ -88,6 +89,7 @@ from unlearn.unlearner import Unlearner
 
 __all__ = [
     "trak_predictor",
+    "load_scores_predictor",
     "datamodel_predictor",
     "TRAKPredictor",
     "ScoresPredictor",

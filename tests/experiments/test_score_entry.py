@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tda.checkpoints import list_checkpoints
 from tda.curvature import ConjugateGradientSolver, EKFACSolver
@@ -19,6 +20,7 @@ from tda.ensemble import load_member
 from tda.methods import EKFACEigenbasis, InfluenceFunction, Source, TracIn
 from tda.models import MLP
 from tests.experiments.entry import run_entry_point
+from unlearn import architecture, load_scores_predictor
 
 FACTORY = partial(MLP, hidden=(16,))  # the tiny experiment's model, built without Hydra
 
@@ -81,6 +83,36 @@ def test_influence_scores_equal_the_library_on_the_final_models(
     assert made["attributor"]["solver"]["_target_"].endswith(type(solver).__name__)
     assert made["query_fingerprint"] == queries.fingerprint()
     assert made["train_fingerprint"] == train.fingerprint()
+
+
+def test_training_points_as_queries_make_a_dmm_score_predictor(workspace, data):
+    """``query_split=train`` scores every training point against every other; the DMM predictor
+    built from those files sums the forget set's columns, and refuses test-query scores."""
+    train, queries = data
+    run_entry_point(
+        "score", workspace, "attributor=if_ekfac", "query_split=train", "scores_name=ekfac-train"
+    )
+
+    def direct(seed):
+        model = load_member(FACTORY, member_checkpoints(workspace, seed)[-1])
+        return InfluenceFunction(EKFACSolver()).fit(model, train).score(train)
+
+    scores, made = written(workspace, "ekfac-train")
+    assert scores.shape == (240, 240) and made["query_split"] == "train"
+    np.testing.assert_array_equal(scores, ensemble(direct, [0, 1]))
+    assert made["architecture"] == architecture(FACTORY())
+    predictor = load_scores_predictor(workspace / "scores" / "ekfac-train.npy", train)
+    forget = np.array([3, 50, 101])
+    expected = torch.from_numpy(scores[:, forget].sum(1))
+    torch.testing.assert_close(predictor.effect(forget), expected)
+    assert predictor.scope.architecture == made["architecture"] and predictor.output == "margin"
+    run_entry_point("score", workspace, "attributor=if_ekfac", "scores_name=ekfac-test")
+    with pytest.raises(ValueError, match="does not score the training points as queries"):
+        load_scores_predictor(workspace / "scores" / "ekfac-test.npy", train)
+    with pytest.raises(ValueError, match="another training set"):
+        load_scores_predictor(workspace / "scores" / "ekfac-train.npy", queries)
+    with pytest.raises(FileNotFoundError, match="run experiments/score.py first"):
+        load_scores_predictor(workspace / "scores" / "absent.npy", train)
 
 
 def test_tracin_scores_equal_the_library_over_every_checkpoint(workspace, data):

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -30,6 +31,7 @@ PREDICTORS = {
     "trak": unlearn.TRAKPredictor,
     "datamodels": unlearn.DatamodelPredictor,
     "oracle": unlearn.OraclePredictor,
+    "scores": unlearn.ScoresPredictor,
 }
 # DMM's predictors build small ensembles, ground truths and oracles for the tiny experiment; six
 # subsets give datamodels too poor to calibrate (their fit is refused), so they run unscaled.
@@ -159,18 +161,36 @@ def test_a_tiny_benchmark_writes_finite_numbers_and_resumes(tmp_path):
     assert again["oracle_seconds"] == pytest.approx(sum(recorded) / 2, rel=1e-12)
 
 
+def _write_train_scores(workspace: Path) -> str:
+    """A random training-point score matrix for the tiny experiment, as score.py records it."""
+    cfg = compose_unlearn(*TINY)
+    train = instantiate(cfg.data).train
+    directory = workspace / "scores"
+    directory.mkdir(parents=True)
+    scores = np.random.default_rng(0).normal(size=(len(train), len(train))).astype(np.float32)
+    np.save(directory / "random-train.npy", scores)
+    record = {"train_fingerprint": train.fingerprint(), "query_fingerprint": train.fingerprint(),
+              "architecture": unlearn.architecture(instantiate(cfg.model)())}  # fmt: skip
+    (directory / "random-train.json").write_text(json.dumps(record))
+    return "random-train"
+
+
 @pytest.mark.parametrize("name", sorted(PREDICTORS))
 def test_dmm_runs_with_each_predictor_and_reports_its_preparation_time(tmp_path, name):
     # TRAK is tuned and calibrated on two proxies: the calibration pools them
-    options = {"trak": (*TINY_DMM[:1], "tuning.proxies=2"), "datamodels": TINY_DMM[1:]}.get(
-        name, ()
-    )
+    options = {
+        "trak": (*TINY_DMM[:1], "tuning.proxies=2"),
+        "datamodels": TINY_DMM[1:],
+        "scores": (f"scores_name={_write_train_scores(tmp_path)}",) if name == "scores" else (),
+    }.get(name, ())
     overrides = ("unlearner=dmm", f"predictor={name}", "forget=random_10pct", "klom_floor=false")
     record = _run_in_process(tmp_path, *overrides, *options, "tuning.grid=[0.001]")
     assert record["status"] == "ok" and record["predictor_seconds"] > 0.0
     expected = PREDICTORS[name]
     assert record["method"]["predictor"]["type"] == f"{expected.__module__}.{expected.__qualname__}"
     expected_output = "logits" if name == "oracle" else "margin"
+    if name == "scores":
+        assert record["method"]["predictor"]["scores"] == [240, 240]
     assert record["method"]["predictor"]["output"] == expected_output
     if name == "trak":  # calibrated on the proxies, and the scales reached the predictor
         calibration = record["calibration"]

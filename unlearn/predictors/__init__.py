@@ -21,7 +21,7 @@ from unlearn.predictors.datamodel import (
     subset_logits,
 )
 from unlearn.predictors.oracle import OraclePredictor
-from unlearn.predictors.scores import ScoresPredictor
+from unlearn.predictors.scores import ScoresPredictor, load_scores_predictor
 from unlearn.predictors.trak import TRAKPredictor, trak_predictor
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "calibrate_on_proxy",
     "calibrate_pooled",
     "datamodel_predictor",
+    "load_scores_predictor",
     "model_outputs",
     "select_ridge",
     "subset_logits",

@@ -2,13 +2,17 @@ r"""Predictor from a precomputed score matrix of training points (any attributor
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from unlearn.predictors.base import ShiftPredictor
+from unlearn.predictors.base import PredictorScope, ShiftPredictor, training_set
 
 
 @dataclass
@@ -42,3 +46,42 @@ class ScoresPredictor(ShiftPredictor):
     def effect(self, forget_indices: np.ndarray) -> Tensor:
         summed = self.scores[..., torch.as_tensor(forget_indices)].sum(-1)
         return summed if self.output == "margin" else summed.T
+
+
+def load_scores_predictor(
+    path: str | os.PathLike,
+    data: Any,
+    *,
+    scale: float = 1.0,
+    forget_scale: float | None = None,
+) -> ScoresPredictor:
+    """A margin :class:`ScoresPredictor` from ``experiments/score.py``'s files: ``path`` (``.npy``,
+    ``[n_train, n_train]``) and its record (``.json``), made with ``query_split=train``.
+
+    The record names the training set the scores were made on and the architecture of the
+    models; the predictor refuses others (:class:`~unlearn.predictors.PredictorScope`).
+
+    Raises:
+        FileNotFoundError: the scores or their record are missing.
+        ValueError: scores made on another training set, or with other queries than its points.
+    """
+    path = Path(path).with_suffix(".npy")
+    record_path = path.with_suffix(".json")
+    for needed in (path, record_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing: run experiments/score.py first")
+    record = json.loads(record_path.read_text())
+    train = training_set(data)
+    fingerprint = train.fingerprint()
+    if record["train_fingerprint"] != fingerprint:
+        raise ValueError(f"{path} scores another training set than the one given")
+    if record["query_fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{path} does not score the training points as queries "
+            "(make it with experiments/score.py query_split=train)"
+        )
+    scope = PredictorScope(len(train), fingerprint, record.get("architecture"))
+    scores = torch.from_numpy(np.load(path))
+    return ScoresPredictor(
+        scope=scope, output="margin", scale=scale, forget_scale=forget_scale, scores=scores
+    )
