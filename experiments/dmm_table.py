@@ -9,14 +9,19 @@ record, Markdown tables and a figure (LDS vs forget-set KLOM):
     python -m experiments.dmm_table runs/mnist1d_mlp --forget random_1pct random_10pct class \\
         --output results/dmm.json --figure results/dmm-lds-vs-klom.png \\
         --timing results/dmm-time.json
+
+``--scores NAME ...`` adds DMM with any attributor's training-point scores (``predictor=scores
+scores_name=NAME``; their LDS from ``scores/NAME.npy``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -35,12 +40,14 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 LDS_ABSENT = {"dmm-oracle": "(oracle)"}
 
 
-def predictor_names() -> list[str]:
-    """Result names of the DMM predictors, in order of (expected) quality; then TRAK over 20
-    models scored with the retained examples' kernel (``predictor.retain_kernel=true``), whose
+def predictor_names(scores: Sequence[str] = ()) -> list[str]:
+    """Result names of the DMM predictors, in order of (expected) quality, with any score files'
+    (``predictor=scores scores_name=<name>``: ``dmm-<name>``) before the oracle; then TRAK over
+    20 models scored with the retained examples' kernel (``predictor.retain_kernel=true``), whose
     group predictions have no LDS here (one Woodbury downdate per held-out subset)."""
     trak = [f"dmm-trak-m{m}" for m in TRAK_MODELS]
-    return [*trak, "dmm-datamodels", "dmm-oracle", "dmm-trak-m20-retain"]
+    files = [f"dmm-{name}" for name in scores]
+    return [*trak, "dmm-datamodels", *files, "dmm-oracle", "dmm-trak-m20-retain"]
 
 
 def _config(overrides: list[str]):
@@ -48,8 +55,9 @@ def _config(overrides: list[str]):
         return compose("unlearn", overrides=["unlearner=dmm", *overrides])
 
 
-def predictor_lds(workspace: str) -> dict[str, dict]:
-    """LDS (margins of training points) of each attribution predictor on held-out subsets."""
+def predictor_lds(workspace: str, score_files: Sequence[str] = ()) -> dict[str, dict]:
+    """LDS (margins of training points) of each attribution predictor on held-out subsets, the
+    score files' (``scores/<name>.npy``, training points as queries) included."""
     base = _config(["predictor=datamodels", f"workspace={workspace}"])
     train = instantiate(base.data).train
     store = GroundTruthStore.open(base.predictor.root)
@@ -61,6 +69,10 @@ def predictor_lds(workspace: str) -> dict[str, dict]:
         scores[f"dmm-trak-m{models}"] = instantiate(cfg.predictor).trak.score("train")
     datamodels = instantiate(base.predictor, output="margin")
     scores["dmm-datamodels"] = datamodels.margin_scores()
+    for name in score_files:
+        scores[f"dmm-{name}"] = torch.from_numpy(
+            np.load(Path(workspace) / "scores" / f"{name}.npy")
+        )
     results = {}
     for name, matrix in scores.items():
         result = lds(matrix.double().numpy(), masks, truth)
@@ -80,9 +92,9 @@ def _predictor_seconds(record: dict) -> str:
     return f"{seconds:.1f}" if seconds is not None else "-"
 
 
-def comparison_table(workspace: Path, forget: str) -> tuple[str, dict]:
+def comparison_table(workspace: Path, forget: str, scores: Sequence[str] = ()) -> tuple[str, dict]:
     """DMM (each predictor) and the baselines on one forget set, with reference rows."""
-    names = [*predictor_names(), *BASELINES]
+    names = [*predictor_names(scores), *BASELINES]
     found = {name: record for name in names if (record := _load(workspace, name, forget))}
     if not found:
         raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}")
@@ -117,13 +129,13 @@ def goal_check(found: dict, time_fraction: float | None = None, dmm_name: str = 
     }
 
 
-def meta_table(quality: dict, runs: dict) -> str:
+def meta_table(quality: dict, runs: dict, scores: Sequence[str] = ()) -> str:
     """Predictor | LDS | forget-set KLOM and average gap per forget set."""
     header = ["predictor", "LDS (train queries)"]
     for forget in runs:
         header += [f"KLOM F {forget}", f"gap {forget}"]
     rows = []
-    for name in predictor_names():
+    for name in predictor_names(scores):
         cells = [name.removeprefix("dmm-")]
         entry = quality.get(name)
         cells.append(f"{entry['lds']:.3f}" if entry else LDS_ABSENT.get(name, "-"))
@@ -142,7 +154,7 @@ def meta_table(quality: dict, runs: dict) -> str:
     return markdown_table(header, rows)
 
 
-def figure(quality: dict, runs: dict, path: Path) -> None:
+def figure(quality: dict, runs: dict, path: Path, scores: Sequence[str] = ()) -> None:
     """Forget-set KLOM of DMM against its predictor's LDS, one line per forget set."""
     import matplotlib
 
@@ -153,7 +165,7 @@ def figure(quality: dict, runs: dict, path: Path) -> None:
     for forget, found in runs.items():
         points = [
             (quality[n]["lds"], found[n]["klom"]["forget"], n.removeprefix("dmm-"))
-            for n in predictor_names()
+            for n in predictor_names(scores)
             if n in quality and n in found and found[n]["status"] == "ok"
         ]
         if points:
@@ -179,21 +191,22 @@ def main() -> None:
     parser.add_argument(
         "--no-lds", action="store_true", help="no predictor LDS (no datamodel ground truth)"
     )
+    parser.add_argument("--scores", nargs="*", default=[], help="DMM runs with predictor=scores")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    quality = {} if args.no_lds else predictor_lds(str(args.workspace))
+    quality = {} if args.no_lds else predictor_lds(str(args.workspace), args.scores)
     timing = json.loads(args.timing.read_text())["results"] if args.timing else {}
     tables, runs, goals = {}, {}, {}
     for forget in args.forget:
-        tables[forget], runs[forget] = comparison_table(args.workspace, forget)
+        tables[forget], runs[forget] = comparison_table(args.workspace, forget, args.scores)
         goals[forget] = goal_check(runs[forget], timing.get(forget, {}).get("fraction"))
         goals[forget]["retain_kernel"] = goal_check(runs[forget], dmm_name=f"{DMM}-retain")
         print(f"\n{forget}\n{tables[forget]}\ngoal: {goals[forget]}")
     if quality:
-        tables["predictors"] = meta_table(quality, runs)
+        tables["predictors"] = meta_table(quality, runs, args.scores)
         print(f"\npredictor quality vs unlearning quality\n{tables['predictors']}")
     if args.figure and quality:
-        figure(quality, runs, args.figure)
+        figure(quality, runs, args.figure, args.scores)
     record = {"command": command_line(), **environment(1), "predictor_lds": quality}
     record |= {"tables": tables, "goals": goals, "runs": runs}
     args.output.parent.mkdir(parents=True, exist_ok=True)

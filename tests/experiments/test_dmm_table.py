@@ -40,6 +40,11 @@ def test_meta_table_marks_the_oracle_and_missing_runs():
     assert "| trak-m1 | 0.100 | 9.00 | 1.00 |" in table
     assert "| oracle | (oracle) | 5.00 | 1.00 |" in table
     assert "| trak-m20 | 0.200 | - | - |" in table
+    # a score file's DMM run gets its own row, before the oracle
+    runs["class"]["dmm-ekfac"] = _record(6.0)
+    table = meta_table({**quality, "dmm-ekfac": {"lds": 0.3}}, runs, scores=["ekfac"])
+    assert "| ekfac | 0.300 | 6.00 | 1.00 |" in table
+    assert table.index("| ekfac |") < table.index("| oracle |")
 
 
 def _full_record(klom_forget: float) -> dict:
