@@ -13,6 +13,8 @@ variant's best proxy score and value, the choice, and the chosen run's average g
 
 (each ``--methods`` group takes the ``--variants`` given after it; with ``--allow-missing`` a
 method lacking a variant's result on a forget set is left out of that set's table and listed).
+``--draws`` reads the forget sets as draws of one kind (e.g. ``random_1pct3 random_1pct3-seed10``)
+and adds each method's means over them, with the DMM goal checked on the means.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.record import command_line, markdown_table
 from experiments.dmm_table import DMM, goal_check
@@ -106,6 +110,26 @@ def dmm_goals(choices: dict[str, dict]) -> dict[str, dict]:
     return {name: goal_check(found, dmm_name=name) for name in names if name in found}
 
 
+def mean_over_draws(choices: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Each method's chosen forget KLOM, average gap and time, averaged over the forget sets
+    (draws of one kind); only methods chosen on every draw."""
+    draws = list(choices.values())
+    methods = [method for method in draws[0] if all(method in draw for draw in draws)]
+
+    def mean(method: str, read) -> float:
+        return float(np.mean([read(draw[method]) for draw in draws]))
+
+    return {
+        method: {
+            "klom": {"forget": mean(method, lambda c: c["klom"]["forget"])},
+            "average_gap": mean(method, lambda c: c["average_gap"]),
+            "time_fraction": mean(method, lambda c: c["time_fraction"]),
+            "variants": [draw[method]["variant"] for draw in draws],
+        }
+        for method in methods
+    }
+
+
 HEADER = ["method", "best proxy score (value) per variant", "chosen", "avg gap"]
 HEADER += ["KLOM F", "KLOM R", "KLOM V", "time/RT"]
 
@@ -136,6 +160,7 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--allow-missing", action="store_true", help="skip incomplete methods")
+    parser.add_argument("--draws", action="store_true", help="also average over the forget sets")
     args = parser.parse_args()
     if len(args.methods) != len(args.variants):
         parser.error("give one --variants after each --methods")
@@ -155,6 +180,22 @@ def main() -> None:
         print(f"\n{forget}\n{tables[forget]}")
         for name, goal in goals[forget].items():
             print(f"DMM goal ({name}): {goal}")
+    if args.draws:
+        means = mean_over_draws(choices)
+        goals["mean over draws"] = dmm_goals(means)
+        rows = [
+            [
+                method,
+                ", ".join(m["variants"]),
+                f"{m['average_gap']:.2f}",
+                f"{m['klom']['forget']:.2f}",
+            ]
+            for method, m in means.items()
+        ]
+        tables["mean over draws"] = markdown_table(["method", "chosen", "avg gap", "KLOM F"], rows)
+        print(f"\nmean over draws\n{tables['mean over draws']}")
+        for name, goal in goals["mean over draws"].items():
+            print(f"DMM goal on the means ({name}): {goal}")
     record = {"command": command_line(), "variants": groups, "choices": choices}
     record |= {"missing": missing, "dmm_goal": goals}
     record["tables"] = tables

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments.variant_table import choose, collect, dmm_goals
+from experiments.variant_table import choose, collect, dmm_goals, mean_over_draws
 from unlearn.tuning import Selection, relative_sum
 
 UNTOUCHED = {"gap": 4.0, "klom": 8.0}
@@ -65,3 +65,15 @@ def test_the_dmm_goal_is_checked_on_the_chosen_variants():
     goal = dmm_goals(choices)["dmm-trak-m20"]
     assert goal["beats"] == {"ft": False, "ga": True} and goal["within_2x_of_oracle_matching"]
     assert list(dmm_goals(choices)) == ["dmm-trak-m20"]
+
+
+def test_means_over_draws_keep_each_draws_own_choice():
+    def chosen(variant, klom, gap):
+        return {"variant": variant, "klom": {"forget": klom}, "average_gap": gap,
+                "time_fraction": 0.1}  # fmt: skip
+
+    draws = {"a": {"ft": chosen("sgd", 6.0, 2.0), "ga": chosen("adam", 5.0, 1.0)},
+             "b": {"ft": chosen("adam", 8.0, 4.0)}}  # fmt: skip
+    means = mean_over_draws(draws)
+    assert list(means) == ["ft"] and means["ft"]["variants"] == ["sgd", "adam"]
+    assert means["ft"]["klom"]["forget"] == 7.0 and means["ft"]["average_gap"] == 3.0
