@@ -91,7 +91,7 @@ def calibrate(
 def calibrate_pooled(
     predictor: ShiftPredictor,
     originals: Sequence[nn.Module],
-    proxies: Sequence[tuple[Sequence[nn.Module], np.ndarray]],
+    forget_sets: Sequence[tuple[Sequence[nn.Module], np.ndarray]],
     train: Examples,
 ) -> Calibration:
     r"""One pair of scales fit on several forget sets at once: the least-squares sums
@@ -101,14 +101,14 @@ def calibrate_pooled(
     Raises:
         ValueError: no forget sets, or one without originals or oracles.
     """
-    if not proxies:
+    if not forget_sets:
         raise ValueError("calibration needs at least one forget set and its oracles")
-    if not originals or not all(oracles for oracles, _ in proxies):
+    if not originals or not all(oracles for oracles, _ in forget_sets):
         raise ValueError("calibration needs at least one original and one oracle")
     output = predictor.output
     before = _mean_outputs(originals, train, output)
     forget_sums, other_sums, forget_size = np.zeros(2), np.zeros(2), 0
-    for oracles, forget_indices in proxies:
+    for oracles, forget_indices in forget_sets:
         actual = before - _mean_outputs(oracles, train, output)
         effect = predictor.forget_effect(forget_indices).double()
         is_forget = torch.zeros(len(train), dtype=torch.bool)
@@ -121,8 +121,8 @@ def calibrate_pooled(
         forget_scale=_scale(forget_sums),
         forget_size=forget_size,
         originals=len(originals),
-        oracles=len(proxies[0][0]),
-        proxies=len(proxies),
+        oracles=len(forget_sets[0][0]),
+        proxies=len(forget_sets),
     )
 
 
