@@ -88,6 +88,13 @@ def test_unlearner_option_builds_its_method_and_every_grid_value(tmp_path, name)
         assert target == value and isinstance(value, float)
 
 
+@pytest.mark.parametrize("name", ["rl", "salun"])
+def test_random_label_methods_take_their_batch_recipe_from_the_config(name):
+    default = instantiate(compose_unlearn("experiment=tiny", f"unlearner={name}").unlearner)
+    mixed = compose_unlearn("experiment=tiny", f"unlearner={name}", "unlearner.batches=mixed")
+    assert default.batches == "separate" and instantiate(mixed.unlearner).batches == "mixed"
+
+
 @pytest.mark.parametrize("name", sorted(FORGET_SETS))
 def test_forget_option_builds_its_forget_set(name):
     cfg = compose_unlearn("experiment=tiny", f"forget={name}")
