@@ -22,7 +22,7 @@ import torch
 from hydra.utils import instantiate
 
 from benchmarks.record import command_line
-from experiments.dmm_table import _config
+from experiments.dmm_table import dmm_config
 from unlearn.predictors import architecture
 
 CHECKED = ("train_fingerprint", "query_fingerprint", "architecture")
@@ -46,7 +46,7 @@ def _file(workspace: Path, name: str) -> tuple[np.ndarray, dict]:
 
 
 def _dmm_trak(workspace: Path, models: int) -> tuple[np.ndarray, dict]:
-    cfg = _config(["predictor=trak", f"dmm.models={models}", f"workspace={workspace}"])
+    cfg = dmm_config(["predictor=trak", f"dmm.models={models}", f"workspace={workspace}"])
     train = instantiate(cfg.data).train
     scores = instantiate(cfg.predictor).trak.score("train").numpy()
     record = {

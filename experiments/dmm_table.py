@@ -50,7 +50,8 @@ def predictor_names(scores: Sequence[str] = ()) -> list[str]:
     return [*trak, "dmm-datamodels", *files, "dmm-oracle", "dmm-trak-m20-retain"]
 
 
-def _config(overrides: list[str]):
+def dmm_config(overrides: list[str]):
+    """``conf/unlearn.yaml`` with ``unlearner=dmm`` and ``overrides`` (e.g. a predictor)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("unlearn", overrides=["unlearner=dmm", *overrides])
 
@@ -58,14 +59,14 @@ def _config(overrides: list[str]):
 def predictor_lds(workspace: str, score_files: Sequence[str] = ()) -> dict[str, dict]:
     """LDS (margins of training points) of each attribution predictor on held-out subsets, the
     score files' (``scores/<name>.npy``, training points as queries) included."""
-    base = _config(["predictor=datamodels", f"workspace={workspace}"])
+    base = dmm_config(["predictor=datamodels", f"workspace={workspace}"])
     train = instantiate(base.data).train
     store = GroundTruthStore.open(base.predictor.root)
     held_out = slice(base.predictor.fit_subsets, None)
     masks, truth = store.masks[held_out], subset_logits(store, train, "margin")[held_out]
     scores = {}
     for models in TRAK_MODELS:
-        cfg = _config(["predictor=trak", f"dmm.models={models}", f"workspace={workspace}"])
+        cfg = dmm_config(["predictor=trak", f"dmm.models={models}", f"workspace={workspace}"])
         scores[f"dmm-trak-m{models}"] = instantiate(cfg.predictor).trak.score("train")
     datamodels = instantiate(base.predictor, output="margin")
     scores["dmm-datamodels"] = datamodels.margin_scores()
