@@ -49,24 +49,28 @@ def relabelled_forget_set(model: nn.Module, forget: Examples, seed: int) -> Exam
 BATCHES = ("separate", "mixed")
 
 
+def check_batches(batches: str) -> None:
+    """Refuse a batch recipe other than ``"separate"`` and ``"mixed"``."""
+    if batches not in BATCHES:
+        raise ValueError(f"batches must be one of {BATCHES}, got {batches!r}")
+
+
 def random_label_phases(
     relabelled: Examples, retain: Examples, batches: Literal["separate", "mixed"]
 ) -> list[Phase]:
     """The phases of one RL epoch: F's pass then R's (``separate``) or one pass over both
     shuffled together (``mixed``)."""
+    check_batches(batches)
     if batches == "separate":
         return [
             Phase("forget (random labels)", {"forget": relabelled}, WeightedLoss({"forget": 1.0})),
             Phase("retain", {"retain": retain}, WeightedLoss({"retain": 1.0})),
         ]
-    if batches == "mixed":
-        both = Examples(
-            torch.cat([relabelled.inputs, retain.inputs]),
-            torch.cat([relabelled.targets, retain.targets]),
-        )
-        name = "forget (random labels) and retain"
-        return [Phase(name, {"both": both}, WeightedLoss({"both": 1.0}))]
-    raise ValueError(f"batches must be one of {BATCHES}, got {batches!r}")
+    both = Examples(
+        torch.cat([relabelled.inputs, retain.inputs]),
+        torch.cat([relabelled.targets, retain.targets]),
+    )
+    return [Phase("forget (random labels) and retain", {"both": both}, WeightedLoss({"both": 1.0}))]
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,7 @@ class RandomLabels:
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.batches not in BATCHES:
-            raise ValueError(f"batches must be one of {BATCHES}, got {self.batches!r}")
+        check_batches(self.batches)
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None

@@ -17,7 +17,7 @@ from torch import nn
 from unlearn.loop import LoopConfig
 from unlearn.masks import Mask, intersect_masks
 from unlearn.methods.base import ForgetSplit
-from unlearn.methods.random_labels import BATCHES, RandomLabels
+from unlearn.methods.random_labels import RandomLabels, check_batches
 from unlearn.saliency import saliency_mask
 
 
@@ -39,8 +39,7 @@ class SalUn:
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.batches not in BATCHES:
-            raise ValueError(f"batches must be one of {BATCHES}, got {self.batches!r}")
+        check_batches(self.batches)
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
