@@ -3,12 +3,14 @@ r"""Inputs and output gradients of Linear layers from one forward and one backwa
 A Linear layer :math:`y = W a (+ b)` applied at positions :math:`t` (sequence or other leading
 dimensions after the batch) has the per-example weight gradient
 :math:`G_i = \sum_t g_{i,t} a_{i,t}^\top` of a per-example value :math:`h_i`, with
-:math:`g_{i,t} = \partial h_i / \partial y_{i,t}`. Forward hooks record every call's input and
-output; one backward pass of :math:`\sum_i h_i` to the recorded outputs then yields every
-:math:`g_{i,t}` at once, because in eval mode examples do not interact (no batch statistics).
+:math:`g_{i,t} = \partial h_i / \partial y_{i,t}`. A convolution is such a layer over input patches
+(:mod:`tda.layer_positions`). Forward hooks record every call's input and output; one backward
+pass of :math:`\sum_i h_i` to the recorded outputs then yields every :math:`g_{i,t}` at once,
+because in eval mode examples do not interact (no batch statistics).
 
 Readers: :class:`~tda.features.kronecker.KroneckerFeaturizer` (sketches of :math:`a` and
-:math:`g`) and the K-FAC / EK-FAC solvers of :mod:`tda.curvature.kfac` (their covariances).
+:math:`g`, Linear layers) and the K-FAC / EK-FAC solvers of :mod:`tda.curvature.kfac` (their
+covariances, Linear and convolution layers).
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from tda.layer_positions import input_positions, output_positions
+
 Prepare = Callable[[str, Tensor], Tensor]
 
 
 class LinearCall(NamedTuple):
     """One call of a recorded layer whose output reaches the differentiated value."""
 
-    inputs: Tensor  # prepare(name, a): [b, T, k], from the layer input a [b, T, in]
+    inputs: Tensor  # prepare(name, a): [b, T, k], from the layer input a as [b, T, in]
     output_gradients: Tensor  # g: [b, T, out], in the compute dtype
 
 
@@ -47,7 +51,8 @@ def capture_linear_calls(
 
     Args:
         model: the network.
-        modules: ``(name, module)`` pairs of the Linear layers to record.
+        modules: ``(name, module)`` pairs of the layers to record (Linear or convolution, see
+            :mod:`tda.layer_positions`).
         inputs: one chunk of examples ``[b, ...]``.
         value: per-example values ``[b]`` of the logits; differentiated as their sum.
         prepare: applied in the hook to each call's input ``[b, T, in]`` (compute dtype, no grad),
@@ -77,6 +82,7 @@ def capture_linear_calls(
         for handle in handles:
             handle.remove()
     captured: dict[str, list[LinearCall]] = {name: [] for name, _ in modules}
+    layers = dict(modules)
     for (name, (prepared, _)), gradient in zip(recorded, gradients, strict=True):
         if len(prepared) != len(inputs):
             raise ValueError(
@@ -84,7 +90,7 @@ def capture_linear_calls(
                 f"of {len(inputs)} examples; Linear inputs must be [batch, ..., in]"
             )
         if gradient is not None:  # None: this output does not reach the value
-            g = gradient.to(prepared.dtype).reshape(len(prepared), -1, gradient.shape[-1])
+            g = output_positions(layers[name], gradient.to(prepared.dtype))
             if g.shape[1] != prepared.shape[1]:
                 raise ValueError(
                     f"module '{name}' maps {prepared.shape[1]} input positions to "
@@ -99,7 +105,7 @@ def _hook(name: str, record: list, prepare: Prepare | None):
     def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
         with torch.no_grad():
             a = args[0].detach()
-            a = a.to(compute_dtype(a.dtype)).reshape(len(a), -1, a.shape[-1])  # [b, T, in]
+            a = input_positions(module, a.to(compute_dtype(a.dtype)))  # [b, T, in]
             prepared = a if prepare is None else prepare(name, a)
         record.append((prepared, output))
         # Downstream layers get a copy: after an in-place op on it (ReLU(inplace=True)),

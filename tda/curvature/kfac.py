@@ -1,16 +1,18 @@
-r"""K-FAC and EK-FAC inverse-HVP solvers for models made of ``nn.Linear`` layers.
+r"""K-FAC and EK-FAC inverse-HVP solvers for models made of Linear and convolution layers.
 
 Both approximate the curvature :math:`H` of the mean training loss by the block-diagonal Fisher of
-the Linear layers in the Kronecker-factored eigenbasis of :mod:`tda.curvature.kronecker`, and apply
+the layers in the Kronecker-factored eigenbasis of :mod:`tda.curvature.kronecker`, and apply
 
 .. math::
     (H_l + \lambda I)^{-1} \operatorname{vec}(V) = \operatorname{vec}\bigl(Q_S
     [(Q_S^\top V Q_A) \oslash (\Lambda + \lambda)] Q_A^\top\bigr)
 
 per layer: K-FAC with :math:`\Lambda_{ij} = s_i \alpha_j` (Martens & Grosse 2015), EK-FAC with the
-eigenvalues refitted to the per-example gradients (George et al. 2018; Grosse et al. 2023). Only
-``nn.Linear`` weights and biases are supported; other trainable parameters (convolutions,
-normalisation, embeddings) raise unless ``parameters`` leaves them out. Conv support is future work.
+eigenvalues refitted to the per-example gradients (George et al. 2018; Grosse et al. 2023).
+Weights and biases of ``nn.Linear`` and ``groups=1`` ``nn.Conv1d`` / ``nn.Conv2d`` layers are
+supported (a convolution as a Linear layer over its input patches, the KFC factors of Grosse &
+Martens 2016); other trainable parameters (grouped convolutions, normalisation, embeddings) raise
+unless ``parameters`` leaves them out.
 
 Defaults, and why:
 
@@ -109,8 +111,8 @@ class _KroneckerSolver:
         (resolved from the heuristic when this solver's ``damping`` is None).
 
         Raises:
-            ValueError: no examples, trainable parameters outside ``nn.Linear`` layers (name
-                the Linear parameters with ``parameters``), or a selected layer that the
+            ValueError: no examples, trainable parameters outside the supported layers (pass
+                ``parameters`` naming only theirs), or a selected layer that the
                 forward pass never calls on the way to the loss.
         """
         layers = fit_kronecker_eigenbases(

@@ -1,4 +1,4 @@
-r"""Kronecker-factored curvature of Linear layers: K-FAC factors, eigenbases, EK-FAC eigenvalues.
+r"""Kronecker-factored curvature of Linear and conv layers: K-FAC factors, eigenbases, EK-FAC.
 
 Per selected ``nn.Linear`` layer with output size :math:`o`, let :math:`a_{n,t} \in \mathbb{R}^c`
 be its input at position :math:`t` of example :math:`n` with a 1 appended when the bias is
@@ -19,7 +19,11 @@ layers' diagonal blocks :math:`F_l` and factors each as
     S = \tfrac1N \sum_{n,t} g_{n,t} g_{n,t}^\top,
 
 positions averaged in :math:`A` and summed in :math:`S` (the "expand" setting of Eschenhagen et
-al. 2023; :math:`T = 1` for an MLP). With :math:`S = Q_S \operatorname{diag}(s) Q_S^\top` and
+al. 2023; :math:`T = 1` for an MLP). An ``nn.Conv1d`` / ``nn.Conv2d`` (``groups=1``) is the same
+with :math:`a_{n,t}` the input patch under the kernel at output position :math:`t` and
+:math:`W` its weight as ``[out, in * kernel]`` (:mod:`tda.layer_positions`): the factors are then
+those of KFC (Grosse & Martens 2016, which assumes derivatives at different positions
+uncorrelated). With :math:`S = Q_S \operatorname{diag}(s) Q_S^\top` and
 :math:`A = Q_A \operatorname{diag}(\alpha) Q_A^\top`,
 :math:`F_l \approx (Q_S \otimes Q_A) \operatorname{diag}(\operatorname{vec}\Lambda)
 (Q_S \otimes Q_A)^\top` with :math:`\Lambda_{ij} = s_i \alpha_j`. EK-FAC (George et al. 2018)
@@ -43,6 +47,7 @@ from torch import Tensor, nn
 
 from tda.data.examples import Examples
 from tda.grads import evaluation_mode, select_parameters
+from tda.layer_positions import is_positional
 from tda.linear_capture import capture_linear_calls
 from tda.task import Task
 
@@ -51,13 +56,13 @@ _MAX_BLOCK_ELEMENTS = 1 << 24  # bounds the [b, o, c] temporaries of EK-FAC with
 
 @dataclass(frozen=True, eq=False)
 class KroneckerEigenbasis:
-    r"""One Linear layer's curvature block, diagonal in its Kronecker eigenbasis.
+    r"""One layer's curvature block, diagonal in its Kronecker eigenbasis.
 
     The block is :math:`(Q_S \otimes Q_A)\operatorname{diag}(\operatorname{vec}\Lambda)
     (Q_S \otimes Q_A)^\top` over the row-major ``[o, c]`` matrix ``[grad W | grad b]``.
 
     Attributes:
-        module: name of the ``nn.Linear`` in the model (``""`` when the model is the layer).
+        module: name of the layer in the model (``""`` when the model is the layer).
         weight: name of its weight parameter when selected, else None.
         bias: name of its bias parameter when selected, else None.
         offset: position of the layer's first parameter in the flattened ``[p]`` vector.
@@ -83,33 +88,34 @@ class KroneckerEigenbasis:
 
 class _Layer(NamedTuple):
     module_name: str
-    module: nn.Linear
+    module: nn.Module  # nn.Linear, or a convolution read as one (tda.layer_positions)
     weight: str | None
     bias: str | None
     offset: int
 
 
-def _linear_layers(model: nn.Module, parameters: Sequence[str] | None) -> list[_Layer]:
-    """The Linear layers holding the selected parameters, in the flattened order of ``tda.grads``.
+def _kronecker_layers(model: nn.Module, parameters: Sequence[str] | None) -> list[_Layer]:
+    """The layers holding the selected parameters, in the flattened order of ``tda.grads``.
 
     Raises:
-        ValueError: a selected parameter is not the weight or bias of an ``nn.Linear`` (the
-            message names every such parameter and its module), is shared by several modules, or
-            a layer's selected parameters are not consecutive in weight-then-bias order.
+        ValueError: a selected parameter is not the weight or bias of an ``nn.Linear`` or a
+            ``groups=1`` ``nn.Conv1d`` / ``nn.Conv2d`` (the message names every such parameter and
+            its module), is shared by several modules, or a layer's selected parameters are not
+            consecutive in weight-then-bias order.
     """
     named = dict(model.named_parameters())
     owners = _parameter_owners(model)
     selected = {name: owners[id(named[name])] for name in select_parameters(model, parameters)}
     foreign = [
-        f"'{name}' ({type(found[0][1]).__name__} '{found[0][0]}')"
+        f"'{name}' ({_describe(found[0][1])} '{found[0][0]}')"
         for name, found in selected.items()
-        if not (isinstance(found[0][1], nn.Linear) and found[0][2] in ("weight", "bias"))
+        if not (is_positional(found[0][1]) and found[0][2] in ("weight", "bias"))
     ]
     if foreign:
         raise ValueError(
-            "K-FAC and EK-FAC support nn.Linear layers only (Conv support is future work); "
+            "K-FAC and EK-FAC support nn.Linear and groups=1 nn.Conv1d / nn.Conv2d layers; "
             f"trainable parameters {', '.join(foreign)} belong to other modules: pass "
-            "`parameters` naming only the weights and biases of Linear layers"
+            "`parameters` naming only the weights and biases of those layers"
         )
     layers: list[_Layer] = []
     offset = 0
@@ -129,6 +135,11 @@ def _linear_layers(model: nn.Module, parameters: Sequence[str] | None) -> list[_
             layers.append(_Layer(module_name, module, weight, bias, offset))
         offset += named[name].numel()
     return layers
+
+
+def _describe(module: nn.Module) -> str:
+    groups = getattr(module, "groups", 1)
+    return type(module).__name__ + (f" with groups={groups}" if groups != 1 else "")
 
 
 def _parameter_owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
@@ -227,14 +238,14 @@ def fit_kronecker_eigenbases(
     seed: int = 0,
     chunk_size: int = 256,
 ) -> tuple[KroneckerEigenbasis, ...]:
-    """K-FAC eigenbases of the selected Linear layers, with EK-FAC eigenvalues if ``corrected``.
+    """K-FAC eigenbases of the selected layers, with EK-FAC eigenvalues if ``corrected``.
 
     Args:
         model: evaluated in eval mode at its current parameters.
         task: its ``loss`` is the per-example loss whose mean is the training objective.
         examples: the training examples (moved chunk by chunk to the model's device).
         parameters: names of the parameters (default: all trainable ones, which must then all
-            belong to ``nn.Linear`` layers).
+            belong to ``nn.Linear`` or ``groups=1`` ``nn.Conv1d`` / ``nn.Conv2d`` layers).
         corrected: refit the eigenvalues (EK-FAC; a second pass over the examples).
         sampled_labels: differentiate the loss at labels drawn from the model's softmax (true
             Fisher) instead of the training labels (empirical Fisher).
@@ -245,12 +256,12 @@ def fit_kronecker_eigenbases(
         One :class:`KroneckerEigenbasis` per layer, in the flattened parameter order.
 
     Raises:
-        ValueError: no examples, parameters outside ``nn.Linear`` layers, or a selected layer
+        ValueError: no examples, parameters outside those layers, or a selected layer
             that no forward call reaching the loss goes through.
     """
     if len(examples) == 0:
         raise ValueError("cannot fit a curvature to an empty set of examples")
-    layers = _linear_layers(model, parameters)
+    layers = _kronecker_layers(model, parameters)
     options = (sampled_labels, seed, chunk_size)
     factors = _factors(_chunks(model, task, examples, layers, *options), layers, len(examples))
     bases = [_eigenbasis(layer, A, S) for layer, (A, S) in zip(layers, factors, strict=True)]

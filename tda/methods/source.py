@@ -110,7 +110,7 @@ class ExplicitEigenbasis:
 
 @dataclass(frozen=True, eq=False)
 class KroneckerEigenbases:
-    """Per-``nn.Linear``-layer Kronecker eigenbases (:mod:`tda.curvature.kronecker`)."""
+    """Per-layer Kronecker eigenbases (:mod:`tda.curvature.kronecker`; Linear and convolution)."""
 
     layers: tuple[KroneckerEigenbasis, ...]
 
@@ -121,7 +121,8 @@ class KroneckerEigenbases:
 @dataclass(frozen=True)
 class EKFACEigenbasis:
     """EK-FAC (``corrected=True``, the paper's choice) or K-FAC eigenbases of the Fisher, per
-    ``nn.Linear`` layer; arguments as in :func:`tda.curvature.kronecker.fit_kronecker_eigenbases`.
+    Linear or convolution layer; arguments as in
+    :func:`tda.curvature.kronecker.fit_kronecker_eigenbases`.
     """
 
     corrected: bool = True

@@ -57,6 +57,31 @@ class Pooled(nn.Module):
         return self.linear(x).sum(1)
 
 
+class Convolutions(nn.Module):
+    """Conv1d then Conv2d: an even kernel, dilation, stride and non-zero padding modes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv1d(1, 2, 4, padding="same", dilation=2, padding_mode="replicate")
+        self.second = nn.Conv2d(1, 2, (2, 3), stride=(1, 2), padding=1, padding_mode="reflect")
+        self.head = nn.Linear(2 * 3 * 4, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.first(x.unsqueeze(1)))  # [b, 2, 7]
+        return self.head(torch.relu(self.second(hidden.unsqueeze(1))).flatten(1))
+
+
+class WholeInputConv(nn.Module):
+    """A Conv1d whose kernel covers its whole input: logistic regression as a convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.unsqueeze(1)).squeeze(2)
+
+
 def _build(factory):
     return build_model(factory, seed=0, dtype=torch.float64)
 
@@ -111,18 +136,20 @@ def _hessian(model, data) -> torch.Tensor:
     return torch.autograd.functional.hessian(mean_loss, flat)
 
 
+@pytest.mark.parametrize("layer", [lambda: LogisticRegression(4, 3), WholeInputConv])
 @pytest.mark.parametrize("solver_class", SOLVERS)
-def test_exact_where_the_kronecker_factorisation_is_exact(solver_class):
+def test_exact_where_the_kronecker_factorisation_is_exact(solver_class, layer):
     # Logistic regression at W = 0, b = 0: every softmax is uniform (p = 1/C), so the output
     # gradient g = p - e_y depends on the label only, never on the input a. The design pairs each
     # of 5 inputs with each of the 3 labels, making a and g independent over the data set, so
     # the empirical Fisher E[g g^T kron a a^T] = E[g g^T] kron E[a a^T] = S kron A exactly. And
     # E_y[(p - e_y)(p - e_y)^T] = diag(p) - p p^T is the softmax's Hessian, so this Fisher is
     # also the Gauss-Newton matrix and the Hessian (the model is linear in its parameters).
-    model = _build(lambda: LogisticRegression(4, 3))
+    # The convolution is the same model, its single patch the whole input.
+    model = _build(layer)
     with torch.no_grad():
-        model.weight.zero_()
-        model.bias.zero_()
+        for parameter in model.parameters():
+            parameter.zero_()
     inputs = torch.randn(5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     data = Examples(inputs.repeat_interleave(3, 0), torch.arange(3).repeat(5))
     damping = 0.05
@@ -161,6 +188,8 @@ MODELS = {
     "mlp": (lambda: MLP(6, (8,), 3), (6,)),
     "reordered": (Reordered, (4,)),
     "sequence": (Sequence, (3, 4)),
+    "cnn": (lambda: CNN1d(length=8, channels=2, num_classes=3), (8,)),
+    "convolutions": (Convolutions, (7,)),
 }
 
 
@@ -172,6 +201,9 @@ MODELS = {
         ("mlp", ["0.bias", "2.weight"], False),
         ("reordered", None, True),
         ("sequence", None, False),
+        ("cnn", None, False),
+        ("cnn", ["features.2.weight", "features.2.bias", "head.weight"], True),
+        ("convolutions", None, False),
     ],
 )
 def test_ekfac_eigenvalues_are_the_fisher_diagonal_in_the_kronecker_basis(
@@ -297,15 +329,54 @@ def test_float32_vectors_stay_float32(tiny_data):
     assert result.dtype == torch.float32 and torch.isfinite(result).all()
 
 
-def test_conv_models_need_linear_parameters():
-    model = build_model(lambda: CNN1d(length=8, channels=2, num_classes=3), seed=0)
-    data = Examples(torch.randn(6, 8), torch.randint(0, 3, (6,)))
-    with pytest.raises(ValueError, match=r"'features\.0\.weight' \(Conv1d 'features\.0'\)"):
+def test_conv_kfac_factors_follow_their_definitions():
+    # KFC: A = mean over examples and positions of the patches [x_pad[t s + j d], 1], built here
+    # by explicit loops; S = (1/N) sum_{n,t} g g^T with g the loss gradient w.r.t. the conv output.
+    model, data = _build(lambda: CNN1d(length=8, channels=2, num_classes=3)), _examples(10, (8,))
+    solver = KFACSolver(sampled_labels=False).fit(
+        model, TASK, data, parameters=["features.2.weight", "features.2.bias"]
+    )
+    conv = model.features[2]  # Conv1d(2, 2, 5, stride=2, padding=2)
+    hidden = model.features[:2](data.inputs.unsqueeze(1)).detach()  # [10, 2, 8]
+    padded = nn.functional.pad(hidden, (2, 2))
+    a = torch.tensor(
+        [
+            [*(padded[n, c, 2 * t + j] for c in range(2) for j in range(5)), 1.0]
+            for n in range(10)
+            for t in range(4)
+        ],
+        dtype=torch.float64,
+    )
+    output = conv(hidden).detach().requires_grad_()
+    logits = model.head(model.features[3:](output).flatten(1))
+    (g,) = torch.autograd.grad(TASK.loss(logits, data.targets).sum(), output)
+    g = g.transpose(1, 2).reshape(40, 2)
+    expected = torch.kron(g.T @ g / 10, a.T @ a / 40)
+    torch.testing.assert_close(_dense_block(solver.layers[0]), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_unsupported_layers_need_leaving_out():
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(2, 2, 3, groups=2)
+            self.norm = nn.BatchNorm1d(2)
+            self.head = nn.Linear(2 * 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.norm(self.conv(x.reshape(-1, 2, 6))).flatten(1))
+
+    model = build_model(Grouped, seed=0)
+    data = Examples(torch.randn(6, 12), torch.randint(0, 3, (6,)))
+    pattern = (
+        r"'conv\.weight' \(Conv1d with groups=2 'conv'\).*'norm\.weight' \(BatchNorm1d 'norm'\)"
+    )
+    with pytest.raises(ValueError, match=pattern):
         KFACSolver().fit(model, TASK, data)
-    with pytest.raises(ValueError, match="Conv support is future work"):
+    with pytest.raises(ValueError, match="groups=1 nn.Conv1d"):
         EKFACSolver().fit(model, TASK, data)
     solver = EKFACSolver().fit(model, TASK, data, parameters=["head.weight", "head.bias"])
-    assert solver.solve(torch.ones(1, 3 * 5)).shape == (1, 15)  # head: 3 x (2 * 2 + 1)
+    assert solver.solve(torch.ones(1, 3 * 9)).shape == (1, 27)  # head: 3 x (8 + 1)
 
 
 def test_layers_the_hooks_never_see_are_rejected(tiny_data):
