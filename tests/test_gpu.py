@@ -17,7 +17,7 @@ from tda.data import load_mnist1d
 from tda.device import on_device
 from tda.features import GradientFeaturizer, featurize, open_feature_store
 from tda.methods import TRAK, InfluenceFunction, TracIn
-from tda.models import MLP, build_model
+from tda.models import MLP, CNN1d, build_model
 from tda.outputs import logits_of
 from tda.projection import DenseProjector
 from tda.training import TrainConfig, train
@@ -77,6 +77,14 @@ def test_influence_on_cuda_matches_the_cpu(data, solver):
     model = trained("cpu", data).model
     on_cpu = InfluenceFunction(solver).fit(model, data[0]).score(data[1])
     on_gpu = InfluenceFunction(solver).fit(model.to("cuda"), data[0]).score(data[1])
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-6, atol=1e-9)
+
+
+def test_ekfac_influence_of_a_cnn_on_cuda_matches_the_cpu(data):
+    # Convolutions go through their unfolded input patches (tda.layer_positions) on either device.
+    model = build_model(partial(CNN1d, channels=4), seed=0, dtype=torch.float64)
+    on_cpu = InfluenceFunction(EKFACSolver()).fit(model, data[0]).score(data[1])
+    on_gpu = InfluenceFunction(EKFACSolver()).fit(model.to("cuda"), data[0]).score(data[1])
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-6, atol=1e-9)
 
 
