@@ -2,13 +2,16 @@
 
 Each source is ``[n_train, n_train]`` scores of the training points as queries: a score file
 (``scores/<name>.npy`` from ``experiments/score.py query_split=train``) or, with ``--dmm-trak M``,
-DMM's own Gauss-Newton TRAK over the first M originals (``predictor=trak dmm.models=M``). Every
+DMM's own Gauss-Newton TRAK over the first M originals (``predictor=trak dmm.models=M``, composed
+with the ``--override`` Hydra overrides, e.g. ``experiment=mnist1d_cnn``). Every
 source is scaled to unit Frobenius norm before the mean, so none dominates by its units (the
 DMM calibration fits the overall scale afterwards). Writes ``scores/<output>.npy`` and the record
 ``unlearn.load_scores_predictor`` checks:
 
     python -m experiments.combine_scores runs/mnist1d_mlp --files if_ekfac-train-m20 \\
         --dmm-trak 20 --output trak-ekfac-train-m20
+    python -m experiments.combine_scores runs/mnist1d_cnn --files if_ekfac-train-m20 \
+        --dmm-trak 20 --override experiment=mnist1d_cnn --output trak-ekfac-train-m20
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ def _file(workspace: Path, name: str) -> tuple[np.ndarray, dict]:
     return np.load(path), record
 
 
-def _dmm_trak(workspace: Path, models: int) -> tuple[np.ndarray, dict]:
-    cfg = dmm_config(["predictor=trak", f"dmm.models={models}", f"workspace={workspace}"])
+def _dmm_trak(workspace: Path, models: int, overrides: list[str]) -> tuple[np.ndarray, dict]:
+    cfg = dmm_config(
+        [*overrides, "predictor=trak", f"dmm.models={models}", f"workspace={workspace}"]
+    )
     train = instantiate(cfg.data).train
     scores = instantiate(cfg.predictor).trak.score("train").numpy()
     record = {
@@ -62,12 +67,17 @@ def main() -> None:
     parser.add_argument("workspace", type=Path)
     parser.add_argument("--files", nargs="*", default=[], help="score files (training queries)")
     parser.add_argument("--dmm-trak", type=int, help="also DMM's Gauss-Newton TRAK over M models")
+    parser.add_argument(
+        "--override", action="append", default=[], help="Hydra override of --dmm-trak's config"
+    )
     parser.add_argument("--output", required=True, help="name of the combined score file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loaded = {name: _file(args.workspace, name) for name in args.files}
     if args.dmm_trak:
-        loaded[f"dmm-trak-m{args.dmm_trak}"] = _dmm_trak(args.workspace, args.dmm_trak)
+        loaded[f"dmm-trak-m{args.dmm_trak}"] = _dmm_trak(
+            args.workspace, args.dmm_trak, args.override
+        )
     if len(loaded) < 2:
         parser.error("give at least two sources")
     (first_name, (_, first)), *others = loaded.items()

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from experiments import combine_scores
 from experiments.combine_scores import main, unit_norm_mean
 
 
@@ -45,3 +46,23 @@ def test_files_are_combined_into_a_score_file_dmm_can_read(tmp_path, monkeypatch
     monkeypatch.setattr(sys, "argv", [*argv[:3], "one", "other", "--output", "bad"])
     with pytest.raises(ValueError, match="other and one differ in train_fingerprint"):
         main()
+
+
+def test_dmm_trak_is_composed_with_the_given_overrides(tmp_path, monkeypatch):
+    _write(tmp_path, "one", np.ones((4, 4), np.float32))
+    seen = []
+
+    def compose(overrides):
+        seen.append(overrides)
+        raise LookupError("composed")
+
+    monkeypatch.setattr(combine_scores, "dmm_config", compose)
+    argv = ["combine_scores", str(tmp_path), "--files", "one", "--dmm-trak", "3"]
+    argv += ["--override", "experiment=mnist1d_cnn", "--override", "threads=2", "--output", "x"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(LookupError, match="composed"):
+        main()
+    assert seen == [
+        ["experiment=mnist1d_cnn", "threads=2", "predictor=trak", "dmm.models=3",
+         f"workspace={tmp_path}"]
+    ]  # fmt: skip
