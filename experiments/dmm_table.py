@@ -109,7 +109,7 @@ def goal_check(found: dict, time_fraction: float | None = None, dmm_name: str = 
     """The issue's goal on one forget set for the DMM result ``dmm_name`` (the headline by
     default): DMM's forget KLOM below every listed baseline's,
     within 2x of Oracle Matching's, at no more than 10% of retraining time (``time_fraction``
-    from ``experiments/dmm_time.py`` when given, else the benchmark run's own ratio)."""
+    from ``experiments/method_time.py`` when given, else the benchmark run's own ratio)."""
     dmm, oracle = found.get(dmm_name), found.get("dmm-oracle")
     if dmm is None or oracle is None or dmm["status"] != "ok" or oracle["status"] != "ok":
         return {"complete": False}
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--forget", nargs="+", default=["random_10pct"])
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--figure", type=Path)
-    parser.add_argument("--timing", type=Path, help="results of experiments/dmm_time.py")
+    parser.add_argument("--timing", type=Path, help="results of experiments/method_time.py")
     parser.add_argument(
         "--no-lds", action="store_true", help="no predictor LDS (no datamodel ground truth)"
     )
@@ -200,7 +200,7 @@ def main() -> None:
     tables, runs, goals = {}, {}, {}
     for forget in args.forget:
         tables[forget], runs[forget] = comparison_table(args.workspace, forget, args.scores)
-        goals[forget] = goal_check(runs[forget], timing.get(forget, {}).get("fraction"))
+        goals[forget] = goal_check(runs[forget], timing.get(f"unlearn-{DMM}-{forget}", {}).get("fraction"))
         goals[forget]["retain_kernel"] = goal_check(runs[forget], dmm_name=f"{DMM}-retain")
         print(f"\n{forget}\n{tables[forget]}\ngoal: {goals[forget]}")
     if quality:

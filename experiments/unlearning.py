@@ -98,12 +98,11 @@ def _shared_parts(cfg) -> dict:
 def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace):
     """``[(value, unlearner)]``, best proxy value first, when ``tuning.parameter`` is named."""
     if cfg.tuning.parameter is None:
-        return [(None, _build(_own_config(cfg, shared), shared))], None
-    candidates = {}
-    for value in cfg.tuning.grid:
-        variant = _own_config(cfg, shared)
-        OmegaConf.update(variant, cfg.tuning.parameter, value)
-        candidates[value] = _build(variant, shared)
+        return [(None, build_unlearner(cfg.unlearner, shared))], None
+    candidates = {
+        value: build_unlearner(cfg.unlearner, shared, cfg.tuning.parameter, value)
+        for value in cfg.tuning.grid
+    }
     count = min(cfg.tuning.models, cfg.models)
     selection = unlearn.tune_on_proxy(
         cfg.tuning.parameter,
@@ -123,15 +122,17 @@ def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace):
     return [(value, candidates[value]) for value in selection.ranking()], selection
 
 
-def _own_config(cfg, shared: dict) -> DictConfig:
-    """A resolved copy of the unlearner's config without the shared parts."""
-    own = OmegaConf.to_container(cfg.unlearner, resolve=True)
-    return OmegaConf.create({k: v for k, v in own.items() if k not in shared})
-
-
-def _build(unlearner_cfg: DictConfig, shared: dict):
-    """The unlearner, with the shared objects in place of their configs."""
-    return instantiate(unlearner_cfg, _partial_=True)(**shared)
+def build_unlearner(
+    unlearner_cfg: DictConfig, shared: dict, parameter: str | None = None, value=None
+):
+    """The unlearner of ``unlearner_cfg`` with the ``shared`` objects in place of their configs
+    and, when ``parameter`` is named (a dotted key, e.g. ``loop.optimizer.lr``), that set to
+    ``value``."""
+    own = OmegaConf.to_container(unlearner_cfg, resolve=True)
+    variant = OmegaConf.create({k: v for k, v in own.items() if k not in shared})
+    if parameter is not None:
+        OmegaConf.update(variant, parameter, value)
+    return instantiate(variant, _partial_=True)(**shared)
 
 
 def _calibrate_predictor(cfg, shared, originals, train, forget_set, workspace) -> dict | None:

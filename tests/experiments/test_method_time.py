@@ -1,0 +1,77 @@
+"""experiments/method_time.py: a run's chosen unlearner rebuilt from its record and timed."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from experiments import method_time
+from experiments.dmm_table import dmm_config
+from tests.experiments.entry import run_entry_point
+from unlearn.describe import describe
+from unlearn.predictors import architecture
+
+TINY = ("experiment=tiny", "progress=false", "models=2", "tuning.models=1", "klom_floor=false")
+
+
+def _benchmark(workspace, *overrides):
+    run_entry_point("unlearning", workspace, *overrides, base=TINY)
+
+
+def test_the_rebuilt_unlearner_is_the_one_the_run_chose(tmp_path):
+    _benchmark(tmp_path, "unlearner=ft", "tuning.grid=[0.001,0.1]")
+    record = method_time.load_run(tmp_path, "unlearn-ft-random_10pct")
+    _, method = method_time.rebuild(record)
+    assert describe(method) == record["method"]
+    assert method.loop.optimizer.keywords["lr"] == record["used"]
+
+
+def _random_train_scores(workspace) -> str:
+    """A random training-point score file for the tiny experiment, as score.py records it."""
+    cfg = dmm_config(["experiment=tiny"])
+    train = instantiate(cfg.data).train
+    directory = workspace / "scores"
+    directory.mkdir()
+    scores = np.random.default_rng(0).normal(size=(len(train), len(train))).astype(np.float32)
+    np.save(directory / "random-train.npy", scores)
+    record = {"train_fingerprint": train.fingerprint(), "query_fingerprint": train.fingerprint(),
+              "architecture": architecture(instantiate(cfg.model)())}  # fmt: skip
+    (directory / "random-train.json").write_text(json.dumps(record))
+    return "random-train"
+
+
+def test_a_dmm_run_is_rebuilt_with_its_calibrated_predictor(tmp_path):
+    name = _random_train_scores(tmp_path)
+    overrides = ("unlearner=dmm", "predictor=scores", f"scores_name={name}")
+    _benchmark(tmp_path, *overrides, "tuning.grid=[0.001,0.01]")
+    run = method_time.load_run(tmp_path, f"unlearn-dmm-{name}-random_10pct")
+    _, method = method_time.rebuild(run)
+    assert run["calibration"]["forget_scale"] > 0
+    assert method.predictor.forget_scale == run["calibration"]["forget_scale"]
+    assert describe(method) == run["method"]
+
+
+def test_main_times_each_run_against_retraining(tmp_path, monkeypatch):
+    _benchmark(tmp_path, "unlearner=ga", "tuning.grid=[0.001]")
+    output = tmp_path / "time.json"
+    argv = ["method_time", str(tmp_path), "--runs", "unlearn-ga-random_10pct"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--repeats", "2", "--output", str(output)])
+    method_time.main()
+    result = json.loads(output.read_text())["results"]["unlearn-ga-random_10pct"]
+    assert len(result["method_seconds"]) == len(result["retrain_seconds"]) == 2
+    assert min(result["method_seconds"] + result["retrain_seconds"]) > 0
+    assert result["fraction"] == pytest.approx(
+        np.median(result["method_seconds"]) / np.median(result["retrain_seconds"])
+    )
+    assert result["used"] == 0.001
+
+
+def test_missing_and_unfinished_runs_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no benchmark run 'unlearn-x'"):
+        method_time.load_run(tmp_path, "unlearn-x")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "unlearn-y.json").write_text(json.dumps({"status": "diverged"}))
+    with pytest.raises(ValueError, match="status 'diverged'"):
+        method_time.load_run(tmp_path, "unlearn-y")
