@@ -82,8 +82,8 @@ def workloads(data, config: TrainConfig, dim: int) -> dict[str, Callable]:
             model, train_set, request
         )
 
-    def influence(device):
-        model = trained("MLP", device)
+    def influence(name, device):
+        model = trained(name, device)
         return lambda: InfluenceFunction(EKFACSolver()).fit(model, train_set).score(queries)
 
     return {
@@ -93,7 +93,8 @@ def workloads(data, config: TrainConfig, dim: int) -> dict[str, Callable]:
         f"train MLP ({config.epochs} epochs)": lambda d: lambda: trained("MLP", d),
         f"train CNN ({config.epochs} epochs)": lambda d: lambda: trained("CNN", d),
         "unlearn (SalUn, 10% forget)": unlearning,
-        "IF EK-FAC fit + 100 queries": influence,
+        "IF EK-FAC fit + 100 queries, MLP": partial(influence, "MLP"),
+        "IF EK-FAC fit + 100 queries, CNN (convolutions too)": partial(influence, "CNN"),
     }
 
 
