@@ -81,8 +81,6 @@ FLIP_FRACTION = 0.1
 
 
 MODELS = {"mlp": lambda: MLP(40, (128, 128), 10), "cnn": lambda: CNN1d(40, 32, 10)}
-# EK-FAC covers nn.Linear layers only: on the CNN, influence goes through its linear head.
-EKFAC_PARAMETERS = {"mlp": None, "cnn": ("head.weight", "head.bias")}
 
 
 def timed(function):
@@ -110,7 +108,7 @@ def rankings(model, checkpoints, noisy, settings, workspace) -> dict:
         return self_scores(lambda rows: attributor.score("train", indices=rows), n, 512)
 
     def ekfac():
-        influence = InfluenceFunction(EKFACSolver(), parameters=EKFAC_PARAMETERS[settings["model"]])
+        influence = InfluenceFunction(EKFACSolver())  # every layer, the CNN's convolutions too
         return influence.fit(model, noisy).self_influence()
 
     def loss():

@@ -200,7 +200,8 @@ def main() -> None:
     tables, runs, goals = {}, {}, {}
     for forget in args.forget:
         tables[forget], runs[forget] = comparison_table(args.workspace, forget, args.scores)
-        goals[forget] = goal_check(runs[forget], timing.get(f"unlearn-{DMM}-{forget}", {}).get("fraction"))
+        quiet = timing.get(f"unlearn-{DMM}-{forget}", {}).get("fraction")
+        goals[forget] = goal_check(runs[forget], quiet)
         goals[forget]["retain_kernel"] = goal_check(runs[forget], dmm_name=f"{DMM}-retain")
         print(f"\n{forget}\n{tables[forget]}\ngoal: {goals[forget]}")
     if quality:

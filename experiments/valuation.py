@@ -114,11 +114,11 @@ class Attributions:
         influence = InfluenceFunction(instantiate(options.solver), parameters=parameters)
         try:
             return influence.fit(self.model, self.train)
-        except ValueError as error:  # e.g. EK-FAC on a Conv layer: say which option fixes it
+        except ValueError as error:  # e.g. EK-FAC on a normalisation layer: name the fix
             raise ValueError(
-                f"{error}; here: valuation.influence_parameters=[...] (e.g. the CNN's "
-                "[head.weight,head.bias]), or valuation.ranking / valuation.values_from "
-                "without influence"
+                f"{error}; here: valuation.influence_parameters=[...] (e.g. only the weights and "
+                "biases of Linear and convolution layers), or valuation.ranking / "
+                "valuation.values_from without influence"
             ) from error
 
     def _trak(self):

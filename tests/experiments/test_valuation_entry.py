@@ -10,7 +10,7 @@ from tda.curvature import EKFACSolver
 from tda.data import load_mnist1d
 from tda.features import GradientFeaturizer, featurize, open_feature_store
 from tda.methods import TRAK, InfluenceFunction
-from tda.models import MLP, build_model
+from tda.models import MLP, CNN1d, build_model
 from tda.projection import DenseProjector
 from tda.valuation import (
     flip_labels,
@@ -84,7 +84,20 @@ def test_trak_ranking_is_the_library_trak_self_influence(tmp_path, noisy):
     assert report["pruning"]["fractions"] == [0.0, 0.5]  # with the full-data baseline
 
 
-def test_influence_on_a_cnn_names_the_option_that_fixes_it(tmp_path):
-    cnn = ("experiment=tiny", "progress=false", "model=cnn1d", "~model.hidden", "+model.channels=4")
-    with pytest.raises(ValueError, match=r"valuation.influence_parameters=\[\.\.\.\]"):
-        run_entry_point("valuation", tmp_path, "valuation.values_from=influence", base=cnn)
+def test_influence_on_a_cnn_differentiates_every_layer(tmp_path, noisy):
+    # EK-FAC covers the convolutions (tda.layer_positions): no parameters need naming.
+    cnn = (*BASE, "model=cnn1d", "~model.hidden", "+model.channels=4")
+    auc = run_entry_point("valuation", tmp_path, base=cnn)
+    data, flipped = noisy
+    factory = partial(CNN1d, channels=4)
+    model = load_checkpoint(saved(tmp_path)[-1], build_model(factory, 0))
+    influence = InfluenceFunction(EKFACSolver()).fit(model, data)
+    assert auc == mislabel_detection(influence.self_influence(), flipped).auc
+
+
+def test_an_influence_error_names_the_option_that_fixes_it(tmp_path):
+    overrides = ("valuation.values_from=influence", "valuation.influence_parameters=[head.weight]")
+    with pytest.raises(
+        ValueError, match=r"'head.weight'.*valuation.influence_parameters=\[\.\.\.\]"
+    ):
+        run_entry_point("valuation", tmp_path, *overrides, base=BASE)
