@@ -1,0 +1,80 @@
+"""Collect ``experiments/lds.py`` results of one workspace into one JSON record and a table.
+
+Reads ``<workspace>/results/lds-<name>.json`` for each score name given (all against the same
+ground truth, or nothing is written) and writes them with the commands that made them:
+
+    python -m experiments.lds_table runs/mnist1d_cnn --scores trak if_ekfac if_ekfac-head \\
+        --output results/lds-cnn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks.record import command_line, environment, markdown_table
+
+HEADER = ["scores", "attributor", "members", "LDS [95% CI]", "noise ceiling"]
+
+
+def collect(workspace: Path, names: list[str]) -> dict[str, dict]:
+    """The LDS records of ``names``, in order.
+
+    Raises:
+        FileNotFoundError: a name has no record (every missing one is named).
+        ValueError: the records were measured against different ground truths.
+    """
+    paths = {name: workspace / "results" / f"lds-{name}.json" for name in names}
+    missing = [name for name, path in paths.items() if not path.exists()]
+    if missing:
+        raise FileNotFoundError(f"no LDS results for {missing} in {workspace / 'results'}")
+    records = {name: json.loads(path.read_text()) for name, path in paths.items()}
+    truths = {json.dumps(r["ground_truth"], sort_keys=True) for r in records.values()}
+    if len(truths) > 1:
+        raise ValueError(f"the records use different ground truths: {sorted(truths)}")
+    return records
+
+
+def row(name: str, record: dict) -> list[str]:
+    made, lds = record["scores_made_with"], record["lds"]
+    attributor = made["attributor"]["_target_"].rsplit(".", 1)[-1]
+    parameters = made["attributor"].get("parameters")
+    if parameters:
+        attributor += f" ({', '.join(parameters)})"
+    ceiling = record["noise_ceiling"]
+    return [
+        name,
+        attributor,
+        str(len(made["checkpoints"])) if "checkpoints" in made else "-",
+        f"{lds['mean']:.3f} [{lds['ci_low']:.3f}, {lds['ci_high']:.3f}]",
+        f"{ceiling['mean']:.3f}" if ceiling else "-",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workspace", type=Path)
+    parser.add_argument("--scores", nargs="+", required=True, help="score names (lds-<name>.json)")
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args()
+    records = collect(args.workspace, args.scores)
+    table = markdown_table(HEADER, [row(name, record) for name, record in records.items()])
+    print(table)
+    output = {
+        "command": command_line(),
+        "workspace": str(args.workspace),
+        "ground_truth": next(iter(records.values()))["ground_truth"],
+        "table": table,
+        "runs": {
+            name: {key: value for key, value in record.items() if key != "settings"}
+            | {"run_command": record["command"]}
+            for name, record in records.items()
+        },
+        **environment(threads=1),
+    }
+    args.output.write_text(json.dumps(output, indent=2))
+
+
+if __name__ == "__main__":
+    main()

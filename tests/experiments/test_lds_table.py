@@ -1,0 +1,51 @@
+"""experiments/lds_table.py: LDS records of one ground truth in one table."""
+
+import json
+import sys
+
+import pytest
+
+from experiments.lds_table import collect, main
+
+TRUTH = {"alpha": 0.5, "subsets": 100, "seeds": [0, 1, 2]}
+
+
+def _write(workspace, name: str, mean: float, truth=TRUTH, parameters=None) -> None:
+    attributor = {"_target_": "tda.methods.InfluenceFunction"}
+    if parameters:
+        attributor["parameters"] = parameters
+    record = {
+        "lds": {"mean": mean, "ci_low": mean - 0.01, "ci_high": mean + 0.01},
+        "noise_ceiling": {"mean": 0.8},
+        "ground_truth": truth,
+        "scores_made_with": {"attributor": attributor, "checkpoints": ["a", "b"]},
+        "settings": {"large": "left out"},
+        "command": ["python", "experiments/lds.py", f"scores_name={name}"],
+    }
+    path = workspace / "results" / f"lds-{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_the_table_names_each_attributor_its_parameters_and_members(tmp_path, monkeypatch):
+    _write(tmp_path, "all", 0.3)
+    _write(tmp_path, "head", 0.2, parameters=["head.weight", "head.bias"])
+    output = tmp_path / "out.json"
+    argv = ["lds_table", str(tmp_path), "--scores", "all", "head", "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    written = json.loads(output.read_text())
+    assert "| all | InfluenceFunction | 2 | 0.300 [0.290, 0.310] | 0.800 |" in written["table"]
+    assert "| head | InfluenceFunction (head.weight, head.bias) | 2 | 0.200" in written["table"]
+    assert written["ground_truth"] == TRUTH and list(written["runs"]) == ["all", "head"]
+    assert "settings" not in written["runs"]["all"]
+    assert written["runs"]["head"]["run_command"][-1] == "scores_name=head"
+
+
+def test_missing_records_and_other_ground_truths_are_refused(tmp_path):
+    _write(tmp_path, "one", 0.3)
+    with pytest.raises(FileNotFoundError, match=r"\['two', 'three'\]"):
+        collect(tmp_path, ["one", "two", "three"])
+    _write(tmp_path, "other", 0.3, truth={**TRUTH, "subsets": 50})
+    with pytest.raises(ValueError, match="different ground truths"):
+        collect(tmp_path, ["one", "other"])
