@@ -36,12 +36,21 @@ def collect(workspace: Path, names: list[str]) -> dict[str, dict]:
     return records
 
 
+def describe_attributor(config: dict) -> str:
+    """``Name (Solver, option=value, parameters...)`` from an attributor's Hydra config."""
+    details = []
+    solver = config.get("solver")
+    if solver:
+        details.append(solver["_target_"].rsplit(".", 1)[-1])
+        details += [f"{key}={value}" for key, value in solver.items() if key != "_target_"]
+    details += config.get("parameters") or []
+    name = config["_target_"].rsplit(".", 1)[-1]
+    return f"{name} ({', '.join(details)})" if details else name
+
+
 def row(name: str, record: dict) -> list[str]:
     made, lds = record["scores_made_with"], record["lds"]
-    attributor = made["attributor"]["_target_"].rsplit(".", 1)[-1]
-    parameters = made["attributor"].get("parameters")
-    if parameters:
-        attributor += f" ({', '.join(parameters)})"
+    attributor = describe_attributor(made["attributor"])
     ceiling = record["noise_ceiling"]
     return [
         name,

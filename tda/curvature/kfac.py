@@ -38,6 +38,12 @@ Defaults, and why:
   the fitted solver's ``damping`` is that :math:`\lambda`). It scales with the loss and model, so
   no value has to be tuned per model; pass a float for an absolute :math:`\lambda`, or change the
   fraction after fitting with ``replace(fitted, damping=r * fitted.mean_eigenvalue)``.
+* ``per_layer=False``: with ``True`` (and ``damping=None``) each layer gets
+  :math:`\lambda_l = 0.1 \times` its own mean eigenvalue (kronfluence's heuristic), so ``solve``
+  is the block-diagonal :math:`(H_l + \lambda_l I)^{-1}` (``layer_dampings``): layers of very
+  different curvature scales (convolutions, whose gradients sum over positions, beside a linear
+  head) are each damped at their own scale. Not the default: it has not been compared on the
+  benchmarks that chose the other defaults.
 
 A fitted solver's ``layers`` hold each layer's :class:`~tda.curvature.kronecker.KroneckerEigenbasis`
 (:math:`Q_S`, :math:`Q_A`, :math:`\Lambda`); other matrix functions of the same curvature are
@@ -51,6 +57,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, TypeVar
 
+import torch
 from torch import Tensor, nn
 
 from tda.curvature.base import check_damping, check_vectors
@@ -77,6 +84,7 @@ class _KroneckerSolver:
     seed: int = 0
     chunk_size: int = 256
     layers: tuple[KroneckerEigenbasis, ...] | None = None
+    per_layer: bool = False
 
     corrected: ClassVar[bool] = False
     name: ClassVar[str] = ""
@@ -94,6 +102,13 @@ class _KroneckerSolver:
             raise ValueError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
+        if not isinstance(self.per_layer, bool):
+            raise ValueError(f"per_layer must be a bool, got {self.per_layer!r}")
+        if self.per_layer and self.damping is not None:
+            raise ValueError(
+                "per_layer=True damps each layer by 0.1 x its own mean eigenvalue: leave damping "
+                f"None (got {self.damping})"
+            )
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
 
@@ -126,7 +141,7 @@ class _KroneckerSolver:
             chunk_size=self.chunk_size,
         )
         fitted = replace(self, layers=layers)
-        if self.damping is None:
+        if self.damping is None and not self.per_layer:
             fitted = replace(fitted, damping=RELATIVE_DAMPING * fitted.mean_eigenvalue)
         return fitted
 
@@ -147,14 +162,24 @@ class _KroneckerSolver:
         """
         size = None if self.layers is None else sum(b.parameter_count for b in self.layers)
         check_vectors(vectors, size, type(self).__name__)
-        damping = self._damping_value()
-        for layer in self.layers:
+        damped = []
+        for layer, damping in zip(self.layers, self.layer_dampings, strict=True):
             if not bool((layer.eigenvalues + damping > 0).all()):
                 raise ValueError(
                     f"layer '{layer.module}' has zero curvature eigenvalues and damping is "
                     f"{damping}; the curvature is singular: use damping > 0"
                 )
-        return apply_in_eigenbasis(self.layers, vectors, lambda value: 1.0 / (value + damping))
+            damped.append(replace(layer, eigenvalues=layer.eigenvalues + damping))
+        return apply_in_eigenbasis(damped, vectors, torch.reciprocal)
+
+    @property
+    def layer_dampings(self) -> tuple[float, ...]:
+        r""":math:`\lambda_l` of each fitted layer: ``damping``, or with ``per_layer`` 0.1 x the
+        layer's own mean eigenvalue."""
+        layers = self._fitted_layers()
+        if self.per_layer:
+            return tuple(RELATIVE_DAMPING * float(layer.eigenvalues.mean()) for layer in layers)
+        return (self._damping_value(),) * len(layers)
 
     def config(self) -> dict:
         """Solver name and hyperparameters (``damping`` None: the relative default, unfitted)."""
@@ -164,6 +189,7 @@ class _KroneckerSolver:
             "sampled_labels": self.sampled_labels,
             "seed": self.seed,
             "chunk_size": self.chunk_size,
+            "per_layer": self.per_layer,
         }
 
     def _fitted_layers(self) -> tuple[KroneckerEigenbasis, ...]:
@@ -190,6 +216,7 @@ class KFACSolver(_KroneckerSolver):
         seed: seed of the sampled labels (unused by the empirical Fisher).
         chunk_size: examples per forward/backward pass.
         layers: the fitted eigenbases (set by ``fit``; pass them to re-use a fit).
+        per_layer: damp each layer by 0.1 x its own mean eigenvalue (``damping`` must be None).
     """
 
     corrected: ClassVar[bool] = False

@@ -279,6 +279,39 @@ def test_default_damping_is_a_tenth_of_the_mean_eigenvalue(solver_class, tiny_ml
     assert not torch.allclose(undamped, solver.solve(torch.ones(1, 83, dtype=torch.float64)))
 
 
+@pytest.mark.parametrize("solver_class", SOLVERS)
+def test_per_layer_damping_inverts_each_block_with_its_own_damping(
+    solver_class, tiny_mlp, tiny_data
+):
+    solver = solver_class(per_layer=True).fit(tiny_mlp, TASK, tiny_data)
+    assert solver.damping is None and solver.config()["per_layer"] is True
+    vectors = torch.randn(3, 83, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    result = solver.solve(vectors)
+    dampings = solver.layer_dampings
+    for base, damping in zip(solver.layers, dampings, strict=True):
+        assert damping == pytest.approx(RELATIVE_DAMPING * float(base.eigenvalues.mean()))
+        stop = base.offset + base.parameter_count
+        block = _dense_block(base) + damping * torch.eye(base.parameter_count, dtype=torch.float64)
+        # the block is over [weight | bias] as [o, c] row-major; the flat vector is weight, bias
+        order = _flat_order(base)
+        expected = torch.linalg.solve(block, vectors[:, base.offset : stop][:, order].T).T
+        torch.testing.assert_close(result[:, base.offset : stop][:, order], expected)
+    assert dampings[0] != pytest.approx(dampings[1], rel=0.1)  # the layers' scales differ
+    assert solver_class().fit(tiny_mlp, TASK, tiny_data).layer_dampings[0] == pytest.approx(
+        RELATIVE_DAMPING * solver.mean_eigenvalue
+    )
+
+
+def _flat_order(base) -> torch.Tensor:
+    """Positions in the flat ``[weight | bias]`` slice of the block's row-major ``[o, c]``."""
+    o, c = base.eigenvalues.shape
+    inputs = c - (base.bias is not None)
+    index = torch.arange(o * c).reshape(o, c)
+    weight, bias = index[:, :inputs].reshape(-1), index[:, inputs:].reshape(-1)
+    flat_of_block = torch.cat([weight, bias])  # flat position j holds block entry flat_of_block[j]
+    return torch.argsort(flat_of_block)
+
+
 def test_sampled_labels_follow_the_softmax_and_the_seed():
     logits = torch.tensor([[2.0, 0.0, -1.0, 0.5]], dtype=torch.float64).repeat(40_000, 1)
     labels = sample_targets(logits, seed=3)
@@ -405,6 +438,8 @@ def test_layers_the_hooks_never_see_are_rejected(tiny_data):
         {"chunk_size": 0},
         {"seed": 1.5},
         {"sampled_labels": "yes"},
+        {"per_layer": 1},
+        {"per_layer": True, "damping": 0.1},
     ],
 )
 def test_invalid_settings_are_rejected(settings):

@@ -11,7 +11,8 @@ TRUTH = {"alpha": 0.5, "subsets": 100, "seeds": [0, 1, 2]}
 
 
 def _write(workspace, name: str, mean: float, truth=TRUTH, parameters=None) -> None:
-    attributor = {"_target_": "tda.methods.InfluenceFunction"}
+    solver = {"_target_": "tda.curvature.EKFACSolver", "per_layer": True}
+    attributor = {"_target_": "tda.methods.InfluenceFunction", "solver": solver}
     if parameters:
         attributor["parameters"] = parameters
     record = {
@@ -35,8 +36,15 @@ def test_the_table_names_each_attributor_its_parameters_and_members(tmp_path, mo
     monkeypatch.setattr(sys, "argv", argv)
     main()
     written = json.loads(output.read_text())
-    assert "| all | InfluenceFunction | 2 | 0.300 [0.290, 0.310] | 0.800 |" in written["table"]
-    assert "| head | InfluenceFunction (head.weight, head.bias) | 2 | 0.200" in written["table"]
+    table = written["table"]
+    assert (
+        "| all | InfluenceFunction (EKFACSolver, per_layer=True) | 2 | 0.300 [0.290, 0.310] |"
+        in table
+    )
+    assert (
+        "| head | InfluenceFunction (EKFACSolver, per_layer=True, head.weight, head.bias) |"
+        in table
+    )
     assert written["ground_truth"] == TRUTH and list(written["runs"]) == ["all", "head"]
     assert "settings" not in written["runs"]["all"]
     assert written["runs"]["head"]["run_command"][-1] == "scores_name=head"
