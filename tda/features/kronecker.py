@@ -1,7 +1,8 @@
 r"""Structured projections of Linear-layer gradients that never form per-sample gradients.
 
 For a Linear layer with weight :math:`W \in \mathbb{R}^{o \times n}` (a trainable bias adds an
-input column: :math:`c = n + 1`), the per-sample gradient of :math:`h_i` is
+input column: :math:`c = n + 1`; a ``groups=1`` convolution is one over its input patches,
+:math:`n = in \times` kernel, :mod:`tda.layer_positions`), the per-sample gradient of :math:`h_i` is
 :math:`G_i = \sum_t g_{i,t} a_{i,t}^\top`, with :math:`a_{i,t}` the layer's input at position
 :math:`t` (a 1 appended for the bias) and :math:`g_{i,t} = \partial h_i / \partial y_{i,t}` for the
 layer's output :math:`y`. Both structures sketch the two sides, :math:`B^\top g_{i,t}` and
@@ -46,6 +47,7 @@ from tda.features.layer_sketch import (
     stable_seed,
 )
 from tda.grads import NonFiniteGradientError, TaskFunction, evaluation_mode
+from tda.layer_positions import is_positional
 from tda.linear_capture import capture_linear_calls, compute_dtype
 from tda.task import ClassificationTask, Task
 
@@ -54,7 +56,7 @@ Structure = Literal["kronecker", "khatri_rao"]
 
 class _Layer(NamedTuple):
     name: str
-    module: nn.Linear
+    module: nn.Module  # nn.Linear or a groups=1 convolution
     k_out: int  # columns of B
     k_in: int  # columns of A
     width: int  # features of the layer: k_out * k_in (kronecker) or k_out == k_in (khatri_rao)
@@ -62,7 +64,8 @@ class _Layer(NamedTuple):
 
 @dataclass(frozen=True)
 class KroneckerFeaturizer:
-    r"""Features :math:`\phi_i = [\phi_{i,l}]_l` of Linear layers, Kronecker or Khatri-Rao sketched.
+    r"""Features :math:`\phi_i = [\phi_{i,l}]_l` of Linear / conv layers, Kronecker or Khatri-Rao
+    sketched.
 
     Per layer ``l``, :math:`\phi_{i,l} = \operatorname{vec}(B_l^\top G_{i,l} A_l)` (``"kronecker"``)
     or :math:`\phi_{i,l,j} = b_{l,j}^\top G_{i,l} a_{l,j}` (``"khatri_rao"``); see the module doc.
@@ -104,8 +107,9 @@ class KroneckerFeaturizer:
         dim: target total feature size ``k``.
         task: defines the output that is differentiated and the out-to-loss weight.
         seed: factors are drawn on CPU from a SHA-256 hash of (seed, layer name, side).
-        modules: names of ``nn.Linear`` modules (default: every Linear with a trainable weight,
-            and then every trainable parameter of the model must belong to one of them).
+        modules: names of ``nn.Linear`` or ``groups=1`` ``nn.Conv1d`` / ``nn.Conv2d`` modules
+            (default: every such layer with a trainable weight, and then every trainable
+            parameter of the model must belong to one of them).
         function: ``"output"`` (TRAK, influence queries) or ``"loss"``.
         chunk_size: examples per forward/backward pass.
         structure: ``"khatri_rao"`` or ``"kronecker"`` (see above).
@@ -191,8 +195,8 @@ class KroneckerFeaturizer:
         return FeatureBatch(features=torch.cat(features), out_to_loss=torch.cat(weights))
 
     def _plan(self, model: nn.Module) -> list[_Layer]:
-        chosen = _chosen_linears(model, self.modules)
-        shapes = [(module.out_features, _columns(module)) for _, module in chosen]
+        chosen = _chosen_layers(model, self.modules)
+        shapes = [(module.weight.shape[0], _columns(module)) for _, module in chosen]
         if self.structure == "kronecker":
             sizes = [(o, i, o * i) for o, i in kronecker_sizes(self.dim, shapes)]
         else:
@@ -202,7 +206,7 @@ class KroneckerFeaturizer:
 
     def _factor(self, layer: _Layer, side: str, device: torch.device, dtype: torch.dtype):
         """``A`` ``[c, k_in]`` (side "A") or ``B`` ``[out, k_out]`` (side "B"), cached."""
-        out, columns = layer.module.out_features, _columns(layer.module)
+        out, columns = layer.module.weight.shape[0], _columns(layer.module)
         rows, cols = (columns, layer.k_in) if side == "A" else (out, layer.k_out)
         key = (layer.name, side, rows, cols, str(device), dtype)
         if key not in self._cache:
@@ -250,39 +254,40 @@ class KroneckerFeaturizer:
         return combine(g, projected)
 
 
-def _columns(module: nn.Linear) -> int:
-    """Input columns of the gradient: ``in``, plus one for a trainable bias."""
-    return module.in_features + int(module.bias is not None and module.bias.requires_grad)
+def _columns(module: nn.Module) -> int:
+    """Input columns of the gradient: ``in`` (times the kernel), plus one for a trainable bias."""
+    return module.weight[0].numel() + int(module.bias is not None and module.bias.requires_grad)
 
 
-def _chosen_linears(model: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, nn.Linear]]:
-    """The selected Linear modules in model order, validated."""
+def _chosen_layers(model: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, nn.Module]]:
+    """The selected Linear / convolution modules in model order, validated."""
     named = dict(model.named_modules())
     if names is None:
-        return _all_linears(model, named)
+        return _all_layers(model, named)
     for name in names:
         module = named.get(name)
-        if not isinstance(module, nn.Linear):
+        if module is None or not is_positional(module):
             found = "not a module of the model" if module is None else type(module).__name__
-            raise ValueError(f"module '{name}' is {found}; KroneckerFeaturizer needs nn.Linear")
+            raise ValueError(
+                f"module '{name}' is {found}; KroneckerFeaturizer needs nn.Linear or a groups=1 "
+                "nn.Conv1d / nn.Conv2d"
+            )
         if not module.weight.requires_grad:
             raise ValueError(f"module '{name}' has a frozen weight; choose trainable layers")
     return [(name, module) for name, module in named.items() if name in set(names)]
 
 
-def _all_linears(model: nn.Module, named: dict) -> list[tuple[str, nn.Linear]]:
-    chosen = [
-        (n, m) for n, m in named.items() if isinstance(m, nn.Linear) and m.weight.requires_grad
-    ]
+def _all_layers(model: nn.Module, named: dict) -> list[tuple[str, nn.Module]]:
+    chosen = [(n, m) for n, m in named.items() if is_positional(m) and m.weight.requires_grad]
     covered = {id(p) for _, m in chosen for p in m.parameters()}
     uncovered = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
     if uncovered:
         raise ValueError(
-            f"trainable parameters {uncovered} are not in any nn.Linear; pass `modules` to "
-            "attribute through chosen Linear layers only, or use GradientFeaturizer"
+            f"trainable parameters {uncovered} are not in any nn.Linear or groups=1 convolution; "
+            "pass `modules` to attribute through chosen layers only, or use GradientFeaturizer"
         )
     if not chosen:
-        raise ValueError("the model has no nn.Linear module with a trainable weight")
+        raise ValueError("the model has no Linear or convolution module with a trainable weight")
     return chosen
 
 

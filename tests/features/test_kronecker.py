@@ -60,7 +60,7 @@ def _reference(featurizer, model, inputs, targets) -> torch.Tensor:
             for p in ("weight", "bias")
             if getattr(layer, p) is not None
         ]
-        weight = parts[0].reshape(len(inputs), layer.out_features, layer.in_features)
+        weight = parts[0].reshape(len(inputs), layer.weight.shape[0], -1)  # [out, in (x kernel)]
         augmented = torch.cat([weight, *[b.unsqueeze(-1) for b in parts[1:]]], dim=2)
         matrix = _matrix(featurizer.structure, A, B)
         blocks.append(augmented.reshape(len(inputs), -1) @ matrix)
@@ -215,13 +215,49 @@ def test_modules_selects_layers(tiny_mlp, tiny_data, structure):
     torch.testing.assert_close(features, _reference(featurizer, tiny_mlp, x, y), rtol=0, atol=1e-10)
 
 
+class Convolutions(nn.Module):
+    """Conv2d with stride and reflect padding, then Conv1d with 'same' padding, then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = nn.Conv2d(1, 2, (2, 3), stride=(1, 2), padding=1, padding_mode="reflect")
+        self.line = nn.Conv1d(2, 2, 3, padding="same", bias=False)
+        self.head = nn.Linear(2 * 15, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(self.image(x.unsqueeze(1)))  # [b, 2, 5, 3]
+        return self.head(torch.relu(self.line(hidden.flatten(2))).flatten(1))
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("name", ["cnn1d", "convolutions"])
+def test_convolution_features_equal_projection_of_per_sample_gradients(structure, name):
+    factory, shape = {
+        "cnn1d": (lambda: CNN1d(length=8, channels=2, kernel_size=3), (8,)),
+        "convolutions": (Convolutions, (4, 5)),
+    }[name]
+    model = build_model(factory, seed=0, dtype=torch.float64)
+    inputs, targets = _data(6, shape, classes=3)
+    featurizer = KroneckerFeaturizer(dim=40, chunk_size=4, structure=structure)
+    expected = _reference(featurizer, model, inputs, targets)
+    torch.testing.assert_close(
+        featurizer(model, inputs, targets).features, expected, rtol=0, atol=1e-10
+    )
+
+
 @pytest.mark.parametrize("structure", STRUCTURES)
 def test_uncovered_parameters_need_explicit_modules(structure):
-    model = build_model(
-        lambda: CNN1d(length=8, channels=2, kernel_size=3), seed=0, dtype=torch.float64
-    )
-    inputs, targets = _data(5, (8,), classes=10)
-    with pytest.raises(ValueError, match=r"features\.0\.weight.*GradientFeaturizer"):
+    class Normalised(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm, self.head = nn.LayerNorm(8), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.norm(x))
+
+    model = build_model(Normalised, seed=0, dtype=torch.float64)
+    inputs, targets = _data(5, (8,), classes=3)
+    with pytest.raises(ValueError, match=r"norm\.weight.*GradientFeaturizer"):
         KroneckerFeaturizer(dim=16, structure=structure)(model, inputs, targets)
     featurizer = KroneckerFeaturizer(dim=16, modules=("head",), structure=structure)
     expected = _reference(featurizer, model, inputs, targets)
