@@ -1,13 +1,14 @@
-"""KroneckerFeaturizer's two structures beside dense and sparse projection, MNIST-1D MLP.
+"""KroneckerFeaturizer's two structures beside dense and sparse projection, MNIST-1D MLP or CNN.
 
 Measures (1) featurization throughput: examples/s on ``n`` random float32 inputs (warm caches,
 median of ``repeats``), and (2) accuracy: the feature inner products
 :math:`\\langle\\phi_i, \\phi_j\\rangle` of 100 MNIST-1D test examples against the exact
-per-sample-gradient inner products (float64, an MLP trained for a few epochs), as the Pearson
+per-sample-gradient inner products (float64, the model trained for a few epochs), as the Pearson
 correlation over pairs ``i < j`` and the relative RMS error
 ``sqrt(mean((estimate - exact)^2) / mean(exact^2))`` over the same pairs, averaged over seeds.
 
-Run from the repository root: ``python -m benchmarks.bench_kronecker [--quick]``.
+Run from the repository root: ``python -m benchmarks.bench_kronecker [--quick] [--model cnn]``
+(the CNN's convolutions are sketched as Linear layers over their input patches).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from benchmarks.record import markdown_table, output_path, write_record
 from tda import DenseProjector, GradientFeaturizer, SparseProjector, build_model, load_mnist1d
 from tda.features import KroneckerFeaturizer
 from tda.grads import per_sample_gradients
-from tda.models import MLP
+from tda.models import MLP, CNN1d
 from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
 
 FULL = {"n": 4000, "speed_dims": [512, 2048], "accuracy_dims": [512, 2048, 8192], "seeds": 5}
 QUICK = {"n": 500, "speed_dims": [256], "accuracy_dims": [256], "seeds": 2}
+MODELS = {"mlp": MLP, "cnn": lambda: CNN1d(40, 32, 10)}
 
 
 def candidates(dim: int) -> dict[str, Callable[[], object]]:
@@ -43,11 +45,11 @@ def candidates(dim: int) -> dict[str, Callable[[], object]]:
     }
 
 
-def throughput(dim: int, n: int, repeats: int) -> dict[str, float]:
+def throughput(factory, dim: int, n: int, repeats: int) -> dict[str, float]:
     """Examples/s of each candidate on ``n`` random inputs, float32, warm."""
     generator = torch.Generator().manual_seed(0)
     inputs, targets = torch.randn(n, 40, generator=generator), torch.randint(0, 10, (n,))
-    model = build_model(MLP, seed=0).eval()
+    model = build_model(factory, seed=0).eval()
     rates = {}
     for name, make in candidates(dim).items():
         featurizer = make()
@@ -70,10 +72,10 @@ def pair_errors(estimate: Tensor, exact: Tensor) -> tuple[float, float]:
     return float(correlation), float(((x - y).pow(2).mean() / y.pow(2).mean()).sqrt())
 
 
-def accuracy(dims: list[int], seeds: int) -> list[dict]:
+def accuracy(factory, dims: list[int], seeds: int) -> list[dict]:
     """Correlation and relative RMS error of each candidate's inner products, mean over seeds."""
     splits = load_mnist1d(n_train=1000, n_test=100, seed=0)
-    model = build_model(MLP, seed=0, dtype=torch.float64)
+    model = build_model(factory, seed=0, dtype=torch.float64)
     train(model, splits.train.to(dtype=torch.float64), TrainConfig(epochs=5), seed=0)
     x, y = splits.test.inputs.double(), splits.test.targets
     gradients = per_sample_gradients(model, ClassificationTask(), x, y)
@@ -112,13 +114,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run")
     parser.add_argument("--out", help="JSON path (default results/kronecker[-quick].json)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (the median is kept)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="mlp", help="the network")
     args = parser.parse_args(argv)
     settings = {**(QUICK if args.quick else FULL), "repeats": args.repeats, "threads": 1}
+    settings["model"] = args.model
     torch.set_num_threads(1)
-    rates = {dim: throughput(dim, settings["n"], args.repeats) for dim in settings["speed_dims"]}
-    rows = accuracy(settings["accuracy_dims"], settings["seeds"])
+    factory = MODELS[args.model]
+    rates = {
+        dim: throughput(factory, dim, settings["n"], args.repeats) for dim in settings["speed_dims"]
+    }
+    rows = accuracy(factory, settings["accuracy_dims"], settings["seeds"])
     results = {"examples_per_s": {str(k): v for k, v in rates.items()}, "accuracy": rows}
-    write_record(output_path("kronecker", args.quick, args.out), "kronecker", settings, 1, results)
+    name = "kronecker" if args.model == "mlp" else f"kronecker-{args.model}"
+    write_record(output_path(name, args.quick, args.out), "kronecker", settings, 1, results)
     print(table(rates, rows))
 
 
