@@ -47,8 +47,8 @@ from torch import Tensor, nn
 
 from tda.data.examples import Examples
 from tda.grads import evaluation_mode, select_parameters
+from tda.layer_capture import capture_layer_calls
 from tda.layer_positions import is_positional
-from tda.linear_capture import capture_linear_calls
 from tda.task import Task
 
 _MAX_BLOCK_ELEMENTS = 1 << 24  # bounds the [b, o, c] temporaries of EK-FAC with positions
@@ -195,7 +195,7 @@ def _chunks(
             y = examples.targets[start : start + chunk_size].to(device)
             chunk_uniforms = None if uniforms is None else uniforms[start : start + chunk_size]
             value = _loss_value(task, y, chunk_uniforms)
-            calls, _ = capture_linear_calls(model, modules, x, value, prepare)
+            calls, _ = capture_layer_calls(model, modules, x, value, prepare)
             yield [_join_calls(calls[name]) for name, _ in modules]
 
 

@@ -1,4 +1,4 @@
-r"""Structured projections of Linear-layer gradients that never form per-sample gradients.
+r"""Structured projections of Linear and conv layer gradients that never form per-sample gradients.
 
 For a Linear layer with weight :math:`W \in \mathbb{R}^{o \times n}` (a trainable bias adds an
 input column: :math:`c = n + 1`; a ``groups=1`` convolution is one over its input patches,
@@ -47,8 +47,8 @@ from tda.features.layer_sketch import (
     stable_seed,
 )
 from tda.grads import NonFiniteGradientError, TaskFunction, evaluation_mode
+from tda.layer_capture import capture_layer_calls, compute_dtype
 from tda.layer_positions import is_positional
-from tda.linear_capture import capture_linear_calls, compute_dtype
 from tda.task import ClassificationTask, Task
 
 Structure = Literal["kronecker", "khatri_rao"]
@@ -235,7 +235,7 @@ class KroneckerFeaturizer:
         """Features ``[b, k]`` and logits of one chunk from one forward and one backward pass."""
         modules = [(layer.name, layer.module) for layer in plan]
         task_function = getattr(self.task, self.function)
-        calls, logits = capture_linear_calls(
+        calls, logits = capture_layer_calls(
             model, modules, x, lambda out: task_function(out, y), self._project_input(plan)
         )
         dtype = compute_dtype(logits.dtype)

@@ -1,4 +1,4 @@
-r"""Inputs and output gradients of Linear layers from one forward and one backward pass.
+r"""Inputs and output gradients of Linear and conv layers from one forward and one backward pass.
 
 A Linear layer :math:`y = W a (+ b)` applied at positions :math:`t` (sequence or other leading
 dimensions after the batch) has the per-example weight gradient
@@ -26,7 +26,7 @@ from tda.layer_positions import input_positions, output_positions
 Prepare = Callable[[str, Tensor], Tensor]
 
 
-class LinearCall(NamedTuple):
+class LayerCall(NamedTuple):
     """One call of a recorded layer whose output reaches the differentiated value."""
 
     inputs: Tensor  # prepare(name, a): [b, T, k], from the layer input a as [b, T, in]
@@ -38,13 +38,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def capture_linear_calls(
+def capture_layer_calls(
     model: nn.Module,
     modules: Sequence[tuple[str, nn.Module]],
     inputs: Tensor,
     value: Callable[[Tensor], Tensor],
     prepare: Prepare | None = None,
-) -> tuple[dict[str, list[LinearCall]], Tensor]:
+) -> tuple[dict[str, list[LayerCall]], Tensor]:
     """One forward pass with hooks, one backward pass of ``value(logits).sum()``.
 
     The caller puts the model in eval mode (see ``tda.grads.evaluation_mode``).
@@ -81,7 +81,7 @@ def capture_linear_calls(
     finally:
         for handle in handles:
             handle.remove()
-    captured: dict[str, list[LinearCall]] = {name: [] for name, _ in modules}
+    captured: dict[str, list[LayerCall]] = {name: [] for name, _ in modules}
     layers = dict(modules)
     for (name, (prepared, _)), gradient in zip(recorded, gradients, strict=True):
         if len(prepared) != len(inputs):
@@ -97,7 +97,7 @@ def capture_linear_calls(
                     f"{g.shape[1]} output positions; hooks need y = W a + b at every position "
                     "(a Linear subclass with another forward is not supported)"
                 )
-            captured[name].append(LinearCall(prepared, g))
+            captured[name].append(LayerCall(prepared, g))
     return captured, logits
 
 
