@@ -302,6 +302,21 @@ def test_per_layer_damping_inverts_each_block_with_its_own_damping(
     )
 
 
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_relative_damping_sets_the_fraction_of_the_mean_eigenvalue(per_layer, tiny_mlp, tiny_data):
+    default = EKFACSolver(per_layer=per_layer).fit(tiny_mlp, TASK, tiny_data)
+    smaller = EKFACSolver(per_layer=per_layer, relative_damping=0.001).fit(
+        tiny_mlp, TASK, tiny_data
+    )
+    for low, high in zip(smaller.layer_dampings, default.layer_dampings, strict=True):
+        assert low == pytest.approx(high * 0.001 / RELATIVE_DAMPING, rel=1e-12)
+    assert smaller.config()["relative_damping"] == 0.001
+    vectors = torch.ones(1, 83, dtype=torch.float64)
+    if not per_layer:  # the same solve as the absolute damping it resolves to
+        fixed = replace(default, damping=smaller.layer_dampings[0])
+        torch.testing.assert_close(smaller.solve(vectors), fixed.solve(vectors))
+
+
 def _flat_order(base) -> torch.Tensor:
     """Positions in the flat ``[weight | bias]`` slice of the block's row-major ``[o, c]``."""
     o, c = base.eigenvalues.shape
@@ -440,6 +455,8 @@ def test_layers_the_hooks_never_see_are_rejected(tiny_data):
         {"sampled_labels": "yes"},
         {"per_layer": 1},
         {"per_layer": True, "damping": 0.1},
+        {"relative_damping": -0.1},
+        {"relative_damping": "0.1"},
     ],
 )
 def test_invalid_settings_are_rejected(settings):
