@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     queries = splits.test.subset(range(200))
     if queries.fingerprint() != truth.query_fingerprint:
         raise ValueError(f"{truth.root} measures other queries than the first 200 test points")
-    factory = lambda: CNN1d(40, 32, 10)  # noqa: E731 - the experiment's model
+    factory = partial(CNN1d, 40, 32, 10)  # the experiment's model
     members = [
         load_member(factory, list_checkpoints(args.workspace / "models" / f"seed-{seed}")[-1])
         for seed in range(max(args.models))
