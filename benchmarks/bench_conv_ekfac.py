@@ -13,18 +13,15 @@ Run from the repository root: ``python -m benchmarks.bench_conv_ekfac``.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from benchmarks.bench_fisher import RELATIVE_GRID, redamped_scores
 from benchmarks.record import markdown_table, output_path, write_record
 from tda import (
-    EKFACSolver,
     GroundTruthStore,
-    InfluenceFunction,
     list_checkpoints,
     load_member,
     load_mnist1d,
@@ -32,19 +29,7 @@ from tda import (
 )
 from tda.models import CNN1d
 
-RELATIVE_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0)  # damping / mean eigenvalue (the default is 0.1)
 VARIANTS = {"every layer": None, "linear head only": ["head.weight", "head.bias"]}
-
-
-def member_scores(model, train, queries, parameters) -> dict[float, np.ndarray]:
-    """Scores ``[q, n]`` of one member at every fraction of the grid (one EK-FAC fit)."""
-    influence = InfluenceFunction(EKFACSolver(), parameters=parameters).fit(model, train)
-    fitted = influence.fitted_solver
-    scores = {}
-    for fraction in RELATIVE_GRID:
-        influence.fitted_solver = replace(fitted, damping=fraction * fitted.mean_eigenvalue)
-        scores[fraction] = influence.score(queries).numpy()
-    return scores
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,10 +51,16 @@ def main(argv: list[str] | None = None) -> None:
     ]
     rows, results = [], []
     for variant, parameters in VARIANTS.items():
-        per_member = [member_scores(m, splits.train, queries, parameters) for m in members]
+        per_member = [
+            redamped_scores(m, splits.train, queries, "empirical Fisher", parameters)
+            for m in members
+        ]  # [M, len(RELATIVE_GRID), q, n], one EK-FAC fit per member
         for count in args.models:
-            totals = {f: sum(s[f] for s in per_member[:count]) for f in RELATIVE_GRID}
-            choice = select_damping(totals.__getitem__, RELATIVE_GRID, truth.masks, truth.outputs())
+            totals = sum(per_member[:count])
+            choice = select_damping(
+                lambda r, t=totals: t[RELATIVE_GRID.index(r)], RELATIVE_GRID, truth.masks,
+                truth.outputs(),
+            )  # fmt: skip
             curve = [None if r is None else round(r.mean, 4) for r in choice.selection]
             result = {"variant": variant, "models": count, "fraction": choice.damping}
             result |= {"report_lds": choice.report.mean, "selection_curve": curve}

@@ -161,9 +161,11 @@ def run_digits(args) -> tuple[list[dict], dict]:
     return choices, info
 
 
-def redamped_scores(model, train, queries, fisher: str) -> np.ndarray:
-    """``[len(RELATIVE_GRID), q, n]``: EK-FAC fitted once, scored at each relative damping."""
-    attributor = InfluenceFunction(EKFACSolver(sampled_labels=FISHERS[fisher])).fit(model, train)
+def redamped_scores(model, train, queries, fisher: str, parameters=None) -> np.ndarray:
+    """``[len(RELATIVE_GRID), q, n]``: EK-FAC fitted once (through ``parameters``, default all),
+    scored at each relative damping."""
+    solver = EKFACSolver(sampled_labels=FISHERS[fisher])
+    attributor = InfluenceFunction(solver, parameters=parameters).fit(model, train)
     fitted = attributor.fitted_solver
     stacked = []
     for relative in RELATIVE_GRID:

@@ -9,8 +9,7 @@ pass of :math:`\sum_i h_i` to the recorded outputs then yields every :math:`g_{i
 because in eval mode examples do not interact (no batch statistics).
 
 Readers: :class:`~tda.features.kronecker.KroneckerFeaturizer` (sketches of :math:`a` and
-:math:`g`, Linear layers) and the K-FAC / EK-FAC solvers of :mod:`tda.curvature.kfac` (their
-covariances, Linear and convolution layers).
+:math:`g`) and the K-FAC / EK-FAC solvers of :mod:`tda.curvature.kfac` (their covariances).
 """
 
 from __future__ import annotations
