@@ -21,14 +21,15 @@ import numpy as np
 
 from benchmarks.record import command_line, environment, markdown_table
 from experiments.dmm_table import BASELINES, DMM, GOAL_BASELINES
+from experiments.run_records import read_run
 
 METHODS = (DMM, "dmm-oracle", *BASELINES)
 
 
-def result_path(workspace: Path, method: str, forget: str, seed: int) -> Path:
-    """Where ``experiments/unlearning.py`` wrote ``method`` on draw ``seed`` (0: the benchmark)."""
+def run_name(method: str, forget: str, seed: int) -> str:
+    """The run of ``method`` on draw ``seed`` of ``forget`` (0: the benchmark's own draw)."""
     suffix = "" if seed == 0 else f"-seed{seed}"
-    return workspace / "results" / f"unlearn-{method}-{forget}{suffix}.json"
+    return f"unlearn-{method}-{forget}{suffix}"
 
 
 def collect(workspace: Path, forget: str, seeds: list[int]) -> dict[str, list[dict]]:
@@ -42,13 +43,7 @@ def collect(workspace: Path, forget: str, seeds: list[int]) -> dict[str, list[di
     for method in METHODS:
         found[method] = []
         for seed in seeds:
-            path = result_path(workspace, method, forget, seed)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing: run {method} on draw {seed} first")
-            record = json.loads(path.read_text())
-            if record["status"] != "ok":
-                raise ValueError(f"{path}: status {record['status']!r}")
-            found[method].append(record)
+            found[method].append(read_run(workspace, run_name(method, forget, seed), finished=True))
     first = found[DMM][0]["seeds"]
     stray = [m for m, records in found.items() if any(r["seeds"] != first for r in records)]
     if stray:

@@ -27,6 +27,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from benchmarks.record import command_line, environment, markdown_table
+from experiments.run_records import read_run, run_path
 from experiments.unlearn_table import HEADER, klom_cell, reference_rows, row
 from tda.datamodels import GroundTruthStore
 from tda.eval import lds
@@ -83,11 +84,6 @@ def predictor_lds(workspace: str, score_files: Sequence[str] = ()) -> dict[str, 
     return results
 
 
-def _load(workspace: Path, name: str, forget: str) -> dict | None:
-    path = workspace / "results" / f"unlearn-{name}-{forget}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _predictor_seconds(record: dict) -> str:
     seconds = record.get("predictor_seconds")
     return f"{seconds:.1f}" if seconds is not None else "-"
@@ -96,7 +92,11 @@ def _predictor_seconds(record: dict) -> str:
 def comparison_table(workspace: Path, forget: str, scores: Sequence[str] = ()) -> tuple[str, dict]:
     """DMM (each predictor) and the baselines on one forget set, with reference rows."""
     names = [*predictor_names(scores), *BASELINES]
-    found = {name: record for name in names if (record := _load(workspace, name, forget))}
+    found = {
+        name: read_run(workspace, f"unlearn-{name}-{forget}")
+        for name in names
+        if run_path(workspace, f"unlearn-{name}-{forget}").is_file()
+    }
     if not found:
         raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}")
     rows = [[*row(n, r), _predictor_seconds(r)] for n, r in found.items()]

@@ -15,7 +15,6 @@ median times is reported:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -25,25 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import unlearn
 from benchmarks.record import markdown_table, write_record
+from experiments.run_records import read_run
 from experiments.unlearning import build_unlearner
 from tda.device import on_device
 from unlearn.predictors import Calibration
-
-
-def load_run(workspace: Path, run: str) -> dict:
-    """The record of a finished benchmark run.
-
-    Raises:
-        FileNotFoundError: no such run in the workspace.
-        ValueError: the run did not finish (``status`` other than ``ok``).
-    """
-    path = workspace / "results" / f"{run}.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no benchmark run {run!r}: {path} does not exist")
-    record = json.loads(path.read_text())
-    if record.get("status") != "ok":
-        raise ValueError(f"run {run!r} has status {record.get('status')!r}, not 'ok'")
-    return record
 
 
 def rebuild(record: dict) -> tuple[DictConfig, unlearn.UnlearningMethod]:
@@ -62,7 +46,7 @@ def rebuild(record: dict) -> tuple[DictConfig, unlearn.UnlearningMethod]:
 def measure(workspace: Path, run: str, repeats: int) -> dict:
     """Seconds of the run's unlearner and of retraining on R, alternating over ``repeats``
     originals, and the ratio of their medians."""
-    record = load_run(workspace, run)
+    record = read_run(workspace, run, finished=True)
     cfg, method = rebuild(record)
     train = instantiate(cfg.data).train
     factory = on_device(instantiate(cfg.model), cfg.device)

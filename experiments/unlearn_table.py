@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from benchmarks.record import command_line, environment, markdown_table
+from experiments.run_records import read_run, run_path
 
 METHODS = ("retrain", "ft", "ga", "rl", "graddiff", "salun", "l1_sparse", "prune_then_unlearn")
 HEADER = [
@@ -108,11 +109,10 @@ def collect(workspace: Path, forget: str, methods: list[str], allow_missing: boo
         FileNotFoundError: no result at all, or (unless ``allow_missing``) a method without one.
         ValueError: results measured on different originals, oracles or forget-set sizes.
     """
-    paths = {
-        method: workspace / "results" / f"unlearn-{method}-{forget}.json" for method in methods
-    }
     found = {
-        method: json.loads(path.read_text()) for method, path in paths.items() if path.is_file()
+        method: read_run(workspace, f"unlearn-{method}-{forget}")
+        for method in methods
+        if run_path(workspace, f"unlearn-{method}-{forget}").is_file()
     }
     missing = [method for method in methods if method not in found]
     if not found or (missing and not allow_missing):

@@ -25,6 +25,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 import unlearn
+from tda.atomic import write_bytes_atomic
 from tda.device import on_device
 from tda.versions import package_versions
 from unlearn.describe import describe
@@ -86,7 +87,7 @@ def _write(cfg: DictConfig, workspace: Path, record: dict) -> None:
     }
     path = workspace / "results" / f"{cfg.results_name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, allow_nan=False))
+    write_bytes_atomic(path, json.dumps(record, indent=2, allow_nan=False).encode())
     print(f"{path}: {record['status']}, average gap {record.get('average_gap', float('inf')):.2f}")
 
 

@@ -27,20 +27,11 @@ import numpy as np
 
 from benchmarks.record import command_line, markdown_table
 from experiments.dmm_table import goal_check
+from experiments.run_records import read_run
 from experiments.unlearn_table import SHARED, klom_cell
 from unlearn.tuning import Selection, join_selections
 
 ORACLE_MATCHING = "dmm-oracle"
-
-
-def _load(workspace: Path, method: str, suffix: str, forget: str) -> dict:
-    path = workspace / "results" / f"unlearn-{method}{suffix}-{forget}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run that variant first")
-    record = json.loads(path.read_text())
-    if record["status"] != "ok" or not record.get("tuning"):
-        raise ValueError(f"{path}: a finished, tuned result is needed (status {record['status']})")
-    return record
 
 
 def choose(records: dict[str, dict]) -> dict:
@@ -90,7 +81,10 @@ def collect(
     for method, variants in groups.items():
         try:
             records = {
-                name: _load(workspace, method, suffix, forget) for name, suffix in variants.items()
+                name: read_run(
+                    workspace, f"unlearn-{method}{suffix}-{forget}", finished=True, tuned=True
+                )
+                for name, suffix in variants.items()
             }
         except FileNotFoundError:
             if not allow_missing:

@@ -50,7 +50,7 @@ def test_methods_lacking_a_variant_are_refused_or_left_out(tmp_path):
                          "rl": _record([1.0], [8.0], 0.01)}.items():  # fmt: skip
         (tmp_path / "results" / f"unlearn-{name}-class.json").write_text(json.dumps(record))
     groups = {"ft": {"sgd": "", "adam": "-adam"}, "rl": {"sgd": "", "adam": "-adam"}}
-    with pytest.raises(FileNotFoundError, match="unlearn-rl-adam-class.json is missing"):
+    with pytest.raises(FileNotFoundError, match="unlearn-rl-adam-class.json does not exist"):
         collect(tmp_path, "class", groups, allow_missing=False)
     choices, missing = collect(tmp_path, "class", groups, allow_missing=True)
     assert list(choices) == ["ft"] and choices["ft"]["variant"] == "adam" and missing == ["rl"]
