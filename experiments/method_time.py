@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import unlearn
 from benchmarks.record import markdown_table, write_record
 from experiments.run_records import read_run
-from experiments.unlearning import build_unlearner
+from experiments.unlearning import build_unlearner, search_grid, settings_of
 from tda.device import on_device
 from unlearn.predictors import Calibration
 
@@ -39,8 +39,10 @@ def rebuild(record: dict) -> tuple[DictConfig, unlearn.UnlearningMethod]:
         if record["calibration"] is not None:
             Calibration(**record["calibration"]).apply(predictor)
         shared["predictor"] = predictor
-    parameter = cfg.tuning.parameter if record["tuning"] is not None else None
-    return cfg, build_unlearner(cfg.unlearner, shared, parameter, record["used"])
+    if record["tuning"] is None:
+        return cfg, build_unlearner(cfg.unlearner, shared)
+    keys, _ = search_grid(cfg.tuning)
+    return cfg, build_unlearner(cfg.unlearner, shared, settings_of(keys, record["used"]))
 
 
 def measure(workspace: Path, run: str, repeats: int) -> dict:

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from benchmarks.record import command_line, markdown_table
+from experiments.unlearn_table import setting_text
 
 HEADER = ["method", "forget set", "value", "KLOM F", "avg gap"]
 
@@ -52,7 +53,7 @@ def compare(
                 [
                     method,
                     forget,
-                    f"{old['used']:g} → {new['used']:g}",
+                    f"{setting_text(old['used'])} → {setting_text(new['used'])}",
                     _change(old["klom"]["forget"], new["klom"]["forget"]),
                     _change(old["average_gap"], new["average_gap"]),
                 ]

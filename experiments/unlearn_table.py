@@ -48,22 +48,31 @@ def klom_cell(klom: dict, name: str) -> str:
     return value if interval is None else f"{value} ({interval[0]:.2f}-{interval[1]:.2f})"
 
 
-def tuned(record: dict) -> str:
-    """The value used and the grid's ends, e.g. ``0.1 [0.01, 0.3] (edge)``.
+def setting_text(value) -> str:
+    """A searched value as text: ``0.01``, or ``0.01 / 0.5`` for a search over several keys."""
+    return " / ".join(f"{s:g}" for s in value) if isinstance(value, list) else f"{value:g}"
 
-    ``edge``: the value is an end of the grid; ``fallback``: the proxy's choice diverged on F and
-    the next value of its ranking was used; ``none of``: every value diverged.
+
+def tuned(record: dict) -> str:
+    """The value used and the grid's ends, e.g. ``0.1 [0.01, 0.3] (edge)``; for a search over
+    several keys, each key's setting and ends, e.g. ``0.01 / 0.5 [0.0001, 0.1] / [0.1, 0.9]``.
+
+    ``edge``: a setting is an end of its key's values; ``fallback``: the proxy's choice diverged
+    on F and the next value of its ranking was used; ``none of``: every value diverged.
     """
     tuning = record.get("tuning")
     if not tuning:
         return "-"
     grid, value = tuning["grid"], record.get("used")
-    ends = f"[{grid[0]:g}, {grid[-1]:g}]"
+    several = isinstance(grid[0], list)
+    axes = [list(dict.fromkeys(axis)) for axis in zip(*grid, strict=True)] if several else [grid]
+    ends = " / ".join(f"[{axis[0]:g}, {axis[-1]:g}]" for axis in axes)
     if value is None:
         return f"none of {ends}"
-    edge = " (edge)" if value in (grid[0], grid[-1]) else ""
+    settings = value if isinstance(value, list) else [value]
+    edge = any(s in (axis[0], axis[-1]) for s, axis in zip(settings, axes, strict=True))
     fallback = " (fallback)" if value != tuning["chosen"] else ""
-    return f"{value:g} {ends}{edge}{fallback}"
+    return f"{setting_text(value)} {ends}{' (edge)' if edge else ''}{fallback}"
 
 
 def row(method: str, record: dict) -> list[str]:

@@ -13,10 +13,13 @@ and writes UA/RA/TA/MIA, average gap, KLOM P95 and time as a fraction of retrain
 Run one job first: parallel jobs that find the same models missing would train them twice.
 """
 
+import itertools
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -100,13 +103,13 @@ def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace):
     """``[(value, unlearner)]``, best proxy value first, when ``tuning.parameter`` is named."""
     if cfg.tuning.parameter is None:
         return [(None, build_unlearner(cfg.unlearner, shared))], None
+    keys, values = search_grid(cfg.tuning)
     candidates = {
-        value: build_unlearner(cfg.unlearner, shared, cfg.tuning.parameter, value)
-        for value in cfg.tuning.grid
+        value: build_unlearner(cfg.unlearner, shared, settings_of(keys, value)) for value in values
     }
     count = min(cfg.tuning.models, cfg.models)
     selection = unlearn.tune_on_proxy(
-        cfg.tuning.parameter,
+        ", ".join(keys),
         candidates,
         forget_set,
         originals[:count],
@@ -123,16 +126,34 @@ def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace):
     return [(value, candidates[value]) for value in selection.ranking()], selection
 
 
+def search_grid(tuning: DictConfig) -> tuple[list[str], list]:
+    """The searched dotted keys inside ``unlearner`` and the search's values, in order.
+
+    ``tuning.grid`` for ``tuning.parameter`` alone; with ``tuning.also`` (more keys, each with its
+    values, e.g. ``+tuning.also.fraction=[0.1,0.5,0.9]``) every combination, as a tuple in key
+    order, ``parameter`` varying slowest.
+    """
+    also = tuning.get("also") or {}
+    keys = [tuning.parameter, *also]
+    if not also:
+        return keys, list(tuning.grid)
+    return keys, list(itertools.product(tuning.grid, *also.values()))
+
+
+def settings_of(keys: list[str], value) -> dict:
+    """``{key: setting}`` of one value of :func:`search_grid` (a tuple or list for several keys)."""
+    return dict(zip(keys, value if len(keys) > 1 else [value], strict=True))
+
+
 def build_unlearner(
-    unlearner_cfg: DictConfig, shared: dict, parameter: str | None = None, value=None
+    unlearner_cfg: DictConfig, shared: dict, settings: Mapping[str, Any] | None = None
 ):
     """The unlearner of ``unlearner_cfg`` with the ``shared`` objects in place of their configs
-    and, when ``parameter`` is named (a dotted key, e.g. ``loop.optimizer.lr``), that set to
-    ``value``."""
+    and each dotted key of ``settings`` (e.g. ``loop.optimizer.lr``) set to its value."""
     own = OmegaConf.to_container(unlearner_cfg, resolve=True)
     variant = OmegaConf.create({k: v for k, v in own.items() if k not in shared})
-    if parameter is not None:
-        OmegaConf.update(variant, parameter, value)
+    for key, value in (settings or {}).items():
+        OmegaConf.update(variant, key, value)
     return instantiate(variant, _partial_=True)(**shared)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from benchmarks.record import command_line, markdown_table
 from experiments.dmm_table import goal_check
 from experiments.run_records import read_run
-from experiments.unlearn_table import SHARED, klom_cell
+from experiments.unlearn_table import SHARED, klom_cell, setting_text
 from unlearn.tuning import Selection, join_selections
 
 ORACLE_MATCHING = "dmm-oracle"
@@ -132,14 +132,14 @@ HEADER += ["KLOM F", "KLOM R", "KLOM V", "time/RT"]
 
 def row(method: str, choice: dict) -> list[str]:
     scores = ", ".join(
-        f"{name} {score:.3f} ({choice['chosen_by_variant'][name]:g})"
+        f"{name} {score:.3f} ({setting_text(choice['chosen_by_variant'][name])})"
         for name, score in choice["best_scores"].items()
     )
     fallback = " (fallback)" if choice["fallback"] else ""
     return [
         method,
         scores,
-        f"{choice['variant']}, {choice['used']:g}{fallback}",
+        f"{choice['variant']}, {setting_text(choice['used'])}{fallback}",
         f"{choice['average_gap']:.2f}",
         *(klom_cell(choice["klom"], name) for name in ("forget", "retain", "validation")),
         f"{choice['time_fraction']:.3f}",

@@ -6,10 +6,12 @@ import sys
 import numpy as np
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from experiments import method_time
 from experiments.dmm_table import dmm_config
 from experiments.run_records import read_run
+from experiments.unlearning import search_grid, settings_of
 from tests.experiments.entry import run_entry_point
 from unlearn.describe import describe
 from unlearn.predictors import architecture
@@ -27,6 +29,29 @@ def test_the_rebuilt_unlearner_is_the_one_the_run_chose(tmp_path):
     _, method = method_time.rebuild(record)
     assert describe(method) == record["method"]
     assert method.loop.optimizer.keywords["lr"] == record["used"]
+
+
+def test_a_search_over_several_keys_tries_every_combination_and_is_rebuilt(tmp_path):
+    _benchmark(
+        tmp_path, "unlearner=salun", "tuning.grid=[0.001,0.01]", "+tuning.also.fraction=[0.2,0.8]"
+    )
+    record = read_run(tmp_path, "unlearn-salun-random_10pct")
+    tuning = record["tuning"]
+    assert tuning["parameter"] == "loop.optimizer.lr, fraction"
+    assert tuning["grid"] == [[0.001, 0.2], [0.001, 0.8], [0.01, 0.2], [0.01, 0.8]]
+    assert len(tuning["scores"]) == 4 and record["used"] == tuning["chosen"] in tuning["grid"]
+    _, method = method_time.rebuild(record)
+    assert describe(method) == record["method"]
+    assert [method.loop.optimizer.keywords["lr"], method.fraction] == record["used"]
+
+
+def test_search_grid_is_the_product_with_the_first_key_slowest():
+    tuning = OmegaConf.create({"parameter": "lr", "grid": [1, 2], "also": {"a": [3, 4]}})
+    keys, values = search_grid(tuning)
+    assert keys == ["lr", "a"] and values == [(1, 3), (1, 4), (2, 3), (2, 4)]
+    assert settings_of(keys, [2, 3]) == {"lr": 2, "a": 3}
+    single = OmegaConf.create({"parameter": "lr", "grid": [1, 2]})  # a record from before `also`
+    assert search_grid(single) == (["lr"], [1, 2]) and settings_of(["lr"], 2) == {"lr": 2}
 
 
 def _random_train_scores(workspace) -> str:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments.unlearn_table import collect, klom_cell, tuned
+from experiments.unlearn_table import collect, klom_cell, setting_text, tuned
 
 
 def _record(**changes) -> dict:
@@ -40,6 +40,19 @@ def test_tuned_marks_grid_edges_fallbacks_and_total_divergence():
     assert tuned(_record(tuning=tuning, used=0.1)) == "0.1 [0.01, 0.1] (edge)"
     assert tuned(_record(tuning=tuning, used=0.03)) == "0.03 [0.01, 0.1] (fallback)"
     assert tuned(_record(status="diverged", tuning=tuning)) == "none of [0.01, 0.1]"
+
+
+def test_tuned_shows_each_key_of_a_search_over_several():
+    grid = [[lr, fraction] for lr in (0.01, 0.1) for fraction in (0.1, 0.5, 0.9)]
+    tuning = {"grid": grid, "chosen": [0.01, 0.5]}
+    assert (
+        tuned(_record(tuning=tuning, used=[0.01, 0.5]))
+        == "0.01 / 0.5 [0.01, 0.1] / [0.1, 0.9] (edge)"
+    )
+    assert tuned(_record(tuning=tuning, used=[0.1, 0.9])) == (
+        "0.1 / 0.9 [0.01, 0.1] / [0.1, 0.9] (edge) (fallback)"
+    )
+    assert setting_text([0.01, 0.5]) == "0.01 / 0.5" and setting_text(3e-4) == "0.0003"
 
 
 def test_klom_cells_show_the_interval_where_one_was_recorded():
