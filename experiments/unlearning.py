@@ -130,14 +130,26 @@ def search_grid(tuning: DictConfig) -> tuple[list[str], list]:
     """The searched dotted keys inside ``unlearner`` and the search's values, in order.
 
     ``tuning.grid`` for ``tuning.parameter`` alone; with ``tuning.also`` (more keys, each with its
-    values, e.g. ``+tuning.also.fraction=[0.1,0.5,0.9]``) every combination, as a tuple in key
-    order, ``parameter`` varying slowest.
+    values, e.g. ``+tuning.also.fraction=[0.1,0.5,0.9]``; Hydra nests a dotted key such as
+    ``+tuning.also.loop.optimizer.lr=[...]``, read back as ``loop.optimizer.lr``) every
+    combination, as a tuple in key order, ``parameter`` varying slowest.
     """
-    also = tuning.get("also") or {}
+    also = _dotted(OmegaConf.to_container(tuning.get("also") or OmegaConf.create({})))
     keys = [tuning.parameter, *also]
     if not also:
         return keys, list(tuning.grid)
     return keys, list(itertools.product(tuning.grid, *also.values()))
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict[str, list]:
+    """``{"loop.optimizer.lr": [...]}`` from ``{"loop": {"optimizer": {"lr": [...]}}}``."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def settings_of(keys: list[str], value) -> dict:

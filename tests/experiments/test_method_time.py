@@ -49,6 +49,8 @@ def test_search_grid_is_the_product_with_the_first_key_slowest():
     tuning = OmegaConf.create({"parameter": "lr", "grid": [1, 2], "also": {"a": [3, 4]}})
     keys, values = search_grid(tuning)
     assert keys == ["lr", "a"] and values == [(1, 3), (1, 4), (2, 3), (2, 4)]
+    nested = {"parameter": "s", "grid": [1], "also": {"loop": {"optimizer": {"lr": [5, 6]}}}}
+    assert search_grid(OmegaConf.create(nested)) == (["s", "loop.optimizer.lr"], [(1, 5), (1, 6)])
     assert settings_of(keys, [2, 3]) == {"lr": 2, "a": 3}
     single = OmegaConf.create({"parameter": "lr", "grid": [1, 2]})  # a record from before `also`
     assert search_grid(single) == (["lr"], [1, 2]) and settings_of(["lr"], 2) == {"lr": 2}
