@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from benchmarks.record import command_line, environment, markdown_table
-from experiments.run_records import read_run, run_path
+from experiments.run_records import find_run
 from experiments.unlearn_table import HEADER, klom_cell, reference_rows, row
 from tda.datamodels import GroundTruthStore
 from tda.eval import lds
@@ -92,11 +92,7 @@ def _predictor_seconds(record: dict) -> str:
 def comparison_table(workspace: Path, forget: str, scores: Sequence[str] = ()) -> tuple[str, dict]:
     """DMM (each predictor) and the baselines on one forget set, with reference rows."""
     names = [*predictor_names(scores), *BASELINES]
-    found = {
-        name: read_run(workspace, f"unlearn-{name}-{forget}")
-        for name in names
-        if run_path(workspace, f"unlearn-{name}-{forget}").is_file()
-    }
+    found = {n: record for n in names if (record := find_run(workspace, f"unlearn-{n}-{forget}"))}
     if not found:
         raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}")
     rows = [[*row(n, r), _predictor_seconds(r)] for n, r in found.items()]

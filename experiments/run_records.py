@@ -16,6 +16,11 @@ def run_path(workspace: Path, name: str) -> Path:
     return Path(workspace) / "results" / f"{name}.json"
 
 
+def find_run(workspace: Path, name: str) -> dict | None:
+    """The record of the run ``name`` (finished or not), or ``None`` if there is none."""
+    return read_run(workspace, name) if run_path(workspace, name).is_file() else None
+
+
 def read_run(workspace: Path, name: str, *, finished: bool = False, tuned: bool = False) -> dict:
     """The record of the run ``name``.
 

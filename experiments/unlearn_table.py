@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from benchmarks.record import command_line, environment, markdown_table
-from experiments.run_records import read_run, run_path
+from experiments.run_records import find_run
 
 METHODS = ("retrain", "ft", "ga", "rl", "graddiff", "salun", "l1_sparse", "prune_then_unlearn")
 HEADER = [
@@ -118,11 +118,7 @@ def collect(workspace: Path, forget: str, methods: list[str], allow_missing: boo
         FileNotFoundError: no result at all, or (unless ``allow_missing``) a method without one.
         ValueError: results measured on different originals, oracles or forget-set sizes.
     """
-    found = {
-        method: read_run(workspace, f"unlearn-{method}-{forget}")
-        for method in methods
-        if run_path(workspace, f"unlearn-{method}-{forget}").is_file()
-    }
+    found = {m: record for m in methods if (record := find_run(workspace, f"unlearn-{m}-{forget}"))}
     missing = [method for method in methods if method not in found]
     if not found or (missing and not allow_missing):
         raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}: {missing}")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments.run_records import read_run, run_path
+from experiments.run_records import find_run, read_run, run_path
 
 
 def _write(workspace, name, record):
@@ -24,6 +24,7 @@ def test_a_run_is_read_back_from_its_results_file(tmp_path):
 def test_a_missing_run_is_refused_with_its_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no run 'unlearn-x'.*unlearn-x.json does not"):
         read_run(tmp_path, "unlearn-x")
+    assert find_run(tmp_path, "unlearn-x") is None
 
 
 def test_unfinished_or_untuned_runs_are_refused_only_when_asked(tmp_path):
