@@ -41,6 +41,7 @@ from tda.methods import (
     InfluenceFunction,
     Source,
     TracIn,
+    TrainingStage,
 )
 from tda.models import MLP, CNN1d, LogisticRegression, build_model
 from tda.ntk import (
@@ -92,6 +93,7 @@ __all__ = [
     "EKFACEigenbasis",
     "ExplicitEigenbasis",
     "Source",
+    "TrainingStage",
     "EKFACSolver",
     "KFACSolver",
     "TracIn",

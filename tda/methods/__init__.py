@@ -4,7 +4,7 @@ from tda.methods.base import Attributor, mean_over_checkpoints
 from tda.methods.graddot import GradientSimilarity
 from tda.methods.influence import InfluenceFunction
 from tda.methods.runs import CheckpointAverage, RunAttributor, TrainingRun, attribute_runs
-from tda.methods.source import EKFACEigenbasis, ExplicitEigenbasis, Source
+from tda.methods.source import EKFACEigenbasis, ExplicitEigenbasis, Source, TrainingStage
 from tda.methods.tracin import TracIn
 from tda.methods.trak import TRAK, damped_inverse
 
@@ -20,6 +20,7 @@ __all__ = [
     "Source",
     "TracIn",
     "TrainingRun",
+    "TrainingStage",
     "attribute_runs",
     "damped_inverse",
     "mean_over_checkpoints",

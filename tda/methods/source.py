@@ -32,14 +32,21 @@ of :math:`H_l` the functions act on the eigenvalues :math:`h`: :math:`\phi(h) = 
 h})/h` (or :math:`(1 - (1-\eta h)^K)/h`), which tends to :math:`\eta K` as :math:`h \to 0` and is
 evaluated without cancellation, so no damping is needed for positive semi-definite curvature. With
 one segment and :math:`\eta K h \gg 1` it is :math:`1/h`: the influence function.
+
+**Stages.** Training in stages on different data (pre-training on :math:`D_1`, then fine-tuning on
+:math:`D_2`, ...) is what Source's segments are for (``fit_stages``): each stage :math:`s` is split
+into its own segments, whose curvature is that of the mean loss over :math:`D_s` and whose
+gradient terms carry :math:`\frac{1}{|D_s|}` for :math:`z \in D_s` and nothing otherwise. An
+example's score sums over the stages that trained on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -219,6 +226,65 @@ def plan_segments(checkpoints: Sequence[Checkpoint], segments: int) -> list[Segm
     return plan
 
 
+@dataclass(frozen=True)
+class TrainingStage:
+    """One stage of a multi-stage training run (e.g. pre-training, then fine-tuning).
+
+    Attributes:
+        checkpoints: the stage's own checkpoints in training order, as its trainer saved them
+            (a first step-0 checkpoint of its starting parameters is allowed, not needed).
+        examples: indices into the full training set of the examples the stage trained on
+            (default: all of them).
+    """
+
+    checkpoints: Sequence[Checkpoint]
+    examples: Sequence[int] | np.ndarray | Tensor | None = None
+
+
+def stage_indices(examples, n_train: int) -> Tensor | None:
+    """A stage's example indices as a LongTensor (``None``: every example), validated.
+
+    Raises:
+        ValueError: not one-dimensional integers, empty, out of ``[0, n_train)``, or repeated.
+    """
+    if examples is None:
+        return None
+    indices = torch.as_tensor(np.asarray(examples))
+    if indices.numel() == 0:
+        raise ValueError("a stage trained on no examples: give it at least one")
+    if indices.dim() != 1 or indices.dtype.is_floating_point or indices.dtype == torch.bool:
+        raise ValueError(
+            f"a stage's examples must be 1-D integer indices, got {indices.dtype} of shape "
+            f"{tuple(indices.shape)}"
+        )
+    if int(indices.min()) < 0 or int(indices.max()) >= n_train:
+        raise ValueError(
+            f"a stage's examples must index the training set [0, {n_train}), got "
+            f"{int(indices.min())}..{int(indices.max())}"
+        )
+    if len(torch.unique(indices)) != len(indices):
+        raise ValueError("a stage lists some training examples more than once")
+    return indices.long()
+
+
+def plan_stages(stages: Sequence[TrainingStage], segments: int) -> list[Segment]:
+    """``segments`` contiguous segments per stage; a stage saved without its starting parameters
+    starts where the previous stage ended (its first segment's ``previous``).
+
+    Raises:
+        ValueError: no stages, or see :func:`plan_segments` for each stage.
+    """
+    if not stages:
+        raise ValueError("Source needs at least one training stage")
+    plan: list[Segment] = []
+    for stage in stages:
+        planned = plan_segments(stage.checkpoints, segments)
+        if plan and planned[0].previous is None:
+            planned[0] = replace(planned[0], previous=plan[-1].checkpoints[-1])
+        plan += planned
+    return plan
+
+
 @dataclass
 class Source:
     r"""Source attributor over a trainer's checkpoints (the last one is the trained model).
@@ -254,6 +320,7 @@ class Source:
     chunk_size: int = 256
     gradients: Literal["end", "start"] = "end"
     plan: list[Segment] = field(default_factory=list, init=False)
+    _examples: list[Tensor | None] = field(default_factory=list, init=False, repr=False)
     _bases: list[Eigenbasis] = field(default_factory=list, init=False, repr=False)
     _model_factory: ModelFactory | None = field(default=None, init=False, repr=False)
     _train: Examples | None = field(default=None, init=False, repr=False)
@@ -274,18 +341,32 @@ class Source:
             ValueError: see :func:`plan_segments`; an empty training set; ``gradients="start"``
                 without a first checkpoint of the starting parameters.
         """
+        return self.fit_stages(model_factory, [TrainingStage(checkpoints)], train)
+
+    def fit_stages(
+        self, model_factory: ModelFactory, stages: Sequence[TrainingStage], train: Examples
+    ) -> Source:
+        """``fit`` for training in stages, each on its own examples: ``segments`` segments per
+        stage, each segment's curvature and gradients over its stage's examples only, and an
+        example's score the sum over the stages that trained on it (0 where none did).
+
+        Raises:
+            ValueError: as ``fit``; bad stage examples (see :func:`stage_indices`).
+        """
         if len(train) == 0:
             raise ValueError("cannot attribute to an empty training set")
-        self.plan = plan_segments(checkpoints, self.segments)
+        examples = [stage_indices(stage.examples, len(train)) for stage in stages]
+        self.plan = plan_stages(stages, self.segments)
         if self.gradients == "start" and self.plan[0].previous is None:
             raise ValueError(
                 "gradients='start' needs the starting parameters as the first checkpoint (one "
                 "closing no steps): train with TrainConfig(save_initial=True)"
             )
+        self._examples = [indices for indices in examples for _ in range(self.segments)]
         self._bases = []
-        for segment in self.plan:
+        for segment, indices in zip(self.plan, self._examples, strict=True):
             model = load_model(model_factory, segment.checkpoints[-1])
-            local = on_model_device(model, train)
+            local = on_model_device(model, _subset(train, indices))
             basis = self.eigenbasis.decompose(model, self.task, local, parameters=self.parameters)
             self._bases.append(basis)
         self._model_factory, self._train = model_factory, train
@@ -305,16 +386,23 @@ class Source:
             final, self.task, local.inputs, local.targets, parameters=self.parameters
         )
         total = None
-        for segment, direction in zip(self.plan, self._directions(query_gradients), strict=True):
+        directions = self._directions(query_gradients)
+        for segment, indices, direction in zip(self.plan, self._examples, directions, strict=True):
+            data = _subset(self._train, indices)
             for start, checkpoint in segment.intervals():
                 at = start if self.gradients == "start" else checkpoint
                 model = load_model(self._model_factory, at)
-                weight = -checkpoint.segment_steps / (segment.steps * len(self._train))
+                weight = -checkpoint.segment_steps / (segment.steps * len(data))
                 scores = streamed_products(
-                    model, self.task, weight * direction, self._train,
+                    model, self.task, weight * direction, data,
                     parameters=self.parameters, chunk_size=self.chunk_size,
                 )  # fmt: skip
-                total = scores if total is None else total.add_(scores)
+                if total is None:
+                    total = scores.new_zeros(len(scores), len(self._train))
+                if indices is None:
+                    total.add_(scores)
+                else:
+                    total.index_add_(1, indices.to(total.device), scores)
         return total.to(query_gradients.dtype)
 
     def _directions(self, query_gradients: Tensor) -> list[Tensor]:
@@ -348,3 +436,7 @@ class Source:
             return function(damped, segment.learning_rate, segment.steps, self.discrete)
 
         return spectral
+
+
+def _subset(train: Examples, indices: Tensor | None) -> Examples:
+    return train if indices is None else train.subset(indices)
