@@ -6,8 +6,7 @@ checkpoints through both stages. The ground truth retrains the whole pipeline on
 subsets are drawn over A and B together (alpha 0.5 of all examples), so the removal of either
 kind is measured. Source runs as the library offers it (``Source(segments=2)`` over all
 checkpoints, split at the stage boundary, with the union as its training set), and "staged", with
-each stage's own training set: the same unrolled formula, composed here from the library's
-``unrolled_gain``/``unrolled_decay`` and EK-FAC eigenbases.
+each stage's own training set (``Source.fit_stages`` with a ``TrainingStage`` per stage).
 
 Each setting has its own ground truth (``--subsets`` x ``--gt-seeds``, ``--n-queries`` test
 queries), members (seeds 0..M-1) and resumable workspace under ``runs/bench_source[-quick]/``.
@@ -39,6 +38,7 @@ from tda import (
     Source,
     SparseProjector,
     TrainConfig,
+    TrainingStage,
     build_model,
     list_checkpoints,
     load_member,
@@ -47,10 +47,7 @@ from tda import (
     sample_subsets,
     train,
 )
-from tda.grads import per_sample_gradients
 from tda.methods import EKFACEigenbasis
-from tda.methods.source import plan_segments, unrolled_decay, unrolled_gain
-from tda.methods.tracin import streamed_products
 from tda.models import MLP
 from tda.outputs import accuracy, task_outputs
 
@@ -122,10 +119,6 @@ class Pipeline:
         model, _ = self.run(np.asarray(mask), seed)
         return task_outputs(model, TASK, queries).double().numpy()
 
-    def stage_data(self, mask: np.ndarray | None = None) -> list[Examples]:
-        full = np.ones(len(self.train), dtype=bool) if mask is None else mask
-        return [self.train.subset(indices[full[indices]]) for indices, _ in self.stages]
-
 
 def chain(stages: list[list]) -> list:
     """The stages' checkpoints as one series in training order (steps offset, ids prefixed)."""
@@ -192,28 +185,16 @@ def members(args, pipeline: Pipeline, queries: Examples) -> tuple[list[list], di
 # ---------------------------------------------------------------- staged Source
 
 
-def staged_source(series: list, stage_sizes: list[int], stages: list[Examples], queries):
-    r"""Source with one segment per stage and each stage's own training set :math:`D_s`: the
-    query gradient is carried back through the later stages' propagators, and example
-    :math:`z \in D_s` gets :math:`-\frac{1}{|D_s|}\sum_{c} \frac{K_c}{K_s} w_s^\top\nabla\ell(z;
-    \theta_c)` over the stage's checkpoints (columns in training-set order)."""
-    bounds = np.cumsum([0, *stage_sizes])
-    final = load_member(MLP, series[-1])
-    carried = per_sample_gradients(final, TASK, queries.inputs, queries.targets).double()
-    parts = []
-    for index in reversed(range(len(stages))):
-        checkpoints, data = series[bounds[index] : bounds[index + 1]], stages[index]
-        segment = plan_segments(checkpoints, 1)[0]
-        rate, steps = segment.learning_rate, segment.steps
-        basis = EKFACEigenbasis().decompose(load_member(MLP, checkpoints[-1]), TASK, data)
-        gain = basis.apply(partial(unrolled_gain, rate=rate, steps=steps, discrete=False), carried)
-        decay = partial(unrolled_decay, rate=rate, steps=steps, discrete=False)
-        carried = basis.apply(decay, carried)
-        scores = sum(streamed_products(load_member(MLP, c), TASK,
-            -c.segment_steps / (steps * len(data)) * gain, data, parameters=None, chunk_size=256)
-            for c in checkpoints)  # fmt: skip
-        parts.insert(0, scores)
-    return torch.cat(parts, dim=1)
+def staged_source(series: list, pipeline: Pipeline, queries: Examples):
+    """Source with one segment per stage, each over the stage's own examples."""
+    sizes = [len(config.checkpoint_epochs()) for _, config in pipeline.stages]
+    bounds = np.cumsum([0, *sizes])
+    stages = [
+        TrainingStage(series[bounds[index] : bounds[index + 1]], indices)
+        for index, (indices, _) in enumerate(pipeline.stages)
+    ]
+    source = Source(segments=1, eigenbasis=EKFACEigenbasis())
+    return source.fit_stages(MLP, stages, pipeline.train).score(queries)
 
 
 # ---------------------------------------------------------------- rows
@@ -233,8 +214,7 @@ def setting_rows(args, pipeline: Pipeline, queries: Examples, truth, runs) -> li
         score = lambda series, s=source: s.fit(MLP, series, data).score(queries)  # noqa: E731
         rows += bench.ensemble(f"Source L={segments}", runs, score, args.models)
     if len(pipeline.stages) > 1:
-        sizes = [len(config.checkpoint_epochs()) for _, config in pipeline.stages]
-        staged = lambda series: staged_source(series, sizes, pipeline.stage_data(), queries)  # noqa: E731
+        staged = lambda series: staged_source(series, pipeline, queries)  # noqa: E731
         rows += bench.ensemble("Source staged (per-stage data)", runs, staged, args.models)
     return rows
 
