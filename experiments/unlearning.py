@@ -4,7 +4,9 @@ Trains or loads N originals (``${workspace}/models``) and N (+N for the KLOM flo
 (``${workspace}/oracles``), picks the tuned hyperparameter on a proxy forget set inside R
 (unlearn.tuning; DMM's predictor is first calibrated on the same proxy), unlearns every original
 and writes UA/RA/TA/MIA, average gap, KLOM P95 and time as a fraction of retraining to
-``${workspace}/results/<results_name>.json``:
+``${workspace}/results/<results_name>.json``. A killed run resumes: models and oracles are
+kept, and the proxy search's finished evaluations are read back from its journal
+(``results/.search/<results_name>/``, deleted once the record is written):
 
     python experiments/unlearning.py unlearner=retrain forget=class   # also trains every model
     python experiments/unlearning.py -m hydra/launcher=local unlearner=ft,ga,rl,salun forget=class
@@ -13,6 +15,7 @@ and writes UA/RA/TA/MIA, average gap, KLOM P95 and time as a fraction of retrain
 Run one job first: parallel jobs that find the same models missing would train them twice.
 """
 
+import hashlib
 import itertools
 import json
 import sys
@@ -52,7 +55,10 @@ def main(cfg: DictConfig) -> float:
     )
     shared = _shared_parts(cfg)
     calibration = _calibrate_predictor(cfg, shared, originals, splits.train, forget_set, workspace)
-    candidates, selection = _tuned_methods(cfg, shared, originals, splits, forget_set, workspace)
+    journal = _journal(cfg, workspace)
+    candidates, selection = _tuned_methods(
+        cfg, shared, originals, splits, forget_set, workspace, journal
+    )
     test = forget_set.evaluation_test(splits.test)
     split = unlearn.ForgetSplit.of(train, unlearn.forget_request(forget, train))
     record = {"forget_size": len(forget), "seeds": seeds, "oracle_seeds": oracle_seeds}
@@ -65,6 +71,7 @@ def main(cfg: DictConfig) -> float:
         )
     except FloatingPointError as error:
         _write(cfg, workspace, {**record, "status": "diverged", "error": str(error)})
+        journal.clear()
         return float("inf")
     reference, floor = oracles.models[: cfg.models], oracles.models[cfg.models :] or None
     oracle_metrics = unlearn.metrics_of(reference, split, test, seeds=oracle_seeds[: cfg.models])
@@ -77,6 +84,7 @@ def main(cfg: DictConfig) -> float:
         originals, reference, oracle_metrics, split, test, splits.test, seeds=seeds
     )
     _write(cfg, workspace, record)
+    journal.clear()
     return report["average_gap"]
 
 
@@ -94,12 +102,21 @@ def _write(cfg: DictConfig, workspace: Path, record: dict) -> None:
     print(f"{path}: {record['status']}, average gap {record.get('average_gap', float('inf')):.2f}")
 
 
+def _journal(cfg: DictConfig, workspace: Path) -> unlearn.SearchJournal:
+    """The proxy search's journal: a killed run, started again with the same configuration and
+    library versions, reads back the evaluations it finished; cleared once the record is written."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    context = json.dumps({"settings": settings, "versions": _versions()}, sort_keys=True)
+    root = workspace / "results" / ".search" / cfg.results_name
+    return unlearn.SearchJournal(root, hashlib.sha256(context.encode()).hexdigest())
+
+
 def _shared_parts(cfg) -> dict:
     """Objects every candidate shares: DMM's output predictor, built (and featurized) once."""
     return {"predictor": instantiate(cfg.predictor)} if "predictor" in cfg.unlearner else {}
 
 
-def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace):
+def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace, journal):
     """``[(value, unlearner)]``, best proxy value first, when ``tuning.parameter`` is named."""
     if cfg.tuning.parameter is None:
         return [(None, build_unlearner(cfg.unlearner, shared))], None
@@ -122,6 +139,7 @@ def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace):
         oracle_root=workspace / "oracles",
         criterion=cfg.tuning.criterion,
         proxies=cfg.tuning.proxies,
+        journal=journal,
     )
     return [(value, candidates[value]) for value in selection.ranking()], selection
 

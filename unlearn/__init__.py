@@ -28,6 +28,7 @@ from unlearn.forget_sets import (
     RandomForgetSet,
     forget_request,
 )
+from unlearn.journal import SearchJournal
 from unlearn.klom import (
     klom,
     klom_by_split,
@@ -119,6 +120,7 @@ __all__ = [
     "RandomForgetSet",
     "RandomLabels",
     "SalUn",
+    "SearchJournal",
     "Selection",
     "UnlearnedGroup",
     "Unlearner",

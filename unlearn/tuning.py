@@ -53,10 +53,13 @@ import numpy as np
 from torch import nn
 
 from tda.data.examples import Examples
+from tda.fingerprint import array_fingerprint, model_fingerprint
 from tda.training import TrainConfig
 from unlearn.benchmark import mean_metrics, metrics_of, unlearn_each
+from unlearn.describe import describe
 from unlearn.ensembles import load_or_train_oracles
 from unlearn.forget_sets import ForgetSet, forget_request
+from unlearn.journal import SearchJournal
 from unlearn.klom import klom, margins_of
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
 from unlearn.metrics import average_gap
@@ -163,6 +166,7 @@ def select_on_proxy(
     *,
     seeds: Sequence[int],
     proxy_oracle_margins: np.ndarray | None = None,
+    journal: SearchJournal | None = None,
 ) -> Selection:
     """Pick the grid value whose proxy unlearning is closest to the proxy oracles.
 
@@ -178,6 +182,8 @@ def select_on_proxy(
         seeds: request seed of each original.
         proxy_oracle_margins: margins ``[oracles, |F'|]`` of the proxy oracles on :math:`F'`
             in ascending index order; given, the criterion is ``"gap+klom"``, else ``"gap"``.
+        journal: where finished evaluations are recorded and, on a re-run, read back instead
+            of recomputed (:class:`~unlearn.journal.SearchJournal`).
 
     Raises:
         ValueError: an empty grid, or every value diverged.
@@ -186,19 +192,13 @@ def select_on_proxy(
         raise ValueError("the hyperparameter grid is empty")
     oracle = mean_metrics(proxy_oracle_metrics)
     split = ForgetSplit.of(train, forget_request(proxy_indices, train))
-    gaps, kloms, metrics = [], [], []
-    for method in candidates.values():
-        try:
-            group = unlearn_each(method, originals, train, proxy_indices, test, seeds=seeds)
-        except FloatingPointError:
-            gaps.append(None)
-            kloms.append(None)
-            metrics.append(None)
-            continue
-        metrics.append(mean_metrics(group.metrics))
-        gaps.append(average_gap(metrics[-1], oracle))
-        if proxy_oracle_margins is not None:
-            kloms.append(klom(margins_of(group.models, split.forget), proxy_oracle_margins))
+    evaluate = _evaluation(
+        originals, train, proxy_indices, split, test, seeds, proxy_oracle_margins, journal
+    )
+    outcomes = [evaluate(method) for method in candidates.values()]
+    metrics = [outcome.get("metrics") for outcome in outcomes]
+    gaps = [None if m is None else average_gap(m, oracle) for m in metrics]
+    kloms = [outcome.get("klom") for outcome in outcomes]
     grid = list(candidates)
     if all(gap is None for gap in gaps):
         raise ValueError(f"every value of {parameter} in {grid} diverged on the proxy forget set")
@@ -211,6 +211,42 @@ def select_on_proxy(
             parameter, grid, scores, metrics, oracle, None, "gap+klom", gaps, kloms, untouched
         )
     return replace(selection, chosen=selection.ranking()[0])
+
+
+def _evaluation(originals, train, proxy, split, test, seeds, oracle_margins, journal):
+    """``method -> {"metrics", "klom"}`` (``{}`` if it diverged) on the proxy, through
+    ``journal`` when one is given."""
+
+    def run(method: UnlearningMethod) -> dict:
+        try:
+            group = unlearn_each(method, originals, train, proxy, test, seeds=seeds)
+        except FloatingPointError:
+            return {}
+        outcome = {"metrics": mean_metrics(group.metrics)}
+        if oracle_margins is not None:
+            outcome["klom"] = klom(margins_of(group.models, split.forget), oracle_margins)
+        return outcome
+
+    if journal is None:
+        return run
+    common = {
+        "originals": [model_fingerprint(model) for model in originals],
+        "train": train.fingerprint(),
+        "test": test.fingerprint(),
+        "proxy": array_fingerprint(np.sort(proxy)),
+        "seeds": list(seeds),
+        "oracle_margins": None if oracle_margins is None else array_fingerprint(oracle_margins),
+    }
+
+    def journaled(method: UnlearningMethod) -> dict:
+        key = journal.key(method=describe(method), **common)
+        outcome = journal.get(key)
+        if outcome is None:
+            outcome = run(method)
+            journal.put(key, outcome)
+        return outcome
+
+    return journaled
 
 
 def _untouched(
@@ -244,6 +280,7 @@ def tune_on_proxy(
     oracle_root: str | os.PathLike,
     criterion: str = "gap",
     proxies: int = 1,
+    journal: SearchJournal | None = None,
 ) -> Selection:
     """The whole rule: draw ``forget_set``'s proxies, train (or load) their oracles, select.
 
@@ -258,6 +295,8 @@ def tune_on_proxy(
         criterion: ``"gap"`` or ``"gap+klom"`` (see the module docstring).
         proxies: how many proxy forget sets to score every value on; with more than one the
             scores are averaged over them (:func:`average_selections`).
+        journal: records finished evaluations so that a killed search resumes (as
+            :func:`select_on_proxy`).
 
     Raises:
         ValueError: an unknown criterion (and as :func:`select_on_proxy`).
@@ -284,6 +323,7 @@ def tune_on_proxy(
                 proxy_test,
                 seeds=seeds,
                 proxy_oracle_margins=margins,
+                journal=journal,
             )
         )
     return selections[0] if len(selections) == 1 else average_selections(selections)

@@ -168,6 +168,29 @@ def test_a_tiny_benchmark_writes_finite_numbers_and_resumes(tmp_path):
     assert again["oracle_seconds"] == pytest.approx(sum(recorded) / 2, rel=1e-12)
 
 
+def test_a_run_killed_after_its_search_resumes_from_the_journal(tmp_path, monkeypatch):
+    overrides = ("unlearner=ft", "klom_floor=false", "tuning.grid=[0.001,0.1]")
+    stable = unlearn.unlearn_each_stable
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unlearn, "unlearn_each_stable", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run_in_process(tmp_path, *overrides)
+    journal = tmp_path / "results" / ".search" / "unlearn-ft-random_10pct"
+    assert len(list(journal.glob("*.json"))) == 2  # one per grid value
+    monkeypatch.setattr(unlearn, "unlearn_each_stable", stable)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the search ran again")
+
+    monkeypatch.setattr(unlearn.tuning, "unlearn_each", no_search)
+    record = _run_in_process(tmp_path, *overrides)
+    assert record["status"] == "ok" and record["tuning"]["grid"] == [0.001, 0.1]
+    assert not journal.exists()  # cleared once the record is written
+
+
 def _write_train_scores(workspace: Path) -> str:
     """A random training-point score matrix for the tiny experiment, as score.py records it."""
     cfg = compose_unlearn(*TINY)
