@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import unlearn
 from tda.atomic import write_bytes_atomic
-from tda.device import on_device
+from tda.device import on_device, resolve_device
 from tda.versions import package_versions
 from unlearn.describe import describe
 
@@ -106,7 +106,10 @@ def _journal(cfg: DictConfig, workspace: Path) -> unlearn.SearchJournal:
     """The proxy search's journal: a killed run, started again with the same configuration and
     library versions, reads back the evaluations it finished; cleared once the record is written."""
     settings = OmegaConf.to_container(cfg, resolve=True)
-    context = json.dumps({"settings": settings, "versions": _versions()}, sort_keys=True)
+    device = str(resolve_device(cfg.device))  # "auto" differs between machines
+    context = json.dumps(
+        {"settings": settings, "versions": _versions(), "device": device}, sort_keys=True
+    )
     root = workspace / "results" / ".search" / cfg.results_name
     return unlearn.SearchJournal(root, hashlib.sha256(context.encode()).hexdigest())
 
