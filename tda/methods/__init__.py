@@ -4,7 +4,8 @@ from tda.methods.base import Attributor, mean_over_checkpoints
 from tda.methods.graddot import GradientSimilarity
 from tda.methods.influence import InfluenceFunction
 from tda.methods.runs import CheckpointAverage, RunAttributor, TrainingRun, attribute_runs
-from tda.methods.source import EKFACEigenbasis, ExplicitEigenbasis, Source, TrainingStage
+from tda.methods.source import EKFACEigenbasis, ExplicitEigenbasis, Source
+from tda.methods.stages import TrainingStage
 from tda.methods.tracin import TracIn
 from tda.methods.trak import TRAK, damped_inverse
 

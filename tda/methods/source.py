@@ -46,7 +46,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -61,6 +60,7 @@ from tda.curvature.kronecker import (
 from tda.data.examples import Examples
 from tda.grads import per_sample_gradients
 from tda.methods.runs import TrainingRun
+from tda.methods.stages import TrainingStage, scatter_columns, stage_indices, stage_subset
 from tda.methods.tracin import ModelFactory, load_model, on_model_device, streamed_products
 from tda.task import ClassificationTask, Task
 
@@ -226,47 +226,6 @@ def plan_segments(checkpoints: Sequence[Checkpoint], segments: int) -> list[Segm
     return plan
 
 
-@dataclass(frozen=True)
-class TrainingStage:
-    """One stage of a multi-stage training run (e.g. pre-training, then fine-tuning).
-
-    Attributes:
-        checkpoints: the stage's own checkpoints in training order, as its trainer saved them
-            (a first step-0 checkpoint of its starting parameters is allowed, not needed).
-        examples: indices into the full training set of the examples the stage trained on
-            (default: all of them).
-    """
-
-    checkpoints: Sequence[Checkpoint]
-    examples: Sequence[int] | np.ndarray | Tensor | None = None
-
-
-def stage_indices(examples, n_train: int) -> Tensor | None:
-    """A stage's example indices as a LongTensor (``None``: every example), validated.
-
-    Raises:
-        ValueError: not one-dimensional integers, empty, out of ``[0, n_train)``, or repeated.
-    """
-    if examples is None:
-        return None
-    indices = torch.as_tensor(np.asarray(examples))
-    if indices.numel() == 0:
-        raise ValueError("a stage trained on no examples: give it at least one")
-    if indices.dim() != 1 or indices.dtype.is_floating_point or indices.dtype == torch.bool:
-        raise ValueError(
-            f"a stage's examples must be 1-D integer indices, got {indices.dtype} of shape "
-            f"{tuple(indices.shape)}"
-        )
-    if int(indices.min()) < 0 or int(indices.max()) >= n_train:
-        raise ValueError(
-            f"a stage's examples must index the training set [0, {n_train}), got "
-            f"{int(indices.min())}..{int(indices.max())}"
-        )
-    if len(torch.unique(indices)) != len(indices):
-        raise ValueError("a stage lists some training examples more than once")
-    return indices.long()
-
-
 def plan_stages(stages: Sequence[TrainingStage], segments: int) -> list[Segment]:
     """``segments`` contiguous segments per stage; a stage saved without its starting parameters
     starts where the previous stage ended (its first segment's ``previous``).
@@ -366,7 +325,7 @@ class Source:
         self._bases = []
         for segment, indices in zip(self.plan, self._examples, strict=True):
             model = load_model(model_factory, segment.checkpoints[-1])
-            local = on_model_device(model, _subset(train, indices))
+            local = on_model_device(model, stage_subset(train, indices))
             basis = self.eigenbasis.decompose(model, self.task, local, parameters=self.parameters)
             self._bases.append(basis)
         self._model_factory, self._train = model_factory, train
@@ -388,7 +347,7 @@ class Source:
         total = None
         directions = self._directions(query_gradients)
         for segment, indices, direction in zip(self.plan, self._examples, directions, strict=True):
-            data = _subset(self._train, indices)
+            data = stage_subset(self._train, indices)
             for start, checkpoint in segment.intervals():
                 at = start if self.gradients == "start" else checkpoint
                 model = load_model(self._model_factory, at)
@@ -397,12 +356,7 @@ class Source:
                     model, self.task, weight * direction, data,
                     parameters=self.parameters, chunk_size=self.chunk_size,
                 )  # fmt: skip
-                if total is None:
-                    total = scores.new_zeros(len(scores), len(self._train))
-                if indices is None:
-                    total.add_(scores)
-                else:
-                    total.index_add_(1, indices.to(total.device), scores)
+                total = scatter_columns(total, scores, indices, len(self._train))
         return total.to(query_gradients.dtype)
 
     def _directions(self, query_gradients: Tensor) -> list[Tensor]:
@@ -436,7 +390,3 @@ class Source:
             return function(damped, segment.learning_rate, segment.steps, self.discrete)
 
         return spectral
-
-
-def _subset(train: Examples, indices: Tensor | None) -> Examples:
-    return train if indices is None else train.subset(indices)

@@ -32,6 +32,7 @@ from tda.checkpoints import Checkpoint, load_checkpoint
 from tda.data.examples import Examples
 from tda.grads import iter_per_sample_gradients, per_sample_gradients
 from tda.methods.runs import TrainingRun
+from tda.methods.stages import TrainingStage, scatter_columns, stage_indices, stage_subset
 from tda.task import ClassificationTask, Task
 
 ModelFactory = Callable[[], nn.Module]
@@ -92,6 +93,7 @@ class TracIn:
     parameters: Sequence[str] | None = None
     chunk_size: int = 256
     checkpoints: list[Checkpoint] = field(default_factory=list, init=False)
+    _examples: list[Tensor | None] = field(default_factory=list, init=False, repr=False)
     _model_factory: ModelFactory | None = field(default=None, init=False, repr=False)
     _train: Examples | None = field(default=None, init=False, repr=False)
 
@@ -103,14 +105,29 @@ class TracIn:
         Raises:
             ValueError: no checkpoints, an empty training set, or a non-positive chunk size.
         """
-        if not checkpoints:
+        return self.fit_stages(model_factory, [TrainingStage(checkpoints)], train)
+
+    def fit_stages(
+        self, model_factory: ModelFactory, stages: Sequence[TrainingStage], train: Examples
+    ) -> TracIn:
+        """``fit`` for training in stages, each on its own examples: a checkpoint's term covers
+        only the examples its stage trained on (the others took no step there), so an example's
+        score sums over the stages that saw it (0 where none did).
+
+        Raises:
+            ValueError: as ``fit``; bad stage examples (see :func:`stage_indices`).
+        """
+        if not any(stage.checkpoints for stage in stages):
             raise ValueError("TracIn needs at least one checkpoint; got none")
         if len(train) == 0:
             raise ValueError("cannot attribute to an empty training set")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
+        examples = [stage_indices(stage.examples, len(train)) for stage in stages]
         self._model_factory, self._train = model_factory, train
-        self.checkpoints = list(checkpoints)
+        self.checkpoints = [c for stage in stages for c in stage.checkpoints]
+        pairs = zip(stages, examples, strict=True)
+        self._examples = [indices for stage, indices in pairs for _ in stage.checkpoints]
         return self
 
     def fit_run(self, run: TrainingRun) -> TracIn:
@@ -122,7 +139,7 @@ class TracIn:
         if self._model_factory is None:
             raise RuntimeError("call fit(model_factory, checkpoints, train) before score()")
         total, dtype = None, None
-        for checkpoint in self.checkpoints:
+        for checkpoint, indices in zip(self.checkpoints, self._examples, strict=True):
             model = load_model(self._model_factory, checkpoint)
             local = on_model_device(model, queries)
             query_gradients = per_sample_gradients(
@@ -135,9 +152,9 @@ class TracIn:
                 model,
                 self.task,
                 left,
-                self._train,
+                stage_subset(self._train, indices),
                 parameters=self.parameters,
                 chunk_size=self.chunk_size,
             )
-            total = scores if total is None else total.add_(scores)
+            total = scatter_columns(total, scores, indices, len(self._train))
         return total.to(dtype)

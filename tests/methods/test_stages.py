@@ -1,11 +1,12 @@
-"""Source over training in stages, each on its own examples (``Source.fit_stages``).
+"""Source and TracIn over training in stages, each on its own examples (``fit_stages``).
 
 Same linear-regression oracle as ``test_source.py``: full-batch gradient descent unrolled in closed
 form, here first on examples A at one learning rate, then on examples B (overlapping A) at
 another, and differentiated by ``jacrev`` with respect to every example's weight in the mean
 loss of each stage it is in. With a checkpoint per step, the starting parameters saved and
 ``gradients="start"``, Source with one segment per step is exact; an example no stage trained on
-scores 0.
+scores 0. TracIn's reference is its formula written out for linear regression, each
+checkpoint's term over its own stage's examples.
 """
 
 from dataclasses import replace
@@ -13,9 +14,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tda.checkpoints import load_checkpoint
-from tda.methods.source import Source, TrainingStage, plan_stages, stage_indices
+from tda.methods.source import Source, plan_stages
+from tda.methods.stages import TrainingStage, stage_indices
+from tda.methods.tracin import TracIn
 from tda.training import train
 from tests.methods.test_source import TASK, design, factory, relative_error, sgd, trained
 
@@ -111,3 +115,36 @@ def test_no_stages_is_refused(data):
     with pytest.raises(ValueError, match="at least one training stage"):
         Source(task=TASK).fit_stages(factory, [], data[0])
     assert stage_indices(None, 3) is None
+
+
+def tracin_formula(stages, train_set, queries):
+    """Σ_c η_c ∇f(x_q)·(−∇ℓ(z_i; θ_c)) over each stage's checkpoints and examples."""
+    features, query_features = design(train_set), design(queries)
+    total = torch.zeros(len(queries), len(train_set), dtype=torch.float64)
+    for stage in stages:
+        for checkpoint in stage.checkpoints:
+            state = load_file(checkpoint.path)
+            theta = torch.cat([state["weight"][0], state["bias"]])
+            x, y = features[stage.examples], train_set.targets[stage.examples]
+            loss_gradients = x * (x @ theta - y).unsqueeze(1)
+            term = -checkpoint.segment_learning_rate * query_features @ loss_gradients.T
+            total[:, stage.examples] += term
+    return total
+
+
+def test_tracin_sums_each_checkpoints_term_over_its_own_stage(data, stages):
+    train_set, queries = data
+    scores = TracIn(task=TASK).fit_stages(factory, stages, train_set).score(queries)
+    reference = tracin_formula(stages, train_set, queries)
+    np.testing.assert_allclose(scores, reference, rtol=1e-10, atol=1e-14)
+    assert bool((scores[:, 7] == 0).all()) and bool((scores[:, :7] != 0).all())
+    pooled = TracIn(task=TASK).fit_stages(factory, [TrainingStage(s.checkpoints) for s in stages],
+        train_set).score(queries)  # fmt: skip
+    assert relative_error(pooled, reference) > 0.1
+    checkpoints = [c for stage in stages for c in stage.checkpoints]
+    whole = TracIn(task=TASK).fit(factory, checkpoints, train_set).score(queries)
+    np.testing.assert_array_equal(whole.numpy(), pooled.numpy())
+    with pytest.raises(ValueError, match="more than once"):
+        TracIn(task=TASK).fit_stages(factory, [TrainingStage(checkpoints, [1, 1])], train_set)
+    with pytest.raises(ValueError, match="at least one checkpoint"):
+        TracIn(task=TASK).fit_stages(factory, [TrainingStage([], [1])], train_set)
