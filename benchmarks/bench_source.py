@@ -6,7 +6,8 @@ checkpoints through both stages. The ground truth retrains the whole pipeline on
 subsets are drawn over A and B together (alpha 0.5 of all examples), so the removal of either
 kind is measured. Source runs as the library offers it (``Source(segments=2)`` over all
 checkpoints, split at the stage boundary, with the union as its training set), and "staged", with
-each stage's own training set (``Source.fit_stages`` with a ``TrainingStage`` per stage).
+each stage's own training set (``Source.fit_stages`` with a ``TrainingStage`` per stage); TracIn-CP
+likewise, over all checkpoints and over each stage's own examples.
 
 Each setting has its own ground truth (``--subsets`` x ``--gt-seeds``, ``--n-queries`` test
 queries), members (seeds 0..M-1) and resumable workspace under ``runs/bench_source[-quick]/``.
@@ -37,6 +38,7 @@ from tda import (
     GroundTruthStore,
     Source,
     SparseProjector,
+    TracIn,
     TrainConfig,
     TrainingStage,
     build_model,
@@ -185,16 +187,20 @@ def members(args, pipeline: Pipeline, queries: Examples) -> tuple[list[list], di
 # ---------------------------------------------------------------- staged Source
 
 
-def staged_source(series: list, pipeline: Pipeline, queries: Examples):
-    """Source with one segment per stage, each over the stage's own examples."""
+def training_stages(series: list, pipeline: Pipeline) -> list[TrainingStage]:
+    """The member's checkpoint series cut back into its stages, each with its examples."""
     sizes = [len(config.checkpoint_epochs()) for _, config in pipeline.stages]
     bounds = np.cumsum([0, *sizes])
-    stages = [
+    return [
         TrainingStage(series[bounds[index] : bounds[index + 1]], indices)
         for index, (indices, _) in enumerate(pipeline.stages)
     ]
-    source = Source(segments=1, eigenbasis=EKFACEigenbasis())
-    return source.fit_stages(MLP, stages, pipeline.train).score(queries)
+
+
+def staged(attributor, pipeline: Pipeline, queries: Examples):
+    """``series -> scores`` of ``attributor.fit_stages`` over the member's stages."""
+    stages = lambda series: training_stages(series, pipeline)  # noqa: E731
+    return lambda series: attributor.fit_stages(MLP, stages(series), pipeline.train).score(queries)
 
 
 # ---------------------------------------------------------------- rows
@@ -213,9 +219,14 @@ def setting_rows(args, pipeline: Pipeline, queries: Examples, truth, runs) -> li
         source = Source(segments=segments, eigenbasis=EKFACEigenbasis())
         score = lambda series, s=source: s.fit(MLP, series, data).score(queries)  # noqa: E731
         rows += bench.ensemble(f"Source L={segments}", runs, score, args.models)
+    tracin = lambda series: TracIn().fit(MLP, series, data).score(queries)  # noqa: E731
+    rows += bench.ensemble("TracIn-CP", runs, tracin, args.models)
     if len(pipeline.stages) > 1:
-        staged = lambda series: staged_source(series, pipeline, queries)  # noqa: E731
-        rows += bench.ensemble("Source staged (per-stage data)", runs, staged, args.models)
+        source = Source(segments=1, eigenbasis=EKFACEigenbasis())
+        rows += bench.ensemble("Source staged (per-stage data)", runs,
+            staged(source, pipeline, queries), args.models)  # fmt: skip
+        rows += bench.ensemble("TracIn-CP staged (per-stage data)", runs,
+            staged(TracIn(), pipeline, queries), args.models)  # fmt: skip
     return rows
 
 
