@@ -58,6 +58,7 @@ from tda.store import FeatureStore, IncompleteStoreError, StoreMismatchError
 from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
 from tda.valuation import (
+    Backdoor,
     flip_labels,
     loss_gradient_norms,
     mislabel_detection,
@@ -75,6 +76,7 @@ __all__ = [
     "self_scores",
     "pruning_curve",
     "mislabel_detection",
+    "Backdoor",
     "loss_gradient_norms",
     "flip_labels",
     "NTKSurrogate",

@@ -1,4 +1,4 @@
-"""Data valuation: per-example values, self-influence, mislabel detection and pruning curves.
+"""Data valuation: per-example values, self-influence, mislabel and poison detection, pruning.
 
 Works with any attributor's scores ``[n_query, n_train]`` (library sign convention: positive
 helps the query's output) or with self-influence. ``valuation_report`` gives a one-call summary.
@@ -6,6 +6,7 @@ helps the query's output) or with self-influence. ``valuation_report`` gives a o
 
 from tda.ranking import TopExamples, top_examples
 from tda.valuation.mislabel import MislabelReport, flip_labels, mislabel_detection
+from tda.valuation.poisoning import Backdoor
 from tda.valuation.pruning import PruningCurve, pruning_curve, removal_order, removed_count
 from tda.valuation.report import ValuationReport, valuation_report
 from tda.valuation.values import (
@@ -16,6 +17,7 @@ from tda.valuation.values import (
 )
 
 __all__ = [
+    "Backdoor",
     "MislabelReport",
     "PruningCurve",
     "TopExamples",
