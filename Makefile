@@ -50,6 +50,7 @@ bench: $(VENV)/.bench
 	$(PY) -m benchmarks.bench_ntk
 	$(PY) -m benchmarks.bench_ntk_lds
 	$(PY) -m benchmarks.bench_valuation
+	$(PY) -m benchmarks.bench_poison
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
