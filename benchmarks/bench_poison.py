@@ -22,25 +22,20 @@ Run from the repository root: ``python -m benchmarks.bench_poison [--quick]``.
 from __future__ import annotations
 
 import argparse
-import shutil
-import time
 
 import numpy as np
 import torch
 
+from benchmarks.bench_valuation import feature_store, timed
 from benchmarks.record import REPO_ROOT, markdown_table, output_path, write_record
 from tda import (
     TRAK,
-    DenseProjector,
     EKFACSolver,
-    GradientFeaturizer,
     GradientSimilarity,
     InfluenceFunction,
     TracIn,
     TrainConfig,
-    featurize,
     load_mnist1d,
-    open_feature_store,
     train,
 )
 from tda.models import MLP, build_model
@@ -59,22 +54,6 @@ BACKDOOR = Backdoor(pattern=(4.0, -4.0, 4.0, -4.0), target=0)
 
 def factory():
     return MLP(40, (128, 128), 10)
-
-
-def timed(function):
-    start = time.perf_counter()
-    result = function()
-    return result, round(time.perf_counter() - start, 2)
-
-
-def feature_store(model, data, attack, dim: int, root):
-    """One model's train and attack-query features (store rebuilt every run)."""
-    shutil.rmtree(root, ignore_errors=True)
-    featurizer = GradientFeaturizer(DenseProjector(dim, seed=0))
-    store = open_feature_store(root, featurizer)
-    featurize(model, {"train": data, "query": attack}, featurizer, store, checkpoint_id="final",
-        progress=False)  # fmt: skip
-    return store
 
 
 def suspicions(model, checkpoints, data, attack, store) -> dict:

@@ -89,14 +89,19 @@ def timed(function):
     return result, round(time.perf_counter() - start, 2)
 
 
-def trak_scores(model, train_data, queries, dim: int, root) -> TRAK:
-    """A fitted TRAK over one model's train and query features (store rebuilt every run)."""
+def feature_store(model, train_data, queries, dim: int, root):
+    """One model's train and (if given) query features, dense k = ``dim`` (rebuilt every run)."""
     shutil.rmtree(root, ignore_errors=True)
     featurizer = GradientFeaturizer(DenseProjector(dim, seed=0))
     store = open_feature_store(root, featurizer)
     splits = {"train": train_data} | ({} if queries is None else {"query": queries})
     featurize(model, splits, featurizer, store, checkpoint_id="final", progress=False)
-    return TRAK(damping=0.1).fit(store)
+    return store
+
+
+def trak_scores(model, train_data, queries, dim: int, root) -> TRAK:
+    """A fitted TRAK (damping 0.1) over :func:`feature_store`."""
+    return TRAK(damping=0.1).fit(feature_store(model, train_data, queries, dim, root))
 
 
 def rankings(model, checkpoints, noisy, settings, workspace) -> dict:
