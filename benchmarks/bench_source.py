@@ -199,8 +199,12 @@ def training_stages(series: list, pipeline: Pipeline) -> list[TrainingStage]:
 
 def staged(attributor, pipeline: Pipeline, queries: Examples):
     """``series -> scores`` of ``attributor.fit_stages`` over the member's stages."""
-    stages = lambda series: training_stages(series, pipeline)  # noqa: E731
-    return lambda series: attributor.fit_stages(MLP, stages(series), pipeline.train).score(queries)
+
+    def score(series: list):
+        stages = training_stages(series, pipeline)
+        return attributor.fit_stages(MLP, stages, pipeline.train).score(queries)
+
+    return score
 
 
 # ---------------------------------------------------------------- rows

@@ -56,7 +56,6 @@ from tda.data.examples import Examples
 from tda.fingerprint import array_fingerprint, model_fingerprint
 from tda.training import TrainConfig
 from unlearn.benchmark import mean_metrics, metrics_of, unlearn_each
-from unlearn.describe import describe
 from unlearn.ensembles import load_or_train_oracles
 from unlearn.forget_sets import ForgetSet, forget_request
 from unlearn.journal import SearchJournal
@@ -239,7 +238,7 @@ def _evaluation(originals, train, proxy, split, test, seeds, oracle_margins, jou
     }
 
     def journaled(method: UnlearningMethod) -> dict:
-        key = journal.key(method=describe(method), **common)
+        key = journal.key(method=method, **common)
         outcome = journal.get(key)
         if outcome is None:
             outcome = run(method)
