@@ -1,10 +1,11 @@
 """unlearn: remove training examples from PyTorch models and prove it.
 
 A validated :class:`UnlearningRequest` names the examples to forget; an :class:`Unlearner` runs
-one method (exact retraining, FT, GA, RL, GradDiff, SalUn, ℓ1-sparse, prune first then unlearn,
-datamodel matching) through one hard-masked training loop on a copy of the model and returns an
-:class:`UnlearningResult` with metrics, timings and an audit record. :mod:`unlearn.benchmark`,
-:mod:`unlearn.klom` and :mod:`unlearn.tuning` measure unlearners against retrained oracles.
+one method (exact retraining, FT, GA, RL, GradDiff, NPO, SalUn, WAGLE, ℓ1-sparse, prune first
+then unlearn, datamodel matching) through one hard-masked training loop on a copy of the model and
+returns an :class:`UnlearningResult` with metrics, timings and an audit record.
+:mod:`unlearn.benchmark`, :mod:`unlearn.klom` and :mod:`unlearn.tuning` measure unlearners against
+retrained oracles.
 """
 
 from unlearn.audit import AuditRecord, append_audit, read_audit_log
@@ -28,6 +29,7 @@ from unlearn.forget_sets import (
     RandomForgetSet,
     forget_request,
 )
+from unlearn.gradients import summed_gradient
 from unlearn.journal import SearchJournal
 from unlearn.klom import (
     klom,
@@ -41,6 +43,7 @@ from unlearn.loop import LoopConfig, Phase, Progress, unlearning_loop
 from unlearn.losses import WeightedLoss
 from unlearn.masks import Mask, check_mask, intersect_masks
 from unlearn.methods import (
+    WAGLE,
     DatamodelMatching,
     DecayingL1Loss,
     ExactRetraining,
@@ -49,6 +52,8 @@ from unlearn.methods import (
     GradientAscent,
     GradientDifference,
     L1Sparse,
+    NegativePreferenceOptimization,
+    NPOLoss,
     PruneThenUnlearn,
     RandomLabels,
     SalUn,
@@ -84,9 +89,10 @@ from unlearn.pruning import (
 )
 from unlearn.request import UnlearningRequest
 from unlearn.result import UnlearningResult
-from unlearn.saliency import forget_gradient, saliency_mask, top_fraction_mask
+from unlearn.saliency import saliency_mask, top_fraction_mask
 from unlearn.tuning import Selection, select_on_proxy, tune_on_proxy
 from unlearn.unlearner import Unlearner
+from unlearn.weight_attribution import weight_attribution, weight_attribution_mask
 
 __all__ = [
     "trak_predictor",
@@ -110,6 +116,8 @@ __all__ = [
     "GradientDifference",
     "IndexForgetSet",
     "L1Sparse",
+    "NPOLoss",
+    "NegativePreferenceOptimization",
     "LoopConfig",
     "MagnitudePruning",
     "Mask",
@@ -125,6 +133,7 @@ __all__ = [
     "UnlearnedGroup",
     "Unlearner",
     "UnlearningMethod",
+    "WAGLE",
     "UnlearningRequest",
     "UnlearningResult",
     "WeightedLoss",
@@ -136,7 +145,6 @@ __all__ = [
     "average_gap",
     "benchmark",
     "check_mask",
-    "forget_gradient",
     "forget_request",
     "gap_report",
     "intersect_masks",
@@ -161,6 +169,7 @@ __all__ = [
     "read_audit_log",
     "saliency_mask",
     "select_on_proxy",
+    "summed_gradient",
     "top_fraction_mask",
     "true_label_probability",
     "tune_on_proxy",
@@ -168,5 +177,7 @@ __all__ = [
     "unlearn_each_stable",
     "unlearning_loop",
     "unlearning_metrics",
+    "weight_attribution",
+    "weight_attribution_mask",
     "untouched_report",
 ]

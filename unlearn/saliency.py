@@ -15,29 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from tda.data.examples import Examples
-from tda.grads import evaluation_mode
-from tda.task import ClassificationTask, Task
-
-
-def forget_gradient(
-    model: nn.Module, forget: Examples, *, task: Task | None = None, batch_size: int = 256
-) -> dict[str, Tensor]:
-    r""":math:`\nabla_\theta \sum_{z\in F}\ell(z;\theta)` per parameter (``.grad`` untouched)."""
-    if len(forget) == 0:
-        raise ValueError("a saliency mask needs a non-empty forget set")
-    task = task if task is not None else ClassificationTask()
-    names, parameters = zip(*model.named_parameters(), strict=True)
-    total = [torch.zeros_like(p) for p in parameters]
-    with evaluation_mode(model):
-        for start in range(0, len(forget), batch_size):
-            inputs = forget.inputs[start : start + batch_size]
-            targets = forget.targets[start : start + batch_size]
-            loss = task.loss(model(inputs), targets).sum()
-            for accumulated, gradient in zip(
-                total, torch.autograd.grad(loss, parameters), strict=True
-            ):
-                accumulated.add_(gradient)
-    return dict(zip(names, total, strict=True))
+from tda.task import Task
+from unlearn.gradients import summed_gradient
 
 
 def top_fraction_mask(scores: dict[str, Tensor], fraction: float) -> dict[str, Tensor]:
@@ -70,5 +49,7 @@ def saliency_mask(
         fraction: :math:`r`, the share of all weights left trainable (SalUn's default 0.5).
         task: supplies :math:`\\ell` (default cross-entropy).
     """
-    gradient = forget_gradient(model, forget, task=task)
+    if len(forget) == 0:
+        raise ValueError("a saliency mask needs a non-empty forget set")
+    gradient = summed_gradient(model, forget, task=task)
     return top_fraction_mask({name: g.abs() for name, g in gradient.items()}, fraction)

@@ -13,8 +13,8 @@ from unlearn import (
     RandomLabels,
     SalUn,
     UnlearningRequest,
-    forget_gradient,
     saliency_mask,
+    summed_gradient,
     top_fraction_mask,
 )
 
@@ -25,7 +25,7 @@ MOMENTUM_AND_DECAY = LoopConfig(
 )
 
 
-def test_the_forget_gradient_equals_a_loop_over_examples(tiny_mlp, tiny_data):
+def test_the_summed_gradient_equals_a_loop_over_examples(tiny_mlp, tiny_data):
     expected = {name: torch.zeros_like(p) for name, p in tiny_mlp.named_parameters()}
     for x, y in zip(tiny_data.inputs, tiny_data.targets, strict=True):
         loss = ClassificationTask().loss(tiny_mlp(x.unsqueeze(0)), y.unsqueeze(0)).sum()
@@ -35,7 +35,7 @@ def test_the_forget_gradient_equals_a_loop_over_examples(tiny_mlp, tiny_data):
             strict=True,
         ):
             expected[name] += g
-    computed = forget_gradient(tiny_mlp, tiny_data, batch_size=7)
+    computed = summed_gradient(tiny_mlp, tiny_data, batch_size=7)
     for name in expected:
         torch.testing.assert_close(computed[name], expected[name], rtol=0, atol=1e-12)
     assert all(p.grad is None for p in tiny_mlp.parameters())
@@ -45,7 +45,7 @@ def test_the_forget_gradient_equals_a_loop_over_examples(tiny_mlp, tiny_data):
 def test_the_saliency_mask_keeps_the_largest_gradients_globally(tiny_mlp, tiny_data, fraction):
     mask = saliency_mask(tiny_mlp, tiny_data, fraction)
     magnitude = torch.cat(
-        [g.abs().flatten() for g in forget_gradient(tiny_mlp, tiny_data).values()]
+        [g.abs().flatten() for g in summed_gradient(tiny_mlp, tiny_data).values()]
     )
     chosen = torch.cat([m.flatten() for m in mask.values()])
     assert int(chosen.sum()) == math.ceil(fraction * 83)
