@@ -1,9 +1,9 @@
 import copy
-from functools import partial
 
 import pytest
 import torch
 
+from tests.unlearn.reference import MOMENTUM_AND_DECAY
 from unlearn import (
     FineTune,
     ForgetSplit,
@@ -21,11 +21,6 @@ from unlearn import (
 )
 from unlearn.methods.retrain import ExactRetraining
 
-MOMENTUM_AND_DECAY = LoopConfig(
-    epochs=3,
-    batch_size=4,
-    optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1),
-)
 PRUNABLE = 6 * 8 + 8 * 3  # the tiny MLP's two weight matrices; biases are never pruned
 
 

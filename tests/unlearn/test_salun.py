@@ -1,15 +1,13 @@
 import copy
 import math
-from functools import partial
 
 import pytest
 import torch
 
 from tda.fingerprint import model_fingerprint
-from tda.task import ClassificationTask
+from tests.unlearn.reference import MOMENTUM_AND_DECAY, summed_by_loop
 from unlearn import (
     ForgetSplit,
-    LoopConfig,
     RandomLabels,
     SalUn,
     UnlearningRequest,
@@ -18,23 +16,10 @@ from unlearn import (
     top_fraction_mask,
 )
 
-MOMENTUM_AND_DECAY = LoopConfig(
-    epochs=3,
-    batch_size=4,
-    optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1),
-)
-
 
 def test_the_summed_gradient_equals_a_loop_over_examples(tiny_mlp, tiny_data):
-    expected = {name: torch.zeros_like(p) for name, p in tiny_mlp.named_parameters()}
-    for x, y in zip(tiny_data.inputs, tiny_data.targets, strict=True):
-        loss = ClassificationTask().loss(tiny_mlp(x.unsqueeze(0)), y.unsqueeze(0)).sum()
-        for (name, _), g in zip(
-            tiny_mlp.named_parameters(),
-            torch.autograd.grad(loss, list(tiny_mlp.parameters())),
-            strict=True,
-        ):
-            expected[name] += g
+    names = [name for name, _ in tiny_mlp.named_parameters()]
+    expected = dict(zip(names, summed_by_loop(tiny_mlp, tiny_data), strict=True))
     computed = summed_gradient(tiny_mlp, tiny_data, batch_size=7)
     for name in expected:
         torch.testing.assert_close(computed[name], expected[name], rtol=0, atol=1e-12)

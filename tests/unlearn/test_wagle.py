@@ -1,27 +1,19 @@
 import copy
 import math
-from functools import partial
 
 import pytest
 import torch
 
 from tda.fingerprint import model_fingerprint
-from tda.task import ClassificationTask
+from tests.unlearn.reference import MOMENTUM_AND_DECAY, summed_by_loop
 from unlearn import (
     WAGLE,
     ForgetSplit,
     GradientDifference,
-    LoopConfig,
     NegativePreferenceOptimization,
     UnlearningRequest,
     weight_attribution,
     weight_attribution_mask,
-)
-
-MOMENTUM_AND_DECAY = LoopConfig(
-    epochs=3,
-    batch_size=4,
-    optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.1),
 )
 
 
@@ -29,23 +21,13 @@ def _split(data) -> ForgetSplit:
     return ForgetSplit.of(data, UnlearningRequest([0, 3, 5, 8, 11], train_size=len(data), seed=1))
 
 
-def _summed_by_loop(model, examples) -> list[torch.Tensor]:
-    parameters = list(model.parameters())
-    total = [torch.zeros_like(p) for p in parameters]
-    for x, y in zip(examples.inputs, examples.targets, strict=True):
-        loss = ClassificationTask().loss(model(x[None]), y[None]).sum()
-        for accumulated, g in zip(total, torch.autograd.grad(loss, parameters), strict=True):
-            accumulated += g
-    return total
-
-
 @pytest.mark.parametrize("curvature", [1e-3, 10.0])
 def test_weight_attribution_equals_its_formula_from_per_example_gradients(
     tiny_mlp, tiny_data, curvature
 ):
     split = _split(tiny_data)
-    forget = _summed_by_loop(tiny_mlp, split.forget)
-    retain = _summed_by_loop(tiny_mlp, split.retain)
+    forget = summed_by_loop(tiny_mlp, split.forget)
+    retain = summed_by_loop(tiny_mlp, split.retain)
     scores = weight_attribution(tiny_mlp, split.forget, split.retain, curvature=curvature)
     for (name, p), g_f, g_r in zip(tiny_mlp.named_parameters(), forget, retain, strict=True):
         expected = ((p.detach() - g_r / curvature) * g_f).abs()
@@ -70,8 +52,8 @@ def test_the_weights_own_value_matters_only_where_curvature_is_large(tiny_mlp, t
         [
             (g_r * g_f).abs().flatten()
             for g_r, g_f in zip(
-                _summed_by_loop(tiny_mlp, split.retain),
-                _summed_by_loop(tiny_mlp, split.forget),
+                summed_by_loop(tiny_mlp, split.retain),
+                summed_by_loop(tiny_mlp, split.forget),
                 strict=True,
             )
         ]
@@ -80,7 +62,7 @@ def test_the_weights_own_value_matters_only_where_curvature_is_large(tiny_mlp, t
         [
             (p.detach() * g_f).abs().flatten()
             for p, g_f in zip(
-                tiny_mlp.parameters(), _summed_by_loop(tiny_mlp, split.forget), strict=True
+                tiny_mlp.parameters(), summed_by_loop(tiny_mlp, split.forget), strict=True
             )
         ]
     ).argsort()
