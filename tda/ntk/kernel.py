@@ -134,7 +134,9 @@ class EmpiricalNTK:
         if right is None:
             self.check_memory(model, left, n_left=0, n_right=len(left), square=True)
             features = self.features(model, left)
-            return finite_kernel(kernel_from_features(features, features)).to(left.device)
+            gram = kernel_from_features(features, features)
+            # exactly symmetric: a BLAS product need not round (i, j) and (j, i) alike
+            return finite_kernel((gram + gram.T) / 2).to(left.device)
         self.check_memory(model, left, n_left=len(left), n_right=len(right))
         return self.cross_matrix(model, left, self.features(model, right)).to(left.device)
 
