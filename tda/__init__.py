@@ -16,7 +16,16 @@ from tda.curvature import (
     LiSSASolver,
     SolverDivergedError,
 )
-from tda.data import DataSplits, Examples, as_examples, load_digits, load_mnist1d
+from tda.data import (
+    DataSplits,
+    Examples,
+    FactSet,
+    as_examples,
+    load_digits,
+    load_mnist1d,
+    load_python_source,
+    make_facts,
+)
 from tda.datamodels import GroundTruthStore, SubsetRetrainer, sample_subsets
 from tda.device import on_device, resolve_device
 from tda.ensemble import load_member, train_ensemble
@@ -55,8 +64,9 @@ from tda.ntk import (
 )
 from tda.projection import DenseProjector, IdentityProjector, SparseProjector
 from tda.store import FeatureStore, IncompleteStoreError, StoreMismatchError
-from tda.task import ClassificationTask
+from tda.task import ClassificationTask, LanguageModelingTask
 from tda.training import TrainConfig, train
+from tda.transformer import CausalTransformer
 from tda.valuation import (
     Backdoor,
     flip_labels,
@@ -109,6 +119,11 @@ __all__ = [
     "CNN1d",
     "Checkpoint",
     "ClassificationTask",
+    "LanguageModelingTask",
+    "CausalTransformer",
+    "FactSet",
+    "load_python_source",
+    "make_facts",
     "DataSplits",
     "DenseProjector",
     "Examples",

@@ -89,3 +89,39 @@ class ClassLogit:
 
     def out_to_loss(self, logits: Tensor, target: Tensor) -> Tensor:
         return ClassificationTask().out_to_loss(logits, target)
+
+
+IGNORE_INDEX = -100
+"""Target value of a position that no loss or output counts (padding, a prompt's tokens)."""
+
+
+def _token_log_likelihoods(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """:math:`\\log p(y_t)` at every position (0 where ignored) and the mask of counted ones."""
+    counted = target != IGNORE_INDEX
+    mask = _true_class_mask(logits, target.masked_fill(~counted, 0))
+    log_likelihood = (logits * mask).sum(-1) - torch.logsumexp(logits, dim=-1)
+    return log_likelihood * counted, counted
+
+
+@dataclass(frozen=True)
+class LanguageModelingTask:
+    r"""Next-token prediction over sequences: logits ``[T, V]``, targets ``[T]`` per example.
+
+    ``output`` is the sequence's log-likelihood :math:`f = \sum_t \log p_\theta(y_t \mid y_{<t})`
+    over the counted positions (targets other than :data:`IGNORE_INDEX`, e.g. only an answer's
+    tokens), ``loss`` the mean token negative log-likelihood :math:`\ell = -f / T_c` over the
+    :math:`T_c` counted positions, and so ``out_to_loss`` is :math:`Q = -\partial\ell/\partial f =
+    1/T_c`. A sequence with no counted position has output, loss and :math:`Q` zero.
+    """
+
+    def output(self, logits: Tensor, target: Tensor) -> Tensor:
+        log_likelihood, _ = _token_log_likelihoods(logits, target)
+        return log_likelihood.sum(-1)
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        log_likelihood, counted = _token_log_likelihoods(logits, target)
+        return -log_likelihood.sum(-1) / counted.sum(-1).clamp_min(1)
+
+    def out_to_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        counted = (target != IGNORE_INDEX).sum(-1).to(logits.dtype)
+        return torch.where(counted > 0, 1.0 / counted.clamp_min(1), 0.0)

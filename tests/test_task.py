@@ -1,6 +1,6 @@
 import torch
 
-from tda.task import ClassificationTask
+from tda.task import IGNORE_INDEX, ClassificationTask, LanguageModelingTask
 
 
 def test_margin_is_log_odds_of_the_true_class():
@@ -34,3 +34,46 @@ def test_per_example_and_batched_calls_agree():
         [task.output(logit, target) for logit, target in zip(logits, targets, strict=True)]
     )
     torch.testing.assert_close(batched, single, rtol=0, atol=0)
+
+
+def _sequence_logits_and_targets():
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 5, 7, dtype=torch.float64, generator=generator)
+    targets = torch.randint(0, 7, (3, 5), generator=generator)
+    targets[0, :2] = IGNORE_INDEX  # a prompt whose tokens are not counted
+    targets[2, :] = IGNORE_INDEX  # nothing counted at all
+    return logits, targets
+
+
+def test_language_modeling_output_is_the_log_likelihood_of_the_counted_tokens():
+    logits, targets = _sequence_logits_and_targets()
+    summed = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    ).sum(-1)
+    output = LanguageModelingTask().output(logits, targets)
+    torch.testing.assert_close(output, -summed, rtol=1e-12, atol=1e-12)
+    assert output[2] == 0
+
+
+def test_language_modeling_loss_is_the_mean_token_nll_and_out_to_loss_its_derivative():
+    task = LanguageModelingTask()
+    logits, targets = _sequence_logits_and_targets()
+    for row in range(2):
+        expected = torch.nn.functional.cross_entropy(
+            logits[row], targets[row], ignore_index=IGNORE_INDEX
+        )
+        torch.testing.assert_close(
+            task.loss(logits[row], targets[row]), expected, rtol=1e-12, atol=0
+        )
+        # loss = -f / T_c, so -dloss/df = 1 / T_c
+        counted = int((targets[row] != IGNORE_INDEX).sum())
+        assert float(task.out_to_loss(logits[row], targets[row])) == 1 / counted
+    assert task.loss(logits[2], targets[2]) == 0 and task.out_to_loss(logits[2], targets[2]) == 0
+
+
+def test_language_modeling_per_example_and_batched_calls_agree():
+    task = LanguageModelingTask()
+    logits, targets = _sequence_logits_and_targets()
+    for function in (task.output, task.loss, task.out_to_loss):
+        single = torch.stack([function(x, y) for x, y in zip(logits, targets, strict=True)])
+        torch.testing.assert_close(function(logits, targets), single, rtol=0, atol=0)

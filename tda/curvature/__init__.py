@@ -32,6 +32,7 @@ from tda.curvature.kronecker import (
     KroneckerEigenbasis,
     apply_in_eigenbasis,
     fit_kronecker_eigenbases,
+    kronecker_parameters,
     sample_targets,
 )
 from tda.curvature.simple import (
@@ -62,6 +63,7 @@ __all__ = [
     "empirical_fisher_diagonal",
     "explicit_curvature",
     "fit_kronecker_eigenbases",
+    "kronecker_parameters",
     "gauss_newton_diagonal",
     "gauss_newton_vector_product",
     "hessian_vector_product",

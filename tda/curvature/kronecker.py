@@ -137,6 +137,28 @@ def _kronecker_layers(model: nn.Module, parameters: Sequence[str] | None) -> lis
     return layers
 
 
+def kronecker_parameters(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters K-FAC and EK-FAC can cover, in model order: weights and
+    biases of ``nn.Linear`` and ``groups=1`` convolutions (pass them as ``parameters`` for a model
+    with other layers too, e.g. a transformer's embeddings and LayerNorms).
+
+    Raises:
+        ValueError: the model has no such layer.
+    """
+    owners = _parameter_owners(model)
+    names = [
+        name
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad
+        and len(owners[id(parameter)]) == 1
+        and is_positional(owners[id(parameter)][0][1])
+        and owners[id(parameter)][0][2] in ("weight", "bias")
+    ]
+    if not names:
+        raise ValueError("the model has no nn.Linear or groups=1 convolution layer for K-FAC")
+    return names
+
+
 def _describe(module: nn.Module) -> str:
     groups = getattr(module, "groups", 1)
     return type(module).__name__ + (f" with groups={groups}" if groups != 1 else "")

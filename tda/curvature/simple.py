@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call, hessian, jacrev, vmap
 
@@ -26,6 +27,8 @@ from tda.grads import evaluation_mode, iter_per_sample_gradients, select_paramet
 from tda.task import Task
 
 DiagonalCurvature = Literal["gauss_newton", "empirical_fisher"]
+DIAGONAL_CHUNK_BYTES = 2**30
+"""Working memory the Gauss-Newton diagonal may take per chunk of examples."""
 
 
 def gauss_newton_diagonal(
@@ -38,7 +41,9 @@ def gauss_newton_diagonal(
 ) -> Tensor:
     r"""``[p]``: the diagonal of the Gauss-Newton matrix of the mean loss over ``data``.
 
-    Memory per chunk is ``chunk_size * C * p`` (the logit Jacobians).
+    Memory per chunk is ``chunk_size * C * (p + C)`` (the logit Jacobians and the loss's Hessian in
+    the logits; ``C = T * V`` for a sequence model's ``[T, V]`` logits); the chunk is made smaller
+    where that would pass :data:`DIAGONAL_CHUNK_BYTES`.
     """
     if len(data) == 0:
         raise ValueError("cannot compute a curvature diagonal over an empty set of examples")
@@ -46,16 +51,19 @@ def gauss_newton_diagonal(
     state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
 
     def one_example(x: Tensor, y: Tensor) -> Tensor:
-        def logits_of(p: dict[str, Tensor]) -> Tensor:
-            return functional_call(model, {**state, **p}, (x.unsqueeze(0),)).squeeze(0)
+        shape = functional_call(model, {**state, **params}, (x.unsqueeze(0),)).shape[1:]
+
+        def logits_of(p: dict[str, Tensor]) -> Tensor:  # flattened: [C], or [T * V] for a sequence
+            return functional_call(model, {**state, **p}, (x.unsqueeze(0),)).reshape(-1)
 
         jacobian = jacrev(logits_of)(params)  # {name: [C, *shape]}
         logits = logits_of(params)
         jacobian = flatten(jacobian, len(logits))  # [C, p]
-        output_hessian = hessian(lambda o: task.loss(o, y))(logits)  # [C, C]
+        output_hessian = hessian(lambda o: task.loss(o.reshape(shape), y))(logits)  # [C, C]
         return ((output_hessian @ jacobian) * jacobian).sum(0)
 
     total = None
+    chunk_size = _fitting_chunk(model, data, params, chunk_size)
     with evaluation_mode(model):
         for start in range(0, len(data), chunk_size):
             x, y = to_device_of(
@@ -66,6 +74,16 @@ def gauss_newton_diagonal(
             chunk = vmap(one_example)(x, y).sum(0)
             total = chunk if total is None else total + chunk
     return total / len(data)
+
+
+def _fitting_chunk(model: nn.Module, data: Examples, params: dict, chunk_size: int) -> int:
+    """``chunk_size``, lowered (to 1 at least) so a chunk's ``C * p`` Jacobians and ``C * C``
+    logit Hessians fit :data:`DIAGONAL_CHUNK_BYTES`: a language model's ``C = T * V`` is large."""
+    with torch.no_grad(), evaluation_mode(model):
+        logits = model(*to_device_of(model, data.inputs[:1]))
+    count, size = logits[0].numel(), sum(p.numel() for p in params.values())
+    per_example = (count * size + count * count) * logits.element_size()
+    return max(1, min(chunk_size, DIAGONAL_CHUNK_BYTES // per_example))
 
 
 def empirical_fisher_diagonal(

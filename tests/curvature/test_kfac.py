@@ -15,6 +15,7 @@ from tda.data import Examples
 from tda.grads import per_sample_gradients, select_parameters
 from tda.models import MLP, CNN1d, LogisticRegression, build_model
 from tda.task import ClassificationTask
+from tda.transformer import CausalTransformer
 
 TASK = ClassificationTask()
 SOLVERS = (KFACSolver, EKFACSolver)
@@ -477,3 +478,16 @@ def test_solve_checks_its_inputs(tiny_mlp, tiny_data):
         singular.solve(torch.ones(1, 83, dtype=torch.float64))
     with pytest.raises(ValueError, match="empty"):
         solver.fit(tiny_mlp, TASK, tiny_data.subset([]))
+
+
+def test_kronecker_parameters_are_the_linear_weights_and_biases_in_model_order():
+    model = CausalTransformer(vocab_size=5, context=4, dim=4, heads=2, layers=1, hidden=4)
+    expected = [
+        f"{module}.{kind}"
+        for module, layer in model.named_modules()
+        if isinstance(layer, torch.nn.Linear)
+        for kind in ("weight", "bias")
+    ]
+    assert kronecker.kronecker_parameters(model) == expected  # embeddings and LayerNorms left out
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        kronecker.kronecker_parameters(torch.nn.LayerNorm(3))
