@@ -22,6 +22,12 @@ from unlearn.benchmark import (
     untouched_report,
 )
 from unlearn.ensembles import OracleGroup, load_or_train, load_or_train_oracles, oracle_directory
+from unlearn.forget_quality import (
+    answer_probabilities,
+    forget_quality,
+    model_utility,
+    truth_ratios,
+)
 from unlearn.forget_sets import (
     ClassForgetSet,
     ForgetSet,
@@ -170,6 +176,10 @@ __all__ = [
     "saliency_mask",
     "select_on_proxy",
     "summed_gradient",
+    "answer_probabilities",
+    "forget_quality",
+    "model_utility",
+    "truth_ratios",
     "top_fraction_mask",
     "true_label_probability",
     "tune_on_proxy",

@@ -25,6 +25,7 @@ from tda.checkpoints import list_checkpoints
 from tda.data.examples import Examples
 from tda.ensemble import load_member, member_directory, train_ensemble
 from tda.fingerprint import array_fingerprint
+from tda.task import ClassificationTask, Task
 from tda.training import TrainConfig
 from unlearn.forget_sets import forget_request
 from unlearn.methods.base import ForgetSplit
@@ -36,9 +37,11 @@ def load_or_train(
     config: TrainConfig,
     seeds: Sequence[int],
     root: str | os.PathLike,
+    *,
+    task: Task = ClassificationTask(),
 ) -> list[nn.Module]:
     """One model per seed trained on ``data`` in ``root`` (finished ones are loaded), eval mode."""
-    members = train_ensemble(model_factory, data, config, seeds, root, progress=False)
+    members = train_ensemble(model_factory, data, config, seeds, root, task=task, progress=False)
     return [load_member(model_factory, members[seed][-1]) for seed in seeds]
 
 
@@ -79,6 +82,8 @@ def load_or_train_oracles(
     config: TrainConfig,
     seeds: Sequence[int],
     root: str | os.PathLike,
+    *,
+    task: Task = ClassificationTask(),
 ) -> OracleGroup:
     r"""Oracles retrained on :math:`R = S \setminus F`, one per seed, in their own directory."""
     retain = ForgetSplit.of(train, forget_request(forget_indices, train)).retain
@@ -88,7 +93,9 @@ def load_or_train_oracles(
         record = _seconds_file(directory, seed)
         trained_before = _finished(member_directory(directory, seed), config)
         start = time.perf_counter()
-        members = train_ensemble(model_factory, retain, config, [seed], directory, progress=False)
+        members = train_ensemble(
+            model_factory, retain, config, [seed], directory, task=task, progress=False
+        )
         if not trained_before:
             elapsed = {"seed": seed, "seconds": time.perf_counter() - start}
             write_bytes_atomic(record, json.dumps(elapsed).encode())

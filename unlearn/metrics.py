@@ -22,24 +22,42 @@ from torch import nn
 
 from tda.data.examples import Examples
 from tda.outputs import logits_of
+from tda.task import IGNORE_INDEX
 
 GAP_METRICS = ("UA", "RA", "TA", "MIA")
 
 
 def accuracy_percent(model: nn.Module, examples: Examples) -> float:
-    """Percentage of ``examples`` whose arg-max logit is the target."""
+    """Percentage of ``examples`` whose arg-max logit is the target.
+
+    With sequence targets (``[n, T]``, a language model's) an example is correct when the arg-max
+    is the target at every counted position (exact match under teacher forcing; positions whose
+    target is :data:`~tda.task.IGNORE_INDEX` are skipped).
+    """
     if len(examples) == 0:
         raise ValueError("accuracy of an empty set is undefined")
-    predictions = logits_of(model, examples).argmax(dim=-1)
-    correct = int((predictions == examples.targets.to(predictions.device)).sum())
-    return 100.0 * correct / len(examples)
+    logits = logits_of(model, examples)
+    targets = examples.targets.to(logits.device)
+    correct = (logits.argmax(dim=-1) == targets) | (targets == IGNORE_INDEX)
+    return 100.0 * int(correct.reshape(len(examples), -1).all(dim=1).sum()) / len(examples)
 
 
 def true_label_probability(model: nn.Module, examples: Examples) -> np.ndarray:
-    r""":math:`p_y(x) = \mathrm{softmax}(f(x))_y` for every example, ``[n]`` float64."""
-    probabilities = torch.softmax(logits_of(model, examples).double(), dim=-1)
-    chosen = probabilities.gather(1, examples.targets.to(probabilities.device).view(-1, 1))
-    return chosen.squeeze(1).cpu().numpy()
+    r""":math:`p_y(x) = \mathrm{softmax}(f(x))_y` for every example, ``[n]`` float64.
+
+    With sequence targets, the geometric mean of :math:`p_{y_t}` over the counted positions
+    (1 where none is counted).
+    """
+    logits = logits_of(model, examples).double()
+    targets = examples.targets.to(logits.device)
+    if targets.dim() == 1:
+        chosen = torch.softmax(logits, dim=-1).gather(1, targets.view(-1, 1))
+        return chosen.squeeze(1).cpu().numpy()
+    counted = targets != IGNORE_INDEX
+    log_probability = torch.log_softmax(logits, dim=-1)
+    chosen = log_probability.gather(-1, targets.masked_fill(~counted, 0).unsqueeze(-1)).squeeze(-1)
+    total = (chosen * counted).reshape(len(examples), -1).sum(1)
+    return torch.exp(total / counted.reshape(len(examples), -1).sum(1).clamp_min(1)).cpu().numpy()
 
 
 def mia_efficacy(

@@ -3,7 +3,9 @@ import torch
 from torch.nn import functional
 
 from tda.data import Examples
+from tda.task import IGNORE_INDEX
 from unlearn import accuracy_percent, average_gap, mia_efficacy, unlearning_metrics
+from unlearn.metrics import true_label_probability
 
 
 def _predicting(classes: torch.Tensor, targets: torch.Tensor) -> Examples:
@@ -57,3 +59,22 @@ def test_empty_sets_give_clear_errors():
     with pytest.raises(ValueError, match="non-empty test set"):
         mia_efficacy(torch.nn.Identity(), forget, retain, empty)
     assert set(unlearning_metrics(torch.nn.Identity(), empty, retain, test)) == {"RA", "TA"}
+
+
+def test_sequence_accuracy_needs_every_counted_token_and_skips_the_rest():
+    # identity "model" on logits [n, T, V]: rows 0 and 1 predict tokens (1, 2, 3)
+    logits = 10.0 * functional.one_hot(torch.tensor([[1, 2, 3], [1, 2, 3]]), 4).double()
+    targets = torch.tensor([[IGNORE_INDEX, 2, 3], [1, 0, 3]])  # right where counted / one miss
+    assert accuracy_percent(torch.nn.Identity(), Examples(logits, targets)) == 50.0
+
+
+def test_sequence_probability_is_the_geometric_mean_over_counted_tokens():
+    logits = torch.randn(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([[IGNORE_INDEX, 2, 3], [1, 0, 3]])
+    probabilities = torch.softmax(logits, dim=-1)
+    expected = [
+        (probabilities[0, 1, 2] * probabilities[0, 2, 3]) ** 0.5,
+        (probabilities[1, 0, 1] * probabilities[1, 1, 0] * probabilities[1, 2, 3]) ** (1 / 3),
+    ]
+    found = true_label_probability(torch.nn.Identity(), Examples(logits, targets))
+    torch.testing.assert_close(torch.as_tensor(found), torch.stack(expected), rtol=1e-12, atol=0)

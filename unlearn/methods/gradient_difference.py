@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from tda.task import ClassificationTask, Task
 from unlearn.loop import LoopConfig, Phase, unlearning_loop
 from unlearn.losses import WeightedLoss
 from unlearn.masks import Mask
@@ -33,10 +34,13 @@ class GradientDifference:
     Attributes:
         loop: optimiser, epochs, batch size and schedule.
         retain_weight: :math:`\gamma \ge 0`.
+        task: supplies :math:`\ell` (default cross-entropy; a language model's token NLL with
+            :class:`~tda.task.LanguageModelingTask`).
     """
 
     loop: LoopConfig = field(default_factory=_default_loop)
     retain_weight: float = 1.0
+    task: Task = field(default_factory=ClassificationTask)
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -46,7 +50,7 @@ class GradientDifference:
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
     ) -> nn.Module:
-        loss = WeightedLoss({"forget": -1.0, "retain": self.retain_weight})
+        loss = WeightedLoss({"forget": -1.0, "retain": self.retain_weight}, self.task)
         sources = {"forget": split.forget, "retain": split.retain}
         phase = Phase("forget and retain", sources, loss, lead="forget")
         return unlearning_loop(model, [phase], self.loop, mask=mask, seed=seed)

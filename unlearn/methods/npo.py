@@ -77,11 +77,14 @@ class NegativePreferenceOptimization:
         loop: optimiser, epochs, batch size and schedule (a pass over :math:`F` is an epoch).
         beta: :math:`\beta > 0` (reference 0.1).
         retain_weight: :math:`\gamma \ge 0`.
+        task: supplies :math:`\ell` (default cross-entropy; with
+            :class:`~tda.task.LanguageModelingTask` a sequence's mean token NLL).
     """
 
     loop: LoopConfig = field(default_factory=_default_loop)
     beta: float = 0.1
     retain_weight: float = 1.0
+    task: Task = field(default_factory=ClassificationTask)
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -94,7 +97,7 @@ class NegativePreferenceOptimization:
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
     ) -> nn.Module:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-        loss = NPOLoss(reference, self.beta, self.retain_weight)
+        loss = NPOLoss(reference, self.beta, self.retain_weight, self.task)
         sources = {"forget": split.forget, "retain": split.retain}
         phase = Phase("npo and retain", sources, loss, lead="forget")
         return unlearning_loop(model, [phase], self.loop, mask=mask, seed=seed)

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from torch import nn
 
+from tda.task import ClassificationTask, Task
 from unlearn.masks import Mask, intersect_masks
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
 from unlearn.methods.gradient_difference import GradientDifference
@@ -26,11 +27,14 @@ class WAGLE:
         base: the unlearner run inside the mask (default GradDiff).
         fraction: :math:`r`, the share of all weights that may change (the paper's masks: 0.8).
         curvature: :math:`\mu > 0`, the diagonal-Hessian constant of the scores.
+        task: supplies the loss whose gradients score the weights (default cross-entropy; give
+            the base unlearner the same task).
     """
 
     base: UnlearningMethod = field(default_factory=GradientDifference)
     fraction: float = 0.8
     curvature: float = 1e-3
+    task: Task = field(default_factory=ClassificationTask)
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -43,7 +47,12 @@ class WAGLE:
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
     ) -> nn.Module:
         attributed = weight_attribution_mask(
-            model, split.forget, split.retain, self.fraction, curvature=self.curvature
+            model,
+            split.forget,
+            split.retain,
+            self.fraction,
+            curvature=self.curvature,
+            task=self.task,
         )
         inside = intersect_masks(mask, attributed)
         return self.base.unlearn(model, split, seed=seed, mask=inside)
