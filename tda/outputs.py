@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from tda.data.examples import Examples
 from tda.device import to_device_of
 from tda.grads import evaluation_mode
-from tda.task import Task
+from tda.task import IGNORE_INDEX, Task
 
 
 @torch.no_grad()
@@ -29,6 +29,8 @@ def task_outputs(model: nn.Module, task: Task, examples: Examples, batch_size: i
 
 
 def accuracy(model: nn.Module, examples: Examples, batch_size: int = 1024) -> float:
-    """Fraction of examples whose arg-max logit is the target."""
+    """Fraction of examples whose arg-max logit is the target; for sequence targets ``[n, T]``,
+    of the positions whose target is counted (not :data:`~tda.task.IGNORE_INDEX`)."""
     predictions = logits_of(model, examples, batch_size).argmax(dim=-1)
-    return float((predictions == examples.targets).float().mean())
+    counted = examples.targets != IGNORE_INDEX
+    return float((predictions == examples.targets)[counted].float().mean())

@@ -1,5 +1,7 @@
 import torch
 
+from tda.data import Examples
+from tda.outputs import accuracy
 from tda.task import IGNORE_INDEX, ClassificationTask, LanguageModelingTask
 
 
@@ -77,3 +79,11 @@ def test_language_modeling_per_example_and_batched_calls_agree():
     for function in (task.output, task.loss, task.out_to_loss):
         single = torch.stack([function(x, y) for x, y in zip(logits, targets, strict=True)])
         torch.testing.assert_close(function(logits, targets), single, rtol=0, atol=0)
+
+
+def test_accuracy_of_sequences_counts_only_the_counted_positions():
+    logits = 10.0 * torch.nn.functional.one_hot(torch.tensor([[1, 2, 3], [1, 2, 3]]), 4).double()
+    targets = torch.tensor([[IGNORE_INDEX, 2, 0], [1, 2, IGNORE_INDEX]])  # 3 of 4 counted right
+    assert accuracy(torch.nn.Identity(), Examples(logits, targets)) == 0.75
+    labels = torch.tensor([1, 0])  # classification: one of two
+    assert accuracy(torch.nn.Identity(), Examples(logits[:, 0], labels)) == 0.5

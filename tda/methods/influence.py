@@ -17,7 +17,7 @@ then streamed in chunks, so memory is bounded by ``chunk_size * p + q * p``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -38,14 +38,18 @@ class InfluenceFunction:
     Args:
         solver: applies :math:`(H + \\lambda I)^{-1}` (explicit, CG, LiSSA, K-FAC, diagonal...).
         task: the attributed ``output`` :math:`f` and training ``loss`` :math:`\\ell`.
-        parameters: names of the parameters to attribute through (default: all trainable ones).
+        parameters: names of the parameters to attribute through (default: all trainable ones),
+            or a function of the model giving them, e.g.
+            :func:`tda.curvature.kronecker_parameters` for K-FAC / EK-FAC on a model with other
+            layers too (resolved at ``fit``).
         chunk_size: examples per per-sample-gradient call and per solve.
     """
 
     solver: CurvatureSolver
     task: Task = ClassificationTask()
-    parameters: Sequence[str] | None = None
+    parameters: Sequence[str] | Callable[[nn.Module], Sequence[str]] | None = None
     chunk_size: int = 256
+    selected: list[str] | None = field(default=None, init=False, repr=False)
     model: nn.Module | None = field(default=None, init=False, repr=False)
     train: Examples | None = field(default=None, init=False, repr=False)
     fitted_solver: CurvatureSolver | None = field(default=None, init=False, repr=False)
@@ -61,7 +65,9 @@ class InfluenceFunction:
         """
         if len(train) == 0:
             raise ValueError("cannot fit influence functions on an empty training set")
-        self.fitted_solver = self.solver.fit(model, self.task, train, parameters=self.parameters)
+        chosen = self.parameters(model) if callable(self.parameters) else self.parameters
+        self.selected = None if chosen is None else list(chosen)
+        self.fitted_solver = self.solver.fit(model, self.task, train, parameters=self.selected)
         self.model, self.train = model, train
         return self
 
@@ -97,8 +103,14 @@ class InfluenceFunction:
 
     def config(self) -> dict:
         """Method name, solver configuration and attributed parameters."""
-        names = None if self.parameters is None else list(self.parameters)
-        return {"method": "influence", "solver": self.solver.config(), "parameters": names}
+        return {"method": "influence", "solver": self.solver.config(), "parameters": self._names()}
+
+    def _names(self) -> list[str] | str | None:
+        if self.selected is not None or self.parameters is None:
+            return self.selected
+        if callable(self.parameters):  # not fitted yet: name the rule
+            return f"{getattr(self.parameters, 'func', self.parameters).__name__}(model)"
+        return list(self.parameters)
 
     def _require_fitted(self) -> Examples:
         if self.fitted_solver is None:
@@ -112,7 +124,7 @@ class InfluenceFunction:
             data.inputs,
             data.targets,
             function=function,
-            parameters=self.parameters,
+            parameters=self.selected,
             chunk_size=self.chunk_size,
         )
 

@@ -20,6 +20,7 @@ from tda.curvature import (
     IdentitySolver,
     KFACSolver,
     LiSSASolver,
+    kronecker_parameters,
 )
 from tda.data import DataSplits
 from tda.features import GradientFeaturizer
@@ -35,8 +36,9 @@ from tda.methods import (
 )
 from tda.models import MLP, CNN1d, LogisticRegression
 from tda.projection import DenseProjector, IdentityProjector, SparseProjector
-from tda.task import ClassificationTask
+from tda.task import ClassificationTask, LanguageModelingTask
 from tda.training import TrainConfig
+from tda.transformer import CausalTransformer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 PRIMARY = ("train", "featurize", "retrain", "score", "lds", "counterfactual")
@@ -55,10 +57,13 @@ SOLVERS = {
 BUILDS = {
     "data/mnist1d": DataSplits,
     "data/digits": DataSplits,
+    "data/python_source": DataSplits,
     "model/mlp": MLP,
     "model/cnn1d": CNN1d,
     "model/logreg": LogisticRegression,
+    "model/transformer": CausalTransformer,
     "task/classification": ClassificationTask,
+    "task/language_modeling": LanguageModelingTask,
     "train/default": TrainConfig,
     "projector/dense": DenseProjector,
     "projector/sparse": SparseProjector,
@@ -70,6 +75,7 @@ BUILDS = {
     "attributor/gradcos": GradientSimilarity,
     **{f"attributor/if_{solver}": InfluenceFunction for solver in SOLVERS},
     "attributor/if_ekfac_checkpoints": CheckpointAverage,
+    "attributor/if_ekfac_linear": InfluenceFunction,
     "attributor/tracin": TracIn,
     "attributor/source": Source,
 }
@@ -156,6 +162,14 @@ def test_influence_options_use_their_solver_and_the_task(solver):
     assert attributor.task == ClassificationTask()
 
 
+def test_linear_ekfac_option_attributes_through_the_kronecker_layers():
+    cfg = compose_config("score", ("experiment=python_lm", "attributor=if_ekfac_linear"))
+    attributor = instantiate(cfg.attributor)
+    assert type(attributor.solver) is EKFACSolver and attributor.task == LanguageModelingTask()
+    model = instantiate(cfg.model)()
+    assert attributor.parameters(model) == kronecker_parameters(model)
+
+
 def test_trajectory_options_carry_their_settings():
     source = instantiate(
         compose_config("score", ("experiment=tiny", "attributor=source")).attributor
@@ -203,8 +217,8 @@ def test_experiment_model_fits_its_data(experiment):
     cfg = compose_config("train", (f"experiment={experiment}",))
     splits = instantiate(cfg.data)
     model = instantiate(cfg.model)()
-    logits = model(splits.train.inputs[:3])
-    assert logits.shape == (3, splits.num_classes)
+    logits = model(splits.train.inputs[:3])  # [3, C], or [3, T, V] for a language model
+    assert logits.shape[0] == 3 and logits.shape[-1] == splits.num_classes
     assert cfg.queries <= len(splits.test)
     instantiate(cfg.train)
     masks = instantiate(cfg.ground_truth.masks)(n_train=len(splits.train))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from tda.curvature import ExplicitSolver, simple
+from tda.curvature import EKFACSolver, ExplicitSolver, kronecker_parameters, simple
 from tda.curvature.simple import gauss_newton_diagonal
 from tda.data import Examples
 from tda.methods.influence import InfluenceFunction
@@ -104,3 +104,14 @@ def test_gauss_newton_diagonal_shrinks_its_chunks_to_the_memory_budget(monkeypat
     assert simple._fitting_chunk(problem.model, train, params, 64) == 1
     single = gauss_newton_diagonal(problem.model, TASK, train, chunk_size=64)
     torch.testing.assert_close(single, whole, rtol=1e-12, atol=1e-15)
+
+
+def test_parameters_may_be_chosen_by_a_function_of_the_model():
+    problem, train = FlatModel(), _sequences(6, seed=0)
+    names = kronecker_parameters(problem.model)
+    by_rule = InfluenceFunction(EKFACSolver(), task=TASK, parameters=kronecker_parameters)
+    assert by_rule.config()["parameters"] == "kronecker_parameters(model)"
+    by_name = InfluenceFunction(EKFACSolver(), task=TASK, parameters=names)
+    scores = by_rule.fit(problem.model, train).score(train)
+    torch.testing.assert_close(scores, by_name.fit(problem.model, train).score(train))
+    assert by_rule.config()["parameters"] == names
