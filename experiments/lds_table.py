@@ -43,7 +43,10 @@ def describe_attributor(config: dict) -> str:
     if solver:
         details.append(solver["_target_"].rsplit(".", 1)[-1])
         details += [f"{key}={value}" for key, value in solver.items() if key != "_target_"]
-    details += config.get("parameters") or []
+    parameters = config.get("parameters") or []
+    if isinstance(parameters, dict):  # a rule of the model, e.g. kronecker_parameters
+        parameters = [f"parameters={parameters['_target_'].rsplit('.', 1)[-1]}"]
+    details += parameters
     name = config["_target_"].rsplit(".", 1)[-1]
     return f"{name} ({', '.join(details)})" if details else name
 

@@ -31,8 +31,11 @@ def _write(workspace, name: str, mean: float, truth=TRUTH, parameters=None) -> N
 def test_the_table_names_each_attributor_its_parameters_and_members(tmp_path, monkeypatch):
     _write(tmp_path, "all", 0.3)
     _write(tmp_path, "head", 0.2, parameters=["head.weight", "head.bias"])
+    rule = {"_target_": "tda.curvature.kronecker_parameters", "_partial_": True}
+    _write(tmp_path, "linear", 0.25, parameters=rule)
     output = tmp_path / "out.json"
-    argv = ["lds_table", str(tmp_path), "--scores", "all", "head", "--output", str(output)]
+    names = ["all", "head", "linear"]
+    argv = ["lds_table", str(tmp_path), "--scores", *names, "--output", str(output)]
     monkeypatch.setattr(sys, "argv", argv)
     main()
     written = json.loads(output.read_text())
@@ -45,7 +48,9 @@ def test_the_table_names_each_attributor_its_parameters_and_members(tmp_path, mo
         "| head | InfluenceFunction (EKFACSolver, per_layer=True, head.weight, head.bias) |"
         in table
     )
-    assert written["ground_truth"] == TRUTH and list(written["runs"]) == ["all", "head"]
+    assert "| linear | InfluenceFunction (EKFACSolver, per_layer=True, " in table
+    assert "parameters=kronecker_parameters) |" in table
+    assert written["ground_truth"] == TRUTH and list(written["runs"]) == names
     assert "settings" not in written["runs"]["all"]
     assert written["runs"]["head"]["run_command"][-1] == "scores_name=head"
 
