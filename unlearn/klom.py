@@ -18,6 +18,12 @@ here is the group being judged, the second the reference). A method is summarise
 percentile of :math:`\mathrm{KLOM}(x)` over forget, retain and validation points separately; two
 disjoint groups of oracles give the floor that sampling noise alone reaches.
 
+**Caveat**: the bins span the joint range, so a few judged models far from the rest (a seed
+whose unlearning collapsed) widen every bin; the other models and the oracles then share one or
+two bins and the divergence falls, even below the oracle-vs-oracle floor (one model of 20 at
+margin -60 against margins near 5: about a quarter of the floor; tested). A KLOM below the floor
+is a sign to look at the spread of the unlearned models, not a better-than-exact unlearner.
+
 :func:`klom_interval` puts a 95% bootstrap interval on that percentile by resampling the *points*
 (not the models): how far it would move for another set of points of the same kind, e.g.
 another random 1% draw. Model-to-model noise is what the floor shows.
