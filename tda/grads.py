@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -32,12 +32,20 @@ class NonFiniteGradientError(ValueError):
     """A per-sample gradient contains NaN or infinity."""
 
 
-def select_parameters(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, Tensor]:
-    """Detached trainable parameters by name, in model order (all of them when ``names`` is None).
+ParameterNames = Sequence[str] | Callable[[nn.Module], Sequence[str]] | None
+"""Parameters to differentiate: names, a rule giving them for a model (e.g.
+:func:`tda.curvature.kronecker_parameters`), or ``None`` for every trainable one."""
+
+
+def select_parameters(model: nn.Module, names: ParameterNames = None) -> dict[str, Tensor]:
+    """Detached trainable parameters by name, in model order (all of them when ``names`` is None;
+    ``names(model)`` when it is a rule).
 
     Raises:
         ValueError: a name is not a trainable parameter of the model, or the selection is empty.
     """
+    if callable(names):
+        names = names(model)
     available = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     if names is None:
         selected = available

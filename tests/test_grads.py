@@ -7,6 +7,7 @@ from tda.grads import (
     VmapFallbackWarning,
     parameter_count,
     per_sample_gradients,
+    select_parameters,
 )
 from tda.task import ClassificationTask
 
@@ -99,3 +100,10 @@ def test_model_mode_is_restored(tiny_mlp, tiny_data):
     tiny_mlp.train()
     per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets)
     assert tiny_mlp.training
+
+
+def test_parameters_may_be_a_rule_of_the_model(tiny_mlp):
+    by_rule = select_parameters(tiny_mlp, lambda model: ["2.weight", "2.bias"])
+    assert list(by_rule) == ["2.weight", "2.bias"]
+    with pytest.raises(ValueError, match="not trainable parameters"):
+        select_parameters(tiny_mlp, lambda model: ["missing"])

@@ -17,7 +17,6 @@ then streamed in chunks, so memory is bounded by ``chunk_size * p + q * p``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 
 from tda.curvature.base import CurvatureSolver, SolverDivergedError
 from tda.data.examples import Examples
-from tda.grads import iter_per_sample_gradients
+from tda.grads import ParameterNames, iter_per_sample_gradients
 from tda.methods.runs import TrainingRun
 from tda.task import ClassificationTask, Task
 
@@ -39,7 +38,7 @@ class InfluenceFunction:
         solver: applies :math:`(H + \\lambda I)^{-1}` (explicit, CG, LiSSA, K-FAC, diagonal...).
         task: the attributed ``output`` :math:`f` and training ``loss`` :math:`\\ell`.
         parameters: names of the parameters to attribute through (default: all trainable ones),
-            or a function of the model giving them, e.g.
+            or a rule of the model giving them (:data:`tda.grads.ParameterNames`), e.g.
             :func:`tda.curvature.kronecker_parameters` for K-FAC / EK-FAC on a model with other
             layers too (resolved at ``fit``).
         chunk_size: examples per per-sample-gradient call and per solve.
@@ -47,7 +46,7 @@ class InfluenceFunction:
 
     solver: CurvatureSolver
     task: Task = ClassificationTask()
-    parameters: Sequence[str] | Callable[[nn.Module], Sequence[str]] | None = None
+    parameters: ParameterNames = None
     chunk_size: int = 256
     selected: list[str] | None = field(default=None, init=False, repr=False)
     model: nn.Module | None = field(default=None, init=False, repr=False)

@@ -58,7 +58,7 @@ from tda.curvature.kronecker import (
     fit_kronecker_eigenbases,
 )
 from tda.data.examples import Examples
-from tda.grads import per_sample_gradients
+from tda.grads import ParameterNames, per_sample_gradients
 from tda.methods.runs import TrainingRun
 from tda.methods.stages import TrainingStage, scatter_columns, stage_indices, stage_subset
 from tda.methods.tracin import ModelFactory, load_model, on_model_device, streamed_products
@@ -79,7 +79,7 @@ class EigenbasisProvider(Protocol):
     """Decomposes the curvature of the mean training loss at a model's parameters."""
 
     def decompose(
-        self, model: nn.Module, task: Task, train: Examples, *, parameters: Sequence[str] | None
+        self, model: nn.Module, task: Task, train: Examples, *, parameters: ParameterNames
     ) -> Eigenbasis: ...
 
 
@@ -257,7 +257,8 @@ class Source:
             semi-definite curvature (the gain is bounded by :math:`\eta K`); use more for an
             indefinite Hessian, whose negative eigenvalues make :math:`e^{-\eta K h}` grow.
         task: the attributed output ``f`` and the training loss ``ℓ``.
-        parameters: names of the parameters to attribute through (default: all trainable ones).
+        parameters: names of the parameters to attribute through (default: all trainable ones),
+            or a rule of the model giving them (:data:`tda.grads.ParameterNames`).
         eigenbasis: decomposes each segment's curvature: :class:`ExplicitEigenbasis` (default:
             the exact Gauss-Newton matrix, small models) or :class:`EKFACEigenbasis`.
         discrete: use :math:`(I - \eta H)^K` (exact for gradient descent with constant curvature;
@@ -273,7 +274,7 @@ class Source:
     segments: int = 1
     damping: float = 0.0
     task: Task = field(default_factory=ClassificationTask)
-    parameters: Sequence[str] | None = None
+    parameters: ParameterNames = None
     eigenbasis: EigenbasisProvider = field(default_factory=ExplicitEigenbasis)
     discrete: bool = False
     chunk_size: int = 256

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from tda.checkpoints import Checkpoint, load_checkpoint
 from tda.data.examples import Examples
-from tda.grads import iter_per_sample_gradients, per_sample_gradients
+from tda.grads import ParameterNames, iter_per_sample_gradients, per_sample_gradients
 from tda.methods.runs import TrainingRun
 from tda.methods.stages import TrainingStage, scatter_columns, stage_indices, stage_subset
 from tda.task import ClassificationTask, Task
@@ -54,7 +54,7 @@ def streamed_products(
     left: Tensor,
     train: Examples,
     *,
-    parameters: Sequence[str] | None,
+    parameters: ParameterNames,
     chunk_size: int,
 ) -> Tensor:
     r"""``left @ Gᵀ`` (``[q, n]``, returned in float64) for per-sample training loss gradients
@@ -84,13 +84,14 @@ class TracIn:
 
     Args:
         task: the attributed output ``f`` and the training loss ``ℓ``.
-        parameters: names of the parameters to differentiate (default: all trainable ones).
+        parameters: names of the parameters to differentiate (default: all trainable ones), or
+            a rule of the model giving them (:data:`tda.grads.ParameterNames`).
         chunk_size: training examples per per-sample-gradient call; memory is
             ``chunk_size * p`` floats.
     """
 
     task: Task = field(default_factory=ClassificationTask)
-    parameters: Sequence[str] | None = None
+    parameters: ParameterNames = None
     chunk_size: int = 256
     checkpoints: list[Checkpoint] = field(default_factory=list, init=False)
     _examples: list[Tensor | None] = field(default_factory=list, init=False, repr=False)

@@ -10,8 +10,11 @@ from tda.curvature import EKFACSolver, ExplicitSolver, kronecker_parameters, sim
 from tda.curvature.simple import gauss_newton_diagonal
 from tda.data import Examples
 from tda.methods.influence import InfluenceFunction
+from tda.methods.tracin import TracIn
 from tda.models import build_model
 from tda.task import IGNORE_INDEX, LanguageModelingTask
+from tda.training import TrainConfig
+from tda.training import train as tda_train
 from tda.transformer import CausalTransformer
 
 TASK = LanguageModelingTask()
@@ -115,3 +118,19 @@ def test_parameters_may_be_chosen_by_a_function_of_the_model():
     scores = by_rule.fit(problem.model, train).score(train)
     torch.testing.assert_close(scores, by_name.fit(problem.model, train).score(train))
     assert by_rule.config()["parameters"] == names
+
+
+def test_tracin_takes_the_same_parameter_rule(tmp_path):
+    factory = partial(CausalTransformer, vocab_size=5, context=4, dim=4, heads=1, layers=1)
+    model, train = build_model(factory, seed=0, dtype=torch.float64), _sequences(8, seed=0)
+    config = TrainConfig(epochs=2, batch_size=4, checkpoints=2)
+    checkpoints = tda_train(model, train, config, task=TASK, checkpoint_dir=tmp_path).checkpoints
+    double = lambda: factory().double()  # noqa: E731
+    names = kronecker_parameters(model)
+
+    def scores(parameters):
+        tracin = TracIn(task=TASK, parameters=parameters)
+        return tracin.fit(double, checkpoints, train).score(train)
+
+    torch.testing.assert_close(scores(kronecker_parameters), scores(names), rtol=0, atol=0)
+    assert not torch.equal(scores(kronecker_parameters), scores(None))  # embeddings left out
