@@ -49,7 +49,7 @@ from tda.data.examples import Examples
 from tda.grads import evaluation_mode, select_parameters
 from tda.layer_capture import capture_layer_calls
 from tda.layer_positions import is_positional
-from tda.task import Task
+from tda.task import IGNORE_INDEX, Task
 
 _MAX_BLOCK_ELEMENTS = 1 << 24  # bounds the [b, o, c] temporaries of EK-FAC with positions
 
@@ -173,24 +173,25 @@ def _parameter_owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, 
 
 
 def sample_targets(logits: Tensor, seed: int) -> Tensor:
-    r"""Labels ``[n]`` drawn from :math:`\operatorname{softmax}` of ``logits`` ``[n, C]``.
+    r"""Labels drawn from :math:`\operatorname{softmax}` of ``logits`` ``[n, C]`` (``[n]``), or
+    of a sequence model's ``[n, T, V]`` at every position (``[n, T]``).
 
-    Inverse-CDF sampling with ``n`` float64 uniforms from a CPU generator seeded by ``seed``, so
-    the labels of example ``i`` do not depend on how examples are chunked.
+    Inverse-CDF sampling with one float64 uniform per label from a CPU generator seeded by
+    ``seed``, so the labels of example ``i`` do not depend on how examples are chunked.
     """
-    return _inverse_cdf(logits, _uniforms(len(logits), seed))
+    return _inverse_cdf(logits, _uniforms(tuple(logits.shape[:-1]), seed))
 
 
-def _uniforms(count: int, seed: int) -> Tensor:
+def _uniforms(shape: tuple[int, ...], seed: int) -> Tensor:
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.rand(count, generator=generator, dtype=torch.float64)
+    return torch.rand(shape, generator=generator, dtype=torch.float64)
 
 
 def _inverse_cdf(logits: Tensor, uniforms: Tensor) -> Tensor:
-    if logits.ndim != 2:
+    if tuple(logits.shape[:-1]) != tuple(uniforms.shape):
         raise ValueError(
-            f"sampled labels need logits [batch, classes], got shape {list(logits.shape)}; "
-            "use sampled_labels=False (the empirical Fisher) for this model"
+            f"sampled labels need one uniform per label: logits {list(logits.shape)}, "
+            f"uniforms {list(uniforms.shape)}"
         )
     cumulative = torch.softmax(logits.detach().to(torch.float64), dim=-1).cumsum(-1)
     below = cumulative < uniforms.to(cumulative.device).unsqueeze(-1)
@@ -208,7 +209,7 @@ def _chunks(
 ) -> Iterator[list[tuple[Tensor, Tensor] | None]]:
     """Per chunk and layer, ``(a [b, T, c], g [b, T, o])`` in float64 (None: no call reaches)."""
     device = next(model.parameters()).device
-    uniforms = _uniforms(len(examples), seed) if sampled_labels else None
+    uniforms = _uniforms(tuple(examples.targets.shape), seed) if sampled_labels else None
     modules = [(layer.module_name, layer.module) for layer in layers]
     prepare = _prepare({layer.module_name: layer for layer in layers})
     with evaluation_mode(model):
@@ -235,8 +236,10 @@ def _prepare(layers: dict[str, _Layer]) -> Callable[[str, Tensor], Tensor]:
 
 def _loss_value(task: Task, targets: Tensor, uniforms: Tensor | None) -> Callable[[Tensor], Tensor]:
     def value(logits: Tensor) -> Tensor:
-        labels = targets if uniforms is None else _inverse_cdf(logits, uniforms)
-        return task.loss(logits, labels)
+        if uniforms is None:
+            return task.loss(logits, targets)
+        sampled = _inverse_cdf(logits, uniforms)  # positions not counted stay not counted
+        return task.loss(logits, torch.where(targets == IGNORE_INDEX, targets, sampled))
 
     return value
 

@@ -14,7 +14,7 @@ from tda.curvature.kronecker import sample_targets
 from tda.data import Examples
 from tda.grads import per_sample_gradients, select_parameters
 from tda.models import MLP, CNN1d, LogisticRegression, build_model
-from tda.task import ClassificationTask
+from tda.task import IGNORE_INDEX, ClassificationTask, LanguageModelingTask
 from tda.transformer import CausalTransformer
 
 TASK = ClassificationTask()
@@ -337,6 +337,34 @@ def test_sampled_labels_follow_the_softmax_and_the_seed():
     assert torch.all((frequencies - probabilities).abs() < bound)
     assert torch.equal(labels, sample_targets(logits, seed=3))
     assert not torch.equal(labels, sample_targets(logits, seed=4))
+
+
+def test_sequence_labels_are_sampled_at_every_position_and_ignored_ones_stay_ignored():
+    probabilities = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    logits = probabilities.log().repeat(20_000, 1, 1)  # [n, T = 2, V = 3]
+    labels = sample_targets(logits, seed=1)
+    assert labels.shape == (20_000, 2)
+    for position in range(2):
+        frequencies = torch.bincount(labels[:, position], minlength=3).double() / 20_000
+        torch.testing.assert_close(frequencies, probabilities[position], rtol=0, atol=0.015)
+    targets = torch.tensor([[IGNORE_INDEX, 2]]).repeat(20_000, 1)
+    value = kronecker._loss_value(
+        LanguageModelingTask(), targets, kronecker._uniforms((20_000, 2), 1)
+    )
+    expected = -logits[:, 1].gather(1, labels[:, 1:]).squeeze(1)  # only position 1 counts
+    torch.testing.assert_close(value(logits), expected, rtol=1e-12, atol=0)
+
+
+def test_sampled_fisher_of_a_language_model_does_not_depend_on_chunks():
+    model = CausalTransformer(vocab_size=5, context=4, dim=4, heads=2, layers=1, hidden=4).double()
+    generator = torch.Generator().manual_seed(0)
+    data = Examples(torch.randint(0, 5, (9, 4), generator=generator), torch.randint(0, 5, (9, 4)))
+    names = kronecker.kronecker_parameters(model)
+    fit = lambda size: EKFACSolver(sampled_labels=True, chunk_size=size).fit(  # noqa: E731
+        model, LanguageModelingTask(), data, parameters=names
+    )
+    vectors = torch.randn(2, sum(dict(model.named_parameters())[n].numel() for n in names))
+    torch.testing.assert_close(fit(2).solve(vectors.double()), fit(64).solve(vectors.double()))
 
 
 @pytest.mark.parametrize("solver_class", SOLVERS)
