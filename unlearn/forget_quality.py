@@ -37,14 +37,20 @@ def answer_probabilities(model: nn.Module, examples: Examples) -> np.ndarray:
     return true_label_probability(model, examples)
 
 
-def truth_ratios(model: nn.Module, facts: FactSet, indices) -> np.ndarray:
-    """Truth ratio :math:`R` ``[len(indices)]`` of each fact at ``indices`` (module docstring)."""
+def _true_and_perturbed(model: nn.Module, facts: FactSet, indices) -> tuple[np.ndarray, ...]:
+    """:math:`\bar P` of each fact's true answer ``[m]`` and of its perturbed ones ``[m, k]``."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     if len(indices) == 0:
         raise ValueError("truth ratios need at least one fact")
     true = answer_probabilities(model, facts.facts.subset(indices))
     wrong = answer_probabilities(model, facts.perturbed_of(indices))
-    return wrong.reshape(len(indices), facts.alternatives).mean(axis=1) / true
+    return true, wrong.reshape(len(indices), facts.alternatives)
+
+
+def truth_ratios(model: nn.Module, facts: FactSet, indices) -> np.ndarray:
+    """Truth ratio :math:`R` ``[len(indices)]`` of each fact at ``indices`` (module docstring)."""
+    true, wrong = _true_and_perturbed(model, facts, indices)
+    return wrong.mean(axis=1) / true
 
 
 def forget_quality(unlearned: np.ndarray, retained: np.ndarray) -> float:
@@ -63,7 +69,7 @@ def forget_quality(unlearned: np.ndarray, retained: np.ndarray) -> float:
 
 def model_utility(model: nn.Module, facts: FactSet, indices) -> float:
     r"""Harmonic mean of the mean :math:`\bar P(a \mid q)` and mean :math:`\max(0, 1 - R)`."""
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    probability = float(answer_probabilities(model, facts.facts.subset(indices)).mean())
-    truth = float(np.maximum(0.0, 1.0 - truth_ratios(model, facts, indices)).mean())
+    true, wrong = _true_and_perturbed(model, facts, indices)
+    probability = float(true.mean())
+    truth = float(np.maximum(0.0, 1.0 - wrong.mean(axis=1) / true).mean())
     return float(stats.hmean([probability, truth])) if min(probability, truth) > 0 else 0.0

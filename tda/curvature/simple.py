@@ -51,15 +51,13 @@ def gauss_newton_diagonal(
     state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
 
     def one_example(x: Tensor, y: Tensor) -> Tensor:
-        shape = functional_call(model, {**state, **params}, (x.unsqueeze(0),)).shape[1:]
+        def logits_of(p: dict[str, Tensor]) -> Tensor:  # [C], or [T, V] for a sequence
+            return functional_call(model, {**state, **p}, (x.unsqueeze(0),)).squeeze(0)
 
-        def logits_of(p: dict[str, Tensor]) -> Tensor:  # flattened: [C], or [T * V] for a sequence
-            return functional_call(model, {**state, **p}, (x.unsqueeze(0),)).reshape(-1)
-
-        jacobian = jacrev(logits_of)(params)  # {name: [C, *shape]}
         logits = logits_of(params)
-        jacobian = flatten(jacobian, len(logits))  # [C, p]
-        output_hessian = hessian(lambda o: task.loss(o.reshape(shape), y))(logits)  # [C, C]
+        jacobian = flatten(jacrev(logits_of)(params), logits.numel())  # [C, p] (C = T * V)
+        loss = lambda o: task.loss(o.reshape(logits.shape), y)  # noqa: E731
+        output_hessian = hessian(loss)(logits.reshape(-1))  # [C, C]
         return ((output_hessian @ jacobian) * jacobian).sum(0)
 
     total = None
