@@ -12,15 +12,22 @@ import pytest
 import torch
 
 import unlearn
-from tda.curvature import ConjugateGradientSolver, EKFACSolver, ExplicitSolver
-from tda.data import load_mnist1d
+from tda.curvature import (
+    ConjugateGradientSolver,
+    EKFACSolver,
+    ExplicitSolver,
+    kronecker_parameters,
+)
+from tda.data import load_mnist1d, load_python_source
 from tda.device import on_device
 from tda.features import GradientFeaturizer, featurize, open_feature_store
 from tda.methods import TRAK, InfluenceFunction, TracIn
 from tda.models import MLP, CNN1d, build_model
 from tda.outputs import logits_of
 from tda.projection import DenseProjector
+from tda.task import LanguageModelingTask
 from tda.training import TrainConfig, train
+from tda.transformer import CausalTransformer
 from tests.experiments.entry import run_entry_point
 
 pytestmark = [
@@ -85,6 +92,23 @@ def test_ekfac_influence_of_a_cnn_on_cuda_matches_the_cpu(data):
     model = build_model(partial(CNN1d, channels=4), seed=0, dtype=torch.float64)
     on_cpu = InfluenceFunction(EKFACSolver()).fit(model, data[0]).score(data[1])
     on_gpu = InfluenceFunction(EKFACSolver()).fit(model.to("cuda"), data[0]).score(data[1])
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-6, atol=1e-9)
+
+
+def test_ekfac_influence_of_a_language_model_on_cuda_matches_the_cpu():
+    # Token ids stay long on either device; EK-FAC covers the transformer's Linear layers.
+    text = load_python_source(n_train=60, n_test=6, context=8)
+    factory = partial(CausalTransformer, context=8, dim=8, heads=2, layers=1)
+    model = build_model(factory, seed=0, dtype=torch.float64)
+    train(model, text.train, TrainConfig(epochs=1, batch_size=16), task=LanguageModelingTask())
+    influence = partial(
+        InfluenceFunction,
+        EKFACSolver(),
+        task=LanguageModelingTask(),
+        parameters=kronecker_parameters,
+    )
+    on_cpu = influence().fit(model, text.train).score(text.test)
+    on_gpu = influence().fit(model.to("cuda"), text.train).score(text.test)
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-6, atol=1e-9)
 
 
