@@ -22,7 +22,7 @@ from torch import nn
 
 from tda.data.examples import Examples
 from tda.outputs import logits_of
-from tda.task import IGNORE_INDEX
+from tda.task import IGNORE_INDEX, LanguageModelingTask
 
 GAP_METRICS = ("UA", "RA", "TA", "MIA")
 
@@ -53,11 +53,9 @@ def true_label_probability(model: nn.Module, examples: Examples) -> np.ndarray:
     if targets.dim() == 1:
         chosen = torch.softmax(logits, dim=-1).gather(1, targets.view(-1, 1))
         return chosen.squeeze(1).cpu().numpy()
-    counted = targets != IGNORE_INDEX
-    log_probability = torch.log_softmax(logits, dim=-1)
-    chosen = log_probability.gather(-1, targets.masked_fill(~counted, 0).unsqueeze(-1)).squeeze(-1)
-    total = (chosen * counted).reshape(len(examples), -1).sum(1)
-    return torch.exp(total / counted.reshape(len(examples), -1).sum(1).clamp_min(1)).cpu().numpy()
+    counted = (targets != IGNORE_INDEX).reshape(len(examples), -1).sum(1).clamp_min(1)
+    log_likelihood = LanguageModelingTask().output(logits, targets)
+    return torch.exp(log_likelihood / counted).cpu().numpy()
 
 
 def mia_efficacy(
