@@ -26,6 +26,7 @@ from scipy import stats
 from torch import nn
 
 from tda.data.examples import Examples
+from tda.task import Task
 from unlearn.forget_sets import forget_request
 from unlearn.klom import klom, klom_interval, klom_per_point, margins_of
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
@@ -145,18 +146,22 @@ def klom_report(
     oracles: Sequence[nn.Module],
     floor_oracles: Sequence[nn.Module] | None,
     points: Mapping[str, Examples],
+    *,
+    task: Task | None = None,
 ) -> dict[str, Any]:
     """KLOM P95, KL(unlearned || oracle), per named point set, with its 95% bootstrap interval
-    over the points (``<name>_ci95``), and the floor if given."""
+    over the points (``<name>_ci95``), and the floor if given. ``task`` supplies the measured
+    output (default the classification margin; a language model's sequence log-likelihood with
+    :class:`~tda.task.LanguageModelingTask`)."""
     percentile = 95.0
     report: dict[str, Any] = {"direction": "KL(unlearned || oracle)", "percentile": percentile}
     for name, examples in points.items():
-        reference = margins_of(oracles, examples)
-        per_point = klom_per_point(margins_of(unlearned, examples), reference)
+        reference = margins_of(oracles, examples, task=task)
+        per_point = klom_per_point(margins_of(unlearned, examples, task=task), reference)
         report[name] = float(np.percentile(per_point, percentile))
         report[f"{name}_ci95"] = list(klom_interval(per_point, percentile=percentile))
         if floor_oracles is not None:
-            floor = margins_of(floor_oracles, examples)
+            floor = margins_of(floor_oracles, examples, task=task)
             report[f"{name}_floor"] = klom(floor, reference, percentile=percentile)
     return report
 

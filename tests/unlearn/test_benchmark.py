@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from tda.data.examples import Examples
 from tda.fingerprint import model_fingerprint
 from tda.models import MLP
+from tda.task import IGNORE_INDEX, LanguageModelingTask
+from tda.transformer import CausalTransformer
 from tda.training import TrainConfig
 from unlearn import (
     ClassForgetSet,
@@ -20,6 +23,7 @@ from unlearn import (
     forget_request,
     interval,
     klom,
+    klom_report,
     load_or_train,
     load_or_train_oracles,
     margins_of,
@@ -89,6 +93,29 @@ def test_an_unlearner_that_returns_the_oracles_has_zero_gap_and_zero_klom(small,
     assert report["time_fraction"]["mean"] == pytest.approx(expected, rel=1e-12)
     assert report["metrics"]["UA"] == report["oracle_metrics"]["UA"]
     json.dumps(report, allow_nan=False)
+
+
+def test_klom_of_language_models_compares_their_sequence_log_likelihoods():
+    torch.manual_seed(0)
+    models = [
+        CausalTransformer(vocab_size=6, context=5, dim=4, heads=2, layers=1) for _ in range(6)
+    ]
+    tokens = torch.randint(1, 6, (9, 5))
+    targets = torch.where(torch.arange(5) < 2, IGNORE_INDEX, torch.roll(tokens, -1, dims=1))
+    points = {"forget": Examples(tokens, targets)}
+    task = LanguageModelingTask()
+    judged, oracles, floor = models[:2], models[2:4], models[4:]
+    report = klom_report(judged, oracles, floor, points, task=task)
+
+    def measured(group):
+        return margins_of(group, points["forget"], task=task)
+
+    assert report["forget"] == klom(measured(judged), measured(oracles))
+    assert report["forget_floor"] == klom(measured(floor), measured(oracles))
+    assert (
+        report["forget"] > 0.0
+        and klom_report(oracles, oracles, None, points, task=task)["forget"] == 0.0
+    )
 
 
 def test_unlearn_each_uses_each_originals_seed_and_leaves_the_originals_alone(small, tmp_path):

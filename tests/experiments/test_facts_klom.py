@@ -1,0 +1,46 @@
+"""The facts KLOM experiment: a tiny run writes every row, resumes from its cache, checks input."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+import experiments.facts_unlearning
+from experiments.facts_klom import check_chosen
+from tests.experiments.entry import run_entry_point
+
+TINY = [
+    "facts.people=8", "forget_people=2", "train.epochs=3", "seeds=[0,1]", "grid=[1e-3,1e-2]",
+    "model.dim=8", "model.heads=2", "model.layers=1", "chosen.graddiff=1e-2", "chosen.npo=1e-3",
+    "chosen.wagle_graddiff=1e-3", "chosen.wagle_npo=1e-3",
+]  # fmt: skip
+
+
+def test_a_tiny_run_writes_every_row_and_a_second_run_reads_the_cache(tmp_path, monkeypatch):
+    output = tmp_path / "klom.json"
+    run_entry_point("facts_klom", tmp_path, *TINY, f"output={output}", base=["progress=false"])
+    results = json.loads(output.read_text())["results"]
+    rows, frontier = results["rows"], results["frontier"]
+    assert set(rows) == {"original", "retrain", "graddiff", "npo", "wagle_graddiff", "wagle_npo"}
+    assert rows["graddiff"] == frontier["graddiff"][1] and rows["npo"] == frontier["npo"][0]
+    assert all(row["forget"] >= 0 and len(row["retain_ci95"]) == 2 for row in rows.values())
+    assert all("forget_floor" not in row for row in rows.values())
+    assert 0 < rows["original"]["forget_probability"] <= 1
+    cached = sorted(path.name for path in (tmp_path / "klom").iterdir())
+    assert len(cached) == 8 and cached[0].startswith("graddiff-0.001-")
+    output.unlink()
+
+    def unlearn_again(*args, **kwargs):
+        raise AssertionError("a cached (method, rate) was unlearned again")
+
+    monkeypatch.setattr(experiments.facts_unlearning, "unlearn_all", unlearn_again)
+    run_entry_point("facts_klom", tmp_path, *TINY, f"output={output}", base=["progress=false"])
+    assert json.loads(output.read_text())["results"] == results
+
+
+def test_a_chosen_rate_outside_the_grid_is_refused():
+    cfg = OmegaConf.create({"methods": {"npo": {}}, "grid": [1e-3], "chosen": {"npo": 2e-3}})
+    with pytest.raises(ValueError, match="chosen.npo must be one of grid"):
+        check_chosen(cfg)
+    with pytest.raises(ValueError, match="chosen.npo"):
+        check_chosen(OmegaConf.create({"methods": {"npo": {}}, "grid": [1e-3], "chosen": {}}))
