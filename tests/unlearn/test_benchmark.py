@@ -10,8 +10,8 @@ from tda.data.examples import Examples
 from tda.fingerprint import model_fingerprint
 from tda.models import MLP
 from tda.task import IGNORE_INDEX, LanguageModelingTask
-from tda.transformer import CausalTransformer
 from tda.training import TrainConfig
+from tda.transformer import CausalTransformer
 from unlearn import (
     ClassForgetSet,
     ExactRetraining,
