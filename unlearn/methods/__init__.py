@@ -15,6 +15,7 @@ from unlearn.methods.salun import SalUn
 from unlearn.methods.wagle import WAGLE
 
 __all__ = [
+    "WAGLE",
     "DatamodelMatching",
     "DecayingL1Loss",
     "ExactRetraining",
@@ -29,7 +30,6 @@ __all__ = [
     "RandomLabels",
     "SalUn",
     "UnlearningMethod",
-    "WAGLE",
     "matching_set",
     "random_other_labels",
 ]
