@@ -149,12 +149,14 @@ def _check_finite_weights(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def _check_finite_outputs(model: nn.Module, phases: Sequence[Phase]) -> None:
-    """Finite weights can still give infinite outputs (e.g. after gradient ascent): refuse them."""
+def _check_finite_outputs(model: nn.Module, phases: Sequence[Phase], batch_size: int) -> None:
+    """Finite weights can still give infinite outputs (e.g. after gradient ascent): refuse them.
+    Checked ``batch_size`` examples at a time, so memory stays that of a training batch."""
     for phase in phases:
         for source, data in phase.sources.items():
-            outputs = model(data.inputs)
-            if not bool(torch.isfinite(outputs).all()):
+            if not all(
+                bool(torch.isfinite(model(chunk)).all()) for chunk in data.inputs.split(batch_size)
+            ):
                 raise FloatingPointError(
                     f"the unlearned model's outputs on phase {phase.name!r}, source {source!r} "
                     "are not finite; lower the learning rate or the epochs"
@@ -221,7 +223,7 @@ def unlearning_loop(
             _run_epochs(model, phases, config, optimizer, pinned, generator)
         _check_finite_weights(model)
         model.eval()
-        _check_finite_outputs(model, phases)
+        _check_finite_outputs(model, phases, config.batch_size)
     finally:
         model.train(was_training)
     return model

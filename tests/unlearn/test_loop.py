@@ -80,17 +80,28 @@ def test_a_nan_loss_stops_the_loop_with_a_clear_error(tiny_mlp, tiny_data):
 
 
 def test_finite_weights_with_infinite_outputs_are_refused():
-    """One huge ascent step keeps the weights finite (~1e30) but overflows the outputs."""
+    """Huge ascent steps keep the weights finite (~1e30) but overflow the outputs, here only on
+    the last example, in the last of the check's batches."""
     model = torch.nn.Linear(4, 2)
-    data = Examples(torch.full((8, 4), 1e10), torch.zeros(8, dtype=torch.long))
+    inputs = torch.zeros(8, 4)
+    inputs[-1] = 1e10
+    data = Examples(inputs, torch.zeros(8, dtype=torch.long))
 
     def ascent(model, batches, progress):
-        return -1e30 * model.weight.sum()
+        return -model.weight.sum()
 
-    config = LoopConfig(epochs=1, batch_size=8, optimizer=partial(torch.optim.SGD, lr=1.0))
+    config = LoopConfig(epochs=1, batch_size=3, optimizer=partial(torch.optim.SGD, lr=1e30))
     with pytest.raises(FloatingPointError, match="outputs on phase 'up', source 'forget'"):
         unlearning_loop(model, [Phase("up", {"forget": data}, ascent)], config)
     assert bool(torch.isfinite(model.weight).all())
+
+
+def test_the_final_output_check_runs_no_larger_batch_than_training(tiny_mlp, tiny_data):
+    sizes = []
+    tiny_mlp.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
+    phase = Phase("retain", {"retain": tiny_data}, WeightedLoss({"retain": 1.0}))
+    unlearning_loop(tiny_mlp, [phase], LoopConfig(epochs=1, batch_size=4))
+    assert len(tiny_data) > 4 and max(sizes) == 4
 
 
 def test_secondary_sources_give_one_batch_per_lead_batch(tiny_mlp, tiny_data):
