@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--quick", action="store_true", help="bench_methods's quick workspace and settings")
-    add("--out", help="JSON path (default results/fisher-choice[-quick].json)")
+    add("--out", help="JSON path (default results/fisher-choice.json; --quick: runs/quick/)")
     add("--threads", type=int, default=available_cores(), help="torch threads")
     add("--fresh-scores", action="store_true", help="recompute every cached score matrix")
     add("--models", type=int, nargs="+", default=[1, 5], help="M on MNIST-1D")

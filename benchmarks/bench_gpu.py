@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--quick", action="store_true", help="seconds-scale smoke run (n=400, 2 epochs)")
-    add("--out", help="JSON path (default results/gpu[-quick].json)")
+    add("--out", help="JSON path (default results/gpu.json; --quick: runs/quick/)")
     add("--threads", type=int, default=available_cores(), help="torch CPU threads")
     add("--dim", type=int, default=2048, help="projection size k")
     add("--repeats", type=int, default=3, help="timed runs per cell (the median is kept)")

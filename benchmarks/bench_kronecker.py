@@ -112,7 +112,9 @@ def table(rates: dict[int, dict[str, float]], rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run")
-    parser.add_argument("--out", help="JSON path (default results/kronecker[-quick].json)")
+    parser.add_argument(
+        "--out", help="JSON path (default results/kronecker.json; --quick: runs/quick/)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (the median is kept)")
     parser.add_argument("--model", choices=sorted(MODELS), default="mlp", help="the network")
     args = parser.parse_args(argv)

@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--quick", action="store_true", help="minutes-scale smoke run")
-    add("--out", help="JSON path (default results/methods[-quick].json)")
+    add("--out", help="JSON path (default results/methods.json; --quick: runs/quick/)")
     add("--threads", type=int, default=available_cores(), help="torch threads")
     add("--workspace", type=Path, help="default runs/bench_methods[-quick]")
     add("--fresh-scores", action="store_true", help="recompute every cached score matrix")

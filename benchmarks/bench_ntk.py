@@ -185,7 +185,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run")
-    parser.add_argument("--out", help="JSON path (default results/ntk[-quick].json)")
+    parser.add_argument("--out", help="JSON path (default results/ntk.json; --quick: runs/quick/)")
     parser.add_argument("--n-train", type=int, help="training examples (MNIST-1D)")
     parser.add_argument("--dims", type=int, nargs="*", help="projection sizes (none: exact only)")
     parser.add_argument("--no-digits", action="store_true", help="skip the digits MLP")

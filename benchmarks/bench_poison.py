@@ -130,7 +130,9 @@ def print_table(table: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="minute-scale smoke run")
-    parser.add_argument("--out", help="JSON path (default results/poison[-quick].json)")
+    parser.add_argument(
+        "--out", help="JSON path (default results/poison.json; --quick: runs/quick/)"
+    )
     args = parser.parse_args(argv)
     settings = {**(QUICK if args.quick else FULL), "poison_fraction": FRACTION,
                 "pattern": list(BACKDOOR.pattern), "target": BACKDOOR.target, "data_seed": 0,

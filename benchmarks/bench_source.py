@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--quick", action="store_true", help="minutes-scale smoke run")
-    add("--out", help="JSON path (default results/source[-quick].json)")
+    add("--out", help="JSON path (default results/source.json; --quick: runs/quick/)")
     add("--threads", type=int, default=available_cores(), help="torch threads")
     add("--workers", type=int, default=2, help="ground-truth joblib workers (1 thread each)")
     add("--workspace", type=Path, help="default runs/bench_source[-quick]")

@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--quick", action="store_true", help="seconds-scale smoke run")
-    add("--out", help="JSON path (default results/throughput[-quick].json)")
+    add("--out", help="JSON path (default results/throughput.json; --quick: runs/quick/)")
     add("--threads", type=int, default=available_cores(), help="torch threads")
     add("--sizes", type=int, nargs="+", default=[1000, 4000, 16000], help="numbers n of examples")
     add("--dims", type=int, nargs="+", default=[512, 2048], help="projection sizes k")

@@ -237,7 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-pruning", action="store_true", help="mislabel detection only")
     parser.add_argument("--model", choices=sorted(MODELS), default="mlp", help="the network")
     parser.add_argument("--checkpoints", type=int, help="TracIn-CP checkpoints (default 10)")
-    parser.add_argument("--out", help="JSON path (default results/valuation[-cnn][-quick].json)")
+    parser.add_argument(
+        "--out", help="JSON path (default results/valuation[-cnn].json; --quick: runs/quick/)"
+    )
     args = parser.parse_args(argv)
     settings = {
         "model": args.model,

@@ -59,10 +59,11 @@ def command_line() -> str:
 
 
 def output_path(name: str, quick: bool, given: str | None) -> Path:
-    """``results/<name>.json``, or ``results/<name>-quick.json`` so a smoke run never overwrites."""
+    """``results/<name>.json``; a smoke run (``--quick``) writes ``runs/quick/<name>.json``
+    instead, so it neither overwrites a result nor passes for one."""
     if given is not None:
         return Path(given)
-    return REPO_ROOT / "results" / (f"{name}-quick.json" if quick else f"{name}.json")
+    return REPO_ROOT / ("runs/quick" if quick else "results") / f"{name}.json"
 
 
 def write_record(path: Path, benchmark: str, settings: dict, threads: int, results: dict) -> None:
