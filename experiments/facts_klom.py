@@ -36,7 +36,11 @@ from unlearn import answer_probabilities, klom_report, load_or_train, load_or_tr
 
 log = logging.getLogger(__name__)
 
-SHARED = ("facts", "forget_people", "split_seed", "model", "task", "train", "seeds", "oracle_seed")
+# what a cached (method, rate) row depends on besides the method itself
+DECIDES = (
+    "facts", "forget_people", "split_seed", "model", "task", "train", "seeds", "oracle_seed",
+    "device",
+)  # fmt: skip
 
 
 def group_row(models, oracles, floor, points, task) -> dict:
@@ -50,7 +54,7 @@ def cached_row(cfg: DictConfig, name: str, value: float, directory: Path, measur
     """``measure()`` for method ``name`` at ``value``, kept in ``directory`` under a key of
     everything that decides it."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    spec = {key: resolved[key] for key in SHARED} | {"method": resolved["methods"][name]}
+    spec = {key: resolved[key] for key in DECIDES} | {"method": resolved["methods"][name]}
     text = json.dumps({**spec, "value": value}, sort_keys=True)
     path = directory / f"{name}-{value:g}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     if path.exists():
