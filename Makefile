@@ -41,6 +41,7 @@ $(VENV)/.bench: $(STAMP)
 
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.bench_throughput
+	$(PY) -m benchmarks.bench_trak_kernel
 	$(PY) -m benchmarks.bench_lds
 	$(PY) -m benchmarks.bench_methods
 	$(PY) -m benchmarks.bench_fisher

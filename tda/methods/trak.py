@@ -32,27 +32,10 @@ from tda.methods.base import (
     mean_over_checkpoints,
     query_rows,
     resolve_checkpoints,
-    train_gram,
     train_product,
 )
+from tda.methods.damped_kernel import DampedKernel
 from tda.store import FeatureStore
-
-
-def damped_inverse(gram: Tensor, damping: float) -> Tensor:
-    r""":math:`(G + \lambda I)^{-1}` by Cholesky, :math:`\lambda` relative to the mean diagonal.
-
-    Raises:
-        ValueError: the damped matrix is not positive definite (e.g. ``k > n`` with no damping).
-    """
-    size = gram.shape[0]
-    shift = damping * float(torch.diagonal(gram).mean())
-    factor, info = torch.linalg.cholesky_ex(gram + shift * torch.eye(size, dtype=gram.dtype))
-    if int(info) != 0:
-        raise ValueError(
-            "the feature kernel ΦᵀΦ is singular (more projection dimensions than informative "
-            "training examples?); use damping > 0 or a smaller projection"
-        )
-    return torch.cholesky_inverse(factor)
 
 
 @dataclass
@@ -71,7 +54,7 @@ class TRAK:
     store: FeatureStore | None = field(default=None, init=False, repr=False)
     checkpoints: list[str] = field(default_factory=list, init=False)
     split: str = field(default="train", init=False)
-    _inverses: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
+    _kernels: dict[str, DampedKernel] = field(default_factory=dict, init=False, repr=False)
     _weights: Tensor | None = field(default=None, init=False, repr=False)
     _checkpoint_weights: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
@@ -84,8 +67,8 @@ class TRAK:
         self.store, self.split = store, split
         self.checkpoints = resolve_checkpoints(store, checkpoints)
         weights = [store.load(c, split, "out_to_loss").astype(np.float64) for c in self.checkpoints]
-        self._inverses = {
-            c: damped_inverse(train_gram(store, c, split, self._curvature(q)), self.damping)
+        self._kernels = {
+            c: DampedKernel.fit(store, c, split, self._curvature(q), self.damping)
             for c, q in zip(self.checkpoints, weights, strict=True)
         }
         self._weights = torch.from_numpy(np.mean(weights, axis=0))
@@ -115,9 +98,8 @@ class TRAK:
 
         def one_checkpoint(checkpoint_id: str) -> Tensor:
             queries = query_rows(self.store, checkpoint_id, split, indices).double()
-            scores = train_product(
-                self.store, checkpoint_id, self.split, queries @ self._inverses[checkpoint_id]
-            )
+            solved = self._kernels[checkpoint_id].solve_rows(queries)
+            scores = train_product(self.store, checkpoint_id, self.split, solved)
             inside = self._inside(checkpoint_id)
             return scores if inside is None else scores * inside
 
@@ -163,24 +145,24 @@ class TRAK:
             train = torch.from_numpy(self.store.load(checkpoint_id, self.split)[columns]).double()
             inside = self._inside(checkpoint_id)
             weights = (self._weights if inside is None else inside)[columns]
-            inverse = self._inverses[checkpoint_id]
-            direction = inverse @ (train.T @ weights)
+            kernel = self._kernels[checkpoint_id]
+            direction = kernel.solve(train.T @ weights)
             if retain_kernel:
                 own = self._checkpoint_weights[checkpoint_id].numpy()[columns]
                 curvature = self._curvature(own)  # the group's rows only
                 rows = train if curvature is None else train * curvature[:, None].sqrt()
-                direction = _downdated_solve(inverse, rows, direction)
+                direction = _downdated_solve(kernel, rows, direction)
             return query_rows(self.store, checkpoint_id, split, indices).double() @ direction
 
         summed = mean_over_checkpoints(one_checkpoint, self.checkpoints)
         return summed.to(_score_dtype(self.store, self.checkpoints[0], self.split))
 
 
-def _downdated_solve(inverse: Tensor, rows: Tensor, solved: Tensor) -> Tensor:
-    r""":math:`(A - B^\top B)^{-1} b` from :math:`A^{-1}`, :math:`B` = ``rows`` and
+def _downdated_solve(kernel: DampedKernel, rows: Tensor, solved: Tensor) -> Tensor:
+    r""":math:`(A - B^\top B)^{-1} b` from :math:`A^{-1}` (``kernel``), :math:`B` = ``rows`` and
     :math:`A^{-1}b` = ``solved``, by Woodbury:
     :math:`A^{-1}b + A^{-1}B^\top (I - BA^{-1}B^\top)^{-1} B A^{-1} b`."""
-    spread = inverse @ rows.T
+    spread = kernel.solve(rows.T)
     inner = torch.eye(len(rows), dtype=rows.dtype) - rows @ spread
     return solved + spread @ torch.linalg.solve(inner, rows @ solved)
 

@@ -7,7 +7,7 @@ import torch
 from tda.data import Examples
 from tda.features import GradientFeaturizer, featurize, open_feature_store
 from tda.grads import per_sample_gradients
-from tda.methods import TRAK, GradientSimilarity
+from tda.methods import TRAK, DampedKernel, GradientSimilarity
 from tda.models import MLP, build_model
 from tda.projection import DenseProjector, IdentityProjector
 from tda.task import ClassificationTask
@@ -65,11 +65,13 @@ def closed_form(models, train, queries, damping):
 
 
 @pytest.mark.parametrize("damping", [1e-3, 0.1])  # margins have exact symmetries: ΦᵀΦ is singular
-def test_trak_with_identity_projection_equals_closed_form(tmp_path, problem, damping):
+@pytest.mark.parametrize("n_train", [60, 20])  # 27 parameters: k > n takes the dual form
+def test_trak_with_identity_projection_equals_closed_form(tmp_path, problem, damping, n_train):
     train, queries, models = problem
+    train = train.subset(range(n_train))
     store = build_store(tmp_path, GradientFeaturizer(IdentityProjector()), models, train, queries)
     scores = TRAK(damping=damping).fit(store).score("query")
-    assert scores.dtype == torch.float64 and scores.shape == (7, 60)
+    assert scores.dtype == torch.float64 and scores.shape == (7, n_train)
     np.testing.assert_allclose(
         scores.numpy(), closed_form(models, train, queries, damping), rtol=1e-8, atol=1e-10
     )
@@ -186,12 +188,16 @@ def test_gauss_newton_trak_weights_the_kernel_by_the_loss_curvature(tmp_path, pr
 
 
 @pytest.mark.parametrize("gauss_newton", [False, True])
-def test_retain_kernel_group_scores_use_the_curvature_of_the_rest(tmp_path, problem, gauss_newton):
+@pytest.mark.parametrize("n_train", [60, 20])  # 27 parameters: k > n takes the dual form
+def test_retain_kernel_group_scores_use_the_curvature_of_the_rest(
+    tmp_path, problem, gauss_newton, n_train
+):
     """(Φ_Rᵀ W_R Φ_R + λI)⁻¹ Φ_Gᵀ Q_G, λ from the full kernel, against numpy."""
     train, queries, models = problem
+    train = train.subset(range(n_train))
     store = build_store(tmp_path, GradientFeaturizer(IdentityProjector()), models, train, queries)
     trak = TRAK(damping=0.1, gauss_newton=gauss_newton).fit(store)
-    group = [0, 7, 8, 31, 59]
+    group = [0, 7, 8, 13, n_train - 1]
     rest = np.setdiff1d(np.arange(len(train)), group)
     with torch.no_grad():
         mean_q = np.mean(
@@ -230,3 +236,29 @@ def test_retain_kernel_of_one_example_is_the_leave_one_out_correction(tmp_path, 
         torch.testing.assert_close(trak.score_group("query", [i], retain_kernel=True), expected)
     with pytest.raises(ValueError, match="repeats a training example"):
         trak.score_group("query", [3, 3], retain_kernel=True)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_dual_kernel_solves_as_the_primal_one_and_is_chosen_when_k_exceeds_n(
+    tmp_path, problem, weighted
+):
+    train, queries, models = problem
+    featurizer = GradientFeaturizer(IdentityProjector())
+    store = build_store(tmp_path, featurizer, models, train.subset(range(20)), queries)
+    weights = torch.rand(20, dtype=torch.float64) if weighted else None
+    primal = DampedKernel.fit(store, "m0", "train", weights, 0.05, dual=False)
+    dual = DampedKernel.fit(store, "m0", "train", weights, 0.05, dual=True)
+    right = torch.randn(27, 4, dtype=torch.float64)
+    torch.testing.assert_close(dual.solve(right), primal.solve(right), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(dual.solve_rows(right.T), primal.solve_rows(right.T))
+    assert DampedKernel.fit(store, "m0", "train", None, 0.05).inverse is None  # k 27 > n 20
+    wide = build_store(tmp_path / "wide", featurizer, models, train, queries)
+    assert DampedKernel.fit(wide, "m0", "train", None, 0.05).inverse is not None  # n = 60
+
+
+def test_the_dual_kernel_without_damping_is_refused(tmp_path, problem):
+    train, queries, models = problem
+    featurizer = GradientFeaturizer(IdentityProjector())
+    store = build_store(tmp_path, featurizer, models, train.subset(range(20)), queries)
+    with pytest.raises(ValueError, match="singular"):
+        DampedKernel.fit(store, "m0", "train", None, 0.0, dual=True)
