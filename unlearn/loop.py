@@ -142,6 +142,9 @@ def _build_optimizer(model: nn.Module, config: LoopConfig, mask: Mask | None):
     return config.optimizer(trainable)
 
 
+FINITE_CHECK_ROWS = 4096  # examples per forward pass of the final finite-output check
+
+
 def _check_finite_weights(model: nn.Module) -> None:
     for name, parameter in model.named_parameters():
         if not bool(torch.isfinite(parameter).all()):
@@ -151,11 +154,13 @@ def _check_finite_weights(model: nn.Module) -> None:
 @torch.no_grad()
 def _check_finite_outputs(model: nn.Module, phases: Sequence[Phase], batch_size: int) -> None:
     """Finite weights can still give infinite outputs (e.g. after gradient ascent): refuse them.
-    Checked ``batch_size`` examples at a time, so memory stays that of a training batch."""
+    Checked ``max(batch_size, FINITE_CHECK_ROWS)`` examples at a time: memory stays bounded
+    however large the data, and small data takes one forward pass."""
+    rows = max(batch_size, FINITE_CHECK_ROWS)
     for phase in phases:
         for source, data in phase.sources.items():
             if not all(
-                bool(torch.isfinite(model(chunk)).all()) for chunk in data.inputs.split(batch_size)
+                bool(torch.isfinite(model(chunk)).all()) for chunk in data.inputs.split(rows)
             ):
                 raise FloatingPointError(
                     f"the unlearned model's outputs on phase {phase.name!r}, source {source!r} "

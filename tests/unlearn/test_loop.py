@@ -3,6 +3,7 @@ from functools import partial
 import pytest
 import torch
 
+import unlearn.loop
 from tda.data import Examples
 from tda.fingerprint import model_fingerprint
 from unlearn import LoopConfig, Phase, WeightedLoss, unlearning_loop
@@ -96,7 +97,8 @@ def test_finite_weights_with_infinite_outputs_are_refused():
     assert bool(torch.isfinite(model.weight).all())
 
 
-def test_the_final_output_check_runs_no_larger_batch_than_training(tiny_mlp, tiny_data):
+def test_the_final_output_check_runs_in_bounded_batches(tiny_mlp, tiny_data, monkeypatch):
+    monkeypatch.setattr(unlearn.loop, "FINITE_CHECK_ROWS", 1)  # then the training batch bounds it
     sizes = []
     tiny_mlp.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
     phase = Phase("retain", {"retain": tiny_data}, WeightedLoss({"retain": 1.0}))
