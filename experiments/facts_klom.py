@@ -74,12 +74,11 @@ def frontier(cfg, name, originals, facts, forget, judge, directory) -> list[dict
             return judge([model for model, _ in done])
 
         rows.append({"value": value, **cached_row(cfg, name, value, directory, measure)})
-        log.info("%s lr %g: KLOM forget %.2f, retain %.2f", name, value, *_klom(rows[-1]))
+        row = rows[-1]
+        log.info(
+            "%s lr %g: KLOM forget %.2f, retain %.2f", name, value, row["forget"], row["retain"]
+        )
     return rows
-
-
-def _klom(row: dict) -> tuple[float, float]:
-    return row["forget"], row["retain"]
 
 
 def check_chosen(cfg: DictConfig) -> None:

@@ -45,13 +45,13 @@ def damped_inverse(gram: Tensor, damping: float) -> Tensor:
 
 @dataclass(frozen=True)
 class DampedKernel:
-    """:math:`A^{-1}` of one checkpoint, in the primal (``inverse``) or the dual form.
+    r""":math:`A^{-1}` of one checkpoint, in the primal (``inverse``) or the dual form.
 
     Attributes:
         inverse: :math:`A^{-1}` ``[k, k]`` (primal), or ``None``.
         rows: :math:`U` ``[n, k]`` (dual), or ``None``.
-        factor: Cholesky factor of :math:`UU^\top + \\lambda I_n` (dual), or ``None``.
-        shift: :math:`\\lambda`.
+        factor: Cholesky factor of :math:`UU^\top + \lambda I_n` (dual), or ``None``.
+        shift: :math:`\lambda` (dual; 0 in the primal form, whose inverse holds it).
     """
 
     inverse: Tensor | None
