@@ -27,8 +27,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from benchmarks.record import write_record
-from experiments.facts_unlearning import method_with, people_split, unlearn_all
+from experiments.facts_unlearning import method_with, people_split, unlearn_all, write_results
 from tda.atomic import write_bytes_atomic
 from tda.data.facts import FactSet
 from tda.device import on_device
@@ -118,11 +117,7 @@ def main(cfg: DictConfig) -> None:
         rows = frontier(cfg, name, originals, facts, forget, judge, workspace / "klom")
         found["frontier"][name] = rows
         found["rows"][name] = next(row for row in rows if row["value"] == cfg.chosen[name])
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    settings.pop("hydra", None)
-    output = Path(to_absolute_path(cfg.output))
-    write_record(output, "facts_klom", settings, cfg.threads, found)
-    log.info("wrote %s", output)
+    write_results(cfg, "facts_klom", found)
 
 
 if __name__ == "__main__":

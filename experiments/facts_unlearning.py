@@ -173,10 +173,15 @@ def main(cfg: DictConfig) -> None:
         "retrain": result_row(retrained, float(np.nanmean(twins.seconds)), retrain_seconds),
         **found["rows"],
     }
+    write_results(cfg, "facts_unlearning", found)
+
+
+def write_results(cfg: DictConfig, benchmark: str, results: dict) -> None:
+    """The run's record at ``cfg.output``: its resolved settings (Hydra's own left out)."""
     settings = OmegaConf.to_container(cfg, resolve=True)
     settings.pop("hydra", None)
     output = Path(to_absolute_path(cfg.output))
-    write_record(output, "facts_unlearning", settings, cfg.threads, found)
+    write_record(output, benchmark, settings, cfg.threads, results)
     log.info("wrote %s", output)
 
 
