@@ -8,6 +8,9 @@ For M models with projected output-gradient features :math:`\Phi_m \in R^{n\time
 
 with :math:`\lambda_m = \text{damping} \cdot \operatorname{tr}(\Phi_m^\top\Phi_m)/k` (relative
 damping, so one value works across models and projection sizes).
+The damped kernel is solved by :class:`~tda.methods.damped_kernel.DampedKernel`: as a
+:math:`k\times k` inverse, or in the equivalent :math:`n\times n` (dual) form when the
+projection is wider than the training set (:math:`k > n`).
 
 With ``gauss_newton=True`` the kernel is :math:`\Phi_m^\top W_m \Phi_m`,
 :math:`W_m = \operatorname{diag}(Q_m(1-Q_m))` (:math:`= p(1-p)`, the curvature of the loss in the
