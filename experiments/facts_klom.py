@@ -42,9 +42,9 @@ DECIDES = (
 )  # fmt: skip
 
 
-def group_row(models, oracles, floor, points, task) -> dict:
-    """KLOM per point set (with the floor when given) and the mean answer probability on F."""
-    report = klom_report(models, oracles, floor, points, task=task)
+def group_row(models, oracles, points, task) -> dict:
+    """KLOM per point set and the mean answer probability on F."""
+    report = klom_report(models, oracles, None, points, task=task)
     probability = [answer_probabilities(model, points["forget"]).mean() for model in models]
     return {**report, "forget_probability": float(np.mean(probability))}
 
@@ -108,8 +108,8 @@ def main(cfg: DictConfig) -> None:
     reference, twins = oracles(cfg.oracle_seed), oracles(cfg.retrain_seed)
     points = {"forget": facts.facts.subset(forget), "retain": facts.facts.subset(retain)}
 
-    def judge(models, floor=None):
-        return group_row(models, reference, floor, points, task)
+    def judge(models):
+        return group_row(models, reference, points, task)
 
     # the retrained twins against the oracles: the floor
     found = {"rows": {"original": judge(originals), "retrain": judge(twins)}, "frontier": {}}
