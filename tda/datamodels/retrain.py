@@ -43,16 +43,34 @@ class SubsetRetrainer:
     aligned_batches: bool = False
 
     def __call__(self, mask: np.ndarray, seed: int) -> np.ndarray:
-        if len(mask) != len(self.train_data):
-            raise ValueError(f"mask has {len(mask)} entries for {len(self.train_data)} examples")
+        mask = boolean_mask(mask, len(self.train_data))
         model = build_model(self.model_factory, seed)
         train_on(
             model,
             self.train_data,
-            np.asarray(mask),
+            mask,
             self.config,
             seed,
             self.task,
             self.aligned_batches,
         )
         return task_outputs(model, self.task, self.queries).double().numpy()
+
+
+def boolean_mask(mask: np.ndarray, n_train: int) -> np.ndarray:
+    """``mask`` as a boolean ``[n_train]`` array; 0/1 values (ints or floats) read as False/True.
+
+    A 0/1 integer array must not reach ``Examples.subset``, which would read it as the
+    positions 0 and 1.
+
+    Raises:
+        ValueError: a shape other than ``[n_train]``, or values other than booleans, 0 and 1.
+    """
+    mask = np.asarray(mask)
+    if mask.shape != (n_train,):
+        raise ValueError(
+            f"mask must have shape ({n_train},), one entry per training example, got {mask.shape}"
+        )
+    if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
+        raise ValueError("mask must be boolean or hold only 0 and 1")
+    return mask.astype(bool)

@@ -27,12 +27,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 import torch
 from torch import nn
 
 from tda.data.examples import Examples
+from tda.datamodels.retrain import boolean_mask
 from tda.models import build_model
 from tda.outputs import logits_of
 from tda.task import ClassificationTask, Task
@@ -79,11 +81,12 @@ class RemovalRetrainer:
     aligned_batches: bool = False
 
     def __call__(self, keep: np.ndarray, seed: int) -> QueryOutcomes:
+        keep = boolean_mask(keep, len(self.train_data))
         model = build_model(self.model_factory, seed)
         train_on(
             model,
             self.train_data,
-            np.asarray(keep),
+            keep,
             self.config,
             seed,
             self.task,
@@ -133,12 +136,19 @@ def plan_removals(
     Returns:
         For every query, k and seed: the method's removal (the ``k`` highest scores, ties to the
         lower index), then the random one.
+
+    Raises:
+        ValueError: Scores that are not 2-D or hold non-finite values in a chosen row, queries,
+            ks or seeds that are empty, repeated or out of range, or a bad method name.
+        TypeError: Queries, ks or seeds that are not integers.
     """
+    if len(scores.shape) != 2:
+        raise ValueError(f"scores must be 2-D [n_query, n_train], got shape {tuple(scores.shape)}")
     n_query, n_train = scores.shape
     queries, ks, seeds = _checked_plan(queries, ks, seeds, method, n_query, n_train)
     plan = []
     for query in queries:
-        row = np.asarray(scores[query], dtype=np.float64).reshape(-1)
+        row = _score_row(scores, query)
         if not np.isfinite(row).all():
             raise ValueError(f"the scores of query {query} hold non-finite values")
         ranked = np.argsort(-row, kind="stable")
@@ -152,12 +162,23 @@ def plan_removals(
     return plan
 
 
+def _score_row(scores: np.ndarray | torch.Tensor, query: int) -> np.ndarray:
+    """Row ``query`` of the scores as float64 numpy (torch rows of any dtype or device)."""
+    row = scores[query]
+    if isinstance(row, torch.Tensor):
+        row = row.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(row, dtype=np.float64)
+
+
 def _indices(array: np.ndarray) -> tuple[int, ...]:
     return tuple(int(index) for index in array)
 
 
 def _checked_plan(queries, ks, seeds, method, n_query, n_train):
     """Validates the arguments of :func:`plan_removals`; returns them as lists of ints."""
+    for name, values in (("queries", queries), ("ks", ks), ("seeds", seeds)):
+        if not all(isinstance(v, Integral) for v in values):
+            raise TypeError(f"{name} must be integers, got {list(values)}")
     queries, ks, seeds = ([int(v) for v in values] for values in (queries, ks, seeds))
     if not _NAME.match(method) or method == RANDOM:
         raise ValueError(

@@ -104,6 +104,26 @@ def test_bad_plans_are_refused(overrides, message):
         plan_removals(scores, [0], [2], [0], method="trak")
 
 
+@pytest.mark.parametrize("argument", ["queries", "ks", "seeds"])
+def test_plan_refuses_non_integer_queries_ks_and_seeds_instead_of_truncating(argument):
+    arguments = {"queries": [0], "ks": [2], "seeds": [0]} | {argument: [1.5]}
+    with pytest.raises(TypeError, match=f"{argument} must be integers"):
+        plan_removals(np.zeros((2, 6)), method="trak", **arguments)
+
+
+def test_plan_refuses_scores_that_are_not_a_matrix():
+    with pytest.raises(ValueError, match=r"scores must be 2-D \[n_query, n_train\]"):
+        plan_removals(np.zeros(6), [0], [2], [0], method="trak")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_plan_reads_torch_scores_of_any_dtype_and_with_gradients(dtype):
+    scores = torch.tensor([[0.5, -1.0, 2.0, 0.0, 1.0, -2.0]], dtype=dtype, requires_grad=True)
+    plan = plan_removals(scores, [0], [2], [0], method="trak")
+    assert plan[0].removed == (2, 4) and plan[0].n_positive == 2
+    assert plan == plan_removals(scores.detach().double().numpy(), [0], [2], [0], method="trak")
+
+
 def test_resume_skips_finished_runs_and_a_killed_job_loses_nothing(tmp_path, weights):
     plan = plan_removals(weights, [0, 1, 2], [3, 5], [0, 1], method="oracle")  # 24 runs
     first = LinearFake(weights)
@@ -251,3 +271,18 @@ def test_mnist1d_runs_match_direct_seed_matched_retraining(tmp_path):
     assert record.output_full == direct(np.ones(200, dtype=bool), 1)[record.query]  # bitwise
     assert record.output == direct(keep, 1)[record.query]
     assert record.drop == record.output_full - record.output
+
+
+def test_removal_retrainer_reads_a_zero_one_keep_mask_as_booleans():
+    train_data, queries = planted_problem()
+    config = TrainConfig(epochs=2, batch_size=32)
+    retrain = RemovalRetrainer(lambda: LogisticRegression(9, 3), train_data, queries, config)
+    keep = np.ones(200, dtype=bool)
+    keep[:10] = False
+    expected = retrain(keep, 0)
+    for values in (keep.astype(np.int64), keep.astype(np.float64)):
+        outcomes = retrain(values, 0)
+        np.testing.assert_array_equal(outcomes.outputs, expected.outputs)
+        np.testing.assert_array_equal(outcomes.predictions, expected.predictions)
+    with pytest.raises(ValueError, match="boolean or hold only 0 and 1"):
+        retrain(np.full(200, 2), 0)
