@@ -103,8 +103,13 @@ def mislabel_detection(
         raise ValueError(f"fractions {bad} are outside (0, 1]")
     order = np.argsort(-scores, kind="stable")
     curve = np.cumsum(wrong[order]) / n_wrong
-    found = {float(f): float(curve[math.ceil(f * len(scores)) - 1]) for f in fractions}
+    found = {float(f): float(curve[_inspected_count(f, len(scores)) - 1]) for f in fractions}
     return MislabelReport(found, _auc(scores, wrong), n_wrong, len(scores), curve)
+
+
+def _inspected_count(fraction: float, n_train: int) -> int:
+    r""":math:`\lceil f n \rceil`, robust to the rounding of ``f`` (0.07 * 100 inspects 7)."""
+    return math.ceil(fraction * n_train - 1e-9)
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float:

@@ -44,6 +44,15 @@ def test_recall_and_auc_on_a_hand_ranking():
     assert mislabel_detection(np.ones(10), flipped).auc == pytest.approx(0.5)
 
 
+def test_recall_inspects_exactly_ceil_of_fraction_times_n_despite_float_rounding():
+    # 0.07 * 100 == 7.000000000000001 in floating point: the 8th example must not be counted
+    flipped = np.zeros(100, dtype=bool)
+    flipped[[0, 7]] = True  # the 1st and the 8th most suspicious
+    suspicion = -np.arange(100.0)
+    report = mislabel_detection(suspicion, flipped, fractions=(0.07, 0.08, 0.075))
+    assert report.found_at == {0.07: 0.5, 0.08: 1.0, 0.075: 1.0}
+
+
 def test_perfect_ranking_finds_everything():
     flipped = torch.zeros(50, dtype=torch.bool)
     flipped[torch.tensor([3, 17, 22, 40, 41])] = True
