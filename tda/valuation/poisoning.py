@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from tda.data.examples import Examples
+from tda.outputs import logits_of
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,8 @@ class Backdoor:
         inputs = self.apply(examples.inputs[keep])
         return Examples(inputs, torch.full_like(examples.targets[keep], self.target))
 
-    @torch.no_grad()
     def success_rate(self, model: nn.Module, examples: Examples) -> float:
-        """Fraction of :meth:`attack` queries the model assigns to the target class."""
-        queries = self.attack(examples)
-        model.eval()
-        predicted = model(queries.inputs).argmax(-1)
+        """Fraction of :meth:`attack` queries the model assigns to the target class (evaluated
+        in eval mode; the model's train/eval mode is restored)."""
+        predicted = logits_of(model, self.attack(examples)).argmax(-1)
         return float((predicted == self.target).double().mean())

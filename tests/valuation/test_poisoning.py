@@ -57,6 +57,19 @@ def test_success_rate_counts_attack_queries_sent_to_the_target():
     assert Backdoor(pattern=(3.0,), target=1).success_rate(Constant(), blobs(30)) == 0.0
 
 
+def test_success_rate_evaluates_in_eval_mode_and_restores_the_training_mode():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 3), torch.nn.Dropout(0.5)).double().train()
+    data = blobs(60)
+    with torch.no_grad():
+        expected = float(
+            (model.eval()(BACKDOOR.attack(data).inputs).argmax(-1) == 0).double().mean()
+        )
+    model.train()
+    assert BACKDOOR.success_rate(model, data) == expected
+    assert model.training and all(module.training for module in model.modules())
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [
