@@ -101,10 +101,20 @@ class NTKSurrogate:
         return faithfulness(logits_of(self.model, queries).cpu(), surrogate)
 
     def _contrast(self, targets: Tensor) -> Tensor:
-        """Class weights ``[q, C]``: 1 for the target, ``-1/(C-1)`` for every other class."""
+        """Class weights ``[q, C]``: 1 for the target, ``-1/(C-1)`` for every other class.
+
+        Raises:
+            ValueError: targets that are not ``[q]`` class indices in ``0..C-1``.
+        """
         classes = self.fitted.coefficients.shape[1]
+        targets = targets.cpu().long()
+        if targets.ndim != 1 or bool(((targets < 0) | (targets >= classes)).any()):
+            raise ValueError(
+                f"query targets must be [q] class indices in 0..{classes - 1}, got shape "
+                f"{tuple(targets.shape)} with values {sorted(set(targets.flatten().tolist()))[:10]}"
+            )
         weights = torch.full((len(targets), classes), -1.0 / (classes - 1), dtype=torch.float64)
-        weights[torch.arange(len(targets)), targets.cpu().long()] = 1.0
+        weights[torch.arange(len(targets)), targets] = 1.0
         return weights
 
     def _require_fitted(self) -> None:

@@ -119,6 +119,15 @@ def test_surrogate_scores_are_the_kernel_terms(trained, tiny_data):
     torch.testing.assert_close(surrogate.score(queries)[0], expected)
 
 
+@pytest.mark.parametrize("bad_target", [-1, 3])
+def test_surrogate_refuses_query_targets_outside_the_classes(trained, tiny_data, bad_target):
+    surrogate = NTKSurrogate().fit(trained, tiny_data.subset(range(15)))
+    queries = Examples(tiny_data.inputs[15:17], torch.tensor([0, bad_target]))
+    for attribute in ("score", "bias", "surrogate_output"):
+        with pytest.raises(ValueError, match=r"class indices in 0\.\.2"):
+            getattr(surrogate, attribute)(queries)
+
+
 def test_surrogate_imitates_the_network(trained, tiny_data):
     surrogate = NTKSurrogate(EmpiricalNTK("trace")).fit(trained, tiny_data)
     report = surrogate.faithfulness(tiny_data)
