@@ -117,8 +117,8 @@ def lds(
         ValueError: On inconsistent shapes, non-finite inputs, fewer than 3 subsets, or when the
             correlation is undefined for every query.
     """
-    predicted = predict_subset_outputs(scores, masks)
     measured, n_seeds = _seed_mean(outputs)
+    predicted = predict_subset_outputs(scores, masks)
     if measured.shape != predicted.shape:
         raise ValueError(
             f"outputs have shape {np.shape(outputs)} but scores {tuple(np.shape(scores))} and "
@@ -204,6 +204,8 @@ def _summarise(
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     if n_bootstrap < 1:
         raise ValueError(f"n_bootstrap must be positive, got {n_bootstrap}")
+    if per_query.size == 0:
+        raise ValueError("there are no queries: scores and outputs need at least one")
     defined = per_query[~np.isnan(per_query)]
     if defined.size == 0:
         raise ValueError(
@@ -253,8 +255,8 @@ def _as_scores(scores: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def _as_masks(masks: np.ndarray) -> np.ndarray:
     masks = np.asarray(masks)
-    if masks.ndim != 2:
-        raise ValueError(f"masks must be 2-D [count, n_train], got shape {masks.shape}")
+    if masks.ndim != 2 or 0 in masks.shape:
+        raise ValueError(f"masks must be a non-empty 2-D [count, n_train], got shape {masks.shape}")
     if masks.dtype != bool and not np.isin(masks, (0, 1)).all():
         raise ValueError("masks must be boolean or hold only 0 and 1")
     return masks.astype(bool, copy=False)

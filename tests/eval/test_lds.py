@@ -109,6 +109,21 @@ def test_shape_errors_name_the_shapes(scores_shape, masks_shape, outputs_shape, 
         lds(np.ones(scores_shape), np.ones(masks_shape, bool), np.ones(outputs_shape))
 
 
+@pytest.mark.parametrize(
+    ("scores_shape", "masks_shape", "outputs_shape", "message"),
+    [
+        ((4, 0), (6, 0), (6, 4), r"non-empty 2-D \[count, n_train\], got shape \(6, 0\)"),
+        ((4, 10), (0, 10), (0, 4), "at least 3 subsets"),
+        ((0, 10), (6, 10), (6, 0), "there are no queries"),
+    ],
+)
+def test_empty_inputs_are_refused_with_a_clear_message(
+    scores_shape, masks_shape, outputs_shape, message
+):
+    with pytest.raises(ValueError, match=message):
+        lds(np.ones(scores_shape), np.ones(masks_shape, bool), np.ones(outputs_shape))
+
+
 def test_non_finite_inputs_are_refused():
     weights, masks, outputs = linear_problem()
     weights[0, 0] = np.nan
