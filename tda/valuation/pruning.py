@@ -129,8 +129,8 @@ def pruning_curve(
     values = _checked_values(values, len(train_data))
     config = TrainConfig() if config is None else config
     fractions = _checked_fractions(fractions)
-    if not seeds:
-        raise ValueError("need at least one seed")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list without repeats, got {list(seeds)}")
     runs = [(s, f, seed) for f in fractions for s in STRATEGIES for seed in seeds]
     runs = [(s, f, seed) for s, f, seed in runs if f > 0 or s == "value"]
     results = {}

@@ -84,3 +84,6 @@ def test_bad_arguments_are_refused(problem):
         pruning_curve(factory, train_data, test_data, torch.zeros(3))
     with pytest.raises(ValueError, match="fractions"):
         pruning_curve(factory, train_data, test_data, torch.zeros(40), fractions=(1.0,))
+    for seeds in [(), (0, 0)]:  # a repeated seed would narrow the interval with a copy
+        with pytest.raises(ValueError, match="seeds must be a non-empty list without repeats"):
+            pruning_curve(factory, train_data, test_data, torch.zeros(40), seeds=seeds)
