@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
+import torch
 from torch import Tensor, nn
 
 from tda.data.examples import Examples
@@ -77,7 +78,8 @@ def check_curvature(curvature: str, allowed: Sequence[str] = ("hessian", "gauss_
 
 
 def check_vectors(vectors: Tensor, size: int | None, solver: str) -> None:
-    """Raise for an unfitted solver (``size`` None) or vectors that are not ``[q, size]``."""
+    """Raise for an unfitted solver (``size`` None), vectors that are not ``[q, size]``, or
+    vectors holding NaN or infinity (a solver would return them as NaN, or as zeros)."""
     if size is None:
         raise RuntimeError(f"call {solver}.fit(model, task, train) before solve()")
     if vectors.ndim != 2 or vectors.shape[1] != size:
@@ -85,3 +87,12 @@ def check_vectors(vectors: Tensor, size: int | None, solver: str) -> None:
             f"{solver}.solve expects vectors of shape [q, {size}] (the fitted parameters), "
             f"got {list(vectors.shape)}"
         )
+    check_finite(vectors, f"{solver}.solve")
+
+
+def check_finite(vectors: Tensor, what: str) -> None:
+    """Raise ``ValueError`` naming the first row of ``vectors`` ``[q, p]`` with NaN or infinity."""
+    finite = torch.isfinite(vectors).all(dim=1)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0, 0])
+        raise ValueError(f"{what} got a non-finite vector: row {row} holds NaN or infinity")

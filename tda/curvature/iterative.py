@@ -22,6 +22,7 @@ from tda.curvature.base import (
     SolverDivergedError,
     check_curvature,
     check_damping,
+    check_finite,
     check_vectors,
 )
 from tda.curvature.hvp import DampedCurvature
@@ -56,9 +57,11 @@ def conjugate_gradient(
     ``operator`` maps ``[k, p] -> [k, p]`` and must be symmetric positive definite.
 
     Raises:
+        ValueError: a row of ``rhs`` holds NaN or infinity (it would stop at once, solved as 0).
         NotPositiveDefiniteError: a search direction has :math:`d^\top A d \le 0`.
         SolverDivergedError: a residual became non-finite.
     """
+    check_finite(rhs, "conjugate_gradient")
     solution = torch.zeros_like(rhs)
     residual = rhs.clone()
     direction = rhs.clone()
@@ -170,12 +173,14 @@ class ConjugateGradientSolver:
 def lissa(
     operator: Callable[[Tensor, int], Tensor], rhs: Tensor, *, scale: float, depth: int
 ) -> Tensor:
-    r"""LiSSA (Agarwal et al. 2017): :math:`v_{t+1} = b + (I - A_t/s)v_t`, returning :math:`v_T/s`.
+    r"""LiSSA (Agarwal et al. 2017): :math:`v_{t+1} = b + (I - A_t/s)v_t` from :math:`v_0 = b`,
+    returning :math:`v_T/s` for :math:`T` = ``depth``.
 
     ``operator(v, t)`` applies :math:`A_t`, an estimate of :math:`A` (e.g. on a minibatch). With
-    :math:`A_t = A` the iterate is the truncated Neumann series
-    :math:`v_T/s = \sum_{k<T}(I - A/s)^k b/s \to A^{-1}b`, which converges iff every eigenvalue of
-    :math:`A` lies in :math:`(0, 2s)`; then :math:`\lVert v_t\rVert \le (t+1)\lVert b\rVert`.
+    :math:`A_t = A` the iterate is the truncated Neumann series of :math:`T + 1` terms,
+    :math:`v_T/s = \sum_{k \le T}(I - A/s)^k b/s \to A^{-1}b`, which converges iff every
+    eigenvalue of :math:`A` lies in :math:`(0, 2s)`; then
+    :math:`\lVert v_t\rVert \le (t+1)\lVert b\rVert`.
 
     Raises:
         SolverDivergedError: an iterate is non-finite or exceeds that bound by a wide margin.

@@ -8,8 +8,10 @@ import torch
 from tda.curvature import (
     ConjugateGradientSolver,
     DiagonalSolver,
+    EKFACSolver,
     ExplicitSolver,
     IdentitySolver,
+    KFACSolver,
     LiSSASolver,
     NotPositiveDefiniteError,
     SolverConvergenceWarning,
@@ -235,6 +237,36 @@ def test_solvers_refuse_solving_before_fit_and_wrong_widths(solver, tiny_mlp, ti
     solver.fit(tiny_mlp, TASK, tiny_data)
     with pytest.raises(ValueError, match=r"\[q, 83\]"):
         solver.solve(torch.zeros(1, 82, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [
+        ExplicitSolver(),
+        ConjugateGradientSolver(),
+        LiSSASolver(depth=4602),
+        DiagonalSolver(),
+        IdentitySolver(),
+        KFACSolver(),
+        EKFACSolver(),
+    ],
+)
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_solvers_refuse_non_finite_vectors_naming_the_row(solver, bad, tiny_mlp, tiny_data):
+    """Conjugate gradient used to stop at once on such a row and return it solved as zeros."""
+    fitted = solver.fit(tiny_mlp, TASK, tiny_data)
+    vectors = torch.ones(3, 83, dtype=torch.float64)
+    vectors[1, 5] = bad
+    with pytest.raises(ValueError, match="row 1 holds NaN or infinity"):
+        fitted.solve(vectors)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_conjugate_gradient_refuses_a_non_finite_right_hand_side(bad):
+    rhs = torch.ones(2, 4, dtype=torch.float64)
+    rhs[0, 2] = bad
+    with pytest.raises(ValueError, match="row 0 holds NaN or infinity"):
+        conjugate_gradient(lambda v: 2.0 * v, rhs, tol=1e-10, max_iter=10)
 
 
 def test_solvers_validate_hyperparameters():
