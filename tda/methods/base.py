@@ -42,20 +42,46 @@ def resolve_checkpoints(store: FeatureStore, checkpoints: Sequence[str] | None) 
 
 
 def mean_over_checkpoints(score_one: Callable[[str], Tensor], checkpoints: Sequence[str]) -> Tensor:
-    r"""Ensemble: :math:`\frac{1}{M}\sum_m s_m`, accumulated one checkpoint at a time."""
+    r"""Ensemble: :math:`\frac{1}{M}\sum_m s_m`, accumulated one checkpoint at a time.
+
+    The tensors ``score_one`` returns are left as they are (the sum is accumulated in a copy).
+    """
     total = None
     for checkpoint_id in checkpoints:
         scores = score_one(checkpoint_id)
-        total = scores if total is None else total.add_(scores)
+        total = scores.clone() if total is None else total.add_(scores)
     return total / len(checkpoints)
 
 
+def integer_indices(indices, what: str) -> np.ndarray:
+    """``indices`` (a sequence, array or tensor of integers) as an int64 array.
+
+    Raises:
+        ValueError: the indices are not integers, e.g. a boolean mask (whose ``True``/``False``
+            would otherwise be read as the positions 1 and 0) or floats.
+    """
+    array = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices)
+    if array.size == 0:
+        return np.zeros(array.shape, dtype=np.int64)
+    if array.dtype == np.bool_:
+        raise ValueError(f"{what} indices must be integer positions, not a boolean mask")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{what} indices must be integer positions, got dtype {array.dtype}")
+    return array.astype(np.int64)
+
+
 def query_rows(store: FeatureStore, checkpoint_id: str, split: str, indices) -> Tensor:
-    """Query features ``[q, k]`` of ``split``, optionally only the rows at ``indices``."""
+    """Query features ``[q, k]`` of ``split``, optionally only the rows at ``indices``.
+
+    Raises:
+        ValueError: ``indices`` are not one-dimensional integers, or one is out of range.
+    """
     features = store.load(checkpoint_id, split)
     if indices is None:
         return torch.from_numpy(features)
-    index = np.asarray(indices, dtype=np.int64)
+    index = integer_indices(indices, "query")
+    if index.ndim != 1:
+        raise ValueError(f"query indices must be one-dimensional, got shape {list(index.shape)}")
     bad = index[(index < 0) | (index >= len(features))]
     if len(bad):
         raise ValueError(

@@ -48,7 +48,7 @@ class TrainingRun:
         if not self.checkpoints:
             raise ValueError("a training run needs at least one checkpoint (its trained model)")
         steps = [c.step for c in self.checkpoints]
-        if steps != sorted(steps):
+        if any(later <= earlier for earlier, later in zip(steps[:-1], steps[1:], strict=True)):
             raise ValueError(f"checkpoints must be in training order (increasing steps): {steps}")
 
     def final_model(self) -> nn.Module:

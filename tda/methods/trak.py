@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tda.curvature.base import check_damping
 from tda.methods.base import (
+    integer_indices,
     mean_over_checkpoints,
     query_rows,
     resolve_checkpoints,
@@ -62,8 +64,7 @@ class TRAK:
     _checkpoint_weights: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.damping < 0:
-            raise ValueError(f"damping must be non-negative, got {self.damping}")
+        check_damping(self.damping)
 
     def fit(self, store: FeatureStore, *, split: str = "train", checkpoints=None) -> TRAK:
         """Invert each checkpoint's damped feature kernel and average the out-to-loss weights."""
@@ -135,8 +136,9 @@ class TRAK:
         (:math:`O(|G|k^2 + |G|^3)` per checkpoint).
 
         Raises:
-            ValueError: a group index outside the training split, or a repeated index with
-                ``retain_kernel`` (an example can be removed once).
+            ValueError: a group index outside the training split, indices that are not integers
+                (a boolean mask), or a repeated index with ``retain_kernel`` (an example can be
+                removed once).
         """
         if self.store is None:
             raise RuntimeError("call fit(store) before score_group()")
@@ -171,7 +173,7 @@ def _downdated_solve(kernel: DampedKernel, rows: Tensor, solved: Tensor) -> Tens
 
 
 def _group_columns(group: Sequence[int], n_train: int, split: str) -> np.ndarray:
-    columns = np.asarray(group, dtype=np.int64).reshape(-1)
+    columns = integer_indices(group, "group").reshape(-1)
     bad = columns[(columns < 0) | (columns >= n_train)]
     if len(bad):
         raise ValueError(

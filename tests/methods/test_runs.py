@@ -9,7 +9,14 @@ import torch
 from tda.checkpoints import load_checkpoint
 from tda.curvature import ExplicitSolver
 from tda.data import Examples
-from tda.methods import TRAK, GradientSimilarity, InfluenceFunction, Source, TracIn
+from tda.methods import (
+    TRAK,
+    GradientSimilarity,
+    InfluenceFunction,
+    Source,
+    TracIn,
+    mean_over_checkpoints,
+)
 from tda.methods.runs import CheckpointAverage, RunAttributor, TrainingRun, attribute_runs
 from tda.models import MLP, build_model
 from tda.training import TrainConfig, train
@@ -69,6 +76,30 @@ def test_runs_ensemble_by_their_mean(runs):
     )
 
 
+def test_ensembling_leaves_the_members_scores_unchanged(runs):
+    """The mean used to be accumulated in the first member's own tensor."""
+    made, queries = runs
+    kept = {
+        id(run): torch.full((4, 15), float(i + 1), dtype=torch.float64)
+        for i, run in enumerate(made)
+    }
+
+    class Kept:
+        def fit_run(self, run):
+            self.run = run
+            return self
+
+        def score(self, queries):
+            return kept[id(self.run)]
+
+    mean = attribute_runs(Kept(), made, queries)
+    assert torch.equal(mean, torch.full((4, 15), 1.5, dtype=torch.float64))
+    assert torch.equal(kept[id(made[0])], torch.full((4, 15), 1.0, dtype=torch.float64))
+    members = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([3.0, 6.0])}
+    assert torch.equal(mean_over_checkpoints(members.get, ["a", "b"]), torch.tensor([2.0, 4.0]))
+    assert torch.equal(members["a"], torch.tensor([1.0, 2.0]))
+
+
 def test_model_based_methods_are_run_attributors_and_store_based_ones_are_not():
     for method in (influence(), TracIn(), Source()):
         assert isinstance(method, RunAttributor)
@@ -87,6 +118,13 @@ def test_bad_runs_are_refused(runs):
     shorter = TrainingRun(factory, run.checkpoints, run.train.subset(range(10)))
     with pytest.raises(ValueError, match=r"different sizes \[10, 15\]"):
         attribute_runs(TracIn(), [run, shorter], queries)
+
+
+def test_a_run_listing_a_checkpoint_twice_is_refused(runs):
+    """A repeated step would count its checkpoint twice (TracIn's sum, CheckpointAverage's mean)."""
+    (run, _), _ = runs
+    with pytest.raises(ValueError, match="increasing steps"):
+        TrainingRun(factory, (*run.checkpoints, run.checkpoints[-1]), run.train)
 
 
 def fitted_at(checkpoint, run, queries):

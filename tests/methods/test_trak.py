@@ -113,6 +113,35 @@ def test_query_indices_select_rows_and_out_of_range_is_refused(tmp_path, problem
         TRAK().fit(store, checkpoints=["m9"])
 
 
+def test_boolean_masks_and_non_integer_indices_are_refused_not_read_as_positions(tmp_path, problem):
+    """A mask's True/False would silently select rows and columns 1 and 0."""
+    train, queries, models = problem
+    store = build_store(tmp_path, GradientFeaturizer(IdentityProjector()), models, train, queries)
+    trak = TRAK(damping=0.1).fit(store)
+    mask = np.zeros(60, dtype=bool)
+    mask[[3, 10]] = True
+    with pytest.raises(ValueError, match="group indices must be integer positions"):
+        trak.score_group("query", mask)
+    with pytest.raises(ValueError, match="group indices must be integer positions"):
+        trak.score_group("query", torch.from_numpy(mask))
+    with pytest.raises(ValueError, match="group indices must be integer positions"):
+        trak.score_group("query", [3.0, 10.5])
+    for method in (trak, GradientSimilarity().fit(store)):
+        with pytest.raises(ValueError, match="query indices must be integer positions"):
+            method.score("query", indices=[True, False, False, True, False, False, False])
+        with pytest.raises(ValueError, match="query indices must be integer positions"):
+            method.score("query", indices=np.array([1.7]))
+        with pytest.raises(ValueError, match="query indices must be one-dimensional"):
+            method.score("query", indices=[[1, 2]])
+    positions = torch.tensor([3, 10])
+    torch.testing.assert_close(
+        trak.score_group("query", positions), trak.score("query")[:, [3, 10]].sum(1)
+    )
+    torch.testing.assert_close(
+        trak.score("query", indices=np.array([4], dtype=np.int32)), trak.score("query")[[4]]
+    )
+
+
 def test_singular_kernel_without_damping_is_reported(tmp_path, problem):
     train, queries, models = problem
     small = train.subset(range(10))  # 10 examples, 27 parameters: rank-deficient kernel
@@ -120,6 +149,13 @@ def test_singular_kernel_without_damping_is_reported(tmp_path, problem):
     with pytest.raises(ValueError, match="singular"):
         TRAK(damping=0.0).fit(store)
     assert torch.isfinite(TRAK(damping=0.1).fit(store).score("query")).all()
+
+
+@pytest.mark.parametrize("damping", [-0.1, float("nan"), float("inf")])
+def test_negative_or_non_finite_damping_is_refused_as_such(damping):
+    """NaN and infinity used to pass and be reported later as a singular kernel."""
+    with pytest.raises(ValueError, match="damping must be a finite non-negative number"):
+        TRAK(damping=damping)
 
 
 def test_sign_convention_training_point_supports_itself(tmp_path, problem):
