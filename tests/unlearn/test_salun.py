@@ -66,3 +66,26 @@ def test_salun_intersects_its_mask_with_the_callers(tiny_mlp, tiny_data):
     assert torch.equal(unlearned.get_parameter("2.weight"), before)
     with pytest.raises(ValueError, match="fraction must be in"):
         SalUn(fraction=1.5)
+
+
+def test_frozen_and_unused_parameters_get_a_zero_summed_gradient(tiny_mlp, tiny_data):
+    names = [name for name, _ in tiny_mlp.named_parameters()]
+    expected = dict(zip(names, summed_by_loop(tiny_mlp, tiny_data), strict=True))
+    tiny_mlp.get_parameter("0.weight").requires_grad_(False)
+    tiny_mlp.register_parameter("unused", torch.nn.Parameter(torch.ones(2, dtype=torch.float64)))
+    computed = summed_gradient(tiny_mlp, tiny_data, batch_size=7)
+    assert torch.equal(computed["0.weight"], torch.zeros(8, 6, dtype=torch.float64))
+    assert torch.equal(computed["unused"], torch.zeros(2, dtype=torch.float64))
+    for name in ("0.bias", "2.weight", "2.bias"):
+        torch.testing.assert_close(computed[name], expected[name], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="requires_grad=False"):
+        summed_gradient(tiny_mlp.requires_grad_(False), tiny_data)
+
+
+def test_salun_runs_on_a_model_with_a_frozen_layer_and_leaves_it_bitwise(tiny_mlp, tiny_data):
+    tiny_mlp.get_parameter("0.weight").requires_grad_(False)
+    before = {name: p.detach().clone() for name, p in tiny_mlp.named_parameters()}
+    split = ForgetSplit.of(tiny_data, UnlearningRequest([1, 2], train_size=len(tiny_data)))
+    unlearned = SalUn(MOMENTUM_AND_DECAY, fraction=0.5).unlearn(tiny_mlp, split, seed=0)
+    assert torch.equal(unlearned.get_parameter("0.weight").detach(), before["0.weight"])
+    assert not torch.equal(unlearned.get_parameter("2.weight").detach(), before["2.weight"])

@@ -114,6 +114,19 @@ def test_wagle_intersects_its_mask_with_the_callers(tiny_mlp, tiny_data):
     assert not torch.equal(unlearned.get_parameter("0.weight").detach(), first_layer)
 
 
+def test_a_frozen_layer_scores_zero_and_wagle_leaves_it_bitwise(tiny_mlp, tiny_data):
+    split = _split(tiny_data)
+    tiny_mlp.get_parameter("0.weight").requires_grad_(False)
+    before = {name: p.detach().clone() for name, p in tiny_mlp.named_parameters()}
+    scores = weight_attribution(tiny_mlp, split.forget, split.retain, curvature=0.1)
+    assert torch.equal(scores["0.weight"], torch.zeros(8, 6, dtype=torch.float64))
+    unlearned = WAGLE(GradientDifference(MOMENTUM_AND_DECAY), curvature=0.1).unlearn(
+        tiny_mlp, split, seed=0
+    )
+    assert torch.equal(unlearned.get_parameter("0.weight").detach(), before["0.weight"])
+    assert not torch.equal(unlearned.get_parameter("2.weight").detach(), before["2.weight"])
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
