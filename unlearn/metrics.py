@@ -72,7 +72,8 @@ def mia_efficacy(
     The attack is an RBF SVC (``C = svc_c``, ``gamma="auto"``) on the single feature
     :math:`p_y(x)`, trained on members (retain) against non-members (test). The larger group is
     subsampled without replacement (seeded) to the size of the smaller one so both classes weigh
-    equally. Higher means the forget set looks more like unseen data.
+    equally; the same seeded generator seeds the SVC, so numpy's global random state is left
+    alone. Higher means the forget set looks more like unseen data.
 
     Raises:
         ValueError: an empty forget, retain or test set.
@@ -90,7 +91,9 @@ def mia_efficacy(
     non_members = non_members[_subsample(len(non_members), count, generator)]
     features = np.concatenate([members, non_members]).reshape(-1, 1)
     labels = np.concatenate([np.ones(count), np.zeros(count)])
-    attack = SVC(C=svc_c, gamma="auto", kernel="rbf").fit(features, labels)
+    svc_seed = int(generator.integers(2**32))  # SVC takes seeds below 2**32 only
+    attack = SVC(C=svc_c, gamma="auto", kernel="rbf", random_state=svc_seed)
+    attack = attack.fit(features, labels)
     predicted = attack.predict(true_label_probability(model, forget).reshape(-1, 1))
     return 100.0 * float(np.mean(predicted == 0))
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional
@@ -40,6 +41,22 @@ def test_the_attack_balances_members_and_non_members_with_a_seed():
     big_retain = Examples(retain.inputs.repeat(5, 1), retain.targets.repeat(5))
     first = mia_efficacy(torch.nn.Identity(), forget, big_retain, test, seed=1)
     assert first == mia_efficacy(torch.nn.Identity(), forget, big_retain, test, seed=1) == 100.0
+
+
+def test_the_attack_leaves_numpys_global_random_state_alone(tiny_mlp, tiny_data):
+    forget, retain, test = (tiny_data.subset(range(*ends)) for ends in ((0, 4), (4, 14), (14, 20)))
+    np.random.seed(7)
+    expected = np.random.random_sample(3)
+    np.random.seed(7)
+    efficacy = mia_efficacy(tiny_mlp, forget, retain, test, seed=3)
+    assert np.array_equal(np.random.random_sample(3), expected)
+    assert efficacy == mia_efficacy(tiny_mlp, forget, retain, test, seed=3)
+
+
+@pytest.mark.parametrize("seed", [0, 2**32, 2**64 - 1])
+def test_the_attack_takes_every_seed_a_request_takes(seed):
+    forget, retain, test = _hand_made()
+    assert mia_efficacy(torch.nn.Identity(), forget, retain, test, seed=seed) == 100.0
 
 
 def test_average_gap_is_the_mean_absolute_difference():
