@@ -67,7 +67,10 @@ class IndexForgetSet:
     positions: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        positions = np.asarray(self.positions, dtype=np.int64).reshape(-1)
+        given = np.asarray(self.positions).reshape(-1)
+        if given.size and (given.dtype == np.bool_ or not np.issubdtype(given.dtype, np.integer)):
+            raise ValueError(f"forget positions must be integers, got dtype {given.dtype}")
+        positions = given.astype(np.int64)
         if len(positions) == 0 or len(np.unique(positions)) != len(positions):
             raise ValueError("an index forget set needs distinct positions, at least one")
         object.__setattr__(self, "positions", tuple(sorted(int(i) for i in positions)))

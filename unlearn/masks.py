@@ -48,8 +48,10 @@ def check_mask(model: nn.Module, mask: Mask) -> dict[str, Tensor]:
 
 def intersect_masks(first: Mask | None, second: Mask | None) -> dict[str, Tensor] | None:
     """Weights trainable under both masks (a name missing from one mask is trainable there)."""
-    if first is None or second is None:
-        return None if first is None and second is None else dict(first or second)
+    if first is None:
+        return None if second is None else dict(second)
+    if second is None:  # ``{}`` is a mask too (it freezes nothing): never fall through to None
+        return dict(first)
     names = set(first) | set(second)
     return {
         name: first[name] & second[name]

@@ -75,7 +75,8 @@ class UnlearningRequest:
 
     Raises:
         ValueError: indices that are not integers, out of range, duplicated, already forgotten,
-            or that would leave no example to retain; a non-positive ``train_size``.
+            or that would leave no example to retain; a non-positive ``train_size``; a seed
+            outside ``[0, 2**64)``.
     """
 
     forget_indices: tuple[int, ...]
@@ -93,6 +94,8 @@ class UnlearningRequest:
             raise ValueError(f"train_size must be positive, got {self.train_size}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not 0 <= self.seed < 2**64:  # the range both torch and numpy seed from
+            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
         forget = _as_index_tuple(self.forget_indices, "forget")
         earlier = _as_index_tuple(self.previously_forgotten, "previously forgotten")
         for indices, what in ((forget, "forget"), (earlier, "previously forgotten")):

@@ -67,6 +67,12 @@ def test_index_forget_sets_are_validated_and_their_proxy_is_disjoint(labelled):
         IndexForgetSet((100,)).indices(labelled)
 
 
+@pytest.mark.parametrize("bad", [(1.7, 2.2), np.array([0.5, 3.9]), np.array([True, False])])
+def test_index_forget_sets_refuse_positions_that_are_not_integers(bad):
+    with pytest.raises(ValueError, match="forget positions must be integers"):
+        IndexForgetSet(bad)
+
+
 def test_several_proxies_are_distinct_disjoint_from_f_and_start_with_the_proxy(labelled):
     for forget_set in (RandomForgetSet(0.1, seed=3), IndexForgetSet((7, 3, 5)), ClassForgetSet(8)):
         chosen = set(forget_set.indices(labelled))

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from unlearn import LoopConfig, Phase, WeightedLoss, unlearning_loop
-from unlearn.masks import pin, restore_frozen, zero_frozen_gradients
+from unlearn.masks import intersect_masks, pin, restore_frozen, zero_frozen_gradients
 
 
 class TransposedLinear(nn.Module):
@@ -46,3 +46,10 @@ def test_a_non_contiguous_masked_parameter_keeps_its_frozen_weights_bitwise(tiny
     after = model.weight.detach().clone().view(torch.int64)
     assert torch.equal(after[~trainable], before[~trainable])
     assert (after[trainable] != before[trainable]).all()
+
+
+def test_intersecting_with_no_mask_returns_the_other_even_when_it_names_nothing():
+    frozen = {"weight": torch.tensor([True, False])}
+    assert intersect_masks({}, None) == {} and intersect_masks(None, {}) == {}
+    assert intersect_masks(None, None) is None
+    assert intersect_masks(frozen, None) == frozen and intersect_masks(None, frozen) == frozen

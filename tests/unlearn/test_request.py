@@ -40,6 +40,9 @@ def test_bad_train_size_and_seed_are_refused():
         UnlearningRequest([], train_size=0)
     with pytest.raises(ValueError, match="seed must be an integer"):
         UnlearningRequest([1], train_size=5, seed=1.0)
+    for seed in (-1, 2**64):
+        with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64\)"):
+            UnlearningRequest([1], train_size=5, seed=seed)
 
 
 def test_an_empty_forget_set_is_a_valid_request_that_retains_everything():
