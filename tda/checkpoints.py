@@ -76,19 +76,29 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
     return sorted(checkpoints, key=lambda c: (c.step, c.checkpoint_id))
 
 
+def _check_fits(path: Path, state: dict, model: nn.Module) -> None:
+    """Refuse a state whose names, shapes or dtypes differ from the model's, before any copy."""
+    layout = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    found = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
+    differences = [
+        f"{key}: checkpoint has {found.get(key, '(absent)')}, model {layout.get(key, '(absent)')}"
+        for key in sorted(layout.keys() | found.keys())
+        if found.get(key) != layout.get(key)
+    ]
+    if differences:
+        raise ValueError(f"checkpoint {path} does not fit this model: {'; '.join(differences)}")
+
+
 def load_checkpoint(checkpoint: Checkpoint, model: nn.Module) -> nn.Module:
-    """Load ``checkpoint`` into ``model`` (same architecture) and verify its fingerprint.
+    """Load ``checkpoint`` into ``model`` (same architecture and dtype) after verifying its
+    fingerprint; ``model`` is left unchanged when anything does not match.
 
     Raises:
-        ValueError: the architecture does not match or the file does not match its record.
+        ValueError: the architecture or dtype does not match or the file does not match its record.
     """
     state = load_file(str(checkpoint.path))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ValueError(
-            f"checkpoint {checkpoint.path} does not fit this model: {error}"
-        ) from error
-    if model_fingerprint(model) != checkpoint.fingerprint:
+    if model_fingerprint(state) != checkpoint.fingerprint:
         raise ValueError(f"checkpoint {checkpoint.path} does not match its recorded fingerprint")
+    _check_fits(checkpoint.path, state, model)
+    model.load_state_dict(state, strict=True)
     return model

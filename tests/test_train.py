@@ -64,6 +64,35 @@ def test_loading_into_the_wrong_architecture_or_tampered_file_fails(data, tmp_pa
         load_checkpoint(checkpoint, build_model(MLP, 0))
 
 
+def test_a_refused_checkpoint_leaves_the_model_unchanged(data, tmp_path):
+    train(build_model(MLP, 0), data.train, CONFIG, seed=0, checkpoint_dir=tmp_path)
+    checkpoint = list_checkpoints(tmp_path)[-1]
+    # the first layers of the other head fit, so a partial load would already change them
+    other_head = build_model(partial(MLP, num_classes=9), 1)
+    other_dtype = build_model(MLP, 1, dtype=torch.float64)
+    for model, difference in [
+        (other_head, r"4.bias: checkpoint has \(\(10,\), torch.float32\), model \(\(9,\)"),
+        (
+            other_dtype,
+            r"0.bias: checkpoint has \(\(128,\), torch.float32\), model \(\(128,\), torch.float64",
+        ),
+    ]:
+        before = model_fingerprint(model)
+        with pytest.raises(ValueError, match=f"does not fit this model: {difference}"):
+            load_checkpoint(checkpoint, model)
+        assert model_fingerprint(model) == before
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(checkpoint.path))
+    state["0.bias"] = state["0.bias"] + 1
+    save_file(state, str(checkpoint.path))
+    model = build_model(MLP, 1)
+    before = model_fingerprint(model)
+    with pytest.raises(ValueError, match="does not match its recorded fingerprint"):
+        load_checkpoint(checkpoint, model)
+    assert model_fingerprint(model) == before
+
+
 def test_bad_config_and_empty_data_are_refused(data):
     with pytest.raises(ValueError, match="checkpoints"):
         TrainConfig(epochs=2, checkpoints=3)
