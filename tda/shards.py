@@ -8,6 +8,7 @@ the atomic-write rules.
 from __future__ import annotations
 
 import json
+import operator
 import re
 import shutil
 from dataclasses import dataclass
@@ -53,6 +54,14 @@ def check_name(kind: str, name: Any) -> str:
             "and '.' that does not start with '.'"
         )
     return name
+
+
+def check_index(index: Any) -> int:
+    """A shard index as an int; negative ones are refused (their files would never be listed)."""
+    index = operator.index(index)
+    if index < 0:
+        raise ValueError(f"shard index must be non-negative, got {index}")
+    return index
 
 
 def save_npy(array: np.ndarray, sink: Any) -> None:

@@ -42,6 +42,7 @@ from tda.shards import (
     IncompleteStoreError,
     ShardInfo,
     StoreMismatchError,
+    check_index,
     check_name,
     check_rows,
     check_same_shard,
@@ -204,7 +205,7 @@ class FeatureStore:
     def has_shard(self, checkpoint_id: str, split: str, index: int) -> bool:
         """Whether shard ``index`` is complete (its sidecar and data files exist)."""
         directory = self._shard_dir(checkpoint_id, split)
-        return complete_sidecar(directory, operator.index(index)) is not None
+        return complete_sidecar(directory, check_index(index)) is not None
 
     def shards(self, checkpoint_id: str, split: str) -> list[ShardInfo]:
         """The complete shards of ``(checkpoint_id, split)``, sorted by first row."""
@@ -235,7 +236,7 @@ class FeatureStore:
         corrupt data files). Other content, or rows overlapping another shard, raise
         :class:`StoreMismatchError`.
         """
-        size, index = self._split_size(checkpoint_id, split), operator.index(index)
+        size, index = self._split_size(checkpoint_id, split), check_index(index)
         encoded = {name: encode(name, value) for name, value in arrays.items()}
         values = {name: decode(array, dtype) for name, (array, dtype) in encoded.items()}
         start = operator.index(start)

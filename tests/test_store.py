@@ -244,6 +244,16 @@ def test_bad_writes_and_non_store_directories_are_refused(tmp_path: Path) -> Non
         FeatureStore.open(tmp_path / "notes", CONFIG)
 
 
+def test_negative_shard_indices_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    store = _store(tmp_path / "store")
+    with pytest.raises(ValueError, match="shard index must be non-negative, got -1"):
+        store.write_shard("c0", "train", -1, 0, {"features": FEATURES})
+    with pytest.raises(ValueError, match="shard index must be non-negative, got -1"):
+        store.has_shard("c0", "train", -1)
+    assert not (_shard_dir(store)).exists()
+    assert store.shards("c0", "train") == []
+
+
 def test_shard_missing_a_data_file_is_incomplete_until_rewritten(reference: FeatureStore) -> None:
     (_shard_dir(reference) / "000002.out_to_loss.npy").unlink()
     assert not reference.has_shard("c0", "train", 2)
