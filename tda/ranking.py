@@ -26,14 +26,21 @@ def top_examples(scores: Tensor | np.ndarray, k: int = 5, chunk_size: int = 1024
     (:func:`tda.scores.open_scores`) is never read whole.
 
     Raises:
-        ValueError: ``k`` is not in ``[1, n_train]``.
+        ValueError: ``scores`` is not a non-empty ``[n_query, n_train]`` matrix, ``k`` is not in
+            ``[1, n_train]``, ``chunk_size`` is below 1, or a score is NaN (``topk`` would rank
+            it first).
     """
+    if scores.ndim != 2 or scores.shape[0] == 0:
+        raise ValueError(f"scores must be [n_query >= 1, n_train], got {list(scores.shape)}")
     if not 1 <= k <= scores.shape[1]:
         raise ValueError(f"k must be in [1, {scores.shape[1]}], got {k}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     parts = []
     for start in range(0, scores.shape[0], chunk_size):
         block = scores[start : start + chunk_size]
         block = block if isinstance(block, Tensor) else torch.from_numpy(np.array(block))
+        _check_not_nan(block, start)
         parts.append((block.topk(k, dim=1), block.topk(k, dim=1, largest=False)))
     return TopExamples(
         helpful=torch.cat([top.indices for top, _ in parts]),
@@ -41,3 +48,10 @@ def top_examples(scores: Tensor | np.ndarray, k: int = 5, chunk_size: int = 1024
         harmful=torch.cat([bottom.indices for _, bottom in parts]),
         harmful_scores=torch.cat([bottom.values for _, bottom in parts]),
     )
+
+
+def _check_not_nan(block: Tensor, start: int) -> None:
+    nan_rows = block.isnan().any(dim=1)
+    if bool(nan_rows.any()):
+        query = start + int(nan_rows.nonzero()[0, 0])
+        raise ValueError(f"the scores of query {query} contain NaN; they cannot be ranked")

@@ -43,6 +43,9 @@ def write_scores(
 
     Returns:
         The finished matrix, memory-mapped read-only.
+
+    Raises:
+        ValueError: non-positive sizes, or a block that is not ``[len(indices), n_train]``.
     """
     if n_query < 1 or query_chunk < 1:
         raise ValueError(f"n_query ({n_query}) and query_chunk ({query_chunk}) must be positive")
@@ -54,6 +57,7 @@ def write_scores(
         for start in tqdm(range(0, n_query, query_chunk), desc="score", disable=not progress):
             rows = list(range(start, min(start + query_chunk, n_query)))
             block = score(rows).detach().cpu().numpy()
+            _check_block(block, rows, None if matrix is None else matrix.shape[1])
             if matrix is None:
                 shape = (n_query, block.shape[1])
                 matrix = open_memmap(temporary, mode="w+", dtype=dtype, shape=shape)
@@ -65,6 +69,16 @@ def write_scores(
         if temporary.exists():
             temporary.unlink()
     return open_scores(path)
+
+
+def _check_block(block: np.ndarray, rows: list[int], n_train: int | None) -> None:
+    """Refuse a block that is not ``[len(rows), n_train]`` (numpy would broadcast a single row)."""
+    width = block.shape[1] if block.ndim == 2 and n_train is None else n_train
+    if block.ndim != 2 or block.shape != (len(rows), width):
+        raise ValueError(
+            f"score returned a block of shape {list(block.shape)} for queries "
+            f"[{rows[0]}, {rows[-1] + 1}); expected [{len(rows)}, {width or 'n_train'}]"
+        )
 
 
 def open_scores(path: str | os.PathLike) -> np.memmap:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,26 @@ def test_top_examples_match_a_full_sort_in_any_chunking():
         assert torch.equal(top.helpful_scores, scores.gather(1, order[:, :3]))
     with pytest.raises(ValueError, match="k must be"):
         top_examples(scores, k=31)
+
+
+def test_nan_scores_are_refused_naming_the_query_instead_of_ranked_most_helpful():
+    scores = np.zeros((5, 4), dtype=np.float32)
+    scores[3, 1] = np.nan
+    with pytest.raises(ValueError, match="scores of query 3 contain NaN"):
+        top_examples(scores, k=1, chunk_size=2)
+
+
+@pytest.mark.parametrize(
+    ("scores", "options", "message"),
+    [
+        (torch.zeros(4), {}, r"scores must be \[n_query >= 1, n_train\], got \[4\]"),
+        (torch.zeros(0, 4), {}, r"got \[0, 4\]"),
+        (torch.zeros(2, 4), {"chunk_size": 0}, "chunk_size must be at least 1, got 0"),
+    ],
+)
+def test_bad_score_matrices_and_chunk_sizes_are_refused(scores, options, message):
+    with pytest.raises(ValueError, match=message):
+        top_examples(scores, k=1, **options)
 
 
 def test_figure_is_written(tmp_path):

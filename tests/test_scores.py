@@ -33,3 +33,24 @@ def test_a_failed_run_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="positive"):
         write_scores(score, 0, tmp_path / "s.npy")
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [((1, 3), r"shape \[1, 3\] for queries \[0, 4\); expected \[4, 3\]"), ((4,), r"\[4\]")],
+)
+def test_a_block_of_the_wrong_shape_is_refused_not_broadcast(tmp_path, shape, message):
+    with pytest.raises(ValueError, match=message):
+        write_scores(
+            lambda rows: torch.zeros(shape), 6, tmp_path / "s.npy", query_chunk=4, progress=False
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_later_block_with_another_number_of_training_columns_is_refused(tmp_path):
+    def score(rows):
+        return torch.zeros(len(rows), 3 if rows[0] == 0 else 2)
+
+    with pytest.raises(ValueError, match=r"for queries \[4, 6\); expected \[2, 3\]"):
+        write_scores(score, 6, tmp_path / "s.npy", query_chunk=4, progress=False)
+    assert list(tmp_path.iterdir()) == []
