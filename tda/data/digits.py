@@ -17,10 +17,18 @@ def load_digits(
     Args:
         test_fraction: share of the examples held out for testing.
         seed: seed of the split.
-        classes: keep only these digits (relabelled 0..len-1), e.g. ``(1, 7)`` for a binary task.
+        classes: keep only these digits (relabelled 0..len-1 in ascending order), e.g. ``(1, 7)``
+            for a binary task.
+
+    Raises:
+        ValueError: ``test_fraction`` outside (0, 1), or ``classes`` that are not distinct digits.
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if classes is not None and (
+        not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10))
+    ):
+        raise ValueError(f"classes must be distinct digits 0-9, got {classes}")
     from sklearn.datasets import load_digits as sklearn_digits  # lazy: sklearn imports slowly
 
     inputs, targets = sklearn_digits(return_X_y=True)

@@ -33,16 +33,25 @@ class Examples:
         return len(self.inputs)
 
     def subset(self, indices: Sequence[int] | np.ndarray | Tensor) -> Examples:
-        """The examples at ``indices`` (integer positions or a boolean mask)."""
+        """The examples at ``indices`` (integer positions or a boolean mask).
+
+        Raises:
+            TypeError: non-integer (e.g. float) indices, which would otherwise be truncated.
+            ValueError: a mask of another length, or an index outside ``[0, n)``.
+        """
         index = indices.cpu() if isinstance(indices, Tensor) else torch.as_tensor(np.array(indices))
         if index.dtype != torch.bool:
+            if index.numel() and (index.is_floating_point() or index.is_complex()):
+                raise TypeError(f"indices must be integers or a boolean mask, got {index.dtype}")
             index = index.long()
         if index.dtype == torch.bool:
             if len(index) != len(self):
                 raise ValueError(f"mask has {len(index)} entries for {len(self)} examples")
             index = index.nonzero().squeeze(1)
-        if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(self)):
-            raise ValueError(f"index {int(index.max())} is out of range for {len(self)} examples")
+        outside = (index < 0) | (index >= len(self))
+        if bool(outside.any()):
+            first = int(index[outside][0])
+            raise ValueError(f"index {first} is out of range for {len(self)} examples")
         return Examples(self.inputs[index], self.targets[index])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):

@@ -89,11 +89,15 @@ def featurize(
     Raises:
         StoreMismatchError: the store holds another model under ``checkpoint_id`` or other data
             under a split's name.
-        ValueError: an empty split, a shard index out of range, or non-finite gradients.
+        ValueError: an empty split, ``shards`` naming a split not in ``splits``, a shard index
+            out of range, or non-finite gradients.
     """
     empty = [name for name, examples in splits.items() if len(examples) == 0]
     if not splits or empty:
         raise ValueError(f"splits {empty or '{}'} have no examples to featurize")
+    unknown = sorted(set(shards or {}) - set(splits))
+    if unknown:  # a misspelt split would silently compute every shard of the real one
+        raise ValueError(f"shards name splits {unknown} that are not among {sorted(splits)}")
     store.register_checkpoint(checkpoint_id, model_fingerprint(model))
     seeded = featurizer.with_seed(derive_seed(featurizer.seed, checkpoint_id))
     shards = shards or {}

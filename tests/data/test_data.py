@@ -32,6 +32,13 @@ def test_digits_binary_subset_relabels_classes():
     assert float(splits.train.inputs.max()) <= 1.0
 
 
+@pytest.mark.parametrize("classes", [(1, 1, 7), (1, 12), ()])
+def test_digits_refuse_repeated_or_unknown_classes(classes):
+    # (1, 1, 7) would report 3 classes with labels {0, 2}; (1, 12) 2 classes with only label 0
+    with pytest.raises(ValueError, match="classes must be distinct digits 0-9"):
+        load_digits(classes=classes)
+
+
 def test_adapters_agree_for_dataset_loader_and_hugging_face():
     import datasets
 
@@ -56,3 +63,15 @@ def test_subset_by_indices_and_mask_and_range_check():
     assert data.subset(np.array([True, False, True, False, False])).targets.tolist() == [0, 2]
     with pytest.raises(ValueError, match="out of range"):
         data.subset([5])
+
+
+def test_subset_names_the_offending_index_and_refuses_float_indices():
+    data = Examples(torch.arange(5.0)[:, None], torch.arange(5))
+    with pytest.raises(ValueError, match="index -1 is out of range for 5 examples"):
+        data.subset([-1, 3])
+    with pytest.raises(TypeError, match="indices must be integers or a boolean mask"):
+        data.subset([0.7, 2.2])  # would be truncated to [0, 2]
+    with pytest.raises(TypeError, match="torch.float32"):
+        data.subset(torch.tensor([1.9]))
+    assert len(data.subset([])) == 0
+    assert data.subset(np.array([3, 1], dtype=np.int32)).targets.tolist() == [3, 1]

@@ -143,6 +143,25 @@ def test_bad_requests_give_clear_errors(tmp_path, tiny_mlp, tiny_data):
         open_feature_store(tmp_path / "other", featurizer, shard_size=0)
 
 
+def test_shards_for_a_split_that_is_not_featurized_are_refused_before_any_work(
+    tmp_path, tiny_mlp, tiny_data
+):
+    calls = []
+    featurizer = CountingFeaturizer(GradientFeaturizer(DenseProjector(16)), calls)
+    store = open_feature_store(tmp_path, featurizer, shard_size=8)
+    with pytest.raises(ValueError, match=r"shards name splits \['tain'\] that are not among"):
+        featurize(
+            tiny_mlp,
+            {"train": tiny_data},
+            featurizer,
+            store,
+            checkpoint_id="c",
+            shards={"tain": [0]},  # misspelt: would compute all 3 shards of "train"
+            progress=False,
+        )
+    assert calls == [] and store.checkpoints() == []
+
+
 @pytest.mark.parametrize(
     ("dtype", "loaded", "rtol"),
     [(torch.float16, np.float16, 2e-3), (torch.bfloat16, np.float32, 1e-2)],
