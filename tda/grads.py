@@ -107,7 +107,8 @@ def _check_finite(gradients: Tensor, offset: int, function: str) -> None:
         first = int((~finite).nonzero()[0, 0]) + offset
         raise NonFiniteGradientError(
             f"the per-sample gradient of the {function} for example {first} is not finite; "
-            "check the model's outputs and the input for that example"
+            "check the model's outputs, the input and the target (one outside the model's "
+            "classes gives NaN) for that example"
         )
 
 

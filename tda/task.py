@@ -3,6 +3,8 @@ r"""Tasks: what is attributed. Per-example functions of a model's logits and the
 Every function takes the logits of one example (shape ``[C]``) and its target (a 0-dim integer
 tensor) and returns a scalar, so ``torch.func.vmap`` can batch it. They also accept a leading batch
 dimension (``[B, C]`` logits, ``[B]`` targets) and then return ``[B]``.
+A target outside the classes ``0..C-1`` (other than a language model's ignored positions)
+makes the value NaN, so the library's finite checks refuse it rather than use a wrong number.
 """
 
 from __future__ import annotations
@@ -31,9 +33,19 @@ class Task(Protocol):
         ...
 
 
-def _true_class_mask(logits: Tensor, target: Tensor) -> Tensor:
+def _true_class_mask(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """The one-hot mask of ``target`` over the classes, and a factor that is 1 where the target
+    names a class and NaN where it does not.
+
+    Multiplied into a value, the factor turns a target outside ``0..C-1`` into a NaN value and a
+    NaN gradient, which training and the per-sample gradients refuse (naming the step or the
+    example), instead of a plausible wrong number (a loss of ``logsumexp``, a :math:`Q` of 1).
+    A data-dependent check cannot raise inside ``vmap``.
+    """
     classes = torch.arange(logits.shape[-1], device=logits.device)
-    return classes == target.unsqueeze(-1)
+    mask = classes == target.unsqueeze(-1)
+    valid = mask.any(-1)
+    return mask, torch.where(valid, 1.0, float("nan")).to(logits.dtype)
 
 
 @dataclass(frozen=True)
@@ -47,19 +59,19 @@ class ClassificationTask:
     """
 
     def output(self, logits: Tensor, target: Tensor) -> Tensor:
-        mask = _true_class_mask(logits, target)
+        mask, valid = _true_class_mask(logits, target)
         true_logit = (logits * mask).sum(-1)
         others = torch.logsumexp(logits.masked_fill(mask, float("-inf")), dim=-1)
-        return true_logit - others
+        return (true_logit - others) * valid
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        mask = _true_class_mask(logits, target)
-        return torch.logsumexp(logits, dim=-1) - (logits * mask).sum(-1)
+        mask, valid = _true_class_mask(logits, target)
+        return (torch.logsumexp(logits, dim=-1) - (logits * mask).sum(-1)) * valid
 
     def out_to_loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        mask = _true_class_mask(logits, target)
+        mask, valid = _true_class_mask(logits, target)
         probability = (functional.softmax(logits, dim=-1) * mask).sum(-1)
-        return 1.0 - probability
+        return (1.0 - probability) * valid
 
 
 @dataclass(frozen=True)
@@ -98,9 +110,9 @@ IGNORE_INDEX = -100
 def _token_log_likelihoods(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """:math:`\\log p(y_t)` at every position (0 where ignored) and the mask of counted ones."""
     counted = target != IGNORE_INDEX
-    mask = _true_class_mask(logits, target.masked_fill(~counted, 0))
+    mask, valid = _true_class_mask(logits, target.masked_fill(~counted, 0))
     log_likelihood = (logits * mask).sum(-1) - torch.logsumexp(logits, dim=-1)
-    return log_likelihood * counted, counted
+    return log_likelihood * counted * valid, counted
 
 
 @dataclass(frozen=True)

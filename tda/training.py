@@ -87,7 +87,10 @@ def _epoch(model, task, data, config, optimizer, generator, keep) -> tuple[int, 
         inputs, targets = to_device_of(model, data.inputs[batch], data.targets[batch])
         loss = task.loss(model(inputs), targets).mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss.detach())} at step {steps}")
+            raise FloatingPointError(
+                f"training loss became {float(loss.detach())} at step {steps}: the run diverged, "
+                "or a target lies outside the model's classes"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr_sum += _current_lr(optimizer)

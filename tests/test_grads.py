@@ -89,6 +89,15 @@ def test_nan_gradient_names_the_example(tiny_mlp, tiny_data):
         per_sample_gradients(tiny_mlp, TASK, inputs, tiny_data.targets, chunk_size=4)
 
 
+@pytest.mark.parametrize("function", ["output", "loss"])
+@pytest.mark.parametrize("bad_target", [-1, 99])
+def test_a_target_outside_the_classes_names_the_example(tiny_mlp, tiny_data, function, bad_target):
+    targets = tiny_data.targets.clone()
+    targets[6] = bad_target  # read as no class at all, it would give a plausible wrong gradient
+    with pytest.raises(NonFiniteGradientError, match="example 6 .* the target"):
+        per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, targets, function=function)
+
+
 def test_empty_and_mismatched_inputs_are_refused(tiny_mlp, tiny_data):
     with pytest.raises(ValueError, match="empty"):
         per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs[:0], tiny_data.targets[:0])

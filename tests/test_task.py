@@ -38,6 +38,32 @@ def test_per_example_and_batched_calls_agree():
     torch.testing.assert_close(batched, single, rtol=0, atol=0)
 
 
+def test_a_target_outside_the_classes_gives_nan_not_a_plausible_value():
+    task = ClassificationTask()
+    logits = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    targets = torch.tensor([0, -1, 3, 2])
+    for value in (task.output, task.loss, task.out_to_loss):
+        result = value(logits, targets)
+        assert result[[1, 2]].isnan().all() and result[[0, 3]].isfinite().all()
+    torch.testing.assert_close(
+        task.loss(logits[[0, 3]], targets[[0, 3]]),
+        torch.nn.functional.cross_entropy(logits[[0, 3]], targets[[0, 3]], reduction="none"),
+    )
+    logits.requires_grad_()
+    (gradient,) = torch.autograd.grad(task.loss(logits, targets)[1], logits)
+    assert gradient[1].isnan().all()  # so per-sample gradients refuse it too
+
+
+def test_a_token_outside_the_vocabulary_gives_nan_but_ignored_positions_do_not():
+    logits, targets = _sequence_logits_and_targets()
+    task = LanguageModelingTask()
+    assert task.output(logits, targets).isfinite().all()  # IGNORE_INDEX is not out of range
+    targets[1, 3] = 7
+    output, loss = task.output(logits, targets), task.loss(logits, targets)
+    assert output[1].isnan() and loss[1].isnan()
+    assert output[[0, 2]].isfinite().all() and loss[[0, 2]].isfinite().all()
+
+
 def _sequence_logits_and_targets():
     generator = torch.Generator().manual_seed(4)
     logits = torch.randn(3, 5, 7, dtype=torch.float64, generator=generator)

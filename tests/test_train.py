@@ -210,5 +210,16 @@ def test_a_non_finite_loss_names_its_step(data):
     poisoned = type(data.train)(inputs, data.train.targets)
     order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(2))
     step = int((order == 5).nonzero()[0, 0]) // CONFIG.batch_size
-    with pytest.raises(FloatingPointError, match=f"training loss became nan at step {step}$"):
+    with pytest.raises(FloatingPointError, match=f"training loss became nan at step {step}: "):
         train(build_model(MLP, 0), poisoned, CONFIG, seed=2)
+
+
+def test_a_target_outside_the_classes_stops_training_at_its_step(data):
+    targets = data.train.targets.clone()
+    targets[5] = -1  # cross-entropy would otherwise read it as a class-less logsumexp
+    mislabelled = type(data.train)(data.train.inputs, targets)
+    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(2))
+    step = int((order == 5).nonzero()[0, 0]) // CONFIG.batch_size
+    message = f"loss became nan at step {step}: .* a target lies outside the model's classes"
+    with pytest.raises(FloatingPointError, match=message):
+        train(build_model(MLP, 0), mislabelled, CONFIG, seed=2)

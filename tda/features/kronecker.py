@@ -297,5 +297,6 @@ def _check_finite(features: Tensor, offset: int, function: str) -> None:
         first = int((~finite).nonzero()[0, 0]) + offset
         raise NonFiniteGradientError(
             f"the projected gradient of the {function} for example {first} is not finite; "
-            "check the model's outputs and the input for that example"
+            "check the model's outputs, the input and the target (one outside the model's "
+            "classes gives NaN) for that example"
         )
