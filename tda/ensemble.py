@@ -2,18 +2,25 @@
 
 Model ``s`` is trained from seed ``s`` into ``root/seed-<s>/``; its checkpoints enter a feature
 store as ``seed-<s>.<checkpoint id>`` (e.g. ``seed-3.epoch-0030``). A model whose final checkpoint
-exists is not trained again.
+exists is not trained again. Beside its directory, ``seed-<s>.recipe.json`` records what it is
+trained on and how (the training set's fingerprint, the training settings, the task); a member
+found under another recipe is refused rather than reused. (Members trained before recipes were
+recorded have none, and are reused unchecked.)
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from pathlib import Path
 
 from torch import nn
 from tqdm.auto import tqdm
 
+from tda.atomic import write_bytes_atomic
 from tda.checkpoints import Checkpoint, list_checkpoints, load_checkpoint
 from tda.data.examples import Examples
 from tda.models import build_model
@@ -50,10 +57,16 @@ def train_ensemble(
     task: Task = ClassificationTask(),
     progress: bool = True,
 ) -> dict[int, list[Checkpoint]]:
-    """Train one model per seed (skipping finished ones); returns each seed's checkpoints."""
+    """Train one model per seed (skipping finished ones); returns each seed's checkpoints.
+
+    Raises:
+        ValueError: a member directory records another training set, settings or task.
+    """
     members = {}
+    recipe = _member_recipe(data, config, task)
     for seed in tqdm(list(seeds), desc="train models", disable=not progress):
         directory = member_directory(root, seed)
+        _claim(directory, recipe, config)
         saved = _finished(directory, config)
         if saved is None:
             model = build_model(model_factory, seed)
@@ -62,6 +75,35 @@ def train_ensemble(
             ).checkpoints
         members[seed] = saved
     return members
+
+
+def _member_recipe(data: Examples, config: TrainConfig, task: Task) -> dict[str, object]:
+    """What a member is trained on and how, as JSON: the data's fingerprint, every training
+    setting (factories by their text, without memory addresses) and the task."""
+    settings = {f.name: _text(getattr(config, f.name)) for f in fields(config)}
+    return {"data": data.fingerprint(), "train": settings, "task": _text(task)}
+
+
+def _text(value: object) -> object:
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))  # a lambda's address changes per run
+
+
+def _claim(directory: Path, recipe: dict[str, object], config: TrainConfig) -> None:
+    """Record ``recipe`` for a new member; refuse a member recorded under another one."""
+    path = directory.with_name(f"{directory.name}.recipe.json")
+    if path.is_file():
+        found = json.loads(path.read_text())
+        differing = sorted(key for key in recipe if found.get(key) != recipe[key])
+        if differing:
+            raise ValueError(
+                f"{directory} holds a member trained with other {' and '.join(differing)} "
+                f"(recorded: {[found.get(key) for key in differing]}, asked: "
+                f"{[recipe[key] for key in differing]}); use another directory"
+            )
+    elif _finished(directory, config) is None:  # to be trained now (a legacy member is not)
+        write_bytes_atomic(path, (json.dumps(recipe, indent=2) + "\n").encode())
 
 
 def load_member(model_factory: Callable[[], nn.Module], checkpoint: Checkpoint) -> nn.Module:

@@ -137,6 +137,32 @@ def test_an_ensemble_member_with_its_start_is_finished_only_when_trained(data, t
     assert [c.path.stat().st_mtime_ns for c in again[0]] == stamps
 
 
+def test_an_ensemble_member_trained_on_other_data_or_settings_is_refused(data, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=100)
+    members = train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
+    assert train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False) == members
+    with pytest.raises(
+        ValueError, match=r"trained with other data \(recorded: .*\); use another directory"
+    ):
+        train_ensemble(MLP, data.train.subset(range(200)), config, [0], tmp_path, progress=False)
+    lower = replace(config, optimizer=partial(torch.optim.Adam, lr=1e-3))
+    with pytest.raises(ValueError, match="trained with other train .*lr=0.001"):
+        train_ensemble(MLP, data.train, lower, [0], tmp_path, progress=False)
+    # a factory's memory address is not part of the recipe: a lambda reads the same every run
+    other_lambda = replace(config, optimizer=lambda p: torch.optim.Adam(p))
+    train_ensemble(MLP, data.train, other_lambda, [1], tmp_path, progress=False)
+    again = replace(config, optimizer=lambda p: torch.optim.Adam(p))
+    assert train_ensemble(MLP, data.train, again, [1], tmp_path, progress=False)[1]
+
+
+def test_a_member_trained_before_recipes_were_recorded_is_reused(data, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=100)
+    members = train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
+    (tmp_path / "seed-0.recipe.json").unlink()
+    assert train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False) == members
+    assert not (tmp_path / "seed-0.recipe.json").exists()  # not vouched for after the fact
+
+
 def _parameters(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
