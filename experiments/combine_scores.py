@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 
 from benchmarks.record import command_line
 from experiments.dmm_table import dmm_config
+from tda.scores import save_scores
 from unlearn.predictors import architecture
 
 CHECKED = ("train_fingerprint", "query_fingerprint", "architecture")
@@ -86,12 +87,12 @@ def main() -> None:
             if record.get(key) != first.get(key):
                 raise ValueError(f"{name} and {first_name} differ in {key}")
     combined = unit_norm_mean({name: scores for name, (scores, _) in loaded.items()})
-    path = args.workspace / "scores" / f"{args.output}.npy"
-    np.save(path, combined.astype(np.float32))
     record = {key: first[key] for key in CHECKED} | {"query_split": "train"}
     record |= {"sources": list(loaded), "combination": "mean of unit-Frobenius-norm sources"}
     record |= {"shape": list(combined.shape), "command": command_line()}
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    path = save_scores(
+        args.workspace / "scores" / f"{args.output}.npy", combined.astype(np.float32), record
+    )
     print(f"{path}: mean of {list(loaded)}")
 
 

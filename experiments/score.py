@@ -14,7 +14,6 @@ score matrix a DMM predictor reads (``predictor=scores``, :func:`unlearn.load_sc
     python experiments/score.py attributor=if_ekfac query_split=train scores_name=if_ekfac-train
 """
 
-import json
 import logging
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tda.device import on_device
 from tda.ensemble import member_directory, store_id
 from tda.features import open_feature_store
 from tda.methods.runs import RunAttributor, TrainingRun, attribute_runs
+from tda.scores import save_scores
 from unlearn.predictors import architecture
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,6 @@ def main(cfg: DictConfig) -> str:
         scores, inputs = _score_runs(cfg, attributor, saved, splits.train, queries)
     else:
         scores, inputs = _score_store(cfg, attributor, workspace, saved)
-    path = workspace / "scores" / f"{cfg.scores_name}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, scores)
     record = {
         "attributor": OmegaConf.to_container(cfg.attributor, resolve=True),
         **inputs,
@@ -63,7 +60,7 @@ def main(cfg: DictConfig) -> str:
         "query_fingerprint": queries.fingerprint(),
         "train_fingerprint": splits.train.fingerprint(),
     }
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    path = save_scores(workspace / "scores" / f"{cfg.scores_name}.npy", scores, record)
     log.info("scores %s of %d members saved to %s", scores.shape, len(saved), path)
     return str(path)
 

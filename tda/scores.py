@@ -10,7 +10,9 @@ top-k over the result is :func:`tda.ranking.top_examples`.
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from tda.atomic import fsync_directory, write_atomic, write_bytes_atomic
 
 ScoreFunction = Callable[[Sequence[int]], Tensor]
 
@@ -51,8 +55,9 @@ def write_scores(
         raise ValueError(f"n_query ({n_query}) and query_chunk ({query_chunk}) must be positive")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    matrix = None
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    temporary, matrix = Path(name), None
     try:
         for start in tqdm(range(0, n_query, query_chunk), desc="score", disable=not progress):
             rows = list(range(start, min(start + query_chunk, n_query)))
@@ -64,11 +69,35 @@ def write_scores(
             matrix[start : start + len(rows)] = block
         matrix.flush()
         del matrix
+        _fsync(temporary)
         os.replace(temporary, path)
+        fsync_directory(path.parent)
     finally:
         if temporary.exists():
             temporary.unlink()
     return open_scores(path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as file:
+        os.fsync(file.fileno())
+
+
+def save_scores(path: str | os.PathLike, scores: np.ndarray, record: dict) -> Path:
+    """Publish ``scores`` at ``path`` (``.npy``) and ``record`` (how they were made) beside it as
+    ``.json``, with the scores' sha256 added; returns the ``.npy`` path.
+
+    The old record is removed first and both files are published atomically, so a killed run
+    leaves either the old pair, or new scores with no record (which readers refuse), never new
+    scores beside an old record.
+    """
+    path = Path(path).with_suffix(".npy")
+    record_path = path.with_suffix(".json")
+    record_path.unlink(missing_ok=True)
+    digest = write_atomic(path, lambda sink: np.save(sink, scores, allow_pickle=False))
+    text = json.dumps({**record, "sha256": digest}, indent=2) + "\n"
+    write_bytes_atomic(record_path, text.encode())
+    return path
 
 
 def _check_block(block: np.ndarray, rows: list[int], n_train: int | None) -> None:

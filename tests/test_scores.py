@@ -1,9 +1,12 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from tda.atomic import file_digest
 from tda.ranking import top_examples
-from tda.scores import open_scores, write_scores
+from tda.scores import open_scores, save_scores, write_scores
 
 
 def test_blocks_written_to_disk_equal_the_in_memory_matrix(tmp_path):
@@ -54,3 +57,23 @@ def test_a_later_block_with_another_number_of_training_columns_is_refused(tmp_pa
     with pytest.raises(ValueError, match=r"for queries \[4, 6\); expected \[2, 3\]"):
         write_scores(score, 6, tmp_path / "s.npy", query_chunk=4, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_scores_carry_their_record_and_digest_and_an_old_record_goes_first(
+    tmp_path, monkeypatch
+):
+    scores = np.arange(6, dtype=np.float32).reshape(2, 3)
+    path = save_scores(tmp_path / "s", scores, {"attributor": "trak"})
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record == {"attributor": "trak", "sha256": file_digest(path)}
+    np.testing.assert_array_equal(np.load(path, allow_pickle=False), scores)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tda.scores.write_bytes_atomic", killed)  # killed before the record
+    with pytest.raises(KeyboardInterrupt):
+        save_scores(path, scores + 1, {"attributor": "if"})
+    # new scores may stand, but never beside the old record, which described the old ones
+    assert not path.with_suffix(".json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
