@@ -17,6 +17,7 @@ from torch import nn
 
 from tda.atomic import write_bytes_atomic
 from tda.fingerprint import model_fingerprint
+from tda.shards import check_name
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,12 @@ class Checkpoint:
 
 
 def save_checkpoint(directory: str | os.PathLike, checkpoint_id: str, model: nn.Module, **position):
-    """Write ``model``'s state and its training ``position`` (Checkpoint fields) atomically."""
+    """Write ``model``'s state and its training ``position`` (Checkpoint fields) atomically.
+
+    Raises:
+        ValueError: a ``checkpoint_id`` that is not a plain file name (e.g. ``"../x"``).
+    """
+    check_name("checkpoint id", checkpoint_id)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

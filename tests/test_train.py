@@ -4,7 +4,7 @@ from functools import partial
 import pytest
 import torch
 
-from tda.checkpoints import list_checkpoints, load_checkpoint
+from tda.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from tda.data import load_mnist1d
 from tda.ensemble import train_ensemble
 from tda.fingerprint import model_fingerprint
@@ -12,6 +12,13 @@ from tda.models import MLP, CNN1d, build_model
 from tda.training import TrainConfig, train
 
 CONFIG = TrainConfig(epochs=4, batch_size=32, checkpoints=2)
+POSITION = {
+    "step": 0,
+    "epoch": 0,
+    "learning_rate": 0.0,
+    "segment_steps": 0,
+    "segment_learning_rate": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +69,13 @@ def test_loading_into_the_wrong_architecture_or_tampered_file_fails(data, tmp_pa
     save_file(state, str(checkpoint.path))
     with pytest.raises(ValueError, match="fingerprint"):
         load_checkpoint(checkpoint, build_model(MLP, 0))
+
+
+@pytest.mark.parametrize("checkpoint_id", ["../outside", "a/b", ".hidden", ""])
+def test_a_checkpoint_id_that_is_not_a_plain_name_is_refused(tmp_path, checkpoint_id):
+    with pytest.raises(ValueError, match="checkpoint id .* is not valid"):
+        save_checkpoint(tmp_path / "run", checkpoint_id, build_model(MLP, 0), **POSITION)
+    assert not tmp_path.joinpath("outside.safetensors").exists()
 
 
 def test_a_refused_checkpoint_leaves_the_model_unchanged(data, tmp_path):
