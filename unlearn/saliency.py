@@ -28,7 +28,7 @@ def top_fraction_mask(scores: dict[str, Tensor], fraction: float) -> dict[str, T
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"the trainable fraction must be in (0, 1], got {fraction}")
     flat = torch.cat([score.detach().flatten() for score in scores.values()])
-    keep = math.ceil(fraction * flat.numel())
+    keep = math.ceil(fraction * flat.numel() * (1 - 1e-12))  # 0.07 * 100 is 7.000000000000001
     chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     chosen[torch.topk(flat, keep, sorted=False).indices] = True
     pieces = chosen.split([score.numel() for score in scores.values()])

@@ -40,6 +40,14 @@ def test_the_saliency_mask_keeps_the_largest_gradients_globally(tiny_mlp, tiny_d
         top_fraction_mask({"w": torch.ones(3)}, 0.0)
 
 
+@pytest.mark.parametrize(
+    ("fraction", "size", "kept"), [(0.28, 25, 7), (0.07, 100, 7), (0.35, 10, 4)]
+)
+def test_the_kept_count_is_ceil_of_the_fraction_despite_float_rounding(fraction, size, kept):
+    scores = {"w": torch.arange(size, dtype=torch.float64)}
+    assert int(top_fraction_mask(scores, fraction)["w"].sum()) == kept
+
+
 def test_salun_is_random_labels_inside_the_mask_and_leaves_the_rest_bitwise(tiny_mlp, tiny_data):
     request = UnlearningRequest([0, 3, 5, 8], train_size=len(tiny_data), seed=1)
     split = ForgetSplit.of(tiny_data, request)
