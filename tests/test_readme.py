@@ -1,6 +1,10 @@
-"""The README's links and result files: every contents link reaches a heading, every committed
-record it cites exists."""
+"""The README's links, result files and API names: every contents link reaches a heading, every
+committed record it cites exists, every library name it mentions exists, and every library call in
+its Python examples fits the callee's signature."""
 
+import ast
+import importlib
+import inspect
 import re
 from pathlib import Path
 
@@ -44,3 +48,54 @@ def test_every_link_inside_the_readme_reaches_a_heading():
 def test_every_result_file_the_readme_cites_is_committed():
     cited = set(re.findall(r"results/[\w\-.]+\.(?:json|png)", README))
     assert cited and not {path for path in cited if not (REPO / path).is_file()}
+
+
+def resolve(dotted: str) -> object:
+    """The object a dotted name such as ``tda.scores.write_scores`` names (modules imported)."""
+    parts = dotted.split(".")
+    found = importlib.import_module(parts[0])
+    for count, part in enumerate(parts[1:], start=2):
+        if hasattr(found, part):
+            found = getattr(found, part)
+        else:
+            found = importlib.import_module(".".join(parts[:count]))
+    return found
+
+
+def test_every_library_name_the_readme_mentions_exists():
+    names = set(re.findall(r"\b((?:tda|unlearn)(?:\.[A-Za-z_]\w*)+)", README))
+    missing = []
+    for name in sorted(names):
+        try:
+            resolve(name)
+        except (ImportError, AttributeError):
+            missing.append(name)
+    assert len(names) > 50 and not missing
+
+
+def dotted(node: ast.expr) -> str | None:
+    """``a.b.c`` for an attribute chain on a plain name, else ``None``."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
+
+
+def test_every_library_call_in_the_python_examples_fits_its_signature():
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    calls, misfits = 0, []
+    for block in blocks:
+        for node in ast.walk(ast.parse(block)):
+            name = dotted(node.func) if isinstance(node, ast.Call) else None
+            if name is None or name.split(".")[0] not in ("tda", "unlearn"):
+                continue
+            if any(isinstance(a, ast.Starred) for a in node.args):
+                continue
+            calls += 1
+            keywords = {k.arg: None for k in node.keywords if k.arg}
+            try:
+                inspect.signature(resolve(name)).bind_partial(*node.args, **keywords)
+            except TypeError as error:
+                misfits.append(f"{name}: {error}")
+    assert len(blocks) >= 5 and calls > 30 and not misfits
