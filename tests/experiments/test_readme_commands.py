@@ -1,11 +1,15 @@
-"""Every ``python experiments/<script>.py`` command the README shows composes with the config tree.
+"""Every command the README shows is accepted by what it runs.
 
-Researchers copy these commands; a renamed config key or group option would otherwise surface only
-when someone runs them. Each command's overrides are parsed as Hydra parses them, every value of a
-sweep (``-m a,b,c``) is composed once, and the job's config is resolved (``results_name`` and
-other interpolations included).
+Researchers copy these commands; a renamed config key, group option or flag would otherwise surface
+only when someone runs them. Each ``python experiments/<script>.py`` command's overrides are parsed
+as Hydra parses them, every value of a sweep (``-m a,b,c``) is composed once, and the job's config
+is resolved (``results_name`` and other interpolations included). Each ``python -m
+experiments.<tool>`` / ``benchmarks.<bench>`` command's arguments go through the tool's own
+argument parser, which is stopped there.
 """
 
+import argparse
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -84,3 +88,45 @@ def test_readme_command_composes_and_resolves(script, overrides):
         job = OmegaConf.to_container(cfg, resolve=False)
         del job["hydra"]
         OmegaConf.to_container(OmegaConf.create(job), resolve=True, throw_on_missing=True)
+
+
+def module_commands() -> list[tuple[str, list[str]]]:
+    """``(module, arguments)`` of every ``python -m experiments.<tool>`` or ``benchmarks.<bench>``
+    command in the README, in its bash blocks or inline in its prose."""
+    pattern = r"python -m ((?:experiments|benchmarks)\.\w++)(?!\*)(.*)"
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            for part in line.split(" #")[0].split("&&"):
+                if match := re.match(r"\s*" + pattern, part):
+                    commands.append((match.group(1), shlex.split(match.group(2))))
+    for inline in re.findall(r"`(python -m (?:experiments|benchmarks)\.\w+[^`]*)`", README):
+        if match := re.match(pattern, " ".join(inline.split())):  # not `benchmarks.bench_*`
+            commands.append((match.group(1), shlex.split(match.group(2))))
+    return commands
+
+
+MODULE_COMMANDS = module_commands()
+
+
+class _ParsedError(Exception):
+    """Raised once a tool's parser accepted its arguments: nothing after parsing runs."""
+
+
+def test_the_readme_shows_tool_and_benchmark_commands():
+    modules = {module for module, _ in MODULE_COMMANDS}
+    assert len(MODULE_COMMANDS) > 30 and len(modules) > 15
+
+
+@pytest.mark.parametrize(("module", "arguments"), MODULE_COMMANDS, ids=lambda v: str(v)[:60])
+def test_readme_tool_command_parses(module, arguments, monkeypatch):
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(parser, args=None, namespace=None):
+        parse(parser, args, namespace)
+        raise _ParsedError
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr("sys.argv", [module, *arguments])
+    with pytest.raises(_ParsedError):
+        importlib.import_module(module).main()
