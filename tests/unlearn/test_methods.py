@@ -52,6 +52,17 @@ def test_exact_retraining_refuses_masks_and_other_architectures(mnist, trained):
         ExactRetraining(partial(FACTORY.func, 40, (8,), 10)).unlearn(trained, split, seed=0)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_exact_retraining_returns_its_model_in_the_mode_it_was_given_as_fine_tuning_does(
+    mnist, trained, training
+):
+    split = ForgetSplit.of(mnist.train, REQUEST)
+    quick = TrainConfig(epochs=1, batch_size=64)
+    retrained = ExactRetraining(FACTORY, quick).unlearn(trained.train(training), split, seed=0)
+    tuned = FineTune(LoopConfig(epochs=1)).unlearn(trained.train(training), split, seed=0)
+    assert retrained.training is tuned.training is training
+
+
 def _max_distance(first, second) -> float:
     pairs = zip(first.parameters(), second.parameters(), strict=True)
     return max(float((a - b).detach().abs().max()) for a, b in pairs)
@@ -94,6 +105,22 @@ def test_random_labels_are_uniform_over_the_other_classes_and_seeded():
     assert counts[0] == 0 and np.all(np.abs(counts[1:] / len(targets) - 1 / 3) < 0.03)
     with pytest.raises(ValueError, match="at least 2 classes"):
         random_other_labels(targets, 1, seed=0)
+
+
+@pytest.mark.parametrize("outside", [4, 7, -1, -100])
+def test_random_labels_refuse_a_target_outside_the_classes_instead_of_wrapping_it(outside):
+    """(y + u) mod C would turn target 4 (or -1, or an ignored position) into a real class."""
+    targets = torch.tensor([0, 3, outside, 1])
+    with pytest.raises(ValueError, match=f"target {outside} of example 2 is outside .* 4 classes"):
+        random_other_labels(targets, 4, seed=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (2, 5)])
+def test_random_labels_refuse_sequence_targets(shape):
+    """Token targets [n, T] were shifted per column (n = T) or failed inside torch (n != T)."""
+    targets = torch.zeros(shape, dtype=torch.long)
+    with pytest.raises(ValueError, match=rf"one class target per example.*{shape[0]}, {shape[1]}"):
+        random_other_labels(targets, 4, seed=0)
 
 
 def _gradient_step(model, examples: Examples, lr: float) -> None:

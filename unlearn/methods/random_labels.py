@@ -32,9 +32,27 @@ from unlearn.methods.base import ForgetSplit
 
 
 def random_other_labels(targets: Tensor, num_classes: int, seed: int) -> Tensor:
-    r"""Labels ``[n]`` uniform over the classes other than each target: :math:`(y + u) \bmod C`."""
+    r"""Labels ``[n]`` uniform over the classes other than each target: :math:`(y + u) \bmod C`.
+
+    Raises:
+        ValueError: fewer than 2 classes, targets that are not one class per example (``[n]``,
+            e.g. a language model's token targets ``[n, T]``), or a target outside
+            ``0..num_classes-1`` (the modulo would silently turn it into a class).
+    """
     if num_classes < 2:
         raise ValueError(f"random labels need at least 2 classes, got {num_classes}")
+    if targets.dim() != 1:
+        raise ValueError(
+            "random labels take one class target per example, shape [n]; got targets of shape "
+            f"{tuple(targets.shape)}"
+        )
+    outside = ((targets < 0) | (targets >= num_classes)).nonzero()
+    if len(outside):
+        row = int(outside[0])
+        raise ValueError(
+            f"target {int(targets[row])} of example {row} is outside the model's "
+            f"{num_classes} classes"
+        )
     generator = torch.Generator().manual_seed(seed)
     shift = torch.randint(1, num_classes, (len(targets),), generator=generator)
     return (targets + shift.to(targets.device)) % num_classes

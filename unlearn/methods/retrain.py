@@ -33,6 +33,9 @@ def _check_same_architecture(fresh: nn.Module, model: nn.Module) -> None:
 class ExactRetraining:
     """Retrain from a fresh initialisation on the retain set (the oracle).
 
+    The retrained model is returned in the training mode of the model it replaces, as the other
+    methods return theirs.
+
     Attributes:
         model_factory: builds an untrained model of the same architecture (e.g. ``tda.MLP``).
         config: training configuration, normally the one the original model was trained with.
@@ -55,4 +58,5 @@ class ExactRetraining:
         fresh = build_model(self.model_factory, init_seed, dtype=reference.dtype)
         fresh = fresh.to(reference.device)
         _check_same_architecture(fresh, model)
-        return train(fresh, split.retain, self.config, seed=seed).model
+        retrained = train(fresh, split.retain, self.config, seed=seed).model
+        return retrained.train(model.training)  # as every loop method: the mode it was given
