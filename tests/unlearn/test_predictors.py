@@ -8,7 +8,7 @@ import torch
 
 from tda.data import Examples
 from tda.features import GradientFeaturizer
-from tda.models import MLP
+from tda.models import MLP, LogisticRegression
 from tda.projection import DenseProjector
 from tda.training import TrainConfig
 from tests.unlearn.reference import FACTORY
@@ -19,6 +19,7 @@ from unlearn.predictors import (
     PredictorScope,
     ScoresPredictor,
     architecture,
+    datamodel_predictor,
     select_ridge,
     trak_predictor,
 )
@@ -107,6 +108,22 @@ def test_datamodels_recover_a_linear_truth():
     )
 
 
+def test_a_datamodel_store_is_reused_only_for_the_models_and_training_it_was_made_with(tmp_path):
+    """The store of subset logits was keyed by the subsets alone: another epoch count or another
+    architecture silently read the first recipe's logits."""
+    generator = torch.Generator().manual_seed(0)
+    data = Examples(torch.randn(12, 3, generator=generator), torch.arange(12) % 2)
+    factory, config = partial(LogisticRegression, 3, 2), TrainConfig(epochs=1, batch_size=4)
+    build = partial(datamodel_predictor, data=data, root=tmp_path, count=6, alpha=0.5)
+    first = build(factory, config=config, ridge_grid=(1.0,))
+    again = build(factory, config=config, ridge_grid=(1.0,))  # resumes: nothing retrained
+    assert torch.equal(first.forget_effect([0, 5]), again.forget_effect([0, 5]))
+    with pytest.raises(ValueError, match="different settings.*config_fingerprint"):
+        build(factory, config=TrainConfig(epochs=2, batch_size=4), ridge_grid=(1.0,))
+    with pytest.raises(ValueError, match="different settings.*config_fingerprint"):
+        build(partial(MLP, 3, (4,), 2), config=config, ridge_grid=(1.0,))
+
+
 def test_ridge_selection_prefers_little_shrinkage_on_noiseless_data():
     generator = np.random.default_rng(1)
     masks = generator.random((100, 10)) < 0.5
@@ -141,6 +158,12 @@ def test_forget_points_without_scores_are_refused():
         PredictorScope(4).check(FACTORY(), _split_indices(6, [5]))
 
 
+def test_a_scores_predictor_without_scores_is_refused_by_name():
+    """It failed inside torch ("Could not infer dtype of NoneType")."""
+    with pytest.raises(ValueError, match="ScoresPredictor needs a score matrix"):
+        ScoresPredictor(PredictorScope(4), "margin")
+
+
 def _split_indices(size: int, forget) -> ForgetSplit:
     data = Examples(torch.zeros(size, 40), torch.zeros(size, dtype=torch.long))
     split = ForgetSplit.of(data, UnlearningRequest(forget, train_size=size))
@@ -158,6 +181,32 @@ def test_oracle_predictor_reads_the_oracle_of_the_request_seed(tmp_path, mnist, 
     second = predictor.targets(trained, examples, positions, split, seed=1)
     assert torch.equal(first, third) and not torch.equal(first, second)
     assert architecture(FACTORY()) == predictor.scope.architecture
+
+
+def test_oracle_predictor_leaves_its_cached_oracles_and_the_global_rng_as_they_were(
+    tmp_path, mnist, trained
+):
+    """A float64 model to unlearn moved the cached oracle to float64 in place, and building the
+    predictor drew an untrained model from the global random state."""
+    config = TrainConfig(epochs=1, batch_size=32)
+    torch.manual_seed(0)
+    predictor = OraclePredictor(FACTORY, mnist, config, first_seed=7, count=1, root=tmp_path)
+    drawn = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(drawn, torch.rand(3))
+    split = _split(mnist.train, np.arange(30))
+    positions = np.arange(5)
+    examples = mnist.train.subset(positions)
+    single = predictor.targets(trained, examples, positions, split, seed=0)
+    oracle = predictor._models(split.forget_indices)[0]
+    state = {name: value.clone() for name, value in oracle.state_dict().items()}
+    double = predictor.targets(
+        trained.double(), examples.to(dtype=torch.float64), positions, split, seed=0
+    )
+    assert double.dtype == torch.float64
+    assert all(p.dtype == torch.float32 for p in oracle.parameters())
+    assert all(torch.equal(state[name], value) for name, value in oracle.state_dict().items())
+    torch.testing.assert_close(double.float(), single, rtol=1e-5, atol=1e-5)
 
 
 def test_the_scale_multiplies_the_predicted_effect(mnist, trained):

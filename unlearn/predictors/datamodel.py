@@ -29,6 +29,7 @@ from tda.models import build_model
 from tda.outputs import logits_of
 from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
+from unlearn.describe import describe
 from unlearn.predictors.base import (
     Output,
     PredictorScope,
@@ -139,6 +140,13 @@ class DatamodelPredictor(ShiftPredictor):
         return (self._masks_c.T @ self._inverse @ self._outputs_c).T
 
 
+def _store_recipe(shape: str, config: TrainConfig) -> dict[str, Any]:
+    """What a subset-retraining store of training-point logits holds: the measure, the
+    :func:`architecture` of its models and their training settings. A store made under another
+    recipe is refused (:meth:`GroundTruthStore.create_or_open`) rather than reused."""
+    return {"output": "training-point logits", "architecture": shape, "train": describe(config)}
+
+
 def datamodel_predictor(
     model_factory,
     data: Any,
@@ -158,23 +166,29 @@ def datamodel_predictor(
     """Retrain on ``count`` random ``alpha``-subsets (resumable) and fit datamodels.
 
     Args:
-        root: the :class:`GroundTruthStore` of training-point logits.
+        root: the :class:`GroundTruthStore` of training-point logits; it records the models'
+            architecture and training settings, and a store made under others is refused.
         fit_subsets: use only the first ``fit_subsets`` subsets (the rest can serve as held-out
             ground truth, e.g. for the LDS of every predictor); default all.
         ridge_grid: candidate ridges, chosen on held-out fit subsets by :func:`select_ridge`.
         scale, forget_scale: factors on the effect on retain and forget points (ridge shrinks
             it; see :class:`~unlearn.predictors.ShiftPredictor`).
+
+    Raises:
+        ValueError: ``root`` holds a store of other subsets, seeds, training set, architecture or
+            training settings.
     """
     train_set = training_set(data)
     masks = sample_subsets(len(train_set), alpha, count, seed=0)
+    shape = architecture(build_model(model_factory, 0))
     store = GroundTruthStore.create_or_open(
-        root, masks, seeds, train_set.fingerprint(), {"output": "training-point logits"}
+        root, masks, seeds, train_set.fingerprint(), _store_recipe(shape, config)
     )
     store.run(TrainingLogits(model_factory, train_set, config), progress=progress)
     used = slice(0, fit_subsets)
     outputs = subset_logits(store, train_set, output)[used]
     ridge = select_ridge(store.masks[used], outputs, ridge_grid)
-    scope = PredictorScope(len(train_set), train_set.fingerprint(), architecture(model_factory()))
+    scope = PredictorScope(len(train_set), train_set.fingerprint(), shape)
     return DatamodelPredictor(
         scope=scope,
         output=output,

@@ -9,6 +9,7 @@ For request seed :math:`s`, the oracle is the one retrained from seed
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from tda.data.examples import Examples
 from tda.fingerprint import array_fingerprint
+from tda.models import build_model
 from tda.training import TrainConfig
 from unlearn.ensembles import load_or_train_oracles
 from unlearn.methods.base import ForgetSplit
@@ -62,9 +64,8 @@ class OraclePredictor:
             raise ValueError(f"OraclePredictor needs at least one oracle, got count={self.count}")
         self.seeds = list(range(self.first_seed, self.first_seed + self.count))
         self._train: Examples = training_set(self.data)
-        self.scope = PredictorScope(
-            len(self._train), self._train.fingerprint(), architecture(self.model_factory())
-        )
+        shape = architecture(build_model(self.model_factory, 0))  # global RNG untouched
+        self.scope = PredictorScope(len(self._train), self._train.fingerprint(), shape)
 
     def check(self, model: nn.Module, split: ForgetSplit) -> None:
         self.scope.check(model, split)
@@ -88,6 +89,15 @@ class OraclePredictor:
 
     def targets(self, model, examples, positions, split, *, seed) -> Tensor:
         oracle = self._models(split.forget_indices)[seed % len(self.seeds)]
-        reference = next(model.parameters())
-        oracle = oracle.to(reference.device, reference.dtype)
-        return model_outputs(oracle, examples, self.output)
+        return model_outputs(_like(oracle, model), examples, self.output)
+
+
+def _like(oracle: nn.Module, model: nn.Module) -> nn.Module:
+    """``oracle`` on ``model``'s device and dtype: a converted copy where they differ, so the
+    cached oracle itself is never moved (moved in place to float32 and back, a float64 oracle
+    would stay rounded for every later request)."""
+    reference = next(model.parameters())
+    placed = all(
+        p.device == reference.device and p.dtype == reference.dtype for p in oracle.parameters()
+    )
+    return oracle if placed else copy.deepcopy(oracle).to(reference.device, reference.dtype)

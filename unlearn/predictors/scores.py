@@ -30,6 +30,8 @@ class ScoresPredictor(ShiftPredictor):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.scores is None:
+            raise ValueError("ScoresPredictor needs a score matrix (scores=...)")
         scores = torch.as_tensor(self.scores)
         expected = 2 if self.output == "margin" else 3
         n = self.scope.train_size
