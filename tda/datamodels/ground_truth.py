@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from io import BytesIO
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,9 @@ class GroundTruthStore:
 
     @property
     def alpha(self) -> float:
-        """Fraction of the training set in each subset."""
-        return float(self.masks[0].mean())
+        """Fraction of the training set in each subset (the mean over subsets, as recorded in
+        the manifest and reported by :func:`tda.eval.lds`, should their sizes differ)."""
+        return float(self.masks.mean())
 
     def _path(self, subset: int, seed: int) -> Path:
         return self.root / _OUTPUTS / f"subset{subset:06d}_seed{seed}.npy"
@@ -172,8 +174,12 @@ class GroundTruthStore:
 
         Returns:
             The number of pairs measured in this call (0 when everything was already recorded).
+
+        Raises:
+            TypeError: ``subsets`` holds something other than integers, e.g. a boolean mask
+                (whose ``True``/``False`` would otherwise be read as the subsets 1 and 0).
         """
-        indices = range(len(self.masks)) if subsets is None else [int(i) for i in subsets]
+        indices = range(len(self.masks)) if subsets is None else _subset_indices(subsets)
         todo = [(i, s) for i in indices for s in self.seeds if not self.is_done(i, s)]
         performed = 0
         for subset, seed in tqdm(todo, desc="ground truth", disable=not progress):
@@ -212,6 +218,18 @@ class GroundTruthStore:
         if len(sizes) != 1:
             raise ValueError(f"records in {self.root} disagree on n_query: shapes {sorted(sizes)}")
         return np.asarray(rows, dtype=np.float64)
+
+
+def _subset_indices(subsets: Iterable[int]) -> list[int]:
+    """``subsets`` (a sequence, array or tensor of integers) as a list of Python ints."""
+    values = subsets.tolist() if hasattr(subsets, "tolist") else list(subsets)
+    values = values if isinstance(values, list) else [values]  # a 0-d array or tensor
+    bad = [value for value in values if isinstance(value, bool) or not isinstance(value, Integral)]
+    if bad:
+        raise TypeError(
+            f"subsets must be integer subset indices, not booleans or floats; got {bad[:5]}"
+        )
+    return [int(value) for value in values]
 
 
 def _validated_masks(masks: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@ import multiprocessing
 
 import numpy as np
 import pytest
+import torch
 
 from tda.datamodels import GroundTruthStore, sample_subsets
 
@@ -42,6 +43,13 @@ def make_store(root, masks, **overrides):
 
 def expected_outputs(masks):
     return np.array([[fake_measure(mask, seed) for seed in SEEDS] for mask in masks])
+
+
+def test_alpha_of_subsets_of_different_sizes_is_their_mean_as_in_the_manifest(tmp_path):
+    masks = np.array([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0]], dtype=bool)  # 1/4, 3/4, 1/2
+    store = GroundTruthStore.create_or_open(tmp_path, masks, [0], QUERY_FINGERPRINT)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert store.alpha == manifest["alpha"] == 0.5  # not the first subset's 1/4
 
 
 def test_run_records_everything_then_does_nothing(tmp_path, masks):
@@ -90,6 +98,25 @@ def test_run_on_a_subset_list_only_touches_those(tmp_path, masks):
     done = {(i, s) for i in range(COUNT) for s in SEEDS} - set(store.missing())
     assert done == {(1, 0), (1, 1), (4, 0), (4, 1)}
     assert store.is_done(4, 1) and not store.is_done(0, 0)
+
+
+def test_run_takes_integer_arrays_and_tensors_of_subsets(tmp_path, masks):
+    store = make_store(tmp_path, masks)
+    assert store.run(fake_measure, subsets=np.array([2]), progress=False) == len(SEEDS)
+    assert store.run(fake_measure, subsets=torch.tensor([3]), progress=False) == len(SEEDS)
+    assert {subset for subset, _ in store.missing()} == {0, 1, 4, 5}
+
+
+@pytest.mark.parametrize(
+    "subsets", [[True, False, True], np.array([True, False, True]), [2.7], np.array([0.0])]
+)
+def test_run_refuses_boolean_masks_and_floats_instead_of_reading_them_as_indices(
+    tmp_path, masks, subsets
+):
+    store = make_store(tmp_path, masks)
+    with pytest.raises(TypeError, match="integer subset indices"):
+        store.run(fake_measure, subsets=subsets, progress=False)
+    assert len(store.missing()) == COUNT * len(SEEDS)  # nothing trained
 
 
 def _worker(root: str, subsets: list[int]) -> None:
