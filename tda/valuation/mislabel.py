@@ -108,8 +108,9 @@ def mislabel_detection(
 
 
 def _inspected_count(fraction: float, n_train: int) -> int:
-    r""":math:`\lceil f n \rceil`, robust to the rounding of ``f`` (0.07 * 100 inspects 7)."""
-    return math.ceil(fraction * n_train - 1e-9)
+    r""":math:`\lceil f n \rceil`, robust to the rounding of ``f`` (0.07 * 100 inspects 7); at
+    least one example for any ``f > 0``."""
+    return max(1, math.ceil(fraction * n_train - 1e-9))
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float:

@@ -47,6 +47,9 @@ class PruningCurve:
     accuracy: dict[str, np.ndarray]
     confidence: float = 0.95
 
+    def __post_init__(self) -> None:
+        _check_confidence(self.confidence)
+
     def mean(self, strategy: str) -> np.ndarray:
         """Mean accuracy over seeds ``[n_fractions]``."""
         return self.accuracy[strategy].mean(axis=1)
@@ -124,8 +127,9 @@ def pruning_curve(
         progress: show a progress bar.
 
     Raises:
-        ValueError: bad fractions, seeds or values, or a workspace holding other runs.
+        ValueError: bad fractions, seeds, values or confidence, or a workspace holding other runs.
     """
+    _check_confidence(confidence)  # before any training: a bad level would give NaN intervals
     values = _checked_values(values, len(train_data))
     config = TrainConfig() if config is None else config
     fractions = _checked_fractions(fractions)
@@ -172,13 +176,20 @@ def _run(model_factory, train_data, test_data, removed, seed, config, task, path
             )
         return float(record["accuracy"])
     keep = np.setdiff1d(np.arange(len(train_data)), removed)
-    model = build_model(model_factory, seed, dtype=train_data.inputs.dtype)
+    model = build_model(model_factory, seed, dtype=_model_dtype(train_data))
     model = train(model, train_data.subset(keep), config, seed=seed, task=task).model
     result = accuracy(model, test_data)
     if path is not None:
         record = {**identity, "accuracy": result, "n_removed": len(removed)}
         write_bytes_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
     return result
+
+
+def _model_dtype(train_data: Examples) -> torch.dtype:
+    """The inputs' dtype for floating inputs; for integer inputs (token ids), float32, the
+    default of :func:`tda.models.build_model`: a module cannot be cast to an integer dtype."""
+    dtype = train_data.inputs.dtype
+    return dtype if dtype.is_floating_point else torch.float32
 
 
 def _record_path(workspace, strategy: str, fraction: float, seed: int) -> Path | None:
@@ -197,6 +208,11 @@ def _checked_values(values, n_train: int) -> Tensor:
     if not bool(torch.isfinite(values).all()):
         raise ValueError("values hold NaN or infinite entries")
     return values
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
 
 
 def _checked_fractions(fractions: Sequence[float]) -> list[float]:

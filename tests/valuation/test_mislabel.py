@@ -53,6 +53,14 @@ def test_recall_inspects_exactly_ceil_of_fraction_times_n_despite_float_rounding
     assert report.found_at == {0.07: 0.5, 0.08: 1.0, 0.075: 1.0}
 
 
+def test_a_tiny_fraction_inspects_one_example_not_all_of_them():
+    flipped = np.zeros(100, dtype=bool)
+    flipped[[0, 99]] = True  # the most and the least suspicious
+    suspicion = -np.arange(100.0)
+    report = mislabel_detection(suspicion, flipped, fractions=(1e-12, 0.001))
+    assert report.found_at == {1e-12: 0.5, 0.001: 0.5}  # ceil(f n) = 1 example, not curve[-1]
+
+
 def test_perfect_ranking_finds_everything():
     flipped = torch.zeros(50, dtype=torch.bool)
     flipped[torch.tensor([3, 17, 22, 40, 41])] = True

@@ -6,8 +6,9 @@ import torch
 from scipy.stats import t as student_t
 
 from tda.data import Examples
-from tda.models import LogisticRegression
-from tda.training import TrainConfig
+from tda.models import LogisticRegression, build_model
+from tda.outputs import accuracy
+from tda.training import TrainConfig, train
 from tda.valuation import PruningCurve, pruning_curve, removal_order, removed_count
 
 CONFIG = TrainConfig(epochs=3, batch_size=16)
@@ -69,6 +70,32 @@ def test_resume_reads_records_and_refuses_other_values(problem, tmp_path):
         pruning_curve(never, train_data, test_data, -values, **options)
 
 
+class TokenClassifier(torch.nn.Module):
+    """Mean of token embeddings, then a linear layer: a model whose inputs are integer ids."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 4)
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, tokens):
+        return self.linear(self.embedding(tokens).mean(1))
+
+
+def test_curve_runs_on_token_id_inputs_like_direct_training():
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 10, (30, 5), generator=generator)
+    data = Examples(tokens, (tokens[:, 0] >= 5).long())
+    train_data, test_data = data.subset(range(20)), data.subset(range(20, 30))
+    values = torch.linspace(-1, 1, 20)
+    curve = pruning_curve(
+        TokenClassifier, train_data, test_data, values, fractions=(0.25,), seeds=(0,), config=CONFIG
+    )
+    model = build_model(TokenClassifier, 0)  # float32: token ids are no model dtype
+    train(model, train_data.subset(range(5, 20)), CONFIG, seed=0)
+    assert curve.accuracy["value"][1, 0] == accuracy(model, test_data)
+
+
 def test_interval_is_student_t():
     accuracy = np.array([[0.8, 0.9, 0.85]])
     curve = PruningCurve((0.0,), (0, 1, 2), {"value": accuracy, "random": accuracy})
@@ -87,3 +114,16 @@ def test_bad_arguments_are_refused(problem):
     for seeds in [(), (0, 0)]:  # a repeated seed would narrow the interval with a copy
         with pytest.raises(ValueError, match="seeds must be a non-empty list without repeats"):
             pruning_curve(factory, train_data, test_data, torch.zeros(40), seeds=seeds)
+
+
+@pytest.mark.parametrize("confidence", [95, 0.0, 1.0, float("nan")])
+def test_a_confidence_outside_zero_one_is_refused_before_any_training(problem, confidence):
+    train_data, test_data = problem  # a level outside (0, 1) made the Student-t intervals NaN
+
+    def never():
+        raise AssertionError("trained before the confidence level was checked")
+
+    with pytest.raises(ValueError, match="confidence must lie strictly between 0 and 1"):
+        pruning_curve(never, train_data, test_data, torch.zeros(40), confidence=confidence)
+    with pytest.raises(ValueError, match="confidence must lie strictly between 0 and 1"):
+        PruningCurve((0.0,), (0,), {"value": np.ones((1, 1))}, confidence=confidence)
