@@ -32,9 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import unlearn
 from tda.atomic import write_bytes_atomic
+from tda.describe import describe
 from tda.device import on_device, resolve_device
 from tda.versions import package_versions
-from unlearn.describe import describe
 
 
 @hydra.main(config_path="../conf", config_name="unlearn", version_base="1.3")

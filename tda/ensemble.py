@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Iterable
-from dataclasses import fields
 from pathlib import Path
 
 from torch import nn
@@ -23,6 +21,7 @@ from tqdm.auto import tqdm
 from tda.atomic import write_bytes_atomic
 from tda.checkpoints import Checkpoint, list_checkpoints, load_checkpoint
 from tda.data.examples import Examples
+from tda.describe import describe
 from tda.models import build_model
 from tda.task import ClassificationTask, Task
 from tda.training import TrainConfig, train
@@ -79,15 +78,8 @@ def train_ensemble(
 
 def _member_recipe(data: Examples, config: TrainConfig, task: Task) -> dict[str, object]:
     """What a member is trained on and how, as JSON: the data's fingerprint, every training
-    setting (factories by their text, without memory addresses) and the task."""
-    settings = {f.name: _text(getattr(config, f.name)) for f in fields(config)}
-    return {"data": data.fingerprint(), "train": settings, "task": _text(task)}
-
-
-def _text(value: object) -> object:
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))  # a lambda's address changes per run
+    setting (:func:`tda.describe.describe`: factories by target and arguments) and the task."""
+    return {"data": data.fingerprint(), "settings": describe(config), "task": describe(task)}
 
 
 def _claim(directory: Path, recipe: dict[str, object], config: TrainConfig) -> None:

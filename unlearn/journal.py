@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tda.atomic import write_bytes_atomic
-from unlearn.describe import describe
+from tda.describe import describe
 
 
 class SearchJournal:

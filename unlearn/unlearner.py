@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from tda.data.examples import Examples, as_examples
+from tda.describe import describe, qualified_name
 from tda.fingerprint import model_fingerprint
 from unlearn.audit import AuditRecord
-from unlearn.describe import describe, qualified_name
 from unlearn.masks import Mask, check_mask, describe_mask
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
 from unlearn.metrics import unlearning_metrics

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from tda.atomic import write_bytes_atomic
 from tda.data.examples import Examples
+from tda.describe import describe
 from tda.models import build_model
 from tda.outputs import accuracy
 from tda.task import ClassificationTask, Task
@@ -166,13 +167,15 @@ def _run(model_factory, train_data, test_data, removed, seed, config, task, path
         "test": test_data.fingerprint(),
         "removed": hashlib.sha256(np.sort(removed).astype(np.int64).tobytes()).hexdigest(),
         "seed": seed,
+        "train_settings": describe(config),
+        "task": describe(task),
     }
     if path is not None and path.exists():
         record = json.loads(path.read_text())
         if {key: record.get(key) for key in identity} != identity:
             raise ValueError(
-                f"{path} records a run on other data or another removal set; use another "
-                "workspace for these values"
+                f"{path} records a run on other data, another removal set or other training "
+                "settings; use another workspace for these values"
             )
         return float(record["accuracy"])
     keep = np.setdiff1d(np.arange(len(train_data)), removed)

@@ -12,8 +12,8 @@ from experiments import method_time
 from experiments.dmm_table import dmm_config
 from experiments.run_records import read_run
 from experiments.unlearning import search_grid, settings_of
+from tda.describe import describe
 from tests.experiments.entry import run_entry_point
-from unlearn.describe import describe
 from unlearn.predictors import architecture
 
 TINY = ("experiment=tiny", "progress=false", "models=2", "tuning.models=1", "klom_floor=false")

@@ -68,6 +68,9 @@ def test_resume_reads_records_and_refuses_other_values(problem, tmp_path):
     np.testing.assert_array_equal(resumed.accuracy["random"], first.accuracy["random"])
     with pytest.raises(ValueError, match="another removal set"):
         pruning_curve(never, train_data, test_data, -values, **options)
+    longer = {**options, "config": TrainConfig(epochs=4, batch_size=16)}
+    with pytest.raises(ValueError, match="other training settings"):
+        pruning_curve(never, train_data, test_data, values, **longer)
 
 
 class TokenClassifier(torch.nn.Module):

@@ -25,11 +25,11 @@ from torch import Tensor, nn
 
 from tda.data.examples import Examples
 from tda.datamodels import GroundTruthStore, sample_subsets
+from tda.describe import describe
 from tda.models import build_model
 from tda.outputs import logits_of
 from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
-from unlearn.describe import describe
 from unlearn.predictors.base import (
     Output,
     PredictorScope,

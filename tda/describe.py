@@ -1,11 +1,12 @@
-"""JSON descriptions of method configurations for audit records.
+"""JSON descriptions of configurations, for audit records and for what a stored model was made with.
 
-Methods are frozen dataclasses whose fields may hold optimiser factories (``functools.partial``),
-model classes, tasks or masks. The audit must say exactly what ran, in plain JSON, so each value is
-described by what it is: dataclasses by their fields, partials by their target and arguments,
-classes and functions by their qualified name, tensors by shape, dtype and content fingerprint.
-Objects that hold large state (e.g. output predictors) describe themselves with an
-``audit_description()`` method.
+Unlearning methods and training configurations are frozen dataclasses whose fields may hold
+optimiser factories (``functools.partial``), model classes, tasks or masks. An audit record (or an
+ensemble member's recipe, :mod:`tda.ensemble`) must say exactly what ran, in plain JSON that reads
+the same in every process, so each value is described by what it is: dataclasses by their fields,
+partials by their target and arguments, classes and functions by their qualified name, tensors by
+shape, dtype and content fingerprint. Objects that hold large state (e.g. output predictors)
+describe themselves with an ``audit_description()`` method.
 """
 
 from __future__ import annotations
