@@ -29,19 +29,21 @@ class GradientSimilarity:
     _train_scale: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def fit(self, store: FeatureStore, *, split: str = "train", checkpoints=None):
-        """Record per-example scales: ``Q_i`` (grad-dot) or ``1/‖φ_i‖`` (grad-cos)."""
-        self.store, self.split = store, split
-        self.checkpoints = resolve_checkpoints(store, checkpoints)
-        self._train_scale = {c: self._scale(c) for c in self.checkpoints}
+        """Record per-example scales: ``Q_i`` (grad-dot) or ``1/‖φ_i‖`` (grad-cos).
+
+        A fit that raises leaves the attributor as it was.
+        """
+        resolved = resolve_checkpoints(store, checkpoints)
+        scales = {c: self._scale(store, split, c) for c in resolved}
+        self.store, self.split, self.checkpoints = store, split, resolved
+        self._train_scale = scales
         return self
 
-    def _scale(self, checkpoint_id: str) -> Tensor:
+    def _scale(self, store: FeatureStore, split: str, checkpoint_id: str) -> Tensor:
         if not self.normalize:
-            return torch.from_numpy(
-                self.store.load(checkpoint_id, self.split, "out_to_loss")
-            ).double()
-        norms = torch.zeros(self.store.splits()[self.split], dtype=torch.float64)
-        for start, block in self.store.iter_rows(checkpoint_id, self.split):
+            return torch.from_numpy(store.load(checkpoint_id, split, "out_to_loss")).double()
+        norms = torch.zeros(store.splits()[split], dtype=torch.float64)
+        for start, block in store.iter_rows(checkpoint_id, split):
             norms[start : start + len(block)] = torch.from_numpy(block).double().norm(dim=1)
         return 1.0 / norms.clamp_min(torch.finfo(torch.float64).tiny)
 

@@ -311,24 +311,26 @@ class Source:
         example's score the sum over the stages that trained on it (0 where none did).
 
         Raises:
-            ValueError: as ``fit``; bad stage examples (see :func:`stage_indices`).
+            ValueError: as ``fit``; bad stage examples (see :func:`stage_indices`). A fit that
+                raises leaves the attributor as it was.
         """
         if len(train) == 0:
             raise ValueError("cannot attribute to an empty training set")
         examples = [stage_indices(stage.examples, len(train)) for stage in stages]
-        self.plan = plan_stages(stages, self.segments)
-        if self.gradients == "start" and self.plan[0].previous is None:
+        plan = plan_stages(stages, self.segments)
+        if self.gradients == "start" and plan[0].previous is None:
             raise ValueError(
                 "gradients='start' needs the starting parameters as the first checkpoint (one "
                 "closing no steps): train with TrainConfig(save_initial=True)"
             )
-        self._examples = [indices for indices in examples for _ in range(self.segments)]
-        self._bases = []
-        for segment, indices in zip(self.plan, self._examples, strict=True):
+        segment_examples = [indices for indices in examples for _ in range(self.segments)]
+        bases = []
+        for segment, indices in zip(plan, segment_examples, strict=True):
             model = load_model(model_factory, segment.checkpoints[-1])
             local = on_model_device(model, stage_subset(train, indices))
             basis = self.eigenbasis.decompose(model, self.task, local, parameters=self.parameters)
-            self._bases.append(basis)
+            bases.append(basis)
+        self.plan, self._examples, self._bases = plan, segment_examples, bases
         self._model_factory, self._train = model_factory, train
         return self
 

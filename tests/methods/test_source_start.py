@@ -78,3 +78,15 @@ def test_the_start_bounds_the_first_segment_and_is_required_for_start_gradients(
         plan_segments([checkpoints[1], replace(checkpoints[2], segment_steps=0)], 1)
     with pytest.raises(ValueError, match="gradients must be"):
         Source(gradients="middle")
+
+
+def test_a_refused_refit_leaves_the_fitted_source_as_it_was(data, run):
+    """The refusal came after the new plan was stored: scoring then read a missing start."""
+    train_set, queries = data
+    checkpoints, _ = run
+    source = Source(segments=2, task=TASK, discrete=True, gradients="start")
+    before = source.fit(factory, checkpoints, train_set).score(queries)
+    with pytest.raises(ValueError, match="save_initial=True"):
+        source.fit(factory, checkpoints[1:], train_set)
+    assert source.plan == plan_segments(checkpoints, 2)
+    np.testing.assert_array_equal(source.score(queries).numpy(), before.numpy())

@@ -298,3 +298,21 @@ def test_the_dual_kernel_without_damping_is_refused(tmp_path, problem):
     store = build_store(tmp_path, featurizer, models, train.subset(range(20)), queries)
     with pytest.raises(ValueError, match="singular"):
         DampedKernel.fit(store, "m0", "train", None, 0.0, dual=True)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_a_refused_gradient_similarity_refit_leaves_the_fitted_one_as_it_was(
+    tmp_path, problem, normalize
+):
+    """The new store used to be kept with the old checkpoints and scales: mixed scores."""
+    train, queries, models = problem
+    others = [build_model(lambda: MLP(4, (3,), 3), seed=s, dtype=torch.float64) for s in (2, 3)]
+    featurizer = GradientFeaturizer(IdentityProjector())
+    first = build_store(tmp_path / "a", featurizer, models, train, queries)
+    second = build_store(tmp_path / "b", featurizer, others, train, queries)  # same checkpoint ids
+    method = GradientSimilarity(normalize=normalize).fit(first)
+    before = method.score("query")
+    with pytest.raises(ValueError, match="not in the store"):
+        method.fit(second, checkpoints=["m9"])
+    assert method.store is first
+    torch.testing.assert_close(method.score("query"), before, rtol=0, atol=0)
