@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,19 @@ def load_model(model_factory: ModelFactory, checkpoint: Checkpoint) -> nn.Module
 def on_model_device(model: nn.Module, examples: Examples) -> Examples:
     """``examples`` on the device of ``model``'s first parameter."""
     return examples.to(next(model.parameters()).device)
+
+
+def check_listed_once(checkpoints: Sequence[Checkpoint]) -> None:
+    """Raise ``ValueError`` naming a checkpoint (the same file) listed more than once."""
+    seen: set[Path] = set()
+    for checkpoint in checkpoints:
+        path = Path(checkpoint.path).resolve()
+        if path in seen:
+            raise ValueError(
+                f"checkpoint {checkpoint.checkpoint_id!r} ({path}) is listed more than once; "
+                "each checkpoint's steps are counted once"
+            )
+        seen.add(path)
 
 
 def streamed_products(
@@ -104,7 +118,8 @@ class TracIn:
         """Record the checkpoints and the training set (gradients are streamed in ``score``).
 
         Raises:
-            ValueError: no checkpoints, an empty training set, or a non-positive chunk size.
+            ValueError: no checkpoints, a checkpoint listed twice, an empty training set, or a
+                non-positive chunk size.
         """
         return self.fit_stages(model_factory, [TrainingStage(checkpoints)], train)
 
@@ -116,10 +131,12 @@ class TracIn:
         score sums over the stages that saw it (0 where none did).
 
         Raises:
-            ValueError: as ``fit``; bad stage examples (see :func:`stage_indices`).
+            ValueError: as ``fit``; bad stage examples (see :func:`stage_indices`); a checkpoint
+                listed twice (its term would be counted twice).
         """
         if not any(stage.checkpoints for stage in stages):
             raise ValueError("TracIn needs at least one checkpoint; got none")
+        check_listed_once([c for stage in stages for c in stage.checkpoints])
         if len(train) == 0:
             raise ValueError("cannot attribute to an empty training set")
         if self.chunk_size < 1:

@@ -1,6 +1,9 @@
 """TracIn-CP against a float64 loop over checkpoints with explicit per-example autograd."""
 
+import os
+from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tda.data import Examples
+from tda.methods.stages import TrainingStage
 from tda.methods.tracin import TracIn
 from tda.models import MLP, build_model
 from tda.task import ClassificationTask
@@ -89,3 +93,16 @@ def test_misuse_is_reported(trained):
         TracIn().score(queries)
     with pytest.raises(ValueError, match="at least one checkpoint"):
         TracIn().fit(factory, [], train_set)
+
+
+def test_a_checkpoint_listed_twice_is_refused_not_counted_twice(trained):
+    checkpoints, train_set, _ = trained
+    with pytest.raises(ValueError, match=f"'{checkpoints[1].checkpoint_id}'.*more than once"):
+        TracIn().fit(factory, [*checkpoints, checkpoints[1]], train_set)
+    again = replace(checkpoints[0], path=Path(os.path.relpath(checkpoints[0].path)))  # same file
+    with pytest.raises(ValueError, match="more than once"):
+        TracIn().fit_stages(
+            factory,
+            [TrainingStage(checkpoints[:2], [0, 1]), TrainingStage([again], [2])],
+            train_set,
+        )
