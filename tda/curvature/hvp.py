@@ -18,6 +18,7 @@ The model is evaluated in eval mode with its current parameters and buffers.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,7 +52,9 @@ def unflatten(vectors: Tensor, params: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def flatten(tensors: dict[str, Tensor], batch: int) -> Tensor:
-    """``{name: [q, *shape]}`` -> ``[q, p]``."""
+    """``{name: [q, *shape]}`` -> ``[q, p]`` (``q = 0`` too: ``reshape(0, -1)`` is ambiguous)."""
+    if batch == 0:
+        return torch.cat([t.reshape(0, math.prod(t.shape[1:])) for t in tensors.values()], dim=1)
     return torch.cat([t.reshape(batch, -1) for t in tensors.values()], dim=1)
 
 

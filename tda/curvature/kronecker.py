@@ -281,11 +281,13 @@ def fit_kronecker_eigenbases(
         One :class:`KroneckerEigenbasis` per layer, in the flattened parameter order.
 
     Raises:
-        ValueError: no examples, parameters outside those layers, or a selected layer
-            that no forward call reaching the loss goes through.
+        ValueError: no examples, a ``chunk_size`` below 1, parameters outside those layers, or
+            a selected layer that no forward call reaching the loss goes through.
     """
     if len(examples) == 0:
         raise ValueError("cannot fit a curvature to an empty set of examples")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     layers = _kronecker_layers(model, parameters)
     options = (sampled_labels, seed, chunk_size)
     factors = _factors(_chunks(model, task, examples, layers, *options), layers, len(examples))
@@ -414,9 +416,7 @@ def _from_block(base: KroneckerEigenbasis, block: Tensor) -> Tensor:
     """Inverse of :func:`_to_block`."""
     parts = []
     if base.weight is not None:
-        parts.append(
-            block[:, :, : block.shape[2] - (base.bias is not None)].reshape(len(block), -1)
-        )
+        parts.append(block[:, :, : block.shape[2] - (base.bias is not None)].flatten(1))
     if base.bias is not None:
         parts.append(block[:, :, -1])
     return torch.cat(parts, dim=1)

@@ -519,3 +519,10 @@ def test_kronecker_parameters_are_the_linear_weights_and_biases_in_model_order()
     assert kronecker.kronecker_parameters(model) == expected  # embeddings and LayerNorms left out
     with pytest.raises(ValueError, match="no nn.Linear"):
         kronecker.kronecker_parameters(torch.nn.LayerNorm(3))
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5])
+def test_fitting_eigenbases_refuses_a_chunk_size_below_one(tiny_mlp, tiny_data, chunk_size):
+    """Source's EKFACEigenbasis reaches it unchecked: -1 was reported as a layer never called."""
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        kronecker.fit_kronecker_eigenbases(tiny_mlp, TASK, tiny_data, chunk_size=chunk_size)

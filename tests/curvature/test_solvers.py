@@ -282,3 +282,27 @@ def test_empty_data_is_refused(tiny_mlp, vectors):
     empty = Examples(torch.zeros(0, 6, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="empty"):
         hessian_vector_product(tiny_mlp, TASK, empty, None, vectors)
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [
+        ExplicitSolver(),
+        ConjugateGradientSolver(),
+        LiSSASolver(depth=4602),
+        DiagonalSolver(),
+        IdentitySolver(),
+        KFACSolver(),
+        EKFACSolver(),
+    ],
+)
+def test_solvers_map_no_vectors_to_no_vectors(solver, tiny_mlp, tiny_data):
+    """``[0, p] -> [0, p]`` like any other ``q``: K-FAC, EK-FAC and LiSSA failed in a reshape."""
+    solved = solver.fit(tiny_mlp, TASK, tiny_data).solve(torch.zeros(0, 83, dtype=torch.float64))
+    assert solved.shape == (0, 83) and solved.dtype == torch.float64
+
+
+@pytest.mark.parametrize("product", [hessian_vector_product, gauss_newton_vector_product])
+def test_curvature_products_of_no_vectors_are_empty(product, tiny_mlp, tiny_data):
+    result = product(tiny_mlp, TASK, tiny_data, None, torch.zeros(0, 83, dtype=torch.float64))
+    assert result.shape == (0, 83)
