@@ -69,14 +69,23 @@ def parameter_count(model: nn.Module, names: Sequence[str] | None = None) -> int
 
 
 @contextlib.contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Run with dropout off and normalisation statistics frozen, then restore the mode."""
-    was_training = model.training
-    model.eval()
+def modes_restored(model: nn.Module) -> Iterator[None]:
+    """Give every submodule its own train/eval mode back afterwards (``model.train(mode)`` would
+    set one mode for all, waking a normalisation layer its owner had frozen in eval mode)."""
+    modes = [(module, module.training) for module in model.modules()]
     try:
         yield
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Run with dropout off and normalisation statistics frozen, then restore every mode."""
+    with modes_restored(model):
+        model.eval()
+        yield
 
 
 def _example_function(model: nn.Module, task: Task, function: TaskFunction, frozen: dict):

@@ -111,6 +111,13 @@ def test_model_mode_is_restored(tiny_mlp, tiny_data):
     assert tiny_mlp.training
 
 
+def test_a_submodule_frozen_in_eval_mode_stays_in_eval_mode(tiny_mlp, tiny_data):
+    tiny_mlp.train()
+    tiny_mlp[1].eval()  # e.g. a normalisation layer its owner froze
+    per_sample_gradients(tiny_mlp, TASK, tiny_data.inputs, tiny_data.targets)
+    assert [m.training for m in tiny_mlp.modules()] == [True, True, False, True]
+
+
 def test_parameters_may_be_a_rule_of_the_model(tiny_mlp):
     by_rule = select_parameters(tiny_mlp, lambda model: ["2.weight", "2.bias"])
     assert list(by_rule) == ["2.weight", "2.bias"]

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from tda.data.examples import Examples
 from tda.device import seeded_rng
+from tda.grads import modes_restored
 from tda.training import OptimizerFactory, SchedulerFactory
 from unlearn.masks import Mask, fully_frozen, pin, restore_frozen, zero_frozen_gradients
 
@@ -221,14 +222,11 @@ def unlearning_loop(
     pinned = pin(model, mask) if mask is not None else []
     optimizer = _build_optimizer(model, config, mask)
     generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.train()
-    try:
+    with modes_restored(model):
+        model.train()
         with seeded_rng(seed):
             _run_epochs(model, phases, config, optimizer, pinned, generator)
         _check_finite_weights(model)
         model.eval()
         _check_finite_outputs(model, phases, config.batch_size)
-    finally:
-        model.train(was_training)
     return model

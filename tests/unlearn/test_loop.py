@@ -48,6 +48,14 @@ def test_masked_out_weights_stay_bitwise_unchanged(tiny_mlp, tiny_data, optimize
     assert (after["2.weight"] != before["2.weight"]).all()
 
 
+def test_every_submodule_gets_its_own_mode_back(tiny_mlp, tiny_data):
+    tiny_mlp.train()
+    tiny_mlp[1].eval()  # e.g. a normalisation layer its owner froze
+    phase = Phase("retain", {"retain": tiny_data}, FIT)
+    unlearning_loop(tiny_mlp, [phase], LoopConfig(epochs=1, batch_size=6), seed=0)
+    assert [m.training for m in tiny_mlp.modules()] == [True, True, False, True]
+
+
 def test_without_the_mask_the_same_weights_would_move(tiny_mlp, tiny_data):
     before = tiny_mlp.get_parameter("2.bias").detach().clone()
     config = LoopConfig(epochs=1, optimizer=partial(torch.optim.SGD, lr=0.1, weight_decay=0.1))
