@@ -7,6 +7,7 @@ processes (Hydra multirun jobs) can each compute a subset of the shards of the s
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Protocol
@@ -19,7 +20,7 @@ from tda.data.examples import Examples
 from tda.features.gradient import FeatureBatch
 from tda.fingerprint import model_fingerprint
 from tda.projection import derive_seed
-from tda.store import FeatureStore
+from tda.store import FeatureStore, StoreMismatchError
 
 
 class Featurizer(Protocol):
@@ -78,8 +79,8 @@ def featurize(
         shards: per split, the shard indices this call computes (missing split or ``None``: all),
             so separate processes can share a checkpoint's work.
         storage_dtype: ``torch.float16`` or ``torch.bfloat16`` halve the store (methods
-            accumulate in float32 or wider; bfloat16 keeps float32's range, float16 overflows
-            above 65504); default the model's dtype.
+            accumulate in float32 or wider; bfloat16 keeps float32's range, float16 stops
+            at 65504: a shard beyond it is refused); default the model's dtype.
         progress: show a progress bar per split.
 
     The projection seed is derived from (featurizer seed, ``checkpoint_id``), so any process that
@@ -87,10 +88,11 @@ def featurize(
     dense projector's cached matrix) serves every split of the call. Complete shards are skipped.
 
     Raises:
-        StoreMismatchError: the store holds another model under ``checkpoint_id`` or other data
-            under a split's name.
+        StoreMismatchError: the store was opened for a featurizer with other settings (a
+            :class:`~tda.features.LogitFeaturizer` may add settings to its base's), or holds
+            another model under ``checkpoint_id`` or other data under a split's name.
         ValueError: an empty split, ``shards`` naming a split not in ``splits``, a shard index
-            out of range, or non-finite gradients.
+            out of range, non-finite gradients, or features beyond ``storage_dtype``'s range.
     """
     empty = [name for name, examples in splits.items() if len(examples) == 0]
     if not splits or empty:
@@ -98,6 +100,7 @@ def featurize(
     unknown = sorted(set(shards or {}) - set(splits))
     if unknown:  # a misspelt split would silently compute every shard of the real one
         raise ValueError(f"shards name splits {unknown} that are not among {sorted(splits)}")
+    _check_store_fits(store, featurizer)
     store.register_checkpoint(checkpoint_id, model_fingerprint(model))
     seeded = featurizer.with_seed(derive_seed(featurizer.seed, checkpoint_id))
     shards = shards or {}
@@ -118,6 +121,26 @@ def featurize(
     return written
 
 
+def _check_store_fits(store: FeatureStore, featurizer: Featurizer) -> None:
+    """Refuse a featurizer whose settings differ from those ``store`` is keyed by.
+
+    Every key of the store's config must hold the same value in the featurizer's; extra keys are
+    allowed, so per-class features (:class:`~tda.features.LogitFeaturizer`) share their base's
+    store.
+    """
+    given = json.loads(json.dumps(store_config(featurizer, store.config["shard_size"])))
+    differing = [key for key, value in store.config.items() if given.get(key, ...) != value]
+    if differing:
+        details = "; ".join(
+            f"{key!r}: store has {store.config[key]!r}, featurizer {given.get(key, '(absent)')!r}"
+            for key in differing
+        )
+        raise StoreMismatchError(
+            f"store {store.root} was opened for another featurizer ({details}); open the store "
+            "with open_feature_store for this featurizer"
+        )
+
+
 def _featurize_split(
     model, examples, seeded, store, checkpoint_id, split, shards, storage_dtype, progress
 ) -> int:
@@ -128,12 +151,23 @@ def _featurize_split(
         start = index * shard_size
         batch = seeded(model, *_rows(examples, start, shard_size))
         features = batch.features.detach().to("cpu", storage_dtype or batch.features.dtype)
+        _check_storable(features, batch.features, split, index)
         arrays = {  # the store keeps a bfloat16 tensor as raw words: numpy has no bfloat16
             "features": features if features.dtype == torch.bfloat16 else features.numpy(),
             "out_to_loss": batch.out_to_loss.detach().cpu().numpy(),
         }
         store.write_shard(checkpoint_id, split, index, start, arrays)
     return len(todo)
+
+
+def _check_storable(stored: torch.Tensor, computed: torch.Tensor, split: str, index: int) -> None:
+    """Refuse features that became infinite in the storage dtype (float16 tops out at 65504)."""
+    if not bool(torch.isfinite(stored).all()) and bool(torch.isfinite(computed).all()):
+        largest = float(computed.abs().max())
+        raise ValueError(
+            f"shard {index} of split '{split}' has features up to {largest:.4g}, beyond the range "
+            f"of {stored.dtype}; store them as torch.bfloat16 or in full precision"
+        )
 
 
 def _rows(examples: Examples, start: int, size: int):

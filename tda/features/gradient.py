@@ -7,6 +7,7 @@ out-to-loss weight :math:`Q_i` evaluated at the same parameters.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 
 import torch
@@ -66,7 +67,7 @@ class GradientFeaturizer:
         return {
             "featurizer": type(self).__name__,
             "projector": self.projector.config(),
-            "task": type(self.task).__name__,
+            "task": task_config(self.task),
             "parameters": list(self.parameters) if self.parameters else None,
             "function": self.function,
         }
@@ -86,6 +87,18 @@ class GradientFeaturizer:
         return FeatureBatch(
             features=features, out_to_loss=out_to_loss(model, self.task, inputs, targets)
         )
+
+
+def task_config(task: Task) -> str:
+    """The task's name in a store's key, with its settings where it has any.
+
+    A dataclass task with fields is written as its ``repr`` (``"ClassLogit(class_index=2)"``), so
+    stores of two classes' logits differ; any other task by its class name
+    (``"ClassificationTask"``).
+    """
+    if dataclasses.is_dataclass(task) and dataclasses.fields(task):
+        return repr(task)
+    return type(task).__name__
 
 
 @torch.no_grad()

@@ -4,12 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from tda.features import GradientFeaturizer, featurize, open_feature_store, shard_count
+from tda.features import (
+    GradientFeaturizer,
+    KroneckerFeaturizer,
+    featurize,
+    open_feature_store,
+    shard_count,
+)
 from tda.grads import per_sample_gradients
 from tda.models import MLP, build_model
 from tda.projection import DenseProjector, IdentityProjector, derive_seed
 from tda.store import StoreMismatchError
-from tda.task import ClassificationTask
+from tda.task import ClassificationTask, ClassLogit
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,32 @@ def test_store_of_another_model_or_featurizer_is_refused(tmp_path, tiny_mlp, tin
         open_feature_store(tmp_path, GradientFeaturizer(DenseProjector(32)))
 
 
+def test_featurizer_other_than_the_stores_is_refused_before_writing(tmp_path, tiny_mlp, tiny_data):
+    store = open_feature_store(tmp_path, GradientFeaturizer(DenseProjector(16, seed=0)))
+    other = GradientFeaturizer(DenseProjector(16, seed=1))  # same width, another matrix
+    with pytest.raises(StoreMismatchError, match="'projector': store has"):
+        featurize(tiny_mlp, {"train": tiny_data}, other, store, checkpoint_id="c", progress=False)
+    assert store.checkpoints() == [] and store.splits() == {}
+
+
+@pytest.mark.parametrize("featurizer_class", ["gradient", "kronecker"])
+def test_stores_of_class_logit_tasks_are_keyed_by_the_class(
+    tmp_path, tiny_mlp, tiny_data, featurizer_class
+):
+    def make(task):
+        if featurizer_class == "gradient":
+            return GradientFeaturizer(IdentityProjector(), task=task)
+        return KroneckerFeaturizer(dim=8, task=task)
+
+    first = make(ClassLogit(0))
+    store = open_feature_store(tmp_path, first)
+    featurize(tiny_mlp, {"q": tiny_data}, first, store, checkpoint_id="c", progress=False)
+    assert first.config()["task"] == "ClassLogit(class_index=0)"
+    assert make(ClassificationTask()).config()["task"] == "ClassificationTask"
+    with pytest.raises(StoreMismatchError, match="task"):  # would reuse class 0's features
+        open_feature_store(tmp_path, make(ClassLogit(2)))
+
+
 def test_bad_requests_give_clear_errors(tmp_path, tiny_mlp, tiny_data):
     featurizer = GradientFeaturizer(DenseProjector(16))
     store = open_feature_store(tmp_path, featurizer, shard_size=8)
@@ -184,3 +216,31 @@ def test_half_precision_storage(tmp_path, tiny_mlp, tiny_data, dtype, loaded, rt
     np.testing.assert_allclose(stored, full.features.numpy(), rtol=rtol, atol=1e-4)
     if dtype == torch.bfloat16:  # exactly the bfloat16 rounding of the features
         np.testing.assert_array_equal(stored, full.features.to(dtype).float().numpy())
+
+
+def test_features_beyond_float16_are_refused_not_stored_as_infinity(tmp_path, tiny_mlp, tiny_data):
+    featurizer = GradientFeaturizer(IdentityProjector())
+    store = open_feature_store(tmp_path, featurizer, shard_size=8)
+    large = tiny_data.subset(range(8))
+    large = type(large)(large.inputs * 1e6, large.targets)  # first-layer gradients ~ 1e6
+    with pytest.raises(ValueError, match="shard 0 of split 'train' has features up to .*float16"):
+        featurize(
+            tiny_mlp,
+            {"train": large},
+            featurizer,
+            store,
+            checkpoint_id="c",
+            storage_dtype=torch.float16,
+            progress=False,
+        )
+    assert not store.has_shard("c", "train", 0)
+    featurize(
+        tiny_mlp,
+        {"train": large},
+        featurizer,
+        store,
+        checkpoint_id="c",
+        storage_dtype=torch.bfloat16,
+        progress=False,
+    )
+    assert np.isfinite(store.load("c", "train")).all()
