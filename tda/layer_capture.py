@@ -61,7 +61,9 @@ def capture_layer_calls(
         Per module name, the calls whose output reaches the value, in call order; and the logits.
 
     Raises:
-        ValueError: a recorded input has no leading batch dimension of size ``b``.
+        ValueError: a recorded input has no leading batch dimension of size ``b``, or a layer's
+            weight reaches the value without the layer being called (``nn.MultiheadAttention``
+            applies its ``out_proj`` weight directly), so its gradient cannot be recorded.
     """
     records: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name, _ in modules}
     handles = [
@@ -69,17 +71,24 @@ def capture_layer_calls(
         for name, module in modules
     ]
     try:
-        with torch.enable_grad():
-            logits = model(inputs)
+        # Gradients are needed even where the caller runs without them (no_grad, inference_mode,
+        # under which autograd would record nothing and every gradient would read as zero).
+        with torch.inference_mode(False), torch.enable_grad():
+            logits = model(inputs.clone() if inputs.is_inference() else inputs)
             total = value(logits).sum()
             recorded = [(name, call) for name, calls in records.items() for call in calls]
             outputs = [output for _, (_, output) in recorded]
-            needed = outputs and total.requires_grad  # else no recorded output reaches the value
-            grads = torch.autograd.grad(total, outputs, allow_unused=True) if needed else None
-            gradients = grads or [None] * len(outputs)
+            # Layers never called: their weight must not reach the value by another route.
+            uncalled = [(n, m.weight) for n, m in modules if not records[n] and _trainable(m)]
+            wanted = outputs + [weight for _, weight in uncalled]
+            needed = wanted and total.requires_grad  # else nothing recorded reaches the value
+            grads = torch.autograd.grad(total, wanted, allow_unused=True) if needed else None
+            grads = list(grads or [None] * len(wanted))
+            gradients = grads[: len(outputs)]
     finally:
         for handle in handles:
             handle.remove()
+    _check_called(uncalled, grads[len(outputs) :])
     captured: dict[str, list[LayerCall]] = {name: [] for name, _ in modules}
     layers = dict(modules)
     for (name, (prepared, _)), gradient in zip(recorded, gradients, strict=True):
@@ -98,6 +107,22 @@ def capture_layer_calls(
                 )
             captured[name].append(LayerCall(prepared, g))
     return captured, logits
+
+
+def _trainable(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, Tensor) and weight.requires_grad
+
+
+def _check_called(uncalled: list[tuple[str, Tensor]], gradients: list[Tensor | None]) -> None:
+    """Refuse layers whose weight has a gradient although no call of theirs was recorded."""
+    bypassed = [name for (name, _), g in zip(uncalled, gradients, strict=True) if g is not None]
+    if bypassed:
+        raise ValueError(
+            f"the weights of modules {bypassed} reach the value without their forward being "
+            "called (e.g. nn.MultiheadAttention's out_proj), so hooks cannot record their "
+            "inputs; choose layers the model calls"
+        )
 
 
 def _hook(name: str, record: list, prepare: Prepare | None):

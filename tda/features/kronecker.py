@@ -30,6 +30,7 @@ sketches multiply).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
@@ -37,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from tda.device import to_device_of
-from tda.features.gradient import FeatureBatch
+from tda.features.gradient import FeatureBatch, task_config
 from tda.features.layer_sketch import (
     khatri_rao_block,
     kronecker_block,
@@ -152,7 +153,7 @@ class KroneckerFeaturizer:
             "structure": self.structure,
             "dim": self.dim,
             "seed": self.seed,
-            "task": type(self.task).__name__,
+            "task": task_config(self.task),
             "modules": list(self.modules) if self.modules is not None else None,
             "function": self.function,
         }
@@ -173,9 +174,11 @@ class KroneckerFeaturizer:
         """Features ``[b, output_dim(model)]`` (float64 for a float64 model) and ``Q`` ``[b]``.
 
         Raises:
-            ValueError: empty or mismatched inputs, bad ``modules``, Linear inputs without a leading
-                batch dimension, ``dim`` below the number of layers (``"khatri_rao"``), or a
-                non-finite feature (``NonFiniteGradientError``).
+            ValueError: empty or mismatched inputs, bad ``modules``, a layer whose weight is tied
+                to another module's or used without calling the layer (``nn.MultiheadAttention``'s
+                ``out_proj``), Linear inputs without a leading batch dimension, ``dim`` below the
+                number of layers (``"khatri_rao"``), or a non-finite feature
+                (``NonFiniteGradientError``).
         """
         if len(inputs) == 0:
             raise ValueError("cannot featurize an empty set of examples")
@@ -262,8 +265,12 @@ def _columns(module: nn.Module) -> int:
 def _chosen_layers(model: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, nn.Module]]:
     """The selected Linear / convolution modules in model order, validated."""
     named = dict(model.named_modules())
-    if names is None:
-        return _all_layers(model, named)
+    chosen = _all_layers(model, named) if names is None else _named_layers(named, names)
+    _check_unshared(model, chosen)
+    return chosen
+
+
+def _named_layers(named: dict, names: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
     for name in names:
         module = named.get(name)
         if module is None or not is_positional(module):
@@ -289,6 +296,22 @@ def _all_layers(model: nn.Module, named: dict) -> list[tuple[str, nn.Module]]:
     if not chosen:
         raise ValueError("the model has no Linear or convolution module with a trainable weight")
     return chosen
+
+
+def _check_unshared(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> None:
+    """Refuse layers with a parameter another module also holds (tied weights): the gradient of
+    a shared weight also flows through the other module, which the layer's hooks never see."""
+    owners = Counter(id(p) for module in model.modules() for p in module.parameters(recurse=False))
+    shared = [
+        name
+        for name, module in chosen
+        if any(owners[id(p)] > 1 for p in module.parameters(recurse=False) if p.requires_grad)
+    ]
+    if shared:
+        raise ValueError(
+            f"modules {shared} share a trainable parameter with another module (tied weights), "
+            "so their calls do not give its whole gradient; untie it or leave these layers out"
+        )
 
 
 def _check_finite(features: Tensor, offset: int, function: str) -> None:

@@ -307,3 +307,68 @@ def test_float32_model_gives_float32_features(tiny_data):
 def test_invalid_settings_are_rejected(settings):
     with pytest.raises(ValueError):
         KroneckerFeaturizer(**{"dim": 8, **settings})
+
+
+class TiedHead(nn.Module):
+    """Token embedding and output head share one weight (as in GPT-2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(5, 4), nn.Linear(4, 5, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.embed(tokens)).mean(1))
+
+
+@pytest.mark.parametrize("modules", [None, ("head",)])
+def test_tied_weights_are_refused(modules):
+    """The head's hooks see only its own calls, not the embedding's share of the gradient."""
+    model = build_model(TiedHead, seed=0, dtype=torch.float64)
+    tokens = torch.randint(0, 5, (6, 3), generator=torch.Generator().manual_seed(0))
+    featurizer = KroneckerFeaturizer(dim=10, modules=modules)
+    with pytest.raises(ValueError, match=r"\['head'\] share a trainable parameter"):
+        featurizer(model, tokens, torch.randint(0, 5, (6,)))
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention applies ``out_proj``'s weight without calling ``out_proj``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.head = nn.Linear(4 * LENGTH, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attention(x, x, x, need_weights=False)[0].flatten(1))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_layer_whose_weight_is_used_without_calling_it_is_refused(structure):
+    """Its hooks never fire, so its block would be zeros although its gradient is not."""
+    model = build_model(Attention, seed=0, dtype=torch.float64)
+    inputs, targets = _data(5, (LENGTH, 4))
+    featurizer = KroneckerFeaturizer(
+        dim=20, modules=("attention.out_proj", "head"), structure=structure
+    )
+    with pytest.raises(ValueError, match=r"\['attention.out_proj'\] reach the value without"):
+        featurizer(model, inputs, targets)
+    assert _hooks(model) == 0
+    alone = KroneckerFeaturizer(dim=20, modules=("head",), structure=structure)
+    expected = _reference(alone, model, inputs, targets)
+    torch.testing.assert_close(alone(model, inputs, targets).features, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_features_do_not_depend_on_the_callers_grad_mode(tiny_mlp, tiny_data, structure):
+    """Under inference_mode autograd recorded nothing, and every feature read as zero."""
+    x, y = tiny_data.inputs, tiny_data.targets
+    featurizer = KroneckerFeaturizer(dim=12, structure=structure)
+    expected = _reference(featurizer, tiny_mlp, x, y)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            features = KroneckerFeaturizer(dim=12, structure=structure)(tiny_mlp, x, y).features
+            made_inside = featurizer(tiny_mlp, x.clone(), y).features  # an inference tensor
+        torch.testing.assert_close(features, expected, rtol=0, atol=1e-10)
+        torch.testing.assert_close(made_inside, expected, rtol=0, atol=1e-10)
