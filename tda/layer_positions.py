@@ -30,10 +30,15 @@ def input_positions(module: nn.Module, a: Tensor) -> Tensor:
     """The layer input as ``[b, T, c]``: Linear inputs as they are, convolution patches unfolded.
 
     Raises:
-        ValueError: a convolution input without its batch dimension.
+        ValueError: an input without its batch dimension (a Linear input of one dimension).
     """
     if isinstance(module, CONVOLUTIONS):
         return _patches(module, a)
+    if a.ndim < 2:
+        raise ValueError(
+            f"{type(module).__name__} got an input of shape {list(a.shape)}; recording its "
+            "gradients needs batched inputs [batch, ..., in]"
+        )
     return a.reshape(len(a), -1, a.shape[-1])
 
 

@@ -65,3 +65,9 @@ def test_which_layers_are_positional():
 def test_unbatched_convolution_inputs_are_refused():
     with pytest.raises(ValueError, match=r"shape \[2, 9\].*batched inputs"):
         input_positions(nn.Conv1d(2, 3, 3), torch.randn(2, 9))
+
+
+def test_unbatched_linear_inputs_are_refused():
+    """A model that calls a Linear layer one example at a time gives it 1-D inputs."""
+    with pytest.raises(ValueError, match=r"Linear got an input of shape \[4\].*batched inputs"):
+        input_positions(nn.Linear(4, 3), torch.randn(4))

@@ -65,6 +65,18 @@ def _examples(sequences: list[tuple[np.ndarray, int]], length: int) -> Examples:
     return Examples(torch.as_tensor(inputs), torch.as_tensor(targets))
 
 
+def _indices(values, count: int, what: str) -> np.ndarray:
+    """``values`` as int64 positions ``[m]`` in ``[0, count)``, refusing floats and booleans."""
+    array = np.asarray(values).reshape(-1)
+    if array.size == 0:
+        return array.astype(np.int64)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{what} indices must be integers, got {array.dtype}")
+    if array.min() < 0 or array.max() >= count:
+        raise ValueError(f"{what} indices must lie in [0, {count})")
+    return array.astype(np.int64)
+
+
 @dataclass(frozen=True)
 class FactSet:
     """Facts ``[n]`` about people, with per-fact perturbed answers.
@@ -90,15 +102,23 @@ class FactSet:
         return len(self.perturbed) // len(self.facts)
 
     def facts_of(self, people) -> np.ndarray:
-        """Indices (ascending) of every fact about the given people."""
-        people = np.asarray(people, dtype=np.int64).reshape(-1)
-        if len(people) and (people.min() < 0 or people.max() >= len(self.names)):
-            raise ValueError(f"person indices must lie in [0, {len(self.names)})")
+        """Indices (ascending) of every fact about the given people.
+
+        Raises:
+            TypeError: non-integer indices (a boolean mask would read as people 0 and 1).
+            ValueError: an index outside ``[0, len(names))``.
+        """
+        people = _indices(people, len(self.names), "person")
         return np.flatnonzero(np.isin(self.person, people))
 
     def perturbed_of(self, facts) -> Examples:
-        """The perturbed answers of the given facts, ``[len(facts) * k]``, fact by fact."""
-        facts = np.asarray(facts, dtype=np.int64).reshape(-1)
+        """The perturbed answers of the given facts, ``[len(facts) * k]``, fact by fact.
+
+        Raises:
+            TypeError: non-integer indices (a boolean mask would read as facts 0 and 1).
+            ValueError: an index outside ``[0, len(facts))``.
+        """
+        facts = _indices(facts, len(self.facts), "fact")
         rows = facts[:, None] * self.alternatives + np.arange(self.alternatives)[None, :]
         return self.perturbed.subset(rows.reshape(-1))
 

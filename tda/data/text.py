@@ -39,7 +39,13 @@ def standard_library_files() -> list[Path]:
 
 
 def windows(tokens: np.ndarray, context: int) -> Examples:
-    """Non-overlapping next-token examples of ``context`` positions cut from ``tokens``."""
+    """Non-overlapping next-token examples of ``context`` positions cut from ``tokens``.
+
+    Raises:
+        ValueError: ``context`` below 1, or too few tokens for one window.
+    """
+    if context < 1:
+        raise ValueError(f"context must be at least 1 position, got {context}")
     count = (len(tokens) - 1) // context
     if count < 1:
         raise ValueError(f"{len(tokens)} tokens make no window of {context} positions")

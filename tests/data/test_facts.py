@@ -47,3 +47,19 @@ def test_facts_are_deterministic_and_people_select_their_facts():
         first.facts_of([6])
     with pytest.raises(ValueError, match="at least 2"):
         make_facts(people=1)
+
+
+def test_people_and_facts_are_integer_positions_in_range():
+    facts = make_facts(people=4, seed=0)
+    last = np.array([False, False, False, True])  # read as positions, it named people 0 and 1
+    for bad in (last, [2.7]):
+        with pytest.raises(TypeError, match="person indices must be integers"):
+            facts.facts_of(bad)
+    with pytest.raises(TypeError, match="fact indices must be integers"):
+        facts.perturbed_of(np.arange(len(facts.facts)) == 5)
+    with pytest.raises(ValueError, match=r"fact indices must lie in \[0, 16\)"):
+        facts.perturbed_of([16])
+    with pytest.raises(ValueError, match="fact indices"):
+        facts.perturbed_of([-1])
+    assert len(facts.facts_of([])) == 0 and len(facts.perturbed_of([])) == 0
+    assert len(facts.perturbed_of(np.array([3], dtype=np.int32))) == facts.alternatives

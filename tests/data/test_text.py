@@ -21,6 +21,12 @@ def test_windows_shift_targets_by_one_token_and_do_not_overlap():
         windows(np.arange(3), context=3)
 
 
+@pytest.mark.parametrize("context", [0, -2])
+def test_windows_of_no_positions_are_refused(context):
+    with pytest.raises(ValueError, match=f"context must be at least 1 position, got {context}"):
+        windows(np.arange(10), context=context)
+
+
 def test_the_corpus_is_deterministic_and_its_splits_are_disjoint():
     first = load_python_source(n_train=50, n_test=20, context=16, seed=1)
     again = load_python_source(n_train=50, n_test=20, context=16, seed=1)
