@@ -67,17 +67,20 @@ class TRAK:
         check_damping(self.damping)
 
     def fit(self, store: FeatureStore, *, split: str = "train", checkpoints=None) -> TRAK:
-        """Invert each checkpoint's damped feature kernel and average the out-to-loss weights."""
-        self.store, self.split = store, split
-        self.checkpoints = resolve_checkpoints(store, checkpoints)
-        weights = [store.load(c, split, "out_to_loss").astype(np.float64) for c in self.checkpoints]
-        self._kernels = {
+        """Invert each checkpoint's damped feature kernel and average the out-to-loss weights.
+
+        A fit that raises leaves the attributor as it was.
+        """
+        resolved = resolve_checkpoints(store, checkpoints)
+        weights = [store.load(c, split, "out_to_loss").astype(np.float64) for c in resolved]
+        kernels = {
             c: DampedKernel.fit(store, c, split, self._curvature(q), self.damping)
-            for c, q in zip(self.checkpoints, weights, strict=True)
+            for c, q in zip(resolved, weights, strict=True)
         }
+        self.store, self.split, self.checkpoints, self._kernels = store, split, resolved, kernels
         self._weights = torch.from_numpy(np.mean(weights, axis=0))
         self._checkpoint_weights = {
-            c: torch.from_numpy(q) for c, q in zip(self.checkpoints, weights, strict=True)
+            c: torch.from_numpy(q) for c, q in zip(resolved, weights, strict=True)
         }
         return self
 

@@ -316,3 +316,17 @@ def test_a_refused_gradient_similarity_refit_leaves_the_fitted_one_as_it_was(
         method.fit(second, checkpoints=["m9"])
     assert method.store is first
     torch.testing.assert_close(method.score("query"), before, rtol=0, atol=0)
+
+
+def test_a_refused_trak_refit_leaves_the_fitted_one_as_it_was(tmp_path, problem):
+    train, queries, models = problem
+    others = [build_model(lambda: MLP(4, (3,), 3), seed=s, dtype=torch.float64) for s in (2, 3)]
+    featurizer = GradientFeaturizer(IdentityProjector())
+    first = build_store(tmp_path / "a", featurizer, models, train, queries)
+    second = build_store(tmp_path / "b", featurizer, others, train, queries)  # same checkpoint ids
+    method = TRAK(damping=0.1).fit(first)
+    before = method.score("query")
+    with pytest.raises(ValueError, match="not in the store"):
+        method.fit(second, checkpoints=["m9"])
+    assert method.store is first
+    torch.testing.assert_close(method.score("query"), before, rtol=0, atol=0)
