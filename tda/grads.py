@@ -42,10 +42,13 @@ def select_parameters(model: nn.Module, names: ParameterNames = None) -> dict[st
     ``names(model)`` when it is a rule).
 
     Raises:
+        TypeError: a single string instead of a list of names (it would read as its letters).
         ValueError: a name is not a trainable parameter of the model, or the selection is empty.
     """
     if callable(names):
         names = names(model)
+    if isinstance(names, str):
+        raise TypeError(f"parameters must be a list of names, got the string {names!r}")
     available = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     if names is None:
         selected = available

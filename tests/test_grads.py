@@ -118,6 +118,11 @@ def test_a_submodule_frozen_in_eval_mode_stays_in_eval_mode(tiny_mlp, tiny_data)
     assert [m.training for m in tiny_mlp.modules()] == [True, True, False, True]
 
 
+def test_a_single_name_must_come_in_a_list(tiny_mlp):
+    with pytest.raises(TypeError, match="list of names, got the string '2.weight'"):
+        select_parameters(tiny_mlp, "2.weight")  # not the parameters '2', '.', 'w', ...
+
+
 def test_parameters_may_be_a_rule_of_the_model(tiny_mlp):
     by_rule = select_parameters(tiny_mlp, lambda model: ["2.weight", "2.bias"])
     assert list(by_rule) == ["2.weight", "2.bias"]

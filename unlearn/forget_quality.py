@@ -39,7 +39,9 @@ def answer_probabilities(model: nn.Module, examples: Examples) -> np.ndarray:
 
 def _true_and_perturbed(model: nn.Module, facts: FactSet, indices) -> tuple[np.ndarray, ...]:
     """:math:`\bar P` of each fact's true answer ``[m]`` and of its perturbed ones ``[m, k]``."""
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    indices = np.asarray(indices).reshape(-1)
+    if indices.size and (indices.dtype == np.bool_ or not np.issubdtype(indices.dtype, np.integer)):
+        raise TypeError(f"facts must be integer positions, got dtype {indices.dtype}")
     if len(indices) == 0:
         raise ValueError("truth ratios need at least one fact")
     true = answer_probabilities(model, facts.facts.subset(indices))

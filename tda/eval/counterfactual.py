@@ -177,7 +177,7 @@ def _indices(array: np.ndarray) -> tuple[int, ...]:
 def _checked_plan(queries, ks, seeds, method, n_query, n_train):
     """Validates the arguments of :func:`plan_removals`; returns them as lists of ints."""
     for name, values in (("queries", queries), ("ks", ks), ("seeds", seeds)):
-        if not all(isinstance(v, Integral) for v in values):
+        if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in values):
             raise TypeError(f"{name} must be integers, got {list(values)}")
     queries, ks, seeds = ([int(v) for v in values] for values in (queries, ks, seeds))
     if not _NAME.match(method) or method == RANDOM:

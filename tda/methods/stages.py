@@ -41,7 +41,11 @@ def stage_indices(examples, n_train: int) -> Tensor | None:
     """
     if examples is None:
         return None
-    indices = torch.as_tensor(np.asarray(examples))
+    indices = (
+        examples.cpu()
+        if isinstance(examples, torch.Tensor)
+        else torch.as_tensor(np.asarray(examples))
+    )
     if indices.numel() == 0:
         raise ValueError("a stage trained on no examples: give it at least one")
     if indices.dim() != 1 or indices.dtype.is_floating_point or indices.dtype == torch.bool:

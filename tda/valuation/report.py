@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tda.atomic import write_bytes_atomic
 from tda.data.examples import Examples
 from tda.ranking import TopExamples, top_examples
 from tda.valuation.mislabel import MislabelReport, mislabel_detection
@@ -72,7 +73,7 @@ class ValuationReport:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         summary = directory / "valuation.json"
-        summary.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        write_bytes_atomic(summary, (json.dumps(self.as_dict(), indent=2) + "\n").encode())
         figure = directory / "valuation.png"
         plot_valuation(self, figure)
         return [summary, figure]

@@ -106,9 +106,10 @@ def test_bad_plans_are_refused(overrides, message):
 
 @pytest.mark.parametrize("argument", ["queries", "ks", "seeds"])
 def test_plan_refuses_non_integer_queries_ks_and_seeds_instead_of_truncating(argument):
-    arguments = {"queries": [0], "ks": [2], "seeds": [0]} | {argument: [1.5]}
-    with pytest.raises(TypeError, match=f"{argument} must be integers"):
-        plan_removals(np.zeros((2, 6)), method="trak", **arguments)
+    for bad in ([1.5], [True]):
+        arguments = {"queries": [0], "ks": [2], "seeds": [0]} | {argument: bad}
+        with pytest.raises(TypeError, match=f"{argument} must be integers"):
+            plan_removals(np.zeros((2, 6)), method="trak", **arguments)
 
 
 def test_plan_refuses_scores_that_are_not_a_matrix():

@@ -79,3 +79,6 @@ def test_bad_inputs_are_refused(facts, model):
     prompt_only = type(prompt_only)(prompt_only.inputs, torch.full_like(prompt_only.targets, -100))
     with pytest.raises(ValueError, match="answer token"):
         answer_probabilities(model, prompt_only)
+    for positions in (np.array([True, False, True]), [1.7]):  # not the facts 1, 0, 1 or 1
+        with pytest.raises(TypeError, match="facts must be integer positions"):
+            truth_ratios(model, facts, positions)
