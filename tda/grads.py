@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -64,6 +64,16 @@ def select_parameters(model: nn.Module, names: ParameterNames = None) -> dict[st
     if not selected:
         raise ValueError("no parameters selected for per-sample gradients")
     return selected
+
+
+def frozen_state(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The model's parameters and buffers (detached) that ``functional_call`` takes as they are
+    beside ``params``: every entry but the selected parameters and the names tied to them (an
+    embedding and an output head sharing one weight), which ``functional_call`` ties to the value
+    given, so the gradient counts every use of a shared weight."""
+    chosen = {id(model.get_parameter(name)) for name in params}
+    state = model.state_dict(keep_vars=True)
+    return {name: v.detach() for name, v in state.items() if id(v) not in chosen}
 
 
 def parameter_count(model: nn.Module, names: Sequence[str] | None = None) -> int:
@@ -158,7 +168,7 @@ def iter_per_sample_gradients(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     params = select_parameters(model, parameters)
-    frozen = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+    frozen = frozen_state(model, params)
     value_fn = _example_function(model, task, function, frozen)
     batched = vmap(grad(value_fn), in_dims=(None, 0, 0))
     use_vmap = vectorize is not False

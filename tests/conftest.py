@@ -22,6 +22,27 @@ def tiny_mlp() -> torch.nn.Module:
     return build_model(lambda: MLP(6, (8,), 3), seed=0, dtype=torch.float64)
 
 
+class TiedLayers(torch.nn.Module):
+    """6 -> 3 -> tanh -> 3 -> tanh -> 3 logits, the two 3 x 3 layers sharing one weight (as an
+    embedding and an output head can): 27 parameters, the shared weight used twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Linear(6, 3)
+        self.middle = torch.nn.Linear(3, 3, bias=False)
+        self.last = torch.nn.Linear(3, 3)
+        self.last.weight = self.middle.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(torch.tanh(self.middle(torch.tanh(self.first(x)))))
+
+
+@pytest.fixture
+def tiny_tied() -> torch.nn.Module:
+    """:class:`TiedLayers` in float64."""
+    return build_model(TiedLayers, seed=0, dtype=torch.float64)
+
+
 @pytest.fixture
 def tiny_data() -> Examples:
     """20 float64 examples with 6 features and 3 classes."""

@@ -118,6 +118,15 @@ def test_a_submodule_frozen_in_eval_mode_stays_in_eval_mode(tiny_mlp, tiny_data)
     assert [m.training for m in tiny_mlp.modules()] == [True, True, False, True]
 
 
+def test_a_tied_weight_gets_the_gradient_of_every_use(tiny_tied, tiny_data):
+    gradients = per_sample_gradients(tiny_tied, TASK, tiny_data.inputs, tiny_data.targets)
+    params = list(tiny_tied.parameters())  # the shared weight once, as autograd accumulates it
+    for i, (x, y) in enumerate(zip(tiny_data.inputs, tiny_data.targets, strict=True)):
+        output = TASK.output(tiny_tied(x.unsqueeze(0)).squeeze(0), y)
+        expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(output, params)])
+        torch.testing.assert_close(gradients[i], expected, rtol=1e-12, atol=1e-12)
+
+
 def test_a_single_name_must_come_in_a_list(tiny_mlp):
     with pytest.raises(TypeError, match="list of names, got the string '2.weight'"):
         select_parameters(tiny_mlp, "2.weight")  # not the parameters '2', '.', 'w', ...

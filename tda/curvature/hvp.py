@@ -30,7 +30,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from tda.curvature.base import Curvature, check_curvature, check_damping
 from tda.data.examples import Examples
 from tda.device import to_device_of
-from tda.grads import VmapFallbackWarning, evaluation_mode, select_parameters
+from tda.grads import VmapFallbackWarning, evaluation_mode, frozen_state, select_parameters
 from tda.task import Task
 
 ChunkProduct = Callable[[dict[str, Tensor], Tensor, Tensor, dict[str, Tensor]], dict[str, Tensor]]
@@ -138,7 +138,7 @@ def curvature_vector_product(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     params = select_parameters(model, parameters)
-    state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+    state = frozen_state(model, params)
     build = _hessian_chunk if curvature == "hessian" else _gauss_newton_chunk
     product = build(model, task, state)
     total = torch.zeros_like(vectors)

@@ -23,7 +23,7 @@ from tda.curvature.base import check_curvature, check_damping, check_vectors
 from tda.curvature.hvp import flatten
 from tda.data.examples import Examples
 from tda.device import to_device_of
-from tda.grads import evaluation_mode, iter_per_sample_gradients, select_parameters
+from tda.grads import evaluation_mode, frozen_state, iter_per_sample_gradients, select_parameters
 from tda.task import Task
 
 DiagonalCurvature = Literal["gauss_newton", "empirical_fisher"]
@@ -48,7 +48,7 @@ def gauss_newton_diagonal(
     if len(data) == 0:
         raise ValueError("cannot compute a curvature diagonal over an empty set of examples")
     params = select_parameters(model, parameters)
-    state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+    state = frozen_state(model, params)
 
     def one_example(x: Tensor, y: Tensor) -> Tensor:
         def logits_of(p: dict[str, Tensor]) -> Tensor:  # [C], or [T, V] for a sequence

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from tda.device import to_device_of
-from tda.grads import NonFiniteGradientError, evaluation_mode, select_parameters
+from tda.grads import NonFiniteGradientError, evaluation_mode, frozen_state, select_parameters
 
 
 def iter_output_jacobians(
@@ -43,7 +43,7 @@ def iter_output_jacobians(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     params = select_parameters(model, parameters)
-    frozen = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+    frozen = frozen_state(model, params)
 
     def logits_of_one(params: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(model, {**frozen, **params}, (x.unsqueeze(0),)).squeeze(0)

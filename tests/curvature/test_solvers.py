@@ -17,7 +17,9 @@ from tda.curvature import (
     SolverConvergenceWarning,
     SolverDivergedError,
     conjugate_gradient,
+    curvature_vector_product,
     explicit_curvature,
+    gauss_newton_diagonal,
     gauss_newton_vector_product,
     hessian_vector_product,
 )
@@ -94,6 +96,17 @@ def test_gauss_newton_product_equals_explicit_jacobian_form(tiny_mlp, tiny_data,
     torch.testing.assert_close(product, expected, rtol=1e-10, atol=1e-12)
     hessian = hessian_vector_product(tiny_mlp, TASK, tiny_data, None, vectors)
     assert (product - hessian).abs().max() > 1e-3  # the MLP's Hessian has a non-GGN part
+
+
+def test_curvature_of_a_model_with_a_tied_weight_counts_both_uses(tiny_tied, tiny_data):
+    vectors = right_hand_sides(tiny_tied)
+    for curvature, oracle in (("hessian", hessian_oracle), ("gauss_newton", gauss_newton_oracle)):
+        product = curvature_vector_product(tiny_tied, TASK, tiny_data, vectors, curvature=curvature)
+        expected = vectors @ oracle(tiny_tied, tiny_data)
+        torch.testing.assert_close(product, expected, rtol=1e-10, atol=1e-12)
+    diagonal = gauss_newton_diagonal(tiny_tied, TASK, tiny_data)
+    expected = gauss_newton_oracle(tiny_tied, tiny_data).diagonal()
+    torch.testing.assert_close(diagonal, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_hessian_equals_gauss_newton_for_a_linear_model(tiny_linear, tiny_data):
