@@ -65,9 +65,9 @@ class InfluenceFunction:
         if len(train) == 0:
             raise ValueError("cannot fit influence functions on an empty training set")
         chosen = self.parameters(model) if callable(self.parameters) else self.parameters
-        self.selected = None if chosen is None else list(chosen)
-        self.fitted_solver = self.solver.fit(model, self.task, train, parameters=self.selected)
-        self.model, self.train = model, train
+        selected = None if chosen is None else list(chosen)
+        fitted = self.solver.fit(model, self.task, train, parameters=selected)
+        self.selected, self.fitted_solver, self.model, self.train = selected, fitted, model, train
         return self
 
     def fit_run(self, run: TrainingRun) -> InfluenceFunction:

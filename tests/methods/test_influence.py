@@ -68,6 +68,18 @@ def test_a_diverging_solver_raises_instead_of_returning_nan(tiny_mlp, tiny_data,
         attributor.score(queries)
 
 
+def test_a_refused_refit_leaves_the_fitted_influence_as_it_was(tiny_mlp, tiny_data, queries):
+    solver = ExplicitSolver(damping=DAMPING, max_parameters=30)
+    last_layer = InfluenceFunction(
+        solver, parameters=lambda m: [n for n, _ in m.named_parameters()][-2:]
+    )
+    before = last_layer.fit(tiny_mlp, tiny_data).score(queries)  # 27 parameters
+    with pytest.raises(ValueError, match="parameters"):
+        last_layer.fit(LogisticRegression(6, 10).double(), tiny_data)  # 70: too many
+    assert last_layer.model is tiny_mlp and last_layer.selected == ["2.weight", "2.bias"]
+    torch.testing.assert_close(last_layer.score(queries), before, rtol=0, atol=0)
+
+
 def test_scoring_before_fit_is_refused(queries):
     with pytest.raises(RuntimeError, match="fit"):
         InfluenceFunction(ExplicitSolver()).score(queries)
