@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from tda.atomic import write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,8 +77,7 @@ def write_record(path: Path, benchmark: str, settings: dict, threads: int, resul
         **environment(threads),
         "results": results,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -18,7 +18,6 @@ one.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from hydra.utils import instantiate
 
 import unlearn
 from benchmarks.record import command_line, environment
+from tda.atomic import write_json
 from unlearn.klom import margins_of
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -78,7 +78,7 @@ def main() -> None:
         print(row)
     record = {"command": command_line(), **environment(1), "experiment": args.experiment}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({**record, "classes": rows}, indent=2) + "\n")
+    write_json(args.output, {**record, "classes": rows})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ KLOM, average gap and time over the draws, with the issue's goal checked on the 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from benchmarks.record import command_line, environment, markdown_table
 from experiments.dmm_table import BASELINES, DMM, GOAL_BASELINES
 from experiments.run_records import read_run
+from tda.atomic import write_json
 
 METHODS = (DMM, "dmm-oracle", *BASELINES)
 
@@ -113,7 +113,7 @@ def main() -> None:
         "goal": goal(table),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    write_json(args.output, record, default=float)
 
 
 if __name__ == "__main__":

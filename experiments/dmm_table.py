@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from benchmarks.record import command_line, environment, markdown_table
 from experiments.run_records import find_run
 from experiments.unlearn_table import HEADER, klom_cell, reference_rows, row
+from tda.atomic import write_json
 from tda.datamodels import GroundTruthStore
 from tda.eval import lds
 from unlearn.predictors import subset_logits
@@ -208,7 +209,7 @@ def main() -> None:
     record = {"command": command_line(), **environment(1), "predictor_lds": quality}
     record |= {"tables": tables, "goals": goals, "runs": runs}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    write_json(args.output, record, default=float)
 
 
 if __name__ == "__main__":

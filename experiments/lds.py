@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from tda.atomic import write_json
 from tda.datamodels import GroundTruthStore
 from tda.eval import LDSResult, lds, noise_ceiling
 from tda.versions import package_versions
@@ -49,9 +50,7 @@ def main(cfg: DictConfig) -> float:
         "command": [sys.executable, *sys.argv],
         "overrides": list(HydraConfig.get().overrides.task),
     }
-    results = workspace / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"lds-{cfg.scores_name}.json").write_text(json.dumps(record, indent=2))
+    write_json(workspace / "results" / f"lds-{cfg.scores_name}.json", record)
     return result.mean
 
 

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from benchmarks.record import command_line, environment, markdown_table
+from tda.atomic import write_json
 
 HEADER = ["scores", "attributor", "members", "LDS [95% CI]", "noise ceiling"]
 
@@ -85,7 +86,7 @@ def main() -> None:
         },
         **environment(threads=1),
     }
-    args.output.write_text(json.dumps(output, indent=2))
+    write_json(args.output, output)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ python experiments/ntk.py experiment=tiny
 python experiments/ntk.py -m ntk/kernel=trace,pseudo,trace_projected,pseudo_projected
 """
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from tda.atomic import write_json
 from tda.device import on_device
 from tda.models import build_model
 from tda.ntk import NTKSurrogate
@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> float:
         "machine": choices["ntk/machine"],
         "projection_dim": cfg.projection_dim,
     }
-    (results / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(results / f"{name}.json", record)
     return report.kendall_tau
 
 

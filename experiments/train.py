@@ -4,7 +4,6 @@ python experiments/train.py experiment=tiny
 python experiments/train.py -m hydra/launcher=local seeds=[0,1],[2,3]   # members in parallel
 """
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from tda.atomic import write_json
 from tda.device import on_device
 from tda.ensemble import load_member, train_ensemble
 from tda.outputs import accuracy
@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> float:
             "checkpoint": checkpoints[-1].checkpoint_id,
             "test_accuracy": test_accuracy,
         }
-        (results / f"train-seed-{seed}.json").write_text(json.dumps(record, indent=2))
+        write_json(results / f"train-seed-{seed}.json", record)
     return sum(accuracies) / len(accuracies)
 
 

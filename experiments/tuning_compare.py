@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchmarks.record import command_line, markdown_table
 from experiments.unlearn_table import setting_text
+from tda.atomic import write_json
 
 HEADER = ["method", "forget set", "value", "KLOM F", "avg gap"]
 
@@ -78,7 +79,7 @@ def main() -> None:
     record = {"command": command_line(), "before": str(args.before), "after": str(args.after)}
     record |= {"rules": rules, "table": table}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.output, record)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ oracles, or nothing is written (``--allow-missing`` writes what there is, with "
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from benchmarks.record import command_line, environment, markdown_table
 from experiments.run_records import find_run
+from tda.atomic import write_json
 
 METHODS = ("retrain", "ft", "ga", "rl", "graddiff", "salun", "l1_sparse", "prune_then_unlearn")
 HEADER = [
@@ -157,7 +157,7 @@ def main() -> None:
     threads = next(iter(next(iter(records.values())).values()))["settings"]["threads"]
     output = {"command": command_line(), **environment(threads), "tables": tables}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({**output, "runs": records}, indent=2) + "\n")
+    write_json(args.output, {**output, "runs": records})
 
 
 if __name__ == "__main__":

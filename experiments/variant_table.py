@@ -20,7 +20,6 @@ and adds each method's means over them, with the DMM goal checked on the means.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from benchmarks.record import command_line, markdown_table
 from experiments.dmm_table import goal_check
 from experiments.run_records import read_run
 from experiments.unlearn_table import SHARED, klom_cell, setting_text
+from tda.atomic import write_json
 from unlearn.tuning import Selection, join_selections
 
 ORACLE_MATCHING = "dmm-oracle"
@@ -196,7 +196,7 @@ def main() -> None:
     record |= {"missing": missing, "dmm_goal": goals}
     record["tables"] = tables
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.output, record)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -94,6 +95,13 @@ def write_atomic(
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> bool:
     """Publish ``data`` at ``path`` atomically; returns whether this content was published."""
     return write_atomic(path, lambda sink: sink.write(data), replace=replace) is not None
+
+
+def write_json(path: str | os.PathLike, value: Any, *, default: Callable | None = None) -> None:
+    """Publish ``value`` as indented JSON (plus a final newline) at ``path`` atomically, so a
+    killed writer never leaves a truncated record; ``default`` as in :func:`json.dumps`."""
+    text = json.dumps(value, indent=2, default=default) + "\n"
+    write_bytes_atomic(path, text.encode())
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -1,0 +1,24 @@
+"""Atomic JSON records: a whole new file or the old one, never a truncated one."""
+
+import json
+
+import pytest
+
+from tda.atomic import write_json
+
+
+def test_json_records_are_indented_and_end_in_a_newline(tmp_path):
+    path = tmp_path / "results" / "r.json"
+    write_json(path, {"lds": 0.25, "seeds": [0, 1]})
+    assert path.read_text() == json.dumps({"lds": 0.25, "seeds": [0, 1]}, indent=2) + "\n"
+    write_json(path, {"lds": 0.5})
+    assert json.loads(path.read_text()) == {"lds": 0.5}
+
+
+def test_a_record_that_cannot_be_written_leaves_the_old_one_whole(tmp_path):
+    path = tmp_path / "r.json"
+    write_json(path, {"lds": 0.25})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_json(path, {"lds": object()})
+    assert json.loads(path.read_text()) == {"lds": 0.25}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
