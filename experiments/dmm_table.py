@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from benchmarks.record import command_line, environment, markdown_table
-from experiments.run_records import find_run
+from experiments.run_records import find_run, first_finished
 from experiments.unlearn_table import HEADER, klom_cell, reference_rows, row
 from tda.atomic import write_json
 from tda.datamodels import GroundTruthStore
@@ -97,7 +97,7 @@ def comparison_table(workspace: Path, forget: str, scores: Sequence[str] = ()) -
     if not found:
         raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}")
     rows = [[*row(n, r), _predictor_seconds(r)] for n, r in found.items()]
-    complete = next(r for r in found.values() if r["status"] == "ok")
+    complete = first_finished(found, forget)
     references = [[*cells, "-"] for cells in reference_rows(complete)]
     return markdown_table([*HEADER, "predictor s"], rows + references), found
 

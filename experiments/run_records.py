@@ -41,3 +41,19 @@ def read_run(workspace: Path, name: str, *, finished: bool = False, tuned: bool 
     if tuned and not record.get("tuning"):
         raise ValueError(f"run {name!r} ({path}) made no proxy search; a tuned run is needed")
     return record
+
+
+def first_finished(found: dict[str, dict], forget: str) -> dict:
+    """The first record of ``found`` (method -> run record) whose unlearning finished: the one
+    the reference rows (original, oracle, floor), shared by every run, are read from.
+
+    Raises:
+        ValueError: every run on ``forget`` diverged.
+    """
+    for record in found.values():
+        if record.get("status") == "ok":
+            return record
+    raise ValueError(
+        f"no run on forget set {forget!r} finished ({sorted(found)} all diverged); the reference "
+        "rows need one finished run"
+    )

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from benchmarks.record import command_line, environment, markdown_table
-from experiments.run_records import find_run
+from experiments.run_records import find_run, first_finished
 from tda.atomic import write_json
 
 METHODS = ("retrain", "ft", "ga", "rl", "graddiff", "salun", "l1_sparse", "prune_then_unlearn")
@@ -150,7 +150,7 @@ def main() -> None:
             else [method, *["no result"] * (len(HEADER) - 1)]
             for method in args.methods
         ]
-        complete = next(record for record in found.values() if record["status"] == "ok")
+        complete = first_finished(found, forget)
         tables[forget] = markdown_table(HEADER, rows + reference_rows(complete))
         records[forget] = found
         print(f"\n{forget}\n{tables[forget]}")

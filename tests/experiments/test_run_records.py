@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments.run_records import find_run, read_run, run_path
+from experiments.run_records import find_run, first_finished, read_run, run_path
 
 
 def _write(workspace, name, record):
@@ -35,3 +35,10 @@ def test_unfinished_or_untuned_runs_are_refused_only_when_asked(tmp_path):
     _write(tmp_path, "unlearn-z", {"status": "ok", "tuning": None})
     with pytest.raises(ValueError, match="made no proxy search"):
         read_run(tmp_path, "unlearn-z", tuned=True)
+
+
+def test_reference_rows_come_from_the_first_finished_run_and_need_one():
+    found = {"ga": {"status": "diverged"}, "ft": {"status": "ok", "n": 1}, "rl": {"status": "ok"}}
+    assert first_finished(found, "class") == {"status": "ok", "n": 1}
+    with pytest.raises(ValueError, match=r"no run on forget set 'class' finished \(\['ga'\]"):
+        first_finished({"ga": {"status": "diverged"}}, "class")
