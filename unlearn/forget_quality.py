@@ -59,9 +59,14 @@ def forget_quality(unlearned: np.ndarray, retained: np.ndarray) -> float:
     """p-value of the two-sample KS test between two sets of truth ratios (1: alike).
 
     Raises:
-        ValueError: an empty set or NaN ratios.
+        ValueError: ratios that are not 1-D (one per fact), an empty set or NaN ratios.
     """
     unlearned, retained = np.asarray(unlearned, np.float64), np.asarray(retained, np.float64)
+    if unlearned.ndim != 1 or retained.ndim != 1:
+        raise ValueError(
+            f"truth ratios must be 1-D, one per fact; got shapes {unlearned.shape} and "
+            f"{retained.shape}"
+        )
     if len(unlearned) == 0 or len(retained) == 0:
         raise ValueError("forget quality needs truth ratios from both models")
     if np.isnan(unlearned).any() or np.isnan(retained).any():

@@ -132,7 +132,7 @@ def lds(
         seed,
         n_subsets=predicted.shape[0],
         n_seeds=n_seeds,
-        alpha=float(np.mean(masks)),
+        alpha=float(np.mean(_as_masks(masks))),
     )
 
 
@@ -271,6 +271,8 @@ def _as_outputs(outputs: np.ndarray) -> np.ndarray:
         )
     if not np.isfinite(outputs).all():
         raise ValueError(f"outputs hold {int((~np.isfinite(outputs)).sum())} non-finite values")
+    if outputs.ndim == 3 and outputs.shape[1] == 0:
+        raise ValueError(f"outputs of shape {outputs.shape} hold no retraining seed")
     if outputs.shape[0] < _MIN_SUBSETS:
         raise ValueError(
             f"need at least {_MIN_SUBSETS} subsets, got outputs of shape {outputs.shape}"

@@ -60,11 +60,27 @@ def flip_labels(
 
     Returns:
         The examples with flipped labels, and the boolean mask ``[n]`` of flipped examples.
+
+    Raises:
+        ValueError: a fraction outside [0, 1], fewer than 2 classes, targets that are not one
+            class per example (``[n]``), or a target outside ``0..num_classes-1`` (the modulo
+            would silently turn it into a class).
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     if num_classes < 2:
         raise ValueError(f"flipping labels needs at least 2 classes, got {num_classes}")
+    if data.targets.dim() != 1:
+        raise ValueError(
+            "flipping labels takes one class target per example, shape [n]; got targets of shape "
+            f"{tuple(data.targets.shape)}"
+        )
+    outside = ((data.targets < 0) | (data.targets >= num_classes)).nonzero()
+    if len(outside):
+        row = int(outside[0])
+        raise ValueError(
+            f"target {int(data.targets[row])} of example {row} is outside the {num_classes} classes"
+        )
     generator = torch.Generator().manual_seed(seed)
     count = round(fraction * len(data))
     chosen = torch.randperm(len(data), generator=generator)[:count]
@@ -86,11 +102,14 @@ def mislabel_detection(
     Ties in suspicion are broken by index (stable sort), so the report is deterministic.
 
     Raises:
-        ValueError: mismatched lengths, non-finite suspicion, no flipped or no clean example,
-            or a fraction outside (0, 1].
+        ValueError: mismatched lengths, a ``flipped`` holding values other than 0 and 1,
+            non-finite suspicion, no flipped or no clean example, or a fraction outside (0, 1].
     """
     scores = np.asarray(torch.as_tensor(suspicion).cpu(), dtype=np.float64)
-    wrong = np.asarray(torch.as_tensor(flipped).cpu(), dtype=bool)
+    wrong = np.asarray(torch.as_tensor(flipped).cpu())
+    if wrong.dtype != np.bool_ and not np.isin(wrong, (0, 1)).all():
+        raise ValueError("flipped must be a boolean mask or hold only 0 and 1 (not positions)")
+    wrong = wrong.astype(bool)
     if scores.ndim != 1 or scores.shape != wrong.shape:
         raise ValueError(f"suspicion {scores.shape} and flipped {wrong.shape} must both be [n]")
     if not np.isfinite(scores).all():

@@ -115,6 +115,7 @@ def test_shape_errors_name_the_shapes(scores_shape, masks_shape, outputs_shape, 
         ((4, 0), (6, 0), (6, 4), r"non-empty 2-D \[count, n_train\], got shape \(6, 0\)"),
         ((4, 10), (0, 10), (0, 4), "at least 3 subsets"),
         ((0, 10), (6, 10), (6, 0), "there are no queries"),
+        ((4, 10), (6, 10), (6, 0, 4), r"\(6, 0, 4\) hold no retraining seed"),  # not "constant"
     ],
 )
 def test_empty_inputs_are_refused_with_a_clear_message(
@@ -138,6 +139,14 @@ def test_torch_scores_are_accepted():
     weights, masks, outputs = linear_problem()
     result = lds(torch.from_numpy(weights).float(), masks, outputs)
     assert result.mean == pytest.approx(1.0, abs=1e-3)
+
+
+def test_torch_masks_are_accepted_and_give_the_numpy_result():
+    weights, masks, outputs = linear_problem()
+    expected = lds(weights, masks, outputs)
+    for torch_masks in (torch.from_numpy(masks), torch.from_numpy(masks).float()):
+        result = lds(weights, torch_masks, outputs)  # the alpha failed: mean() got 'axis'
+        assert result.mean == expected.mean and result.alpha == expected.alpha
 
 
 def test_result_prints_its_context():

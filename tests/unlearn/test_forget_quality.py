@@ -75,6 +75,9 @@ def test_bad_inputs_are_refused(facts, model):
         forget_quality(np.array([]), np.array([1.0]))
     with pytest.raises(ValueError, match="NaN"):
         forget_quality(np.array([np.nan]), np.array([1.0]))
+    for first, second in ((0.5, [1.0, 2.0]), (np.ones((3, 1)), np.ones(3)), (np.ones((2, 2)),) * 2):
+        with pytest.raises(ValueError, match="must be 1-D, one per fact"):  # were TypeErrors
+            forget_quality(first, second)
     prompt_only = facts.facts.subset([0])
     prompt_only = type(prompt_only)(prompt_only.inputs, torch.full_like(prompt_only.targets, -100))
     with pytest.raises(ValueError, match="answer token"):

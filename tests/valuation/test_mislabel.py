@@ -32,6 +32,16 @@ def test_flip_labels_changes_exactly_the_chosen_labels():
         flip_labels(data, 1.5, 3)
 
 
+def test_flip_labels_refuses_targets_outside_the_classes_and_sequence_targets():
+    inputs = torch.randn(6, 2)
+    with pytest.raises(ValueError, match="target 3 of example 3 is outside the 3 classes"):
+        flip_labels(Examples(inputs, torch.arange(6)), 0.5, 3)  # (3 + u) mod 3 read as a class
+    with pytest.raises(ValueError, match="target -100 of example 0"):
+        flip_labels(Examples(inputs, torch.full((6,), -100)), 0.5, 3)
+    with pytest.raises(ValueError, match=r"shape \[n\]; got targets of shape \(6, 6\)"):
+        flip_labels(Examples(inputs, torch.zeros(6, 6, dtype=torch.long)), 1.0, 3)
+
+
 def test_recall_and_auc_on_a_hand_ranking():
     flipped = np.zeros(10, dtype=bool)
     flipped[[0, 1]] = True
@@ -76,6 +86,12 @@ def test_bad_inputs_are_refused():
         mislabel_detection(np.array([np.nan, 1.0]), np.array([True, False]))
     with pytest.raises(ValueError, match="outside"):
         mislabel_detection(np.arange(4.0), np.array([True, False, False, False]), fractions=(0,))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        mislabel_detection(np.arange(4.0), np.array([0, 2, 0, 1]))  # read as a mask: [F, T, F, T]
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        mislabel_detection(np.arange(3.0), np.array([np.nan, 1.0, 0.0]))
+    report = mislabel_detection(np.arange(4.0), torch.tensor([0, 0, 1, 1]))  # a 0/1 mask reads
+    assert report.auc == 1.0 and report.n_flipped == 2
 
 
 def test_loss_gradient_norms_find_planted_wrong_labels():
