@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> str:
     if isinstance(attributor, RunAttributor):
         scores, inputs = _score_runs(cfg, attributor, saved, splits.train, queries)
     else:
-        scores, inputs = _score_store(cfg, attributor, workspace, saved)
+        scores, inputs = _score_store(cfg, attributor, workspace, saved, splits.train, queries)
     record = {
         "attributor": OmegaConf.to_container(cfg.attributor, resolve=True),
         **inputs,
@@ -85,11 +85,14 @@ def _score_runs(cfg, attributor, saved, train, queries) -> tuple[np.ndarray, dic
     return scores, {"checkpoints": [store_id(s, c) for s, run in saved.items() for c in run]}
 
 
-def _score_store(cfg, attributor, workspace, saved) -> tuple[np.ndarray, dict]:
-    """The attributor fitted on the features of the members' final checkpoints."""
+def _score_store(cfg, attributor, workspace, saved, train, queries) -> tuple[np.ndarray, dict]:
+    """The attributor fitted on the features of the members' final checkpoints; the store must
+    hold features of ``train`` and ``queries``, the examples the record names."""
     store = open_feature_store(workspace / "features", instantiate(cfg.featurizer), cfg.shard_size)
     checkpoints = [store_id(seed, run[-1]) for seed, run in saved.items()]
     split = "train" if cfg.query_split == "train" else "query"
+    for name, examples in {"train": train, split: queries}.items():  # StoreMismatchError if not
+        store.declare_split(name, len(examples), examples.fingerprint())
     scores = attributor.fit(store, split="train", checkpoints=checkpoints).score(split).numpy()
     featurizer = OmegaConf.to_container(cfg.featurizer, resolve=True)
     return scores, {"featurizer": featurizer, "checkpoints": checkpoints}

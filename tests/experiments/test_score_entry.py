@@ -178,3 +178,15 @@ def test_an_unknown_storage_dtype_is_refused_by_name(workspace, tmp_path):
     (tmp_path / "models").symlink_to(workspace / "models")
     with pytest.raises(ValueError, match="storage_dtype='int8'.*bfloat16"):
         run_entry_point("featurize", tmp_path, "storage_dtype=int8")
+
+
+def test_store_scores_of_other_queries_than_the_store_holds_are_refused(workspace, tmp_path):
+    """The record names the queries by fingerprint: scores of a store featurized with 40
+    queries must not be recorded as the first 20's (they were [40, n_train], named as 20)."""
+    (tmp_path / "models").symlink_to(workspace / "models")
+    run_entry_point("featurize", tmp_path)
+    with pytest.raises(ValueError, match=r"split 'query' with 40 examples.*but 20 examples"):
+        run_entry_point("score", tmp_path, "attributor=trak", "queries=20")
+    assert not (tmp_path / "scores" / "trak.npy").exists()
+    run_entry_point("score", tmp_path, "attributor=trak")  # the store's own queries: scored
+    assert written(tmp_path, "trak")[0].shape == (40, 240)
