@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.facts_unlearning import method_with, people_split, unlearn_all, write_results
 from tda.atomic import write_bytes_atomic
 from tda.data.facts import FactSet
-from tda.device import on_device
+from tda.device import on_device, resolve_device
 from unlearn import answer_probabilities, klom_report, load_or_train, load_or_train_oracles
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def cached_row(cfg: DictConfig, name: str, value: float, directory: Path, measur
     everything that decides it."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     spec = {key: resolved[key] for key in DECIDES} | {"method": resolved["methods"][name]}
+    spec["device"] = str(resolve_device(spec["device"]))  # "auto" differs between machines
     text = json.dumps({**spec, "value": value}, sort_keys=True)
     path = directory / f"{name}-{value:g}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     if path.exists():

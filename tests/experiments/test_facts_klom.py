@@ -5,6 +5,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+import experiments.facts_klom
 import experiments.facts_unlearning
 from experiments.facts_klom import check_chosen
 from tests.experiments.entry import run_entry_point
@@ -44,3 +45,19 @@ def test_a_chosen_rate_outside_the_grid_is_refused():
         check_chosen(cfg)
     with pytest.raises(ValueError, match="chosen.npo"):
         check_chosen(OmegaConf.create({"methods": {"npo": {}}, "grid": [1e-3], "chosen": {}}))
+
+
+def test_a_cached_row_is_keyed_by_the_device_auto_resolves_to(tmp_path, monkeypatch):
+    """device=auto is CUDA on one machine and the CPU on another: a row measured on one must
+    not be read back on the other, and on the CPU it is the row of device=cpu."""
+    decides = dict.fromkeys(experiments.facts_klom.DECIDES, 0) | {"methods": {"npo": {}}}
+    measured = []
+
+    def row(device):
+        cfg = OmegaConf.create(decides | {"device": device})
+        measure = lambda: measured.append(device) or {"forget": float(len(measured))}  # noqa: E731
+        return experiments.facts_klom.cached_row(cfg, "npo", 1e-3, tmp_path, measure)
+
+    assert row("cpu") == row("auto") == {"forget": 1.0} and measured == ["cpu"]
+    monkeypatch.setattr(experiments.facts_klom, "resolve_device", lambda spec: "cuda:0")
+    assert row("auto") == {"forget": 2.0} and measured == ["cpu", "auto"]
