@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
@@ -47,7 +48,8 @@ class Checkpoint:
 
 
 def save_checkpoint(directory: str | os.PathLike, checkpoint_id: str, model: nn.Module, **position):
-    """Write ``model``'s state and its training ``position`` (Checkpoint fields) atomically.
+    """Write ``model``'s state and its training ``position`` (Checkpoint fields) atomically;
+    a weight shared by several modules (tied weights) is saved under each of its names.
 
     Raises:
         ValueError: a ``checkpoint_id`` that is not a plain file name (e.g. ``"../x"``).
@@ -55,7 +57,11 @@ def save_checkpoint(directory: str | os.PathLike, checkpoint_id: str, model: nn.
     check_name("checkpoint id", checkpoint_id)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # a copy per name: safetensors refuses tensors that share memory (tied weights, views)
+    state = {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in model.state_dict().items()
+    }
     weights = directory / f"{checkpoint_id}.safetensors"
     write_bytes_atomic(weights, save(state))
     checkpoint = Checkpoint(

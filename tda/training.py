@@ -7,6 +7,7 @@ under a forked, seeded global RNG, so the caller's random state is left untouche
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -154,6 +155,7 @@ def train(
     keep = _checked_keep(keep, len(data), data.inputs.device)
     if len(data) == 0:
         raise ValueError("cannot train on an empty data set")
+    seed = operator.index(seed)  # a numpy integer (np.arange seeds): Generator takes only int
     generator = torch.Generator().manual_seed(seed)
     optimizer = config.optimizer(model.parameters())
     scheduler = config.scheduler(optimizer) if config.scheduler else None

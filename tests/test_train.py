@@ -1,11 +1,12 @@
 from dataclasses import replace
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 
 from tda.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
-from tda.data import load_mnist1d
+from tda.data import Examples, load_mnist1d
 from tda.ensemble import train_ensemble
 from tda.fingerprint import model_fingerprint
 from tda.models import MLP, CNN1d, build_model
@@ -32,6 +33,17 @@ def test_same_seed_gives_bitwise_identical_weights(data):
     third = train(build_model(MLP, 0), data.train, CONFIG, seed=6).model
     assert model_fingerprint(first) == model_fingerprint(second)
     assert model_fingerprint(first) != model_fingerprint(third)
+
+
+def test_numpy_integer_seeds_train_as_their_int(data, tmp_path):
+    # torch.Generator.manual_seed refused np.int64 ("an integer is required"), so
+    # train_ensemble(seeds=np.arange(2)) failed
+    expected = train(build_model(MLP, 0), data.train, CONFIG, seed=1).model
+    given = train(build_model(MLP, 0), data.train, CONFIG, seed=np.int64(1)).model
+    assert model_fingerprint(given) == model_fingerprint(expected)
+    config = replace(CONFIG, epochs=1, checkpoints=1)
+    members = train_ensemble(MLP, data.train, config, np.arange(2), tmp_path, progress=False)
+    assert sorted(members) == [0, 1] and (tmp_path / "seed-1" / "epoch-0001.json").is_file()
 
 
 def test_training_leaves_global_rng_alone(data):
@@ -105,6 +117,34 @@ def test_a_refused_checkpoint_leaves_the_model_unchanged(data, tmp_path):
     with pytest.raises(ValueError, match="does not match its recorded fingerprint"):
         load_checkpoint(checkpoint, model)
     assert model_fingerprint(model) == before
+
+
+class _TiedHead(torch.nn.Module):
+    """Token ids ``[batch, 3]`` -> logits over 5 tokens; the head reuses the embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(5, 4)
+        self.head = torch.nn.Linear(4, 5, bias=False)
+        self.head.weight = self.embedding.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embedding(tokens).mean(1))
+
+
+def test_a_model_with_tied_weights_is_checkpointed_and_restored(tmp_path):
+    # safetensors refused the two names of one shared tensor, so such a model could not be
+    # trained with a checkpoint directory (nor as an ensemble member)
+    tokens = torch.tensor([[0, 1, 2], [3, 4, 0], [1, 1, 2], [4, 3, 2]])
+    examples = Examples(tokens, torch.tensor([2, 0, 1, 3]))
+    config = TrainConfig(epochs=2, batch_size=2, checkpoints=2)
+    result = train(build_model(_TiedHead, 0), examples, config, checkpoint_dir=tmp_path)
+    saved = list_checkpoints(tmp_path)
+    assert [c.checkpoint_id for c in saved] == ["epoch-0001", "epoch-0002"]
+    restored = load_checkpoint(saved[-1], build_model(_TiedHead, 1))
+    assert restored.head.weight is restored.embedding.weight
+    assert torch.equal(restored.embedding.weight, result.model.embedding.weight)
+    assert model_fingerprint(restored) == saved[-1].fingerprint
 
 
 def test_bad_config_and_empty_data_are_refused(data):
