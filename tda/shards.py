@@ -68,6 +68,19 @@ def save_npy(array: np.ndarray, sink: Any) -> None:
     np.save(sink, array, allow_pickle=False)
 
 
+def load_npy(path: Path) -> np.ndarray:
+    """The array in the ``.npy`` file ``path``; a truncated or padded file is corrupt."""
+    try:
+        with open(path, "rb") as file:
+            array = np.lib.format.read_array(file, allow_pickle=False)
+            trailing = file.read(1)
+    except (ValueError, EOFError) as error:  # numpy's words for a short header or data
+        raise CorruptShardError(f"{path} is truncated or not an .npy file: {error}") from None
+    if trailing:
+        raise CorruptShardError(f"{path} has bytes past the end of its array")
+    return array
+
+
 def copy_into(source: Path, sink: Any) -> None:
     with open(source, "rb") as file:
         shutil.copyfileobj(file, sink)

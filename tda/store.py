@@ -52,6 +52,7 @@ from tda.shards import (
     data_path,
     decode,
     encode,
+    load_npy,
     loaded_dtype,
     save_npy,
     saved_dtype,
@@ -281,7 +282,8 @@ class FeatureStore:
 
         Raises:
             IncompleteStoreError: the shards do not tile ``[0, size)`` (missing rows are named).
-            CorruptShardError: a data file does not match its sidecar (sha256 with ``verify``).
+            CorruptShardError: a data file is truncated, or does not match its sidecar (sha256
+                with ``verify``).
         """
         directory, shards = self._covering(checkpoint_id, split, name)
         first = shards[0][1]["arrays"][name]
@@ -328,7 +330,7 @@ class FeatureStore:
             path, meta = data_path(directory, index, name), record["arrays"][name]
             if verify and file_digest(path) != meta["sha256"]:
                 raise CorruptShardError(f"{path} does not match the sha256 of its sidecar")
-            block = np.load(path, allow_pickle=False)
+            block = load_npy(path)
             if list(block.shape) != meta["shape"] or block.dtype.str != saved_dtype(meta["dtype"]):
                 raise CorruptShardError(f"{path} does not have the shape and dtype of its sidecar")
             yield record["start"], decode(block, meta["dtype"])

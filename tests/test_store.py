@@ -158,6 +158,21 @@ def test_verify_detects_corruption_and_rewrite_repairs_it(reference: FeatureStor
     _assert_bitwise_equal(reference.load("c0", "train", verify=True), FEATURES)
 
 
+@pytest.mark.parametrize("cut", [-8, -40, 10, None])
+def test_a_truncated_or_padded_data_file_is_corrupt_and_rewrite_repairs_it(
+    reference: FeatureStore, cut: int | None
+) -> None:
+    # numpy's own ValueError / EOFError escaped without naming the file; padding was read
+    path = _shard_dir(reference) / "000001.features.npy"
+    whole = path.read_bytes()
+    path.write_bytes(whole + b"\0" * 12 if cut is None else whole[:cut])
+    for read in (reference.load, lambda *key: list(reference.iter_rows(*key))):
+        with pytest.raises(CorruptShardError, match="000001.features.npy"):
+            read("c0", "train")
+    _write(reference, 1)
+    _assert_bitwise_equal(reference.load("c0", "train"), FEATURES)
+
+
 def test_non_finite_values_are_refused_with_global_row(tmp_path: Path) -> None:
     store = _store(tmp_path)
     features = FEATURES[3:6].copy()
