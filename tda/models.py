@@ -33,6 +33,9 @@ class CNN1d(nn.Module):
     ) -> None:
         super().__init__()
         padding = kernel_size // 2
+        reduced = length  # after each convolution: (length + 2 padding - kernel) // stride + 1
+        for stride in (1, 2, 2):
+            reduced = (reduced + 2 * padding - kernel_size) // stride + 1
         self.features = nn.Sequential(
             nn.Conv1d(1, channels, kernel_size, padding=padding),
             nn.ReLU(),
@@ -41,7 +44,6 @@ class CNN1d(nn.Module):
             nn.Conv1d(channels, channels, kernel_size, stride=2, padding=padding),
             nn.ReLU(),
         )
-        reduced = (length + 3) // 4
         self.head = nn.Linear(channels * reduced, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

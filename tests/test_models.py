@@ -1,0 +1,20 @@
+import pytest
+import torch
+
+from tda.models import CNN1d
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3, 4, 5, 6])
+@pytest.mark.parametrize("length", [7, 40, 41])
+def test_cnn1d_head_fits_every_kernel_size_and_length(kernel_size, length):
+    # the head assumed ceil(length / 4) positions, true only for odd kernels: an even kernel
+    # failed at its first forward with "mat1 and mat2 shapes cannot be multiplied"
+    model = CNN1d(length=length, channels=3, num_classes=4, kernel_size=kernel_size)
+    positions = model.features(torch.zeros(2, 1, length)).shape[-1]
+    assert model.head.in_features == 3 * positions
+    assert model(torch.zeros(2, length)).shape == (2, 4)
+
+
+def test_cnn1d_with_an_odd_kernel_keeps_its_head_width():
+    assert CNN1d(length=40, channels=32, kernel_size=5).head.in_features == 32 * 10
+    assert CNN1d(length=41, channels=2, kernel_size=3).head.in_features == 2 * 11
