@@ -21,7 +21,8 @@ def load_digits(
             for a binary task.
 
     Raises:
-        ValueError: ``test_fraction`` outside (0, 1), or ``classes`` that are not distinct digits.
+        ValueError: ``test_fraction`` outside (0, 1) or leaving a split empty, or ``classes``
+            that are not distinct digits.
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -37,6 +38,11 @@ def load_digits(
         inputs, targets = inputs[keep], np.searchsorted(np.array(sorted(classes)), targets[keep])
     order = np.random.default_rng(seed).permutation(len(targets))
     n_test = int(round(test_fraction * len(targets)))
+    if not 0 < n_test < len(targets):
+        raise ValueError(
+            f"test_fraction {test_fraction} of {len(targets)} examples leaves "
+            f"{'no test' if n_test == 0 else 'no training'} examples"
+        )
     test_index, train_index = order[:n_test], order[n_test:]
     x = torch.tensor(inputs / 16.0, dtype=torch.float32)
     y = torch.tensor(targets).long()

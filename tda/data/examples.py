@@ -6,7 +6,7 @@ Hugging Face ``datasets.Dataset`` objects (columns named by the caller).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,24 +67,63 @@ class Examples:
 
 
 def _stack(items: list[Any]) -> Tensor:
-    return torch.stack([torch.as_tensor(np.asarray(item)) for item in items])
+    # tensors as they are: numpy holds no bfloat16, nor a tensor that requires grad or is on CUDA
+    return torch.stack(
+        [
+            item.detach() if isinstance(item, Tensor) else torch.as_tensor(np.asarray(item))
+            for item in items
+        ]
+    )
+
+
+def _integer_targets(values: Any) -> Tensor:
+    """``values`` as int64 class indices; refuses text and fractional (or NaN) float targets,
+    which ``.long()`` would truncate into other classes."""
+    if not isinstance(values, Tensor):
+        array = np.asarray(values)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(
+                f"targets must be integer class indices, got {array.dtype} values such as "
+                f"{array.ravel()[:1].tolist()[0]!r}; map them to integers first"
+            )
+        values = torch.as_tensor(array)
+    if values.is_floating_point():
+        fractional = (values != values.round()).reshape(len(values), -1).any(dim=1)
+        if bool(fractional.any()):
+            row = int(fractional.nonzero()[0])
+            raise ValueError(
+                f"target {values[row].tolist()} of example {row} is not an integer class index"
+            )
+    return values.long()
+
+
+def _pair(item: Any) -> Any:
+    if isinstance(item, Mapping):  # unpacking would read its first two keys as input and target
+        raise ValueError(
+            f"expected (input, target) pairs, got a mapping with keys {sorted(item)}; pass a "
+            "Hugging Face dataset itself, naming its input_column and target_column"
+        )
+    return item
 
 
 def _from_pairs(pairs) -> Examples:
     inputs, targets = [], []
-    for x, y in pairs:
+    for x, y in map(_pair, pairs):
         inputs.append(x)
         targets.append(y)
     if not inputs:
         raise ValueError("the data set is empty")
-    return Examples(_stack(inputs), _stack(targets).long())
+    return Examples(_stack(inputs), _integer_targets(_stack(targets)))
 
 
 def _from_loader(loader: DataLoader) -> Examples:
-    batches = [(torch.as_tensor(x), torch.as_tensor(y)) for x, y in loader]
+    if loader.batch_sampler is None:  # batch_size=None: the loader yields single examples
+        return _from_pairs(loader)
+    batches = [(torch.as_tensor(x), torch.as_tensor(y)) for x, y in map(_pair, loader)]
     if not batches:
         raise ValueError("the data loader yielded no batches")
-    return Examples(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]).long())
+    targets = _integer_targets(torch.cat([b[1] for b in batches]))
+    return Examples(torch.cat([b[0] for b in batches]), targets)
 
 
 def _from_hugging_face(dataset, input_column: str, target_column: str) -> Examples:
@@ -95,7 +134,7 @@ def _from_hugging_face(dataset, input_column: str, target_column: str) -> Exampl
         raise ValueError("the data set is empty")
     table = dataset.with_format("numpy")
     inputs = torch.as_tensor(np.asarray(table[input_column]))
-    return Examples(inputs, torch.as_tensor(np.asarray(table[target_column])).long())
+    return Examples(inputs, _integer_targets(table[target_column]))
 
 
 def as_examples(data: Any, input_column: str = "input", target_column: str = "label") -> Examples:
@@ -108,7 +147,8 @@ def as_examples(data: Any, input_column: str = "input", target_column: str = "la
         target_column: Hugging Face column holding integer targets.
 
     Raises:
-        ValueError: the data is empty or the named columns do not exist.
+        ValueError: the data is empty, the named columns do not exist, or a target is not an
+            integer (a float target must be whole: 2.0 reads as class 2, 0.7 is refused).
     """
     if isinstance(data, Examples):
         return data

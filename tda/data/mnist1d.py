@@ -11,12 +11,12 @@ from tda.data.examples import Examples
 from tda.data.splits import DataSplits
 
 
-def _generate(total: int, train_fraction: float, seed: int) -> dict:
+def _generate(total: int, seed: int) -> dict:
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.num_samples = total
-    args.train_split = train_fraction
+    args.train_split = 1.0  # all in "x": mnist1d's int(total * fraction) can miss n_train by one
     args.seed = seed
     numpy_state, python_state = np.random.get_state(), random.getstate()
     try:  # mnist1d seeds the global generators; restore them for the caller
@@ -39,11 +39,13 @@ def load_mnist1d(n_train: int = 4000, n_test: int = 1000, seed: int = 0) -> Data
         raise ValueError(
             f"n_train={n_train} and n_test={n_test} must be positive with a sum divisible by 10"
         )
-    data = _generate(total, n_train / total, seed)
-    train = Examples(torch.tensor(data["x"], dtype=torch.float32), torch.tensor(data["y"]).long())
-    test = Examples(
-        torch.tensor(data["x_test"], dtype=torch.float32), torch.tensor(data["y_test"]).long()
+    data = _generate(total, seed)
+    if len(data["y"]) != total:
+        raise RuntimeError(f"mnist1d produced {len(data['y'])} examples, not {total}")
+    train, test = (
+        Examples(
+            torch.tensor(data["x"][rows], dtype=torch.float32), torch.tensor(data["y"][rows]).long()
+        )
+        for rows in (slice(0, n_train), slice(n_train, total))
     )
-    if len(train) != n_train:
-        raise RuntimeError(f"mnist1d produced {len(train)} training examples, not {n_train}")
     return DataSplits(train=train, test=test, num_classes=10)

@@ -14,6 +14,17 @@ def test_mnist1d_is_generated_offline_deterministically_with_requested_sizes():
     assert set(first.train.targets.tolist()) == set(range(10))
 
 
+@pytest.mark.parametrize(("n_train", "n_test"), [(29, 21), (13, 77), (57, 43)])
+def test_mnist1d_gives_every_balanced_size_asked_for(n_train, n_test):
+    # mnist1d splits at int(total * n_train / total), one short for these: they were refused
+    splits = load_mnist1d(n_train, n_test, seed=0)
+    assert (len(splits.train), len(splits.test)) == (n_train, n_test)
+    whole = load_mnist1d(n_train + n_test - 10, 10, seed=0)
+    together = torch.cat([splits.train.inputs, splits.test.inputs])
+    assert torch.equal(together, torch.cat([whole.train.inputs, whole.test.inputs]))
+    assert splits.train.targets.dtype == torch.int64
+
+
 def test_mnist1d_leaves_global_random_state_alone():
     state = np.random.get_state()[1].copy()
     load_mnist1d(100, 10, seed=0)
@@ -39,6 +50,17 @@ def test_digits_refuse_repeated_or_unknown_classes(classes):
         load_digits(classes=classes)
 
 
+@pytest.mark.parametrize(
+    ("test_fraction", "classes", "empty"),
+    [(0.0001, None, "no test"), (0.001, (1, 7), "no test"), (0.9999, (1, 7), "no training")],
+)
+def test_digits_refuse_a_test_fraction_that_empties_a_split(test_fraction, classes, empty):
+    # 0.001 of the 361 ones and sevens rounded to 0 test examples, returned without a word
+    with pytest.raises(ValueError, match=f"test_fraction {test_fraction} .* leaves {empty}"):
+        load_digits(test_fraction=test_fraction, classes=classes)
+    assert len(load_digits(test_fraction=0.001).test) == 2
+
+
 def test_adapters_agree_for_dataset_loader_and_hugging_face():
     import datasets
 
@@ -55,6 +77,49 @@ def test_adapters_agree_for_dataset_loader_and_hugging_face():
         as_examples(table, input_column="pixels")
     with pytest.raises(ValueError, match="empty"):
         as_examples(TensorDataset(inputs[:0], targets[:0]))
+
+
+def test_fractional_or_text_targets_are_refused_by_every_adapter():
+    import datasets
+
+    inputs = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    fractional = torch.tensor([0.0, 1.0, 2.7, 1.0])  # .long() read 2.7 as class 2
+    table = datasets.Dataset.from_dict({"input": inputs.numpy(), "label": fractional.numpy()})
+    for data in (
+        TensorDataset(inputs, fractional),
+        DataLoader(TensorDataset(inputs, fractional), batch_size=3),
+        table,
+    ):
+        with pytest.raises(ValueError, match="target 2.7.* of example 2 is not an integer class"):
+            as_examples(data)
+    text = datasets.Dataset.from_dict({"input": inputs.numpy(), "label": list("abab")})
+    with pytest.raises(ValueError, match="targets must be integer class indices.*'a'"):
+        as_examples(text)
+    whole = as_examples(TensorDataset(inputs, torch.tensor([0.0, 1.0, 2.0, 1.0])))
+    assert whole.targets.dtype == torch.int64 and whole.targets.tolist() == [0, 1, 2, 1]
+
+
+def test_dataset_tensors_numpy_cannot_hold_keep_their_dtype():
+    # bfloat16 and tensors that require grad went through numpy and failed
+    inputs = torch.linspace(-1, 1, 12).reshape(4, 3)
+    targets = torch.tensor([0, 1, 2, 1])
+    half = as_examples(TensorDataset(inputs.bfloat16(), targets))
+    assert half.inputs.dtype == torch.bfloat16 and torch.equal(half.inputs, inputs.bfloat16())
+    tracked = as_examples(TensorDataset(inputs.clone().requires_grad_(), targets))
+    assert not tracked.inputs.requires_grad and torch.equal(tracked.inputs, inputs)
+    assert torch.equal(tracked.targets, targets)
+
+
+def test_an_unbatched_loader_is_read_and_mapping_batches_are_refused_by_name():
+    import datasets
+
+    inputs = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    targets = torch.tensor([0, 1, 2, 1])
+    unbatched = as_examples(DataLoader(TensorDataset(inputs, targets), batch_size=None))
+    assert unbatched.fingerprint() == Examples(inputs, targets).fingerprint()
+    table = datasets.Dataset.from_dict({"input": inputs.numpy(), "label": targets.numpy()})
+    with pytest.raises(ValueError, match=r"mapping with keys \['input', 'label'\]"):
+        as_examples(DataLoader(table.with_format("torch"), batch_size=2))
 
 
 def test_subset_by_indices_and_mask_and_range_check():
