@@ -57,11 +57,7 @@ def save_checkpoint(directory: str | os.PathLike, checkpoint_id: str, model: nn.
     check_name("checkpoint id", checkpoint_id)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # a copy per name: safetensors refuses tensors that share memory (tied weights, views)
-    state = {
-        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
-        for k, v in model.state_dict().items()
-    }
+    state = savable_state(model)
     weights = directory / f"{checkpoint_id}.safetensors"
     write_bytes_atomic(weights, save(state))
     checkpoint = Checkpoint(
@@ -88,17 +84,31 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Checkpoint]:
     return sorted(checkpoints, key=lambda c: (c.step, c.checkpoint_id))
 
 
-def _check_fits(path: Path, state: dict, model: nn.Module) -> None:
-    """Refuse a state whose names, shapes or dtypes differ from the model's, before any copy."""
+def savable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state as safetensors takes it: a contiguous CPU copy per name (it refuses
+    tensors that share memory: tied weights, views), each saved under all of its names."""
+    return {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in model.state_dict().items()
+    }
+
+
+def check_state_fits(source: str, state: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Refuse a loaded ``state`` whose names, shapes or dtypes differ from ``model``'s, before any
+    weight is copied (``load_state_dict`` copies what fits before it reports what does not).
+
+    Raises:
+        ValueError: naming ``source`` and every entry that differs.
+    """
     layout = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     found = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
     differences = [
-        f"{key}: checkpoint has {found.get(key, '(absent)')}, model {layout.get(key, '(absent)')}"
+        f"{key}: file has {found.get(key, '(absent)')}, model {layout.get(key, '(absent)')}"
         for key in sorted(layout.keys() | found.keys())
         if found.get(key) != layout.get(key)
     ]
     if differences:
-        raise ValueError(f"checkpoint {path} does not fit this model: {'; '.join(differences)}")
+        raise ValueError(f"{source} does not fit this model: {'; '.join(differences)}")
 
 
 def load_checkpoint(checkpoint: Checkpoint, model: nn.Module) -> nn.Module:
@@ -111,6 +121,6 @@ def load_checkpoint(checkpoint: Checkpoint, model: nn.Module) -> nn.Module:
     state = load_file(str(checkpoint.path))
     if model_fingerprint(state) != checkpoint.fingerprint:
         raise ValueError(f"checkpoint {checkpoint.path} does not match its recorded fingerprint")
-    _check_fits(checkpoint.path, state, model)
+    check_state_fits(f"checkpoint {checkpoint.path}", state, model)
     model.load_state_dict(state, strict=True)
     return model

@@ -97,10 +97,10 @@ def test_a_refused_checkpoint_leaves_the_model_unchanged(data, tmp_path):
     other_head = build_model(partial(MLP, num_classes=9), 1)
     other_dtype = build_model(MLP, 1, dtype=torch.float64)
     for model, difference in [
-        (other_head, r"4.bias: checkpoint has \(\(10,\), torch.float32\), model \(\(9,\)"),
+        (other_head, r"4.bias: file has \(\(10,\), torch.float32\), model \(\(9,\)"),
         (
             other_dtype,
-            r"0.bias: checkpoint has \(\(128,\), torch.float32\), model \(\(128,\), torch.float64",
+            r"0.bias: file has \(\(128,\), torch.float32\), model \(\(128,\), torch.float64",
         ),
     ]:
         before = model_fingerprint(model)

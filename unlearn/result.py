@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from tda.atomic import write_bytes_atomic
+from tda.checkpoints import check_state_fits, savable_state
 from tda.fingerprint import model_fingerprint
 from unlearn.audit import AuditRecord, append_audit
 from unlearn.request import IndexLike, UnlearningRequest
@@ -44,7 +45,7 @@ class UnlearningResult:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` and ``audit.json`` into ``directory``, each atomically."""
         directory = Path(directory)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        state = savable_state(self.model)
         write_bytes_atomic(directory / MODEL_FILE, save(state))
         text = json.dumps(self.audit.to_dict(), indent=2, sort_keys=True, allow_nan=False)
         write_bytes_atomic(directory / AUDIT_FILE, text.encode())
@@ -52,21 +53,21 @@ class UnlearningResult:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model: nn.Module) -> UnlearningResult:
-        """Load a saved result into ``model`` (same architecture, modified in place).
+        """Load a saved result into ``model`` (same architecture and dtype, modified in place).
+
+        The weights are checked against the audit's fingerprint and ``model``'s layout before
+        any is copied, so a refused result leaves ``model`` as it was.
 
         Raises:
             ValueError: the weights do not fit ``model`` or do not match the audit's fingerprint.
         """
         directory = Path(directory)
         audit = AuditRecord.from_dict(json.loads((directory / AUDIT_FILE).read_text()))
-        try:
-            model.load_state_dict(load_file(str(directory / MODEL_FILE)), strict=True)
-        except RuntimeError as error:
-            raise ValueError(
-                f"saved weights in {directory} do not fit this model: {error}"
-            ) from error
-        if model_fingerprint(model) != audit.model_fingerprint_after:
+        state = load_file(str(directory / MODEL_FILE))
+        if model_fingerprint(state) != audit.model_fingerprint_after:
             raise ValueError(f"weights in {directory} do not match the audit's fingerprint")
+        check_state_fits(f"the model file in {directory}", state, model)
+        model.load_state_dict(state, strict=True)
         return cls(model=model, audit=audit)
 
     def append_audit(self, log_path: str | os.PathLike) -> None:

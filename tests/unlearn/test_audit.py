@@ -1,9 +1,11 @@
 import json
 
 import pytest
+import torch
 
 from tda.fingerprint import model_fingerprint
 from tda.models import build_model
+from tests.conftest import TiedLayers
 from tests.unlearn.reference import FACTORY
 from unlearn import (
     AuditRecord,
@@ -56,6 +58,41 @@ def test_a_saved_result_loads_back_and_checks_its_fingerprint(result, tmp_path):
     (tmp_path / "run" / "audit.json").write_text(json.dumps(tampered))
     with pytest.raises(ValueError, match="do not match the audit's fingerprint"):
         UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
+
+
+def _state_bits(model) -> dict:
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def test_a_refused_saved_result_leaves_the_model_as_it_was(result, tmp_path):
+    result.save(tmp_path / "run")
+    other_dtype = build_model(FACTORY, 1).double()
+    before = _state_bits(other_dtype)
+    with pytest.raises(
+        ValueError, match="the model file in .* does not fit this model: 0.bias: file has"
+    ):
+        UnlearningResult.load(tmp_path / "run", other_dtype)
+    tampered = json.loads((tmp_path / "run" / "audit.json").read_text())
+    tampered["model_fingerprint_after"] = "0" * 64
+    (tmp_path / "run" / "audit.json").write_text(json.dumps(tampered))
+    same_layout = build_model(FACTORY, 1)
+    before_same = _state_bits(same_layout)
+    with pytest.raises(ValueError, match="do not match the audit's fingerprint"):
+        UnlearningResult.load(tmp_path / "run", same_layout)
+    for model, expected in ((other_dtype, before), (same_layout, before_same)):
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(tensor, expected[name]), name
+
+
+def test_a_result_of_a_model_with_tied_weights_saves_and_loads_back(tiny_tied, tiny_data, tmp_path):
+    unlearner = Unlearner(FineTune(LoopConfig(epochs=1, batch_size=4)), compute_metrics=False)
+    request = UnlearningRequest([2, 5], train_size=len(tiny_data))
+    result = unlearner.unlearn(tiny_tied, tiny_data, request)
+    result.save(tmp_path / "run")  # safetensors refused the one weight under two names
+    loaded = UnlearningResult.load(tmp_path / "run", build_model(TiedLayers, 1, torch.float64))
+    assert loaded.model.last.weight is loaded.model.middle.weight
+    assert torch.equal(loaded.model.middle.weight, result.model.middle.weight)
+    assert model_fingerprint(loaded.model) == result.audit.model_fingerprint_after
 
 
 def test_appending_keeps_earlier_lines_and_refuses_a_damaged_log(result, tmp_path):
