@@ -121,8 +121,24 @@ def _write(tensor: Tensor, positions: Tensor, values: Tensor | float) -> None:
 def zero_frozen_gradients(pinned: list[PinnedWeights]) -> None:
     """Set the gradients of masked-out weights to exactly zero (``NaN`` included)."""
     for weights in pinned:
-        if weights.parameter.grad is not None:
-            _write(weights.parameter.grad, weights.frozen, 0.0)
+        gradient = weights.parameter.grad
+        if gradient is not None and gradient.is_sparse:  # e.g. ``nn.Embedding(sparse=True)``
+            weights.parameter.grad = _sparse_without(gradient, weights.frozen)
+        elif gradient is not None:
+            _write(gradient, weights.frozen, 0.0)
+
+
+def _sparse_without(gradient: Tensor, positions: Tensor) -> Tensor:
+    """A sparse COO ``gradient`` with its entries at flat ``positions`` set to zero."""
+    gradient = gradient.coalesce()
+    frozen = torch.zeros(gradient.numel(), dtype=torch.bool, device=gradient.device)
+    frozen[positions] = True
+    indices = gradient.indices()
+    frozen_values = frozen.view(gradient.shape)[tuple(indices)]  # [nnz, *dense dimensions]
+    values = gradient.values().masked_fill(frozen_values, 0.0)
+    return torch.sparse_coo_tensor(
+        indices, values, gradient.shape, is_coalesced=True, check_invariants=False
+    )
 
 
 @torch.no_grad()
