@@ -67,7 +67,10 @@ class IndexForgetSet:
     positions: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        given = np.asarray(self.positions).reshape(-1)
+        given = np.asarray(self.positions)
+        if given.ndim > 1:  # flattening would forget the rows' positions as one list
+            raise ValueError(f"forget positions must be one-dimensional, got shape {given.shape}")
+        given = given.reshape(-1)
         if given.size and (given.dtype == np.bool_ or not np.issubdtype(given.dtype, np.integer)):
             raise ValueError(f"forget positions must be integers, got dtype {given.dtype}")
         positions = given.astype(np.int64)
@@ -141,6 +144,18 @@ class RandomForgetSet:
         return test
 
 
+def _class_targets(train: Examples) -> np.ndarray:
+    """The class of every example, ``[n]``; sequence targets (``[n, T]``) name no class (their
+    flattened token positions read as example positions)."""
+    targets = train.targets.cpu().numpy()
+    if targets.ndim != 1:
+        raise ValueError(
+            "class-wise forget sets need one class target per example, shape [n]; got targets "
+            f"of shape {targets.shape}"
+        )
+    return targets
+
+
 @dataclass(frozen=True)
 class ClassForgetSet:
     """Every training example of one class (class-wise forgetting).
@@ -152,7 +167,7 @@ class ClassForgetSet:
     label: int
 
     def indices(self, train: Examples) -> np.ndarray:
-        chosen = np.flatnonzero(train.targets.cpu().numpy() == self.label)
+        chosen = np.flatnonzero(_class_targets(train) == self.label)
         if len(chosen) == 0:
             raise ValueError(f"the training set has no example of class {self.label}")
         if len(chosen) == len(train):
@@ -166,7 +181,7 @@ class ClassForgetSet:
     def proxies(self, train: Examples, count: int) -> list[ForgetSet]:
         """The next ``count`` classes present in the training set (cyclically)."""
         _check_count(count)
-        present = np.unique(train.targets.cpu().numpy())
+        present = np.unique(_class_targets(train))
         others = present[present != self.label]
         if len(others) < 2:
             raise ValueError("a class-wise proxy needs at least three classes in the training set")

@@ -67,6 +67,21 @@ def test_index_forget_sets_are_validated_and_their_proxy_is_disjoint(labelled):
         IndexForgetSet((100,)).indices(labelled)
 
 
+def test_index_forget_sets_refuse_positions_that_are_not_one_dimensional():
+    with pytest.raises(ValueError, match=r"one-dimensional, got shape \(2, 2\)"):
+        IndexForgetSet(np.array([[1, 2], [3, 4]]))  # was read as positions 1, 2, 3, 4
+
+
+def test_class_wise_forget_sets_refuse_sequence_targets():
+    # token 7 sits at flattened positions 1 and 6 of these [4, 3] targets; they read as the
+    # examples 1 (which has no 7) and 6 (which does not exist) instead of an error
+    targets = torch.tensor([[0, 7, 2], [3, 4, 5], [7, 1, 1], [2, 2, 2]])
+    sequences = Examples(torch.zeros(4, 3, dtype=torch.long), targets)
+    for call in (ClassForgetSet(7).indices, lambda data: ClassForgetSet(7).proxies(data, 1)):
+        with pytest.raises(ValueError, match=r"one class target per example.*\(4, 3\)"):
+            call(sequences)
+
+
 @pytest.mark.parametrize("bad", [(1.7, 2.2), np.array([0.5, 3.9]), np.array([True, False])])
 def test_index_forget_sets_refuse_positions_that_are_not_integers(bad):
     with pytest.raises(ValueError, match="forget positions must be integers"):

@@ -1,4 +1,5 @@
 import copy
+import math
 from functools import partial
 
 import pytest
@@ -53,3 +54,10 @@ def test_l1_sparse_shrinks_the_weights_compared_with_fine_tuning(tiny_mlp, tiny_
     torch.testing.assert_close(unpenalised.state_dict(), plain.state_dict(), rtol=0, atol=1e-14)
     with pytest.raises(ValueError, match="strength must be non-negative"):
         L1Sparse(strength=-1.0)
+
+
+@pytest.mark.parametrize("strength", [math.nan, math.inf])
+def test_l1_sparse_refuses_a_strength_that_is_not_finite(strength):
+    # accepted, it made every loss NaN / infinite: a "diverged" run, which tuning skips silently
+    with pytest.raises(ValueError, match="strength must be non-negative and finite"):
+        L1Sparse(strength=strength)

@@ -1,5 +1,6 @@
 import copy
 import dataclasses
+import math
 from functools import partial
 
 import numpy as np
@@ -203,3 +204,10 @@ def test_methods_read_only_the_data_their_objective_names(mnist, trained, method
 def test_gradient_difference_refuses_a_negative_retain_weight():
     with pytest.raises(ValueError, match="retain_weight must be non-negative"):
         GradientDifference(retain_weight=-1.0)
+
+
+@pytest.mark.parametrize("weight", [math.nan, math.inf])
+def test_gradient_difference_refuses_a_retain_weight_that_is_not_finite(weight):
+    # accepted, it made every loss NaN / infinite: a "diverged" run, which tuning skips silently
+    with pytest.raises(ValueError, match="retain_weight must be non-negative and finite"):
+        GradientDifference(retain_weight=weight)

@@ -9,6 +9,7 @@ with one forget batch :math:`B_F` and one retain batch :math:`B_R` per step; a p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar
@@ -44,8 +45,10 @@ class GradientDifference:
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.retain_weight < 0:
-            raise ValueError(f"retain_weight must be non-negative, got {self.retain_weight}")
+        if not 0 <= self.retain_weight < math.inf:  # NaN too: it read as a diverged run
+            raise ValueError(
+                f"retain_weight must be non-negative and finite, got {self.retain_weight}"
+            )
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None

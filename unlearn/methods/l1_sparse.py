@@ -10,6 +10,7 @@ linearly towards 0, pushing the model to a sparse solution early and refitting :
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -57,8 +58,8 @@ class L1Sparse:
     requires_forget_set: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if self.strength < 0:
-            raise ValueError(f"strength must be non-negative, got {self.strength}")
+        if not 0 <= self.strength < math.inf:  # NaN too: it read as a diverged run
+            raise ValueError(f"strength must be non-negative and finite, got {self.strength}")
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
