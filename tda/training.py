@@ -52,8 +52,10 @@ class TrainConfig:
     save_initial: bool = False
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
+        for name in ("epochs", "batch_size", "checkpoints"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
         if not 1 <= self.checkpoints <= self.epochs:
             raise ValueError(f"checkpoints must be in [1, epochs={self.epochs}]")
 

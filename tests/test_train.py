@@ -35,6 +35,12 @@ def test_same_seed_gives_bitwise_identical_weights(data):
     assert model_fingerprint(first) != model_fingerprint(third)
 
 
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"epochs": 2.5}, {"batch_size": True}])
+def test_training_settings_must_be_positive_integers(bad):
+    with pytest.raises(ValueError, match="must be an integer of at least 1"):
+        TrainConfig(**bad)
+
+
 def test_numpy_integer_seeds_train_as_their_int(data, tmp_path):
     # torch.Generator.manual_seed refused np.int64 ("an integer is required"), so
     # train_ensemble(seeds=np.arange(2)) failed
