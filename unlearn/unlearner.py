@@ -105,6 +105,9 @@ class Unlearner:
             FloatingPointError: the unlearning loss or weights became NaN / infinite.
         """
         train = as_examples(train_data)
+        test = as_examples(test_data) if test_data is not None else None
+        if test is not None and len(test) == 0:  # refused now, not after the unlearning run
+            raise ValueError("test_data is empty; pass held-out examples or None")
         model_before, data_before = model_fingerprint(model), train.fingerprint()
         _check_request(request, self.method, model_before, train, data_before)
         mask = check_mask(model, self.mask) if self.mask is not None else None
@@ -115,7 +118,7 @@ class Unlearner:
             unlearned = self.method.unlearn(unlearned, split, seed=request.seed, mask=mask)
         timings = {"unlearn": time.perf_counter() - start}
         start = time.perf_counter()
-        metrics = self._metrics(unlearned, split, test_data, request.seed)
+        metrics = self._metrics(unlearned, split, test, request.seed)
         if self.compute_metrics:
             timings["metrics"] = time.perf_counter() - start
         audit = self._audit(request, model_before, unlearned, data_before, metrics, timings)
@@ -127,7 +130,7 @@ class Unlearner:
     def _metrics(self, model, split: ForgetSplit, test_data, seed: int) -> dict[str, float]:
         if not self.compute_metrics:
             return {}
-        test = _on_model(model, as_examples(test_data)) if test_data is not None else None
+        test = _on_model(model, test_data) if test_data is not None else None
         return unlearning_metrics(model, split.forget, split.retain, test, seed=seed)
 
     def _audit(self, request, model_before, unlearned, data_before, metrics, timings):
