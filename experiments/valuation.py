@@ -8,7 +8,6 @@ python experiments/valuation.py experiment=mnist1d_cnn valuation.ranking=tracin 
 """
 
 import logging
-import shutil
 from pathlib import Path
 
 import hydra
@@ -18,6 +17,7 @@ from omegaconf import DictConfig
 
 from tda.device import on_device
 from tda.features import featurize, open_feature_store
+from tda.fingerprint import model_fingerprint
 from tda.methods import InfluenceFunction
 from tda.models import build_model
 from tda.training import train
@@ -67,7 +67,7 @@ def main(cfg: DictConfig) -> float:
             fractions=list(options.pruning_fractions),
             seeds=list(options.pruning_seeds),
             config=config,
-            workspace=run / "pruning",
+            workspace=run / f"pruning-{options.values_from}",  # its removals follow the values
             progress=cfg.progress,
         )
     rankings = {
@@ -78,7 +78,7 @@ def main(cfg: DictConfig) -> float:
     report = valuation_report(
         noisy, scores=scores, self_influence=ranking(), flipped=flipped, pruning=curve
     )
-    report.save(run)
+    report.save(run / f"{options.ranking}-{options.values_from}")  # one report per choice
     log.info("%s self-influence: %s", options.ranking, report.mislabel)
     return report.mislabel.auc
 
@@ -122,11 +122,12 @@ class Attributions:
             ) from error
 
     def _trak(self):
-        """TRAK on a store rebuilt every run: the model was just retrained (bitwise the same on
-        the CPU, not on a GPU, where the old store would refuse it)."""
+        """TRAK on a store of this model's features: keyed by its fingerprint, since the model
+        was just retrained (bitwise the same on the CPU, not on a GPU), and shared safely by
+        jobs that train the same model (a multirun over rankings)."""
         featurizer = instantiate(self.cfg.featurizer)
-        shutil.rmtree(self.run / "features", ignore_errors=True)
-        store = open_feature_store(self.run / "features", featurizer, self.cfg.shard_size)
+        directory = self.run / f"features-{model_fingerprint(self.model)[:16]}"
+        store = open_feature_store(directory, featurizer, self.cfg.shard_size)
         splits = {"train": self.train, "query": self.queries}
         featurize(self.model, splits, featurizer, store, checkpoint_id="final", progress=False)
         return instantiate(self.cfg.attributor).fit(store)

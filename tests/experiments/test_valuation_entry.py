@@ -41,7 +41,7 @@ def test_tracin_ranking_is_the_library_tracin_self_influence(tmp_path, noisy):
     suspicion = tracin_self_influence(FACTORY, saved(tmp_path), data)
     assert len(saved(tmp_path)) == 2
     assert auc == mislabel_detection(suspicion, flipped).auc
-    assert (tmp_path / "valuation" / "seed-0-flip-0" / "valuation.json").is_file()
+    assert (tmp_path / "valuation" / "seed-0-flip-0" / "tracin-trak" / "valuation.json").is_file()
 
 
 def test_graddot_ranking_reads_the_final_model(tmp_path, noisy):
@@ -80,7 +80,8 @@ def test_trak_ranking_is_the_library_trak_self_influence(tmp_path, noisy):
     trak = TRAK().fit(store)
     suspicion = self_scores(lambda rows: trak.score("train", indices=rows), len(data), 512)
     assert auc == pytest.approx(mislabel_detection(suspicion, flipped).auc, abs=1e-12)
-    report = json.loads((tmp_path / "valuation" / "seed-0-flip-0" / "valuation.json").read_text())
+    run = tmp_path / "valuation" / "seed-0-flip-0"
+    report = json.loads((run / "trak-trak" / "valuation.json").read_text())
     assert report["pruning"]["fractions"] == [0.0, 0.5]  # with the full-data baseline
 
 
@@ -101,3 +102,15 @@ def test_an_influence_error_names_the_option_that_fixes_it(tmp_path):
         ValueError, match=r"'head.weight'.*valuation.influence_parameters=\[\.\.\.\]"
     ):
         run_entry_point("valuation", tmp_path, *overrides, base=BASE)
+
+
+def test_other_rankings_keep_their_own_reports_and_share_the_models_features(tmp_path):
+    run = tmp_path / "valuation" / "seed-0-flip-0"
+    run_entry_point("valuation", tmp_path, "valuation.ranking=graddot", base=BASE)
+    (store,) = run.glob("features-*")  # keyed by the trained model's fingerprint
+    written = {path: path.stat().st_mtime_ns for path in store.rglob("*.npy")}
+    run_entry_point("valuation", tmp_path, "valuation.ranking=tracin", base=BASE)
+    assert list(run.glob("features-*")) == [store]  # reused, never deleted under another job
+    assert {path: path.stat().st_mtime_ns for path in store.rglob("*.npy")} == written
+    for report in ("graddot-trak", "tracin-trak"):
+        assert (run / report / "valuation.json").is_file()
