@@ -104,14 +104,56 @@ def _write(cfg: DictConfig, workspace: Path, record: dict) -> None:
 
 def _journal(cfg: DictConfig, workspace: Path) -> unlearn.SearchJournal:
     """The proxy search's journal: a killed run, started again with the same configuration and
-    library versions, reads back the evaluations it finished; cleared once the record is written."""
+    library versions, reads back the evaluations it finished; cleared once the record is written.
+
+    The journal also claims ``results_name`` for this configuration (:func:`_claim`)."""
     settings = OmegaConf.to_container(cfg, resolve=True)
     device = str(resolve_device(cfg.device))  # "auto" differs between machines
     context = json.dumps(
         {"settings": settings, "versions": _versions(), "device": device}, sort_keys=True
     )
     root = workspace / "results" / ".search" / cfg.results_name
-    return unlearn.SearchJournal(root, hashlib.sha256(context.encode()).hexdigest())
+    journal = unlearn.SearchJournal(root, hashlib.sha256(context.encode()).hexdigest())
+    _claim(cfg, workspace, journal)
+    return journal
+
+
+VOLATILE = ("progress", "threads")
+"""Settings that do not change a run's record: a rerun that differs only in them may replace it."""
+
+
+def _claim(cfg: DictConfig, workspace: Path, journal: unlearn.SearchJournal) -> None:
+    """Refuse to let two configurations share ``results_name``: one record would silently replace
+    the other (e.g. ``forget.label=3`` under the default name of label 0's run, or a multirun over
+    a key the name does not carry). A finished record with other settings is refused, and a job
+    claims the name for its configuration while it runs (first claimant wins; a killed run's claim
+    stays for its resumption).
+
+    Raises:
+        ValueError: ``results_name`` holds, or is being written by, another configuration.
+    """
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    path = workspace / "results" / f"{cfg.results_name}.json"
+    if path.is_file():
+        recorded = json.loads(path.read_text()).get("settings", {})
+        differing = sorted(
+            key
+            for key in settings.keys() | recorded.keys()
+            if key not in VOLATILE and settings.get(key) != recorded.get(key)
+        )
+        if differing:
+            raise ValueError(
+                f"{path} records a run with other {differing}; pass another results_name "
+                "(or delete that record to replace it)"
+            )
+    claim = journal.root / ".claim"
+    write_bytes_atomic(claim, journal.context.encode(), replace=False)  # first writer wins
+    if claim.read_text() != journal.context:
+        raise ValueError(
+            f"another configuration is writing results_name={cfg.results_name!r} (its claim: "
+            f"{claim}; a killed run's stays for its resumption); pass another results_name, or "
+            "delete that directory to abandon the other run"
+        )
 
 
 def _shared_parts(cfg) -> dict:

@@ -184,6 +184,9 @@ def test_a_run_killed_after_its_search_resumes_from_the_journal(tmp_path, monkey
     journal = tmp_path / "results" / ".search" / "unlearn-ft-random_10pct"
     assert len(list(journal.glob("*.json"))) == 2  # one per grid value
     monkeypatch.setattr(unlearn, "unlearn_each_stable", stable)
+    other = ("unlearner=ft", "klom_floor=false", "tuning.grid=[0.01]")
+    with pytest.raises(ValueError, match="another configuration is writing results_name="):
+        _run_in_process(tmp_path, *other)  # the killed run's claim stands for its resumption
 
     def no_search(*args, **kwargs):
         raise AssertionError("the search ran again")
@@ -192,6 +195,8 @@ def test_a_run_killed_after_its_search_resumes_from_the_journal(tmp_path, monkey
     record = _run_in_process(tmp_path, *overrides)
     assert record["status"] == "ok" and record["tuning"]["grid"] == [0.001, 0.1]
     assert not journal.exists()  # cleared once the record is written
+    with pytest.raises(ValueError, match=r"records a run with other \['tuning'\]"):
+        _run_in_process(tmp_path, *other)  # would have replaced the finished record
 
 
 def _write_train_scores(workspace: Path) -> str:
