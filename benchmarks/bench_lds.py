@@ -25,7 +25,14 @@ import numpy as np
 import torch
 from joblib import Parallel, delayed
 
-from benchmarks.record import REPO_ROOT, available_cores, markdown_table, output_path, write_record
+from benchmarks.record import (
+    REPO_ROOT,
+    available_cores,
+    markdown_table,
+    output_path,
+    require_peer,
+    write_record,
+)
 from tda import (
     TRAK,
     DenseProjector,
@@ -367,6 +374,9 @@ def _since(start: float) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.traker_dims:  # before the ground truth and our rows, not after them
+        instead = "pass --traker-dims with no values to run ours alone"
+        require_peer("trak", "traker==0.3.2", "bench_lds", instead)
     torch.set_num_threads(args.threads)
     train, queries = load_data(args)
     config = TrainConfig(epochs=args.epochs)  # Adam lr 3e-3, batch 64 (the defaults)

@@ -44,6 +44,7 @@ from benchmarks.record import (
     available_cores,
     markdown_table,
     output_path,
+    require_peer,
     write_record,
 )
 from tda import (
@@ -438,6 +439,8 @@ def settings(args) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # kronfluence's rows come last: stop now, not after every other row, if it is missing
+    require_peer("kronfluence.analyzer", "kronfluence==1.0.1", "bench_methods")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     train, queries, config, truth, finals, mnist_info = mnist_setup(args)

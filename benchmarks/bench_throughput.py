@@ -24,7 +24,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from benchmarks.record import REPO_ROOT, available_cores, markdown_table, output_path, write_record
+from benchmarks.record import (
+    REPO_ROOT,
+    available_cores,
+    markdown_table,
+    output_path,
+    require_peer,
+    write_record,
+)
 from tda import DenseProjector, Examples, GradientFeaturizer, SparseProjector, build_model
 from tda.features import featurize, open_feature_store
 from tda.models import MLP
@@ -307,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.rss_child is not None:
         print(json.dumps(rss_child(args.rss_child, args.rss_k, args.seed)))
         return
+    require_peer("trak", "traker==0.3.2", "bench_throughput")
     model = build_model(MLP, args.seed).eval()
     p = sum(parameter.numel() for parameter in model.parameters())
     results = {"featurize": [], "projection": [], "peak_rss": []}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import shlex
@@ -52,6 +53,19 @@ def environment(threads: int) -> dict[str, Any]:
             "torch_threads": threads,
         },
     }
+
+
+def require_peer(module: str, requirement: str, benchmark: str, instead: str = "") -> None:
+    """Stops ``benchmark`` before any work when the peer library it is compared with cannot be
+    imported, naming the peer (``requirement``) and, if given, how to run without it."""
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        message = (
+            f"{benchmark} compares with {requirement}, which cannot be imported here ({error}): "
+            "install it as benchmarks/README.md says"
+        )
+        raise SystemExit(message + (f", or {instead}" if instead else "")) from error
 
 
 def command_line() -> str:
