@@ -51,6 +51,9 @@ CACHED = {  # row name -> bench_methods's cache key
     "Source L=3 (EK-FAC)": "Source_L=3_(EK-FAC)",
     "TracIn-CP": "TracIn-CP",
 }
+# bench_fisher's key names the Fisher; bench_methods's row of the library default (the empirical
+# Fisher, the same solver and settings) is read where bench_fisher has not run
+ALTERNATIVES = {"IF_EK-FAC_(empirical_Fisher)": ("IF_EK-FAC",)}
 CHECKPOINT_MEAN = "IF EK-FAC (empirical Fisher), mean over 5 checkpoints"
 
 
@@ -72,12 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def cached_mean(root, key: str, count: int) -> np.ndarray:
-    """Mean of bench_methods's cached score matrices of members 0..count-1."""
-    paths = [root / "scores" / "MNIST-1D" / key / f"model-{i}.npz" for i in range(count)]
-    missing = [str(path) for path in paths if not path.exists()]
-    if missing:
-        raise FileNotFoundError(f"run python -m benchmarks.bench_methods first: {missing}")
-    return sum(np.load(path)["scores"] for path in paths) / count
+    """Mean of bench_methods's cached score matrices of members 0..count-1 (under ``key``, or
+    else its alternative)."""
+    for name in (key, *ALTERNATIVES.get(key, ())):
+        paths = [root / "scores" / "MNIST-1D" / name / f"model-{i}.npz" for i in range(count)]
+        missing = [str(path) for path in paths if not path.exists()]
+        if not missing:
+            return sum(np.load(path)["scores"] for path in paths) / count
+    raise FileNotFoundError(f"run python -m benchmarks.bench_methods first: {missing}")
 
 
 def trak_scores(args, finals, train, queries, count: int) -> np.ndarray:

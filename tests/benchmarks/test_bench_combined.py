@@ -1,0 +1,29 @@
+"""bench_combined reads its components where bench_methods (and bench_fisher) cache them."""
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_combined import CACHED, cached_mean
+
+EKFAC = CACHED["IF EK-FAC (empirical Fisher)"]
+
+
+def _write(root, key: str, scores: list[np.ndarray]) -> None:
+    folder = root / "scores" / "MNIST-1D" / key
+    folder.mkdir(parents=True)
+    for index, matrix in enumerate(scores):
+        np.savez(folder / f"model-{index}.npz", scores=matrix, seconds=1.0, info="{}")
+
+
+def test_ekfac_is_read_from_bench_methods_rows_when_bench_fisher_has_not_run(tmp_path):
+    scores = [np.full((2, 3), 1.0), np.full((2, 3), 3.0)]
+    _write(tmp_path, "IF_EK-FAC", scores)  # bench_methods's row of the default (empirical) Fisher
+    np.testing.assert_array_equal(cached_mean(tmp_path, EKFAC, 2), np.full((2, 3), 2.0))
+
+
+def test_ekfac_prefers_bench_fisher_rows_and_a_missing_component_says_what_to_run(tmp_path):
+    _write(tmp_path, "IF_EK-FAC", [np.zeros((2, 3))])
+    _write(tmp_path, EKFAC, [np.ones((2, 3))])
+    np.testing.assert_array_equal(cached_mean(tmp_path, EKFAC, 1), np.ones((2, 3)))
+    with pytest.raises(FileNotFoundError, match="bench_methods first"):
+        cached_mean(tmp_path, CACHED["TracIn-CP"], 1)
