@@ -97,7 +97,9 @@ def trak_scores(args, finals, train, queries, count: int) -> np.ndarray:
         shutil.rmtree(root)
         return scores
 
-    path = args.workspace / "scores" / "MNIST-1D" / "TRAK_sparse" / f"models-{count}.npz"
+    path = (
+        args.workspace / "scores" / "MNIST-1D" / f"TRAK_sparse_k{args.dim}" / f"models-{count}.npz"
+    )
     return cached(path, compute, False)[0]
 
 

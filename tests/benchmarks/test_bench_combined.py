@@ -1,9 +1,11 @@
 """bench_combined reads its components where bench_methods (and bench_fisher) cache them."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
-from benchmarks.bench_combined import CACHED, cached_mean
+from benchmarks.bench_combined import CACHED, cached_mean, trak_scores
 
 EKFAC = CACHED["IF EK-FAC (empirical Fisher)"]
 
@@ -27,3 +29,13 @@ def test_ekfac_prefers_bench_fisher_rows_and_a_missing_component_says_what_to_ru
     np.testing.assert_array_equal(cached_mean(tmp_path, EKFAC, 1), np.ones((2, 3)))
     with pytest.raises(FileNotFoundError, match="bench_methods first"):
         cached_mean(tmp_path, CACHED["TracIn-CP"], 1)
+
+
+def test_trak_scores_are_cached_per_projection_size(tmp_path, monkeypatch):
+    paths = []
+    monkeypatch.setattr(
+        "benchmarks.bench_combined.cached", lambda path, compute, _: paths.append(path) or [None]
+    )
+    for dim in (2048, 512):  # a k = 512 run must not read the k = 2048 scores
+        trak_scores(SimpleNamespace(dim=dim, workspace=tmp_path), [], None, None, 5)
+    assert paths[0] != paths[1] and "k512" in str(paths[1])
