@@ -303,7 +303,8 @@ def checkpointed_members(args, train, config, finals) -> tuple[list[list], dict]
     runs = [members[seed] for seed in range(max(args.models))]
     same = [run[-1].fingerprint == f.fingerprint for run, f in zip(runs, finals, strict=False)]
     return runs, {"checkpoint_epochs": saved.checkpoint_epochs(), "optimizer": "Adam (recipe)",
-        "final_equals_benchmark_member": all(same), "seconds_this_run": _since(start)}  # fmt: skip
+        "final_equals_benchmark_member": all(same), "members_compared": len(same),
+        "seconds_this_run": _since(start)}  # fmt: skip
 
 
 def mnist_rows(args, bench: Bench, train, queries, finals, runs) -> list[dict]:
