@@ -79,6 +79,18 @@ def vectors():
     return torch.randn(4, 83, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
 
+EVERY_SOLVER = (
+    ExplicitSolver(),
+    ConjugateGradientSolver(),
+    LiSSASolver(depth=4602),
+    DiagonalSolver(),
+    IdentitySolver(),
+    KFACSolver(),
+    EKFACSolver(),
+)
+"""One of each solver (refitted by every test that takes it)."""
+
+
 def right_hand_sides(model, count=4):
     size = sum(p.numel() for p in model.parameters())
     return torch.randn(count, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -252,18 +264,7 @@ def test_solvers_refuse_solving_before_fit_and_wrong_widths(solver, tiny_mlp, ti
         solver.solve(torch.zeros(1, 82, dtype=torch.float64))
 
 
-@pytest.mark.parametrize(
-    "solver",
-    [
-        ExplicitSolver(),
-        ConjugateGradientSolver(),
-        LiSSASolver(depth=4602),
-        DiagonalSolver(),
-        IdentitySolver(),
-        KFACSolver(),
-        EKFACSolver(),
-    ],
-)
+@pytest.mark.parametrize("solver", EVERY_SOLVER, ids=lambda solver: type(solver).__name__)
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_solvers_refuse_non_finite_vectors_naming_the_row(solver, bad, tiny_mlp, tiny_data):
     """Conjugate gradient used to stop at once on such a row and return it solved as zeros."""
@@ -297,18 +298,7 @@ def test_empty_data_is_refused(tiny_mlp, vectors):
         hessian_vector_product(tiny_mlp, TASK, empty, None, vectors)
 
 
-@pytest.mark.parametrize(
-    "solver",
-    [
-        ExplicitSolver(),
-        ConjugateGradientSolver(),
-        LiSSASolver(depth=4602),
-        DiagonalSolver(),
-        IdentitySolver(),
-        KFACSolver(),
-        EKFACSolver(),
-    ],
-)
+@pytest.mark.parametrize("solver", EVERY_SOLVER, ids=lambda solver: type(solver).__name__)
 def test_solvers_map_no_vectors_to_no_vectors(solver, tiny_mlp, tiny_data):
     """``[0, p] -> [0, p]`` like any other ``q``: K-FAC, EK-FAC and LiSSA failed in a reshape."""
     solved = solver.fit(tiny_mlp, TASK, tiny_data).solve(torch.zeros(0, 83, dtype=torch.float64))

@@ -223,24 +223,14 @@ def test_features_beyond_float16_are_refused_not_stored_as_infinity(tmp_path, ti
     store = open_feature_store(tmp_path, featurizer, shard_size=8)
     large = tiny_data.subset(range(8))
     large = type(large)(large.inputs * 1e6, large.targets)  # first-layer gradients ~ 1e6
+
+    def store_as(dtype):
+        splits = {"train": large}
+        options = {"checkpoint_id": "c", "storage_dtype": dtype, "progress": False}
+        featurize(tiny_mlp, splits, featurizer, store, **options)
+
     with pytest.raises(ValueError, match="shard 0 of split 'train' has features up to .*float16"):
-        featurize(
-            tiny_mlp,
-            {"train": large},
-            featurizer,
-            store,
-            checkpoint_id="c",
-            storage_dtype=torch.float16,
-            progress=False,
-        )
+        store_as(torch.float16)
     assert not store.has_shard("c", "train", 0)
-    featurize(
-        tiny_mlp,
-        {"train": large},
-        featurizer,
-        store,
-        checkpoint_id="c",
-        storage_dtype=torch.bfloat16,
-        progress=False,
-    )
+    store_as(torch.bfloat16)
     assert np.isfinite(store.load("c", "train")).all()
