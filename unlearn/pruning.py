@@ -127,8 +127,9 @@ class MagnitudePruning:
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+        rounds = self.rounds
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds must be at least 1 and an integer, got {rounds!r}")
 
     def schedule(self) -> list[float]:
         r"""Sparsity after each round, :math:`s_k = 1 - (1 - s)^{k/K}` (the last is exactly s)."""

@@ -23,10 +23,13 @@ def top_fraction_mask(scores: dict[str, Tensor], fraction: float) -> dict[str, T
     r"""``True`` for the :math:`\lceil r p \rceil` largest scores over all tensors together.
 
     Raises:
-        ValueError: ``fraction`` outside ``(0, 1]``.
+        ValueError: ``fraction`` outside ``(0, 1]``, or a NaN score (``topk`` would rank it first).
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"the trainable fraction must be in (0, 1], got {fraction}")
+    for name, score in scores.items():
+        if bool(torch.isnan(score).any()):
+            raise ValueError(f"the scores of {name!r} hold NaN; a NaN cannot be ranked")
     flat = torch.cat([score.detach().flatten() for score in scores.values()])
     keep = math.ceil(fraction * flat.numel() * (1 - 1e-12))  # 0.07 * 100 is 7.000000000000001
     chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)

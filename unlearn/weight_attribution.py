@@ -41,7 +41,7 @@ def weight_attribution(
     Raises:
         ValueError: an empty set or a non-positive ``curvature``.
     """
-    if curvature <= 0:
+    if not curvature > 0:  # NaN too: every score would be NaN and the mask arbitrary
         raise ValueError(f"the curvature constant mu must be positive, got {curvature}")
     if len(forget) == 0 or len(retain) == 0:
         raise ValueError("weight attribution needs a non-empty forget set and retain set")

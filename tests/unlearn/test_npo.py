@@ -1,4 +1,5 @@
 import copy
+import math
 from functools import partial
 
 import pytest
@@ -122,4 +123,20 @@ def test_npo_is_seeded_and_leaves_its_reference_out_of_the_result(tiny_mlp, tiny
 )
 def test_npo_refuses_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
+        NegativePreferenceOptimization(**settings)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"beta": math.nan},
+        {"beta": math.inf},
+        {"retain_weight": math.nan},
+        {"retain_weight": math.inf},
+    ],
+)
+def test_npo_refuses_nan_and_infinite_settings_before_running(settings):
+    """They made the first loss NaN or infinite, reported as a diverged run ("lower the learning
+    rate"), as GradDiff's retain weight did before it was checked."""
+    with pytest.raises(ValueError, match="finite"):
         NegativePreferenceOptimization(**settings)

@@ -134,3 +134,10 @@ def test_bad_pruning_settings_are_refused(tiny_mlp):
     everything = {n: torch.zeros_like(m) for n, m in half.items()}
     with pytest.raises(ValueError, match="protected"):
         magnitude_mask(tiny_mlp, 0.5, protected={n: ~m for n, m in everything.items()})
+
+
+@pytest.mark.parametrize("rounds", [2.5, True])
+def test_rounds_must_be_an_integer(rounds):
+    """2.5 failed inside schedule() with a bare TypeError; True ran one round."""
+    with pytest.raises(ValueError, match="rounds must be at least 1 and an integer"):
+        MagnitudePruning(0.5, rounds=rounds)

@@ -97,3 +97,10 @@ def test_salun_runs_on_a_model_with_a_frozen_layer_and_leaves_it_bitwise(tiny_ml
     unlearned = SalUn(MOMENTUM_AND_DECAY, fraction=0.5).unlearn(tiny_mlp, split, seed=0)
     assert torch.equal(unlearned.get_parameter("0.weight").detach(), before["0.weight"])
     assert not torch.equal(unlearned.get_parameter("2.weight").detach(), before["2.weight"])
+
+
+def test_nan_scores_are_refused_naming_the_parameter():
+    """topk ranks NaN above every number: a NaN score was kept as the most salient weight."""
+    scores = {"a": torch.tensor([1.0, 0.5]), "b": torch.tensor([math.nan, 0.2])}
+    with pytest.raises(ValueError, match="'b' hold NaN"):
+        top_fraction_mask(scores, 0.5)

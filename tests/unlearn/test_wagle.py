@@ -146,3 +146,12 @@ def test_weight_attribution_refuses_empty_sets_and_bad_curvature(tiny_mlp, tiny_
         weight_attribution(tiny_mlp, split.forget.subset([]), split.retain)
     with pytest.raises(ValueError, match="mu must be positive"):
         weight_attribution(tiny_mlp, split.forget, split.retain, curvature=-1.0)
+
+
+def test_a_nan_curvature_is_refused_not_turned_into_an_arbitrary_mask(tiny_mlp, tiny_data):
+    """Every score was NaN and WAGLE unlearned inside whichever weights topk put first."""
+    split = _split(tiny_data)
+    with pytest.raises(ValueError, match="mu must be positive"):
+        weight_attribution(tiny_mlp, split.forget, split.retain, curvature=math.nan)
+    with pytest.raises(ValueError, match="curvature must be positive"):
+        WAGLE(curvature=math.nan)

@@ -20,6 +20,7 @@ reference's losses come from a frozen copy in evaluation mode.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -88,10 +89,12 @@ class NegativePreferenceOptimization:
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
-        if self.retain_weight < 0:
-            raise ValueError(f"retain_weight must be non-negative, got {self.retain_weight}")
+        if not 0 < self.beta < math.inf:  # NaN too: it read as a diverged run
+            raise ValueError(f"beta must be positive and finite, got {self.beta}")
+        if not 0 <= self.retain_weight < math.inf:
+            raise ValueError(
+                f"retain_weight must be non-negative and finite, got {self.retain_weight}"
+            )
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None

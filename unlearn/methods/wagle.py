@@ -40,7 +40,7 @@ class WAGLE:
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.curvature <= 0:
+        if not self.curvature > 0:  # NaN too
             raise ValueError(f"curvature must be positive, got {self.curvature}")
 
     def unlearn(
