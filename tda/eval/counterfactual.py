@@ -14,7 +14,7 @@ The control removes ``k`` uniformly random training examples (seeded by ``random
 query and the retraining seed; the ``k`` are nested: the first ``k`` of one permutation). A good
 attribution's drop is large and positive and well above the random one. Summaries average each
 query over seeds first, then report the mean over queries with a percentile-bootstrap interval
-(queries resampled, as for the LDS); the comparison with random is paired by query.
+(queries resampled, as for the LDS); the comparison with random is paired by query and seed.
 
 Runs are recorded in a :class:`CounterfactualStore`, one small file per (query, k, removal, seed)
 plus one per full-data seed, each published atomically and never modified, so a killed run
@@ -139,13 +139,15 @@ def plan_removals(
 
     Raises:
         ValueError: Scores that are not 2-D or hold non-finite values in a chosen row, queries,
-            ks or seeds that are empty, repeated or out of range, or a bad method name.
-        TypeError: Queries, ks or seeds that are not integers.
+            ks or seeds that are empty, repeated or out of range (seeds and ``random_seed``:
+            ``[0, 2**64)``), or a bad method name.
+        TypeError: Queries, ks, seeds or ``random_seed`` that are not integers.
     """
     if len(scores.shape) != 2:
         raise ValueError(f"scores must be 2-D [n_query, n_train], got shape {tuple(scores.shape)}")
     n_query, n_train = scores.shape
     queries, ks, seeds = _checked_plan(queries, ks, seeds, method, n_query, n_train)
+    random_seed = _checked_random_seed(random_seed)
     plan = []
     for query in queries:
         row = _score_row(scores, query)
@@ -193,4 +195,14 @@ def _checked_plan(queries, ks, seeds, method, n_query, n_train):
         raise ValueError(
             f"every k in {ks} must lie in [1, {n_train}) for {n_train} training examples"
         )
+    if not all(0 <= seed < 2**64 for seed in seeds):  # the range torch and numpy both seed from
+        raise ValueError(f"seeds {seeds} must lie in [0, 2**64)")
     return queries, sorted(ks), seeds
+
+
+def _checked_random_seed(random_seed) -> int:
+    if not isinstance(random_seed, Integral) or isinstance(random_seed, bool):
+        raise TypeError(f"random_seed must be an integer, got {random_seed!r}")
+    if not 0 <= random_seed < 2**64:
+        raise ValueError(f"random_seed must lie in [0, 2**64), got {random_seed}")
+    return int(random_seed)

@@ -1,6 +1,6 @@
 """Summaries of counterfactual retraining runs: tidy records, mean drop and flip fraction per
 (removal, k) with percentile-bootstrap intervals over queries, and each method against random
-paired by query (see :mod:`tda.eval.counterfactual` for what a run is).
+paired by query and seed (see :mod:`tda.eval.counterfactual` for what a run is).
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class CounterfactualSummary:
 
 @dataclass(frozen=True)
 class CounterfactualComparison:
-    """``method`` minus random at one ``k``, paired by query: extra drop and extra flip fraction."""
+    """``method`` minus random at one ``k``, paired by query and seed: extra drop and extra flip
+    fraction (per query, the mean over the seeds both ran)."""
 
     method: str
     k: int
@@ -109,7 +110,7 @@ def counterfactual_result(
 
     Removals may come from several :func:`plan_removals` calls (methods sharing the random
     control); duplicates are read once. Each query is averaged over its seeds, then intervals
-    resample queries; comparisons pair each method with random query by query.
+    resample queries; comparisons pair each method with random by query and seed.
 
     Args:
         store: Where the runs are recorded.
@@ -129,7 +130,7 @@ def counterfactual_result(
         )
     removals = list(dict.fromkeys(removals))
     full = {s: store.full(s) for s in sorted({removal.seed for removal in removals})}
-    records = [_record(store.load(removal), full[removal.seed]) for removal in removals]
+    records = [_record(removal, store.load(removal), full[removal.seed]) for removal in removals]
     groups = _grouped(records)
 
     def estimate(values: Sequence[float]) -> Estimate:
@@ -173,21 +174,25 @@ def counterfactual_retraining(
     return counterfactual_result(store, removals, confidence=confidence, n_bootstrap=n_bootstrap)
 
 
-def _record(stored: Mapping[str, Any], full: QueryOutcomes) -> CounterfactualRecord:
-    query = stored["query"]
+def _record(
+    removal: Removal, stored: Mapping[str, Any], full: QueryOutcomes
+) -> CounterfactualRecord:
+    """The run of ``removal`` (its ``n_positive`` from the planned scores: a recorded run removing
+    the same examples may have been planned from other scores)."""
+    query = removal.query
     output_full, prediction_full = float(full.outputs[query]), int(full.predictions[query])
     return CounterfactualRecord(
         query=query,
-        k=stored["k"],
-        removal=stored["removal"],
-        seed=stored["seed"],
+        k=removal.k,
+        removal=removal.removal,
+        seed=removal.seed,
         output_full=output_full,
         output=stored["output"],
         drop=output_full - stored["output"],
         prediction_full=prediction_full,
         prediction=stored["prediction"],
         flipped=stored["prediction"] != prediction_full,
-        n_positive=stored["n_positive"],
+        n_positive=removal.n_positive,
     )
 
 
@@ -218,19 +223,40 @@ def _comparisons(
     groups: dict[tuple[str, int], dict[int, list[CounterfactualRecord]]],
     estimate: Callable[[Sequence[float]], Estimate],
 ) -> list[CounterfactualComparison]:
-    """Each method minus random at the same k, on the queries both cover."""
+    """Each method minus random at the same k, paired by query and seed (see
+    :func:`_paired_differences`), on the queries both cover."""
     comparisons = []
     for (removal, k), runs in groups.items():
         if removal == RANDOM or (RANDOM, k) not in groups:
             continue
-        method, control = _query_means(runs), _query_means(groups[RANDOM, k])
-        paired = sorted(set(method) & set(control))
-        if not paired:
+        differences = _paired_differences(runs, groups[RANDOM, k])
+        if len(differences) == 0:
             continue
-        differences = np.array([np.subtract(method[q], control[q]) for q in paired])
         comparisons.append(
             CounterfactualComparison(
-                removal, k, estimate(differences[:, 0]), estimate(differences[:, 1]), len(paired)
+                removal,
+                k,
+                estimate(differences[:, 0]),
+                estimate(differences[:, 1]),
+                len(differences),
             )
         )
     return comparisons
+
+
+def _paired_differences(
+    method: dict[int, list[CounterfactualRecord]], control: dict[int, list[CounterfactualRecord]]
+) -> np.ndarray:
+    """``[n_paired_queries, 2]``: per query, the mean over the seeds both removals ran of the
+    method's drop and flip minus random's at the same seed (queries sharing no seed are left out),
+    so a control that ran more seeds (another method's plan) is not averaged over seeds the
+    method never ran."""
+    differences = []
+    for query in sorted(set(method) & set(control)):
+        by_seed = {record.seed: record for record in control[query]}
+        pairs = [(r, by_seed[r.seed]) for r in method[query] if r.seed in by_seed]
+        if pairs:
+            differences.append(
+                np.mean([(m.drop - c.drop, float(m.flipped) - c.flipped) for m, c in pairs], 0)
+            )
+    return np.array(differences)

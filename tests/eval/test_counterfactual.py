@@ -112,6 +112,22 @@ def test_plan_refuses_non_integer_queries_ks_and_seeds_instead_of_truncating(arg
             plan_removals(np.zeros((2, 6)), method="trak", **arguments)
 
 
+def test_plan_refuses_negative_seeds_and_a_bad_random_seed_naming_them():
+    """numpy's seed sequence said only 'expected non-negative integer' (or read True as 1)."""
+    scores = np.zeros((2, 6))
+    with pytest.raises(ValueError, match=r"seeds \[-1\] must lie in \[0, 2\*\*64\)"):
+        plan_removals(scores, [0], [2], [-1], method="trak")
+    with pytest.raises(ValueError, match=r"seeds \[18446744073709551616\] must lie"):
+        plan_removals(scores, [0], [2], [2**64], method="trak")
+    with pytest.raises(ValueError, match=r"random_seed must lie in \[0, 2\*\*64\), got -1"):
+        plan_removals(scores, [0], [2], [0], method="trak", random_seed=-1)
+    for bad in (1.5, True, "0"):
+        with pytest.raises(TypeError, match="random_seed must be an integer"):
+            plan_removals(scores, [0], [2], [0], method="trak", random_seed=bad)
+    by_numpy = plan_removals(scores, [0], [2], [0], method="trak", random_seed=np.int64(3))
+    assert by_numpy == plan_removals(scores, [0], [2], [0], method="trak", random_seed=3)
+
+
 def test_plan_refuses_scores_that_are_not_a_matrix():
     with pytest.raises(ValueError, match=r"scores must be 2-D \[n_query, n_train\]"):
         plan_removals(np.zeros(6), [0], [2], [0], method="trak")
@@ -170,6 +186,48 @@ def test_summaries_match_the_exact_drops_of_linear_outputs(tmp_path, weights):
     assert comparison.extra_drop.ci_low > 0  # the oracle beats random on every query here
     json.dumps(dataclasses.asdict(result))  # serialisable
     assert "oracle - random, 3:" in str(result)
+
+
+def test_a_method_is_compared_with_random_at_its_own_seeds_when_plans_share_the_control(
+    tmp_path, weights
+):
+    """Method b ran seed 0 only; a's plan adds random runs at seeds 1 and 2. b's comparison
+    must pair seed 0 with seed 0 (it averaged random over seeds 0-2 and changed with a)."""
+
+    def seed_dependent(keep, seed):  # removing r examples adds r * seed: no cancellation
+        outputs = weights @ keep.astype(np.float64) + seed * float((~keep).sum())
+        return QueryOutcomes(outputs, (outputs > 0).astype(np.int64))
+
+    store = open_store(tmp_path)
+    a = plan_removals(weights, [0, 1], [3], [0, 1, 2], method="a")
+    b = plan_removals(weights, [0, 1], [3], [0], method="b")
+    store.run(seed_dependent, a + b, progress=False)
+    alone = counterfactual_result(store, b)
+    together = counterfactual_result(store, a + b)
+    b_alone = next(c for c in alone.comparisons if c.method == "b")
+    b_together = next(c for c in together.comparisons if c.method == "b")
+    expected = np.mean(  # exact: removed weights of b minus those of random at seed 0
+        [
+            weights[q, list(m.removed)].sum() - weights[q, list(r.removed)].sum()
+            for q, (m, r) in enumerate(zip(b[::2], b[1::2], strict=True))
+        ]
+    )
+    assert b_alone.extra_drop.mean == pytest.approx(expected, abs=1e-12)
+    assert b_together.extra_drop.mean == pytest.approx(expected, abs=1e-12)
+    assert b_together.n_queries == 2
+
+
+def test_records_count_the_positive_scores_of_the_planned_scores_not_the_recorded_ones(
+    tmp_path, weights
+):
+    """Scores shifted by -100 rank alike, so the recorded run is reused, but none is positive."""
+    store = open_store(tmp_path)
+    store.run(
+        LinearFake(weights), plan_removals(weights, [0], [3], [0], method="m"), progress=False
+    )
+    shifted = plan_removals(weights - 100.0, [0], [3], [0], method="m")
+    result = counterfactual_result(store, shifted)
+    assert [(r.removal, r.n_positive) for r in result.records] == [("m", 0), (RANDOM, None)]
 
 
 def test_stale_records_and_other_settings_are_refused(tmp_path, weights):
