@@ -48,15 +48,23 @@ def stage_indices(examples, n_train: int) -> Tensor | None:
     )
     if indices.numel() == 0:
         raise ValueError("a stage trained on no examples: give it at least one")
-    if indices.dim() != 1 or indices.dtype.is_floating_point or indices.dtype == torch.bool:
+    if (
+        indices.dim() != 1
+        or indices.dtype.is_floating_point
+        or indices.dtype.is_complex
+        or indices.dtype == torch.bool
+    ):
         raise ValueError(
             f"a stage's examples must be 1-D integer indices, got {indices.dtype} of shape "
             f"{tuple(indices.shape)}"
         )
-    if int(indices.min()) < 0 or int(indices.max()) >= n_train:
+    # torch has no min or max for uint16/32/64 (numpy's uint32 indices failed in them)
+    unsigned = indices.dtype in (torch.uint16, torch.uint32, torch.uint64)
+    values = indices.numpy() if unsigned else indices
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= n_train:
         raise ValueError(
-            f"a stage's examples must index the training set [0, {n_train}), got "
-            f"{int(indices.min())}..{int(indices.max())}"
+            f"a stage's examples must index the training set [0, {n_train}), got {low}..{high}"
         )
     if len(torch.unique(indices)) != len(indices):
         raise ValueError("a stage lists some training examples more than once")

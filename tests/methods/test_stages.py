@@ -148,3 +148,19 @@ def test_tracin_sums_each_checkpoints_term_over_its_own_stage(data, stages):
         TracIn(task=TASK).fit_stages(factory, [TrainingStage(checkpoints, [1, 1])], train_set)
     with pytest.raises(ValueError, match="at least one checkpoint"):
         TracIn(task=TASK).fit_stages(factory, [TrainingStage([], [1])], train_set)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64])
+def test_unsigned_stage_examples_are_read_as_their_indices(data, stages, dtype):
+    """torch has no min/max for uint16/32/64: numpy's unsigned indices failed in them."""
+    train_set, queries = data
+    expected = TracIn(task=TASK).fit_stages(factory, stages, train_set).score(queries)
+    unsigned = [TrainingStage(s.checkpoints, np.asarray(s.examples, dtype=dtype)) for s in stages]
+    scores = TracIn(task=TASK).fit_stages(factory, unsigned, train_set).score(queries)
+    np.testing.assert_array_equal(scores.numpy(), expected.numpy())
+    as_torch = torch.from_numpy(np.array([4, 0], dtype=dtype))
+    assert stage_indices(as_torch, 8).tolist() == [4, 0]
+    with pytest.raises(ValueError, match=r"index the training set \[0, 8\), got 0\.\.8"):
+        stage_indices(np.array([0, 8], dtype=dtype), 8)
+    with pytest.raises(ValueError, match="integer indices"):
+        stage_indices(np.array([1 + 0j]), 8)
