@@ -7,7 +7,13 @@ from torch import nn
 
 from tda.data import Examples
 from unlearn import ForgetSplit, UnlearningRequest
-from unlearn.predictors import PredictorScope, ScoresPredictor, calibrate, calibrate_pooled
+from unlearn.predictors import (
+    PredictorScope,
+    ScoresPredictor,
+    architecture,
+    calibrate,
+    calibrate_pooled,
+)
 
 N, C = 12, 3
 FORGET = np.array([2, 5, 9])
@@ -71,3 +77,32 @@ def test_pooled_calibration_fits_one_least_squares_over_every_forget_set():
     assert single == calibrate(predictor, [original], [first], train, FORGET)
     with pytest.raises(ValueError, match="at least one forget set"):
         calibrate_pooled(predictor, [original], [], train)
+
+
+def test_calibration_refuses_another_training_set_or_architecture():
+    """Calibrating on other data than the predictor scores failed in a tensor mask (a larger
+    set) or fit scales silently (the same size), and models of another architecture passed."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(C, N, N, generator=generator, dtype=torch.float64)
+    train = Examples(torch.eye(N, dtype=torch.float64), torch.zeros(N, dtype=torch.long))
+    original = oracle = _lookup_model(torch.randn(N, C, generator=generator, dtype=torch.float64))
+    scope = PredictorScope(N, train.fingerprint(), architecture(original))
+    predictor = ScoresPredictor(scope, "logits", scores=scores)
+    calibrate(predictor, [original], [oracle], train, FORGET)  # the data it was built for
+    other = Examples(2 * train.inputs, train.targets)
+    with pytest.raises(ValueError, match="built on training set"):
+        calibrate(predictor, [original], [oracle], other, FORGET)
+    larger = Examples(torch.eye(N + 2, dtype=torch.float64), torch.zeros(N + 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=f"scores {N} training examples .* has {N + 2}"):
+        calibrate(predictor, [original], [oracle], larger, FORGET)
+    wider = nn.Linear(N, C + 1, bias=False).double()
+    with pytest.raises(ValueError, match="architecture"):
+        calibrate(predictor, [original], [wider], train, FORGET)
+
+
+def test_calibration_refuses_forget_indices_outside_the_training_set():
+    """A negative proxy index was read from the end (-1 as the last point) and fit silently."""
+    predictor, train, (original, oracle) = _problem(forget_factor=7.0, retain_factor=2.0)
+    for bad in (np.array([-1, 3]), np.array([3, N])):
+        with pytest.raises(ValueError, match="out of range"):
+            calibrate(predictor, [original], [oracle], train, bad)

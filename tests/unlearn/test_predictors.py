@@ -228,3 +228,39 @@ def test_the_scale_multiplies_the_predicted_effect(mnist, trained):
     torch.testing.assert_close(outputs[3.0] - margin, 3 * (outputs[1.0] - margin))
     with pytest.raises(ValueError, match="scale must be non-negative"):
         ScoresPredictor(PredictorScope(n), "margin", -1.0, scores=scores)
+
+
+def test_the_forget_effect_refuses_indices_outside_the_training_set_or_repeated():
+    """-1 was read as the last training point and a repeated index counted twice."""
+    scores = torch.arange(16, dtype=torch.float64).reshape(4, 4)
+    predictor = ScoresPredictor(PredictorScope(4), "margin", scores=scores)
+    torch.testing.assert_close(predictor.forget_effect(np.array([3, 0])), scores[:, [0, 3]].sum(1))
+    with pytest.raises(ValueError, match="forget index -1 is out of range .* 4 training examples"):
+        predictor.forget_effect([-1])
+    with pytest.raises(ValueError, match="forget point 4 has no scores"):
+        predictor.forget_effect([1, 4])
+    with pytest.raises(ValueError, match="forget index 1 is repeated"):
+        predictor.forget_effect([1, 1])
+    with pytest.raises(ValueError, match="integers"):
+        predictor.forget_effect(np.array([True, False, False, True]))
+    with pytest.raises(ValueError, match="integers"):
+        predictor.forget_effect(np.array([1.0]))
+
+
+def test_a_forget_point_without_scores_is_named():
+    """A forget point whose score column is missing (NaN) was reported as training point 0,
+    the first query its NaN reached, not as the forget point that has no scores."""
+    scores = torch.zeros(6, 6, dtype=torch.float64)
+    scores[:, 4] = float("nan")
+    predictor = ScoresPredictor(PredictorScope(6), "margin", scores=scores)
+    with pytest.raises(ValueError, match="forget point 4 has no scores"):
+        predictor.forget_effect([1, 4])
+    per_class = torch.zeros(3, 6, 6, dtype=torch.float64)
+    per_class[2, :, 4] = float("inf")  # one class logit's column
+    logits = ScoresPredictor(PredictorScope(6), "logits", scores=per_class)
+    with pytest.raises(ValueError, match="forget point 4 has no scores"):
+        logits.forget_effect([4])
+    rows = torch.zeros(6, 6, dtype=torch.float64)
+    rows[3] = float("nan")  # training point 3 unscored as a query
+    with pytest.raises(ValueError, match="training point 3: those points have no scores"):
+        ScoresPredictor(PredictorScope(6), "margin", scores=rows).forget_effect([1, 4])

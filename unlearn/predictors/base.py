@@ -189,8 +189,13 @@ class ShiftPredictor:
         self.forget_effect(forget_indices)
 
     def forget_effect(self, forget_indices: Sequence[int] | np.ndarray) -> Tensor:
-        """:meth:`effect` of ``forget_indices``, computed once per forget set and checked finite."""
-        forget = np.sort(np.asarray(forget_indices, dtype=np.int64))
+        """:meth:`effect` of ``forget_indices``, computed once per forget set and checked finite.
+
+        Raises:
+            ValueError: indices that are not integers (a boolean mask), lie outside the
+                training set the predictor scores (``-1`` is not the last point) or repeat.
+        """
+        forget = np.sort(self._forget_positions(forget_indices))
         key = array_fingerprint(forget)
         if key not in self._cache:
             effect = self.effect(forget)
@@ -202,6 +207,27 @@ class ShiftPredictor:
                 )
             self._cache = {key: effect}  # one forget set at a time: bounded memory
         return self._cache[key]
+
+    def _forget_positions(self, forget_indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        given = np.asarray(forget_indices).reshape(-1)
+        if given.size and (given.dtype == np.bool_ or not np.issubdtype(given.dtype, np.integer)):
+            raise ValueError(f"forget indices must be integers, got dtype {given.dtype}")
+        forget = given.astype(np.int64)
+        size = self.scope.train_size
+        if (forget < 0).any():
+            raise ValueError(
+                f"forget index {int(forget[forget < 0][0])} is out of range for the predictor's "
+                f"{size} training examples"
+            )
+        if (forget >= size).any():
+            raise ValueError(
+                f"forget point {int(forget[forget >= size][0])} has no scores: the predictor "
+                f"covers {size} training examples (out of range)"
+            )
+        values, counts = np.unique(forget, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"forget index {int(values[counts > 1][0])} is repeated")
+        return forget
 
     def scaled_effect(self, forget_indices: np.ndarray, positions: np.ndarray) -> Tensor:
         """The effect at ``positions`` times ``forget_scale`` (forget points) or ``scale``."""

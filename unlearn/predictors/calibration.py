@@ -32,7 +32,9 @@ from tda.data.examples import Examples
 from tda.training import TrainConfig
 from unlearn.ensembles import load_or_train_oracles
 from unlearn.forget_sets import ForgetSet
+from unlearn.methods.base import ForgetSplit
 from unlearn.predictors.base import ShiftPredictor, model_outputs
+from unlearn.request import UnlearningRequest
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,15 @@ def calibrate_pooled(
     pair are added before dividing, so each set weighs by how much effect it carries.
 
     Raises:
-        ValueError: no forget sets, or one without originals or oracles.
+        ValueError: no forget sets, or one without originals or oracles; ``train`` is not the
+            training set the predictor scores, or the models are not of its architecture
+            (:meth:`ShiftPredictor.check`); forget indices outside ``train``.
     """
     if not forget_sets:
         raise ValueError("calibration needs at least one forget set and its oracles")
     if not originals or not all(oracles for oracles, _ in forget_sets):
         raise ValueError("calibration needs at least one original and one oracle")
+    _check_fits(predictor, originals, forget_sets, train)
     output = predictor.output
     before = _mean_outputs(originals, train, output)
     forget_sums, other_sums, forget_size = np.zeros(2), np.zeros(2), 0
@@ -124,6 +129,16 @@ def calibrate_pooled(
         oracles=len(forget_sets[0][0]),
         proxies=len(forget_sets),
     )
+
+
+def _check_fits(predictor, originals, forget_sets, train: Examples) -> None:
+    """Refuse data the predictor was not built on and models of another architecture."""
+    fingerprint = train.fingerprint()
+    for oracles, forget_indices in forget_sets:
+        request = UnlearningRequest(forget_indices, train_size=len(train))
+        split = ForgetSplit.of(train, request, train_fingerprint=fingerprint)
+        for model in (*originals, *oracles):
+            predictor.check(model, split)
 
 
 def calibrate_on_proxy(

@@ -46,7 +46,16 @@ class ScoresPredictor(ShiftPredictor):
         return {"scores": list(self.scores.shape)}
 
     def effect(self, forget_indices: np.ndarray) -> Tensor:
-        summed = self.scores[..., torch.as_tensor(forget_indices)].sum(-1)
+        columns = self.scores[..., torch.as_tensor(forget_indices)]
+        # a column not finite for any query: that training example was never scored
+        unscored = (~torch.isfinite(columns)).all(dim=-2)  # [|F|] or [C, |F|]
+        unscored = unscored.any(dim=0) if unscored.dim() == 2 else unscored
+        if bool(unscored.any()):
+            point = int(forget_indices[int(unscored.nonzero()[0])])
+            raise ValueError(
+                f"forget point {point} has no scores: its column of the score matrix is not finite"
+            )
+        summed = columns.sum(-1)
         return summed if self.output == "margin" else summed.T
 
 
