@@ -2,6 +2,8 @@
 matching set, and refusals that leave the caller's model and audit log untouched."""
 
 import copy
+import math
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -131,3 +133,44 @@ def test_same_request_and_seed_give_the_same_model(mnist, trained):
     first = Unlearner(method, compute_metrics=False).unlearn(trained, mnist.train, request).model
     second = Unlearner(method, compute_metrics=False).unlearn(trained, mnist.train, request).model
     assert _max_distance(first, second) == 0.0
+
+
+@pytest.mark.parametrize("retain_multiple", [math.nan, math.inf])
+def test_a_nan_or_infinite_retain_multiple_is_refused(retain_multiple):
+    """They failed mid-request in int(): 'cannot convert float NaN to integer'."""
+    scope = PredictorScope(3)
+    predictor = ScoresPredictor(scope, "margin", scores=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="retain_multiple must be non-negative and finite"):
+        DatamodelMatching(predictor, retain_multiple=retain_multiple)
+
+
+@dataclass
+class _ShapedPredictor:
+    """Zero targets of a given trailing shape, for checking what DMM accepts."""
+
+    output: str
+    trailing: tuple[int, ...]
+
+    def check(self, model, split) -> None:
+        pass
+
+    def prepare(self, forget_indices) -> None:
+        pass
+
+    def targets(self, model, examples, positions, split, *, seed):
+        return torch.zeros(len(positions), *self.trailing, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("output", "trailing"), [("margin", (1,)), ("logits", ()), ("logits", (2,))]
+)
+def test_predicted_targets_of_another_shape_are_refused(tiny_mlp, tiny_data, output, trailing):
+    """MSE broadcast [b] margins against [b, 1] targets (a b x b loss) and ran."""
+    split = ForgetSplit.of(tiny_data, UnlearningRequest([0, 3], train_size=len(tiny_data)))
+    loop = LoopConfig(epochs=1, batch_size=4)
+    method = DatamodelMatching(_ShapedPredictor(output, trailing), loop, forget_copies=4)
+    with pytest.raises(ValueError, match="expected"):
+        method.unlearn(copy.deepcopy(tiny_mlp), split, seed=0)
+    right = _ShapedPredictor(output, (3,) if output == "logits" else ())
+    method = DatamodelMatching(right, loop, forget_copies=4)
+    method.unlearn(copy.deepcopy(tiny_mlp), split, seed=0)  # the model's own shapes run

@@ -14,6 +14,7 @@ predictor this is Oracle Matching (OM).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from tda.data.examples import Examples
+from tda.outputs import logits_of
 from tda.task import ClassificationTask
 from unlearn.loop import LoopConfig, Phase, PhaseLoss, Progress, unlearning_loop
 from unlearn.masks import Mask
@@ -96,6 +98,17 @@ def _matching_loss(targets: Tensor, labels: Tensor, output: str) -> PhaseLoss:
     return loss
 
 
+def _check_target_shape(targets: Tensor, model: nn.Module, examples: Examples, output: str):
+    """Refuse predicted outputs of another shape than the model's (MSE would broadcast them)."""
+    classes = logits_of(model, examples.subset([0])).shape[1:]
+    expected = (len(examples), *classes) if output == "logits" else (len(examples),)
+    if tuple(targets.shape) != expected:
+        raise ValueError(
+            f"the predictor gave targets of shape {tuple(targets.shape)} for {output!r} outputs "
+            f"of {len(examples)} matching points; expected {expected}"
+        )
+
+
 @dataclass(frozen=True)
 class DatamodelMatching:
     """Fine-tune towards predicted retrained outputs (DMM; OM with the oracle predictor).
@@ -120,8 +133,10 @@ class DatamodelMatching:
     def __post_init__(self) -> None:
         if self.forget_copies < 1:
             raise ValueError(f"forget_copies must be at least 1, got {self.forget_copies}")
-        if self.retain_multiple < 0:
-            raise ValueError(f"retain_multiple must be non-negative, got {self.retain_multiple}")
+        if not 0 <= self.retain_multiple < math.inf:  # NaN and inf failed in int()
+            raise ValueError(
+                f"retain_multiple must be non-negative and finite, got {self.retain_multiple}"
+            )
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
@@ -130,6 +145,7 @@ class DatamodelMatching:
         chosen = matching_set(split, self.forget_copies, self.retain_multiple, seed)
         examples = _examples_at(split, chosen.positions)
         targets = self.predictor.targets(model, examples, chosen.positions, split, seed=seed)
+        _check_target_shape(targets, model, examples, self.predictor.output)
         rows = torch.repeat_interleave(
             torch.arange(len(chosen.positions)), torch.as_tensor(chosen.repeats)
         ).to(examples.inputs.device)
