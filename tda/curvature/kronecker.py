@@ -11,7 +11,11 @@ The curvature of the mean loss :math:`\frac1N \sum_n \ell_n` is approximated by 
 :math:`F = \frac1N \sum_n \operatorname{vec}(G_n) \operatorname{vec}(G_n)^\top`, whose loss
 gradients use either the training labels (the "empirical" Fisher) or labels
 :math:`\hat y_n \sim p(y \mid x_n)` drawn from the model's softmax (the true Fisher, an unbiased
-estimate of the Gauss-Newton matrix for cross-entropy). K-FAC (Martens & Grosse 2015) keeps the
+estimate of the Gauss-Newton matrix for cross-entropy; for
+:class:`~tda.task.LanguageModelingTask`, whose loss is the mean over :math:`T_c` counted tokens
+with labels drawn at each, a sampled gradient is scaled by :math:`\sqrt{T_c}`, since the mean's
+:math:`\mathbb{E}[\nabla\ell \nabla\ell^\top]` is the Gauss-Newton matrix over :math:`T_c`).
+K-FAC (Martens & Grosse 2015) keeps the
 layers' diagonal blocks :math:`F_l` and factors each as
 
 .. math::
@@ -49,7 +53,7 @@ from tda.data.examples import Examples
 from tda.grads import evaluation_mode, select_parameters
 from tda.layer_capture import capture_layer_calls
 from tda.layer_positions import is_positional
-from tda.task import IGNORE_INDEX, Task
+from tda.task import IGNORE_INDEX, LanguageModelingTask, Task
 
 _MAX_BLOCK_ELEMENTS = 1 << 24  # bounds the [b, o, c] temporaries of EK-FAC with positions
 
@@ -239,7 +243,12 @@ def _loss_value(task: Task, targets: Tensor, uniforms: Tensor | None) -> Callabl
         if uniforms is None:
             return task.loss(logits, targets)
         sampled = _inverse_cdf(logits, uniforms)  # positions not counted stay not counted
-        return task.loss(logits, torch.where(targets == IGNORE_INDEX, targets, sampled))
+        loss = task.loss(logits, torch.where(targets == IGNORE_INDEX, targets, sampled))
+        if isinstance(task, LanguageModelingTask):
+            # the mean of T_c token losses has E[grad grad^T] = GN / T_c: scale to the GN
+            counted = (targets != IGNORE_INDEX).sum(-1).clamp_min(1).to(loss.dtype)
+            loss = loss * counted.sqrt()
+        return loss
 
     return value
 

@@ -3,6 +3,7 @@
 import json
 import math
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
@@ -526,3 +527,39 @@ def test_fitting_eigenbases_refuses_a_chunk_size_below_one(tiny_mlp, tiny_data, 
     """Source's EKFACEigenbasis reaches it unchecked: -1 was reported as a layer never called."""
     with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
         kronecker.fit_kronecker_eigenbases(tiny_mlp, TASK, tiny_data, chunk_size=chunk_size)
+
+
+def test_sampled_fisher_of_a_language_model_estimates_its_gauss_newton_matrix():
+    # The loss averages T_c token cross-entropies, so each example's Gauss-Newton block is
+    # J^T H J with H = (1/T_c) blockdiag(diag p_t - p_t p_t^T); sampled-label gradients of that
+    # loss have E[grad grad^T] = GN / T_c, so their Fisher must be rescaled (T_c = 1 and 3 here).
+    model = CausalTransformer(vocab_size=5, context=4, dim=4, heads=2, layers=1, hidden=4).double()
+    inputs = torch.tensor([[1, 2, 3, 0], [4, 0, 2, 1]])
+    targets = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, IGNORE_INDEX], [IGNORE_INDEX, 2, 4, 1]])
+    task, names = LanguageModelingTask(), ["head.weight", "head.bias"]
+    weight, bias = model.head.weight.detach(), model.head.bias.detach()
+
+    def logits_of(flat, row):
+        values = {"head.weight": flat[: weight.numel()].view_as(weight), "head.bias": flat[-5:]}
+        return torch.func.functional_call(model, values, (inputs[row : row + 1],))[0]
+
+    flat = torch.cat([weight.reshape(-1), bias])
+    gauss_newton = 0.0
+    for row in range(2):
+        jacobian = torch.autograd.functional.jacobian(partial(logits_of, row=row), flat)
+        logits = logits_of(flat, row).detach()
+        inner = torch.autograd.functional.hessian(
+            lambda o, shape=logits.shape, y=targets[row]: task.loss(o.view(shape), y),
+            logits.reshape(-1),
+        )
+        jacobian = jacobian.reshape(-1, len(flat))
+        gauss_newton = gauss_newton + jacobian.T @ inner @ jacobian / 2
+    copies = 3000
+    data = Examples(inputs.repeat(copies, 1), targets.repeat(copies, 1))
+    (base,) = (
+        EKFACSolver(sampled_labels=True, seed=0, chunk_size=1000)
+        .fit(model, task, data, parameters=names)
+        .layers
+    )
+    # the eigenvalues are the block's diagonal in its eigenbasis, so they sum to its trace
+    torch.testing.assert_close(base.eigenvalues.sum(), gauss_newton.trace(), rtol=0.02, atol=0)
