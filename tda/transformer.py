@@ -62,7 +62,12 @@ class CausalTransformer(nn.Module):
     """Token ids ``[batch, T]`` (``T <= context``) to next-token logits ``[batch, T, vocab]``.
 
     Learned token and position embeddings, ``layers`` pre-norm blocks, a final LayerNorm and a
-    Linear head (its own weights, not tied to the embedding).
+    Linear head (its own weights, not tied to the embedding). ``hidden`` is the MLP width
+    (default ``4 * dim``).
+
+    Raises:
+        ValueError: a size below 1, ``dim`` not divisible by ``heads``; in ``forward``, tokens
+            that are not ``[batch, T]`` or longer than ``context``.
     """
 
     def __init__(
@@ -77,6 +82,8 @@ class CausalTransformer(nn.Module):
         super().__init__()
         if min(vocab_size, context, dim, heads, layers) < 1:
             raise ValueError("vocab_size, context, dim, heads and layers must all be at least 1")
+        if hidden is not None and hidden < 1:  # 0 read as "not given" and became 4 * dim
+            raise ValueError(f"hidden must be at least 1 (or None for 4 * dim), got {hidden}")
         self.context = context
         self.token_embedding = nn.Embedding(vocab_size, dim)
         self.position_embedding = nn.Embedding(context, dim)
@@ -87,6 +94,10 @@ class CausalTransformer(nn.Module):
         self.head = nn.Linear(dim, vocab_size)
 
     def forward(self, tokens: Tensor) -> Tensor:
+        if tokens.dim() != 2:
+            raise ValueError(
+                f"CausalTransformer takes token ids [batch, T], got shape {list(tokens.shape)}"
+            )
         length = tokens.shape[-1]
         if length > self.context:
             raise ValueError(

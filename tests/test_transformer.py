@@ -58,3 +58,18 @@ def test_bad_settings_and_long_sequences_are_refused(tiny_lm):
         CausalTransformer(layers=0)
     with pytest.raises(ValueError, match="longer than the context 5"):
         tiny_lm(torch.zeros(1, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("hidden", [0, -3])
+def test_a_hidden_width_below_one_is_refused(hidden):
+    # hidden=0 silently built a 4 * dim MLP; -3 failed inside nn.Linear
+    with pytest.raises(ValueError, match=f"hidden must be at least 1 .*got {hidden}"):
+        CausalTransformer(dim=4, heads=2, hidden=hidden)
+    assert CausalTransformer(dim=4, heads=2, hidden=3).blocks[0].mlp[0].out_features == 3
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 5)])
+def test_tokens_must_come_as_batch_by_positions(tiny_lm, shape):
+    # an unbatched [T] failed with "not enough values to unpack (expected 3, got 2)"
+    with pytest.raises(ValueError, match=r"token ids \[batch, T\], got shape"):
+        tiny_lm(torch.zeros(shape, dtype=torch.long))

@@ -127,10 +127,10 @@ def make_facts(people: int = 200, seed: int = 0) -> FactSet:
     """``people`` fictitious people with one fact per relation each (``4 * people`` facts).
 
     Raises:
-        ValueError: ``people`` below 2.
+        ValueError: ``people`` not an integer of at least 2.
     """
-    if people < 2:
-        raise ValueError(f"need at least 2 people, got {people}")
+    if isinstance(people, bool) or not isinstance(people, int | np.integer) or people < 2:
+        raise ValueError(f"need at least 2 people (an integer), got {people!r}")
     rng = np.random.default_rng(seed)
     names = _names(people, rng)
     true, wrong, person, relation = [], [], [], []

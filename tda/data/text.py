@@ -42,16 +42,21 @@ def windows(tokens: np.ndarray, context: int) -> Examples:
     """Non-overlapping next-token examples of ``context`` positions cut from ``tokens``.
 
     Raises:
-        ValueError: ``context`` below 1, or too few tokens for one window.
+        ValueError: ``context`` not an integer of at least 1, or too few tokens for one window.
     """
-    if context < 1:
-        raise ValueError(f"context must be at least 1 position, got {context}")
+    if _not_an_integer(context) or context < 1:
+        raise ValueError(f"context must be at least 1 position, got {context!r}")
     count = (len(tokens) - 1) // context
     if count < 1:
         raise ValueError(f"{len(tokens)} tokens make no window of {context} positions")
     rows = np.arange(count)[:, None] * context + np.arange(context + 1)[None, :]
     cut = torch.as_tensor(tokens[rows])
     return Examples(cut[:, :-1].contiguous(), cut[:, 1:].contiguous())
+
+
+def _not_an_integer(value) -> bool:
+    """True for floats, booleans (True would read as 1) and anything else not an integer."""
+    return isinstance(value, bool) or not isinstance(value, int | np.integer)
 
 
 def load_python_source(
@@ -64,11 +69,14 @@ def load_python_source(
     Python's library, so its fingerprint differs between Python versions.
 
     Raises:
-        ValueError: non-positive sizes, or more windows asked for than the library holds.
+        ValueError: sizes that are not positive integers, or more windows asked for than the
+            library holds.
     """
-    if min(n_train, n_test, context) < 1:
+    sizes = (n_train, n_test, context)
+    if any(_not_an_integer(size) for size in sizes) or min(sizes) < 1:
         raise ValueError(
-            f"n_train, n_test and context must be positive, got {n_train}, {n_test}, {context}"
+            "n_train, n_test and context must be positive integers, got "
+            f"{n_train!r}, {n_test!r}, {context!r}"
         )
     files = standard_library_files()
     text = "\n".join(path.read_text(encoding="utf-8", errors="replace") for path in files)

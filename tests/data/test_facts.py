@@ -63,3 +63,11 @@ def test_people_and_facts_are_integer_positions_in_range():
         facts.perturbed_of([-1])
     assert len(facts.facts_of([])) == 0 and len(facts.perturbed_of([])) == 0
     assert len(facts.perturbed_of(np.array([3], dtype=np.int32))) == facts.alternatives
+
+
+@pytest.mark.parametrize("people", [2.5, 4.0, True])
+def test_the_number_of_people_must_be_an_integer(people):
+    # 2.5 silently made 3 people (names were drawn while fewer than 2.5)
+    with pytest.raises(ValueError, match="need at least 2 people"):
+        make_facts(people=people)
+    assert len(make_facts(people=np.int64(3)).names) == 3

@@ -43,3 +43,19 @@ def test_bad_sizes_are_refused():
         load_python_source(n_train=0)
     with pytest.raises(ValueError, match="standard-library files hold"):
         load_python_source(n_train=10**9)
+
+
+@pytest.mark.parametrize("context", [2.5, 3.0, True])
+def test_windows_refuse_a_context_that_is_not_an_integer(context):
+    # 2.5 and 3.0 failed in numpy indexing ("arrays used as indices must be of integer type")
+    with pytest.raises(ValueError, match="context must be at least 1 position"):
+        windows(np.arange(20), context=context)
+    assert len(windows(np.arange(20), context=np.int64(3))) == 6
+
+
+@pytest.mark.parametrize("sizes", [(10.5, 5, 8), (10, 5, 8.0), (True, 5, 8), (10, False, 8)])
+def test_sizes_must_be_positive_integers(sizes):
+    # 10.5 failed slicing the shuffled order; True gave one training window
+    n_train, n_test, context = sizes
+    with pytest.raises(ValueError, match="must be positive integers"):
+        load_python_source(n_train=n_train, n_test=n_test, context=context)
