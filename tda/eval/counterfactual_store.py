@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from tda.atomic import write_bytes_atomic
 from tda.eval.counterfactual import QueryOutcomes, Removal, Retrain
 from tda.fingerprint import config_fingerprint
+from tda.shards import check_name
 
 _FORMAT = "tda.eval.counterfactual/1"
 
@@ -176,6 +177,9 @@ class CounterfactualStore:
 
     def _check(self, removals: list[Removal]) -> None:
         for removal in removals:
+            check_name("removal", removal.removal)  # a directory name: "../x" would leave the store
+            if len(set(removal.removed)) != len(removal.removed):
+                raise ValueError(f"{removal} removes an example more than once")
             if not 0 <= removal.query < self.n_query:
                 raise ValueError(
                     f"query {removal.query} is out of range for {self.n_query} queries"

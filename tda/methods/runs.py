@@ -150,11 +150,14 @@ def attribute_runs(
     """Mean over ``runs`` of ``attributor.fit_run(run).score(queries)`` (``[n_query, n_train]``).
 
     Raises:
-        ValueError: no runs, or runs with different training-set sizes.
+        ValueError: no runs, or runs on different training sets (their scores' columns would
+            name different examples).
     """
     if not runs:
         raise ValueError("attribute_runs needs at least one training run")
     sizes = sorted({len(run.train) for run in runs})
     if len(sizes) > 1:
         raise ValueError(f"the runs attribute to training sets of different sizes {sizes}")
+    if len({run.train.fingerprint() for run in runs}) > 1:
+        raise ValueError("the runs attribute to different training sets of the same size")
     return mean_over_checkpoints(lambda run: attributor.fit_run(run).score(queries), runs)

@@ -251,6 +251,12 @@ def test_stale_records_and_other_settings_are_refused(tmp_path, weights):
     with pytest.raises(ValueError, match=r"outputs \(3,\)"):
         new_seed = [dataclasses.replace(plan[0], seed=5)]
         open_store(tmp_path).run(too_short, new_seed, progress=False)
+    outside = [dataclasses.replace(plan[0], removal="../x")]  # a hand-made removal
+    with pytest.raises(ValueError, match="removal '../x' is not valid"):
+        open_store(tmp_path).run(LinearFake(weights), outside, progress=False)
+    twice = [dataclasses.replace(plan[0], removed=(1, 1, 2), seed=6)]
+    with pytest.raises(ValueError, match="removes an example more than once"):
+        open_store(tmp_path).run(LinearFake(weights), twice, progress=False)
 
 
 def planted_problem(generic=6, groups=3, copies=10):

@@ -118,6 +118,9 @@ def test_bad_runs_are_refused(runs):
     shorter = TrainingRun(factory, run.checkpoints, run.train.subset(range(10)))
     with pytest.raises(ValueError, match=r"different sizes \[10, 15\]"):
         attribute_runs(TracIn(), [run, shorter], queries)
+    reordered = TrainingRun(factory, run.checkpoints, run.train.subset(range(14, -1, -1)))
+    with pytest.raises(ValueError, match="different training sets of the same size"):
+        attribute_runs(TracIn(), [run, reordered], queries)  # columns would name other examples
 
 
 def test_a_run_listing_a_checkpoint_twice_is_refused(runs):
