@@ -22,6 +22,7 @@ from torch import nn
 
 from tda.data.examples import Examples
 from tda.data.facts import FactSet
+from tda.indices import integer_positions
 from tda.task import IGNORE_INDEX
 from unlearn.metrics import true_label_probability
 
@@ -39,9 +40,7 @@ def answer_probabilities(model: nn.Module, examples: Examples) -> np.ndarray:
 
 def _true_and_perturbed(model: nn.Module, facts: FactSet, indices) -> tuple[np.ndarray, ...]:
     """:math:`\bar P` of each fact's true answer ``[m]`` and of its perturbed ones ``[m, k]``."""
-    indices = np.asarray(indices).reshape(-1)
-    if indices.size and (indices.dtype == np.bool_ or not np.issubdtype(indices.dtype, np.integer)):
-        raise TypeError(f"facts must be integer positions, got dtype {indices.dtype}")
+    indices = integer_positions(indices, "facts").reshape(-1)
     if len(indices) == 0:
         raise ValueError("truth ratios need at least one fact")
     true = answer_probabilities(model, facts.facts.subset(indices))

@@ -24,6 +24,7 @@ from torch import nn
 
 from tda.data.examples import Examples
 from tda.fingerprint import model_fingerprint
+from tda.indices import integer_positions
 from unlearn.request import UnlearningRequest
 
 
@@ -67,13 +68,12 @@ class IndexForgetSet:
     positions: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        given = np.asarray(self.positions)
-        if given.ndim > 1:  # flattening would forget the rows' positions as one list
-            raise ValueError(f"forget positions must be one-dimensional, got shape {given.shape}")
-        given = given.reshape(-1)
-        if given.size and (given.dtype == np.bool_ or not np.issubdtype(given.dtype, np.integer)):
-            raise ValueError(f"forget positions must be integers, got dtype {given.dtype}")
-        positions = given.astype(np.int64)
+        positions = integer_positions(self.positions, "forget positions")
+        if positions.ndim > 1:  # flattening would forget the rows' positions as one list
+            raise ValueError(
+                f"forget positions must be one-dimensional, got shape {positions.shape}"
+            )
+        positions = positions.reshape(-1)
         if len(positions) == 0 or len(np.unique(positions)) != len(positions):
             raise ValueError("an index forget set needs distinct positions, at least one")
         object.__setattr__(self, "positions", tuple(sorted(int(i) for i in positions)))

@@ -18,17 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from tda.indices import integer_positions
+
 IndexLike = Sequence[int] | np.ndarray | torch.Tensor
 
 
 def _as_index_tuple(indices: IndexLike, what: str) -> tuple[int, ...]:
-    array = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
+    array = integer_positions(indices, f"{what} indices")
     if array.size == 0:
         return ()
     if array.ndim != 1:
         raise ValueError(f"{what} indices must be one-dimensional, got shape {array.shape}")
-    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{what} indices must be integers, got dtype {array.dtype}")
     return tuple(int(i) for i in array)
 
 

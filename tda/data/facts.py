@@ -18,6 +18,7 @@ import torch
 
 from tda.data.examples import Examples
 from tda.data.text import PAD, encode
+from tda.indices import integer_positions
 from tda.task import IGNORE_INDEX
 
 RELATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -67,12 +68,8 @@ def _examples(sequences: list[tuple[np.ndarray, int]], length: int) -> Examples:
 
 def _indices(values, count: int, what: str) -> np.ndarray:
     """``values`` as int64 positions ``[m]`` in ``[0, count)``, refusing floats and booleans."""
-    array = np.asarray(values).reshape(-1)
-    if array.size == 0:
-        return array.astype(np.int64)
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{what} indices must be integers, got {array.dtype}")
-    if array.min() < 0 or array.max() >= count:
+    array = integer_positions(values, f"{what} indices").reshape(-1)
+    if array.size and (array.min() < 0 or array.max() >= count):
         raise ValueError(f"{what} indices must lie in [0, {count})")
     return array.astype(np.int64)
 

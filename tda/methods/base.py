@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from tda.indices import integer_positions
 from tda.store import FeatureStore
 
 
@@ -53,23 +53,6 @@ def mean_over_checkpoints(score_one: Callable[[str], Tensor], checkpoints: Seque
     return total / len(checkpoints)
 
 
-def integer_indices(indices, what: str) -> np.ndarray:
-    """``indices`` (a sequence, array or tensor of integers) as an int64 array.
-
-    Raises:
-        ValueError: the indices are not integers, e.g. a boolean mask (whose ``True``/``False``
-            would otherwise be read as the positions 1 and 0) or floats.
-    """
-    array = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices)
-    if array.size == 0:
-        return np.zeros(array.shape, dtype=np.int64)
-    if array.dtype == np.bool_:
-        raise ValueError(f"{what} indices must be integer positions, not a boolean mask")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{what} indices must be integer positions, got dtype {array.dtype}")
-    return array.astype(np.int64)
-
-
 def query_rows(store: FeatureStore, checkpoint_id: str, split: str, indices) -> Tensor:
     """Query features ``[q, k]`` of ``split``, optionally only the rows at ``indices``.
 
@@ -79,7 +62,7 @@ def query_rows(store: FeatureStore, checkpoint_id: str, split: str, indices) -> 
     features = store.load(checkpoint_id, split)
     if indices is None:
         return torch.from_numpy(features)
-    index = integer_indices(indices, "query")
+    index = integer_positions(indices, "query indices")
     if index.ndim != 1:
         raise ValueError(f"query indices must be one-dimensional, got shape {list(index.shape)}")
     bad = index[(index < 0) | (index >= len(features))]

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from tda.curvature.base import check_damping
+from tda.indices import integer_positions
 from tda.methods.base import (
-    integer_indices,
     mean_over_checkpoints,
     query_rows,
     resolve_checkpoints,
@@ -176,7 +176,7 @@ def _downdated_solve(kernel: DampedKernel, rows: Tensor, solved: Tensor) -> Tens
 
 
 def _group_columns(group: Sequence[int], n_train: int, split: str) -> np.ndarray:
-    columns = integer_indices(group, "group").reshape(-1)
+    columns = integer_positions(group, "group indices").reshape(-1)
     bad = columns[(columns < 0) | (columns >= n_train)]
     if len(bad):
         raise ValueError(

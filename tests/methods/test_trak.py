@@ -120,16 +120,16 @@ def test_boolean_masks_and_non_integer_indices_are_refused_not_read_as_positions
     trak = TRAK(damping=0.1).fit(store)
     mask = np.zeros(60, dtype=bool)
     mask[[3, 10]] = True
-    with pytest.raises(ValueError, match="group indices must be integer positions"):
+    with pytest.raises(ValueError, match="group indices must be integers"):
         trak.score_group("query", mask)
-    with pytest.raises(ValueError, match="group indices must be integer positions"):
+    with pytest.raises(ValueError, match="group indices must be integers"):
         trak.score_group("query", torch.from_numpy(mask))
-    with pytest.raises(ValueError, match="group indices must be integer positions"):
+    with pytest.raises(ValueError, match="group indices must be integers"):
         trak.score_group("query", [3.0, 10.5])
     for method in (trak, GradientSimilarity().fit(store)):
-        with pytest.raises(ValueError, match="query indices must be integer positions"):
+        with pytest.raises(ValueError, match="query indices must be integers"):
             method.score("query", indices=[True, False, False, True, False, False, False])
-        with pytest.raises(ValueError, match="query indices must be integer positions"):
+        with pytest.raises(ValueError, match="query indices must be integers"):
             method.score("query", indices=np.array([1.7]))
         with pytest.raises(ValueError, match="query indices must be one-dimensional"):
             method.score("query", indices=[[1, 2]])

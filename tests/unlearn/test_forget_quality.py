@@ -83,5 +83,5 @@ def test_bad_inputs_are_refused(facts, model):
     with pytest.raises(ValueError, match="answer token"):
         answer_probabilities(model, prompt_only)
     for positions in (np.array([True, False, True]), [1.7]):  # not the facts 1, 0, 1 or 1
-        with pytest.raises(TypeError, match="facts must be integer positions"):
+        with pytest.raises(TypeError, match="facts must be integers"):
             truth_ratios(model, facts, positions)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from tda.data.examples import Examples, as_examples
 from tda.fingerprint import array_fingerprint, config_fingerprint
+from tda.indices import integer_positions
 from tda.outputs import logits_of
 from tda.task import ClassificationTask
 from unlearn.methods.base import ForgetSplit
@@ -209,10 +210,7 @@ class ShiftPredictor:
         return self._cache[key]
 
     def _forget_positions(self, forget_indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        given = np.asarray(forget_indices).reshape(-1)
-        if given.size and (given.dtype == np.bool_ or not np.issubdtype(given.dtype, np.integer)):
-            raise ValueError(f"forget indices must be integers, got dtype {given.dtype}")
-        forget = given.astype(np.int64)
+        forget = integer_positions(forget_indices, "forget indices").reshape(-1)
         size = self.scope.train_size
         if (forget < 0).any():
             raise ValueError(
