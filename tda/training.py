@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from tda.arguments import check_positive_int
 from tda.checkpoints import Checkpoint, save_checkpoint
 from tda.data.examples import Examples
 from tda.device import seeded_rng, to_device_of
@@ -53,9 +54,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoints"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if not 1 <= self.checkpoints <= self.epochs:
             raise ValueError(f"checkpoints must be in [1, epochs={self.epochs}]")
 

@@ -37,7 +37,7 @@ def test_same_seed_gives_bitwise_identical_weights(data):
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"epochs": 2.5}, {"batch_size": True}])
 def test_training_settings_must_be_positive_integers(bad):
-    with pytest.raises(ValueError, match="must be an integer of at least 1"):
+    with pytest.raises(ValueError, match="must be an integer >= 1"):
         TrainConfig(**bad)
 
 

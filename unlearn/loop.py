@@ -22,6 +22,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from tda.arguments import check_positive_int
 from tda.data.examples import Examples
 from tda.device import seeded_rng
 from tda.grads import modes_restored
@@ -48,9 +49,7 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+            check_positive_int(name, getattr(self, name))
 
 
 @dataclass(frozen=True)

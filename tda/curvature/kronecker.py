@@ -49,6 +49,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from tda.arguments import check_positive_int
 from tda.data.examples import Examples
 from tda.grads import evaluation_mode, select_parameters
 from tda.layer_capture import capture_layer_calls
@@ -295,8 +296,7 @@ def fit_kronecker_eigenbases(
     """
     if len(examples) == 0:
         raise ValueError("cannot fit a curvature to an empty set of examples")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    check_positive_int("chunk_size", chunk_size)
     layers = _kronecker_layers(model, parameters)
     options = (sampled_labels, seed, chunk_size)
     factors = _factors(_chunks(model, task, examples, layers, *options), layers, len(examples))

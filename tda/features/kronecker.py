@@ -37,6 +37,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from tda.arguments import check_positive_int
 from tda.device import to_device_of
 from tda.features.gradient import FeatureBatch, task_config
 from tda.features.layer_sketch import (
@@ -128,9 +129,7 @@ class KroneckerFeaturizer:
 
     def __post_init__(self) -> None:
         for name in ("dim", "chunk_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.function not in ("output", "loss"):

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from tda.arguments import check_positive_int
 from tda.device import to_device_of
 from tda.grads import NonFiniteGradientError, evaluation_mode, frozen_state, select_parameters
 
@@ -40,8 +41,7 @@ def iter_output_jacobians(
     """
     if len(inputs) == 0:
         raise ValueError("cannot compute output Jacobians of an empty set of examples")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    check_positive_int("chunk_size", chunk_size)
     params = select_parameters(model, parameters)
     frozen = frozen_state(model, params)
 

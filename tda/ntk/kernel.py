@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from tda.arguments import check_positive_int
 from tda.device import to_device_of
 from tda.grads import evaluation_mode, iter_per_sample_gradients, parameter_count
 from tda.ntk.jacobian import iter_output_jacobians
@@ -93,9 +94,7 @@ class EmpiricalNTK:
         if self.kind not in ("trace", "pseudo"):
             raise ValueError(f"kind must be 'trace' or 'pseudo', got {self.kind!r}")
         for name in ("chunk_size", "memory_limit_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.parameters is not None:
             object.__setattr__(self, "parameters", tuple(self.parameters))
 

@@ -16,6 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from tda.arguments import check_positive_int
+
 _INT63_MASK = 2**63 - 1
 
 
@@ -76,11 +78,6 @@ def _check_seed(seed: object) -> None:
         raise ValueError(f"seed must be an int, got {seed!r} of type {type(seed).__name__}")
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 def _check_features(features: torch.Tensor, input_dim: int | None) -> None:
     """Reject inputs that are not a non-empty ``[batch, p]`` matrix of the declared width."""
     if not isinstance(features, torch.Tensor):
@@ -101,7 +98,7 @@ def _check_features(features: torch.Tensor, input_dim: int | None) -> None:
 
 
 def _check_input_dim(input_dim: int, expected: int | None) -> None:
-    _check_positive_int("input_dim", input_dim)
+    check_positive_int("input_dim", input_dim)
     if expected is not None and input_dim != expected:
         raise ValueError(f"input_dim = {input_dim} differs from the projector's {expected}")
 

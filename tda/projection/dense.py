@@ -19,10 +19,10 @@ from typing import Literal
 
 import torch
 
+from tda.arguments import check_positive_int
 from tda.projection.base import (
     _check_features,
     _check_input_dim,
-    _check_positive_int,
     _check_seed,
     _compute_dtype,
     _dataclass_config,
@@ -65,17 +65,17 @@ class DenseProjector:
     _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_positive_int("dim", self.dim)
+        check_positive_int("dim", self.dim)
         if self.kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
         _check_seed(self.seed)
-        _check_positive_int("block_rows", self.block_rows)
+        check_positive_int("block_rows", self.block_rows)
         if isinstance(self.max_cache_bytes, bool) or not isinstance(self.max_cache_bytes, int):
             raise ValueError(f"max_cache_bytes must be an int, got {self.max_cache_bytes!r}")
         if self.max_cache_bytes < 0:
             raise ValueError(f"max_cache_bytes must be >= 0, got {self.max_cache_bytes}")
         if self.input_dim is not None:
-            _check_positive_int("input_dim", self.input_dim)
+            check_positive_int("input_dim", self.input_dim)
 
     def output_dim(self, input_dim: int) -> int:
         """``k = dim``."""

@@ -6,10 +6,10 @@ import dataclasses
 
 import torch
 
+from tda.arguments import check_positive_int
 from tda.projection.base import (
     _check_features,
     _check_input_dim,
-    _check_positive_int,
     _check_seed,
     _compute_dtype,
     _dataclass_config,
@@ -32,7 +32,7 @@ class IdentityProjector:
     def __post_init__(self) -> None:
         _check_seed(self.seed)
         if self.input_dim is not None:
-            _check_positive_int("input_dim", self.input_dim)
+            check_positive_int("input_dim", self.input_dim)
 
     def output_dim(self, input_dim: int) -> int:
         """``k = p``."""

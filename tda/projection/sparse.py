@@ -19,10 +19,10 @@ import warnings
 
 import torch
 
+from tda.arguments import check_positive_int
 from tda.projection.base import (
     _check_features,
     _check_input_dim,
-    _check_positive_int,
     _check_seed,
     _compute_dtype,
     _dataclass_config,
@@ -56,8 +56,8 @@ class SparseProjector:
     _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_positive_int("dim", self.dim)
-        _check_positive_int("nonzeros", self.nonzeros)
+        check_positive_int("dim", self.dim)
+        check_positive_int("nonzeros", self.nonzeros)
         if self.nonzeros > self.dim:
             raise ValueError(
                 f"nonzeros = {self.nonzeros} exceeds dim = {self.dim}: each input coordinate "
@@ -65,7 +65,7 @@ class SparseProjector:
             )
         _check_seed(self.seed)
         if self.input_dim is not None:
-            _check_positive_int("input_dim", self.input_dim)
+            check_positive_int("input_dim", self.input_dim)
 
     def output_dim(self, input_dim: int) -> int:
         """``k = dim``."""

@@ -149,7 +149,7 @@ def test_bad_masks_phases_and_configs_are_refused(tiny_mlp, tiny_data):
     with pytest.raises(ValueError, match="lead 'x' is not one of its sources"):
         Phase("p", {"retain": tiny_data}, FIT, lead="x")
     for bad in ({"epochs": 0}, {"epochs": 2.5}, {"epochs": True}, {"batch_size": 0}):
-        with pytest.raises(ValueError, match="must be an integer of at least 1"):
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
             LoopConfig(**bad)  # 2.5 failed mid-run; True ran one epoch
     with pytest.raises(ValueError, match="does not feed"):
         unlearning_loop(tiny_mlp, [Phase("p", {"retain": tiny_data}, WeightedLoss({"forget": 1}))])

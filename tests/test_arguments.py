@@ -1,0 +1,16 @@
+"""Count-like settings: positive integers, never floats or booleans."""
+
+import pytest
+
+from tda.arguments import check_positive_int
+
+
+def test_positive_integers_pass():
+    check_positive_int("epochs", 1)
+    check_positive_int("chunk_size", 4096)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, 2.0, True, "4", None])
+def test_anything_else_is_refused_by_name(value):
+    with pytest.raises(ValueError, match=f"epochs must be an integer >= 1, got {value!r}"):
+        check_positive_int("epochs", value)
