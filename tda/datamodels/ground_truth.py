@@ -136,7 +136,9 @@ class GroundTruthStore:
         return self._path(subset, seed).exists()
 
     def record(self, subset: int, seed: int, outputs: np.ndarray) -> None:
-        """Atomically records the query outputs ``[n_query]`` of the model for ``(subset, seed)``.
+        """Atomically records the query outputs ``[n_query]`` of the model for ``(subset, seed)``;
+        a pair already recorded is kept (the first record wins, as jobs sharing a pair may each
+        measure it), so no record is ever modified.
 
         Raises:
             ValueError: If the pair is unknown or ``outputs`` is not a finite 1-D array.
@@ -153,7 +155,7 @@ class GroundTruthStore:
             raise ValueError(
                 f"outputs of subset {subset}, seed {seed} hold {bad} non-finite values"
             )
-        write_bytes_atomic(self._path(subset, seed), _npy_bytes(values))
+        write_bytes_atomic(self._path(subset, seed), _npy_bytes(values), replace=False)
 
     def run(
         self,

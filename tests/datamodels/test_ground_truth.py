@@ -179,6 +179,13 @@ def test_non_finite_outputs_are_refused(tmp_path, masks, bad):
     assert not store.is_done(2, 1)
 
 
+def test_a_recorded_pair_is_never_modified(tmp_path, masks):
+    store = make_store(tmp_path, masks)
+    store.record(1, 0, np.arange(N_QUERY, dtype=np.float64))
+    store.record(1, 0, np.zeros(N_QUERY))  # a second job's measurement of the same pair
+    np.testing.assert_array_equal(np.load(store._path(1, 0)), np.arange(N_QUERY))
+
+
 def test_bad_pairs_and_shapes_are_refused(tmp_path, masks):
     store = make_store(tmp_path, masks)
     with pytest.raises(ValueError, match="out of range"):
