@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from tda.data import Examples
@@ -113,3 +114,6 @@ def test_accuracy_of_sequences_counts_only_the_counted_positions():
     assert accuracy(torch.nn.Identity(), Examples(logits, targets)) == 0.75
     labels = torch.tensor([1, 0])  # classification: one of two
     assert accuracy(torch.nn.Identity(), Examples(logits[:, 0], labels)) == 0.5
+    nothing_counted = torch.full_like(targets, IGNORE_INDEX)
+    with pytest.raises(ValueError, match="at least one example with a counted target"):
+        accuracy(torch.nn.Identity(), Examples(logits, nothing_counted))  # was NaN
