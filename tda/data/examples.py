@@ -37,9 +37,14 @@ class Examples:
 
         Raises:
             TypeError: non-integer (e.g. float) indices, which would otherwise be truncated.
-            ValueError: a mask of another length, or an index outside ``[0, n)``.
+            ValueError: a single index rather than a sequence of them, a mask of another length,
+                or an index outside ``[0, n)``.
         """
         index = indices.cpu() if isinstance(indices, Tensor) else torch.as_tensor(np.array(indices))
+        if index.ndim != 1:  # a bare 3 would give examples without their example axis
+            raise ValueError(
+                f"indices must be one-dimensional (e.g. [3]), got shape {list(index.shape)}"
+            )
         if index.dtype != torch.bool:
             if index.numel() and (index.is_floating_point() or index.is_complex()):
                 raise TypeError(f"indices must be integers or a boolean mask, got {index.dtype}")

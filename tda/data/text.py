@@ -28,8 +28,8 @@ def encode(text: str) -> np.ndarray:
 
 
 def decode(tokens) -> str:
-    """The text of token ids (padding dropped)."""
-    return "".join(chr(int(t)) for t in np.asarray(tokens).reshape(-1) if int(t) != PAD)
+    """The text of token ids (padding and ignored target positions, -100, dropped)."""
+    return "".join(chr(int(t)) for t in np.asarray(tokens).reshape(-1) if int(t) > PAD)
 
 
 def standard_library_files() -> list[Path]:

@@ -140,3 +140,5 @@ def test_subset_names_the_offending_index_and_refuses_float_indices():
         data.subset(torch.tensor([1.9]))
     assert len(data.subset([])) == 0
     assert data.subset(np.array([3, 1], dtype=np.int32)).targets.tolist() == [3, 1]
+    with pytest.raises(ValueError, match=r"one-dimensional \(e.g. \[3\]\)"):
+        data.subset(3)  # examples without their example axis

@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from tda.data.text import PAD, decode, encode, load_python_source, windows
+from tda.task import IGNORE_INDEX
 
 
 def test_ascii_round_trips_and_other_bytes_become_padding():
     assert decode(encode("def f(x):\n\treturn x")) == "def f(x):\n\treturn x"
+    assert decode([IGNORE_INDEX, ord("a"), PAD]) == "a"  # targets hold -100 where not counted
     tokens = encode("é=1")
     assert tokens.tolist() == [PAD, PAD, ord("="), ord("1")]  # é is two UTF-8 bytes
 
