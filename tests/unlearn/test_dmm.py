@@ -142,6 +142,9 @@ def test_a_nan_or_infinite_retain_multiple_is_refused(retain_multiple):
     predictor = ScoresPredictor(scope, "margin", scores=torch.zeros(3, 3))
     with pytest.raises(ValueError, match="retain_multiple must be non-negative and finite"):
         DatamodelMatching(predictor, retain_multiple=retain_multiple)
+    for copies in (0, 2.5, True):
+        with pytest.raises(ValueError, match="forget_copies must be an integer >= 1"):
+            DatamodelMatching(predictor, forget_copies=copies)
 
 
 @dataclass

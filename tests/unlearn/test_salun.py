@@ -7,6 +7,7 @@ import torch
 from tda.fingerprint import model_fingerprint
 from tests.unlearn.reference import MOMENTUM_AND_DECAY, summed_by_loop
 from unlearn import (
+    WAGLE,
     ForgetSplit,
     RandomLabels,
     SalUn,
@@ -72,8 +73,11 @@ def test_salun_intersects_its_mask_with_the_callers(tiny_mlp, tiny_data):
         tiny_mlp, split, seed=0, mask=caller
     )
     assert torch.equal(unlearned.get_parameter("2.weight"), before)
-    with pytest.raises(ValueError, match="fraction must be in"):
-        SalUn(fraction=1.5)
+    for bad in (1.5, True):  # True would read as the fraction 1
+        with pytest.raises(ValueError, match="fraction must be in"):
+            SalUn(fraction=bad)
+        with pytest.raises(ValueError, match="fraction must be in"):
+            WAGLE(fraction=bad)
 
 
 def test_frozen_and_unused_parameters_get_a_zero_summed_gradient(tiny_mlp, tiny_data):

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from tda.arguments import check_positive_int
 from tda.data.examples import Examples
 from tda.outputs import logits_of
 from tda.task import ClassificationTask
@@ -131,8 +132,7 @@ class DatamodelMatching:
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.forget_copies < 1:
-            raise ValueError(f"forget_copies must be at least 1, got {self.forget_copies}")
+        check_positive_int("forget_copies", self.forget_copies)
         if not 0 <= self.retain_multiple < math.inf:  # NaN and inf failed in int()
             raise ValueError(
                 f"retain_multiple must be non-negative and finite, got {self.retain_multiple}"

@@ -37,7 +37,7 @@ class SalUn:
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.fraction <= 1.0:
+        if isinstance(self.fraction, bool) or not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         check_batches(self.batches)
 

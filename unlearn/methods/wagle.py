@@ -38,7 +38,7 @@ class WAGLE:
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.fraction <= 1.0:
+        if isinstance(self.fraction, bool) or not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if not self.curvature > 0:  # NaN too
             raise ValueError(f"curvature must be positive, got {self.curvature}")
