@@ -5,9 +5,11 @@ import pytest
 from tda.arguments import check_positive_int
 
 
-def test_positive_integers_pass():
-    check_positive_int("epochs", 1)
-    check_positive_int("chunk_size", 4096)
+def test_one_is_the_smallest_value_accepted():
+    for value in (1, 4096):
+        check_positive_int("chunk_size", value)  # accepted: no error
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1, got 0"):
+        check_positive_int("chunk_size", 0)
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.5, 2.0, True, "4", None])
