@@ -1,7 +1,8 @@
 """Collect ``experiments/lds.py`` results of one workspace into one JSON record and a table.
 
 Reads ``<workspace>/results/lds-<name>.json`` for each score name given (all against the same
-ground truth, or nothing is written) and writes them with the commands that made them:
+ground truth, or nothing is written) and writes them with the commands that made them and the
+time score.py took (scores made before score.py was timed show "-"):
 
     python -m experiments.lds_table runs/mnist1d_cnn --scores trak if_ekfac if_ekfac-head \\
         --output results/lds-cnn.json
@@ -16,7 +17,7 @@ from pathlib import Path
 from benchmarks.record import command_line, environment, markdown_table
 from tda.atomic import write_json
 
-HEADER = ["scores", "attributor", "members", "LDS [95% CI]", "noise ceiling"]
+HEADER = ["scores", "attributor", "members", "LDS [95% CI]", "noise ceiling", "scoring (s)"]
 
 
 def collect(workspace: Path, names: list[str]) -> dict[str, dict]:
@@ -62,7 +63,15 @@ def row(name: str, record: dict) -> list[str]:
         str(len(made["checkpoints"])) if "checkpoints" in made else "-",
         f"{lds['mean']:.3f} [{lds['ci_low']:.3f}, {lds['ci_high']:.3f}]",
         f"{ceiling['mean']:.3f}" if ceiling else "-",
+        _seconds(made),
     ]
+
+
+def _seconds(made: dict) -> str:
+    """score.py's run time and threads; "-" for scores recorded before it was timed."""
+    if "seconds" not in made:
+        return "-"
+    return f"{made['seconds']:.1f} ({made['threads']} threads)"
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ final checkpoints (run featurize.py first); the others (influence functions, Tra
 :class:`tda.methods.runs.RunAttributor`) fit on each member's checkpoints and the training set,
 averaged over the members. Either way this writes ``${workspace}/scores/<scores_name>.npy``
 (``[n_query, n_train]``, positive = the training example pushes the query's output up) and a JSON
-record of how the scores were made, which lds.py and counterfactual.py read. With
+record of how the scores were made (with the seconds from loading the data to the finished scores,
+and the threads), which lds.py and counterfactual.py read. With
 ``query_split=train`` the queries are the training points themselves (``[n_train, n_train]``), the
 score matrix a DMM predictor reads (``predictor=scores``, :func:`unlearn.load_scores_predictor`).
 
@@ -15,6 +16,7 @@ score matrix a DMM predictor reads (``predictor=scores``, :func:`unlearn.load_sc
 """
 
 import logging
+import time
 from pathlib import Path
 
 import hydra
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> str:
     """Score the "query" split against "train"; returns the path of the saved scores."""
     torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
     workspace = Path(to_absolute_path(cfg.workspace))
     seeds = list(cfg.seeds)
     if cfg.models is not None and not 1 <= cfg.models <= len(seeds):
@@ -59,6 +62,8 @@ def main(cfg: DictConfig) -> str:
         "architecture": architecture(instantiate(cfg.model)()),
         "query_fingerprint": queries.fingerprint(),
         "train_fingerprint": splits.train.fingerprint(),
+        "seconds": round(time.perf_counter() - started, 2),
+        "threads": cfg.threads,
     }
     path = save_scores(workspace / "scores" / f"{cfg.scores_name}.npy", scores, record)
     log.info("scores %s of %d members saved to %s", scores.shape, len(saved), path)

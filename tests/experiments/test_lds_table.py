@@ -10,7 +10,7 @@ from experiments.lds_table import collect, main
 TRUTH = {"alpha": 0.5, "subsets": 100, "seeds": [0, 1, 2]}
 
 
-def _write(workspace, name: str, mean: float, truth=TRUTH, parameters=None) -> None:
+def _write(workspace, name: str, mean: float, truth=TRUTH, parameters=None, timed=None) -> None:
     solver = {"_target_": "tda.curvature.EKFACSolver", "per_layer": True}
     attributor = {"_target_": "tda.methods.InfluenceFunction", "solver": solver}
     if parameters:
@@ -19,7 +19,7 @@ def _write(workspace, name: str, mean: float, truth=TRUTH, parameters=None) -> N
         "lds": {"mean": mean, "ci_low": mean - 0.01, "ci_high": mean + 0.01},
         "noise_ceiling": {"mean": 0.8},
         "ground_truth": truth,
-        "scores_made_with": {"attributor": attributor, "checkpoints": ["a", "b"]},
+        "scores_made_with": {"attributor": attributor, "checkpoints": ["a", "b"], **(timed or {})},
         "settings": {"large": "left out"},
         "command": ["python", "experiments/lds.py", f"scores_name={name}"],
     }
@@ -62,3 +62,16 @@ def test_missing_records_and_other_ground_truths_are_refused(tmp_path):
     _write(tmp_path, "other", 0.3, truth={**TRUTH, "subsets": 50})
     with pytest.raises(ValueError, match="different ground truths"):
         collect(tmp_path, ["one", "other"])
+
+
+def test_the_table_gives_score_py_s_time_where_it_was_recorded(tmp_path, monkeypatch):
+    _write(tmp_path, "timed", 0.3, timed={"seconds": 7.94, "threads": 2})
+    _write(tmp_path, "older", 0.3)
+    output = tmp_path / "out.json"
+    argv = ["lds_table", str(tmp_path), "--scores", "timed", "older", "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    rows = json.loads(output.read_text())["table"].splitlines()
+    assert rows[0].endswith("| noise ceiling | scoring (s) |")
+    assert rows[2].endswith("| 0.800 | 7.9 (2 threads) |")
+    assert rows[3].endswith("| 0.800 | - |")

@@ -83,6 +83,7 @@ def test_influence_scores_equal_the_library_on_the_final_models(
     assert made["attributor"]["solver"]["_target_"].endswith(type(solver).__name__)
     assert made["query_fingerprint"] == queries.fingerprint()
     assert made["train_fingerprint"] == train.fingerprint()
+    assert made["seconds"] > 0 and made["threads"] == 1
 
 
 def test_training_points_as_queries_make_a_dmm_score_predictor(workspace, data):
