@@ -2,7 +2,8 @@
 
 Reads ``<workspace>/results/lds-<name>.json`` for each score name given (all against the same
 ground truth, or nothing is written) and writes them with the commands that made them and the
-time score.py took (scores made before score.py was timed show "-"):
+time score.py took (scores made before score.py was timed show "-"), and the members' test
+accuracy and parameter count as train.py recorded them:
 
     python -m experiments.lds_table runs/mnist1d_cnn --scores trak if_ekfac if_ekfac-head \\
         --output results/lds-cnn.json
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from benchmarks.record import command_line, environment, markdown_table
@@ -36,6 +38,19 @@ def collect(workspace: Path, names: list[str]) -> dict[str, dict]:
     if len(truths) > 1:
         raise ValueError(f"the records use different ground truths: {sorted(truths)}")
     return records
+
+
+def members(workspace: Path, records: dict[str, dict]) -> dict[str, dict]:
+    """train.py's record (test accuracy, parameter count) of each member the scores were made
+    with, by seed; members without one (trained before train.py recorded them) are left out."""
+    named = (
+        re.match(r"seed-(\d+)\.", checkpoint)
+        for record in records.values()
+        for checkpoint in record["scores_made_with"].get("checkpoints", [])
+    )
+    seeds = sorted({int(match.group(1)) for match in named if match})
+    paths = {seed: workspace / "results" / f"train-seed-{seed}.json" for seed in seeds}
+    return {str(s): json.loads(path.read_text()) for s, path in paths.items() if path.exists()}
 
 
 def describe_attributor(config: dict) -> str:
@@ -88,6 +103,7 @@ def main() -> None:
         "workspace": str(args.workspace),
         "ground_truth": next(iter(records.values()))["ground_truth"],
         "table": table,
+        "members": members(args.workspace, records),
         "runs": {
             name: {key: value for key, value in record.items() if key != "settings"}
             | {"run_command": record["command"]}

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """Train (or find) each member and record its test accuracy; returns the mean accuracy."""
+    """Train (or find) each member and record its test accuracy (for a language model, of the
+    next token at the counted positions) and parameter count (a tied weight once); returns the
+    mean accuracy."""
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
     splits = instantiate(cfg.data)
@@ -40,13 +42,15 @@ def main(cfg: DictConfig) -> float:
     results.mkdir(parents=True, exist_ok=True)
     accuracies = []
     for seed, checkpoints in members.items():
-        test_accuracy = accuracy(load_member(model_factory, checkpoints[-1]), splits.test)
+        model = load_member(model_factory, checkpoints[-1])
+        test_accuracy = accuracy(model, splits.test)
         accuracies.append(test_accuracy)
         log.info("member %d: test accuracy %.4f", seed, test_accuracy)
         record = {
             "seed": seed,
             "checkpoint": checkpoints[-1].checkpoint_id,
             "test_accuracy": test_accuracy,
+            "parameters": sum(parameter.numel() for parameter in model.parameters()),
         }
         write_json(results / f"train-seed-{seed}.json", record)
     return sum(accuracies) / len(accuracies)

@@ -75,3 +75,15 @@ def test_the_table_gives_score_py_s_time_where_it_was_recorded(tmp_path, monkeyp
     assert rows[0].endswith("| noise ceiling | scoring (s) |")
     assert rows[2].endswith("| 0.800 | 7.9 (2 threads) |")
     assert rows[3].endswith("| 0.800 | - |")
+
+
+def test_the_record_carries_the_members_training_records(tmp_path, monkeypatch):
+    _write(tmp_path, "all", 0.3, timed={"checkpoints": ["seed-0.epoch-0010", "seed-3.epoch-0010"]})
+    train = {"seed": 3, "checkpoint": "epoch-0010", "test_accuracy": 0.41, "parameters": 34816}
+    (tmp_path / "results" / "train-seed-3.json").write_text(json.dumps(train))
+    (tmp_path / "results" / "train-seed-7.json").write_text(json.dumps({**train, "seed": 7}))
+    output = tmp_path / "out.json"
+    argv = ["lds_table", str(tmp_path), "--scores", "all", "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    assert json.loads(output.read_text())["members"] == {"3": train}  # seed 0 has no record

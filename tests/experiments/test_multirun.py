@@ -108,6 +108,7 @@ def test_train_writes_every_member(trained):
         record = json.loads((trained / "results" / f"train-seed-{seed}.json").read_text())
         assert record["checkpoint"] == "epoch-0002"
         assert 0.0 <= record["test_accuracy"] <= 1.0
+        assert record["parameters"] == 40 * 16 + 16 + 16 * 10 + 10  # the 40-16-10 MLP
         assert (trained / "models" / f"seed-{seed}" / "epoch-0002.safetensors").is_file()
 
 
