@@ -6,7 +6,9 @@ given that the retain loss is refit around them.
 
 with :math:`g_F, g_R` the loss gradients summed over the forget and retain sets at the model
 before unlearning, :math:`\mu` a diagonal-Hessian constant standing in for the retain loss's
-curvature (the paper's range is 1e-6 to 1e-3), and the ranking global over all :math:`p` weights.
+curvature (the paper's range is 1e-6 to 1e-3), and the ranking global over the :math:`p` weights
+the caller's mask allows to change (all weights without one; frozen, e.g. pruned, weights are not
+ranked, so :math:`r = 1` keeps exactly the mask).
 Our reading: :math:`\theta' = \theta - g_R/\mu` is one Newton step on the retain loss with a
 diagonal Hessian :math:`\mu I`, and :math:`|\theta'_j g_{F,j}|` is the first-order change of the
 forget loss when weight :math:`j` of that refit model is set to zero.
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 from tda.data.examples import Examples
 from tda.task import Task
 from unlearn.gradients import summed_gradient
+from unlearn.masks import Mask
 from unlearn.saliency import top_fraction_mask
 
 
@@ -61,8 +64,10 @@ def weight_attribution_mask(
     *,
     curvature: float = 1e-3,
     task: Task | None = None,
+    allowed: Mask | None = None,
 ) -> dict[str, Tensor]:
     """WAGLE's mask: the top ``fraction`` of weights by :func:`weight_attribution` (the paper's
-    released masks keep 80% trainable)."""
+    released masks keep 80% trainable), ranked among the weights ``allowed`` lets change (all
+    weights without it; see :func:`~unlearn.top_fraction_mask`)."""
     scores = weight_attribution(model, forget, retain, curvature=curvature, task=task)
-    return top_fraction_mask(scores, fraction)
+    return top_fraction_mask(scores, fraction, allowed=allowed)

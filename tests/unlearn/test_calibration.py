@@ -8,6 +8,7 @@ from torch import nn
 from tda.data import Examples
 from unlearn import ForgetSplit, UnlearningRequest
 from unlearn.predictors import (
+    Calibration,
     PredictorScope,
     ScoresPredictor,
     architecture,
@@ -106,3 +107,14 @@ def test_calibration_refuses_forget_indices_outside_the_training_set():
     for bad in (np.array([-1, 3]), np.array([3, N])):
         with pytest.raises(ValueError, match="out of range"):
             calibrate(predictor, [original], [oracle], train, bad)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_calibration_with_an_infinite_or_nan_scale_is_refused_by_value(value):
+    """Calibration.apply copied any scale into the predictor: inf shifted every target to inf."""
+    with pytest.raises(ValueError, match=f"^scale must be non-negative and finite, got {value}"):
+        Calibration(value, 1.0, forget_size=3, originals=1, oracles=1)
+    with pytest.raises(
+        ValueError, match=f"forget_scale must be non-negative and finite, got {value}"
+    ):
+        Calibration(1.0, value, forget_size=3, originals=1, oracles=1)

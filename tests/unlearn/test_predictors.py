@@ -8,8 +8,10 @@ import torch
 
 from tda.data import Examples
 from tda.features import GradientFeaturizer
+from tda.methods.trak import TRAK
 from tda.models import MLP, LogisticRegression
 from tda.projection import DenseProjector
+from tda.store import FeatureStore
 from tda.training import TrainConfig
 from tests.unlearn.reference import FACTORY
 from unlearn import ForgetSplit, UnlearningRequest
@@ -18,6 +20,7 @@ from unlearn.predictors import (
     OraclePredictor,
     PredictorScope,
     ScoresPredictor,
+    TRAKPredictor,
     architecture,
     datamodel_predictor,
     select_ridge,
@@ -264,3 +267,64 @@ def test_a_forget_point_without_scores_is_named():
     rows[3] = float("nan")  # training point 3 unscored as a query
     with pytest.raises(ValueError, match="training point 3: those points have no scores"):
         ScoresPredictor(PredictorScope(6), "margin", scores=rows).forget_effect([1, 4])
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_an_infinite_or_nan_scale_is_refused_by_value(mnist, trained, value):
+    """scale=inf was accepted (``inf >= 0``) and turned every predicted output into inf or NaN."""
+    scores = torch.zeros(4, 4, dtype=torch.float64)
+    for name in ("scale", "forget_scale"):
+        with pytest.raises(
+            ValueError, match=f"{name} must be non-negative and finite, got {value}"
+        ):
+            ScoresPredictor(PredictorScope(4), "margin", scores=scores, **{name: value})
+    predictor = ScoresPredictor(PredictorScope(4), "margin", scores=scores)
+    predictor.scale = value  # set by hand after construction: refused when used
+    split = _split(mnist.train.subset(np.arange(4)), [1])
+    positions = np.arange(4)
+    with pytest.raises(ValueError, match=f"scale must be non-negative and finite, got {value}"):
+        predictor.targets(trained, mnist.train.subset(positions), positions, split, seed=0)
+
+
+def test_a_datamodel_example_without_finite_memberships_is_named():
+    """A NaN membership of example 4 made every effect NaN, reported as 'training point 0'
+    whichever forget set was asked for."""
+    generator = np.random.default_rng(0)
+    masks = (generator.random((40, 6)) < 0.5).astype(np.float64)
+    masks[3, 4] = np.nan
+    outputs = generator.normal(size=(40, 6))
+    with pytest.raises(ValueError, match="training example 4 has no scores.* subset 3"):
+        DatamodelPredictor(PredictorScope(6), "margin", masks=masks, outputs=outputs)
+
+
+def _tiny_trak(root) -> TRAK:
+    """TRAK fit on a hand-made store of 8 training rows with margin features only."""
+    store = FeatureStore.open(root, {"features": "hand-made"})
+    store.declare_split("train", 8, "d" * 64)
+    store.register_checkpoint("c0", "a" * 64)
+    generator = np.random.default_rng(0)
+    arrays = {"features": generator.normal(size=(8, 3)), "out_to_loss": generator.random(8)}
+    store.write_shard("c0", "train", 0, 0, arrays)
+    return TRAK().fit(store)
+
+
+def test_a_logit_trak_predictor_on_a_store_without_logit_features_is_refused_when_built(tmp_path):
+    """It was built, then failed at first use with "split 'train.logits' is not declared"."""
+    trak = _tiny_trak(tmp_path)
+    TRAKPredictor(PredictorScope(8), "margin", trak=trak)  # margins read the train split
+    with pytest.raises(
+        ValueError, match=r"output='logits' reads .*'train\.logits'.* does not hold"
+    ):
+        TRAKPredictor(PredictorScope(8), "logits", trak=trak)
+
+
+def test_a_setting_changed_in_place_is_not_served_the_cached_effect(tmp_path):
+    """The cache was keyed by the forget set only: switching retain_kernel on after a first call
+    returned the plain sum again. Scales are applied per call and need no new effect."""
+    predictor = TRAKPredictor(PredictorScope(8), "margin", trak=_tiny_trak(tmp_path))
+    forget = np.array([1, 5])
+    plain = predictor.forget_effect(forget).clone()
+    predictor.retain_kernel = True
+    together = predictor.trak.score_group("train", forget, retain_kernel=True)
+    assert not torch.allclose(plain, together)
+    torch.testing.assert_close(predictor.forget_effect(forget), together, rtol=0, atol=0)

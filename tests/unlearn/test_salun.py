@@ -9,9 +9,13 @@ from tests.unlearn.reference import MOMENTUM_AND_DECAY, summed_by_loop
 from unlearn import (
     WAGLE,
     ForgetSplit,
+    MagnitudePruning,
+    PruneThenUnlearn,
     RandomLabels,
     SalUn,
     UnlearningRequest,
+    apply_mask,
+    magnitude_mask,
     saliency_mask,
     summed_gradient,
     top_fraction_mask,
@@ -108,3 +112,75 @@ def test_nan_scores_are_refused_naming_the_parameter():
     scores = {"a": torch.tensor([1.0, 0.5]), "b": torch.tensor([math.nan, 0.2])}
     with pytest.raises(ValueError, match="'b' hold NaN"):
         top_fraction_mask(scores, 0.5)
+
+
+def _changed(after: torch.nn.Module, before: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Per parameter, which weights differ (bitwise) between two models."""
+    return {
+        name: p.detach().view(torch.int64) != before.get_parameter(name).detach().view(torch.int64)
+        for name, p in after.named_parameters()
+    }
+
+
+def _pruned(model: torch.nn.Module, sparsity: float):
+    """A pruned copy of ``model`` and its pruning mask (weight matrices only; biases free)."""
+    pruned = copy.deepcopy(model)
+    kept = magnitude_mask(pruned, sparsity)
+    apply_mask(pruned, kept)
+    return pruned, kept
+
+
+def test_the_top_fraction_is_taken_among_the_weights_the_mask_allows():
+    generator = torch.Generator().manual_seed(0)
+    scores = {
+        "a": torch.rand(4, 5, generator=generator, dtype=torch.float64),
+        "b": torch.rand(7, generator=generator, dtype=torch.float64),
+    }
+    allowed = {"a": torch.rand(4, 5, generator=generator) < 0.5}  # "b" unnamed: all allowed
+    free = int(allowed["a"].sum()) + 7
+    for fraction in (0.3, 0.5, 1.0):
+        mask = top_fraction_mask(scores, fraction, allowed=allowed)
+        assert not (mask["a"] & ~allowed["a"]).any()
+        assert int(mask["a"].sum() + mask["b"].sum()) == math.ceil(fraction * free)
+        kept = torch.cat([scores["a"][mask["a"]], scores["b"][mask["b"]]])
+        passed = torch.cat([scores["a"][allowed["a"] & ~mask["a"]], scores["b"][~mask["b"]]])
+        if fraction < 1:
+            assert kept.min() >= passed.max()
+    assert torch.equal(top_fraction_mask(scores, 1.0, allowed=allowed)["a"], allowed["a"])
+    everything = {"a": torch.ones(4, 5, dtype=torch.bool)}
+    for fraction in (0.07, 0.5):  # allowing every weight is no mask at all, bit for bit
+        plain, inside = (
+            top_fraction_mask(scores, fraction),
+            top_fraction_mask(scores, fraction, allowed=everything),
+        )
+        assert all(torch.equal(plain[name], inside[name]) for name in scores)
+    with pytest.raises(ValueError, match="'c', which has no scores"):
+        top_fraction_mask(scores, 0.5, allowed={"c": torch.ones(2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match=r"'b' has shape \(6,\)"):
+        top_fraction_mask(scores, 0.5, allowed={"b": torch.ones(6, dtype=torch.bool)})
+
+
+def test_salun_inside_a_pruning_mask_frees_the_fraction_of_the_kept_weights(tiny_mlp, tiny_data):
+    """Pruned weights competed in the ranking over all 83 weights, so r = 0.5 inside a 50% pruning
+    mask freed 26 of the 47 kept weights, not ceil(0.5 * 47) = 24: the count depended on how the
+    pruned weights happened to rank."""
+    split = ForgetSplit.of(tiny_data, UnlearningRequest([0, 3, 5, 8], train_size=20, seed=1))
+    pruned, kept = _pruned(tiny_mlp, 0.5)
+    allowed = 83 - sum(int((~m).sum()) for m in kept.values())
+    assert allowed == 47
+    unlearned = SalUn(MOMENTUM_AND_DECAY, fraction=0.5).unlearn(
+        copy.deepcopy(pruned), split, seed=1, mask=kept
+    )
+    changed = _changed(unlearned, pruned)
+    assert sum(int(c.sum()) for c in changed.values()) == math.ceil(0.5 * allowed)
+    assert all(not (changed[name] & ~m).any() for name, m in kept.items())
+    through = PruneThenUnlearn(MagnitudePruning(0.5), SalUn(MOMENTUM_AND_DECAY, fraction=0.5))
+    assert model_fingerprint(
+        through.unlearn(copy.deepcopy(tiny_mlp), split, seed=1)
+    ) == model_fingerprint(unlearned)
+    whole = SalUn(MOMENTUM_AND_DECAY, fraction=1.0).unlearn(
+        copy.deepcopy(pruned), split, seed=1, mask=kept
+    )  # r = 1 is exactly the pruning mask
+    changed = _changed(whole, pruned)
+    assert all(torch.equal(changed[name], m) for name, m in kept.items())
+    assert sum(int(c.sum()) for c in changed.values()) == allowed

@@ -12,6 +12,8 @@ from unlearn import (
     GradientDifference,
     NegativePreferenceOptimization,
     UnlearningRequest,
+    apply_mask,
+    magnitude_mask,
     weight_attribution,
     weight_attribution_mask,
 )
@@ -155,3 +157,29 @@ def test_a_nan_curvature_is_refused_not_turned_into_an_arbitrary_mask(tiny_mlp, 
         weight_attribution(tiny_mlp, split.forget, split.retain, curvature=math.nan)
     with pytest.raises(ValueError, match="curvature must be positive"):
         WAGLE(curvature=math.nan)
+
+
+def test_wagle_inside_a_pruning_mask_frees_the_fraction_of_the_kept_weights(tiny_mlp, tiny_data):
+    """Pruned weights competed in the ranking over all 83 weights, so r = 0.5 inside a 50% pruning
+    mask freed 25 of the 47 kept weights, not ceil(0.5 * 47) = 24: the count depended on how the
+    pruned weights happened to rank."""
+    split = _split(tiny_data)
+    pruned = copy.deepcopy(tiny_mlp)
+    kept = magnitude_mask(pruned, 0.5)
+    apply_mask(pruned, kept)
+    allowed = 83 - sum(int((~m).sum()) for m in kept.values())
+    base = GradientDifference(MOMENTUM_AND_DECAY)
+    unlearned = WAGLE(base, fraction=0.5, curvature=0.1).unlearn(
+        copy.deepcopy(pruned), split, seed=1, mask=kept
+    )
+    changed = {
+        name: p.detach().view(torch.int64) != pruned.get_parameter(name).detach().view(torch.int64)
+        for name, p in unlearned.named_parameters()
+    }
+    assert allowed == 47
+    assert sum(int(c.sum()) for c in changed.values()) == math.ceil(0.5 * allowed)
+    assert all(not (changed[name] & ~m).any() for name, m in kept.items())
+    mask = weight_attribution_mask(
+        pruned, split.forget, split.retain, 0.5, curvature=0.1, allowed=kept
+    )
+    assert all(torch.equal(changed[name], mask[name]) for name in mask)

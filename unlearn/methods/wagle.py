@@ -1,7 +1,9 @@
 r"""WAGLE (Jia et al. 2024): any unlearner run inside the weights that weight attribution picks.
 
 The mask keeps the top fraction :math:`r` of weights by WAGLE's score at the original model (see
-:mod:`unlearn.weight_attribution`); the base unlearner (the paper's: GradDiff or NPO) then updates
+:mod:`unlearn.weight_attribution`), ranked among the weights the caller's mask lets change (all
+weights without one: inside :class:`~unlearn.PruneThenUnlearn`, the kept ones, so pruned weights
+never take a share of :math:`r`); the base unlearner (the paper's: GradDiff or NPO) then updates
 only those weights, and every other weight stays bitwise unchanged.
 """
 
@@ -13,7 +15,7 @@ from typing import ClassVar
 from torch import nn
 
 from tda.task import ClassificationTask, Task
-from unlearn.masks import Mask, intersect_masks
+from unlearn.masks import Mask
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
 from unlearn.methods.gradient_difference import GradientDifference
 from unlearn.weight_attribution import weight_attribution_mask
@@ -25,7 +27,8 @@ class WAGLE:
 
     Attributes:
         base: the unlearner run inside the mask (default GradDiff).
-        fraction: :math:`r`, the share of all weights that may change (the paper's masks: 0.8).
+        fraction: :math:`r`, the share of the weights the caller's mask lets change (all weights
+            without one) that may change (the paper's masks: 0.8); 1 keeps exactly the mask.
         curvature: :math:`\mu > 0`, the diagonal-Hessian constant of the scores.
         task: supplies the loss whose gradients score the weights (default cross-entropy; give
             the base unlearner the same task).
@@ -53,6 +56,6 @@ class WAGLE:
             self.fraction,
             curvature=self.curvature,
             task=self.task,
+            allowed=mask,
         )
-        inside = intersect_masks(mask, attributed)
-        return self.base.unlearn(model, split, seed=seed, mask=inside)
+        return self.base.unlearn(model, split, seed=seed, mask=attributed)  # inside ``mask``

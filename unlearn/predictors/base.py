@@ -17,6 +17,7 @@ A predictor is built for one training set and one architecture and refuses any o
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -53,6 +54,12 @@ def model_outputs(model: nn.Module, examples: Examples, output: Output) -> Tenso
 def training_set(data: Any) -> Examples:
     """``data`` itself, or its ``.train`` split (e.g. :func:`tda.data.load_mnist1d`'s result)."""
     return as_examples(getattr(data, "train", data))
+
+
+def check_scale(name: str, value: float | None) -> None:
+    """Refuse a scale that is negative, infinite or NaN (``None``: unset, allowed)."""
+    if value is not None and not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be non-negative and finite, got {value}")
 
 
 def check_output(output: str) -> None:
@@ -143,7 +150,8 @@ class ShiftPredictor:
     r"""Base of the attribution-based predictors: :math:`\hat f = f(\theta_o) - \text{effect}_F`.
 
     Subclasses implement :meth:`effect`, the summed scores of the forget set for every training
-    point, ``[n_train, C]`` or ``[n_train]``; it is cached per forget set.
+    point, ``[n_train, C]`` or ``[n_train]``; it is cached per forget set, output and
+    :meth:`settings` (the scales are applied on every call, so changing them needs no new effect).
 
     Attributes:
         scope: the training set and architecture the predictor serves.
@@ -164,10 +172,12 @@ class ShiftPredictor:
 
     def __post_init__(self) -> None:
         check_output(self.output)
-        for name in ("scale", "forget_scale"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise ValueError(f"{name} must be non-negative, got {value}")
+        self.check_scales()
+
+    def check_scales(self) -> None:
+        """Raise ``ValueError`` unless both scales are non-negative and finite."""
+        check_scale("scale", self.scale)
+        check_scale("forget_scale", self.forget_scale)
 
     def check(self, model: nn.Module, split: ForgetSplit) -> None:
         self.scope.check(model, split)
@@ -197,7 +207,10 @@ class ShiftPredictor:
                 training set the predictor scores (``-1`` is not the last point) or repeat.
         """
         forget = np.sort(self._forget_positions(forget_indices))
-        key = array_fingerprint(forget)
+        # settings changed in place (e.g. retain_kernel) must not be served the old effect
+        key = config_fingerprint(
+            {"forget": array_fingerprint(forget), "output": self.output, **self.settings()}
+        )
         if key not in self._cache:
             effect = self.effect(forget)
             bad = ~torch.isfinite(effect.reshape(len(effect), -1)).all(dim=1)
@@ -228,7 +241,13 @@ class ShiftPredictor:
         return forget
 
     def scaled_effect(self, forget_indices: np.ndarray, positions: np.ndarray) -> Tensor:
-        """The effect at ``positions`` times ``forget_scale`` (forget points) or ``scale``."""
+        """The effect at ``positions`` times ``forget_scale`` (forget points) or ``scale``.
+
+        Raises:
+            ValueError: a scale set after construction (e.g. by hand) that is negative, infinite
+                or NaN.
+        """
+        self.check_scales()
         effect = self.forget_effect(forget_indices)[torch.as_tensor(positions)]
         forget_scale = self.scale if self.forget_scale is None else self.forget_scale
         is_forget = torch.as_tensor(np.isin(positions, forget_indices))

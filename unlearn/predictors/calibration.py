@@ -33,7 +33,7 @@ from tda.training import TrainConfig
 from unlearn.ensembles import load_or_train_oracles
 from unlearn.forget_sets import ForgetSet
 from unlearn.methods.base import ForgetSplit
-from unlearn.predictors.base import ShiftPredictor, model_outputs
+from unlearn.predictors.base import ShiftPredictor, check_scale, model_outputs
 from unlearn.request import UnlearningRequest
 
 
@@ -56,8 +56,13 @@ class Calibration:
     oracles: int
     proxies: int = 1
 
+    def __post_init__(self) -> None:
+        check_scale("scale", self.scale)
+        check_scale("forget_scale", self.forget_scale)
+
     def apply(self, predictor: ShiftPredictor) -> ShiftPredictor:
-        """Set ``predictor``'s scales (in place) and return it."""
+        """Set ``predictor``'s scales (in place) and return it; its cached effects stay valid
+        (they are unscaled)."""
         predictor.scale, predictor.forget_scale = self.scale, self.forget_scale
         return predictor
 

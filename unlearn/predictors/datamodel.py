@@ -65,6 +65,17 @@ def subset_logits(store: GroundTruthStore, train: Examples, output: Output) -> n
     return margins.numpy()
 
 
+def _check_finite_masks(masks: np.ndarray) -> None:
+    """Refuse subset masks with a NaN or infinite entry: it would make every effect NaN."""
+    bad = ~np.isfinite(masks.astype(np.float64))
+    if bad.any():
+        subset, example = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"training example {example} has no scores: its membership in subset {subset} is "
+            f"{masks[subset, example]}, not finite; the datamodels cannot be fit"
+        )
+
+
 def _centred(values: np.ndarray) -> Tensor:
     array = torch.from_numpy(np.asarray(values, dtype=np.float64))
     return array - array.mean(dim=0)
@@ -118,6 +129,7 @@ class DatamodelPredictor(ShiftPredictor):
                 f"masks must be [S, {n}] and outputs [S, {n}, ...]; got {masks.shape} and "
                 f"{outputs.shape}"
             )
+        _check_finite_masks(masks)
         if (outputs.ndim == 3) != (self.output == "logits"):
             raise ValueError(f"{self.output} outputs have the wrong rank: {outputs.shape}")
         if self.ridge <= 0:

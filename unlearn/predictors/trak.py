@@ -53,11 +53,14 @@ class TRAKPredictor(ShiftPredictor):
         super().__post_init__()
         if self.trak is None or self.trak.store is None:
             raise ValueError("TRAKPredictor needs a fitted TRAK (call TRAK().fit(store) first)")
-        size = self.trak.store.splits()[self.trak.split]
+        splits = self.trak.store.splits()
+        size = splits[self.trak.split]
         if size != self.scope.train_size:
             raise ValueError(
                 f"the TRAK store has {size} training rows, not {self.scope.train_size}"
             )
+        if self.output == "logits":
+            _check_logit_split(self.trak, splits)
 
     def settings(self) -> dict:
         return {
@@ -71,6 +74,23 @@ class TRAKPredictor(ShiftPredictor):
     def effect(self, forget_indices: np.ndarray) -> Tensor:
         queries = logit_split(self.trak.split) if self.output == "logits" else self.trak.split
         return self.trak.score_group(queries, forget_indices, retain_kernel=self.retain_kernel)
+
+
+def _check_logit_split(trak: TRAK, splits: dict[str, int]) -> None:
+    """Refuse a store without the per-class features that ``output="logits"`` reads."""
+    needed, rows = logit_split(trak.split), splits[trak.split]
+    if needed not in splits:
+        raise ValueError(
+            f"output='logits' reads the per-class features of split {trak.split!r} (split "
+            f"{needed!r}), which the TRAK store at {trak.store.root} does not hold (it has "
+            f"{sorted(splits)}); featurize them with LogitFeaturizer (trak_predictor does) or "
+            "use output='margin'"
+        )
+    if splits[needed] != rows:
+        raise ValueError(
+            f"split {needed!r} of the TRAK store has {splits[needed]} rows but split "
+            f"{trak.split!r} has {rows}: they must hold the same training points"
+        )
 
 
 def trak_predictor(
