@@ -5,7 +5,10 @@ its Python examples fits the callee's signature."""
 import ast
 import importlib
 import inspect
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,3 +102,46 @@ def test_every_library_call_in_the_python_examples_fits_its_signature():
             except TypeError as error:
                 misfits.append(f"{name}: {error}")
     assert len(blocks) >= 5 and calls > 30 and not misfits
+
+
+IMPORT = re.compile(
+    r"\b(?:from\s+((?:tda|unlearn)(?:\.\w+)+)\s+import|import\s+((?:tda|unlearn)(?:\.\w+)+))"
+)
+NAME = re.compile(r"\b((?:tda|unlearn)(?:\.[A-Za-z_]\w*)+)")
+REACHABLE = """
+import importlib, json, sys
+import tda, unlearn
+unreachable = []
+for imports, names in json.load(sys.stdin):
+    for module in imports:
+        importlib.import_module(module)
+    for name in names:
+        found = sys.modules[name.split(".")[0]]
+        try:
+            for part in name.split(".")[1:]:
+                found = getattr(found, part)
+        except AttributeError:
+            unreachable.append(name)
+print(json.dumps(unreachable))
+"""
+
+
+def test_every_name_in_the_python_examples_is_reachable_as_written():
+    """After ``import tda, unlearn`` and the imports the blocks show (comments included), in
+    order, every dotted name in a block is an attribute chain. ``resolve`` above imports the
+    modules it meets, so it passed ``tda.scores.write_scores``, which raised AttributeError
+    after ``import tda``. A fresh interpreter: other tests' imports would hide the problem."""
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    plan = [
+        ([a or b for a, b in IMPORT.findall(block)], sorted(set(NAME.findall(block))))
+        for block in blocks
+    ]
+    run = subprocess.run(
+        [sys.executable, "-c", REACHABLE],
+        input=json.dumps(plan),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert sum(len(names) for _, names in plan) > 30
+    assert json.loads(run.stdout) == []

@@ -23,7 +23,13 @@ from tda.curvature.base import check_curvature, check_damping, check_vectors
 from tda.curvature.hvp import flatten
 from tda.data.examples import Examples
 from tda.device import to_device_of
-from tda.grads import evaluation_mode, frozen_state, iter_per_sample_gradients, select_parameters
+from tda.grads import (
+    NonFiniteGradientError,
+    evaluation_mode,
+    frozen_state,
+    iter_per_sample_gradients,
+    select_parameters,
+)
 from tda.task import Task
 
 DiagonalCurvature = Literal["gauss_newton", "empirical_fisher"]
@@ -108,6 +114,19 @@ def empirical_fisher_diagonal(
     return total / len(data)
 
 
+def _check_finite_diagonal(diagonal: Tensor) -> None:
+    """Refuse NaN or infinite curvature entries, which the zero-entry check below would misread
+    as zero curvature and answer with advice to raise the damping."""
+    finite = torch.isfinite(diagonal)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0, 0])
+        raise NonFiniteGradientError(
+            f"the curvature diagonal is not finite (entry {first} of {len(diagonal)}); check the "
+            "model's outputs, the inputs and the targets (one outside the model's classes "
+            "gives NaN)"
+        )
+
+
 @dataclass
 class DiagonalSolver:
     r""":math:`(\operatorname{diag}(C) + \lambda I)^{-1}v`: elementwise division.
@@ -136,11 +155,18 @@ class DiagonalSolver:
         *,
         parameters: Sequence[str] | None = None,
     ) -> DiagonalSolver:
-        """Compute and keep the ``[p]`` diagonal."""
+        """Compute and keep the ``[p]`` diagonal.
+
+        Raises:
+            NonFiniteGradientError: a diagonal entry is NaN or infinite (e.g. a target outside
+                the model's classes).
+            ValueError: a zero diagonal entry without damping.
+        """
         build = (
             gauss_newton_diagonal if self.curvature == "gauss_newton" else empirical_fisher_diagonal
         )
         diagonal = build(model, task, train, parameters=parameters, chunk_size=self.chunk_size)
+        _check_finite_diagonal(diagonal)
         if not bool((diagonal + self.damping > 0).all()):
             raise ValueError(
                 "the curvature diagonal has zero entries (parameters the loss does not depend "

@@ -309,3 +309,16 @@ def test_solvers_map_no_vectors_to_no_vectors(solver, tiny_mlp, tiny_data):
 def test_curvature_products_of_no_vectors_are_empty(product, tiny_mlp, tiny_data):
     result = product(tiny_mlp, TASK, tiny_data, None, torch.zeros(0, 83, dtype=torch.float64))
     assert result.shape == (0, 83)
+
+
+@pytest.mark.parametrize("curvature", ["gauss_newton", "empirical_fisher"])
+def test_diagonal_solver_names_a_non_finite_diagonal_not_zero_curvature(
+    curvature, tiny_mlp, tiny_data
+):
+    """A target outside the classes turns the diagonal NaN; it was refused as "zero entries",
+    with advice to use damping > 0 although the damping was already 0.01."""
+    targets = tiny_data.targets.clone()
+    targets[4] = 7  # 3 classes
+    with pytest.raises(ValueError, match="not finite") as caught:
+        DiagonalSolver(curvature).fit(tiny_mlp, TASK, Examples(tiny_data.inputs, targets))
+    assert "damping" not in str(caught.value)
