@@ -23,11 +23,17 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 from benchmarks.bench_valuation import feature_store, timed
-from benchmarks.record import REPO_ROOT, markdown_table, output_path, write_record
+from benchmarks.record import (
+    REPO_ROOT,
+    markdown_table,
+    mean_and_std,
+    mean_std_cell,
+    output_path,
+    write_record,
+)
 from tda import (
     TRAK,
     EKFACSolver,
@@ -105,7 +111,7 @@ def run_seed(settings, splits, seed: int, workspace) -> tuple[list[dict], dict]:
 
 
 def summary(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds per method."""
+    """Mean and sample standard deviation over seeds per method."""
     table = []
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
@@ -113,17 +119,23 @@ def summary(rows: list[dict]) -> list[dict]:
         columns = {f"found_at_{f}": [r["found_at"][str(f)] for r in mine] for f in FOUND_AT}
         columns |= {"auc": [r["auc"] for r in mine], "seconds": [r["seconds"] for r in mine]}
         for key, values in columns.items():
-            entry[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+            entry[key] = mean_and_std(values)
         table.append(entry)
     return table
 
 
 def print_table(table: list[dict]) -> None:
-    cell = lambda s, scale=100: f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f}"  # noqa: E731
     header = ["method", "poisons in top 1% (%)", "in top 2% (%)", "AUC", "seconds"]
-    body = [[e["method"], cell(e["found_at_0.01"]), cell(e["found_at_0.02"]),
-             f"{e['auc']['mean']:.3f} ± {e['auc']['std']:.3f}", cell(e["seconds"], 1)]
-            for e in table]  # fmt: skip
+    body = [
+        [
+            e["method"],
+            mean_std_cell(e["found_at_0.01"], 100),
+            mean_std_cell(e["found_at_0.02"], 100),
+            mean_std_cell(e["auc"], digits=3),
+            mean_std_cell(e["seconds"]),
+        ]
+        for e in table
+    ]
     print(markdown_table(header, body))
 
 

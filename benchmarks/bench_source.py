@@ -159,9 +159,10 @@ def ground_truth(args, pipeline: Pipeline, queries: Examples):
     todo = sorted({subset for subset, _ in store.missing()})
     start = time.perf_counter()
     measure = partial(pipeline.measure, queries)
-    Parallel(n_jobs=args.workers)(delayed(_record)(store, measure, s) for s in todo)
+    # a resumed subset may have some seeds recorded already: count what the workers trained
+    trained = Parallel(n_jobs=args.workers)(delayed(_record)(store, measure, s) for s in todo)
     info = {"seeds": seeds, "subsets": len(masks), "subsets_drawn_over": "all stages",
-        "trained_this_run": len(todo) * len(seeds), "seconds_this_run": _since(start)}  # fmt: skip
+        "trained_this_run": sum(trained), "seconds_this_run": _since(start)}  # fmt: skip
     return (store.masks, store.outputs()), info
 
 

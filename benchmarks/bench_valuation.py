@@ -29,10 +29,16 @@ import argparse
 import shutil
 import time
 
-import numpy as np
 import torch
 
-from benchmarks.record import REPO_ROOT, markdown_table, output_path, write_record
+from benchmarks.record import (
+    REPO_ROOT,
+    markdown_table,
+    mean_and_std,
+    mean_std_cell,
+    output_path,
+    write_record,
+)
 from tda import (
     TRAK,
     DenseProjector,
@@ -185,7 +191,7 @@ def pruning(settings, splits, first, workspace):
 
 
 def summary(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds per method."""
+    """Mean and sample standard deviation over seeds per method."""
     table = []
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
@@ -196,14 +202,9 @@ def summary(rows: list[dict]) -> list[dict]:
             ("auc", [r["auc"] for r in mine]),
             ("seconds", [r["seconds"] for r in mine]),
         ):
-            entry[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+            entry[key] = mean_and_std(values)
         table.append(entry)
     return table
-
-
-def _cell(stat: dict, percent: bool = True) -> str:
-    scale = 100 if percent else 1
-    return f"{scale * stat['mean']:.1f} ± {scale * stat['std']:.1f}"
 
 
 def print_tables(table: list[dict], curve) -> None:
@@ -211,10 +212,10 @@ def print_tables(table: list[dict], curve) -> None:
     body = [
         [
             e["method"],
-            _cell(e["found_at_10"]),
-            _cell(e["found_at_20"]),
-            f"{e['auc']['mean']:.3f} ± {e['auc']['std']:.3f}",
-            _cell(e["seconds"], False),
+            mean_std_cell(e["found_at_10"], 100),
+            mean_std_cell(e["found_at_20"], 100),
+            mean_std_cell(e["auc"], digits=3),
+            mean_std_cell(e["seconds"]),
         ]
         for e in table
     ]

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tda.atomic import write_json
@@ -99,3 +100,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def mean_and_std(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean and sample standard deviation (``ddof=1``, as every spread over seeds or runs in
+    this repository) of per-seed values; the standard deviation is ``None`` for a single seed."""
+    array = np.asarray(values, dtype=np.float64)
+    std = float(array.std(ddof=1)) if array.size > 1 else None
+    return {"mean": float(array.mean()), "std": std}
+
+
+def mean_std_cell(stat: dict[str, float | None], scale: float = 1.0, digits: int = 1) -> str:
+    """A :func:`mean_and_std` record as ``"mean ± std"`` times ``scale`` (the mean alone without
+    a standard deviation)."""
+    mean = f"{scale * stat['mean']:.{digits}f}"
+    return mean if stat["std"] is None else f"{mean} ± {scale * stat['std']:.{digits}f}"

@@ -28,6 +28,7 @@ from tda.eval import (
     counterfactual_result,
     plan_removals,
 )
+from tda.training import weight_settings
 
 log = logging.getLogger(__name__)
 RECIPE = ("data", "model", "train", "task")  # recorded in the store: a changed recipe is refused
@@ -51,6 +52,7 @@ def main(cfg: DictConfig) -> float | None:
     batch = (_listed(cfg.query_batch, plan.queries), _listed(cfg.seed_batch, plan.seeds))
     mine = [r for r in everything if r.query in batch[0] and r.seed in batch[1]]
     recipe = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in RECIPE}
+    recipe["train"] = weight_settings(recipe["train"])  # the checkpoints saved do not count
     suffix = "-aligned" if cfg.aligned_batches else ""
     if cfg.aligned_batches:  # recorded only when on, so earlier stores keep their fingerprint
         recipe["aligned_batches"] = True
@@ -59,6 +61,7 @@ def main(cfg: DictConfig) -> float | None:
         n_train=len(splits.train),
         n_query=len(queries),
         query_fingerprint=queries.fingerprint(),
+        train_fingerprint=splits.train.fingerprint(),
         config=recipe,
     )
     retrainer = RemovalRetrainer(

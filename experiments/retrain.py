@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tda.datamodels import GroundTruthStore, SubsetRetrainer
 from tda.device import on_device
+from tda.training import weight_settings
 
 log = logging.getLogger(__name__)
 RECIPE = ("data", "model", "train", "task")  # recorded in the store: a changed recipe is refused
@@ -33,6 +34,7 @@ def main(cfg: DictConfig) -> int:
     queries = splits.test.subset(range(cfg.queries))
     masks = instantiate(cfg.ground_truth.masks)(n_train=len(splits.train))
     recipe = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in RECIPE}
+    recipe["train"] = weight_settings(recipe["train"])  # the checkpoints saved do not count
     store = GroundTruthStore.create_or_open(
         workspace / "ground_truth",
         masks,

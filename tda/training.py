@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +64,18 @@ class TrainConfig:
         return sorted(
             {round(self.epochs * (i + 1) / self.checkpoints) for i in range(self.checkpoints)}
         )
+
+
+# TrainConfig fields that choose which checkpoints are written, never the trained weights (saving
+# only reads the parameters; tests/test_train.py checks the weights stay bitwise the same)
+CHECKPOINT_SETTINGS = ("checkpoints", "save_initial")
+
+
+def weight_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` (TrainConfig's fields by name, e.g. a Hydra ``train`` config as a dict) without
+    :data:`CHECKPOINT_SETTINGS`: what decides the trained weights. Stores of retrained outputs are
+    keyed by it, so that saving more or fewer checkpoints does not invalidate them."""
+    return {key: value for key, value in settings.items() if key not in CHECKPOINT_SETTINGS}
 
 
 @dataclass(frozen=True)

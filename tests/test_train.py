@@ -10,7 +10,7 @@ from tda.data import Examples, load_mnist1d
 from tda.ensemble import train_ensemble
 from tda.fingerprint import model_fingerprint
 from tda.models import MLP, CNN1d, build_model
-from tda.training import TrainConfig, train
+from tda.training import CHECKPOINT_SETTINGS, TrainConfig, train, weight_settings
 
 CONFIG = TrainConfig(epochs=4, batch_size=32, checkpoints=2)
 POSITION = {
@@ -180,6 +180,21 @@ def test_save_initial_writes_the_starting_parameters_first(data, tmp_path):
     assert saved[1:] == [
         replace(c, path=tmp_path / "start" / c.path.name) for c in plain.checkpoints
     ]
+
+
+def test_checkpoint_settings_leave_the_weights_bitwise_the_same(data, tmp_path):
+    """What weight_settings drops (stores of retrained outputs ignore it) changes no weight."""
+    config = TrainConfig(epochs=4, batch_size=32, optimizer=partial(torch.optim.SGD, lr=0.1))
+    plain = train(build_model(MLP, 0), data.train, config, seed=3).model
+    for changed in ({"checkpoints": 4}, {"checkpoints": 4, "save_initial": True}):
+        saving = replace(config, **changed)
+        folder = tmp_path / "-".join(changed)
+        model = train(build_model(MLP, 0), data.train, saving, seed=3, checkpoint_dir=folder).model
+        assert model_fingerprint(model) == model_fingerprint(plain)
+        assert len(list_checkpoints(folder)) == 4 + ("save_initial" in changed)
+    assert set(CHECKPOINT_SETTINGS) == {"checkpoints", "save_initial"}
+    settings = {"epochs": 4, "batch_size": 32, "checkpoints": 4, "save_initial": True}
+    assert weight_settings(settings) == {"epochs": 4, "batch_size": 32}
 
 
 def test_an_ensemble_member_with_its_start_is_finished_only_when_trained(data, tmp_path):

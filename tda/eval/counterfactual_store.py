@@ -23,6 +23,8 @@ from tda.fingerprint import config_fingerprint
 from tda.shards import check_name
 
 _FORMAT = "tda.eval.counterfactual/1"
+# what a reopened store must match (config_fingerprint: the training recipe)
+_CHECKED = ("n_train", "n_query", "query_fingerprint", "train_fingerprint", "config_fingerprint")
 
 
 class CounterfactualStore:
@@ -30,7 +32,8 @@ class CounterfactualStore:
 
     Layout::
 
-        root/manifest.json                          n_train, n_query, fingerprints, config
+        root/manifest.json                          n_train, n_query, fingerprints (queries,
+                                                    training set), config
         root/full/seed<s>.json                      full-data outcomes of seed s, all queries
         root/removed/<removal>/q<q>-k<k>-seed<s>.json   one run: removed indices, output, prediction
     """
@@ -40,6 +43,7 @@ class CounterfactualStore:
         self.n_train: int = manifest["n_train"]
         self.n_query: int = manifest["n_query"]
         self.query_fingerprint: str = manifest["query_fingerprint"]
+        self.train_fingerprint: str | None = manifest.get("train_fingerprint")  # None: legacy
         self.config: dict[str, Any] = dict(manifest["config"])
 
     @classmethod
@@ -50,6 +54,7 @@ class CounterfactualStore:
         n_train: int,
         n_query: int,
         query_fingerprint: str,
+        train_fingerprint: str,
         config: Mapping[str, Any] | None = None,
     ) -> CounterfactualStore:
         """Creates a store at ``root``, or opens the existing one after checking it matches.
@@ -59,6 +64,8 @@ class CounterfactualStore:
             n_train: Size of the full training set.
             n_query: Size of the query set the retrainer measures.
             query_fingerprint: Fingerprint of the query set (``Examples.fingerprint()``).
+            train_fingerprint: Fingerprint of the full training set (``Examples.fingerprint()``).
+                A store made before training sets were recorded has none: it opens unchecked.
             config: JSON description of the training recipe; a different recipe is refused.
 
         Raises:
@@ -70,6 +77,7 @@ class CounterfactualStore:
             "n_train": int(n_train),
             "n_query": int(n_query),
             "query_fingerprint": str(query_fingerprint),
+            "train_fingerprint": str(train_fingerprint),
             "config": json.loads(json.dumps(dict(config or {}), default=str)),
         }
         manifest["config_fingerprint"] = config_fingerprint(manifest["config"])
@@ -78,10 +86,11 @@ class CounterfactualStore:
         )
         store = cls.open(root)
         stored = json.loads((root / "manifest.json").read_text())
+        legacy = "train_fingerprint" not in stored  # made before training sets were recorded
         differences = [
             f"{key}: stored {stored[key]!r}, given {manifest[key]!r}"
-            for key in ("n_train", "n_query", "query_fingerprint", "config_fingerprint")
-            if stored[key] != manifest[key]
+            for key in _CHECKED
+            if not (legacy and key == "train_fingerprint") and stored[key] != manifest[key]
         ]
         if differences:
             raise ValueError(

@@ -50,9 +50,13 @@ def weights() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(N_QUERY, N_TRAIN))
 
 
-def open_store(root, n_train=N_TRAIN, n_query=N_QUERY, fingerprint="queries"):
+def open_store(root, n_train=N_TRAIN, n_query=N_QUERY, fingerprint="queries", train="train"):
     return CounterfactualStore.create_or_open(
-        root, n_train=n_train, n_query=n_query, query_fingerprint=fingerprint
+        root,
+        n_train=n_train,
+        n_query=n_query,
+        query_fingerprint=fingerprint,
+        train_fingerprint=train,
     )
 
 
@@ -259,6 +263,31 @@ def test_stale_records_and_other_settings_are_refused(tmp_path, weights):
         open_store(tmp_path).run(LinearFake(weights), twice, progress=False)
 
 
+def test_a_store_of_another_training_set_of_the_same_size_is_refused(tmp_path, weights):
+    plan = plan_removals(weights, [0], [3], [0], method="oracle")
+    open_store(tmp_path, train="set a").run(LinearFake(weights), plan, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["train_fingerprint"] == "set a"
+    assert CounterfactualStore.open(tmp_path).train_fingerprint == "set a"
+    with pytest.raises(ValueError, match="train_fingerprint: stored 'set a', given 'set b'"):
+        open_store(tmp_path, train="set b")  # n_train, queries and recipe all equal
+
+
+def test_a_store_made_before_training_sets_were_recorded_opens_unchecked(tmp_path, weights):
+    plan = plan_removals(weights, [0], [3], [0], method="oracle")
+    open_store(tmp_path, train="set a").run(LinearFake(weights), plan, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["train_fingerprint"]  # as written before the field existed
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    fake = LinearFake(weights)
+    store = open_store(tmp_path, train="set b")
+    assert store.train_fingerprint is None and store.run(fake, plan, progress=False) == 0
+    assert fake.calls == []  # resumed: nothing retrained
+    assert "train_fingerprint" not in json.loads((tmp_path / "manifest.json").read_text())
+    with pytest.raises(ValueError, match="query_fingerprint"):  # the rest is still checked
+        open_store(tmp_path, fingerprint="other queries", train="set b")
+
+
 def planted_problem(generic=6, groups=3, copies=10):
     """200 examples with noise labels, except that feature ``generic + j`` is on only for the
     ``copies`` examples ``j*copies ...`` of class j. Query j has just that feature on, so its
@@ -283,7 +312,11 @@ def test_removing_planted_helpers_drops_the_margin_far_more_than_random(tmp_path
     config = TrainConfig(epochs=20, batch_size=32, optimizer=partial(torch.optim.Adam, lr=0.05))
     retrain = RemovalRetrainer(lambda: LogisticRegression(9, 3), train_data, queries, config)
     store = CounterfactualStore.create_or_open(
-        tmp_path, n_train=200, n_query=3, query_fingerprint=queries.fingerprint()
+        tmp_path,
+        n_train=200,
+        n_query=3,
+        query_fingerprint=queries.fingerprint(),
+        train_fingerprint=train_data.fingerprint(),
     )
     result = counterfactual_retraining(
         store, retrain, scores, [0, 1, 2], [10], [0, 1, 2], method="planted", progress=False
@@ -306,7 +339,11 @@ def test_mnist1d_runs_match_direct_seed_matched_retraining(tmp_path):
     retrain = RemovalRetrainer(factory, splits.train, queries, config)
     scores = np.random.default_rng(0).normal(size=(5, 200))
     store = CounterfactualStore.create_or_open(
-        tmp_path, n_train=200, n_query=5, query_fingerprint=queries.fingerprint()
+        tmp_path,
+        n_train=200,
+        n_query=5,
+        query_fingerprint=queries.fingerprint(),
+        train_fingerprint=splits.train.fingerprint(),
     )
     result = counterfactual_retraining(
         store, retrain, scores, [1, 3], [5, 20], [0, 1], method="noise", progress=False

@@ -107,3 +107,20 @@ def test_aligned_batches_keep_their_own_store_and_full_models(tmp_path):
 
     assert runs(record["records"]) == runs(plain["records"])  # the same plan, other training
     assert [r["output"] for r in record["records"]] != [r["output"] for r in plain["records"]]
+
+
+def test_the_checkpoints_saved_do_not_count_but_the_training_set_and_recipe_do(tmp_path):
+    """``++train.checkpoints=N`` (as TracIn's members are trained) reuses the store's runs."""
+    write_scores(tmp_path)
+    mine = ("query_batch=0", "seed_batch=7")
+    run_counterfactual(tmp_path, *mine)
+    store = tmp_path / "counterfactual"
+    manifest = json.loads((store / "manifest.json").read_text())
+    splits = instantiate(tiny_config(tmp_path).data)
+    assert manifest["train_fingerprint"] == splits.train.fingerprint()
+    runs = sorted(store.rglob("*.json"))
+    stamps = {path: path.stat().st_mtime_ns for path in runs}
+    run_counterfactual(tmp_path, *mine, "++train.checkpoints=2", "++train.save_initial=true")
+    assert {path: path.stat().st_mtime_ns for path in sorted(store.rglob("*.json"))} == stamps
+    with pytest.raises(ValueError, match="config_fingerprint"):  # a setting that trains otherwise
+        run_counterfactual(tmp_path, *mine, "train.epochs=3")

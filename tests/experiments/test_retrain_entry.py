@@ -1,0 +1,22 @@
+"""experiments/retrain.py on the `tiny` experiment: the store is keyed by what makes the weights."""
+
+import numpy as np
+import pytest
+
+from tda.datamodels import GroundTruthStore
+from tests.experiments.entry import run_entry_point
+
+
+def test_the_checkpoints_saved_do_not_count_but_the_training_settings_do(tmp_path):
+    """TINY trains with ``++train.checkpoints=2 ++train.save_initial=true``; retraining the same
+    subsets without them (or with others) reuses the recorded outputs."""
+    assert run_entry_point("retrain", tmp_path, "subsets=0") == 2  # subset 0 x 2 seeds
+    outputs = [np.load(path) for path in sorted((tmp_path / "ground_truth").rglob("*.npy"))]
+    plain = ["experiment=tiny", "progress=false"]
+    assert run_entry_point("retrain", tmp_path, "subsets=0", base=plain) == 0
+    assert run_entry_point("retrain", tmp_path, "subsets=0", "++train.checkpoints=1") == 0
+    again = [np.load(path) for path in sorted((tmp_path / "ground_truth").rglob("*.npy"))]
+    assert all(np.array_equal(a, b) for a, b in zip(outputs, again, strict=True))
+    assert "checkpoints" not in GroundTruthStore.open(tmp_path / "ground_truth").config["train"]
+    with pytest.raises(ValueError, match="config"):  # a setting that trains otherwise
+        run_entry_point("retrain", tmp_path, "subsets=0", "train.epochs=3")
