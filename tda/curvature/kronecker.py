@@ -19,11 +19,20 @@ K-FAC (Martens & Grosse 2015) keeps the
 layers' diagonal blocks :math:`F_l` and factors each as
 
 .. math::
-    F_l \approx S \otimes A, \quad A = \tfrac{1}{N T} \sum_{n,t} a_{n,t} a_{n,t}^\top, \quad
-    S = \tfrac1N \sum_{n,t} g_{n,t} g_{n,t}^\top,
+    F_l \approx S \otimes A, \quad A = \tfrac{1}{|P|} \sum_{(n,t) \in P} a_{n,t} a_{n,t}^\top,
+    \quad S = \tfrac1N \sum_{n,t} g_{n,t} g_{n,t}^\top,
 
 positions averaged in :math:`A` and summed in :math:`S` (the "expand" setting of Eschenhagen et
-al. 2023; :math:`T = 1` for an MLP). An ``nn.Conv1d`` / ``nn.Conv2d`` (``groups=1``) is the same
+al. 2023), over :math:`P = \{(n, t) : g_{n,t} \neq 0\}`, the positions that enter a gradient
+:math:`G_n`: :math:`F_l = \frac1N \sum_n \sum_{t, t'} (g_{n,t} g_{n,t'}^\top) \otimes
+(a_{n,t} a_{n,t'}^\top)` has no term from another position, so neither has :math:`A` (else the
+length of the padding would change it). With :class:`~tda.task.LanguageModelingTask` targets
+left out (:data:`~tda.task.IGNORE_INDEX`), :math:`P` drops the padding after a causal model's last
+counted token in every layer and the ignored positions in layers that feed only their own
+position (the head), and keeps a prompt in the layers through which attention carries it to a
+later counted token. Otherwise a position drops out only where a ReLU after the layer is off in
+every output (:math:`T = 1` for an MLP).
+An ``nn.Conv1d`` / ``nn.Conv2d`` (``groups=1``) is the same
 with :math:`a_{n,t}` the input patch under the kernel at output position :math:`t` and
 :math:`W` its weight as ``[out, in * kernel]`` (:mod:`tda.layer_positions`): the factors are then
 those of KFC (Grosse & Martens 2016, which assumes derivatives at different positions
@@ -51,7 +60,7 @@ from torch import Tensor, nn
 
 from tda.arguments import check_positive_int
 from tda.data.examples import Examples
-from tda.grads import evaluation_mode, select_parameters
+from tda.grads import NonFiniteGradientError, evaluation_mode, select_parameters
 from tda.layer_capture import capture_layer_calls
 from tda.layer_positions import is_positional
 from tda.task import IGNORE_INDEX, LanguageModelingTask, Task
@@ -293,6 +302,8 @@ def fit_kronecker_eigenbases(
     Raises:
         ValueError: no examples, a ``chunk_size`` below 1, parameters outside those layers, or
             a selected layer that no forward call reaching the loss goes through.
+        NonFiniteGradientError: a factor holds NaN or infinity (e.g. a target outside the
+            model's classes).
     """
     if len(examples) == 0:
         raise ValueError("cannot fit a curvature to an empty set of examples")
@@ -309,28 +320,39 @@ def fit_kronecker_eigenbases(
 
 
 def _factors(chunks, layers: list[_Layer], count: int) -> list[tuple[Tensor, Tensor]]:
-    """``(A [c, c], S [o, o])`` per layer (see the module doc)."""
-    sums: list[list] = [[0.0, 0.0, 0] for _ in layers]  # sum a a^T, sum g g^T, positions
+    """``(A [c, c], S [o, o])`` per layer, ``A`` over the positions ``P`` (see the module doc)."""
+    sums: list[list] = [[0.0, 0.0, 0, False] for _ in layers]  # a a^T, g g^T, |P|, called
     for chunk in chunks:
         for total, item in zip(sums, chunk, strict=True):
             if item is not None:
                 a, g = (t.reshape(-1, t.shape[-1]) for t in item)
+                reaching = (g != 0).any(-1)  # the positions in P
+                a = a if bool(reaching.all()) else a[reaching]
                 total[0] = total[0] + a.T @ a
                 total[1] = total[1] + g.T @ g
                 total[2] += len(a)
+                total[3] = True
     factors = []
-    for layer, (a_sum, g_sum, positions) in zip(layers, sums, strict=True):
-        if not positions:
+    for layer, (a_sum, g_sum, positions, called) in zip(layers, sums, strict=True):
+        if not called:
             raise ValueError(
                 f"no forward call of module '{layer.module_name}' reached the loss, so hooks saw "
                 "none of its inputs (an unused layer, or one whose weights are used without "
                 "calling it, like nn.MultiheadAttention.out_proj): leave its parameters out"
             )
-        factors.append((a_sum / positions, g_sum / count))
+        # no position in P: every output gradient is zero, so are S and this Fisher block
+        factors.append((a_sum / max(positions, 1), g_sum / count))
     return factors
 
 
 def _eigenbasis(layer: _Layer, A: Tensor, S: Tensor) -> KroneckerEigenbasis:
+    for name, factor in (("input", A), ("output-gradient", S)):
+        if not bool(torch.isfinite(factor).all()):
+            raise NonFiniteGradientError(
+                f"the {name} factor of module '{layer.module_name}' is not finite; check the "
+                "model's outputs, the inputs and the targets (one outside the model's classes "
+                "gives NaN)"
+            )
     input_values, input_basis = torch.linalg.eigh(A)
     output_values, output_basis = torch.linalg.eigh(S)
     # eigh of a PSD matrix can return tiny negative eigenvalues from round-off

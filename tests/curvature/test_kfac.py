@@ -13,7 +13,7 @@ from tda.curvature import kronecker
 from tda.curvature.kfac import RELATIVE_DAMPING, EKFACSolver, KFACSolver
 from tda.curvature.kronecker import sample_targets
 from tda.data import Examples
-from tda.grads import per_sample_gradients, select_parameters
+from tda.grads import NonFiniteGradientError, per_sample_gradients, select_parameters
 from tda.models import MLP, CNN1d, LogisticRegression, build_model
 from tda.task import IGNORE_INDEX, ClassificationTask, LanguageModelingTask
 from tda.transformer import CausalTransformer
@@ -122,7 +122,7 @@ def _gradients_of(model, data, base, sampled_labels=False):
     return _layer_gradients(model, gradients, base)
 
 
-def _hessian(model, data) -> torch.Tensor:
+def _hessian(model, data, task=TASK) -> torch.Tensor:
     """Exact Hessian of the mean loss over the flat parameters (model order)."""
     named = list(model.named_parameters())
     flat = torch.cat([p.detach().reshape(-1) for _, p in named])
@@ -133,7 +133,7 @@ def _hessian(model, data) -> torch.Tensor:
             values[name] = vector[offset : offset + p.numel()].reshape(p.shape)
             offset += p.numel()
         logits = torch.func.functional_call(model, values, (data.inputs,))
-        return TASK.loss(logits, data.targets).mean()
+        return task.loss(logits, data.targets).mean()
 
     return torch.autograd.functional.hessian(mean_loss, flat)
 
@@ -408,8 +408,10 @@ def test_float32_vectors_stay_float32(tiny_data):
 
 
 def test_conv_kfac_factors_follow_their_definitions():
-    # KFC: A = mean over examples and positions of the patches [x_pad[t s + j d], 1], built here
-    # by explicit loops; S = (1/N) sum_{n,t} g g^T with g the loss gradient w.r.t. the conv output.
+    # KFC: A = mean of the patches' [x_pad[t s + j d], 1] a a^T, built here by explicit loops,
+    # over the (example, position) pairs whose output gradient g is nonzero (with two channels
+    # before a ReLU, some positions have both off: they enter no gradient); S = (1/N) sum_{n,t}
+    # g g^T with g the loss gradient w.r.t. the conv output.
     model, data = _build(lambda: CNN1d(length=8, channels=2, num_classes=3)), _examples(10, (8,))
     solver = KFACSolver(sampled_labels=False).fit(
         model, TASK, data, parameters=["features.2.weight", "features.2.bias"]
@@ -429,7 +431,9 @@ def test_conv_kfac_factors_follow_their_definitions():
     logits = model.head(model.features[3:](output).flatten(1))
     (g,) = torch.autograd.grad(TASK.loss(logits, data.targets).sum(), output)
     g = g.transpose(1, 2).reshape(40, 2)
-    expected = torch.kron(g.T @ g / 10, a.T @ a / 40)
+    a = a[(g != 0).any(1)]
+    assert 0 < len(a) < 40
+    expected = torch.kron(g.T @ g / 10, a.T @ a / len(a))
     torch.testing.assert_close(_dense_block(solver.layers[0]), expected, rtol=1e-9, atol=1e-12)
 
 
@@ -563,3 +567,112 @@ def test_sampled_fisher_of_a_language_model_estimates_its_gauss_newton_matrix():
     )
     # the eigenvalues are the block's diagonal in its eigenbasis, so they sum to its trace
     torch.testing.assert_close(base.eigenvalues.sum(), gauss_newton.trace(), rtol=0.02, atol=0)
+
+
+@pytest.mark.parametrize("solver_class", SOLVERS)
+def test_exact_where_ignored_positions_surround_the_counted_one(solver_class):
+    # The logistic-regression design of the exact test above, read as a sequence: a Linear layer
+    # at W = 0, b = 0 on 3 positions, one of which is counted (the middle one, its input paired
+    # with each label); the others (a prompt before it, padding after it) have targets
+    # IGNORE_INDEX and inputs of their own. Their output gradients are exactly zero, so they enter
+    # no per-example gradient and the Fisher, Gauss-Newton matrix and Hessian are those of the
+    # counted positions alone: S kron A with A over the counted inputs, not over all positions.
+    model = _build(lambda: nn.Linear(4, 3))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    generator = torch.Generator().manual_seed(0)
+    counted = torch.randn(5, 4, generator=generator, dtype=torch.float64).repeat_interleave(3, 0)
+    ignored = 3 * torch.randn(15, 2, 4, generator=generator, dtype=torch.float64) + 1
+    inputs = torch.stack([ignored[:, 0], counted, ignored[:, 1]], dim=1)  # [15, 3, 4]
+    targets = torch.full((15, 3), IGNORE_INDEX)
+    targets[:, 1] = torch.arange(3).repeat(5)
+    data = Examples(inputs, targets)
+    damping = 0.05
+    solver = solver_class(damping=damping).fit(model, LanguageModelingTask(), data)
+    expected = torch.linalg.inv(
+        _hessian(model, data, LanguageModelingTask()) + damping * torch.eye(15).double()
+    )
+    actual = solver.solve(torch.eye(15, dtype=torch.float64))
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+
+
+def _facts_like(length: int) -> Examples:
+    """Prompt, then a counted answer, then padding to ``length`` (answers end at position 5)."""
+    inputs = torch.tensor([[1, 2, 3, 4, 2, 1], [3, 1, 4, 4, 2, 3], [2, 2, 1, 3, 4, 1]])
+    targets = torch.tensor(
+        [[IGNORE_INDEX] * 3 + [4, 2, 1], [IGNORE_INDEX] * 4 + [3, 3], [IGNORE_INDEX] * 5 + [1]]
+    )
+    padding = length - inputs.shape[1]
+    inputs = nn.functional.pad(inputs, (0, padding), value=0)
+    return Examples(inputs, nn.functional.pad(targets, (0, padding), value=IGNORE_INDEX))
+
+
+def _transformer() -> CausalTransformer:
+    return build_model(
+        partial(CausalTransformer, vocab_size=5, context=10, dim=4, heads=2, layers=1, hidden=4),
+        seed=0,
+        dtype=torch.float64,
+    )
+
+
+def test_language_model_factors_average_the_positions_that_reach_a_counted_loss():
+    # y_t = W a_t + b at every position t: a layer's per-example gradient is sum_t g_t a_t^T, so
+    # A averages a a^T over the positions with g_t != 0. The head's outputs feed only their own
+    # position's loss: there, the answers. The key projection also feeds every later position
+    # through attention: there, the prompt too (target ignored, yet it shapes the answer), up to
+    # the last answer; padding after it (causal attention) reaches nothing.
+    model, data, task = _transformer(), _facts_like(8), LanguageModelingTask()
+    layers = {"key": model.blocks[0].attention.key, "head": model.head}  # parameter order
+    recorded = {}
+    handles = [
+        module.register_forward_hook(
+            lambda _, args, output, name=name: recorded.update({name: (args[0], output)})
+        )
+        for name, module in layers.items()
+    ]
+    loss = task.loss(model(data.inputs), data.targets).sum()
+    for handle in handles:
+        handle.remove()
+    gradients = torch.autograd.grad(loss, [recorded[name][1] for name in layers])
+    reaches = {
+        "key": torch.arange(8) <= 5,  # up to the last answer position, in every example
+        "head": data.targets != IGNORE_INDEX,
+    }
+    names = ["blocks.0.attention.key.weight", "blocks.0.attention.key.bias"]
+    solver = KFACSolver().fit(model, task, data, parameters=[*names, "head.weight", "head.bias"])
+    for base, name, gradient in zip(solver.layers, layers, gradients, strict=True):
+        inputs = recorded[name][0].detach()
+        a = torch.cat([inputs, torch.ones(*inputs.shape[:-1], 1, dtype=torch.float64)], dim=2)
+        mask = reaches[name].expand(3, 8)
+        assert torch.equal((gradient != 0).any(-1), mask)  # exactly zero elsewhere
+        a, g = a[mask], gradient.reshape(-1, gradient.shape[-1])
+        expected = torch.kron(g.T @ g / 3, a.T @ a / len(a))
+        torch.testing.assert_close(_dense_block(base), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver_class", SOLVERS)
+def test_padding_after_the_answers_leaves_a_language_model_solve_unchanged(solver_class):
+    # Positions after the last counted token reach no loss in a causal model: how many a batch
+    # pads with must not change A, the eigenbases, EK-FAC's eigenvalues or the damping.
+    model, task = _transformer(), LanguageModelingTask()
+    names = kronecker.kronecker_parameters(model)
+    size = sum(p.numel() for n, p in model.named_parameters() if n in names)
+    vectors = torch.randn(3, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    solves = [
+        solver_class().fit(model, task, _facts_like(length), parameters=names).solve(vectors)
+        for length in (6, 10)
+    ]
+    torch.testing.assert_close(solves[0], solves[1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver_class", [KFACSolver, EKFACSolver])
+def test_a_target_outside_the_classes_is_named_not_an_eigh_failure(
+    solver_class, tiny_mlp, tiny_data
+):
+    """A target outside the model's classes makes the factors NaN; ``eigh`` then failed with a
+    raw LinAlgError ("ill-conditioned") instead of an error naming the problem."""
+    targets = tiny_data.targets.clone()
+    targets[4] = 7  # 3 classes
+    with pytest.raises(NonFiniteGradientError, match="factor of module '0' is not finite"):
+        solver_class(sampled_labels=False).fit(tiny_mlp, TASK, Examples(tiny_data.inputs, targets))
