@@ -86,7 +86,8 @@ def _seconds(made: dict) -> str:
     """score.py's run time and threads; "-" for scores recorded before it was timed."""
     if "seconds" not in made:
         return "-"
-    return f"{made['seconds']:.1f} ({made['threads']} threads)"
+    threads = made["threads"]
+    return f"{made['seconds']:.1f} ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def main() -> None:
