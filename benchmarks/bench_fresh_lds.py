@@ -61,7 +61,8 @@ def ground_truth(args, train, queries, config, lds_args) -> tuple[np.ndarray, np
     """Masks ``[m, n]`` and outputs ``[m, seeds, q]`` on the fresh subsets (resumable)."""
     masks = sample_subsets(len(train), lds_args.alpha, args.subsets, args.subset_seed)
     store = GroundTruthStore.create_or_open(args.workspace / "ground_truth", masks,
-        args.gt_seeds, queries.fingerprint(), bench_lds.recipe(lds_args))  # fmt: skip
+        args.gt_seeds, queries.fingerprint(), bench_lds.recipe(lds_args),
+        train_fingerprint=train.fingerprint())  # fmt: skip
     retrainer = SubsetRetrainer(MLP, train, queries, config)
     todo = sorted({subset for subset, _ in store.missing()})
     start = time.perf_counter()

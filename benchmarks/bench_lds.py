@@ -138,7 +138,12 @@ def ground_truth(args, train, queries, config) -> tuple[np.ndarray, np.ndarray, 
     masks = sample_subsets(len(train), args.alpha, args.subsets, seed=args.subset_seed)
     seeds = [GROUND_TRUTH_SEED + s for s in range(args.gt_seeds)]
     store = GroundTruthStore.create_or_open(
-        args.workspace / "ground_truth", masks, seeds, queries.fingerprint(), recipe(args)
+        args.workspace / "ground_truth",
+        masks,
+        seeds,
+        queries.fingerprint(),
+        recipe(args),
+        train_fingerprint=train.fingerprint(),
     )
     retrainer = SubsetRetrainer(MLP, train, queries, config)
     todo = sorted({subset for subset, _ in store.missing()})

@@ -365,7 +365,7 @@ def digits_setup(args):
         "objective": "mean cross-entropy + l2/2 |theta|^2 (bias included)",
         "optimizer": "full-batch L-BFGS-B (scipy) from zeros to max|grad| < 1e-8"}  # fmt: skip
     store = GroundTruthStore.create_or_open(args.workspace / "digits_ground_truth", masks, [0],
-        queries.fingerprint(), config)  # fmt: skip
+        queries.fingerprint(), config, train_fingerprint=train.fingerprint())  # fmt: skip
     start = time.perf_counter()
     trained = store.run(LogisticRetrainer(train, queries, args.digits_l2), progress=False)
     info = {**config, "n_train": len(train), "n_queries": len(queries), "subsets": len(masks),

@@ -155,7 +155,8 @@ def ground_truth(args, pipeline: Pipeline, queries: Examples):
     seeds = [1000 + s for s in range(args.gt_seeds)]
     config = {"pipeline": pipeline.name, **describe(pipeline), "model": "MLP 40-128-128-10"}
     store = GroundTruthStore.create_or_open(args.workspace / pipeline.name / "ground_truth",
-        masks, seeds, queries.fingerprint(), config)  # fmt: skip
+        masks, seeds, queries.fingerprint(), config,
+        train_fingerprint=pipeline.train.fingerprint())  # fmt: skip
     todo = sorted({subset for subset, _ in store.missing()})
     start = time.perf_counter()
     measure = partial(pipeline.measure, queries)

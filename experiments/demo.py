@@ -40,7 +40,11 @@ def attribute(data: tda.DataSplits, queries: tda.Examples) -> torch.Tensor:
 def ground_truth(data: tda.DataSplits, queries: tda.Examples) -> tda.GroundTruthStore:
     masks = tda.sample_subsets(len(data.train), alpha=0.5, count=SUBSETS, seed=2026)
     store = tda.GroundTruthStore.create_or_open(
-        WORKSPACE / "ground_truth", masks, SEEDS, queries.fingerprint()
+        WORKSPACE / "ground_truth",
+        masks,
+        SEEDS,
+        queries.fingerprint(),
+        train_fingerprint=data.train.fingerprint(),
     )
     store.run(tda.SubsetRetrainer(MODEL, data.train, queries, CONFIG))
     return store

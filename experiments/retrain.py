@@ -41,6 +41,7 @@ def main(cfg: DictConfig) -> int:
         list(cfg.ground_truth.seeds),
         queries.fingerprint(),
         recipe,
+        train_fingerprint=splits.train.fingerprint(),
     )
     retrainer = SubsetRetrainer(
         on_device(instantiate(cfg.model), cfg.device),

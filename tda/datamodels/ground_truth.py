@@ -46,6 +46,8 @@ class GroundTruthStore:
         masks: Read-only boolean subset masks ``[count, n_train]``.
         seeds: Retraining seeds; every subset is trained once per seed.
         query_fingerprint: Fingerprint of the query points the outputs are measured on.
+        train_fingerprint: Fingerprint of the full training set the masks select from (``None``
+            for a store made before training sets were recorded).
         config: The JSON configuration recorded at creation (training recipe, output definition).
     """
 
@@ -55,6 +57,7 @@ class GroundTruthStore:
         self.masks.flags.writeable = False
         self.seeds: list[int] = list(manifest["seeds"])
         self.query_fingerprint: str = manifest["query_fingerprint"]
+        self.train_fingerprint: str | None = manifest.get("train_fingerprint")  # None: legacy
         self.config: dict[str, Any] = dict(manifest["config"])
 
     @classmethod
@@ -65,12 +68,15 @@ class GroundTruthStore:
         seeds: Sequence[int],
         query_fingerprint: str,
         config: Mapping[str, Any] | None = None,
+        *,
+        train_fingerprint: str,
     ) -> GroundTruthStore:
         """Creates a store at ``root``, or opens the existing one after checking it matches.
 
         Safe to call from many processes at once: the first to arrive writes ``masks.npy`` and
         ``manifest.json`` (each created exclusively from a complete temporary file); the others
-        check that the stored masks, seeds, query fingerprint and configuration equal theirs.
+        check that the stored masks, seeds, query and training-set fingerprints and configuration
+        equal theirs.
 
         Args:
             root: Store directory (created if needed).
@@ -79,13 +85,16 @@ class GroundTruthStore:
             query_fingerprint: Fingerprint of the query set, e.g.
                 ``tda.fingerprint.array_fingerprint(query_inputs, query_targets)``.
             config: JSON-serialisable description of the training recipe and measured output.
+            train_fingerprint: Fingerprint of the full training set (``Examples.fingerprint()``).
+                A store made before training sets were recorded has none: it opens unchecked.
 
         Raises:
             ValueError: If the arguments are malformed or differ from those of the existing store.
         """
         root = Path(root)
         masks = _validated_masks(masks)
-        manifest = _new_manifest(masks, _validated_seeds(seeds), query_fingerprint, config or {})
+        fingerprints = {"query": query_fingerprint, "train": train_fingerprint}
+        manifest = _new_manifest(masks, _validated_seeds(seeds), fingerprints, config or {})
         if not (root / _MANIFEST).exists():
             (root / _OUTPUTS).mkdir(parents=True, exist_ok=True)
             _check_masks(
@@ -255,7 +264,7 @@ def _validated_seeds(seeds: Sequence[int]) -> list[int]:
 
 
 def _new_manifest(
-    masks: np.ndarray, seeds: list[int], query_fingerprint: str, config: Mapping[str, Any]
+    masks: np.ndarray, seeds: list[int], fingerprints: Mapping[str, str], config: Mapping[str, Any]
 ) -> dict[str, Any]:
     return {
         "format": _FORMAT,
@@ -263,7 +272,8 @@ def _new_manifest(
         "n_train": int(masks.shape[1]),
         "count": int(masks.shape[0]),
         "seeds": seeds,
-        "query_fingerprint": str(query_fingerprint),
+        "query_fingerprint": str(fingerprints["query"]),
+        "train_fingerprint": str(fingerprints["train"]),
         "masks_fingerprint": array_fingerprint(masks),
         "config": json.loads(json.dumps(dict(config), default=str)),
         "config_fingerprint": config_fingerprint(config),
@@ -278,12 +288,14 @@ def _check_manifest(root: Path, stored: Mapping[str, Any], given: Mapping[str, A
         "masks_fingerprint",
         "seeds",
         "query_fingerprint",
+        "train_fingerprint",
         "config_fingerprint",
     )
+    legacy = "train_fingerprint" not in stored  # made before training sets were recorded
     differences = [
         f"{name}: stored {stored.get(name)!r}, given {given[name]!r}"
         for name in fields
-        if stored.get(name) != given[name]
+        if not (legacy and name == "train_fingerprint") and stored.get(name) != given[name]
     ]
     if differences:
         raise ValueError(

@@ -9,6 +9,7 @@ from tda.datamodels import GroundTruthStore, sample_subsets
 
 N_TRAIN, N_QUERY, COUNT, SEEDS = 12, 4, 6, [0, 1]
 QUERY_FINGERPRINT = "queries-v1"
+TRAIN_FINGERPRINT = "train-v1"
 
 
 def fake_measure(mask: np.ndarray, seed: int) -> np.ndarray:
@@ -37,7 +38,12 @@ def masks():
 
 
 def make_store(root, masks, **overrides):
-    arguments = {"seeds": SEEDS, "query_fingerprint": QUERY_FINGERPRINT, "config": {"lr": 0.1}}
+    arguments = {
+        "seeds": SEEDS,
+        "query_fingerprint": QUERY_FINGERPRINT,
+        "config": {"lr": 0.1},
+        "train_fingerprint": TRAIN_FINGERPRINT,
+    }
     return GroundTruthStore.create_or_open(root, masks, **(arguments | overrides))
 
 
@@ -47,7 +53,9 @@ def expected_outputs(masks):
 
 def test_alpha_of_subsets_of_different_sizes_is_their_mean_as_in_the_manifest(tmp_path):
     masks = np.array([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0]], dtype=bool)  # 1/4, 3/4, 1/2
-    store = GroundTruthStore.create_or_open(tmp_path, masks, [0], QUERY_FINGERPRINT)
+    store = GroundTruthStore.create_or_open(
+        tmp_path, masks, [0], QUERY_FINGERPRINT, train_fingerprint=TRAIN_FINGERPRINT
+    )
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert store.alpha == manifest["alpha"] == 0.5  # not the first subset's 1/4
 
@@ -121,7 +129,12 @@ def test_run_refuses_boolean_masks_and_floats_instead_of_reading_them_as_indices
 
 def _worker(root: str, subsets: list[int]) -> None:
     store = GroundTruthStore.create_or_open(
-        root, sample_subsets(N_TRAIN, 0.5, COUNT, seed=0), SEEDS, QUERY_FINGERPRINT, {"lr": 0.1}
+        root,
+        sample_subsets(N_TRAIN, 0.5, COUNT, seed=0),
+        SEEDS,
+        QUERY_FINGERPRINT,
+        {"lr": 0.1},
+        train_fingerprint=TRAIN_FINGERPRINT,
     )
     store.run(fake_measure, subsets=subsets, progress=False)
 
@@ -147,6 +160,7 @@ def test_two_processes_fill_one_store(tmp_path, masks):
     [
         ({"seeds": [0, 1, 2]}, "seeds"),
         ({"query_fingerprint": "other-queries"}, "query_fingerprint"),
+        ({"train_fingerprint": "another-training-set"}, "train_fingerprint"),
         ({"config": {"lr": 0.2}}, "config_fingerprint"),
     ],
 )
@@ -212,3 +226,15 @@ def test_masks_given_to_measure_are_read_only(tmp_path, masks):
     with pytest.raises(ValueError, match="read-only"):
         store.run(mutate, progress=False)
     np.testing.assert_array_equal(np.load(tmp_path / "masks.npy"), masks)
+
+
+def test_a_store_made_before_training_sets_were_recorded_opens_unchecked(tmp_path, masks):
+    made = make_store(tmp_path, masks)
+    made.run(fake_measure, subsets=[0], progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["train_fingerprint"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    store = make_store(tmp_path, masks, train_fingerprint="any-training-set")
+    assert store.train_fingerprint is None and len(store.missing()) == (COUNT - 1) * len(SEEDS)
+    with pytest.raises(ValueError, match="query_fingerprint"):  # the rest is still checked
+        make_store(tmp_path, masks, query_fingerprint="other-queries")

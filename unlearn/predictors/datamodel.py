@@ -194,7 +194,12 @@ def datamodel_predictor(
     masks = sample_subsets(len(train_set), alpha, count, seed=0)
     shape = architecture(build_model(model_factory, 0))
     store = GroundTruthStore.create_or_open(
-        root, masks, seeds, train_set.fingerprint(), _store_recipe(shape, config)
+        root,
+        masks,
+        seeds,
+        train_set.fingerprint(),  # the queries are the training points
+        _store_recipe(shape, config),
+        train_fingerprint=train_set.fingerprint(),
     )
     store.run(TrainingLogits(model_factory, train_set, config), progress=progress)
     used = slice(0, fit_subsets)
