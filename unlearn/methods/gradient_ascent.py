@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from tda.task import ClassificationTask, Task
 from unlearn.loop import LoopConfig, Phase, unlearning_loop
 from unlearn.losses import WeightedLoss
 from unlearn.masks import Mask
@@ -31,13 +32,16 @@ class GradientAscent:
 
     Attributes:
         loop: optimiser, epochs, batch size and schedule.
+        task: supplies :math:`\ell` (default cross-entropy; a language model's token NLL with
+            :class:`~tda.task.LanguageModelingTask`).
     """
 
     loop: LoopConfig = field(default_factory=_default_loop)
+    task: Task = field(default_factory=ClassificationTask)
     requires_forget_set: ClassVar[bool] = True
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
     ) -> nn.Module:
-        phase = Phase("forget", {"forget": split.forget}, WeightedLoss({"forget": -1.0}))
+        phase = Phase("forget", {"forget": split.forget}, WeightedLoss({"forget": -1.0}, self.task))
         return unlearning_loop(model, [phase], self.loop, mask=mask, seed=seed)

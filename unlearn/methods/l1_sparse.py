@@ -18,6 +18,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from tda.data.examples import Examples
+from tda.task import ClassificationTask, Task
 from unlearn.loop import LoopConfig, Phase, Progress, unlearning_loop
 from unlearn.losses import WeightedLoss
 from unlearn.masks import Mask
@@ -30,16 +31,18 @@ class DecayingL1Loss:
 
     Attributes:
         strength: :math:`\gamma \ge 0`, the penalty in the first epoch.
+        task: supplies the retain loss (default cross-entropy).
     """
 
     strength: float
+    task: Task = field(default_factory=ClassificationTask)
 
     def strength_at(self, progress: Progress) -> float:
         r""":math:`\gamma_t = \gamma (1 - t / T)`."""
         return self.strength * (1.0 - progress.fraction)
 
     def __call__(self, model: nn.Module, batches: Mapping[str, Examples], progress: Progress):
-        fit: Tensor = WeightedLoss({"retain": 1.0})(model, batches, progress)
+        fit: Tensor = WeightedLoss({"retain": 1.0}, self.task)(model, batches, progress)
         l1_norm = sum(parameter.abs().sum() for parameter in model.parameters())
         return fit + self.strength_at(progress) * l1_norm
 
@@ -51,10 +54,13 @@ class L1Sparse:
     Attributes:
         loop: optimiser, epochs, batch size and schedule.
         strength: :math:`\gamma`, the initial ℓ1 weight (reference order 5e-4 at CIFAR scale).
+        task: supplies :math:`\ell` (default cross-entropy; a language model's token NLL with
+            :class:`~tda.task.LanguageModelingTask`).
     """
 
     loop: LoopConfig = field(default_factory=LoopConfig)
     strength: float = 5e-4
+    task: Task = field(default_factory=ClassificationTask)
     requires_forget_set: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -64,5 +70,7 @@ class L1Sparse:
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
     ) -> nn.Module:
-        phase = Phase("retain (l1)", {"retain": split.retain}, DecayingL1Loss(self.strength))
+        phase = Phase(
+            "retain (l1)", {"retain": split.retain}, DecayingL1Loss(self.strength, self.task)
+        )
         return unlearning_loop(model, [phase], self.loop, mask=mask, seed=seed)
