@@ -23,6 +23,7 @@ def cfg():
 
 def test_every_method_builds_with_the_language_task_and_the_grid_value(cfg):
     for name, kind in [
+        ("ga", unlearn.GradientAscent),
         ("graddiff", unlearn.GradientDifference),
         ("npo", unlearn.NegativePreferenceOptimization),
         ("wagle_graddiff", unlearn.WAGLE),
@@ -64,7 +65,8 @@ def test_a_tiny_run_writes_every_row(tmp_path):
     record = json.loads(output.read_text())
     results = record["results"]
     rows, search, frontier = results["rows"], results["search"], results["frontier"]
-    assert set(rows) == {"original", "retrain", "graddiff", "npo", "wagle_graddiff", "wagle_npo"}
+    methods = {"ga", "graddiff", "npo", "wagle_graddiff", "wagle_npo"}
+    assert set(rows) == {"original", "retrain", *methods}
     assert all(0 <= row["forget_quality"] <= 1 for row in rows.values())
     assert rows["original"]["time_fraction"] == 0 and rows["graddiff"] in frontier["graddiff"]
     assert [row["value"] for row in search["npo"]] == [row["value"] for row in frontier["npo"]]
