@@ -66,7 +66,9 @@ def measure(n: int, dim: int, repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run")
-    parser.add_argument("--out", help="JSON path (default results/trak-kernel.json)")
+    parser.add_argument(
+        "--out", help="JSON path (default results/trak-kernel.json; --quick: runs/quick/)"
+    )
     args = parser.parse_args(argv)
     settings = {**(QUICK if args.quick else FULL), "queries": QUERIES, "damping": DAMPING}
     threads = min(2, available_cores())

@@ -10,7 +10,7 @@ DMM calibration fits the overall scale afterwards). Writes ``scores/<output>.npy
 
     python -m experiments.combine_scores runs/mnist1d_mlp --files if_ekfac-train-m20 \\
         --dmm-trak 20 --output trak-ekfac-train-m20
-    python -m experiments.combine_scores runs/mnist1d_cnn --files if_ekfac-train-m20 \
+    python -m experiments.combine_scores runs/mnist1d_cnn --files if_ekfac-train-m20 \\
         --dmm-trak 20 --override experiment=mnist1d_cnn --output trak-ekfac-train-m20
 """
 

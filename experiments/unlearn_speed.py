@@ -4,7 +4,7 @@ MNIST-1D 4000/1000, MLP 40-128-128-10 trained 30 epochs; forget a random 10% (40
 batch 64. Times FT (no mask), SalUn (a 50% mask enforced every step) and RL (the same two phases
 as SalUn without a mask) against ``tda.train`` on the retain set with Adam and with the loop's SGD,
 each the median of ``--repeats`` runs on ``--threads`` intra-op threads. Writes
-``results/unlearning-loop-speed.json`` (``-quick`` with ``--quick``)::
+``results/unlearning-loop-speed.json`` (``runs/quick/`` with ``--quick``)::
 
     python -m experiments.unlearn_speed --threads 1
 """

@@ -16,8 +16,8 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
 from tda.device import on_device
-from tda.features import featurize, open_feature_store
-from tda.fingerprint import model_fingerprint
+from tda.features import featurize, open_feature_store, store_config
+from tda.fingerprint import array_fingerprint, config_fingerprint, model_fingerprint
 from tda.methods import InfluenceFunction
 from tda.models import build_model
 from tda.training import train
@@ -59,15 +59,16 @@ def main(cfg: DictConfig) -> float:
     scores = attributions.query_scores(options.values_from)  # the rest of the test set: accuracy
     curve = None
     if options.pruning_fractions:
+        values = scores.double().mean(0)  # its removals follow the values: runs keyed by them
         curve = pruning_curve(
             factory,
             noisy,
             splits.test.subset(range(len(queries), len(splits.test))),
-            scores.double().mean(0),
+            values,
             fractions=list(options.pruning_fractions),
             seeds=list(options.pruning_seeds),
             config=config,
-            workspace=run / f"pruning-{options.values_from}",  # its removals follow the values
+            workspace=run / f"pruning-{options.values_from}-{array_fingerprint(values)[:12]}",
             progress=cfg.progress,
         )
     rankings = {
@@ -123,10 +124,13 @@ class Attributions:
 
     def _trak(self):
         """TRAK on a store of this model's features: keyed by its fingerprint, since the model
-        was just retrained (bitwise the same on the CPU, not on a GPU), and shared safely by
-        jobs that train the same model (a multirun over rankings)."""
+        was just retrained (bitwise the same on the CPU, not on a GPU), and by the featurizer's
+        settings and the queries, so it is shared safely by jobs that train the same model (a
+        multirun over rankings) and a run with another projection or query count gets its own."""
         featurizer = instantiate(self.cfg.featurizer)
-        directory = self.run / f"features-{model_fingerprint(self.model)[:16]}"
+        settings = store_config(featurizer, self.cfg.shard_size)
+        key = config_fingerprint({"store": settings, "queries": self.queries.fingerprint()})
+        directory = self.run / f"features-{model_fingerprint(self.model)[:16]}-{key[:8]}"
         store = open_feature_store(directory, featurizer, self.cfg.shard_size)
         splits = {"train": self.train, "query": self.queries}
         featurize(self.model, splits, featurizer, store, checkpoint_id="final", progress=False)

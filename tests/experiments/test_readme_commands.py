@@ -67,6 +67,17 @@ def one_run_per_sweep_value(overrides: list[str]) -> list[list[str]]:
     return runs
 
 
+def multirun_overrides(overrides: list[str]) -> list[str] | None:
+    """The overrides a sweep's multirun composes its own config with, before any job: every sweep
+    left out, so a group's default option stands in for the swept ones (e.g. ``unlearner=ft``
+    under ``unlearner=rl,salun unlearner.batches=mixed``, which has no ``batches``); ``None``
+    when nothing is swept."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not any(o.is_sweep_override() for o in parsed):
+        return None
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
 COMMANDS = readme_commands()
 
 
@@ -80,6 +91,10 @@ def test_the_readme_shows_commands_for_every_kind_of_experiment():
 def test_readme_command_composes_and_resolves(script, overrides):
     assert not [token for token in overrides if "$" in token and "${" not in token]
     name = re.search(r'config_name="(\w+)"', (REPO / script).read_text()).group(1)
+    if (multirun := multirun_overrides(overrides)) is not None:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            compose(name, overrides=multirun)  # Hydra's own config of the multirun
     for run in one_run_per_sweep_value(overrides):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

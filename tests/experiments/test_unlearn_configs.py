@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 import unlearn
+from tests.experiments.entry import torch_imports_while_unlearning
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -243,3 +244,15 @@ def test_a_diverging_unlearner_is_recorded_as_such(tmp_path):
     record = _run_in_process(tmp_path, *overrides, "klom_floor=false")
     assert record["status"] == "diverged" and "diverged with every candidate" in record["error"]
     assert "average_gap" not in record and record["settings"]["unlearner"]["loop"]["epochs"] == 5
+
+
+def test_a_run_on_cached_models_times_no_one_time_start_up_of_the_process(tmp_path):
+    # Originals and oracles on disk, no proxy search: the first thing timed is an unlearning run,
+    # and torch's lazy import at the first optimiser (~1 s) must not land in it.
+    _run_in_process(tmp_path, "unlearner=ft", "klom_floor=false", "tuning.grid=[0.001]")
+    overrides = ("unlearner=retrain", "klom_floor=false", "results_name=again")
+    statements = (
+        "from pathlib import Path\nfrom tests.experiments.entry import run_entry_point\n"
+        f"run_entry_point('unlearning', Path({str(tmp_path)!r}), *{overrides!r}, base={TINY!r})"
+    )
+    assert torch_imports_while_unlearning(statements) == []

@@ -114,3 +114,22 @@ def test_other_rankings_keep_their_own_reports_and_share_the_models_features(tmp
     assert {path: path.stat().st_mtime_ns for path in store.rglob("*.npy")} == written
     for report in ("graddot-trak", "tracin-trak"):
         assert (run / report / "valuation.json").is_file()
+
+
+def test_another_projection_or_query_count_gets_its_own_features_and_pruning_runs(tmp_path):
+    # The same trained model (CPU: bitwise), other TRAK settings: no store or pruning run of the
+    # first settings may be reused (or refused), and the report equals a fresh workspace's.
+    pruning = ("valuation.pruning_fractions=[0.5]", "valuation.pruning_seeds=[0]")
+    first = ("valuation.ranking=graddot", *pruning)
+    run_entry_point("valuation", tmp_path / "shared", *first, base=BASE)
+    other = (*first, "projection_dim=32", "queries=20")
+    run_entry_point("valuation", tmp_path / "shared", *other, base=BASE)
+    run_entry_point("valuation", tmp_path / "fresh", *other, base=BASE)
+    run = tmp_path / "shared" / "valuation" / "seed-0-flip-0"
+    assert len(list(run.glob("features-*"))) == len(list(run.glob("pruning-trak-*"))) == 2
+    reports = [
+        json.loads((root / "valuation" / "seed-0-flip-0" / "graddot-trak" / "valuation.json")
+                   .read_text())
+        for root in (tmp_path / "shared", tmp_path / "fresh")
+    ]  # fmt: skip
+    assert reports[0] == reports[1]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tda.data import Examples
+from tda.datamodels import GroundTruthStore
 from tda.features import GradientFeaturizer
 from tda.methods.trak import TRAK
 from tda.models import MLP, LogisticRegression
@@ -24,6 +25,7 @@ from unlearn.predictors import (
     architecture,
     datamodel_predictor,
     select_ridge,
+    subset_logits,
     trak_predictor,
 )
 
@@ -125,6 +127,21 @@ def test_a_datamodel_store_is_reused_only_for_the_models_and_training_it_was_mad
         build(factory, config=TrainConfig(epochs=2, batch_size=4), ridge_grid=(1.0,))
     with pytest.raises(ValueError, match="different settings.*config_fingerprint"):
         build(partial(MLP, 3, (4,), 2), config=config, ridge_grid=(1.0,))
+
+
+def test_subset_logits_of_another_training_set_are_refused_by_name(tmp_path):
+    """experiments/dmm_table.py read a tiny workspace's store against the default experiment's
+    training set and failed in a reshape ("cannot reshape array of size 14400 ...")."""
+    generator = torch.Generator().manual_seed(0)
+    data = Examples(torch.randn(12, 3, generator=generator), torch.arange(12) % 2)
+    factory, config = partial(LogisticRegression, 3, 2), TrainConfig(epochs=1, batch_size=4)
+    datamodel_predictor(factory, data, config, tmp_path, count=6, alpha=0.5, ridge_grid=(1.0,))
+    store = GroundTruthStore.open(tmp_path)
+    assert subset_logits(store, data, "logits").shape == (6, 12, 2)
+    flipped = Examples(data.inputs, 1 - data.targets)  # same size, other training set
+    for other in (data.subset(range(10)), flipped):
+        with pytest.raises(ValueError, match=r"subsets of another training set \(12 examples\)"):
+            subset_logits(store, other, "margin")
 
 
 def test_ridge_selection_prefers_little_shrinkage_on_noiseless_data():

@@ -57,7 +57,19 @@ class TrainingLogits:
 
 
 def subset_logits(store: GroundTruthStore, train: Examples, output: Output) -> np.ndarray:
-    """Seed-averaged outputs ``[S, n, C]`` (logits) or ``[S, n]`` (margins) from ``store``."""
+    """Seed-averaged outputs ``[S, n, C]`` (logits) or ``[S, n]`` (margins) from ``store``.
+
+    Raises:
+        ValueError: ``store`` was retrained on subsets of another training set than ``train``.
+    """
+    if store.masks.shape[1] != len(train) or store.train_fingerprint not in (
+        None,  # a store made before training sets were recorded: its size is all there is
+        train.fingerprint(),
+    ):
+        raise ValueError(
+            f"the ground truth in {store.root} holds models retrained on subsets of another "
+            f"training set ({store.masks.shape[1]} examples) than the {len(train)} given"
+        )
     logits = store.outputs().mean(axis=1).reshape(len(store.masks), len(train), -1)
     if output == "logits":
         return logits
