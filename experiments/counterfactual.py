@@ -28,7 +28,7 @@ from tda.eval import (
     counterfactual_result,
     plan_removals,
 )
-from tda.training import weight_settings
+from tda.training import recorded_recipe, weight_settings
 
 log = logging.getLogger(__name__)
 RECIPE = ("data", "model", "train", "task")  # recorded in the store: a changed recipe is refused
@@ -56,13 +56,15 @@ def main(cfg: DictConfig) -> float | None:
     suffix = "-aligned" if cfg.aligned_batches else ""
     if cfg.aligned_batches:  # recorded only when on, so earlier stores keep their fingerprint
         recipe["aligned_batches"] = True
+    root = workspace / f"counterfactual{suffix}"
+    recorded = CounterfactualStore.open(root).config if (root / "manifest.json").is_file() else None
     store = CounterfactualStore.create_or_open(
-        workspace / f"counterfactual{suffix}",
+        root,
         n_train=len(splits.train),
         n_query=len(queries),
         query_fingerprint=queries.fingerprint(),
         train_fingerprint=splits.train.fingerprint(),
-        config=recipe,
+        config=recorded_recipe(recipe, recorded),  # an earlier store's, saved checkpoints and all
     )
     retrainer = RemovalRetrainer(
         on_device(instantiate(cfg.model), cfg.device),

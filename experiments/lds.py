@@ -34,6 +34,11 @@ def main(cfg: DictConfig) -> float:
     truth = GroundTruthStore.open(workspace / "ground_truth")
     if made["query_fingerprint"] != truth.query_fingerprint:
         raise ValueError(f"{path} scores other queries than the ground truth in {truth.root}")
+    trained_on = (truth.train_fingerprint, made.get("train_fingerprint"))  # None: unrecorded
+    if None not in trained_on and trained_on[0] != trained_on[1]:
+        raise ValueError(
+            f"{path} scores another training set than the ground truth in {truth.root}"
+        )
     outputs = truth.outputs()  # [count, n_seeds, n_query]
     result = lds(np.load(path), truth.masks, outputs)
     ceiling = noise_ceiling(outputs) if len(truth.seeds) >= 2 else None

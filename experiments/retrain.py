@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tda.datamodels import GroundTruthStore, SubsetRetrainer
 from tda.device import on_device
-from tda.training import weight_settings
+from tda.training import recorded_recipe, weight_settings
 
 log = logging.getLogger(__name__)
 RECIPE = ("data", "model", "train", "task")  # recorded in the store: a changed recipe is refused
@@ -35,12 +35,14 @@ def main(cfg: DictConfig) -> int:
     masks = instantiate(cfg.ground_truth.masks)(n_train=len(splits.train))
     recipe = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in RECIPE}
     recipe["train"] = weight_settings(recipe["train"])  # the checkpoints saved do not count
+    root = workspace / "ground_truth"
+    recorded = GroundTruthStore.open(root).config if (root / "manifest.json").is_file() else None
     store = GroundTruthStore.create_or_open(
-        workspace / "ground_truth",
+        root,
         masks,
         list(cfg.ground_truth.seeds),
         queries.fingerprint(),
-        recipe,
+        recorded_recipe(recipe, recorded),  # an earlier store's, saved checkpoints and all
         train_fingerprint=splits.train.fingerprint(),
     )
     retrainer = SubsetRetrainer(

@@ -23,6 +23,7 @@ from tda.arguments import check_positive_int
 from tda.checkpoints import Checkpoint, save_checkpoint
 from tda.data.examples import Examples
 from tda.device import seeded_rng, to_device_of
+from tda.fingerprint import config_fingerprint
 from tda.task import ClassificationTask, Task
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -76,6 +77,20 @@ def weight_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     :data:`CHECKPOINT_SETTINGS`: what decides the trained weights. Stores of retrained outputs are
     keyed by it, so that saving more or fewer checkpoints does not invalidate them."""
     return {key: value for key, value in settings.items() if key not in CHECKPOINT_SETTINGS}
+
+
+def recorded_recipe(
+    recipe: Mapping[str, Any], recorded: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The recipe to open a store of retrained outputs with: ``recorded``, the store's own, where
+    it was made before :func:`weight_settings` and differs from ``recipe`` (its ``"train"`` entry
+    already reduced by it) only in its ``"train"`` entry's :data:`CHECKPOINT_SETTINGS`, so that
+    such a store still opens; else ``recipe`` (``recorded`` is ``None``: no store yet)."""
+    train = None if recorded is None else recorded.get("train")
+    if not isinstance(train, Mapping):
+        return dict(recipe)
+    reduced = {**recorded, "train": weight_settings(train)}
+    return dict(recorded if config_fingerprint(reduced) == config_fingerprint(recipe) else recipe)
 
 
 @dataclass(frozen=True)

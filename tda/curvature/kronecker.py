@@ -30,8 +30,10 @@ length of the padding would change it). With :class:`~tda.task.LanguageModelingT
 left out (:data:`~tda.task.IGNORE_INDEX`), :math:`P` drops the padding after a causal model's last
 counted token in every layer and the ignored positions in layers that feed only their own
 position (the head), and keeps a prompt in the layers through which attention carries it to a
-later counted token. Otherwise a position drops out only where a ReLU after the layer is off in
-every output (:math:`T = 1` for an MLP).
+later counted token. Otherwise a position drops out only where its output gradient is exactly
+zero, e.g. where a ReLU after the layer is off in every output or a max-pool passes none of it
+(:math:`T = 1` for an MLP). Sampled labels are drawn per position of the padded batch, so
+another padding length draws other labels and the factors change by that sampling noise.
 An ``nn.Conv1d`` / ``nn.Conv2d`` (``groups=1``) is the same
 with :math:`a_{n,t}` the input patch under the kernel at output position :math:`t` and
 :math:`W` its weight as ``[out, in * kernel]`` (:mod:`tda.layer_positions`): the factors are then

@@ -13,6 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from tda.fingerprint import config_fingerprint
+
 REPO = Path(__file__).resolve().parents[2]
 PLAN = ["counterfactual.queries=[0,3]", "counterfactual.ks=[5,20]", "counterfactual.seeds=[7,8]"]
 
@@ -121,6 +123,28 @@ def test_the_checkpoints_saved_do_not_count_but_the_training_set_and_recipe_do(t
     runs = sorted(store.rglob("*.json"))
     stamps = {path: path.stat().st_mtime_ns for path in runs}
     run_counterfactual(tmp_path, *mine, "++train.checkpoints=2", "++train.save_initial=true")
+    assert {path: path.stat().st_mtime_ns for path in sorted(store.rglob("*.json"))} == stamps
+    with pytest.raises(ValueError, match="config_fingerprint"):  # a setting that trains otherwise
+        run_counterfactual(tmp_path, *mine, "train.epochs=3")
+
+
+def test_a_store_whose_recipe_still_holds_the_checkpoints_saved_is_reused(tmp_path):
+    """Stores made before the checkpoint settings were left out record them in their recipe
+    (``++train.checkpoints=N``, as TracIn's members are trained): the same run must reuse their
+    runs, not be refused for a recipe that differs only in them."""
+    write_scores(tmp_path)
+    mine = ("query_batch=0", "seed_batch=7")
+    saving = ("++train.checkpoints=2", "++train.save_initial=true")
+    run_counterfactual(tmp_path, *mine, *saving)
+    store = tmp_path / "counterfactual"
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["config"]["train"] |= {"checkpoints": 2, "save_initial": True}  # as written then
+    manifest["config_fingerprint"] = config_fingerprint(manifest["config"])
+    del manifest["train_fingerprint"]
+    (store / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    stamps = {path: path.stat().st_mtime_ns for path in sorted(store.rglob("*.json"))}
+    run_counterfactual(tmp_path, *mine, *saving)
+    run_counterfactual(tmp_path, *mine)
     assert {path: path.stat().st_mtime_ns for path in sorted(store.rglob("*.json"))} == stamps
     with pytest.raises(ValueError, match="config_fingerprint"):  # a setting that trains otherwise
         run_counterfactual(tmp_path, *mine, "train.epochs=3")
