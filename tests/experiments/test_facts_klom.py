@@ -13,7 +13,7 @@ from tests.experiments.entry import run_entry_point
 TINY = [
     "facts.people=8", "forget_people=2", "train.epochs=3", "seeds=[0,1]", "grid=[1e-3,1e-2]",
     "model.dim=8", "model.heads=2", "model.layers=1", "chosen.graddiff=1e-2", "chosen.npo=1e-3",
-    "chosen.wagle_graddiff=1e-3", "chosen.wagle_npo=1e-3",
+    "chosen.wagle_graddiff=1e-3", "chosen.wagle_npo=1e-3", "chosen.ga=1e-3",
 ]  # fmt: skip
 
 
@@ -22,13 +22,14 @@ def test_a_tiny_run_writes_every_row_and_a_second_run_reads_the_cache(tmp_path, 
     run_entry_point("facts_klom", tmp_path, *TINY, f"output={output}", base=["progress=false"])
     results = json.loads(output.read_text())["results"]
     rows, frontier = results["rows"], results["frontier"]
-    assert set(rows) == {"original", "retrain", "graddiff", "npo", "wagle_graddiff", "wagle_npo"}
+    methods = {"ga", "graddiff", "npo", "wagle_graddiff", "wagle_npo"}
+    assert set(rows) == {"original", "retrain", *methods}
     assert rows["graddiff"] == frontier["graddiff"][1] and rows["npo"] == frontier["npo"][0]
     assert all(row["forget"] >= 0 and len(row["retain_ci95"]) == 2 for row in rows.values())
     assert all("forget_floor" not in row for row in rows.values())
     assert 0 < rows["original"]["forget_probability"] <= 1
     cached = sorted(path.name for path in (tmp_path / "klom").iterdir())
-    assert len(cached) == 8 and cached[0].startswith("graddiff-0.001-")
+    assert len(cached) == 10 and cached[0].startswith("ga-0.001-")
     output.unlink()
 
     def unlearn_again(*args, **kwargs):
