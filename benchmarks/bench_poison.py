@@ -28,9 +28,8 @@ import torch
 from benchmarks.bench_valuation import feature_store, timed
 from benchmarks.record import (
     REPO_ROOT,
-    markdown_table,
-    mean_and_std,
-    mean_std_cell,
+    detection_summary,
+    detection_table,
     output_path,
     write_record,
 )
@@ -112,31 +111,11 @@ def run_seed(settings, splits, seed: int, workspace) -> tuple[list[dict], dict]:
 
 def summary(rows: list[dict]) -> list[dict]:
     """Mean and sample standard deviation over seeds per method."""
-    table = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        entry = {"method": method, "seeds": len(mine)}
-        columns = {f"found_at_{f}": [r["found_at"][str(f)] for r in mine] for f in FOUND_AT}
-        columns |= {"auc": [r["auc"] for r in mine], "seconds": [r["seconds"] for r in mine]}
-        for key, values in columns.items():
-            entry[key] = mean_and_std(values)
-        table.append(entry)
-    return table
+    return detection_summary(rows, {f"found_at_{f}": str(f) for f in FOUND_AT})
 
 
 def print_table(table: list[dict]) -> None:
-    header = ["method", "poisons in top 1% (%)", "in top 2% (%)", "AUC", "seconds"]
-    body = [
-        [
-            e["method"],
-            mean_std_cell(e["found_at_0.01"], 100),
-            mean_std_cell(e["found_at_0.02"], 100),
-            mean_std_cell(e["auc"], digits=3),
-            mean_std_cell(e["seconds"]),
-        ]
-        for e in table
-    ]
-    print(markdown_table(header, body))
+    print(detection_table(table, ["poisons in top 1% (%)", "in top 2% (%)"]))
 
 
 def main(argv: list[str] | None = None) -> None:

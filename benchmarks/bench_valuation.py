@@ -33,9 +33,9 @@ import torch
 
 from benchmarks.record import (
     REPO_ROOT,
+    detection_summary,
+    detection_table,
     markdown_table,
-    mean_and_std,
-    mean_std_cell,
     output_path,
     write_record,
 )
@@ -192,34 +192,11 @@ def pruning(settings, splits, first, workspace):
 
 def summary(rows: list[dict]) -> list[dict]:
     """Mean and sample standard deviation over seeds per method."""
-    table = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        entry = {"method": method, "seeds": len(mine)}
-        for key, values in (
-            ("found_at_10", [r["found_at"]["0.1"] for r in mine]),
-            ("found_at_20", [r["found_at"]["0.2"] for r in mine]),
-            ("auc", [r["auc"] for r in mine]),
-            ("seconds", [r["seconds"] for r in mine]),
-        ):
-            entry[key] = mean_and_std(values)
-        table.append(entry)
-    return table
+    return detection_summary(rows, {"found_at_10": "0.1", "found_at_20": "0.2"})
 
 
 def print_tables(table: list[dict], curve) -> None:
-    header = ["method", "found in top 10% (%)", "found in top 20% (%)", "AUC", "seconds"]
-    body = [
-        [
-            e["method"],
-            mean_std_cell(e["found_at_10"], 100),
-            mean_std_cell(e["found_at_20"], 100),
-            mean_std_cell(e["auc"], digits=3),
-            mean_std_cell(e["seconds"]),
-        ]
-        for e in table
-    ]
-    print(markdown_table(header, body))
+    print(detection_table(table, ["found in top 10% (%)", "found in top 20% (%)"]))
     if curve is not None:
         body = []
         for index, fraction in enumerate(curve.fractions):

@@ -115,3 +115,31 @@ def mean_std_cell(stat: dict[str, float | None], scale: float = 1.0, digits: int
     a standard deviation)."""
     mean = f"{scale * stat['mean']:.{digits}f}"
     return mean if stat["std"] is None else f"{mean} ± {scale * stat['std']:.{digits}f}"
+
+
+def detection_summary(rows: Sequence[dict], found_at: dict[str, str]) -> list[dict]:
+    """Per method (in order of appearance), the :func:`mean_and_std` over its seeds' rows of each
+    ``found_at`` share (summary key -> the row's ``found_at`` key), the AUC and the seconds."""
+    table = []
+    for method in dict.fromkeys(row["method"] for row in rows):
+        mine = [row for row in rows if row["method"] == method]
+        columns = {key: [row["found_at"][at] for row in mine] for key, at in found_at.items()}
+        columns |= {name: [row[name] for row in mine] for name in ("auc", "seconds")}
+        entry = {"method": method, "seeds": len(mine)}
+        table.append(entry | {key: mean_and_std(values) for key, values in columns.items()})
+    return table
+
+
+def detection_table(table: Sequence[dict], found_header: Sequence[str]) -> str:
+    """A :func:`detection_summary` as Markdown: the found shares in percent, AUC and seconds."""
+    found = [key for key in table[0] if key.startswith("found_at_")] if table else []
+    body = [
+        [
+            entry["method"],
+            *(mean_std_cell(entry[key], 100) for key in found),
+            mean_std_cell(entry["auc"], digits=3),
+            mean_std_cell(entry["seconds"]),
+        ]
+        for entry in table
+    ]
+    return markdown_table(["method", *found_header, "AUC", "seconds"], body)
