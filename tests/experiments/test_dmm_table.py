@@ -33,6 +33,18 @@ def test_goal_check_compares_dmm_with_each_listed_baseline_and_oracle_matching()
     assert not goal_check(found, time_fraction=0.12)["within_10pct_time"]
 
 
+def test_goal_check_counts_a_tie_up_to_rounding_as_no_win():
+    found = {
+        "dmm-trak-m20": _record(10.0 - 1e-14),
+        "dmm-oracle": _record(6.0),
+        "ft": _record(10.0),
+        "ga": _record(9.0 + 1e-3),
+    }
+    assert goal_check(found)["beats"] == {"ft": False, "ga": False}
+    found["dmm-trak-m20"] = _record(9.0)
+    assert goal_check(found)["beats"] == {"ft": True, "ga": True}
+
+
 def test_meta_table_marks_the_oracle_and_missing_runs():
     quality = {"dmm-trak-m1": {"lds": 0.1}, "dmm-trak-m20": {"lds": 0.2}}
     runs = {"class": {"dmm-trak-m1": _record(9.0), "dmm-oracle": _record(5.0)}}
