@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 import unlearn
 from benchmarks.record import markdown_table, write_record
 from experiments.run_records import read_run
-from experiments.unlearning import build_unlearner, search_grid, settings_of, warm_up_process
+from experiments.unlearning import build_unlearner, search_grid, settings_of
 from tda.device import on_device
+from tda.timing import warm_up_torch
 from unlearn.predictors import Calibration
 
 
@@ -88,7 +89,7 @@ def main() -> None:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     torch.set_num_threads(1)
-    warm_up_process()  # else the first run's first unlearning carries the process's start-up
+    warm_up_torch()  # else the first run's first unlearning carries the process's start-up
     results = {run: measure(args.workspace, run, args.repeats) for run in args.runs}
     rows = [
         [

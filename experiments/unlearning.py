@@ -34,6 +34,7 @@ import unlearn
 from tda.atomic import write_bytes_atomic
 from tda.describe import describe
 from tda.device import on_device, resolve_device
+from tda.timing import warm_up_torch
 from tda.versions import package_versions
 
 
@@ -41,7 +42,7 @@ from tda.versions import package_versions
 def main(cfg: DictConfig) -> float:
     """Run the benchmark; returns the average gap to the oracles (inf if unlearning diverged)."""
     torch.set_num_threads(cfg.threads)
-    warm_up_process()
+    warm_up_torch()
     workspace = Path(to_absolute_path(cfg.workspace))
     splits, forget_set = instantiate(cfg.data), instantiate(cfg.forget)
     factory, config = on_device(instantiate(cfg.model), cfg.device), instantiate(cfg.train)
@@ -87,16 +88,6 @@ def main(cfg: DictConfig) -> float:
     _write(cfg, workspace, record)
     journal.clear()
     return report["average_gap"]
-
-
-def warm_up_process() -> None:
-    """Pay the process's one-time start-up before any clock runs: torch imports ``torch._dynamo``
-    (about 1 s) when the first optimiser is built, which would otherwise be timed as part of the
-    first oracle's retraining or the first unlearning run (cached models and no proxy search)."""
-    parameter = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.SGD([parameter], lr=0.0)
-    parameter.sum().backward()
-    optimizer.step()  # the first step's own lazy imports too
 
 
 def _write(cfg: DictConfig, workspace: Path, record: dict) -> None:

@@ -26,6 +26,7 @@ from tda.data.examples import Examples
 from tda.ensemble import load_member, member_directory, train_ensemble
 from tda.fingerprint import array_fingerprint
 from tda.task import ClassificationTask, Task
+from tda.timing import warm_up_torch
 from tda.training import TrainConfig
 from unlearn.forget_sets import forget_request
 from unlearn.methods.base import ForgetSplit
@@ -92,6 +93,7 @@ def load_or_train_oracles(
     for seed in seeds:
         record = _seconds_file(directory, seed)
         trained_before = _finished(member_directory(directory, seed), config)
+        warm_up_torch()
         start = time.perf_counter()
         members = train_ensemble(
             model_factory, retain, config, [seed], directory, task=task, progress=False

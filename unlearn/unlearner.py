@@ -23,6 +23,7 @@ from torch import nn
 from tda.data.examples import Examples, as_examples
 from tda.describe import describe, qualified_name
 from tda.fingerprint import model_fingerprint
+from tda.timing import warm_up_torch
 from unlearn.audit import AuditRecord
 from unlearn.masks import Mask, check_mask, describe_mask
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
@@ -112,6 +113,7 @@ class Unlearner:
         _check_request(request, self.method, model_before, train, data_before)
         mask = check_mask(model, self.mask) if self.mask is not None else None
         split = ForgetSplit.of(_on_model(model, train), request, train_fingerprint=data_before)
+        warm_up_torch()
         start = time.perf_counter()
         unlearned = copy.deepcopy(model)
         if not request.is_empty:
