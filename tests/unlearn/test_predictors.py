@@ -15,7 +15,7 @@ from tda.projection import DenseProjector
 from tda.store import FeatureStore
 from tda.training import TrainConfig
 from tests.unlearn.reference import FACTORY
-from unlearn import ForgetSplit, UnlearningRequest
+from unlearn import ForgetSplit, UnlearningRequest, load_or_train_oracles
 from unlearn.predictors import (
     DatamodelPredictor,
     OraclePredictor,
@@ -201,6 +201,26 @@ def test_oracle_predictor_reads_the_oracle_of_the_request_seed(tmp_path, mnist, 
     second = predictor.targets(trained, examples, positions, split, seed=1)
     assert torch.equal(first, third) and not torch.equal(first, second)
     assert architecture(FACTORY()) == predictor.scope.architecture
+
+
+def test_oracle_predictor_of_a_follow_up_request_is_retrained_without_earlier_removals(
+    tmp_path, mnist, trained
+):
+    """The oracle of a follow-up request is trained on its R: without F and without what earlier
+    requests removed (it was trained without F only, putting those examples back)."""
+    config = TrainConfig(epochs=1, batch_size=32)
+    predictor = OraclePredictor(FACTORY, mnist, config, first_seed=7, count=1, root=tmp_path)
+    request = UnlearningRequest(
+        range(20, 30), train_size=len(mnist.train), previously_forgotten=range(20)
+    )
+    split = ForgetSplit.of(mnist.train, request)
+    positions = np.arange(30, 35)
+    examples = mnist.train.subset(positions)
+    targets = predictor.targets(trained, examples, positions, split, seed=0)
+    retrained = load_or_train_oracles(
+        FACTORY, mnist.train, np.arange(30), config, [7], tmp_path / "reference"
+    ).models[0]
+    torch.testing.assert_close(targets, retrained(examples.inputs).detach())
 
 
 def test_oracle_predictor_leaves_its_cached_oracles_and_the_global_rng_as_they_were(

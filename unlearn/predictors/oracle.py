@@ -75,20 +75,28 @@ class OraclePredictor:
         return {"output": self.output, "seeds": self.seeds, "root": str(self.root)}
 
     def prepare(self, forget_indices: np.ndarray) -> None:
+        """Train or load the oracles ahead of time.
+
+        Args:
+            forget_indices: every example the oracles are trained without: for a follow-up
+                request, its forget set and what earlier requests removed (``S \\ R``).
+        """
         self._models(forget_indices)
 
-    def _models(self, forget_indices: np.ndarray) -> list[nn.Module]:
-        forget = np.sort(np.asarray(forget_indices, dtype=np.int64))
-        key = array_fingerprint(forget)
+    def _models(self, removed: np.ndarray) -> list[nn.Module]:
+        removed = np.sort(np.asarray(removed, dtype=np.int64))
+        key = array_fingerprint(removed)
         if key not in self._oracles:
             group = load_or_train_oracles(
-                self.model_factory, self._train, forget, self.config, self.seeds, self.root
+                self.model_factory, self._train, removed, self.config, self.seeds, self.root
             )
             self._oracles = {key: group.models}
         return self._oracles[key]
 
     def targets(self, model, examples, positions, split, *, seed) -> Tensor:
-        oracle = self._models(split.forget_indices)[seed % len(self.seeds)]
+        # retrained on R: without F and without what earlier requests on the model removed
+        removed = np.setdiff1d(np.arange(len(self._train)), split.retain_indices)
+        oracle = self._models(removed)[seed % len(self.seeds)]
         return model_outputs(_like(oracle, model), examples, self.output)
 
 
