@@ -113,6 +113,25 @@ def test_datamodels_recover_a_linear_truth():
     )
 
 
+def test_a_ridge_set_in_place_takes_effect_as_the_audit_says():
+    """The ridge's inverse was computed once at construction: a ridge set afterwards was
+    recorded in the audit but the effect kept the old one."""
+    generator = np.random.default_rng(1)
+    masks = generator.random((40, 6)) < 0.5
+    outputs = masks @ generator.normal(size=(6, 6)) + 0.1 * generator.normal(size=(40, 6))
+    scope = PredictorScope(6)
+    predictor = DatamodelPredictor(scope, "margin", masks=masks, outputs=outputs, ridge=1.0)
+    forget = np.array([0, 3])
+    predictor.forget_effect(forget)
+    predictor.ridge = 100.0
+    fresh = DatamodelPredictor(scope, "margin", masks=masks, outputs=outputs, ridge=100.0)
+    torch.testing.assert_close(predictor.forget_effect(forget), fresh.forget_effect(forget))
+    assert predictor.audit_description()["ridge"] == 100.0
+    predictor.ridge = 0.0
+    with pytest.raises(ValueError, match="ridge must be positive"):
+        predictor.forget_effect(forget)
+
+
 def test_a_datamodel_store_is_reused_only_for_the_models_and_training_it_was_made_with(tmp_path):
     """The store of subset logits was keyed by the subsets alone: another epoch count or another
     architecture silently read the first recipe's logits."""

@@ -144,24 +144,31 @@ class DatamodelPredictor(ShiftPredictor):
         _check_finite_masks(masks)
         if (outputs.ndim == 3) != (self.output == "logits"):
             raise ValueError(f"{self.output} outputs have the wrong rank: {outputs.shape}")
-        if self.ridge <= 0:
-            raise ValueError(f"ridge must be positive, got {self.ridge}")
         self._masks_c = _centred(masks)
         self._outputs_c = _centred(outputs)
-        self._inverse = _ridge_inverse(self._masks_c, self.ridge)
+        self._inverses: dict[float, Tensor] = {}
+        self._inverse()  # a bad ridge is refused now
 
     def settings(self) -> dict:
         return {"subsets": len(self._masks_c), "ridge": self.ridge}
 
+    def _inverse(self) -> Tensor:
+        """The regularised inverse for the current ``ridge`` (set in place, it takes effect)."""
+        if not 0 < self.ridge < float("inf"):
+            raise ValueError(f"ridge must be positive and finite, got {self.ridge}")
+        if self.ridge not in self._inverses:
+            self._inverses = {self.ridge: _ridge_inverse(self._masks_c, self.ridge)}
+        return self._inverses[self.ridge]
+
     def effect(self, forget_indices: np.ndarray) -> Tensor:
-        weights = self._inverse @ self._masks_c[:, torch.as_tensor(forget_indices)].sum(dim=1)
+        weights = self._inverse() @ self._masks_c[:, torch.as_tensor(forget_indices)].sum(dim=1)
         return torch.tensordot(weights, self._outputs_c, dims=1)
 
     def margin_scores(self) -> Tensor:
         """Datamodel weights as scores ``[n_query, n_train]`` (margin output only)."""
         if self.output != "margin":
             raise ValueError("margin_scores needs a margin predictor")
-        return (self._masks_c.T @ self._inverse @ self._outputs_c).T
+        return (self._masks_c.T @ self._inverse() @ self._outputs_c).T
 
 
 def _store_recipe(shape: str, config: TrainConfig) -> dict[str, Any]:
