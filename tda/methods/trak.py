@@ -51,7 +51,8 @@ class TRAK:
         damping: relative ridge :math:`\\lambda` (fraction of the mean diagonal of ΦᵀΦ). The
             default 0.1 was chosen on a pilot MNIST-1D ground truth (40 subsets, one seed) that
             the benchmark does not reuse; 0 reproduces the reference ``traker`` package.
-        gauss_newton: weight the kernel by the loss curvature (see the module docstring).
+        gauss_newton: weight the kernel by the loss curvature (see the module docstring);
+            classification features only (a store of another task is refused).
     """
 
     damping: float = 0.1
@@ -71,6 +72,8 @@ class TRAK:
 
         A fit that raises leaves the attributor as it was.
         """
+        if self.gauss_newton:
+            _check_curvature_task(store)
         resolved = resolve_checkpoints(store, checkpoints)
         weights = [store.load(c, split, "out_to_loss").astype(np.float64) for c in resolved]
         kernels = {
@@ -184,6 +187,18 @@ def _group_columns(group: Sequence[int], n_train: int, split: str) -> np.ndarray
             f"of {n_train} examples"
         )
     return columns
+
+
+def _check_curvature_task(store: FeatureStore) -> None:
+    """``Q(1 - Q)`` is the loss curvature in the output only for classification (``Q = 1 - p``);
+    a language model's token-mean NLL is linear in its output (``Q = 1/T_c``)."""
+    task = store.config.get("task")
+    if task is not None and task != "ClassificationTask":
+        raise ValueError(
+            f"gauss_newton=True weights the kernel by p(1 - p), the cross-entropy's curvature in "
+            f"the margin; the store's features are of task {task}, whose Q(1 - Q) is no "
+            "curvature: use gauss_newton=False"
+        )
 
 
 def _score_dtype(store: FeatureStore, checkpoint_id: str, split: str) -> torch.dtype:

@@ -10,7 +10,7 @@ from tda.grads import per_sample_gradients
 from tda.methods import TRAK, DampedKernel, GradientSimilarity
 from tda.models import MLP, build_model
 from tda.projection import DenseProjector, IdentityProjector
-from tda.task import ClassificationTask
+from tda.task import ClassificationTask, LanguageModelingTask
 
 TASK = ClassificationTask()
 
@@ -221,6 +221,15 @@ def test_gauss_newton_trak_weights_the_kernel_by_the_loss_curvature(tmp_path, pr
         TRAK(damping=0.1, gauss_newton=True).fit(store).score_group("query", group),
         torch.from_numpy(expected[:, group].sum(axis=1)),
     )
+
+
+def test_gauss_newton_trak_refuses_features_of_a_task_without_that_curvature(tmp_path):
+    """Q(1 - Q) is p(1 - p) only for classification; a language model's Q = 1/T_c gave sequences
+    with one counted token a zero weight (they dropped out of the kernel)."""
+    featurizer = GradientFeaturizer(IdentityProjector(), task=LanguageModelingTask())
+    store = open_feature_store(tmp_path, featurizer)
+    with pytest.raises(ValueError, match="task LanguageModelingTask"):
+        TRAK(gauss_newton=True).fit(store)
 
 
 @pytest.mark.parametrize("gauss_newton", [False, True])
