@@ -159,9 +159,14 @@ class EmpiricalNTK:
         width = self.feature_width(model, num_outputs)
         rows = n_right if square else n_left
         chunk = min(self.chunk_size, max(n_left, n_right))
-        transient = chunk * (num_outputs * p + width) * element
+        transient = chunk * (self._gradient_width(num_outputs, p) + width) * element
         kernel = rows * n_right * 8 if (square or n_left) else 0
         return n_right * width * element + kernel + transient
+
+    def _gradient_width(self, num_outputs: int, p: int) -> int:
+        """Gradient values per example in a chunk: the ``[C, p]`` Jacobian for the trace NTK,
+        one ``p``-gradient of the summed logits for the pseudo NTK."""
+        return num_outputs * p if self.kind == "trace" else p
 
     def check_memory(
         self, model: nn.Module, inputs: Tensor, n_left: int, n_right: int, square: bool = False
@@ -181,7 +186,8 @@ class EmpiricalNTK:
         rows = n_right if square else n_left
         kernel = rows * n_right * 8 if (square or n_left) else 0
         chunk = min(self.chunk_size, max(n_left, n_right))
-        room = self.memory_limit_bytes - kernel - chunk * num_outputs * p * element
+        gradients = self._gradient_width(num_outputs, p)
+        room = self.memory_limit_bytes - kernel - chunk * gradients * element
         per_column = (n_right + chunk) * (num_outputs if self.kind == "trace" else 1) * element
         largest_k = room // per_column if room > 0 else 0
         shape = f"{rows} x {n_right}" if kernel else f"{n_right} examples"
@@ -194,7 +200,7 @@ class EmpiricalNTK:
         return (
             f"the {self.kind} NTK of {shape} would need {_size(needed)} "
             f"({n_right} x {width} features of {element} bytes, a {_size(kernel)} kernel, "
-            f"chunks of {chunk} x {num_outputs} x {p} gradients), above memory_limit_bytes = "
+            f"chunks of {chunk} x {gradients} gradient values), above memory_limit_bytes = "
             f"{_size(self.memory_limit_bytes)}. Options: {advice}; a smaller chunk_size; or "
             "fewer examples (split the query set and call once per part)."
         )

@@ -116,6 +116,18 @@ def test_too_large_kernel_is_refused_with_size_and_way_out(tiny_mlp, tiny_data):
     assert small.matrix(tiny_mlp, tiny_data.inputs).shape == (20, 20)
 
 
+def test_the_pseudo_ntk_is_charged_one_gradient_per_example_not_a_jacobian(tiny_mlp, tiny_data):
+    """The pseudo NTK takes one gradient of the summed logits per example: charged a [C, p]
+    Jacobian per example, it was refused at about 1/C of the size it fits in."""
+    ntk = EmpiricalNTK("pseudo", chunk_size=4, memory_limit_bytes=10_000)
+    with pytest.raises(KernelTooLargeError, match="chunks of 4 x 83 gradient values") as error:
+        ntk.matrix(tiny_mlp, tiny_data.inputs)
+    assert error.value.required_bytes == 20 * 83 * 8 + 20 * 20 * 8 + 4 * (83 + 83) * 8
+    largest = int(str(error.value).split("dim <= ")[1].split(" ")[0])
+    small = EmpiricalNTK("pseudo", DenseProjector(largest), chunk_size=4, memory_limit_bytes=10_000)
+    assert small.matrix(tiny_mlp, tiny_data.inputs).shape == (20, 20)
+
+
 def test_kernel_alone_too_large_says_fewer_examples(tiny_mlp, tiny_data):
     ntk = EmpiricalNTK("trace", DenseProjector(2), memory_limit_bytes=1_000)
     with pytest.raises(KernelTooLargeError, match="kernel alone .*fewer examples"):
