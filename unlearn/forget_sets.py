@@ -16,6 +16,7 @@ Each type is a small frozen dataclass with three calls:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,6 +58,23 @@ def _sample(pool: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(pool, size=count, replace=False))
 
 
+def _distinct_draws(pool: np.ndarray, size: int, first_seed: int, count: int) -> list[ForgetSet]:
+    """``count`` different draws of ``size`` from ``pool``, with seeds ``first_seed, ...``; a draw
+    that repeats an earlier one is skipped for the next seed (a repeated proxy would count twice
+    in the average of the proxy scores)."""
+    if count > math.comb(len(pool), size):
+        raise ValueError(
+            f"{count} different proxy forget sets of {size} do not exist among {len(pool)} "
+            "retained examples"
+        )
+    drawn: dict[tuple[int, ...], None] = {}
+    seed = first_seed
+    while len(drawn) < count:
+        drawn.setdefault(tuple(_sample(pool, size, seed).tolist()))
+        seed += 1
+    return [IndexForgetSet(positions) for positions in drawn]
+
+
 @dataclass(frozen=True)
 class IndexForgetSet:
     """Forget sets given by their positions (e.g. a user's list, or a random set's proxy).
@@ -89,13 +107,12 @@ class IndexForgetSet:
         return self.proxies(train, 1)[0]
 
     def proxies(self, train: Examples, count: int) -> list[ForgetSet]:
-        """Draws with seeds ``1 .. count`` from the rest."""
+        """Different draws from the rest, with seeds ``1 .. count`` (a repeat takes the next)."""
         _check_count(count)
         rest = np.setdiff1d(np.arange(len(train)), self.indices(train))
         if len(self.positions) > len(rest) - 1:
             raise ValueError(f"the retain set of {len(rest)} is too small for a proxy")
-        size = len(self.positions)
-        return [IndexForgetSet(tuple(_sample(rest, size, s).tolist())) for s in range(1, count + 1)]
+        return _distinct_draws(rest, len(self.positions), 1, count)
 
     def evaluation_test(self, test: Examples) -> Examples:
         return test
@@ -131,14 +148,14 @@ class RandomForgetSet:
         return self.proxies(train, 1)[0]
 
     def proxies(self, train: Examples, count: int) -> list[ForgetSet]:
-        """Draws with seeds ``seed + 1 .. seed + count`` from the retain set."""
+        """Different draws from the retain set, with seeds ``seed + 1 .. seed + count`` (a
+        repeat takes the next seed)."""
         _check_count(count)
         retain = np.setdiff1d(np.arange(len(train)), self.indices(train))
         size = self._count(train)
         if size > len(retain) - 1:
             raise ValueError(f"the retain set of {len(retain)} is too small for a proxy of {size}")
-        seeds = range(self.seed + 1, self.seed + count + 1)
-        return [IndexForgetSet(tuple(_sample(retain, size, s).tolist())) for s in seeds]
+        return _distinct_draws(retain, size, self.seed + 1, count)
 
     def evaluation_test(self, test: Examples) -> Examples:
         return test

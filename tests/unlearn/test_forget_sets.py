@@ -103,6 +103,18 @@ def test_several_proxies_are_distinct_disjoint_from_f_and_start_with_the_proxy(l
         ClassForgetSet(8).proxies(labelled, 10)
 
 
+def test_proxies_from_a_small_retain_set_never_repeat_and_too_many_are_refused():
+    """Each proxy was drawn with its own seed and nothing stopped two draws from being the same
+    set (here 4 proxies of 1 among 5 retained examples repeated one)."""
+    six = Examples(torch.zeros(6, 2), torch.zeros(6, dtype=torch.long))
+    for forget_set in (IndexForgetSet((0,)), RandomForgetSet(0.1, seed=0)):
+        drawn = [proxy.positions for proxy in forget_set.proxies(six, 5)]
+        assert len(set(drawn)) == 5
+        assert drawn[0] == forget_set.proxy(six).positions
+        with pytest.raises(ValueError, match="6 different proxy forget sets of 1 do not exist"):
+            forget_set.proxies(six, 6)
+
+
 def test_forget_request_binds_the_model_and_data(labelled, tiny_mlp):
     chosen = ClassForgetSet(2).indices(labelled)
     request = forget_request(chosen, labelled, seed=5, model=tiny_mlp)
