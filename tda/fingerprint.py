@@ -20,10 +20,14 @@ def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(str(tuple(tensor.shape)).encode())
-        # reshape(-1): ``view(uint8)`` refuses 0-dim tensors (BatchNorm's num_batches_tracked)
-        flat = tensor.reshape(-1)
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(_raw_bytes(tensor))
     return digest.hexdigest()
+
+
+def _raw_bytes(tensor: torch.Tensor) -> bytes:
+    """The bytes of a contiguous CPU tensor of any dtype, bfloat16 included."""
+    # reshape(-1): ``view(uint8)`` refuses 0-dim tensors (BatchNorm's num_batches_tracked)
+    return tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
 
 
 def model_fingerprint(model: nn.Module | Mapping[str, torch.Tensor]) -> str:
@@ -33,16 +37,32 @@ def model_fingerprint(model: nn.Module | Mapping[str, torch.Tensor]) -> str:
 
 
 def array_fingerprint(*arrays: np.ndarray | torch.Tensor) -> str:
-    """SHA-256 over dtypes, shapes and bytes of arrays (e.g. a data set's inputs and targets)."""
+    """SHA-256 over dtypes, shapes and bytes of arrays (e.g. a data set's inputs and targets).
+
+    A tensor is hashed as the numpy array it converts to; one of a dtype numpy lacks
+    (``torch.bfloat16``, the float8 types) by its torch dtype name, shape and raw bytes. So a
+    float32 tensor and its numpy array share a fingerprint, and the fingerprints of numpy dtypes
+    are the same as before bfloat16 was supported.
+    """
     digest = hashlib.sha256()
     for array in arrays:
-        if isinstance(array, torch.Tensor):
-            array = array.detach().cpu().numpy()
-        array = np.ascontiguousarray(array)
-        digest.update(str(array.dtype).encode())
-        digest.update(str(array.shape).encode())
-        digest.update(array.tobytes())
+        dtype, shape, data = _array_parts(array)
+        digest.update(dtype.encode())
+        digest.update(str(shape).encode())
+        digest.update(data)
     return digest.hexdigest()
+
+
+def _array_parts(array: np.ndarray | torch.Tensor) -> tuple[str, tuple[int, ...], bytes]:
+    """The dtype name, shape and bytes that :func:`array_fingerprint` hashes."""
+    if isinstance(array, torch.Tensor):
+        tensor = array.detach().cpu()
+        try:
+            array = tensor.numpy()
+        except TypeError:  # "unsupported ScalarType": numpy has no such dtype
+            return str(tensor.dtype), tuple(tensor.shape), _raw_bytes(tensor.contiguous())
+    array = np.ascontiguousarray(array)
+    return str(array.dtype), array.shape, array.tobytes()
 
 
 def config_fingerprint(config: Mapping[str, Any]) -> str:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -152,12 +153,18 @@ def _featurize_split(
         batch = seeded(model, *_rows(examples, start, shard_size))
         features = batch.features.detach().to("cpu", storage_dtype or batch.features.dtype)
         _check_storable(features, batch.features, split, index)
-        arrays = {  # the store keeps a bfloat16 tensor as raw words: numpy has no bfloat16
-            "features": features if features.dtype == torch.bfloat16 else features.numpy(),
-            "out_to_loss": batch.out_to_loss.detach().cpu().numpy(),
+        arrays = {
+            "features": _storable(features),
+            "out_to_loss": _storable(batch.out_to_loss.detach().cpu()),  # bf16 for a bf16 model
         }
         store.write_shard(checkpoint_id, split, index, start, arrays)
     return len(todo)
+
+
+def _storable(tensor: torch.Tensor) -> np.ndarray | torch.Tensor:
+    """A CPU tensor as numpy, but a bfloat16 one as is: the store keeps it as raw words, as
+    numpy has no bfloat16."""
+    return tensor if tensor.dtype == torch.bfloat16 else tensor.numpy()
 
 
 def _check_storable(stored: torch.Tensor, computed: torch.Tensor, split: str, index: int) -> None:

@@ -234,3 +234,22 @@ def test_features_beyond_float16_are_refused_not_stored_as_infinity(tmp_path, ti
     assert not store.has_shard("c", "train", 0)
     store_as(torch.bfloat16)
     assert np.isfinite(store.load("c", "train")).all()
+
+
+@pytest.mark.parametrize("featurizer_class", ["gradient", "kronecker"])
+def test_a_bfloat16_model_on_bfloat16_data_is_featurized(
+    tmp_path, tiny_mlp, tiny_data, featurizer_class
+):
+    model = tiny_mlp.to(torch.bfloat16)  # its out_to_loss is bfloat16 too, which numpy lacks
+    data = type(tiny_data)(tiny_data.inputs.bfloat16(), tiny_data.targets)
+    featurizer = (
+        GradientFeaturizer(DenseProjector(16))
+        if featurizer_class == "gradient"
+        else KroneckerFeaturizer(dim=8)
+    )
+    store = open_feature_store(tmp_path, featurizer, shard_size=8)
+    featurize(model, {"train": data}, featurizer, store, checkpoint_id="c", progress=False)
+    full = featurizer.with_seed(derive_seed(0, "c"))(model, data.inputs, data.targets)
+    assert full.out_to_loss.dtype == torch.bfloat16  # kept as raw words, loaded as float32
+    for name, computed in (("features", full.features), ("out_to_loss", full.out_to_loss)):
+        np.testing.assert_array_equal(store.load("c", "train", name), computed.float().numpy())
