@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from tda.device import seeded_rng
+
+if TYPE_CHECKING:
+    from tda.data.examples import Examples
 
 
 class MLP(nn.Sequential):
@@ -63,3 +67,11 @@ def build_model(factory: Callable[[], nn.Module], seed: int, dtype: torch.dtype 
     with seeded_rng(seed):
         model = factory()
     return model.to(dtype)
+
+
+def model_dtype(data: Examples) -> torch.dtype:
+    """The dtype to :func:`build_model` in for training on ``data``: that of floating inputs
+    (a float32 model cannot take float64 inputs); float32, ``build_model``'s default, for integer
+    inputs (token ids), as a module cannot be cast to an integer dtype."""
+    dtype = data.inputs.dtype
+    return dtype if dtype.is_floating_point else torch.float32

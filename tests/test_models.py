@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from tda.models import CNN1d
+from tda.data import Examples
+from tda.models import CNN1d, model_dtype
 
 
 @pytest.mark.parametrize("kernel_size", [2, 3, 4, 5, 6])
@@ -18,3 +19,16 @@ def test_cnn1d_head_fits_every_kernel_size_and_length(kernel_size, length):
 def test_cnn1d_with_an_odd_kernel_keeps_its_head_width():
     assert CNN1d(length=40, channels=32, kernel_size=5).head.in_features == 32 * 10
     assert CNN1d(length=41, channels=2, kernel_size=3).head.in_features == 2 * 11
+
+
+@pytest.mark.parametrize(
+    ("inputs", "expected"),
+    [
+        (torch.zeros(2, 3, dtype=torch.float64), torch.float64),
+        (torch.zeros(2, 3, dtype=torch.bfloat16), torch.bfloat16),
+        (torch.zeros(2, 3), torch.float32),
+        (torch.zeros(2, 3, dtype=torch.long), torch.float32),  # token ids: no module dtype
+    ],
+)
+def test_models_are_built_in_the_dtype_of_floating_inputs(inputs, expected):
+    assert model_dtype(Examples(inputs, torch.zeros(2, dtype=torch.long))) == expected

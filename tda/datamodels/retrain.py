@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from tda.data.examples import Examples
-from tda.models import build_model
+from tda.models import build_model, model_dtype
 from tda.outputs import task_outputs
 from tda.task import ClassificationTask, Task
 from tda.training import TrainConfig, train_on
@@ -25,7 +25,8 @@ class SubsetRetrainer:
     """Train ``model_factory()`` on ``train_data[mask]`` with ``seed``; return query outputs.
 
     Args:
-        model_factory: builds an untrained model; its initial weights are drawn from the seed.
+        model_factory: builds an untrained model; its initial weights are drawn from the seed,
+            and it is cast to :func:`tda.models.model_dtype` (that of floating inputs).
         train_data: the full training set the masks index.
         queries: examples whose outputs are recorded.
         config: training settings (the same as the attributed model's, so the ground truth
@@ -44,7 +45,7 @@ class SubsetRetrainer:
 
     def __call__(self, mask: np.ndarray, seed: int) -> np.ndarray:
         mask = boolean_mask(mask, len(self.train_data))
-        model = build_model(self.model_factory, seed)
+        model = build_model(self.model_factory, seed, dtype=model_dtype(self.train_data))
         train_on(
             model,
             self.train_data,

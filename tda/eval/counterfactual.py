@@ -24,7 +24,6 @@ plans the runs and retrains; :mod:`tda.eval.counterfactual_summary` summarises t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Integral
@@ -35,15 +34,14 @@ from torch import nn
 
 from tda.data.examples import Examples
 from tda.datamodels.retrain import boolean_mask
-from tda.models import build_model
+from tda.models import build_model, model_dtype
 from tda.outputs import logits_of
+from tda.shards import check_name
 from tda.task import ClassificationTask, Task
 from tda.training import TrainConfig, train_on
 
 RANDOM = "random"
 """Name of the control removal: ``k`` uniformly random training examples."""
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,8 @@ class RemovalRetrainer:
     """Train ``model_factory()`` (initialised from the seed) on the kept examples; measure queries.
 
     Args:
-        model_factory: builds an untrained model.
+        model_factory: builds an untrained model, cast to :func:`tda.models.model_dtype`
+            (that of floating inputs).
         train_data: the full training set that ``keep`` masks index.
         queries: the query set (all of it; a removal reads its own query).
         config: the training recipe of the attributed models.
@@ -82,7 +81,7 @@ class RemovalRetrainer:
 
     def __call__(self, keep: np.ndarray, seed: int) -> QueryOutcomes:
         keep = boolean_mask(keep, len(self.train_data))
-        model = build_model(self.model_factory, seed)
+        model = build_model(self.model_factory, seed, dtype=model_dtype(self.train_data))
         train_on(
             model,
             self.train_data,
@@ -130,7 +129,9 @@ def plan_removals(
         queries: Rows of ``scores`` (positions in the query set) to evaluate.
         ks: Numbers of examples to remove, each in ``[1, n_train)``.
         seeds: Retraining seeds.
-        method: Name of the attribution (a file-name-safe word other than ``"random"``).
+        method: Name of the attribution, other than ``"random"``: letters, digits, ``_``, ``-``
+            and ``.``, not starting with ``.`` (:class:`CounterfactualStore` names a directory
+            after it).
         random_seed: Seed of the random control.
 
     Returns:
@@ -182,10 +183,9 @@ def _checked_plan(queries, ks, seeds, method, n_query, n_train):
         if not all(isinstance(v, Integral) and not isinstance(v, bool) for v in values):
             raise TypeError(f"{name} must be integers, got {list(values)}")
     queries, ks, seeds = ([int(v) for v in values] for values in (queries, ks, seeds))
-    if not _NAME.match(method) or method == RANDOM:
-        raise ValueError(
-            f"method must be a file-name-safe word other than {RANDOM!r}, got {method!r}"
-        )
+    check_name("method", method)  # the store's rule: a removal's directory is named after it
+    if method == RANDOM:
+        raise ValueError(f"method must be a name other than {RANDOM!r}, the control's")
     for name, values in (("queries", queries), ("ks", ks), ("seeds", seeds)):
         if not values or len(set(values)) != len(values):
             raise ValueError(f"{name} must be non-empty and distinct, got {values}")

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from tda.atomic import write_bytes_atomic
 from tda.data.examples import Examples
 from tda.describe import describe
-from tda.models import build_model
+from tda.models import build_model, model_dtype
 from tda.outputs import accuracy
 from tda.task import ClassificationTask, Task
 from tda.training import TrainConfig, train
@@ -179,20 +179,13 @@ def _run(model_factory, train_data, test_data, removed, seed, config, task, path
             )
         return float(record["accuracy"])
     keep = np.setdiff1d(np.arange(len(train_data)), removed)
-    model = build_model(model_factory, seed, dtype=_model_dtype(train_data))
+    model = build_model(model_factory, seed, dtype=model_dtype(train_data))
     model = train(model, train_data.subset(keep), config, seed=seed, task=task).model
     result = accuracy(model, test_data)
     if path is not None:
         record = {**identity, "accuracy": result, "n_removed": len(removed)}
         write_bytes_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
     return result
-
-
-def _model_dtype(train_data: Examples) -> torch.dtype:
-    """The inputs' dtype for floating inputs; for integer inputs (token ids), float32, the
-    default of :func:`tda.models.build_model`: a module cannot be cast to an integer dtype."""
-    dtype = train_data.inputs.dtype
-    return dtype if dtype.is_floating_point else torch.float32
 
 
 def _record_path(workspace, strategy: str, fraction: float, seed: int) -> Path | None:

@@ -6,8 +6,10 @@ import torch
 
 from tda.data import Examples
 from tda.datamodels import SubsetRetrainer, sample_subsets
-from tda.models import LogisticRegression
-from tda.training import TrainConfig
+from tda.models import LogisticRegression, build_model
+from tda.outputs import task_outputs
+from tda.task import ClassificationTask
+from tda.training import TrainConfig, train_on
 
 
 def retrainer(aligned_batches=False):
@@ -42,3 +44,24 @@ def test_zero_one_masks_train_on_the_same_examples_as_boolean_masks(aligned_batc
 def test_malformed_masks_are_refused(mask, message):
     with pytest.raises(ValueError, match=message):
         retrainer()(mask, 0)
+
+
+@pytest.mark.parametrize("aligned_batches", [False, True])
+def test_float64_data_trains_a_float64_model_as_direct_training_does(aligned_batches):
+    # the model was built in float32 whatever the data: its first forward pass failed
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(20, 3, generator=generator, dtype=torch.float64)
+    data = Examples(inputs, (inputs[:, 0] > 0).long())
+    config = TrainConfig(epochs=2, batch_size=5)
+    retrain = SubsetRetrainer(
+        lambda: LogisticRegression(3, 2),
+        data,
+        data.subset(range(4)),
+        config,
+        aligned_batches=aligned_batches,
+    )
+    mask = sample_subsets(20, 0.5, 1, seed=0)[0]
+    model = build_model(lambda: LogisticRegression(3, 2), 1, dtype=torch.float64)
+    train_on(model, data, mask, config, 1, ClassificationTask(), aligned_batches)
+    expected = task_outputs(model, ClassificationTask(), data.subset(range(4))).numpy()
+    np.testing.assert_array_equal(retrain(mask, 1), expected)

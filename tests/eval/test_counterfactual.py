@@ -95,7 +95,9 @@ def test_plan_removes_the_top_k_and_nested_seeded_random_sets():
         ({"queries": []}, "non-empty"),
         ({"queries": [2]}, r"lie in \[0, 2\)"),
         ({"method": RANDOM}, "other than"),
-        ({"method": "../trak"}, "file-name-safe"),
+        ({"method": "../trak"}, "method '../trak' is not valid"),
+        ({"method": "trak+if"}, r"method 'trak\+if' is not valid"),  # the store refused it
+        ({"method": ".trak"}, "method '.trak' is not valid"),
     ],
 )
 def test_bad_plans_are_refused(overrides, message):
@@ -388,3 +390,18 @@ def test_removal_retrainer_reads_a_zero_one_keep_mask_as_booleans():
         np.testing.assert_array_equal(outcomes.predictions, expected.predictions)
     with pytest.raises(ValueError, match="boolean or hold only 0 and 1"):
         retrain(np.full(200, 2), 0)
+
+
+def test_removal_retrainer_trains_a_float64_model_on_float64_data():
+    # the model was built in float32 whatever the data: its first forward pass failed
+    train_data, queries = planted_problem()
+    train_data = Examples(train_data.inputs.double(), train_data.targets)
+    queries = Examples(queries.inputs.double(), queries.targets)
+    config = TrainConfig(epochs=2, batch_size=32)
+    retrain = RemovalRetrainer(lambda: LogisticRegression(9, 3), train_data, queries, config)
+    keep = np.ones(200, dtype=bool)
+    keep[:10] = False
+    model = build_model(lambda: LogisticRegression(9, 3), 0, dtype=torch.float64)
+    model = train(model, train_data.subset(keep), config, seed=0).model
+    expected = task_outputs(model, ClassificationTask(), queries).numpy()
+    np.testing.assert_array_equal(retrain(keep, 0).outputs, expected)
