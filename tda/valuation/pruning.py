@@ -9,8 +9,9 @@ initialisation and shuffling seed :math:`s` (a paired comparison):
 
 Fraction 0 (the full data) is trained once per seed and shared by both curves. Each run is
 written atomically to ``workspace/<strategy>-<fraction>-seed<s>.json`` and skipped when it is
-already there, so an interrupted curve resumes; a run recorded for other data or another
-removal set is refused. Intervals are Student-t intervals of the mean over seeds.
+already there, so an interrupted curve resumes; a run recorded for another model (architecture
+or initial weights), other data, another removal set or other training settings is refused.
+Intervals are Student-t intervals of the mean over seeds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 from tda.atomic import write_bytes_atomic
 from tda.data.examples import Examples
 from tda.describe import describe
+from tda.fingerprint import model_fingerprint
 from tda.models import build_model, model_dtype
 from tda.outputs import accuracy
 from tda.task import ClassificationTask, Task
@@ -162,7 +164,9 @@ def pruning_curve(
 
 def _run(model_factory, train_data, test_data, removed, seed, config, task, path) -> float:
     """Test accuracy of a model trained without ``removed``; read from or written to ``path``."""
+    model = build_model(model_factory, seed, dtype=model_dtype(train_data))
     identity = {
+        "initial_model": model_fingerprint(model),  # the architecture and its seeded weights
         "train": train_data.fingerprint(),
         "test": test_data.fingerprint(),
         "removed": hashlib.sha256(np.sort(removed).astype(np.int64).tobytes()).hexdigest(),
@@ -174,12 +178,11 @@ def _run(model_factory, train_data, test_data, removed, seed, config, task, path
         record = json.loads(path.read_text())
         if {key: record.get(key) for key in identity} != identity:
             raise ValueError(
-                f"{path} records a run on other data, another removal set or other training "
-                "settings; use another workspace for these values"
+                f"{path} records a run of another model, on other data, another removal set or "
+                "other training settings; use another workspace for these values"
             )
         return float(record["accuracy"])
     keep = np.setdiff1d(np.arange(len(train_data)), removed)
-    model = build_model(model_factory, seed, dtype=model_dtype(train_data))
     model = train(model, train_data.subset(keep), config, seed=seed, task=task).model
     result = accuracy(model, test_data)
     if path is not None:

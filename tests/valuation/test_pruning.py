@@ -1,12 +1,14 @@
 """Pruning curves: removal sets, pairing, intervals and resuming from a workspace."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import t as student_t
 
 from tda.data import Examples
-from tda.models import LogisticRegression, build_model
+from tda.models import MLP, LogisticRegression, build_model
 from tda.outputs import accuracy
 from tda.training import TrainConfig, train
 from tda.valuation import PruningCurve, pruning_curve, removal_order, removed_count
@@ -54,23 +56,28 @@ def test_curve_shapes_and_shared_full_data(problem):
     np.testing.assert_array_equal(again.accuracy["value"], curve.accuracy["value"])
 
 
-def test_resume_reads_records_and_refuses_other_values(problem, tmp_path):
+def test_resume_reads_records_and_refuses_other_values(problem, tmp_path, monkeypatch):
     train_data, test_data = problem
     values = torch.linspace(-1, 1, 40)
     options = {"fractions": (0.5,), "seeds": (3,), "config": CONFIG, "workspace": tmp_path}
     first = pruning_curve(factory, train_data, test_data, values, **options)
     assert len(list(tmp_path.glob("*.json"))) == 3  # full, value and random at 0.5
 
-    def never():
+    def never(*args, **kwargs):
         raise AssertionError("a recorded run was trained again")
 
-    resumed = pruning_curve(never, train_data, test_data, values, **options)
+    monkeypatch.setattr("tda.valuation.pruning.train", never)
+    resumed = pruning_curve(factory, train_data, test_data, values, **options)
     np.testing.assert_array_equal(resumed.accuracy["random"], first.accuracy["random"])
     with pytest.raises(ValueError, match="another removal set"):
-        pruning_curve(never, train_data, test_data, -values, **options)
+        pruning_curve(factory, train_data, test_data, -values, **options)
     longer = {**options, "config": TrainConfig(epochs=4, batch_size=16)}
     with pytest.raises(ValueError, match="other training settings"):
-        pruning_curve(never, train_data, test_data, values, **longer)
+        pruning_curve(factory, train_data, test_data, values, **longer)
+    # another architecture read the first one's accuracies
+    wider = partial(MLP, 2, (8,), 2)
+    with pytest.raises(ValueError, match="another model"):
+        pruning_curve(wider, train_data, test_data, values, **options)
 
 
 class TokenClassifier(torch.nn.Module):
