@@ -111,16 +111,31 @@ def check_state_fits(source: str, state: dict[str, torch.Tensor], model: nn.Modu
         raise ValueError(f"{source} does not fit this model: {'; '.join(differences)}")
 
 
-def load_checkpoint(checkpoint: Checkpoint, model: nn.Module) -> nn.Module:
-    """Load ``checkpoint`` into ``model`` (same architecture and dtype) after verifying its
-    fingerprint; ``model`` is left unchanged when anything does not match.
+def read_checkpoint(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """``checkpoint``'s state, verified against its recorded fingerprint.
 
     Raises:
-        ValueError: the architecture or dtype does not match or the file does not match its record.
+        ValueError: the file does not match its record.
     """
     state = load_file(str(checkpoint.path))
     if model_fingerprint(state) != checkpoint.fingerprint:
         raise ValueError(f"checkpoint {checkpoint.path} does not match its recorded fingerprint")
+    return state
+
+
+def load_checkpoint(
+    checkpoint: Checkpoint, model: nn.Module, state: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """Load ``checkpoint`` into ``model`` (same architecture and dtype) after verifying its
+    fingerprint; ``model`` is left unchanged when anything does not match.
+
+    Args:
+        state: the checkpoint's state if already read (:func:`read_checkpoint`).
+
+    Raises:
+        ValueError: the architecture or dtype does not match or the file does not match its record.
+    """
+    state = read_checkpoint(checkpoint) if state is None else state
     check_state_fits(f"checkpoint {checkpoint.path}", state, model)
     model.load_state_dict(state, strict=True)
     return model

@@ -19,10 +19,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tda.atomic import write_bytes_atomic
-from tda.checkpoints import Checkpoint, list_checkpoints, load_checkpoint
+from tda.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, read_checkpoint
 from tda.data.examples import Examples
 from tda.describe import describe
-from tda.models import build_model
+from tda.models import build_model, model_dtype
 from tda.task import ClassificationTask, Task
 from tda.training import TrainConfig, train
 
@@ -68,7 +68,7 @@ def train_ensemble(
         _claim(directory, recipe, config)
         saved = _finished(directory, config)
         if saved is None:
-            model = build_model(model_factory, seed)
+            model = build_model(model_factory, seed, dtype=model_dtype(data))
             saved = train(
                 model, data, config, seed=seed, task=task, checkpoint_dir=directory
             ).checkpoints
@@ -99,5 +99,11 @@ def _claim(directory: Path, recipe: dict[str, object], config: TrainConfig) -> N
 
 
 def load_member(model_factory: Callable[[], nn.Module], checkpoint: Checkpoint) -> nn.Module:
-    """A fresh model holding ``checkpoint``'s weights (verified against its fingerprint)."""
-    return load_checkpoint(checkpoint, model_factory()).eval()
+    """A fresh model holding ``checkpoint``'s weights (verified against its fingerprint), in the
+    floating dtype they were saved in (a member trained on float64 data is float64)."""
+    state = read_checkpoint(checkpoint)
+    model = model_factory()
+    floating = {value.dtype for value in state.values() if value.is_floating_point()}
+    if len(floating) == 1:
+        model = model.to(floating.pop())
+    return load_checkpoint(checkpoint, model, state).eval()

@@ -7,7 +7,7 @@ import torch
 
 from tda.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from tda.data import Examples, load_mnist1d
-from tda.ensemble import train_ensemble
+from tda.ensemble import load_member, train_ensemble
 from tda.fingerprint import model_fingerprint
 from tda.models import MLP, CNN1d, build_model
 from tda.training import CHECKPOINT_SETTINGS, TrainConfig, train, weight_settings
@@ -210,6 +210,19 @@ def test_an_ensemble_member_with_its_start_is_finished_only_when_trained(data, t
     again = train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
     assert again[0] == members[0]  # finished: listed, not retrained
     assert [c.path.stat().st_mtime_ns for c in again[0]] == stamps
+
+
+def test_an_ensemble_on_float64_data_trains_and_loads_float64_members(data, tmp_path):
+    """Members were built float32 whatever the data: float64 inputs failed at the first step."""
+    double = Examples(data.train.inputs[:200].double(), data.train.targets[:200])
+    config = TrainConfig(epochs=1, batch_size=50)
+    members = train_ensemble(MLP, double, config, [0], tmp_path, progress=False)
+    member = load_member(MLP, members[0][-1])
+    assert all(p.dtype == torch.float64 for p in member.parameters())
+    expected = train(build_model(MLP, 0, dtype=torch.float64), double, config, seed=0).model
+    assert model_fingerprint(member) == model_fingerprint(expected)
+    single = train_ensemble(MLP, data.train, config, [0], tmp_path / "single", progress=False)
+    assert next(load_member(MLP, single[0][-1]).parameters()).dtype == torch.float32
 
 
 def test_an_ensemble_member_trained_on_other_data_or_settings_is_refused(data, tmp_path):

@@ -10,10 +10,10 @@ from tda.data import Examples
 from tda.datamodels import GroundTruthStore
 from tda.features import GradientFeaturizer
 from tda.methods.trak import TRAK
-from tda.models import MLP, LogisticRegression
+from tda.models import MLP, LogisticRegression, build_model
 from tda.projection import DenseProjector
 from tda.store import FeatureStore
-from tda.training import TrainConfig
+from tda.training import TrainConfig, train
 from tests.unlearn.reference import FACTORY
 from unlearn import ForgetSplit, UnlearningRequest, load_or_train_oracles
 from unlearn.predictors import (
@@ -21,6 +21,7 @@ from unlearn.predictors import (
     OraclePredictor,
     PredictorScope,
     ScoresPredictor,
+    TrainingLogits,
     TRAKPredictor,
     architecture,
     datamodel_predictor,
@@ -130,6 +131,20 @@ def test_a_ridge_set_in_place_takes_effect_as_the_audit_says():
     predictor.ridge = 0.0
     with pytest.raises(ValueError, match="ridge must be positive"):
         predictor.forget_effect(forget)
+
+
+def test_training_logits_of_float64_data_come_from_a_float64_model():
+    """The subset model was built float32 whatever the data: float64 inputs failed."""
+    generator = torch.Generator().manual_seed(0)
+    data = Examples(
+        torch.randn(12, 3, generator=generator, dtype=torch.float64), torch.arange(12) % 2
+    )
+    config = TrainConfig(epochs=2, batch_size=4)
+    mask = np.arange(12) < 8
+    logits = TrainingLogits(partial(LogisticRegression, 3, 2), data, config)(mask, seed=1)
+    model = build_model(partial(LogisticRegression, 3, 2), 1, dtype=torch.float64)
+    model = train(model, data.subset(np.flatnonzero(mask)), config, seed=1).model
+    np.testing.assert_array_equal(logits, model(data.inputs).detach().reshape(-1).numpy())
 
 
 def test_a_datamodel_store_is_reused_only_for_the_models_and_training_it_was_made_with(tmp_path):

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tda.data.examples import Examples
 from tda.datamodels import GroundTruthStore, sample_subsets
 from tda.describe import describe
-from tda.models import build_model
+from tda.models import build_model, model_dtype
 from tda.outputs import logits_of
 from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
@@ -51,7 +51,7 @@ class TrainingLogits:
     config: TrainConfig
 
     def __call__(self, mask: np.ndarray, seed: int) -> np.ndarray:
-        model = build_model(self.model_factory, seed)
+        model = build_model(self.model_factory, seed, dtype=model_dtype(self.train))
         train(model, self.train.subset(np.asarray(mask)), self.config, seed=seed)
         return logits_of(model, self.train).double().reshape(-1).numpy()
 
