@@ -142,18 +142,41 @@ def _from_hugging_face(dataset, input_column: str, target_column: str) -> Exampl
     return Examples(inputs, _integer_targets(table[target_column]))
 
 
+def _from_arrays(inputs: np.ndarray | Tensor, targets: np.ndarray | Tensor) -> Examples:
+    if len(inputs) != len(targets):
+        raise ValueError(
+            f"inputs and targets differ in length: {len(inputs)} inputs, {len(targets)} targets"
+        )
+    if len(inputs) == 0:
+        raise ValueError("the data set is empty")
+    return Examples(torch.as_tensor(inputs), _integer_targets(targets))
+
+
+def _is_array_pair(data: Any) -> bool:
+    """``(inputs, targets)``: a tuple of two arrays (scikit-learn's ``X, y``), not a sequence
+    of two ``(input, target)`` pairs."""
+    arrays = (np.ndarray, torch.Tensor)
+    return (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and all(isinstance(a, arrays) and a.ndim >= 1 for a in data)
+    )
+
+
 def as_examples(data: Any, input_column: str = "input", target_column: str = "label") -> Examples:
     """Convert user data to :class:`Examples`.
 
     Args:
-        data: ``Examples``; a Hugging Face ``datasets.Dataset``; a torch ``DataLoader``; or any
-            torch ``Dataset`` / sequence of ``(input, target)`` pairs.
+        data: ``Examples``; a tuple ``(inputs, targets)`` of two arrays or tensors (e.g.
+            scikit-learn's ``X, y``; dtypes kept); a Hugging Face ``datasets.Dataset``; a torch
+            ``DataLoader``; or any torch ``Dataset`` / sequence of ``(input, target)`` pairs.
         input_column: Hugging Face column holding inputs.
         target_column: Hugging Face column holding integer targets.
 
     Raises:
         ValueError: the data is empty, the named columns do not exist, or a target is not an
-            integer (a float target must be whole: 2.0 reads as class 2, 0.7 is refused).
+            integer (a float target must be whole: 2.0 reads as class 2, 0.7 is refused), or
+            ``(inputs, targets)`` arrays differ in length.
     """
     if isinstance(data, Examples):
         return data
@@ -161,6 +184,8 @@ def as_examples(data: Any, input_column: str = "input", target_column: str = "la
         return _from_hugging_face(data, input_column, target_column)
     if isinstance(data, DataLoader):
         return _from_loader(data)
+    if _is_array_pair(data):
+        return _from_arrays(*data)
     if isinstance(data, Dataset) or isinstance(data, Sequence):
         return _from_pairs(data[i] for i in range(len(data)))
     raise TypeError(f"cannot read examples from {type(data).__name__}")

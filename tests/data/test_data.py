@@ -71,8 +71,14 @@ def test_adapters_agree_for_dataset_loader_and_hugging_face():
     from_loader = as_examples(DataLoader(TensorDataset(inputs, targets), batch_size=3))
     table = datasets.Dataset.from_dict({"x": inputs.numpy(), "label": targets.numpy()})
     from_hf = as_examples(table, input_column="x", target_column="label")
-    for converted in (from_dataset, from_loader, from_hf):
+    from_arrays = as_examples((inputs.numpy(), targets.numpy()))  # scikit-learn's X, y
+    from_tensors = as_examples((inputs, targets))
+    for converted in (from_dataset, from_loader, from_hf, from_arrays, from_tensors):
         assert converted.fingerprint() == expected.fingerprint()
+    with pytest.raises(ValueError, match="differ in length: 8 inputs, 7 targets"):
+        as_examples((inputs, targets[:7]))
+    pairs = ((inputs[0], targets[0]), (inputs[1], targets[1]))  # two (input, target) pairs
+    assert as_examples(pairs).fingerprint() == expected.subset([0, 1]).fingerprint()
     with pytest.raises(ValueError, match="columns"):
         as_examples(table, input_column="pixels")
     with pytest.raises(ValueError, match="empty"):
@@ -89,6 +95,7 @@ def test_fractional_or_text_targets_are_refused_by_every_adapter():
         TensorDataset(inputs, fractional),
         DataLoader(TensorDataset(inputs, fractional), batch_size=3),
         table,
+        (inputs.numpy(), fractional.numpy()),
     ):
         with pytest.raises(ValueError, match="target 2.7.* of example 2 is not an integer class"):
             as_examples(data)
