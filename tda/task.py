@@ -29,7 +29,8 @@ class Task(Protocol):
         ...
 
     def out_to_loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        """:math:`Q = \\partial \\ell / \\partial f` at the example (TRAK's diagonal weight)."""
+        """:math:`Q = -\\partial \\ell / \\partial f` at the example (TRAK's diagonal weight;
+        ``1 - p`` for cross-entropy and the margin)."""
         ...
 
 

@@ -105,7 +105,9 @@ def _current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def _epoch(model, task, data, config, optimizer, generator, keep) -> tuple[int, float]:
+def _epoch(
+    model, task, data, config, optimizer, generator, keep, *, epoch: int, first_step: int
+) -> tuple[int, float]:
     order = torch.randperm(len(data), generator=generator).to(data.inputs.device)
     steps, lr_sum = 0, 0.0
     for start in range(0, len(data), config.batch_size):
@@ -118,8 +120,8 @@ def _epoch(model, task, data, config, optimizer, generator, keep) -> tuple[int, 
         loss = task.loss(model(inputs), targets).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"training loss became {float(loss.detach())} at step {steps}: the run diverged, "
-                "or a target lies outside the model's classes"
+                f"training loss became {float(loss.detach())} at step {first_step + steps + 1} "
+                f"(epoch {epoch}): the run diverged, or a target lies outside the model's classes"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -195,7 +197,9 @@ def train(
     model.train()
     with seeded_rng(seed):
         for epoch in tqdm(range(1, config.epochs + 1), desc="train", disable=not progress):
-            steps, lr_sum = _epoch(model, task, data, config, optimizer, generator, keep)
+            steps, lr_sum = _epoch(
+                model, task, data, config, optimizer, generator, keep, epoch=epoch, first_step=step
+            )
             step, segment_steps, segment_lr = (
                 step + steps,
                 segment_steps + steps,

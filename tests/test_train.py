@@ -10,6 +10,7 @@ from tda.data import Examples, load_mnist1d
 from tda.ensemble import load_member, train_ensemble
 from tda.fingerprint import model_fingerprint
 from tda.models import MLP, CNN1d, build_model
+from tda.task import ClassificationTask
 from tda.training import CHECKPOINT_SETTINGS, TrainConfig, train, weight_settings
 
 CONFIG = TrainConfig(epochs=4, batch_size=32, checkpoints=2)
@@ -323,9 +324,27 @@ def test_a_non_finite_loss_names_its_step(data):
     inputs[5, 0] = float("nan")
     poisoned = type(data.train)(inputs, data.train.targets)
     order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(2))
-    step = int((order == 5).nonzero()[0, 0]) // CONFIG.batch_size
-    with pytest.raises(FloatingPointError, match=f"training loss became nan at step {step}: "):
+    step = int((order == 5).nonzero()[0, 0]) // CONFIG.batch_size + 1
+    message = f"training loss became nan at step {step} \\(epoch 1\\): "
+    with pytest.raises(FloatingPointError, match=message):
         train(build_model(MLP, 0), poisoned, CONFIG, seed=2)
+
+
+def test_a_non_finite_loss_in_a_later_epoch_names_its_step_from_the_start(data):
+    """The step restarted at 0 every epoch, unlike the checkpoints' step count."""
+
+    class FailsOnStep(ClassificationTask):
+        calls = 0
+
+        def loss(self, logits, target):
+            FailsOnStep.calls += 1
+            loss = super().loss(logits, target)
+            return loss * float("nan") if FailsOnStep.calls == 15 else loss
+
+    per_epoch = -(-len(data.train) // CONFIG.batch_size)  # 10 steps of 32 for 300 examples
+    assert per_epoch == 10
+    with pytest.raises(FloatingPointError, match=r"nan at step 15 \(epoch 2\)"):
+        train(build_model(MLP, 0), data.train, CONFIG, seed=2, task=FailsOnStep())
 
 
 def test_a_target_outside_the_classes_stops_training_at_its_step(data):
@@ -333,7 +352,7 @@ def test_a_target_outside_the_classes_stops_training_at_its_step(data):
     targets[5] = -1  # cross-entropy would otherwise read it as a class-less logsumexp
     mislabelled = type(data.train)(data.train.inputs, targets)
     order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(2))
-    step = int((order == 5).nonzero()[0, 0]) // CONFIG.batch_size
-    message = f"loss became nan at step {step}: .* a target lies outside the model's classes"
+    step = int((order == 5).nonzero()[0, 0]) // CONFIG.batch_size + 1
+    message = f"loss became nan at step {step} .*: .* a target lies outside the model's classes"
     with pytest.raises(FloatingPointError, match=message):
         train(build_model(MLP, 0), mislabelled, CONFIG, seed=2)
