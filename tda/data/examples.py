@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
 from tda.fingerprint import array_fingerprint
 
@@ -121,7 +121,24 @@ def _from_pairs(pairs) -> Examples:
     return Examples(_stack(inputs), _integer_targets(_stack(targets)))
 
 
+def _check_in_order(loader: DataLoader) -> None:
+    """Refuse a loader that would hand over a different order (shuffling) or drop examples:
+    training sets are identified by their content in order, and positions index them."""
+    iterable = isinstance(loader.dataset, IterableDataset)  # yields in its own order
+    if not iterable and not isinstance(loader.sampler, SequentialSampler):
+        raise ValueError(
+            f"the data loader draws examples with a {type(loader.sampler).__name__}, so every read "
+            "would give another order; pass its dataset, or a loader without shuffling"
+        )
+    if loader.drop_last:
+        raise ValueError(
+            "the data loader drops its last partial batch (drop_last=True), which would lose "
+            "examples; pass its dataset, or a loader with drop_last=False"
+        )
+
+
 def _from_loader(loader: DataLoader) -> Examples:
+    _check_in_order(loader)
     if loader.batch_sampler is None:  # batch_size=None: the loader yields single examples
         return _from_pairs(loader)
     batches = [(torch.as_tensor(x), torch.as_tensor(y)) for x, y in map(_pair, loader)]

@@ -85,6 +85,19 @@ def test_adapters_agree_for_dataset_loader_and_hugging_face():
         as_examples(TensorDataset(inputs[:0], targets[:0]))
 
 
+def test_a_shuffling_or_dropping_loader_is_refused():
+    """A shuffling loader gave another order (and fingerprint) on every read and moved the global
+    random state; drop_last lost the last partial batch."""
+    dataset = TensorDataset(torch.arange(20.0).reshape(10, 2), torch.arange(10) % 3)
+    state = torch.random.get_rng_state()
+    with pytest.raises(ValueError, match="draws examples with a RandomSampler"):
+        as_examples(DataLoader(dataset, batch_size=4, shuffle=True))
+    with pytest.raises(ValueError, match="drop_last=True"):
+        as_examples(DataLoader(dataset, batch_size=4, drop_last=True))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert len(as_examples(DataLoader(dataset, batch_size=4))) == 10
+
+
 def test_fractional_or_text_targets_are_refused_by_every_adapter():
     import datasets
 
