@@ -75,11 +75,21 @@ def row(name: str, record: dict) -> list[str]:
     return [
         name,
         attributor,
-        str(len(made["checkpoints"])) if "checkpoints" in made else "-",
+        member_count(made),
         f"{lds['mean']:.3f} [{lds['ci_low']:.3f}, {lds['ci_high']:.3f}]",
         f"{ceiling['mean']:.3f}" if ceiling else "-",
         _seconds(made),
     ]
+
+
+def member_count(made: dict) -> str:
+    """How many models the scores average over: ``members`` as score.py records it, else the
+    distinct members (``seed-<s>``) of the checkpoints read (a member may have several)."""
+    if "members" in made:
+        return str(len(made["members"]))
+    if "checkpoints" in made:
+        return str(len({checkpoint.split(".")[0] for checkpoint in made["checkpoints"]}))
+    return "-"
 
 
 def _seconds(made: dict) -> str:

@@ -57,6 +57,7 @@ def main(cfg: DictConfig) -> str:
     record = {
         "attributor": OmegaConf.to_container(cfg.attributor, resolve=True),
         **inputs,
+        "members": sorted(int(seed) for seed in saved),
         "shape": list(scores.shape),
         "query_split": cfg.query_split,
         "architecture": architecture(instantiate(cfg.model)()),

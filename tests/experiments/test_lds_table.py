@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from experiments.lds_table import collect, main
+from experiments.lds_table import collect, main, member_count
 
 TRUTH = {"alpha": 0.5, "subsets": 100, "seeds": [0, 1, 2]}
 
@@ -53,6 +53,14 @@ def test_the_table_names_each_attributor_its_parameters_and_members(tmp_path, mo
     assert written["ground_truth"] == TRUTH and list(written["runs"]) == names
     assert "settings" not in written["runs"]["all"]
     assert written["runs"]["head"]["run_command"][-1] == "scores_name=head"
+
+
+def test_members_count_models_not_their_checkpoints():
+    """TracIn and Source read 5 checkpoints of each of 5 members: the column said 25."""
+    trajectory = [f"seed-{s}.epoch-{e:04d}" for s in range(5) for e in (2, 4, 6, 8, 10)]
+    assert member_count({"checkpoints": trajectory}) == "5"
+    assert member_count({"checkpoints": trajectory, "members": [0, 1, 2, 3, 4, 5]}) == "6"
+    assert member_count({}) == "-"
 
 
 def test_missing_records_and_other_ground_truths_are_refused(tmp_path):

@@ -128,6 +128,7 @@ def test_tracin_scores_equal_the_library_over_every_checkpoint(workspace, data):
     assert made["checkpoints"] == [
         f"seed-{seed}.epoch-000{epoch}" for seed in (0, 1) for epoch in (0, 1, 2)
     ]
+    assert made["members"] == [0, 1]  # two models, six checkpoints
     assert "featurizer" not in made
 
 
