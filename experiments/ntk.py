@@ -2,9 +2,13 @@
 
 python experiments/ntk.py experiment=tiny
 python experiments/ntk.py -m ntk/kernel=trace,pseudo,trace_projected,pseudo_projected
+
+Each job writes ``${workspace}/results/ntk-<kernel>-<machine>[-k<dim>]-seed<s>.json`` with its
+settings, versions and command.
 """
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -12,13 +16,14 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tda.atomic import write_json
 from tda.device import on_device
 from tda.models import build_model
 from tda.ntk import NTKSurrogate
 from tda.training import train
+from tda.versions import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ def main(cfg: DictConfig) -> float:
     report = surrogate.faithfulness(splits.test.subset(range(min(cfg.queries, len(splits.test)))))
     seconds = time.perf_counter() - start
     choices = HydraConfig.get().runtime.choices
-    name = f"ntk-{choices['ntk/kernel']}-{choices['ntk/machine']}"
+    name = _record_name(cfg, choices)
     log.info("%s: %s (%.1f s)", name, report, seconds)
     results = Path(to_absolute_path(cfg.workspace)) / "results"
     results.mkdir(parents=True, exist_ok=True)
@@ -46,9 +51,22 @@ def main(cfg: DictConfig) -> float:
         "kernel": choices["ntk/kernel"],
         "machine": choices["ntk/machine"],
         "projection_dim": cfg.projection_dim,
+        "model_seed": cfg.model_seed,
+        "settings": OmegaConf.to_container(cfg, resolve=True),
+        "versions": package_versions("tda-unlearn", "torch", "numpy", "scikit-learn", "mnist1d"),
+        "command": [sys.executable, *sys.argv],
+        "overrides": list(HydraConfig.get().overrides.task),
     }
     write_json(results / f"{name}.json", record)
     return report.kendall_tau
+
+
+def _record_name(cfg: DictConfig, choices) -> str:
+    """``ntk-<kernel>-<machine>[-k<dim>]-seed<s>``: one file per job of a sweep over kernels,
+    machines, projection sizes (projected kernels only) or model seeds."""
+    kernel = choices["ntk/kernel"]
+    size = f"-k{cfg.projection_dim}" if kernel.endswith("_projected") else ""
+    return f"ntk-{kernel}-{choices['ntk/machine']}{size}-seed{cfg.model_seed}"
 
 
 if __name__ == "__main__":
