@@ -3,9 +3,10 @@
 Model ``s`` is trained from seed ``s`` into ``root/seed-<s>/``; its checkpoints enter a feature
 store as ``seed-<s>.<checkpoint id>`` (e.g. ``seed-3.epoch-0030``). A model whose final checkpoint
 exists is not trained again. Beside its directory, ``seed-<s>.recipe.json`` records what it is
-trained on and how (the training set's fingerprint, the training settings, the task); a member
-found under another recipe is refused rather than reused. (Members trained before recipes were
-recorded have none, and are reused unchecked.)
+trained on and how (the training set's fingerprint, the training settings, the task, the model's
+architecture and initial weights); a member found under another recipe is refused rather than
+reused. (Members trained before recipes were recorded have none, and are reused unchecked; a
+recipe recorded before the model was is checked on what it records.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tda.atomic import write_bytes_atomic
 from tda.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, read_checkpoint
 from tda.data.examples import Examples
 from tda.describe import describe
+from tda.fingerprint import model_fingerprint
 from tda.models import build_model, model_dtype
 from tda.task import ClassificationTask, Task
 from tda.training import TrainConfig, train
@@ -59,16 +61,16 @@ def train_ensemble(
     """Train one model per seed (skipping finished ones); returns each seed's checkpoints.
 
     Raises:
-        ValueError: a member directory records another training set, settings or task.
+        ValueError: a member directory records another training set, settings, task or model.
     """
     members = {}
     recipe = _member_recipe(data, config, task)
     for seed in tqdm(list(seeds), desc="train models", disable=not progress):
         directory = member_directory(root, seed)
-        _claim(directory, recipe, config)
+        model = build_model(model_factory, seed, dtype=model_dtype(data))
+        _claim(directory, {**recipe, "model": _model_recipe(model)}, config)
         saved = _finished(directory, config)
         if saved is None:
-            model = build_model(model_factory, seed, dtype=model_dtype(data))
             saved = train(
                 model, data, config, seed=seed, task=task, checkpoint_dir=directory
             ).checkpoints
@@ -82,12 +84,19 @@ def _member_recipe(data: Examples, config: TrainConfig, task: Task) -> dict[str,
     return {"data": data.fingerprint(), "settings": describe(config), "task": describe(task)}
 
 
+def _model_recipe(model: nn.Module) -> dict[str, str]:
+    """The untrained member: its architecture (modules and their settings, so that e.g. another
+    activation differs) and its initial weights' fingerprint (e.g. another seeding or width)."""
+    return {"architecture": repr(model), "initial": model_fingerprint(model)}
+
+
 def _claim(directory: Path, recipe: dict[str, object], config: TrainConfig) -> None:
-    """Record ``recipe`` for a new member; refuse a member recorded under another one."""
+    """Record ``recipe`` for a new member; refuse a member recorded under another one (compared
+    on the entries recorded: a recipe from before the model was recorded still opens)."""
     path = directory.with_name(f"{directory.name}.recipe.json")
     if path.is_file():
         found = json.loads(path.read_text())
-        differing = sorted(key for key in recipe if found.get(key) != recipe[key])
+        differing = sorted(key for key in recipe if key in found and found[key] != recipe[key])
         if differing:
             raise ValueError(
                 f"{directory} holds a member trained with other {' and '.join(differing)} "

@@ -25,6 +25,9 @@ class CausalSelfAttention(nn.Module):
         self.query, self.key, self.value = (nn.Linear(dim, dim) for _ in range(3))
         self.out = nn.Linear(dim, dim)
 
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}"  # the repr names the architecture (ensemble recipes)
+
     def _split(self, x: Tensor) -> Tensor:  # [B, T, dim] -> [B, heads, T, dim / heads]
         batch, length, dim = x.shape
         return x.reshape(batch, length, self.heads, dim // self.heads).transpose(1, 2)

@@ -1,3 +1,4 @@
+import json
 from dataclasses import replace
 from functools import partial
 
@@ -10,8 +11,9 @@ from tda.data import Examples, load_mnist1d
 from tda.ensemble import load_member, train_ensemble
 from tda.fingerprint import model_fingerprint
 from tda.models import MLP, CNN1d, build_model
-from tda.task import ClassificationTask
+from tda.task import ClassificationTask, LanguageModelingTask
 from tda.training import CHECKPOINT_SETTINGS, TrainConfig, train, weight_settings
+from tda.transformer import CausalTransformer
 
 CONFIG = TrainConfig(epochs=4, batch_size=32, checkpoints=2)
 POSITION = {
@@ -242,6 +244,60 @@ def test_an_ensemble_member_trained_on_other_data_or_settings_is_refused(data, t
     train_ensemble(MLP, data.train, other_lambda, [1], tmp_path, progress=False)
     again = replace(config, optimizer=lambda p: torch.optim.Adam(p))
     assert train_ensemble(MLP, data.train, again, [1], tmp_path, progress=False)[1]
+    # but its content is: a lambda with another learning rate is another recipe
+    slower = replace(config, optimizer=lambda p: torch.optim.Adam(p, lr=1e-4))
+    with pytest.raises(ValueError, match="trained with other settings"):
+        train_ensemble(MLP, data.train, slower, [1], tmp_path, progress=False)
+
+
+def _tanh_mlp() -> torch.nn.Module:
+    """:class:`MLP` with ``hidden=(16,)`` but Tanh: the same parameters and initial weights."""
+    layers = [torch.nn.Linear(40, 16), torch.nn.Tanh(), torch.nn.Linear(16, 10)]
+    return torch.nn.Sequential(*layers)
+
+
+def test_an_ensemble_member_of_another_model_is_refused(data, tmp_path):
+    """The recipe used to leave out the model: a Tanh network got the ReLU network's member."""
+    config, relu = TrainConfig(epochs=1, batch_size=100), partial(MLP, hidden=(16,))
+    assert model_fingerprint(build_model(relu, 0)) == model_fingerprint(build_model(_tanh_mlp, 0))
+    members = train_ensemble(relu, data.train, config, [0], tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"trained with other model \(recorded: .*ReLU"):
+        train_ensemble(_tanh_mlp, data.train, config, [0], tmp_path, progress=False)
+    with pytest.raises(ValueError, match="trained with other model"):  # other initial weights
+        train_ensemble(
+            partial(MLP, hidden=(17,)), data.train, config, [0], tmp_path, progress=False
+        )
+    assert train_ensemble(relu, data.train, config, [0], tmp_path, progress=False) == members
+
+
+def test_a_transformer_member_with_other_heads_is_refused(tmp_path):
+    """Heads change no weight shape nor the initial weights: the recipe named neither."""
+    tokens = torch.randint(0, 11, (8, 6))
+    data = Examples(tokens, torch.roll(tokens, -1, dims=1))
+    config = TrainConfig(epochs=1, batch_size=4)
+    task = LanguageModelingTask()
+
+    def transformer(heads):
+        return partial(CausalTransformer, vocab_size=11, context=6, dim=8, layers=1, heads=heads)
+
+    train_ensemble(transformer(2), data, config, [0], tmp_path, task=task, progress=False)
+    with pytest.raises(ValueError, match="other model"):
+        train_ensemble(transformer(4), data, config, [0], tmp_path, task=task, progress=False)
+
+
+def test_a_recipe_recorded_before_the_model_was_still_opens(data, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=100)
+    members = train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
+    path = tmp_path / "seed-0.recipe.json"
+    recipe = json.loads(path.read_text())
+    assert set(recipe["model"]) == {"architecture", "initial"}
+    del recipe["model"]
+    path.write_text(json.dumps(recipe))
+    assert train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False) == members
+    assert "model" not in json.loads(path.read_text())  # not vouched for after the fact
+    with pytest.raises(ValueError, match="trained with other settings"):  # the rest still checked
+        other = replace(config, batch_size=50)
+        train_ensemble(MLP, data.train, other, [0], tmp_path, progress=False)
 
 
 def test_a_member_trained_before_recipes_were_recorded_is_reused(data, tmp_path):
