@@ -70,10 +70,17 @@ def frozen_state(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, Te
     """The model's parameters and buffers (detached) that ``functional_call`` takes as they are
     beside ``params``: every entry but the selected parameters and the names tied to them (an
     embedding and an output head sharing one weight), which ``functional_call`` ties to the value
-    given, so the gradient counts every use of a shared weight."""
+    given, so the gradient counts every use of a shared weight. A tensor under several names (a
+    frozen tied weight, a buffer shared by two submodules) is detached once, so its names stay
+    tied: ``functional_call`` refuses different values for tied names."""
     chosen = {id(model.get_parameter(name)) for name in params}
     state = model.state_dict(keep_vars=True)
-    return {name: v.detach() for name, v in state.items() if id(v) not in chosen}
+    detached: dict[int, Tensor] = {}
+    return {
+        name: detached.setdefault(id(v), v.detach())
+        for name, v in state.items()
+        if id(v) not in chosen
+    }
 
 
 def parameter_count(model: nn.Module, names: Sequence[str] | None = None) -> int:

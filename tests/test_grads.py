@@ -137,3 +137,35 @@ def test_parameters_may_be_a_rule_of_the_model(tiny_mlp):
     assert list(by_rule) == ["2.weight", "2.bias"]
     with pytest.raises(ValueError, match="not trainable parameters"):
         select_parameters(tiny_mlp, lambda model: ["missing"])
+
+
+class SharedBuffer(nn.Module):
+    """One constant table registered as a buffer of two submodules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.last = nn.Linear(6, 4), nn.Linear(4, 3)
+        table = torch.linspace(0.5, 1.5, 4, dtype=torch.float64)
+        self.first.register_buffer("scale", table)
+        self.last.register_buffer("scale", table)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(torch.tanh(self.first(x) * self.first.scale) * self.last.scale)
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+@pytest.mark.parametrize("case", ["tied weight left out", "tied weight frozen", "shared buffer"])
+def test_a_tensor_under_two_names_outside_the_selection_stays_tied(
+    tiny_tied, tiny_data, case, vectorize
+):
+    """Detached once per name, it reached functional_call as two values for tied names."""
+    model, names = tiny_tied, ["first.weight", "first.bias", "last.bias"]
+    if case == "tied weight frozen":
+        model.middle.weight.requires_grad_(False)
+    elif case == "shared buffer":
+        model, names = SharedBuffer().double(), ["first.weight", "first.bias", "last.weight"]
+    x, y = tiny_data.inputs, tiny_data.targets
+    selection = None if case == "tied weight frozen" else names
+    gradients = per_sample_gradients(model, TASK, x, y, parameters=selection, vectorize=vectorize)
+    expected = loop_reference(model, x, y, names=names)
+    torch.testing.assert_close(gradients, expected, rtol=1e-12, atol=1e-12)
