@@ -6,7 +6,10 @@ dimensions after the batch) has the per-example weight gradient
 :math:`g_{i,t} = \partial h_i / \partial y_{i,t}`. A convolution is such a layer over input patches
 (:mod:`tda.layer_positions`). Forward hooks record every call's input and output; one backward
 pass of :math:`\sum_i h_i` to the recorded outputs then yields every :math:`g_{i,t}` at once,
-because in eval mode examples do not interact (no batch statistics).
+because in eval mode examples do not interact: a BatchNorm without running statistics, which
+normalises by the batch's statistics even then, is refused (:func:`refuse_batch_statistics`).
+The hooks see only a layer's calls, so a layer whose weight or bias reaches the value other than
+through them (``nn.MultiheadAttention``'s ``out_proj``, a tied decoder) is refused too.
 
 Readers: :class:`~tda.features.kronecker.KroneckerFeaturizer` (sketches of :math:`a` and
 :math:`g`) and the K-FAC / EK-FAC solvers of :mod:`tda.curvature.kfac` (their covariances).
@@ -14,11 +17,13 @@ Readers: :class:`~tda.features.kronecker.KroneckerFeaturizer` (sketches of :math
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from tda.layer_positions import input_positions, output_positions
 
@@ -63,7 +68,9 @@ def capture_layer_calls(
     Raises:
         ValueError: a recorded input has no leading batch dimension of size ``b``, or a layer's
             weight reaches the value without the layer being called (``nn.MultiheadAttention``
-            applies its ``out_proj`` weight directly), so its gradient cannot be recorded.
+            applies its ``out_proj`` weight directly), or its weight or bias reaches it both
+            through its calls and directly (a tied decoder ``F.linear(z, enc.weight.t())``), so
+            its gradient cannot be recorded.
     """
     records: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name, _ in modules}
     handles = [
@@ -82,6 +89,7 @@ def capture_layer_calls(
             uncalled = [(n, m.weight) for n, m in modules if not records[n] and _trainable(m)]
             wanted = outputs + [weight for _, weight in uncalled]
             needed = wanted and total.requires_grad  # else nothing recorded reaches the value
+            uses = _parameter_uses(total, modules) if needed else Counter()
             grads = torch.autograd.grad(total, wanted, allow_unused=True) if needed else None
             grads = list(grads or [None] * len(wanted))
             gradients = grads[: len(outputs)]
@@ -89,6 +97,8 @@ def capture_layer_calls(
         for handle in handles:
             handle.remove()
     _check_called(uncalled, grads[len(outputs) :])
+    reaching = Counter(n for (n, _), g in zip(recorded, gradients, strict=True) if g is not None)
+    _check_only_called(modules, uses, reaching)
     captured: dict[str, list[LayerCall]] = {name: [] for name, _ in modules}
     layers = dict(modules)
     for (name, (prepared, _)), gradient in zip(recorded, gradients, strict=True):
@@ -122,6 +132,76 @@ def _check_called(uncalled: list[tuple[str, Tensor]], gradients: list[Tensor | N
             f"the weights of modules {bypassed} reach the value without their forward being "
             "called (e.g. nn.MultiheadAttention's out_proj), so hooks cannot record their "
             "inputs; choose layers the model calls"
+        )
+
+
+def _layer_parameters(module: nn.Module) -> Iterator[Tensor]:
+    """The trainable leaf weight and bias of a layer (a computed weight has no accumulator)."""
+    for tensor in (getattr(module, "weight", None), getattr(module, "bias", None)):
+        if isinstance(tensor, Tensor) and tensor.requires_grad and tensor.grad_fn is None:
+            yield tensor
+
+
+def _parameter_uses(total: Tensor, modules: Sequence[tuple[str, nn.Module]]) -> Counter:
+    """Per ``(module name, id of its weight or bias)``: the edges of the autograd graph of
+    ``total`` into that parameter's gradient accumulator, one per operation applying it."""
+    owners: dict[int, list[str]] = {}
+    for name, module in modules:
+        for tensor in _layer_parameters(module):
+            owners.setdefault(id(tensor), []).append(name)
+    uses: Counter = Counter()
+    seen, stack = set(), [total.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            leaf = getattr(child, "variable", None)  # set on gradient accumulators only
+            if leaf is not None:
+                uses.update((name, id(leaf)) for name in owners.get(id(leaf), ()))
+            stack.append(child)
+    return uses
+
+
+def _check_only_called(
+    modules: Sequence[tuple[str, nn.Module]], uses: Counter, calls: Counter
+) -> None:
+    """Refuse layers whose weight or bias reaches the value more often than their calls that
+    reach it apply it: the other uses' share of the gradient never passes the hooks."""
+    bypassed = [
+        name
+        for name, module in modules
+        if calls[name] and any(uses[name, id(t)] > calls[name] for t in _layer_parameters(module))
+    ]
+    if bypassed:
+        raise ValueError(
+            f"the parameters of modules {bypassed} reach the value both through their calls and "
+            "directly (e.g. a tied decoder F.linear(z, enc.weight.t())), so hooks miss the "
+            "direct use's share of their gradient; leave these layers out"
+        )
+
+
+def refuse_batch_statistics(model: nn.Module, instead: str) -> None:
+    """Refuse a model with a BatchNorm without running statistics (``track_running_stats=False``):
+    it normalises by the batch's statistics even in eval mode, so one backward pass of the summed
+    value mixes the examples, and each one's gradients depend on the rest of its chunk.
+
+    Args:
+        model: the network.
+        instead: the advice ending the message (what to use instead).
+    """
+    mixing = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if isinstance(module, _BatchNorm)
+        and (module.running_mean is None or module.running_var is None)
+    ]
+    if mixing:
+        raise ValueError(
+            f"BatchNorm modules {mixing} have no running statistics (track_running_stats=False), "
+            "so even in eval mode they normalise each chunk by its own statistics and mix the "
+            f"examples' layer gradients; {instead}"
         )
 
 

@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from tda.arguments import check_positive_int
 from tda.data.examples import Examples
 from tda.grads import NonFiniteGradientError, evaluation_mode, select_parameters
-from tda.layer_capture import capture_layer_calls
+from tda.layer_capture import capture_layer_calls, refuse_batch_statistics
 from tda.layer_positions import is_positional
 from tda.task import IGNORE_INDEX, LanguageModelingTask, Task
 
@@ -302,14 +302,17 @@ def fit_kronecker_eigenbases(
         One :class:`KroneckerEigenbasis` per layer, in the flattened parameter order.
 
     Raises:
-        ValueError: no examples, a ``chunk_size`` below 1, parameters outside those layers, or
-            a selected layer that no forward call reaching the loss goes through.
+        ValueError: no examples, a ``chunk_size`` below 1, parameters outside those layers, a
+            selected layer that no forward call reaching the loss goes through or whose weight
+            also reaches it directly (a tied decoder), or a BatchNorm without running statistics
+            (it mixes the examples of a chunk, whose gradients come from one backward pass).
         NonFiniteGradientError: a factor holds NaN or infinity (e.g. a target outside the
             model's classes).
     """
     if len(examples) == 0:
         raise ValueError("cannot fit a curvature to an empty set of examples")
     check_positive_int("chunk_size", chunk_size)
+    refuse_batch_statistics(model, "use DiagonalSolver, which differentiates each example alone")
     layers = _kronecker_layers(model, parameters)
     options = (sampled_labels, seed, chunk_size)
     factors = _factors(_chunks(model, task, examples, layers, *options), layers, len(examples))

@@ -36,6 +36,7 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from tda.arguments import check_positive_int
 from tda.device import to_device_of
@@ -49,7 +50,7 @@ from tda.features.layer_sketch import (
     stable_seed,
 )
 from tda.grads import NonFiniteGradientError, TaskFunction, evaluation_mode
-from tda.layer_capture import capture_layer_calls, compute_dtype
+from tda.layer_capture import capture_layer_calls, compute_dtype, refuse_batch_statistics
 from tda.layer_positions import is_positional
 from tda.task import ClassificationTask, Task
 
@@ -77,8 +78,9 @@ class KroneckerFeaturizer:
     Per chunk: one forward pass, whose hooks record each layer's input already multiplied by
     :math:`A_l`, and one backward pass of ``task.<function>(logits, targets).sum()`` to the layers'
     outputs. Differentiating the sum gives every example's :math:`g_{i,t}` at once because the
-    model runs in eval mode, where examples do not interact (no batch statistics). Blocks are
-    concatenated in model order.
+    model runs in eval mode, where examples do not interact; a BatchNorm without running statistics
+    (``track_running_stats=False``) normalises by the chunk's statistics even then, so such a model
+    is refused (use ``GradientFeaturizer``). Blocks are concatenated in model order.
 
     Size rules (deterministic), with :math:`s_l = o_l c_l` the layer's parameter count:
     ``"khatri_rao"`` gives each of the :math:`L` layers one feature, then splits the other
@@ -110,8 +112,10 @@ class KroneckerFeaturizer:
         task: defines the output that is differentiated and the out-to-loss weight.
         seed: factors are drawn on CPU from a SHA-256 hash of (seed, layer name, side).
         modules: names of ``nn.Linear`` or ``groups=1`` ``nn.Conv1d`` / ``nn.Conv2d`` modules
+            whose weight and bias are plain parameters, not computed by a parametrization
+            (``weight_norm``, ``spectral_norm``), whose gradient the hooks would give instead
             (default: every such layer with a trainable weight, and then every trainable
-            parameter of the model must belong to one of them).
+            parameter of the model must be a weight or bias of one of them).
         function: ``"output"`` (TRAK, influence queries) or ``"loss"``.
         chunk_size: examples per forward/backward pass.
         structure: ``"khatri_rao"`` or ``"kronecker"`` (see above).
@@ -173,11 +177,12 @@ class KroneckerFeaturizer:
         """Features ``[b, output_dim(model)]`` (float64 for a float64 model) and ``Q`` ``[b]``.
 
         Raises:
-            ValueError: empty or mismatched inputs, bad ``modules``, a layer whose weight is tied
-                to another module's or used without calling the layer (``nn.MultiheadAttention``'s
-                ``out_proj``), Linear inputs without a leading batch dimension, ``dim`` below the
-                number of layers (``"khatri_rao"``), or a non-finite feature
-                (``NonFiniteGradientError``).
+            ValueError: empty or mismatched inputs, bad ``modules``, a parametrized layer, a
+                layer whose weight is tied to another module's, used without calling the layer
+                (``nn.MultiheadAttention``'s ``out_proj``) or used directly besides its calls (a
+                tied decoder), a BatchNorm without running statistics, Linear inputs without a
+                leading batch dimension, ``dim`` below the number of layers (``"khatri_rao"``),
+                or a non-finite feature (``NonFiniteGradientError``).
         """
         if len(inputs) == 0:
             raise ValueError("cannot featurize an empty set of examples")
@@ -263,6 +268,9 @@ def _columns(module: nn.Module) -> int:
 
 def _chosen_layers(model: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, nn.Module]]:
     """The selected Linear / convolution modules in model order, validated."""
+    refuse_batch_statistics(
+        model, "use GradientFeaturizer, which differentiates each example alone"
+    )
     named = dict(model.named_modules())
     chosen = _all_layers(model, named) if names is None else _named_layers(named, names)
     _check_unshared(model, chosen)
@@ -280,12 +288,15 @@ def _named_layers(named: dict, names: tuple[str, ...]) -> list[tuple[str, nn.Mod
             )
         if not module.weight.requires_grad:
             raise ValueError(f"module '{name}' has a frozen weight; choose trainable layers")
+        _check_plain(name, module)
     return [(name, module) for name, module in named.items() if name in set(names)]
 
 
 def _all_layers(model: nn.Module, named: dict) -> list[tuple[str, nn.Module]]:
     chosen = [(n, m) for n, m in named.items() if is_positional(m) and m.weight.requires_grad]
-    covered = {id(p) for _, m in chosen for p in m.parameters()}
+    for name, module in chosen:
+        _check_plain(name, module)
+    covered = {id(p) for _, m in chosen for p in m.parameters(recurse=False)}
     uncovered = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
     if uncovered:
         raise ValueError(
@@ -295,6 +306,25 @@ def _all_layers(model: nn.Module, named: dict) -> list[tuple[str, nn.Module]]:
     if not chosen:
         raise ValueError("the model has no Linear or convolution module with a trainable weight")
     return chosen
+
+
+def _check_plain(name: str, module: nn.Module) -> None:
+    """Refuse a layer whose weight or bias is computed from other parameters (``weight_norm``,
+    ``spectral_norm``, any parametrization): its hooks give the gradient of the computed tensor,
+    not of the trainable parameters."""
+    derived = [
+        attribute
+        for attribute in ("weight", "bias")
+        if getattr(module, attribute) is not None
+        and not isinstance(getattr(module, attribute), nn.Parameter)
+    ]
+    if derived or parametrize.is_parametrized(module):
+        raise ValueError(
+            f"module '{name}' has a parametrized {' and '.join(derived) or 'tensor'} (computed "
+            "from other parameters, e.g. by weight_norm or spectral_norm), so hooks would give "
+            "the gradient of the computed tensor, not of the trainable parameters; remove the "
+            "parametrization, leave the layer out, or use GradientFeaturizer"
+        )
 
 
 def _check_unshared(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> None:

@@ -676,3 +676,39 @@ def test_a_target_outside_the_classes_is_named_not_an_eigh_failure(
     targets[4] = 7  # 3 classes
     with pytest.raises(NonFiniteGradientError, match="factor of module '0' is not finite"):
         solver_class(sampled_labels=False).fit(tiny_mlp, TASK, Examples(tiny_data.inputs, targets))
+
+
+@pytest.mark.parametrize("solver_class", SOLVERS)
+def test_batch_norm_without_running_statistics_is_refused(solver_class):
+    """It normalises each chunk by its own statistics, so the chunk's examples mix."""
+
+    class Normalised(nn.Module):
+        def __init__(self, track_running_stats: bool) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(1, 2, 3)
+            self.norm = nn.BatchNorm1d(2, affine=False, track_running_stats=track_running_stats)
+            self.head = nn.Linear(2 * 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.norm(self.conv(x.unsqueeze(1))).flatten(1))
+
+    data = _examples(6, (6,))
+    with pytest.raises(ValueError, match=r"BatchNorm modules \['norm'\].*DiagonalSolver"):
+        solver_class().fit(_build(lambda: Normalised(False)), TASK, data)
+    assert solver_class().fit(_build(lambda: Normalised(True)), TASK, data).layers
+
+
+@pytest.mark.parametrize("solver_class", SOLVERS)
+def test_a_layer_whose_weight_is_also_used_directly_is_rejected(solver_class):
+    """A tied decoder's share of the weight gradient never passes the layer's hooks."""
+
+    class TiedAutoencoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.linear(torch.tanh(self.enc(x)), self.enc.weight.t())
+
+    with pytest.raises(ValueError, match=r"\['enc'\] reach the value both through their calls"):
+        solver_class().fit(_build(TiedAutoencoder), TASK, _examples(6, (3,)))

@@ -372,3 +372,75 @@ def test_features_do_not_depend_on_the_callers_grad_mode(tiny_mlp, tiny_data, st
             made_inside = featurizer(tiny_mlp, x.clone(), y).features  # an inference tensor
         torch.testing.assert_close(features, expected, rtol=0, atol=1e-10)
         torch.testing.assert_close(made_inside, expected, rtol=0, atol=1e-10)
+
+
+class TiedAutoencoder(nn.Module):
+    """``enc`` is called, then its weight decodes directly: the hooks see only the call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(torch.tanh(self.enc(x)), self.enc.weight.t())
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_layer_whose_weight_is_also_used_directly_is_refused(structure):
+    """Its block would miss the decoder's share of the weight gradient."""
+    model = build_model(TiedAutoencoder, seed=0, dtype=torch.float64)
+    inputs, targets = _data(4, (5,), classes=5)
+    featurizer = KroneckerFeaturizer(dim=16, structure=structure)
+    with pytest.raises(ValueError, match=r"\['enc'\] reach the value both through their calls"):
+        featurizer(model, inputs, targets)
+    assert _hooks(model) == 0
+
+
+class BatchStatistics(nn.Module):
+    """A BatchNorm without running statistics normalises by the batch's, even in eval mode."""
+
+    def __init__(self, track_running_stats: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.norm = nn.BatchNorm2d(2, affine=False, track_running_stats=track_running_stats)
+        self.head = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_batch_norm_without_running_statistics_is_refused(structure):
+    """One backward pass of the summed value would mix the examples of a chunk."""
+    inputs, targets = _data(6, (1, 6, 6), classes=3)
+    featurizer = KroneckerFeaturizer(dim=16, chunk_size=6, structure=structure)
+    model = build_model(lambda: BatchStatistics(False), seed=0, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"BatchNorm modules \['norm'\].*GradientFeaturizer"):
+        featurizer(model, inputs, targets)
+    model = build_model(lambda: BatchStatistics(True), seed=0, dtype=torch.float64)
+    expected = _reference(featurizer, model, inputs, targets)
+    torch.testing.assert_close(
+        featurizer(model, inputs, targets).features, expected, rtol=0, atol=1e-10
+    )
+
+
+PARAMETRIZATIONS = {
+    "weight_norm": nn.utils.parametrizations.weight_norm,
+    "spectral_norm": nn.utils.parametrizations.spectral_norm,
+    "old weight_norm": nn.utils.weight_norm,  # a computed plain tensor, not a parametrization
+}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
+@pytest.mark.parametrize("modules", [None, ("0",)])
+@pytest.mark.parametrize("parametrization", PARAMETRIZATIONS)
+def test_parametrized_layers_are_refused(tiny_data, parametrization, modules):
+    """The hooks would give the gradient of the computed weight, not of its parameters."""
+    model = build_model(
+        lambda: nn.Sequential(PARAMETRIZATIONS[parametrization](nn.Linear(6, 4)), nn.Linear(4, 3)),
+        seed=0,
+        dtype=torch.float64,
+    )
+    featurizer = KroneckerFeaturizer(dim=16, modules=modules)
+    with pytest.raises(ValueError, match=r"module '0' has a parametrized weight.*Gradient"):
+        featurizer(model, tiny_data.inputs, tiny_data.targets)
