@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 
 from benchmarks.record import command_line
 from experiments.dmm_table import dmm_config
+from experiments.unlearning import build_predictor
 from tda.scores import save_scores
 from unlearn.predictors import architecture
 
@@ -54,7 +55,7 @@ def _dmm_trak(workspace: Path, models: int, overrides: list[str]) -> tuple[np.nd
         [*overrides, "predictor=trak", f"dmm.models={models}", f"workspace={workspace}"]
     )
     train = instantiate(cfg.data).train
-    scores = instantiate(cfg.predictor).trak.score("train").numpy()
+    scores = build_predictor(cfg).trak.score("train").numpy()  # its members on cfg.device
     record = {
         "train_fingerprint": train.fingerprint(),
         "query_fingerprint": train.fingerprint(),

@@ -27,7 +27,9 @@ from hydra.utils import instantiate
 
 import unlearn
 from benchmarks.record import command_line, environment
+from experiments.unlearning import build_predictor
 from tda.atomic import write_json
+from tda.device import on_device
 from unlearn.klom import margins_of
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -38,7 +40,7 @@ def class_shift(cfg, predictor, originals, train, label: int) -> dict:
     forget = unlearn.ClassForgetSet(label).indices(train)
     seeds = [cfg.oracle_seed + i for i in range(cfg.models)]
     oracles = unlearn.load_or_train_oracles(
-        instantiate(cfg.model), train, forget, instantiate(cfg.train), seeds,
+        on_device(instantiate(cfg.model), cfg.device), train, forget, instantiate(cfg.train), seeds,
         Path(cfg.workspace) / "oracles",
     ).models  # fmt: skip
     points = train.subset(forget)
@@ -67,12 +69,12 @@ def main() -> None:
     overrides += [f"predictor.retain_kernel={str(args.retain_kernel).lower()}"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("unlearn", overrides=[*overrides, f"workspace=runs/{args.experiment}"])
-    train = instantiate(cfg.data).train
+    train, factory = instantiate(cfg.data).train, on_device(instantiate(cfg.model), cfg.device)
     originals = unlearn.load_or_train(
-        instantiate(cfg.model), train, instantiate(cfg.train), list(range(cfg.models)),
+        factory, train, instantiate(cfg.train), list(range(cfg.models)),
         Path(cfg.workspace) / "models",
     )  # fmt: skip
-    predictor = instantiate(cfg.predictor)
+    predictor = build_predictor(cfg)  # its members on cfg.device
     rows = [class_shift(cfg, predictor, originals, train, label) for label in args.classes]
     for row in rows:
         print(row)

@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from benchmarks.record import command_line, environment, markdown_table
 from experiments.run_records import find_run, first_finished
 from experiments.unlearn_table import HEADER, klom_cell, reference_rows, row
+from experiments.unlearning import build_predictor
 from tda.atomic import write_json
 from tda.datamodels import GroundTruthStore
 from tda.eval import lds
@@ -77,8 +78,8 @@ def predictor_lds(workspace: str, score_files: Sequence[str] = ()) -> dict[str, 
     scores = {}
     for models in TRAK_MODELS:
         cfg = dmm_config(["predictor=trak", f"dmm.models={models}", f"workspace={workspace}"])
-        scores[f"dmm-trak-m{models}"] = instantiate(cfg.predictor).trak.score("train")
-    datamodels = instantiate(base.predictor, output="margin")
+        scores[f"dmm-trak-m{models}"] = build_predictor(cfg).trak.score("train")
+    datamodels = build_predictor(base, output="margin")  # retrains on base.device
     scores["dmm-datamodels"] = datamodels.margin_scores()
     for name in score_files:
         scores[f"dmm-{name}"] = torch.from_numpy(

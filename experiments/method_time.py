@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import unlearn
 from benchmarks.record import markdown_table, write_record
 from experiments.run_records import read_run
-from experiments.unlearning import build_unlearner, search_grid, settings_of
+from experiments.unlearning import build_predictor, build_unlearner, search_grid, settings_of
 from tda.device import on_device
 from tda.timing import warm_up_torch
 from unlearn.predictors import Calibration
@@ -36,7 +36,7 @@ def rebuild(record: dict) -> tuple[DictConfig, unlearn.UnlearningMethod]:
     cfg = OmegaConf.create(record["settings"])
     shared = {}
     if "predictor" in cfg.unlearner:
-        predictor = instantiate(cfg.predictor)
+        predictor = build_predictor(cfg)  # its models on cfg.device
         if record["calibration"] is not None:
             Calibration(**record["calibration"]).apply(predictor)
         shared["predictor"] = predictor

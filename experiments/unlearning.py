@@ -15,6 +15,7 @@ kept, and the proxy search's finished evaluations are read back from its journal
 Run one job first: parallel jobs that find the same models missing would train them twice.
 """
 
+import copy
 import hashlib
 import itertools
 import json
@@ -28,7 +29,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import unlearn
 from tda.atomic import write_bytes_atomic
@@ -104,12 +105,20 @@ def _write(cfg: DictConfig, workspace: Path, record: dict) -> None:
     print(f"{path}: {record['status']}, average gap {record.get('average_gap', float('inf')):.2f}")
 
 
+VOLATILE = ("progress", "threads")
+"""Settings that do not change a run's record: a rerun that differs only in them may replace it,
+and a killed run restarted with other values of them resumes (its journal and claim)."""
+
+
 def _journal(cfg: DictConfig, workspace: Path) -> unlearn.SearchJournal:
-    """The proxy search's journal: a killed run, started again with the same configuration and
-    library versions, reads back the evaluations it finished; cleared once the record is written.
+    """The proxy search's journal: a killed run, started again with the same configuration (but
+    for its :data:`VOLATILE` settings) and library versions, reads back the evaluations it
+    finished; cleared once the record is written.
 
     The journal also claims ``results_name`` for this configuration (:func:`_claim`)."""
     settings = OmegaConf.to_container(cfg, resolve=True)
+    for key in VOLATILE:  # a killed run resumes when restarted with other threads or progress
+        settings.pop(key, None)
     device = str(resolve_device(cfg.device))  # "auto" differs between machines
     context = json.dumps(
         {"settings": settings, "versions": _versions(), "device": device}, sort_keys=True
@@ -118,10 +127,6 @@ def _journal(cfg: DictConfig, workspace: Path) -> unlearn.SearchJournal:
     journal = unlearn.SearchJournal(root, hashlib.sha256(context.encode()).hexdigest())
     _claim(cfg, workspace, journal)
     return journal
-
-
-VOLATILE = ("progress", "threads")
-"""Settings that do not change a run's record: a rerun that differs only in them may replace it."""
 
 
 def _claim(cfg: DictConfig, workspace: Path, journal: unlearn.SearchJournal) -> None:
@@ -160,7 +165,21 @@ def _claim(cfg: DictConfig, workspace: Path, journal: unlearn.SearchJournal) -> 
 
 def _shared_parts(cfg) -> dict:
     """Objects every candidate shares: DMM's output predictor, built (and featurized) once."""
-    return {"predictor": instantiate(cfg.predictor)} if "predictor" in cfg.unlearner else {}
+    return {"predictor": build_predictor(cfg)} if "predictor" in cfg.unlearner else {}
+
+
+def build_predictor(cfg: DictConfig, **kwargs: Any):
+    """``cfg.predictor`` (with ``kwargs`` set), its ``model_factory``, if it has one, put on
+    ``cfg.device`` by :func:`tda.device.on_device` as every other factory of the run is: its
+    members, oracles or retrainings are trained there. The settings still hold the bare
+    ``${model}``, so a run's record and resume keys read as before."""
+    if "model_factory" not in cfg.predictor:
+        return instantiate(cfg.predictor, **kwargs)
+    factory = on_device(instantiate(cfg.model), cfg.device)
+    rest = copy.deepcopy(cfg)  # Hydra would merge (and rebuild) an object passed as a setting
+    with open_dict(rest):
+        del rest.predictor.model_factory
+    return instantiate(rest.predictor, _partial_=True, **kwargs)(model_factory=factory)
 
 
 def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace, journal):

@@ -2,12 +2,16 @@
 
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
+import unlearn
 from experiments import combine_scores
 from experiments.combine_scores import main, unit_norm_mean
+from tda.device import OnDevice
 
 
 def test_each_source_counts_alike_whatever_its_units():
@@ -66,3 +70,17 @@ def test_dmm_trak_is_composed_with_the_given_overrides(tmp_path, monkeypatch):
         ["experiment=mnist1d_cnn", "threads=2", "predictor=trak", "dmm.models=3",
          f"workspace={tmp_path}"]
     ]  # fmt: skip
+
+
+def test_dmm_trak_trains_its_members_on_the_runs_device(tmp_path, monkeypatch):
+    built = {}
+
+    def trak_predictor(**kwargs):
+        built.update(kwargs)
+        return SimpleNamespace(trak=SimpleNamespace(score=lambda split: torch.zeros(240, 240)))
+
+    monkeypatch.setattr(unlearn, "trak_predictor", trak_predictor)
+    scores, _ = combine_scores._dmm_trak(tmp_path, 1, ["experiment=tiny", "device=cpu"])
+    assert scores.shape == (240, 240) and built["models"] == 1
+    factory = built["model_factory"]
+    assert isinstance(factory, OnDevice) and factory.device == torch.device("cpu")

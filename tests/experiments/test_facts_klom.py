@@ -3,12 +3,15 @@
 import json
 
 import pytest
-from omegaconf import OmegaConf
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
 
 import experiments.facts_klom
 import experiments.facts_unlearning
 from experiments.facts_klom import check_chosen
-from tests.experiments.entry import run_entry_point
+from tests.experiments.entry import REPO, run_entry_point
 
 TINY = [
     "facts.people=8", "forget_people=2", "train.epochs=3", "seeds=[0,1]", "grid=[1e-3,1e-2]",
@@ -62,3 +65,41 @@ def test_a_cached_row_is_keyed_by_the_device_auto_resolves_to(tmp_path, monkeypa
     assert row("cpu") == row("auto") == {"forget": 1.0} and measured == ["cpu"]
     monkeypatch.setattr(experiments.facts_klom, "resolve_device", lambda spec: "cuda:0")
     assert row("auto") == {"forget": 2.0} and measured == ["cpu", "auto"]
+
+
+def _default(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(name, list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.mark.parametrize("name", ["facts_unlearning", "facts_klom"])
+def test_the_facts_configs_default_to_device_auto_as_every_entry_point(name):
+    try:
+        assert _default(name).device == "auto"
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_on_the_cpu_the_default_reads_the_rows_cached_under_device_cpu(tmp_path, monkeypatch):
+    """The rows cached when the facts configs said device=cpu are still read on the CPU."""
+    monkeypatch.setattr(experiments.facts_klom, "resolve_device", lambda spec: torch.device("cpu"))
+    try:
+        for cfg, directory in (
+            (_default("facts_klom", "device=cpu"), "cpu"),
+            (_default("facts_klom"), "auto"),
+        ):
+            for name in cfg.methods:
+                experiments.facts_klom.cached_row(
+                    cfg, name, cfg.grid[0], tmp_path / directory, dict
+                )
+    finally:
+        HydraConfig.instance().cfg = None
+    names = {
+        directory: sorted(p.name for p in (tmp_path / directory).iterdir())
+        for directory in ("cpu", "auto")
+    }
+    assert names["cpu"] == names["auto"] and len(names["auto"]) == 5

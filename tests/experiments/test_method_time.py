@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -13,6 +14,7 @@ from experiments.dmm_table import dmm_config
 from experiments.run_records import read_run
 from experiments.unlearning import search_grid, settings_of
 from tda.describe import describe
+from tda.device import OnDevice
 from tests.experiments.entry import run_entry_point, torch_imports_while_unlearning
 from unlearn.predictors import architecture
 
@@ -79,6 +81,15 @@ def test_a_dmm_run_is_rebuilt_with_its_calibrated_predictor(tmp_path):
     assert run["calibration"]["forget_scale"] > 0
     assert method.predictor.forget_scale == run["calibration"]["forget_scale"]
     assert describe(method) == run["method"]
+
+
+def test_a_dmm_runs_predictor_is_rebuilt_with_its_models_on_the_runs_device():
+    names = ("results_name=x", "scores_name=x")  # Hydra's choices are not composed here
+    cfg = dmm_config([*TINY, "predictor=oracle", "device=cpu", *names])
+    record = {"settings": OmegaConf.to_container(cfg, resolve=True)}
+    _, method = method_time.rebuild(record | {"calibration": None, "tuning": None})
+    factory = method.predictor.model_factory  # its oracles are trained where the run's models are
+    assert isinstance(factory, OnDevice) and factory.device == torch.device("cpu")
 
 
 def test_main_times_each_run_against_retraining(tmp_path, monkeypatch):

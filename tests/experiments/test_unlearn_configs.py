@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 import unlearn
+from tda.device import OnDevice
 from tests.experiments.entry import torch_imports_while_unlearning
 
 REPO = Path(__file__).resolve().parents[2]
@@ -198,6 +200,65 @@ def test_a_run_killed_after_its_search_resumes_from_the_journal(tmp_path, monkey
     assert not journal.exists()  # cleared once the record is written
     with pytest.raises(ValueError, match=r"records a run with other \['tuning'\]"):
         _run_in_process(tmp_path, *other)  # would have replaced the finished record
+
+
+def test_a_killed_run_resumes_when_restarted_with_other_threads_or_progress(tmp_path, monkeypatch):
+    # progress and threads are VOLATILE (they change no record): the journal and the claim of
+    # results_name must not depend on them, or the restart is refused as another configuration
+    overrides = ("unlearner=ft", "klom_floor=false", "tuning.grid=[0.001,0.1]")
+    stable = unlearn.unlearn_each_stable
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unlearn, "unlearn_each_stable", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run_in_process(tmp_path, *overrides)
+    monkeypatch.setattr(unlearn, "unlearn_each_stable", stable)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the search ran again")
+
+    monkeypatch.setattr(unlearn.tuning, "unlearn_each", no_search)
+    threads = torch.get_num_threads()
+    try:
+        record = _run_in_process(tmp_path, *overrides, "threads=2", "progress=true")
+    finally:
+        torch.set_num_threads(threads)
+    assert record["status"] == "ok" and record["tuning"]["grid"] == [0.001, 0.1]
+    assert not (tmp_path / "results" / ".search" / "unlearn-ft-random_10pct").exists()
+
+
+def _load_unlearning():
+    spec = importlib.util.spec_from_file_location("unlearning", REPO / "experiments/unlearning.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["datamodels", "oracle", "trak"])
+def test_the_dmm_predictor_builds_its_models_on_the_runs_device(name, monkeypatch):
+    # device=auto must reach the predictor's members, oracles and retrainings as it reaches every
+    # other factory of the run (on CUDA they ran on the CPU): its factory goes through on_device
+    cfg = compose_unlearn(*TINY, "unlearner=dmm", f"predictor={name}", "device=cpu")
+    with open_dict(cfg):
+        del cfg["hydra"]
+    bare = OmegaConf.to_container(cfg.predictor.model_factory, resolve=True)
+    built = {}
+
+    def predictor(**kwargs):
+        built.update(kwargs)
+        return "predictor"
+
+    monkeypatch.setattr(unlearn, cfg.predictor._target_.rsplit(".", 1)[1], predictor)
+    assert _load_unlearning()._shared_parts(cfg) == {"predictor": "predictor"}
+    factory = built.pop("model_factory")
+    assert isinstance(factory, OnDevice) and factory.device == torch.device("cpu")
+    model, bare_model = factory(), instantiate(cfg.model)()
+    assert [p.shape for p in model.parameters()] == [p.shape for p in bare_model.parameters()]
+    assert built["data"] is not None and built["config"] is not None  # the rest as configured
+    # the settings (what a record and the resume keys hold) still name the bare factory
+    assert OmegaConf.to_container(cfg.predictor.model_factory, resolve=True) == bare
 
 
 def _write_train_scores(workspace: Path) -> str:
