@@ -39,6 +39,7 @@ def main(cfg: DictConfig) -> float:
         raise ValueError(
             f"{path} scores another training set than the ground truth in {truth.root}"
         )
+    _check_independent(path, made, truth)
     outputs = truth.outputs()  # [count, n_seeds, n_query]
     result = lds(np.load(path), truth.masks, outputs)
     ceiling = noise_ceiling(outputs) if len(truth.seeds) >= 2 else None
@@ -57,6 +58,26 @@ def main(cfg: DictConfig) -> float:
     }
     write_json(workspace / "results" / f"lds-{cfg.scores_name}.json", record)
     return result.mean
+
+
+def _members(made: dict) -> set[int]:
+    """The seeds of the members the scores were made from (``seed-<s>.<checkpoint>`` ids)."""
+    if "members" in made:
+        return set(made["members"])
+    return {int(c.split(".")[0].removeprefix("seed-")) for c in made.get("checkpoints", ())}
+
+
+def _check_independent(path: Path, made: dict, truth: GroundTruthStore) -> None:
+    """Refuse a ground truth retrained with a member's seed: that model starts from the member's
+    initial weights (and shuffling), so it agrees with the member more than an independent
+    retraining would, and the member's LDS can be inflated."""
+    shared = sorted(_members(made) & set(truth.seeds))
+    if shared:
+        raise ValueError(
+            f"the ground truth in {truth.root} retrains with seeds {shared}, which the members "
+            f"scored in {path} were trained with: retrain it with seeds apart from the members' "
+            "(ground_truth.seeds, e.g. [1000, 1001, 1002])"
+        )
 
 
 def _summary(result: LDSResult) -> dict:

@@ -44,3 +44,17 @@ def test_scores_of_another_training_set_of_the_same_size_are_refused(tmp_path):
     with pytest.raises(ValueError, match="another training set than the ground truth"):
         run_entry_point("lds", tmp_path, "scores_name=s")
     assert not (tmp_path / "results" / "lds-s.json").exists()
+
+
+@pytest.mark.parametrize("made", [{"members": [1, 4]}, {"checkpoints": ["seed-1.epoch-0002"]}])
+def test_a_ground_truth_retrained_with_a_members_seed_is_refused(tmp_path, made):
+    """A retrained model with a member's seed starts from its initial weights and agrees with it
+    more than an independent one: that member's LDS was inflated."""
+    _workspace(tmp_path)  # ground-truth seeds 0 and 1
+    path = tmp_path / "scores" / "s.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **made}))
+    with pytest.raises(ValueError, match=r"retrains with seeds \[1\], which the members"):
+        run_entry_point("lds", tmp_path, "scores_name=s")
+    assert not (tmp_path / "results" / "lds-s.json").exists()
+    path.write_text(json.dumps({**json.loads(path.read_text()), "members": [2, 3]}))
+    assert run_entry_point("lds", tmp_path, "scores_name=s") > 0.99
