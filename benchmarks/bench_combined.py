@@ -97,10 +97,13 @@ def trak_scores(args, finals, train, queries, count: int) -> np.ndarray:
         shutil.rmtree(root)
         return scores
 
-    path = (
-        args.workspace / "scores" / "MNIST-1D" / f"TRAK_sparse_k{args.dim}" / f"models-{count}.npz"
-    )
-    return cached(path, compute, False)[0]
+    return cached(trak_scores_path(args.workspace, args.dim, count), compute, False)[0]
+
+
+def trak_scores_path(workspace: Path, dim: int, count: int) -> Path:
+    """Where :func:`trak_scores` keeps TRAK over ``count`` members at sparse JL ``dim`` (read by
+    ``bench_fresh_lds`` and ``bench_ntk_lds`` too)."""
+    return workspace / "scores" / "MNIST-1D" / f"TRAK_sparse_k{dim}" / f"models-{count}.npz"
 
 
 def checkpoint_scores(args, runs, train, queries, count: int) -> tuple[np.ndarray, float]:

@@ -34,7 +34,7 @@ from tda.models import MLP
 
 CACHED = {  # row name -> (cache directory under runs/bench_methods/scores/MNIST-1D, file pattern)
     "IF CG λ=0.01": ("IF_CG_λ=0.01", "model-{i}.npz"),
-    "TRAK (sparse 2048)": ("TRAK_sparse", "models-{m}.npz"),
+    "TRAK (sparse 2048)": ("TRAK_sparse_k2048", "models-{m}.npz"),  # bench_combined's
     "TracIn-CP": ("TracIn-CP", "model-{i}.npz"),
     "Source L=3 (EK-FAC)": ("Source_L=3_(EK-FAC)", "model-{i}.npz"),
 }
@@ -112,9 +112,12 @@ def cached_rows(truth, counts) -> list[dict]:
         for count in counts:
             paths = {pattern.format(i=i, m=count) for i in range(count)}
             paths = [root / key / file for file in sorted(paths)]
-            if all(path.exists() for path in paths):
-                scores = sum(np.load(path)["scores"] for path in paths) / len(paths)
-                rows.append(row(name, count, scores, truth, None, cached=str(root / key)))
+            if not all(path.exists() for path in paths):
+                print(f"skipped {name} M={count}: no cached scores in {root / key} (run "
+                      "bench_methods and bench_combined first)", flush=True)  # fmt: skip
+                continue
+            scores = sum(np.load(path)["scores"] for path in paths) / len(paths)
+            rows.append(row(name, count, scores, truth, None, cached=str(root / key)))
     return rows
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from benchmarks import bench_lds
+from benchmarks.bench_combined import trak_scores_path
 from benchmarks.bench_methods import cached
 from benchmarks.record import REPO_ROOT, available_cores, markdown_table, output_path, write_record
 from tda import SparseProjector, TrainConfig, lds, load_member, noise_ceiling
@@ -44,7 +45,7 @@ from tda.models import MLP
 from tda.ntk import EmpiricalNTK, KernelLogisticRegression, KernelSVM, NTKSurrogate
 
 MEMORY_LIMIT = 3 * 2**30  # bench_ntk's
-TRAK_CACHE = REPO_ROOT / "runs" / "bench_methods" / "scores" / "MNIST-1D" / "TRAK_sparse"
+TRAK_WORKSPACE = REPO_ROOT / "runs" / "bench_methods"  # bench_combined's TRAK scores, k = 2048
 
 
 def kernels() -> dict[str, EmpiricalNTK]:
@@ -142,17 +143,19 @@ def ntk_rows(args, finals, train, queries, truth) -> list[dict]:
 
 
 def trak_rows(counts, truth) -> list[dict]:
-    """TRAK (sparse 2048) from bench_methods' cache, where present."""
+    """TRAK (sparse 2048) from bench_combined's cache, where present (a missing one is named)."""
     rows = []
     for count in counts:
-        path = TRAK_CACHE / f"models-{count}.npz"
-        if path.exists():
-            saved = np.load(path)
-            seconds = float(saved["seconds"])
-            source = str(path.relative_to(REPO_ROOT))
-            rows.append(lds_row("TRAK sparse 2048 (cached)", count, saved["scores"], truth,
-                                cached_seconds=seconds, source=source))  # fmt: skip
-            print(_line(rows[-1]), flush=True)
+        path = trak_scores_path(TRAK_WORKSPACE, 2048, count)
+        if not path.exists():
+            print(f"skipped TRAK M={count}: no cached scores at {path} (run bench_combined first)")
+            continue
+        saved = np.load(path)
+        seconds = float(saved["seconds"])
+        source = str(path.relative_to(REPO_ROOT))
+        rows.append(lds_row("TRAK sparse 2048 (cached)", count, saved["scores"], truth,
+                            cached_seconds=seconds, source=source))  # fmt: skip
+        print(_line(rows[-1]), flush=True)
     return rows
 
 

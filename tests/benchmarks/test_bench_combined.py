@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from benchmarks.bench_combined import CACHED, cached_mean, trak_scores
+from benchmarks.bench_combined import CACHED, cached_mean, trak_scores, trak_scores_path
 
 EKFAC = CACHED["IF EK-FAC (empirical Fisher)"]
 
@@ -39,3 +39,15 @@ def test_trak_scores_are_cached_per_projection_size(tmp_path, monkeypatch):
     for dim in (2048, 512):  # a k = 512 run must not read the k = 2048 scores
         trak_scores(SimpleNamespace(dim=dim, workspace=tmp_path), [], None, None, 5)
     assert paths[0] != paths[1] and "k512" in str(paths[1])
+
+
+def test_the_benchmarks_that_reuse_its_trak_scores_read_where_it_writes_them():
+    """It moved its TRAK cache to TRAK_sparse_k<dim>; bench_fresh_lds and bench_ntk_lds kept
+    reading TRAK_sparse and silently dropped their TRAK rows."""
+    from benchmarks import bench_fresh_lds, bench_methods, bench_ntk_lds
+
+    workspace = bench_methods.parse_args([]).workspace
+    written = trak_scores_path(workspace, 2048, 5)
+    key, pattern = bench_fresh_lds.CACHED["TRAK (sparse 2048)"]
+    assert workspace / "scores" / "MNIST-1D" / key / pattern.format(m=5) == written
+    assert trak_scores_path(bench_ntk_lds.TRAK_WORKSPACE, 2048, 5) == written
