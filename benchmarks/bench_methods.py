@@ -123,7 +123,8 @@ def _since(start: float) -> float:
 
 def cached(path: Path, compute: Callable, fresh: bool) -> tuple[np.ndarray, float, dict]:
     """Scores ``[q, n]`` (float64), their seconds and the settings chosen while computing them
-    (``compute`` returns scores or ``(scores, settings)``), computed once and kept at ``path``."""
+    (``compute`` returns scores or ``(scores, settings)``), computed once and kept at ``path``
+    with the torch threads they were timed with (:func:`cached_threads`)."""
     if path.exists() and not fresh:
         saved = np.load(path)
         return saved["scores"], float(saved["seconds"]), json.loads(str(saved["info"]))
@@ -132,9 +133,24 @@ def cached(path: Path, compute: Callable, fresh: bool) -> tuple[np.ndarray, floa
     scores, info = result if isinstance(result, tuple) else (result, {})
     scores, seconds = np.asarray(scores, dtype=np.float64), _since(start)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path.with_suffix(".tmp.npz"), scores=scores, seconds=seconds, info=json.dumps(info))
+    np.savez(path.with_suffix(".tmp.npz"), scores=scores, seconds=seconds, info=json.dumps(info),
+             threads=torch.get_num_threads())  # fmt: skip
     os.replace(path.with_suffix(".tmp.npz"), path)
     return scores, seconds, info
+
+
+def cached_threads(path: Path) -> int | None:
+    """The torch threads the scores cached at ``path`` were timed with (``None``: cached before
+    they were recorded): a cached row keeps the seconds of the run that computed it."""
+    saved = np.load(path)
+    return int(saved["threads"]) if "threads" in saved.files else None
+
+
+def _threads_of(timed: list[int | None]) -> int | list | None:
+    """The threads a row's members were timed with: one value, or every value when they differ
+    (``None``: unrecorded)."""
+    used = set(timed)
+    return used.pop() if len(used) == 1 else sorted(used, key=str)
 
 
 def lds_row(setting, method, models, scores, truth, seconds, **extra) -> dict:
@@ -159,7 +175,7 @@ class Bench:
     def ensemble(self, method: str, members: Sequence, score_one, counts: Sequence[int]):
         """Rows of ``score_one(member)`` averaged over the first M members, M in ``counts``;
         a failure becomes a row that says what the user would see."""
-        rows, total, seconds, infos = [], None, 0.0, []
+        rows, total, seconds, infos, threads = [], None, 0.0, [], []
         key = method.replace(" ", "_").replace("/", "-")
         for index, member in enumerate(members[: max(counts)]):
             path = self.root / "scores" / self.setting / key / f"model-{index}.npz"
@@ -169,10 +185,12 @@ class Bench:
                 return rows + [self.failure(method, index + 1, error)]
             total, seconds = (scores if total is None else total + scores), seconds + took
             infos += [info] if info else []
+            threads.append(cached_threads(path))
             self.first.setdefault(method, scores)
             if index + 1 in counts:
                 scores = total / (index + 1)
                 row = lds_row(self.setting, method, index + 1, scores, self.truth, seconds)
+                row["threads"] = _threads_of(threads)
                 rows.append({**row, "chosen": list(infos)} if infos else row)
         return rows
 
@@ -244,7 +262,8 @@ def projected_rows(bench: Bench, featurizer, models, train, queries, trak_counts
             scores = attributor().fit(store, checkpoints=ids[:count]).score("query").double()
             took = sum(seconds[:count]) + _since(start)
             bench.first.setdefault(name, scores.numpy())
-            rows.append(lds_row(bench.setting, name, count, scores, bench.truth, took))
+            row = lds_row(bench.setting, name, count, scores, bench.truth, took)
+            rows.append({**row, "threads": torch.get_num_threads()})  # timed in this run
     shutil.rmtree(bench.root / "features")
     return rows
 
@@ -412,8 +431,11 @@ def table(rows: list[dict]) -> str:
             cells.append([r["setting"], r["method"], r["models"], f"fails: {r['error']}", "–"])
             continue
         interval = f"{r['lds']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        cells.append([r["setting"], r["method"], r["models"], interval, f"{r['seconds']:.1f}"])
-    return markdown_table(["setting", "method", "M", "LDS [95% CI]", "time (s)"], cells)
+        threads = r.get("threads")
+        cells.append([r["setting"], r["method"], r["models"], interval, f"{r['seconds']:.1f}",
+                      "?" if threads is None else str(threads)])  # fmt: skip
+    header = ["setting", "method", "M", "LDS [95% CI]", "time (s)", "threads"]
+    return markdown_table(header, cells)
 
 
 def agreement_table(pairs: list[dict]) -> str:
