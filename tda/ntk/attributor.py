@@ -71,9 +71,16 @@ class NTKSurrogate:
         return self
 
     def kernel_rows(self, queries: Examples) -> Tensor:
-        """``K(x_q, z_i)`` ``[q, n_train]`` (float64) between queries and training examples."""
+        """``K(x_q, z_i)`` ``[q, n_train]`` (float64) between queries and training examples.
+
+        Raises:
+            KernelTooLargeError: the kept training features, these rows and one chunk exceed
+                the kernel's memory limit (split the queries).
+        """
         self._require_fitted()
-        return self.kernel.cross_matrix(self.model, queries.inputs, self.train_features).cpu()
+        inputs = queries.inputs
+        self.kernel.check_memory(self.model, inputs, n_left=len(inputs), n_right=len(self.train))
+        return self.kernel.cross_matrix(self.model, inputs, self.train_features).cpu()
 
     def decision_function(self, queries: Examples) -> Tensor:
         r"""Surrogate class scores :math:`\hat f(x)` ``[q, C]``."""

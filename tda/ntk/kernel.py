@@ -54,6 +54,12 @@ class DegenerateKernelError(ValueError):
     """A kernel matrix holds NaN or infinite entries, or is constant, so no model can be fit."""
 
 
+GRADIENT_COPIES = 3
+"""Copies of a chunk's gradients alive at the peak: ``vmap(jacrev)``'s per-parameter blocks,
+their concatenation and the projection's working copy (measured: a projected chunk peaks at
+about 3x its Jacobian's bytes, an unprojected one at about 1.6x)."""
+
+
 @dataclass(frozen=True)
 class _SummedLogits:
     """Task whose output is :math:`\\sum_c f_c`: the pseudo-NTK's differentiated function."""
@@ -79,7 +85,7 @@ class EmpiricalNTK:
             ``None`` gives the exact kernel.
         parameters: names of the parameters to differentiate (default: all trainable ones).
         chunk_size: examples per vectorised Jacobian call: bounds the transient memory at
-            ``chunk_size * C * p`` floats.
+            about ``3 * chunk_size * C * p`` floats (:data:`GRADIENT_COPIES`).
         memory_limit_bytes: largest footprint (kept features + kernel + one chunk) a call may
             take; larger requests raise :class:`KernelTooLargeError` with what they would need.
     """
@@ -164,9 +170,10 @@ class EmpiricalNTK:
         return n_right * width * element + kernel + transient
 
     def _gradient_width(self, num_outputs: int, p: int) -> int:
-        """Gradient values per example in a chunk: the ``[C, p]`` Jacobian for the trace NTK,
-        one ``p``-gradient of the summed logits for the pseudo NTK."""
-        return num_outputs * p if self.kind == "trace" else p
+        """Gradient values held per example while a chunk is worked: the ``[C, p]`` Jacobian for
+        the trace NTK, one ``p``-gradient of the summed logits for the pseudo NTK, times
+        :data:`GRADIENT_COPIES`."""
+        return GRADIENT_COPIES * (num_outputs * p if self.kind == "trace" else p)
 
     def check_memory(
         self, model: nn.Module, inputs: Tensor, n_left: int, n_right: int, square: bool = False
@@ -195,12 +202,14 @@ class EmpiricalNTK:
             f"a projector with dim <= {largest_k} (e.g. projector=DenseProjector(dim="
             f"{_round_down(largest_k)})) fits"
             if largest_k >= 1
-            else f"even a projection does not fit: the kernel alone takes {_size(kernel)}"
+            else "even a projection does not fit: the kernel and one chunk's gradients alone take "
+            f"{_size(kernel + chunk * gradients * element)}"
         )
         return (
             f"the {self.kind} NTK of {shape} would need {_size(needed)} "
             f"({n_right} x {width} features of {element} bytes, a {_size(kernel)} kernel, "
-            f"chunks of {chunk} x {gradients} gradient values), above memory_limit_bytes = "
+            f"chunks of {chunk} x {gradients // GRADIENT_COPIES} gradient values, held "
+            f"{GRADIENT_COPIES}x at the peak), above memory_limit_bytes = "
             f"{_size(self.memory_limit_bytes)}. Options: {advice}; a smaller chunk_size; or "
             "fewer examples (split the query set and call once per part)."
         )

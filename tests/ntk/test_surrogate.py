@@ -12,6 +12,7 @@ from tda.ntk import (
     EmpiricalNTK,
     KernelLogisticRegression,
     KernelSVM,
+    KernelTooLargeError,
     NTKSurrogate,
     contributions,
     decision_function,
@@ -157,3 +158,14 @@ def test_faithfulness_oracles():
     assert faithfulness(binary, noisy).kendall_tau == pytest.approx(expected)
     with pytest.raises(ValueError, match="both be"):
         faithfulness(network, network[:, :3])
+
+
+def test_query_rows_over_the_memory_limit_are_refused(tiny_mlp, tiny_data):
+    """Fitting checked the limit; the queries' kernel rows (score, faithfulness, ...) did not,
+    so a large query set was computed whatever the limit."""
+    ntk = EmpiricalNTK("trace", DenseProjector(8), chunk_size=4, memory_limit_bytes=40_000)
+    surrogate = NTKSurrogate(ntk).fit(tiny_mlp, tiny_data.subset(range(15)))
+    assert surrogate.kernel_rows(tiny_data.subset(range(5))).shape == (5, 15)
+    many = Examples(tiny_data.inputs.repeat(10, 1), tiny_data.targets.repeat(10))  # 200 queries
+    with pytest.raises(KernelTooLargeError, match="would need"):
+        surrogate.score(many)
