@@ -21,7 +21,8 @@ from tda.plots import plot_top_examples
 from tda.ranking import top_examples
 
 WORKSPACE = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
-MODELS, QUERIES, SUBSETS, SEEDS = 3, 100, 30, (0, 1)
+MODELS, QUERIES, SUBSETS = 3, 100, 30
+SEEDS = (1000, 1001)  # ground-truth retraining seeds, apart from the members' 0 .. MODELS - 1
 CONFIG = tda.TrainConfig(epochs=30, batch_size=64)
 MODEL = tda.on_device(tda.MLP, "auto")  # CUDA when present, else the CPU
 
