@@ -41,6 +41,10 @@ class AuditRecord:
         library_version: version of ``tda-unlearn``.
         torch_version: version of ``torch``.
         timestamp: UTC time the run finished, ISO 8601.
+        torch_threads: intra-op threads the run used (same seed and threads on the same CPU:
+            the same weights, bit for bit; other threads can round differently); ``None`` in
+            records written before it was recorded.
+        device: where the model ran (``"cpu"``, ``"cuda:0"``); ``None`` likewise.
     """
 
     request: UnlearningRequest
@@ -56,6 +60,8 @@ class AuditRecord:
     library_version: str
     torch_version: str
     timestamp: str
+    torch_threads: int | None = None
+    device: str | None = None
 
     @property
     def request_id(self) -> str:
@@ -83,7 +89,8 @@ class AuditRecord:
         content = dict(content)
         request_id, seed = content.pop("request_id", None), content.pop("seed", None)
         names = {f.name for f in fields(cls)}
-        if set(content) != names:
+        missing = names - set(content) - set(LATER_FIELDS)  # older records lack the later ones
+        if set(content) - names or missing:
             raise ValueError(f"audit record fields {sorted(content)} differ from {sorted(names)}")
         content["request"] = UnlearningRequest.from_dict(content["request"])
         record = cls(**content)
@@ -95,6 +102,10 @@ class AuditRecord:
     def from_json(cls, line: str) -> AuditRecord:
         """The record :meth:`to_json` wrote."""
         return cls.from_dict(json.loads(line))
+
+
+LATER_FIELDS = ("torch_threads", "device")
+"""Fields added after the first records were written: a record without them still reads."""
 
 
 @contextmanager
@@ -119,15 +130,45 @@ def append_audit(record: AuditRecord, log_path: str | os.PathLike) -> None:
     line = (record.to_json() + "\n").encode()
     with _locked(path):
         existing = path.read_bytes() if path.exists() else b""
-        if existing and not existing.endswith(b"\n"):
-            raise ValueError(f"audit log {path} does not end with a newline; refusing to append")
+        _check_whole(path, existing)
         mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else None
         write_bytes_atomic(path, existing + line)
         if mode is not None:  # the rename published a fresh file; keep the log's permissions
             os.chmod(path, mode)
 
 
+def _check_whole(path: Path, existing: bytes) -> None:
+    if existing and not existing.endswith(b"\n"):
+        raise ValueError(f"audit log {path} does not end with a newline; refusing to append")
+
+
+def check_audit_log(log_path: str | os.PathLike) -> list[AuditRecord]:
+    """The records of ``log_path`` (none if it does not exist yet), refusing a log that a run
+    could not be appended to, so that a request is refused before it runs, not after.
+
+    Raises:
+        ValueError: the log is damaged (no final newline, or a line that is no record).
+    """
+    path = Path(log_path)
+    if not path.exists():
+        return []
+    _check_whole(path, path.read_bytes())
+    return read_audit_log(path)
+
+
 def read_audit_log(log_path: str | os.PathLike) -> list[AuditRecord]:
-    """Every record in a JSON-lines audit log, in the order appended."""
+    """Every record in a JSON-lines audit log, in the order appended.
+
+    Raises:
+        ValueError: a line that is no audit record (its line number named).
+    """
     lines = Path(log_path).read_text().splitlines()
-    return [AuditRecord.from_json(line) for line in lines if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(AuditRecord.from_json(line))
+        except (ValueError, TypeError, KeyError) as error:
+            raise ValueError(f"audit log {log_path}, line {number}: {error}") from error
+    return records

@@ -24,7 +24,7 @@ from tda.data.examples import Examples, as_examples
 from tda.describe import describe, qualified_name
 from tda.fingerprint import model_fingerprint
 from tda.timing import warm_up_torch
-from unlearn.audit import AuditRecord
+from unlearn.audit import AuditRecord, check_audit_log
 from unlearn.masks import Mask, check_mask, describe_mask
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
 from unlearn.metrics import unlearning_metrics
@@ -56,6 +56,26 @@ def _check_request(request, method, model_before: str, train: Examples, data_bef
         raise ValueError(
             f"{type(method).__name__} needs forget examples but request {request.request_id} "
             "has an empty forget set"
+        )
+
+
+def _check_history(request, model_before: str, records: list[AuditRecord]) -> None:
+    """Refuse a request on a model the log says an earlier request produced, unless it carries
+    what that request had forgotten (``previously_forgotten``): built by hand instead of by
+    :meth:`UnlearningResult.next_request`, it would put those examples back in the retain set."""
+    produced = [r for r in records if r.model_fingerprint_after == model_before]
+    if not produced:
+        return
+    earlier = produced[-1]
+    forgotten = set(earlier.request.forgotten_after())
+    lacking = sorted(forgotten - set(request.previously_forgotten))
+    if lacking:
+        raise ValueError(
+            f"request {request.request_id} is for model {model_before[:12]}..., the output of "
+            f"request {earlier.request_id} in the audit log, which had forgotten "
+            f"{len(forgotten)} examples; this request's previously_forgotten lacks {len(lacking)} "
+            f"of them (e.g. {lacking[0]}), so they would be retained (or forgotten twice): build "
+            "it with result.next_request(...), or pass previously_forgotten"
         )
 
 
@@ -111,6 +131,8 @@ class Unlearner:
             raise ValueError("test_data is empty; pass held-out examples or None")
         model_before, data_before = model_fingerprint(model), train.fingerprint()
         _check_request(request, self.method, model_before, train, data_before)
+        if self.audit_log is not None:  # a damaged log or a broken chain: refused before the run
+            _check_history(request, model_before, check_audit_log(self.audit_log))
         mask = check_mask(model, self.mask) if self.mask is not None else None
         split = ForgetSplit.of(_on_model(model, train), request, train_fingerprint=data_before)
         warm_up_torch()
@@ -150,4 +172,6 @@ class Unlearner:
             library_version=_library_version(),
             torch_version=torch.__version__,
             timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            torch_threads=torch.get_num_threads(),
+            device=str(next(unlearned.parameters()).device),
         )

@@ -106,3 +106,19 @@ def test_appending_keeps_earlier_lines_and_refuses_a_damaged_log(result, tmp_pat
     with pytest.raises(ValueError, match="does not end with a newline"):
         result.append_audit(log)
     assert log.read_bytes() == damaged
+
+
+def test_a_record_written_before_threads_and_device_were_kept_still_reads(result, tmp_path):
+    content = result.audit.to_dict()
+    del content["torch_threads"], content["device"]
+    old = AuditRecord.from_dict(content)
+    assert old.torch_threads is None and old.device is None
+    with pytest.raises(ValueError, match="differ from"):
+        AuditRecord.from_dict({**content, "unexpected": 1})
+
+
+def test_a_bad_line_of_the_log_is_named(result, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    log.write_text(result.audit.to_json() + "\n" + "{not json\n")
+    with pytest.raises(ValueError, match="line 2"):
+        read_audit_log(log)

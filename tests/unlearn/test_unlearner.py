@@ -119,3 +119,41 @@ def test_sequential_requests_chain_fingerprints_and_never_retain_earlier_forgets
         unlearner.unlearn(
             trained, mnist.train, second_request
         )  # the original, not the first result
+
+
+def test_a_hand_built_follow_up_that_would_retain_earlier_forgets_is_refused(
+    mnist, trained, tmp_path
+):
+    """A follow-up built by hand (not by next_request) on an unlearned model put the first
+    request's examples back in the retain set: fine-tuning relearned them."""
+    log = tmp_path / "audit.jsonl"
+    unlearner = Unlearner(FineTune(QUICK), audit_log=log)
+    first = unlearner.unlearn(trained, mnist.train, _request(trained, indices=range(10)))
+    logged = log.read_bytes()
+    by_hand = _request(first.model, indices=[20, 21])
+    with pytest.raises(ValueError, match="previously_forgotten lacks 10 of them .*next_request"):
+        unlearner.unlearn(first.model, mnist.train, by_hand)
+    assert log.read_bytes() == logged
+    chained = unlearner.unlearn(first.model, mnist.train, first.next_request([20, 21]))
+    assert chained.audit.request.previously_forgotten == tuple(range(10))
+    # without an audit log there is no history to check
+    Unlearner(FineTune(QUICK)).unlearn(first.model, mnist.train, by_hand)
+
+
+def test_a_damaged_audit_log_is_refused_before_the_run(mnist, trained, tmp_path):
+    """The damage was found only when appending, after the run: its result was thrown away."""
+
+    class NeverRuns(FineTune):
+        def unlearn(self, *args, **kwargs):
+            raise AssertionError("the method ran before the log was checked")
+
+    log = tmp_path / "audit.jsonl"
+    log.write_text('{"partial": ')
+    with pytest.raises(ValueError, match="does not end with a newline"):
+        Unlearner(NeverRuns(QUICK), audit_log=log).unlearn(trained, mnist.train, _request(trained))
+
+
+def test_the_audit_record_names_the_threads_and_device_of_the_run(mnist, trained):
+    result = Unlearner(FineTune(QUICK)).unlearn(trained, mnist.train, _request(trained))
+    assert result.audit.torch_threads == torch.get_num_threads()
+    assert result.audit.device == "cpu"
