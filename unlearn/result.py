@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,6 +18,17 @@ from unlearn.audit import AuditRecord, append_audit
 from unlearn.request import IndexLike, UnlearningRequest
 
 MODEL_FILE, AUDIT_FILE = "model.safetensors", "audit.json"
+
+
+def _digest(record: dict) -> str:
+    """SHA-256 of a record's canonical JSON."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def _without_digest(path: Path) -> dict:
+    content = json.loads(path.read_text())
+    content.pop("record_sha256", None)
+    return content
 
 
 @dataclass(frozen=True)
@@ -42,13 +54,31 @@ class UnlearningResult:
         """Wall-clock seconds of the unlearning run and of the metrics."""
         return self.audit.timings
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``model.safetensors`` and ``audit.json`` into ``directory``, each atomically."""
+    def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``model.safetensors`` and ``audit.json`` into ``directory``, each atomically.
+
+        ``audit.json`` carries the SHA-256 of its record (``record_sha256``), which
+        :meth:`load` checks: an edited record is refused (a checksum against accidents, not a
+        signature: whoever edits it can recompute it).
+
+        Raises:
+            FileExistsError: ``directory`` holds another result (saving this one again is
+                fine); pass ``overwrite=True`` to replace it.
+        """
         directory = Path(directory)
+        record = self.audit.to_dict()
+        saved = directory / AUDIT_FILE
+        if saved.exists() and not overwrite and _without_digest(saved) != record:
+            raise FileExistsError(
+                f"{directory} holds the result of another run (request "
+                f"{json.loads(saved.read_text()).get('request_id')}); save elsewhere or pass "
+                "overwrite=True"
+            )
         state = savable_state(self.model)
         write_bytes_atomic(directory / MODEL_FILE, save(state))
-        text = json.dumps(self.audit.to_dict(), indent=2, sort_keys=True, allow_nan=False)
-        write_bytes_atomic(directory / AUDIT_FILE, text.encode())
+        content = {**record, "record_sha256": _digest(record)}
+        text = json.dumps(content, indent=2, sort_keys=True, allow_nan=False)
+        write_bytes_atomic(saved, text.encode())
         return directory
 
     @classmethod
@@ -59,16 +89,21 @@ class UnlearningResult:
         any is copied, so a refused result leaves ``model`` as it was.
 
         Raises:
-            ValueError: the weights do not fit ``model`` or do not match the audit's fingerprint.
+            ValueError: the weights do not fit ``model`` or do not match the audit's fingerprint,
+                or the audit record does not match its checksum (edited).
         """
         directory = Path(directory)
-        audit = AuditRecord.from_dict(json.loads((directory / AUDIT_FILE).read_text()))
+        content = json.loads((directory / AUDIT_FILE).read_text())
+        recorded = content.pop("record_sha256", None)  # None: saved before records had one
+        if recorded is not None and recorded != _digest(content):
+            raise ValueError(f"the audit record in {directory} was edited after it was saved")
+        audit = AuditRecord.from_dict(content)
         state = load_file(str(directory / MODEL_FILE))
         if model_fingerprint(state) != audit.model_fingerprint_after:
             raise ValueError(f"weights in {directory} do not match the audit's fingerprint")
         check_state_fits(f"the model file in {directory}", state, model)
         model.load_state_dict(state, strict=True)
-        return cls(model=model, audit=audit)
+        return cls(model=model.eval(), audit=audit)
 
     def append_audit(self, log_path: str | os.PathLike) -> None:
         """Append the audit record as one JSON line to ``log_path`` (see :mod:`unlearn.audit`)."""

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -53,11 +54,29 @@ def test_a_saved_result_loads_back_and_checks_its_fingerprint(result, tmp_path):
     loaded = UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
     assert loaded.audit == result.audit
     assert model_fingerprint(loaded.model) == model_fingerprint(result.model)
+    assert not loaded.model.training  # in eval mode, as a fresh result's model
     tampered = json.loads((tmp_path / "run" / "audit.json").read_text())
     tampered["model_fingerprint_after"] = "0" * 64
     (tmp_path / "run" / "audit.json").write_text(json.dumps(tampered))
+    with pytest.raises(ValueError, match="was edited after it was saved"):
+        UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
+    del tampered["record_sha256"]  # as saved before records had a checksum
+    (tmp_path / "run" / "audit.json").write_text(json.dumps(tampered))
     with pytest.raises(ValueError, match="do not match the audit's fingerprint"):
         UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
+
+
+def test_saving_into_a_directory_of_another_result_is_refused(result, tmp_path):
+    """Saving FT's result into SalUn's directory silently replaced it."""
+    result.save(tmp_path / "run")
+    result.save(tmp_path / "run")  # the same result again: fine
+    later = dataclasses.replace(result.audit, timestamp="2000-01-01T00:00:00+00:00")
+    other = dataclasses.replace(result, audit=later)
+    with pytest.raises(FileExistsError, match="holds the result of another run"):
+        other.save(tmp_path / "run")
+    other.save(tmp_path / "run", overwrite=True)
+    loaded = UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
+    assert loaded.audit.timestamp == "2000-01-01T00:00:00+00:00"
 
 
 def _state_bits(model) -> dict:
@@ -74,6 +93,7 @@ def test_a_refused_saved_result_leaves_the_model_as_it_was(result, tmp_path):
         UnlearningResult.load(tmp_path / "run", other_dtype)
     tampered = json.loads((tmp_path / "run" / "audit.json").read_text())
     tampered["model_fingerprint_after"] = "0" * 64
+    del tampered["record_sha256"]
     (tmp_path / "run" / "audit.json").write_text(json.dumps(tampered))
     same_layout = build_model(FACTORY, 1)
     before_same = _state_bits(same_layout)
