@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -139,3 +140,15 @@ def load_checkpoint(
     check_state_fits(f"checkpoint {checkpoint.path}", state, model)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def load_fresh_model(model_factory: Callable[[], nn.Module], checkpoint: Checkpoint) -> nn.Module:
+    """A new ``model_factory()`` holding ``checkpoint``'s weights (verified against its
+    fingerprint), in the floating dtype they were saved in: a model trained on float64 data
+    comes back float64 although the factory builds float32."""
+    state = read_checkpoint(checkpoint)
+    model = model_factory()
+    floating = {value.dtype for value in state.values() if value.is_floating_point()}
+    if len(floating) == 1:
+        model = model.to(floating.pop())
+    return load_checkpoint(checkpoint, model, state)

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tda.atomic import write_bytes_atomic
-from tda.checkpoints import Checkpoint, list_checkpoints, load_checkpoint, read_checkpoint
+from tda.checkpoints import Checkpoint, list_checkpoints, load_fresh_model
 from tda.data.examples import Examples
 from tda.describe import describe
 from tda.fingerprint import model_fingerprint
@@ -109,10 +109,6 @@ def _claim(directory: Path, recipe: dict[str, object], config: TrainConfig) -> N
 
 def load_member(model_factory: Callable[[], nn.Module], checkpoint: Checkpoint) -> nn.Module:
     """A fresh model holding ``checkpoint``'s weights (verified against its fingerprint), in the
-    floating dtype they were saved in (a member trained on float64 data is float64)."""
-    state = read_checkpoint(checkpoint)
-    model = model_factory()
-    floating = {value.dtype for value in state.values() if value.is_floating_point()}
-    if len(floating) == 1:
-        model = model.to(floating.pop())
-    return load_checkpoint(checkpoint, model, state).eval()
+    floating dtype they were saved in (a member trained on float64 data is float64), in eval
+    mode."""
+    return load_fresh_model(model_factory, checkpoint).eval()

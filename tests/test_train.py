@@ -10,10 +10,12 @@ from tda.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from tda.data import Examples, load_mnist1d
 from tda.ensemble import load_member, train_ensemble
 from tda.fingerprint import model_fingerprint
+from tda.methods import TracIn, TrainingRun
 from tda.models import MLP, CNN1d, build_model
 from tda.task import ClassificationTask, LanguageModelingTask
 from tda.training import CHECKPOINT_SETTINGS, TrainConfig, train, weight_settings
 from tda.transformer import CausalTransformer
+from tda.valuation import tracin_self_influence
 
 CONFIG = TrainConfig(epochs=4, batch_size=32, checkpoints=2)
 POSITION = {
@@ -226,6 +228,19 @@ def test_an_ensemble_on_float64_data_trains_and_loads_float64_members(data, tmp_
     assert model_fingerprint(member) == model_fingerprint(expected)
     single = train_ensemble(MLP, data.train, config, [0], tmp_path / "single", progress=False)
     assert next(load_member(MLP, single[0][-1]).parameters()).dtype == torch.float32
+
+
+def test_checkpoint_readers_load_float64_members_in_float64(data, tmp_path):
+    """TracIn, TrainingRun (influence over runs) and TracIn self-influence rebuilt float32
+    models for float64 checkpoints and refused them."""
+    double = Examples(data.train.inputs[:100].double(), data.train.targets[:100])
+    config = TrainConfig(epochs=2, batch_size=50, checkpoints=2)
+    checkpoints = train_ensemble(MLP, double, config, [0], tmp_path, progress=False)[0]
+    queries = Examples(data.test.inputs[:5].double(), data.test.targets[:5])
+    assert TracIn().fit(MLP, checkpoints, double).score(queries).shape == (5, 100)
+    model = TrainingRun(MLP, tuple(checkpoints), double).final_model()
+    assert next(model.parameters()).dtype == torch.float64 and not model.training
+    assert tracin_self_influence(MLP, checkpoints, double).shape == (100,)
 
 
 def test_an_ensemble_member_trained_on_other_data_or_settings_is_refused(data, tmp_path):

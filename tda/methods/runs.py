@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from tda.checkpoints import Checkpoint, load_checkpoint
+from tda.checkpoints import Checkpoint, load_fresh_model
 from tda.data.examples import Examples
 from tda.methods.base import mean_over_checkpoints
 
@@ -53,7 +53,7 @@ class TrainingRun:
 
     def final_model(self) -> nn.Module:
         """The trained model (the last checkpoint), in eval mode."""
-        return load_checkpoint(self.checkpoints[-1], self.model_factory()).eval()
+        return load_fresh_model(self.model_factory, self.checkpoints[-1]).eval()
 
 
 @runtime_checkable

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from tda.checkpoints import Checkpoint, load_checkpoint
+from tda.checkpoints import Checkpoint, load_fresh_model
 from tda.data.examples import Examples
 from tda.grads import ParameterNames, iter_per_sample_gradients, per_sample_gradients
 from tda.methods.runs import TrainingRun
@@ -40,8 +40,8 @@ ModelFactory = Callable[[], nn.Module]
 
 
 def load_model(model_factory: ModelFactory, checkpoint: Checkpoint) -> nn.Module:
-    """A fresh ``model_factory()`` holding the weights of ``checkpoint``."""
-    return load_checkpoint(checkpoint, model_factory())
+    """A fresh ``model_factory()`` holding the weights of ``checkpoint``, in their dtype."""
+    return load_fresh_model(model_factory, checkpoint)
 
 
 def on_model_device(model: nn.Module, examples: Examples) -> Examples:

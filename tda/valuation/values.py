@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tda.checkpoints import Checkpoint, load_checkpoint
+from tda.checkpoints import Checkpoint, load_fresh_model
 from tda.data.examples import Examples
 from tda.grads import iter_per_sample_gradients
 from tda.task import ClassificationTask, Task
@@ -119,7 +119,7 @@ def tracin_self_influence(
         raise ValueError("TracIn self-influence needs at least one checkpoint; got none")
     total = torch.zeros(len(train), dtype=torch.float64)
     for checkpoint in checkpoints:
-        model = load_checkpoint(checkpoint, model_factory())
+        model = load_fresh_model(model_factory, checkpoint)
         norms = loss_gradient_norms(
             model, train, task=task, parameters=parameters, chunk_size=chunk_size
         )
