@@ -43,6 +43,12 @@ def _true_class_mask(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     example), instead of a plausible wrong number (a loss of ``logsumexp``, a :math:`Q` of 1).
     A data-dependent check cannot raise inside ``vmap``.
     """
+    if target.shape != logits.shape[:-1]:  # a [n, 1] target column broadcast to [n, n]
+        raise ValueError(
+            f"targets of shape {tuple(target.shape)} do not fit logits of shape "
+            f"{tuple(logits.shape)}: one class index per example is expected (a [n, 1] column "
+            "must be flattened to [n])"
+        )
     classes = torch.arange(logits.shape[-1], device=logits.device)
     mask = classes == target.unsqueeze(-1)
     valid = mask.any(-1)

@@ -117,3 +117,12 @@ def test_accuracy_of_sequences_counts_only_the_counted_positions():
     nothing_counted = torch.full_like(targets, IGNORE_INDEX)
     with pytest.raises(ValueError, match="at least one example with a counted target"):
         accuracy(torch.nn.Identity(), Examples(logits, nothing_counted))  # was NaN
+
+
+def test_a_target_column_is_refused_not_broadcast():
+    """Targets of shape [n, 1] broadcast against [n] per-class values into [n, n]: training on
+    scikit-learn's y[:, None] silently learned a constant model."""
+    logits = torch.randn(4, 3)
+    for method in ("loss", "output", "out_to_loss"):
+        with pytest.raises(ValueError, match=r"targets of shape \(4, 1\) do not fit logits"):
+            getattr(ClassificationTask(), method)(logits, torch.zeros(4, 1, dtype=torch.long))
