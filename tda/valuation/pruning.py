@@ -112,7 +112,7 @@ def pruning_curve(
     task: Task = ClassificationTask(),
     workspace: str | os.PathLike | None = None,
     confidence: float = 0.95,
-    progress: bool = False,
+    progress: bool = True,
 ) -> PruningCurve:
     """Accuracy after removing each fraction by value and at random (module docstring).
 
@@ -127,7 +127,7 @@ def pruning_curve(
         task: training loss.
         workspace: directory for resumable per-run records (``None``: keep nothing on disk).
         confidence: level of the intervals.
-        progress: show a progress bar.
+        progress: show a progress bar (default, as training and featurizing do).
 
     Raises:
         ValueError: bad fractions, seeds, values or confidence, or a workspace holding other runs.
@@ -176,10 +176,12 @@ def _run(model_factory, train_data, test_data, removed, seed, config, task, path
     }
     if path is not None and path.exists():
         record = json.loads(path.read_text())
-        if {key: record.get(key) for key in identity} != identity:
+        differing = [key for key in identity if record.get(key) != identity[key]]
+        if differing:
             raise ValueError(
                 f"{path} records a run of another model, on other data, another removal set or "
-                "other training settings; use another workspace for these values"
+                f"other training settings (differing: {', '.join(differing)}); use another "
+                "workspace for these values"
             )
         return float(record["accuracy"])
     keep = np.setdiff1d(np.arange(len(train_data)), removed)

@@ -72,7 +72,7 @@ def test_resume_reads_records_and_refuses_other_values(problem, tmp_path, monkey
     with pytest.raises(ValueError, match="another removal set"):
         pruning_curve(factory, train_data, test_data, -values, **options)
     longer = {**options, "config": TrainConfig(epochs=4, batch_size=16)}
-    with pytest.raises(ValueError, match="other training settings"):
+    with pytest.raises(ValueError, match=r"other training settings \(differing: train_settings\)"):
         pruning_curve(factory, train_data, test_data, values, **longer)
     # another architecture read the first one's accuracies
     wider = partial(MLP, 2, (8,), 2)
