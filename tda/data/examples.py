@@ -108,6 +108,11 @@ def _pair(item: Any) -> Any:
             f"expected (input, target) pairs, got a mapping with keys {sorted(item)}; pass a "
             "Hugging Face dataset itself, naming its input_column and target_column"
         )
+    if len(item) != 2:  # e.g. a list of feature rows passed without its targets
+        raise ValueError(
+            f"expected (input, target) pairs or an (X, y) tuple of arrays; got an item of "
+            f"{type(item).__name__} with {len(item)} elements"
+        )
     return item
 
 
@@ -159,7 +164,10 @@ def _from_hugging_face(dataset, input_column: str, target_column: str) -> Exampl
     return Examples(inputs, _integer_targets(table[target_column]))
 
 
-def _from_arrays(inputs: np.ndarray | Tensor, targets: np.ndarray | Tensor) -> Examples:
+def _from_arrays(inputs: Any, targets: Any) -> Examples:
+    # a read-only array (a pandas frame's values) is copied: torch warns about sharing it
+    inputs, targets = (a if isinstance(a, Tensor) else np.require(a, requirements="W")
+                       for a in (inputs, targets))  # fmt: skip
     if len(inputs) != len(targets):
         raise ValueError(
             f"inputs and targets differ in length: {len(inputs)} inputs, {len(targets)} targets"
@@ -170,14 +178,18 @@ def _from_arrays(inputs: np.ndarray | Tensor, targets: np.ndarray | Tensor) -> E
 
 
 def _is_array_pair(data: Any) -> bool:
-    """``(inputs, targets)``: a tuple of two arrays (scikit-learn's ``X, y``), not a sequence
+    """``(inputs, targets)``: a tuple or list of two arrays (scikit-learn's ``X, y``: numpy,
+    torch, or anything with ``__array__``, e.g. a pandas DataFrame and Series), not a sequence
     of two ``(input, target)`` pairs."""
-    arrays = (np.ndarray, torch.Tensor)
     return (
-        isinstance(data, tuple)
+        isinstance(data, tuple | list)
         and len(data) == 2
-        and all(isinstance(a, arrays) and a.ndim >= 1 for a in data)
+        and all(_is_array(a) and len(np.shape(a)) >= 1 for a in data)
     )
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, Tensor) or hasattr(value, "__array__")
 
 
 def as_examples(data: Any, input_column: str = "input", target_column: str = "label") -> Examples:

@@ -162,3 +162,24 @@ def test_subset_names_the_offending_index_and_refuses_float_indices():
     assert data.subset(np.array([3, 1], dtype=np.int32)).targets.tolist() == [3, 1]
     with pytest.raises(ValueError, match=r"one-dimensional \(e.g. \[3\]\)"):
         data.subset(3)  # examples without their example axis
+
+
+def test_x_y_as_a_list_pandas_or_read_only_arrays_convert_and_odd_items_are_named():
+    """(DataFrame, Series), [X, y] and read-only arrays failed with 'too many values to unpack'
+    or warned about non-writable arrays; rows without targets gave the same cryptic error."""
+    import warnings
+
+    import pandas
+
+    inputs = np.arange(12.0).reshape(4, 3)
+    targets = np.array([0, 1, 1, 0])
+    expected = as_examples((inputs, targets)).fingerprint()
+    frozen = inputs.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for data in ([inputs, targets], (pandas.DataFrame(inputs), pandas.Series(targets)),
+                     (frozen, targets)):  # fmt: skip
+            assert as_examples(data).fingerprint() == expected
+    with pytest.raises(ValueError, match="an item of list with 3 elements"):
+        as_examples([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
