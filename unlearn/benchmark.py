@@ -17,6 +17,7 @@ oracles for the KLOM floor. Reported:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,22 +149,39 @@ def klom_report(
     points: Mapping[str, Examples],
     *,
     task: Task | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """KLOM P95, KL(unlearned || oracle), per named point set, with its 95% bootstrap interval
     over the points (``<name>_ci95``), and the floor if given. ``task`` supplies the measured
     output (default the classification margin; a language model's sequence log-likelihood with
-    :class:`~tda.task.LanguageModelingTask`)."""
+    :class:`~tda.task.LanguageModelingTask`); ``settings`` (``bins``, ``clip``, ``epsilon``) go
+    to :func:`~unlearn.klom.klom_per_point`.
+
+    Fewer models on a side than bins leave most points' histograms apart, and KLOM saturates
+    near its ceiling whatever the models do: a ``UserWarning`` says so."""
+    _warn_if_saturating(min(len(unlearned), len(oracles)), settings.get("bins", 20))
     percentile = 95.0
     report: dict[str, Any] = {"direction": "KL(unlearned || oracle)", "percentile": percentile}
     for name, examples in points.items():
         reference = margins_of(oracles, examples, task=task)
-        per_point = klom_per_point(margins_of(unlearned, examples, task=task), reference)
+        judged = margins_of(unlearned, examples, task=task)
+        per_point = klom_per_point(judged, reference, **settings)
         report[name] = float(np.percentile(per_point, percentile))
         report[f"{name}_ci95"] = list(klom_interval(per_point, percentile=percentile))
         if floor_oracles is not None:
             floor = margins_of(floor_oracles, examples, task=task)
-            report[f"{name}_floor"] = klom(floor, reference, percentile=percentile)
+            report[f"{name}_floor"] = klom(floor, reference, percentile=percentile, **settings)
     return report
+
+
+def _warn_if_saturating(models: int, bins: int) -> None:
+    if models < bins:
+        warnings.warn(
+            f"KLOM with {models} models on a side and {bins} bins: most points' histograms "
+            "share no bin, so KLOM saturates near its ceiling whatever the models do; use at "
+            "least as many models as bins, or fewer bins (bins=...)",
+            stacklevel=3,
+        )
 
 
 def benchmark(

@@ -105,7 +105,14 @@ def test_klom_of_language_models_compares_their_sequence_log_likelihoods():
     points = {"forget": Examples(tokens, targets)}
     task = LanguageModelingTask()
     judged, oracles, floor = models[:2], models[2:4], models[4:]
-    report = klom_report(judged, oracles, floor, points, task=task)
+    with pytest.warns(UserWarning, match="2 models on a side and 20 bins"):
+        report = klom_report(judged, oracles, floor, points, task=task)
+    fewer = klom_report(judged, oracles, None, points, task=task, bins=2)  # no warning: 2 >= 2
+    assert fewer["forget"] == klom(
+        margins_of(judged, points["forget"], task=task),
+        margins_of(oracles, points["forget"], task=task),
+        bins=2,
+    )
 
     def measured(group):
         return margins_of(group, points["forget"], task=task)
@@ -114,7 +121,7 @@ def test_klom_of_language_models_compares_their_sequence_log_likelihoods():
     assert report["forget_floor"] == klom(measured(floor), measured(oracles))
     assert (
         report["forget"] > 0.0
-        and klom_report(oracles, oracles, None, points, task=task)["forget"] == 0.0
+        and klom_report(oracles, oracles, None, points, task=task, bins=2)["forget"] == 0.0
     )
 
 
