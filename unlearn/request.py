@@ -102,6 +102,8 @@ class UnlearningRequest:
             _check_range(indices, int(self.train_size), what)
             _check_unique(indices, what)
         self._check_disjoint_and_not_everything(forget, earlier)
+        for name in ("model_fingerprint", "data_fingerprint"):
+            _check_fingerprint(name, getattr(self, name))
         object.__setattr__(self, "forget_indices", tuple(sorted(forget)))
         object.__setattr__(self, "previously_forgotten", tuple(sorted(earlier)))
         object.__setattr__(self, "train_size", int(self.train_size))
@@ -159,3 +161,15 @@ class UnlearningRequest:
 
 def _json_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def _check_fingerprint(name: str, value: str | None) -> None:
+    """A fingerprint is ``None`` (unchecked) or 64 hexadecimal digits (SHA-256): anything else
+    could never match, and every run would be refused only later, as another model or data."""
+    if value is None:
+        return
+    if not isinstance(value, str) or len(value) != 64 or set(value) - set("0123456789abcdef"):
+        raise ValueError(
+            f"{name} must be None or a SHA-256 hex digest (64 characters, "
+            f"tda.fingerprint.model_fingerprint / Examples.fingerprint), got {value!r}"
+        )

@@ -103,6 +103,13 @@ class Unlearner:
     audit_log: str | os.PathLike | None = None
     compute_metrics: bool = True
 
+    def __post_init__(self) -> None:
+        if isinstance(self.method, type):  # else it fails at the first call, far from here
+            raise TypeError(
+                f"method must be an unlearning method instance, e.g. {self.method.__name__}(), "
+                f"not the class {self.method.__name__}"
+            )
+
     def unlearn(
         self,
         model: nn.Module,

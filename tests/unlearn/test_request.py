@@ -68,3 +68,10 @@ def test_the_request_round_trips_through_json():
     assert restored == request
     with pytest.raises(ValueError, match="unknown request fields"):
         UnlearningRequest.from_dict({**request.to_dict(), "colour": "red"})
+
+
+@pytest.mark.parametrize("field", ["model_fingerprint", "data_fingerprint"])
+def test_a_fingerprint_that_could_never_match_is_refused_at_construction(field):
+    with pytest.raises(ValueError, match=f"{field} must be None or a SHA-256 hex digest"):
+        UnlearningRequest([1], train_size=4, **{field: "abc"})
+    UnlearningRequest([1], train_size=4, **{field: "0" * 64})

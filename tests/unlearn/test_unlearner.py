@@ -157,3 +157,8 @@ def test_the_audit_record_names_the_threads_and_device_of_the_run(mnist, trained
     result = Unlearner(FineTune(QUICK)).unlearn(trained, mnist.train, _request(trained))
     assert result.audit.torch_threads == torch.get_num_threads()
     assert result.audit.device == "cpu"
+
+
+def test_a_method_class_instead_of_an_instance_is_refused_at_once():
+    with pytest.raises(TypeError, match=r"e.g. FineTune\(\), not the class FineTune"):
+        Unlearner(FineTune)
