@@ -37,6 +37,18 @@ class TiedLayers(torch.nn.Module):
         return self.last(torch.tanh(self.middle(torch.tanh(self.first(x)))))
 
 
+class TiedAutoencoder(torch.nn.Module):
+    """5 -> 3 -> tanh -> 5: ``enc`` is called, then its weight decodes directly (a tied
+    decoder), so hooks on ``enc`` see only the call, not the direct use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = torch.nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(torch.tanh(self.enc(x)), self.enc.weight.t())
+
+
 @pytest.fixture
 def tiny_tied() -> torch.nn.Module:
     """:class:`TiedLayers` in float64."""

@@ -17,6 +17,7 @@ from tda.grads import NonFiniteGradientError, per_sample_gradients, select_param
 from tda.models import MLP, CNN1d, LogisticRegression, build_model
 from tda.task import IGNORE_INDEX, ClassificationTask, LanguageModelingTask
 from tda.transformer import CausalTransformer
+from tests.conftest import TiedAutoencoder
 
 TASK = ClassificationTask()
 SOLVERS = (KFACSolver, EKFACSolver)
@@ -701,14 +702,5 @@ def test_batch_norm_without_running_statistics_is_refused(solver_class):
 @pytest.mark.parametrize("solver_class", SOLVERS)
 def test_a_layer_whose_weight_is_also_used_directly_is_rejected(solver_class):
     """A tied decoder's share of the weight gradient never passes the layer's hooks."""
-
-    class TiedAutoencoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.enc = nn.Linear(3, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return nn.functional.linear(torch.tanh(self.enc(x)), self.enc.weight.t())
-
     with pytest.raises(ValueError, match=r"\['enc'\] reach the value both through their calls"):
-        solver_class().fit(_build(TiedAutoencoder), TASK, _examples(6, (3,)))
+        solver_class().fit(_build(TiedAutoencoder), TASK, _examples(6, (5,)))

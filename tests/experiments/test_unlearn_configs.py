@@ -174,28 +174,35 @@ def test_a_tiny_benchmark_writes_finite_numbers_and_resumes(tmp_path):
     assert again["oracle_seconds"] == pytest.approx(sum(recorded) / 2, rel=1e-12)
 
 
-def test_a_run_killed_after_its_search_resumes_from_the_journal(tmp_path, monkeypatch):
-    overrides = ("unlearner=ft", "klom_floor=false", "tuning.grid=[0.001,0.1]")
+KILLED = ("unlearner=ft", "klom_floor=false", "tuning.grid=[0.001,0.1]")
+
+
+def _kill_after_the_search(tmp_path, monkeypatch) -> None:
+    """Run KILLED until its search is journaled and kill it there; later searches must not
+    run again (they raise)."""
     stable = unlearn.unlearn_each_stable
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(unlearn, "unlearn_each_stable", killed)
-    with pytest.raises(KeyboardInterrupt):
-        _run_in_process(tmp_path, *overrides)
-    journal = tmp_path / "results" / ".search" / "unlearn-ft-random_10pct"
-    assert len(list(journal.glob("*.json"))) == 2  # one per grid value
-    monkeypatch.setattr(unlearn, "unlearn_each_stable", stable)
-    other = ("unlearner=ft", "klom_floor=false", "tuning.grid=[0.01]")
-    with pytest.raises(ValueError, match="another configuration is writing results_name="):
-        _run_in_process(tmp_path, *other)  # the killed run's claim stands for its resumption
-
     def no_search(*args, **kwargs):
         raise AssertionError("the search ran again")
 
+    monkeypatch.setattr(unlearn, "unlearn_each_stable", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run_in_process(tmp_path, *KILLED)
+    monkeypatch.setattr(unlearn, "unlearn_each_stable", stable)
     monkeypatch.setattr(unlearn.tuning, "unlearn_each", no_search)
-    record = _run_in_process(tmp_path, *overrides)
+
+
+def test_a_run_killed_after_its_search_resumes_from_the_journal(tmp_path, monkeypatch):
+    _kill_after_the_search(tmp_path, monkeypatch)
+    journal = tmp_path / "results" / ".search" / "unlearn-ft-random_10pct"
+    assert len(list(journal.glob("*.json"))) == 2  # one per grid value
+    other = ("unlearner=ft", "klom_floor=false", "tuning.grid=[0.01]")
+    with pytest.raises(ValueError, match="another configuration is writing results_name="):
+        _run_in_process(tmp_path, *other)  # the killed run's claim stands for its resumption
+    record = _run_in_process(tmp_path, *KILLED)
     assert record["status"] == "ok" and record["tuning"]["grid"] == [0.001, 0.1]
     assert not journal.exists()  # cleared once the record is written
     with pytest.raises(ValueError, match=r"records a run with other \['tuning'\]"):
@@ -205,24 +212,10 @@ def test_a_run_killed_after_its_search_resumes_from_the_journal(tmp_path, monkey
 def test_a_killed_run_resumes_when_restarted_with_other_threads_or_progress(tmp_path, monkeypatch):
     # progress and threads are VOLATILE (they change no record): the journal and the claim of
     # results_name must not depend on them, or the restart is refused as another configuration
-    overrides = ("unlearner=ft", "klom_floor=false", "tuning.grid=[0.001,0.1]")
-    stable = unlearn.unlearn_each_stable
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(unlearn, "unlearn_each_stable", killed)
-    with pytest.raises(KeyboardInterrupt):
-        _run_in_process(tmp_path, *overrides)
-    monkeypatch.setattr(unlearn, "unlearn_each_stable", stable)
-
-    def no_search(*args, **kwargs):
-        raise AssertionError("the search ran again")
-
-    monkeypatch.setattr(unlearn.tuning, "unlearn_each", no_search)
+    _kill_after_the_search(tmp_path, monkeypatch)
     threads = torch.get_num_threads()
     try:
-        record = _run_in_process(tmp_path, *overrides, "threads=2", "progress=true")
+        record = _run_in_process(tmp_path, *KILLED, "threads=2", "progress=true")
     finally:
         torch.set_num_threads(threads)
     assert record["status"] == "ok" and record["tuning"]["grid"] == [0.001, 0.1]

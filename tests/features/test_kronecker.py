@@ -15,6 +15,7 @@ from tda.features.kronecker import KroneckerFeaturizer
 from tda.grads import NonFiniteGradientError, per_sample_gradients
 from tda.models import MLP, CNN1d, build_model
 from tda.task import ClassificationTask
+from tests.conftest import TiedAutoencoder
 
 TASK = ClassificationTask()
 LENGTH = 3  # positions of the sequence model
@@ -372,17 +373,6 @@ def test_features_do_not_depend_on_the_callers_grad_mode(tiny_mlp, tiny_data, st
             made_inside = featurizer(tiny_mlp, x.clone(), y).features  # an inference tensor
         torch.testing.assert_close(features, expected, rtol=0, atol=1e-10)
         torch.testing.assert_close(made_inside, expected, rtol=0, atol=1e-10)
-
-
-class TiedAutoencoder(nn.Module):
-    """``enc`` is called, then its weight decodes directly: the hooks see only the call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc = nn.Linear(5, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(torch.tanh(self.enc(x)), self.enc.weight.t())
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)
