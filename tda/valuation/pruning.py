@@ -84,6 +84,17 @@ class PruningCurve:
             "curves": curves,
         }
 
+    def __str__(self) -> str:
+        """One line per strategy: mean test accuracy at each removed fraction."""
+        lines = []
+        for strategy in self.accuracy:
+            cells = ", ".join(
+                f"{100 * f:g}%: {100 * a:.1f}%"
+                for f, a in zip(self.fractions, self.mean(strategy), strict=True)
+            )
+            lines.append(f"{strategy} removal, test accuracy [{cells}]")
+        return "\n".join(lines)
+
 
 def removal_order(values: Tensor | np.ndarray, strategy: str, seed: int) -> np.ndarray:
     """Training indices in the order they are removed: lowest value first, or a permutation."""

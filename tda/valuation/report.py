@@ -51,6 +51,20 @@ class ValuationReport:
     mislabel: MislabelReport | None = None
     pruning: PruningCurve | None = None
 
+    def __str__(self) -> str:
+        """A few lines: the extreme examples, and detection and pruning where measured."""
+        lines = [f"valuation of {len(self.labels)} training examples"]
+        for name in ("most_valuable", "least_valuable", "most_suspicious"):
+            indices = getattr(self, name)
+            if indices is not None:
+                shown = ", ".join(f"#{int(i)}" for i in indices[:5])
+                lines.append(f"  {name.replace('_', ' ')}: {shown}")
+        if self.mislabel is not None:
+            lines.append(f"  {self.mislabel}")
+        if self.pruning is not None:
+            lines += [f"  {line}" for line in str(self.pruning).splitlines()]
+        return "\n".join(lines)
+
     def as_dict(self) -> dict:
         """JSON-able summary: rankings with scores and labels, detection, pruning."""
         summary: dict = {"n_train": len(self.labels)}

@@ -137,3 +137,12 @@ def test_a_confidence_outside_zero_one_is_refused_before_any_training(problem, c
         pruning_curve(never, train_data, test_data, torch.zeros(40), confidence=confidence)
     with pytest.raises(ValueError, match="confidence must lie strictly between 0 and 1"):
         PruningCurve((0.0,), (0,), {"value": np.ones((1, 1))}, confidence=confidence)
+
+
+def test_a_curve_prints_as_one_line_per_strategy():
+    accuracy = {"value": np.array([[0.9, 0.91], [0.92, 0.93]]), "random": np.full((2, 2), 0.9)}
+    lines = str(PruningCurve((0.0, 0.1), (0, 1), accuracy)).splitlines()
+    assert lines == [
+        "value removal, test accuracy [0%: 90.5%, 10%: 92.5%]",
+        "random removal, test accuracy [0%: 90.0%, 10%: 90.0%]",
+    ]

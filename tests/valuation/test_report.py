@@ -28,6 +28,13 @@ def test_report_from_scores(train):
     assert report.mislabel.auc == 1.0
     listing = report.as_dict()["least_valuable"]
     assert listing[0] == {"index": 5, "score": -2.0, "label": 1}
+    printed = str(report).splitlines()  # a summary, not the tensors
+    assert printed[:3] == [
+        "valuation of 6 training examples",
+        "  most valuable: #3, #0",
+        "  least valuable: #5, #1",
+    ]
+    assert printed[-1].startswith("  wrong labels found [") and "AUC 1.000" in printed[-1]
 
 
 def test_self_influence_ranks_suspicion(train):
