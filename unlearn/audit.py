@@ -45,6 +45,9 @@ class AuditRecord:
             the same weights, bit for bit; other threads can round differently); ``None`` in
             records written before it was recorded.
         device: where the model ran (``"cpu"``, ``"cuda:0"``); ``None`` likewise.
+        metrics_before: the same metrics of the model handed in, on the same points
+            (``Unlearner(compare_before=True)``, the default), so the record shows what
+            changed; ``None`` when not measured.
     """
 
     request: UnlearningRequest
@@ -62,6 +65,7 @@ class AuditRecord:
     timestamp: str
     torch_threads: int | None = None
     device: str | None = None
+    metrics_before: dict[str, float] | None = None
 
     @property
     def request_id(self) -> str:
@@ -104,7 +108,7 @@ class AuditRecord:
         return cls.from_dict(json.loads(line))
 
 
-LATER_FIELDS = ("torch_threads", "device")
+LATER_FIELDS = ("torch_threads", "device", "metrics_before")
 """Fields added after the first records were written: a record without them still reads."""
 
 

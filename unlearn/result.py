@@ -50,6 +50,11 @@ class UnlearningResult:
         return self.audit.metrics
 
     @property
+    def metrics_before(self) -> dict[str, float] | None:
+        """The same metrics of the model before unlearning (``None`` if not measured)."""
+        return self.audit.metrics_before
+
+    @property
     def timings(self) -> dict[str, float]:
         """Wall-clock seconds of the unlearning run and of the metrics."""
         return self.audit.timings

@@ -16,6 +16,7 @@ from unlearn import (
     Unlearner,
     UnlearningRequest,
     read_audit_log,
+    unlearning_metrics,
 )
 
 QUICK = LoopConfig(epochs=2, batch_size=32)
@@ -162,3 +163,17 @@ def test_the_audit_record_names_the_threads_and_device_of_the_run(mnist, trained
 def test_a_method_class_instead_of_an_instance_is_refused_at_once():
     with pytest.raises(TypeError, match=r"e.g. FineTune\(\), not the class FineTune"):
         Unlearner(FineTune)
+
+
+def test_the_record_shows_the_metrics_before_and_after(mnist, trained):
+    """The record had only the after-metrics: UA 20 read as forgetting when the original model
+    already had it."""
+    request = _request(trained)
+    result = Unlearner(FineTune(QUICK)).unlearn(trained, mnist.train, request, test_data=mnist.test)
+    split = ForgetSplit.of(mnist.train, request)
+    expected = unlearning_metrics(trained, split.forget, split.retain, mnist.test, seed=0)
+    assert result.metrics_before == expected and result.metrics != expected
+    quiet = Unlearner(FineTune(QUICK), compare_before=False).unlearn(
+        trained, mnist.train, request, test_data=mnist.test
+    )
+    assert quiet.metrics_before is None and quiet.metrics == result.metrics
