@@ -43,7 +43,9 @@ def _true_class_mask(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     example), instead of a plausible wrong number (a loss of ``logsumexp``, a :math:`Q` of 1).
     A data-dependent check cannot raise inside ``vmap``.
     """
-    if target.shape != logits.shape[:-1]:  # a [n, 1] target column broadcast to [n, n]
+    leading = tuple(logits.shape[:-1])  # targets may broadcast over extra leading axes
+    trailing = leading[len(leading) - target.dim() :]  # e.g. [n] of logits [S, n, C]
+    if target.dim() > len(leading) or trailing != tuple(target.shape):  # e.g. a [n, 1] column
         raise ValueError(
             f"targets of shape {tuple(target.shape)} do not fit logits of shape "
             f"{tuple(logits.shape)}: one class index per example is expected (a [n, 1] column "

@@ -126,3 +126,12 @@ def test_a_target_column_is_refused_not_broadcast():
     for method in ("loss", "output", "out_to_loss"):
         with pytest.raises(ValueError, match=r"targets of shape \(4, 1\) do not fit logits"):
             getattr(ClassificationTask(), method)(logits, torch.zeros(4, 1, dtype=torch.long))
+
+
+def test_targets_broadcast_over_extra_leading_axes_of_the_logits():
+    """Logits of S subset models [S, n, C] share one target per example [n]."""
+    logits = torch.randn(5, 4, 3)
+    targets = torch.tensor([0, 2, 1, 1])
+    stacked = ClassificationTask().output(logits, targets)
+    assert stacked.shape == (5, 4)
+    torch.testing.assert_close(stacked[2], ClassificationTask().output(logits[2], targets))
