@@ -10,7 +10,6 @@ model unchanged for methods that do not need forget data and is refused by those
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -160,8 +159,9 @@ class Unlearner:
             timings["metrics"] = time.perf_counter() - start
             if self.compare_before:
                 before = self._metrics(model, split, test, request.seed)  # read, not modified
-        audit = self._audit(request, model_before, unlearned, data_before, metrics, timings)
-        audit = dataclasses.replace(audit, metrics_before=before)
+        audit = self._audit(
+            request, model_before, unlearned, data_before, (metrics, before), timings
+        )
         result = UnlearningResult(model=unlearned, audit=audit)
         if self.audit_log is not None:
             result.append_audit(self.audit_log)
@@ -173,7 +173,8 @@ class Unlearner:
         test = _on_model(model, test_data) if test_data is not None else None
         return unlearning_metrics(model, split.forget, split.retain, test, seed=seed)
 
-    def _audit(self, request, model_before, unlearned, data_before, metrics, timings):
+    def _audit(self, request, model_before, unlearned, data_before, measured, timings):
+        metrics, before = measured  # after and before the run
         return AuditRecord(
             request=request,
             method=qualified_name(type(self.method)),
@@ -183,6 +184,7 @@ class Unlearner:
             model_fingerprint_after=model_fingerprint(unlearned),
             data_fingerprint=data_before,
             metrics=metrics,
+            metrics_before=before,
             timings=timings,
             no_op=request.is_empty,
             library_version=_library_version(),
