@@ -156,3 +156,25 @@ def describe(value: Any) -> Any:
         items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
         return [describe(v) for v in items]
     return _describe_object(value)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"a.b": value}`` (an empty mapping stays a value)."""
+    items: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            items.update(flatten(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def differences(recorded: Mapping[str, Any], given: Mapping[str, Any], *, names=("has", "given")):
+    """The settings two nested descriptions disagree on, one ``'key': <has> x, <given> y`` each
+    (for error messages that name what changed rather than print both in full)."""
+    old, new = flatten(recorded), flatten(given)
+    keys = [k for k in sorted(old.keys() | new.keys()) if old.get(k, ...) != new.get(k, ...)]
+    return [
+        f"{k!r}: {names[0]} {old.get(k, '(absent)')!r}, {names[1]} {new.get(k, '(absent)')!r}"
+        for k in keys
+    ]

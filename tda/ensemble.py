@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from tda.atomic import write_bytes_atomic
 from tda.checkpoints import Checkpoint, list_checkpoints, load_fresh_model
 from tda.data.examples import Examples
-from tda.describe import describe
+from tda.describe import describe, differences
 from tda.fingerprint import model_fingerprint
 from tda.models import build_model, model_dtype
 from tda.task import ClassificationTask, Task
@@ -98,10 +98,11 @@ def _claim(directory: Path, recipe: dict[str, object], config: TrainConfig) -> N
         found = json.loads(path.read_text())
         differing = sorted(key for key in recipe if key in found and found[key] != recipe[key])
         if differing:
+            compared = {key: found[key] for key in differing}, {k: recipe[k] for k in differing}
+            changes = differences(*compared, names=("recorded", "asked"))
             raise ValueError(
                 f"{directory} holds a member trained with other {' and '.join(differing)} "
-                f"(recorded: {[found.get(key) for key in differing]}, asked: "
-                f"{[recipe[key] for key in differing]}); use another directory"
+                f"({'; '.join(changes)}); use another directory"
             )
     elif _finished(directory, config) is None:  # to be trained now (a legacy member is not)
         write_bytes_atomic(path, (json.dumps(recipe, indent=2) + "\n").encode())

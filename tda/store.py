@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from tda.atomic import HashingWriter, file_digest, write_atomic
+from tda.describe import differences
 from tda.fingerprint import config_fingerprint
 from tda.shards import (
     SIDECAR,
@@ -82,30 +83,13 @@ def _normalize_config(config: Mapping[str, Any]) -> dict:
         raise ValueError(f"a store config must be plain JSON data (no NaN): {error}") from None
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    items: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            items.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            items[f"{prefix}{key}"] = value
-    return items
-
-
 def _check_manifest(root: Path, found: dict, config: dict) -> None:
     if (found.get("format"), found.get("version")) != (FORMAT, VERSION):
         raise StoreMismatchError(f"{root} is not a {FORMAT} store of version {VERSION}: {found}")
-    stored, given = _flatten(found["config"]), _flatten(config)
-    keys = [
-        k for k in sorted(stored.keys() | given.keys()) if stored.get(k, ...) != given.get(k, ...)
-    ]
-    if keys:
-        differences = "; ".join(
-            f"{k!r}: store has {stored.get(k, '(absent)')!r}, given {given.get(k, '(absent)')!r}"
-            for k in keys
-        )
+    differing = differences(found["config"], config, names=("store has", "given"))
+    if differing:
         raise StoreMismatchError(
-            f"store {root} was built with a different config ({differences}); "
+            f"store {root} was built with a different config ({'; '.join(differing)}); "
             "use a new store directory or the store's config"
         )
 
