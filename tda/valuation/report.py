@@ -2,11 +2,13 @@
 
 ``valuation_report(train, scores=...)`` turns any attributor's scores ``[n_query, n_train]``
 (and/or self-influence, known wrong labels, a pruning curve) into a :class:`ValuationReport`;
-``report.save(directory)`` writes ``valuation.json`` and the figure ``valuation.png``.
+``report.save(directory)`` writes ``valuation.json``, the figure ``valuation.png`` and the
+per-example arrays ``values.npz``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -81,7 +83,9 @@ class ValuationReport:
         return summary
 
     def save(self, directory: str | os.PathLike) -> list[Path]:
-        """Write ``valuation.json`` and ``valuation.png`` into ``directory``; returns the paths."""
+        """Write ``valuation.json`` (summary), ``valuation.png`` (figure) and ``values.npz``
+        (every example's labels, values, self-influence and known-wrong mask, those given) into
+        ``directory``; returns the three paths."""
         from tda.valuation.figure import plot_valuation
 
         directory = Path(directory)
@@ -90,7 +94,18 @@ class ValuationReport:
         write_bytes_atomic(summary, (json.dumps(self.as_dict(), indent=2) + "\n").encode())
         figure = directory / "valuation.png"
         plot_valuation(self, figure)
-        return [summary, figure]
+        arrays = directory / "values.npz"
+        write_bytes_atomic(arrays, self._arrays())
+        return [summary, figure, arrays]
+
+    def _arrays(self) -> bytes:
+        """The per-example arrays as ``.npz`` bytes (loadable with ``np.load``, no pickle)."""
+        named = {"labels": self.labels, "values": self.values}
+        named |= {"self_influence": self.self_influence, "flipped": self.flipped}
+        buffer = io.BytesIO()
+        present = {k: torch.as_tensor(v).cpu().numpy() for k, v in named.items() if v is not None}
+        np.savez(buffer, **present)
+        return buffer.getvalue()
 
     def _listing(self, indices: Tensor, scores: Tensor) -> list[dict]:
         return [

@@ -54,10 +54,14 @@ def test_save_writes_json_and_figure(train, tmp_path):
         flipped=torch.tensor([True, False, False, False, False, False]),
         pruning=pruning,
     )
-    summary, figure = report.save(tmp_path)
+    summary, figure, arrays = report.save(tmp_path)
     record = json.loads(summary.read_text())
     assert record["mislabel"]["auc"] == 1.0 and record["pruning"]["fractions"] == [0.0, 0.2]
     assert figure.stat().st_size > 10_000
+    saved = np.load(arrays, allow_pickle=False)  # every example's numbers, not only the top k
+    np.testing.assert_array_equal(saved["values"], np.arange(6.0))
+    np.testing.assert_array_equal(saved["self_influence"], np.arange(6.0)[::-1])
+    assert saved["flipped"].tolist() == [True] + [False] * 5 and len(saved["labels"]) == 6
 
 
 def test_nothing_to_value_is_refused(train):
@@ -68,5 +72,5 @@ def test_nothing_to_value_is_refused(train):
 
 
 def test_constant_values_still_plot(train, tmp_path):
-    _, figure = valuation_report(train, values=torch.zeros(6)).save(tmp_path)
+    _, figure, _ = valuation_report(train, values=torch.zeros(6)).save(tmp_path)
     assert figure.exists()
