@@ -60,18 +60,20 @@ def main(cfg: DictConfig) -> float:
     return result.mean
 
 
-def _members(made: dict) -> set[int]:
-    """The seeds of the members the scores were made from (``seed-<s>.<checkpoint>`` ids)."""
+def scored_members(made: dict) -> set[str]:
+    """The members (``seed-<s>``) a score record averages over: ``members`` as score.py records
+    them, else the members of the checkpoints read (``seed-<s>.<checkpoint>``; a member may
+    have several)."""
     if "members" in made:
-        return set(made["members"])
-    return {int(c.split(".")[0].removeprefix("seed-")) for c in made.get("checkpoints", ())}
+        return {f"seed-{seed}" for seed in made["members"]}
+    return {checkpoint.split(".")[0] for checkpoint in made.get("checkpoints", ())}
 
 
 def _check_independent(path: Path, made: dict, truth: GroundTruthStore) -> None:
     """Refuse a ground truth retrained with a member's seed: that model starts from the member's
     initial weights (and shuffling), so it agrees with the member more than an independent
     retraining would, and the member's LDS can be inflated."""
-    shared = sorted(_members(made) & set(truth.seeds))
+    shared = [seed for seed in truth.seeds if f"seed-{seed}" in scored_members(made)]
     if shared:
         raise ValueError(
             f"the ground truth in {truth.root} retrains with seeds {shared}, which the members "

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from benchmarks.record import command_line, environment, markdown_table
+from experiments.lds import scored_members
 from tda.atomic import write_json
 
 HEADER = ["scores", "attributor", "members", "LDS [95% CI]", "noise ceiling", "scoring (s)"]
@@ -83,13 +84,9 @@ def row(name: str, record: dict) -> list[str]:
 
 
 def member_count(made: dict) -> str:
-    """How many models the scores average over: ``members`` as score.py records it, else the
-    distinct members (``seed-<s>``) of the checkpoints read (a member may have several)."""
-    if "members" in made:
-        return str(len(made["members"]))
-    if "checkpoints" in made:
-        return str(len({checkpoint.split(".")[0] for checkpoint in made["checkpoints"]}))
-    return "-"
+    """How many models the scores average over (:func:`experiments.lds.scored_members`)."""
+    members = scored_members(made)
+    return str(len(members)) if members else "-"
 
 
 def _seconds(made: dict) -> str:
