@@ -13,12 +13,13 @@ from tda.task import IGNORE_INDEX, Task
 
 @torch.no_grad()
 def logits_of(model: nn.Module, examples: Examples, batch_size: int = 1024) -> Tensor:
-    """Logits ``[n, C]`` of ``model`` (in eval mode) on ``examples``, on the examples' device."""
+    """Logits ``[n, C]`` of ``model`` (in eval mode) on ``examples``, on the examples' device
+    (``[0, C]`` for no examples: the model is run on the empty batch)."""
     home = examples.inputs.device
     with evaluation_mode(model):
         parts = [
             model(*to_device_of(model, examples.inputs[start : start + batch_size])).to(home)
-            for start in range(0, len(examples), batch_size)
+            for start in range(0, max(len(examples), 1), batch_size)
         ]
     return torch.cat(parts)
 

@@ -1,0 +1,27 @@
+"""Batched evaluation: logits and task outputs, whatever the batch size or number of examples."""
+
+import torch
+from torch import nn
+
+from tda.data.examples import Examples
+from tda.outputs import logits_of, task_outputs
+from tda.task import ClassificationTask
+
+
+def model_and_examples(n: int) -> tuple[nn.Module, Examples]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    return model, Examples(torch.randn(n, 4, dtype=torch.float64), torch.arange(n) % 3)
+
+
+def test_batches_give_the_logits_of_one_pass():
+    model, examples = model_and_examples(7)
+    with torch.no_grad():
+        whole = model(examples.inputs)
+    torch.testing.assert_close(logits_of(model, examples, batch_size=3), whole, rtol=0, atol=0)
+
+
+def test_no_examples_give_empty_logits_and_outputs():
+    model, examples = model_and_examples(0)
+    assert logits_of(model, examples).shape == (0, 3)
+    assert task_outputs(model, ClassificationTask(), examples).shape == (0,)
