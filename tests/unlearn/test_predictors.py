@@ -9,6 +9,7 @@ import torch
 from tda.data import Examples
 from tda.datamodels import GroundTruthStore
 from tda.features import GradientFeaturizer
+from tda.fingerprint import array_fingerprint
 from tda.methods.trak import TRAK
 from tda.models import MLP, LogisticRegression, build_model
 from tda.projection import DenseProjector
@@ -210,6 +211,18 @@ def test_forget_points_without_scores_are_refused():
         ScoresPredictor(PredictorScope(4), "margin", scores=torch.zeros(3, 4))
     with pytest.raises(ValueError, match="forget point 5 has no scores"):
         PredictorScope(4).check(FACTORY(), _split_indices(6, [5]))
+
+
+def test_scores_changed_after_use_are_never_served_the_old_effect():
+    """The cached effect was keyed by the scores' shape alone."""
+    predictor = ScoresPredictor(PredictorScope(3), "margin", scores=torch.ones(3, 3))
+    assert torch.equal(predictor.forget_effect([0]), torch.ones(3))
+    predictor.scores = torch.full((3, 3), 2.0)  # replaced
+    assert torch.equal(predictor.forget_effect([0]), torch.full((3,), 2.0))
+    predictor.scores.mul_(2.0)  # edited in place
+    assert torch.equal(predictor.forget_effect([0]), torch.full((3,), 4.0))
+    described = predictor.audit_description()["scores_fingerprint"]
+    assert described == array_fingerprint(torch.full((3, 3), 4.0))
 
 
 def test_a_scores_predictor_without_scores_is_refused_by_name():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tda.fingerprint import array_fingerprint
 from unlearn.predictors.base import PredictorScope, ShiftPredictor, training_set
 
 
@@ -27,6 +28,7 @@ class ScoresPredictor(ShiftPredictor):
     """
 
     scores: Tensor | np.ndarray | None = None
+    _fingerprint: tuple[tuple, str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,7 +45,16 @@ class ScoresPredictor(ShiftPredictor):
         self.scores = scores
 
     def settings(self) -> dict:
-        return {"scores": list(self.scores.shape)}
+        return {"scores": list(self.scores.shape), "scores_fingerprint": self.scores_fingerprint()}
+
+    def scores_fingerprint(self) -> str:
+        """SHA-256 of the score matrix (:func:`~tda.fingerprint.array_fingerprint`): in the audit
+        record, and in the key of the cached effect, so scores replaced or edited in place (through
+        torch) are never served another matrix's effect. Hashed again only when they change."""
+        token = (id(self.scores), getattr(self.scores, "_version", None))
+        if self._fingerprint is None or self._fingerprint[0] != token:
+            self._fingerprint = (token, array_fingerprint(self.scores))
+        return self._fingerprint[1]
 
     def effect(self, forget_indices: np.ndarray) -> Tensor:
         columns = self.scores[..., torch.as_tensor(forget_indices)]
