@@ -5,14 +5,21 @@ A record says what was removed (the request), from which model and data (fingerp
 timings) and when. It round-trips through JSON. Appending never corrupts an existing log: the new
 log is written beside the old one, flushed to disk and swapped in with an atomic rename while a
 lock file keeps other appenders out, so a crash leaves either the old or the new log, whole.
+
+Each line carries ``chain_sha256``: the SHA-256 of the line before it (its bytes) and of its own
+record, so reading the log finds a line edited, removed or moved (all but the last lines'
+removal). A checksum against accidents and casual edits, not a signature: whoever rewrites the
+log can recompute the chain. Lines written before the chain existed read as before.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import stat
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -48,6 +55,8 @@ class AuditRecord:
         metrics_before: the same metrics of the model handed in, on the same points
             (``Unlearner(compare_before=True)``, the default), so the record shows what
             changed; ``None`` when not measured.
+        run_id: random identifier of this run (the request id is a digest of the request, the
+            same for every run of it); ``None`` in records written before it was recorded.
     """
 
     request: UnlearningRequest
@@ -66,6 +75,7 @@ class AuditRecord:
     torch_threads: int | None = None
     device: str | None = None
     metrics_before: dict[str, float] | None = None
+    run_id: str | None = None
 
     @property
     def request_id(self) -> str:
@@ -108,8 +118,31 @@ class AuditRecord:
         return cls.from_dict(json.loads(line))
 
 
-LATER_FIELDS = ("torch_threads", "device", "metrics_before")
+LATER_FIELDS = ("torch_threads", "device", "metrics_before", "run_id")
 """Fields added after the first records were written: a record without them still reads."""
+
+CHAIN_KEY = "chain_sha256"
+
+
+def new_run_id() -> str:
+    """A random identifier for one unlearning run (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def _chain(previous_line: bytes, record_json: str) -> str:
+    """SHA-256 of the previous line's bytes (``b""`` for the first) and a record's JSON."""
+    return hashlib.sha256(previous_line + b"\n" + record_json.encode()).hexdigest()
+
+
+def _last_line(existing: bytes) -> bytes:
+    lines = existing.splitlines()
+    return lines[-1] if lines else b""
+
+
+def _log_line(record: AuditRecord, existing: bytes) -> bytes:
+    content = record.to_dict()
+    content[CHAIN_KEY] = _chain(_last_line(existing), record.to_json())
+    return (json.dumps(content, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
 @contextmanager
@@ -123,7 +156,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def append_audit(record: AuditRecord, log_path: str | os.PathLike) -> None:
-    """Append ``record`` as one JSON line to ``log_path`` (created if missing), atomically.
+    """Append ``record`` as one JSON line to ``log_path`` (created if missing), atomically,
+    chained to the line before it (``chain_sha256``, see the module's description).
 
     Raises:
         ValueError: the existing log does not end with a newline (it was damaged elsewhere);
@@ -131,12 +165,11 @@ def append_audit(record: AuditRecord, log_path: str | os.PathLike) -> None:
     """
     path = Path(log_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (record.to_json() + "\n").encode()
     with _locked(path):
         existing = path.read_bytes() if path.exists() else b""
         _check_whole(path, existing)
         mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else None
-        write_bytes_atomic(path, existing + line)
+        write_bytes_atomic(path, existing + _log_line(record, existing))
         if mode is not None:  # the rename published a fresh file; keep the log's permissions
             os.chmod(path, mode)
 
@@ -161,18 +194,32 @@ def check_audit_log(log_path: str | os.PathLike) -> list[AuditRecord]:
 
 
 def read_audit_log(log_path: str | os.PathLike) -> list[AuditRecord]:
-    """Every record in a JSON-lines audit log, in the order appended.
+    """Every record in a JSON-lines audit log, in the order appended, each line's chain checked.
 
     Raises:
-        ValueError: a line that is no audit record (its line number named).
+        ValueError: a line that is no audit record, or whose ``chain_sha256`` does not match it
+            and the line before (edited, or a line before it removed or moved), its number named.
     """
-    lines = Path(log_path).read_text().splitlines()
-    records = []
+    lines = Path(log_path).read_bytes().splitlines()
+    records, previous = [], b""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(AuditRecord.from_json(line))
+            records.append(_read_line(line, previous))
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"audit log {log_path}, line {number}: {error}") from error
+        previous = line
     return records
+
+
+def _read_line(line: bytes, previous: bytes) -> AuditRecord:
+    content = json.loads(line)
+    chained = content.pop(CHAIN_KEY, None) if isinstance(content, dict) else None
+    record = AuditRecord.from_dict(content)
+    if chained is not None and chained != _chain(previous, record.to_json()):
+        raise ValueError(
+            "its chain_sha256 does not match its record and the line before it: the line was "
+            "edited, or a line before it was removed or moved"
+        )
+    return record

@@ -24,7 +24,7 @@ from tda.data.examples import Examples, as_examples
 from tda.describe import describe, qualified_name
 from tda.fingerprint import model_fingerprint
 from tda.timing import warm_up_torch
-from unlearn.audit import AuditRecord, check_audit_log
+from unlearn.audit import AuditRecord, check_audit_log, new_run_id
 from unlearn.masks import Mask, check_mask, describe_mask
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
 from unlearn.metrics import unlearning_metrics
@@ -192,4 +192,5 @@ class Unlearner:
             timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             torch_threads=torch.get_num_threads(),
             device=str(next(unlearned.parameters()).device),
+            run_id=new_run_id(),
         )

@@ -137,6 +137,40 @@ def test_a_record_written_before_threads_and_device_were_kept_still_reads(result
         AuditRecord.from_dict({**content, "unexpected": 1})
 
 
+def test_the_log_finds_a_line_edited_removed_or_moved(result, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    for _ in range(3):
+        append_audit(result.audit, log)
+    lines = log.read_text().splitlines(keepends=True)
+    edited = lines[1].replace('"no_op": false', '"no_op": true')
+    assert edited != lines[1]
+    for damaged, line in (
+        ([lines[0], edited, lines[2]], 2),
+        ([lines[0], lines[2]], 2),  # the middle line removed
+        ([lines[1], lines[0], lines[2]], 1),
+    ):
+        log.write_text("".join(damaged))
+        with pytest.raises(ValueError, match=f"line {line}: its chain_sha256 does not match"):
+            read_audit_log(log)
+
+
+def test_a_log_written_before_the_chain_still_reads_and_is_appended_to(result, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    content = result.audit.to_dict()
+    del content["run_id"]
+    log.write_text(json.dumps(content) + "\n")
+    append_audit(result.audit, log)
+    old, new = read_audit_log(log)
+    assert old.run_id is None and new == result.audit
+
+
+def test_each_run_of_a_request_has_its_own_run_id(mnist, trained, result):
+    unlearner = Unlearner(FineTune(LoopConfig(epochs=1, batch_size=64)), compute_metrics=False)
+    again = unlearner.unlearn(trained, mnist.train, result.audit.request)
+    assert again.audit.request_id == result.audit.request_id
+    assert again.audit.run_id != result.audit.run_id and len(again.audit.run_id) == 32
+
+
 def test_a_bad_line_of_the_log_is_named(result, tmp_path):
     log = tmp_path / "audit.jsonl"
     log.write_text(result.audit.to_json() + "\n" + "{not json\n")
