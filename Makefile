@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) experiments/demo.py
+	$(PY) -m experiments.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" -q

@@ -13,24 +13,23 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import demo_unlearning
 import torch
 
 import tda
+from experiments import demo_unlearning
 from tda.plots import plot_top_examples
 from tda.ranking import top_examples
 
-WORKSPACE = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
 MODELS, QUERIES, SUBSETS = 3, 100, 30
 SEEDS = (1000, 1001)  # ground-truth retraining seeds, apart from the members' 0 .. MODELS - 1
 CONFIG = tda.TrainConfig(epochs=30, batch_size=64)
 MODEL = tda.on_device(tda.MLP, "auto")  # CUDA when present, else the CPU
 
 
-def attribute(data: tda.DataSplits, queries: tda.Examples) -> torch.Tensor:
-    members = tda.train_ensemble(MODEL, data.train, CONFIG, range(MODELS), WORKSPACE / "models")
+def attribute(data: tda.DataSplits, queries: tda.Examples, workspace: Path) -> torch.Tensor:
+    members = tda.train_ensemble(MODEL, data.train, CONFIG, range(MODELS), workspace / "models")
     featurizer = tda.GradientFeaturizer(tda.SparseProjector(dim=2048))
-    store = tda.open_feature_store(WORKSPACE / "features", featurizer)
+    store = tda.open_feature_store(workspace / "features", featurizer)
     for seed, checkpoints in members.items():
         model = tda.load_member(MODEL, checkpoints[-1])
         splits = {"train": data.train, "test": queries}
@@ -38,10 +37,12 @@ def attribute(data: tda.DataSplits, queries: tda.Examples) -> torch.Tensor:
     return tda.TRAK().fit(store).score("test")
 
 
-def ground_truth(data: tda.DataSplits, queries: tda.Examples) -> tda.GroundTruthStore:
+def ground_truth(
+    data: tda.DataSplits, queries: tda.Examples, workspace: Path
+) -> tda.GroundTruthStore:
     masks = tda.sample_subsets(len(data.train), alpha=0.5, count=SUBSETS, seed=2026)
     store = tda.GroundTruthStore.create_or_open(
-        WORKSPACE / "ground_truth",
+        workspace / "ground_truth",
         masks,
         SEEDS,
         queries.fingerprint(),
@@ -51,13 +52,13 @@ def ground_truth(data: tda.DataSplits, queries: tda.Examples) -> tda.GroundTruth
     return store
 
 
-def main() -> None:
+def main(workspace: Path = Path("runs/demo")) -> None:
     torch.set_num_threads(1)  # small models: one thread is as fast and robust to a busy machine
     print(f"models run on: {MODEL.device} (device=auto)")
     data = tda.load_mnist1d(n_train=4000, n_test=1000, seed=0)
     queries = data.test.subset(range(QUERIES))
-    scores = attribute(data, queries)
-    truth = ground_truth(data, queries)
+    scores = attribute(data, queries, workspace)
+    truth = ground_truth(data, queries, workspace)
     print(f"\nTRAK (M={MODELS}, sparse JL k=2048): {tda.lds(scores, truth.masks, truth.outputs())}")
     print(f"Ground-truth {tda.noise_ceiling(truth.outputs())}")
     top = top_examples(scores, k=4)
@@ -71,12 +72,12 @@ def main() -> None:
             )
             listed = ", ".join(f"#{index} ({float(score):+.2e})" for index, score in pairs)
             print(f"  most {kind}: {listed}")
-    figure = WORKSPACE / "top_examples.png"
+    figure = workspace / "top_examples.png"
     plot_top_examples(queries, data.train, top, rows=[0, 1, 2], path=figure)
     print(f"\nfigure of the most helpful and harmful training examples: {figure}")
-    model = tda.load_member(MODEL, tda.list_checkpoints(WORKSPACE / "models" / "seed-0")[-1])
-    demo_unlearning.run(model, MODEL, data, CONFIG, WORKSPACE)
+    model = tda.load_member(MODEL, tda.list_checkpoints(workspace / "models" / "seed-0")[-1])
+    demo_unlearning.run(model, MODEL, data, CONFIG, workspace)
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/demo"))

@@ -11,6 +11,7 @@ import unlearn
 from tda.fingerprint import model_fingerprint
 
 METRICS = ("UA", "RA", "TA", "MIA")
+ORACLE = "Retrain (oracle)"
 
 
 def forget_request(model, data: tda.DataSplits, fraction: float = 0.1) -> unlearn.UnlearningRequest:
@@ -25,22 +26,26 @@ def forget_request(model, data: tda.DataSplits, fraction: float = 0.1) -> unlear
     )
 
 
+def methods(factory, config: tda.TrainConfig) -> dict[str, unlearn.UnlearningMethod]:
+    """The demo's unlearners at their default settings, and the exact retraining it compares to."""
+    return {
+        "SalUn": unlearn.SalUn(loop=unlearn.LoopConfig(epochs=5)),
+        "FT": unlearn.FineTune(loop=unlearn.LoopConfig(epochs=5)),
+        ORACLE: unlearn.ExactRetraining(factory, config),
+    }
+
+
 def run(model, factory, data: tda.DataSplits, config: tda.TrainConfig, workspace: Path) -> None:
     """Unlearn with SalUn and FT, retrain the oracle, print the report and the audit record."""
     request = forget_request(model, data)
     audit_log = workspace / "audit.jsonl"
-    methods = {
-        "SalUn": unlearn.SalUn(loop=unlearn.LoopConfig(epochs=5)),
-        "FT": unlearn.FineTune(loop=unlearn.LoopConfig(epochs=5)),
-        "Retrain (oracle)": unlearn.ExactRetraining(factory, config),
-    }
     results = {
         name: unlearn.Unlearner(method, audit_log=audit_log).unlearn(
             model, data.train, request, test_data=data.test
         )
-        for name, method in methods.items()
+        for name, method in methods(factory, config).items()
     }
-    oracle = results["Retrain (oracle)"]
+    oracle = results[ORACLE]
     print(
         f"\nunlearning request {request.request_id}: forget {len(request.forget_indices)} of "
         f"{len(data.train)} training examples (random 10%)"
