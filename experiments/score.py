@@ -96,6 +96,8 @@ def _score_store(cfg, attributor, workspace, saved, train, queries) -> tuple[np.
     hold features of ``train`` and ``queries``, the examples the record names."""
     store = open_feature_store(workspace / "features", instantiate(cfg.featurizer), cfg.shard_size)
     checkpoints = [store_id(seed, run[-1]) for seed, run in saved.items()]
+    for checkpoint_id, run in zip(checkpoints, saved.values(), strict=True):
+        store.check_checkpoint(checkpoint_id, run[-1].fingerprint)  # features of these models
     split = "train" if cfg.query_split == "train" else "query"
     for name, examples in {"train": train, split: queries}.items():  # StoreMismatchError if not
         store.declare_split(name, len(examples), examples.fingerprint())

@@ -148,6 +148,26 @@ class FeatureStore:
                 f"{model_fingerprint[:8]}…; use a new store directory or the matching checkpoint"
             )
 
+    def check_checkpoint(self, checkpoint_id: str, model_fingerprint: str) -> None:
+        """Refuse to read ``checkpoint_id``'s features as those of the model with
+        ``model_fingerprint`` unless the store recorded exactly that model for it.
+
+        Raises:
+            StoreMismatchError: the store has no such checkpoint, or features of another model
+                under its id (e.g. the members were retrained after featurizing).
+        """
+        found = self._records("checkpoints").get(checkpoint_id)
+        if found is None:
+            raise StoreMismatchError(
+                f"store {self.root} has no features of checkpoint {checkpoint_id!r}; featurize it"
+            )
+        if found["model_fingerprint"] != model_fingerprint:
+            raise StoreMismatchError(
+                f"store {self.root} holds features of checkpoint {checkpoint_id!r} computed from "
+                f"model fingerprint {found['model_fingerprint'][:8]}…, but that checkpoint is now "
+                f"{model_fingerprint[:8]}…: featurize again into a new store directory"
+            )
+
     def _publish(self, kind: str, name: str, record: dict, fingerprint: str) -> dict:
         check_name(kind[:-1], name)
         check_name("fingerprint", fingerprint)

@@ -110,6 +110,15 @@ def test_conflicting_rewrite_is_refused(reference: FeatureStore) -> None:
     _assert_bitwise_equal(reference.load("c0", "train", verify=True), FEATURES)
 
 
+def test_checking_a_checkpoint_reads_without_registering(reference: FeatureStore) -> None:
+    reference.check_checkpoint("c0", MODEL_FINGERPRINT)  # the model recorded: accepted
+    with pytest.raises(StoreMismatchError, match="'c0' computed from model fingerprint"):
+        reference.check_checkpoint("c0", "f" * 64)
+    with pytest.raises(StoreMismatchError, match="no features of checkpoint 'c1'"):
+        reference.check_checkpoint("c1", MODEL_FINGERPRINT)
+    assert reference.checkpoints() == ["c0"]
+
+
 def test_overlapping_shards_are_refused(reference: FeatureStore) -> None:
     with pytest.raises(StoreMismatchError, match=r"rows \[2, 5\) of shard 9 overlap"):
         _write(reference, 9, (2, 5))

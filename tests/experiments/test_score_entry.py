@@ -19,6 +19,7 @@ from tda.data import load_mnist1d
 from tda.ensemble import load_member
 from tda.methods import EKFACEigenbasis, InfluenceFunction, Source, TracIn
 from tda.models import MLP
+from tda.store import StoreMismatchError
 from tests.experiments.entry import run_entry_point
 from unlearn import architecture, load_scores_predictor
 
@@ -192,3 +193,17 @@ def test_store_scores_of_other_queries_than_the_store_holds_are_refused(workspac
     assert not (tmp_path / "scores" / "trak.npy").exists()
     run_entry_point("score", tmp_path, "attributor=trak")  # the store's own queries: scored
     assert written(tmp_path, "trak")[0].shape == (40, 240)
+
+
+def test_features_of_members_since_retrained_are_refused(workspace, tmp_path):
+    """score.py read the store by checkpoint id only: members retrained with another learning
+    rate were scored with the old members' features under the new members' names."""
+    (tmp_path / "models").symlink_to(workspace / "models")
+    run_entry_point("featurize", tmp_path)
+    retrained = tmp_path / "retrained"
+    run_entry_point("train", retrained, "train.optimizer.lr=0.01")
+    (tmp_path / "models").unlink()
+    (tmp_path / "models").symlink_to(retrained / "models")
+    with pytest.raises(StoreMismatchError, match="checkpoint 'seed-0.*featurize again"):
+        run_entry_point("score", tmp_path, "attributor=trak")
+    assert not (tmp_path / "scores" / "trak.npy").exists()
