@@ -17,6 +17,7 @@ import torch
 
 import tda
 from experiments import demo_unlearning
+from tda.describe import describe
 from tda.plots import plot_top_examples
 from tda.ranking import top_examples
 
@@ -26,6 +27,11 @@ CONFIG = tda.TrainConfig(epochs=30, batch_size=64)
 MODEL = tda.on_device(tda.MLP, "auto")  # CUDA when present, else the CPU
 
 
+def checkpoint_id(seed: int) -> str:
+    """The feature store's name for member ``seed`` (only these members are scored)."""
+    return f"seed-{seed}"
+
+
 def attribute(data: tda.DataSplits, queries: tda.Examples, workspace: Path) -> torch.Tensor:
     members = tda.train_ensemble(MODEL, data.train, CONFIG, range(MODELS), workspace / "models")
     featurizer = tda.GradientFeaturizer(tda.SparseProjector(dim=2048))
@@ -33,22 +39,24 @@ def attribute(data: tda.DataSplits, queries: tda.Examples, workspace: Path) -> t
     for seed, checkpoints in members.items():
         model = tda.load_member(MODEL, checkpoints[-1])
         splits = {"train": data.train, "test": queries}
-        tda.featurize(model, splits, featurizer, store, checkpoint_id=f"seed-{seed}")
-    return tda.TRAK().fit(store).score("test")
+        tda.featurize(model, splits, featurizer, store, checkpoint_id=checkpoint_id(seed))
+    return tda.TRAK().fit(store, checkpoints=list(map(checkpoint_id, members))).score("test")
 
 
 def ground_truth(
     data: tda.DataSplits, queries: tda.Examples, workspace: Path
 ) -> tda.GroundTruthStore:
     masks = tda.sample_subsets(len(data.train), alpha=0.5, count=SUBSETS, seed=2026)
+    retrainer = tda.SubsetRetrainer(MODEL, data.train, queries, CONFIG)
     store = tda.GroundTruthStore.create_or_open(
         workspace / "ground_truth",
         masks,
         SEEDS,
         queries.fingerprint(),
+        describe(retrainer),  # a workspace retrained with another recipe is refused
         train_fingerprint=data.train.fingerprint(),
     )
-    store.run(tda.SubsetRetrainer(MODEL, data.train, queries, CONFIG))
+    store.run(retrainer)
     return store
 
 
