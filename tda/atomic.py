@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -102,6 +103,19 @@ def write_json(path: str | os.PathLike, value: Any, *, default: Callable | None 
     killed writer never leaves a truncated record; ``default`` as in :func:`json.dumps`."""
     text = json.dumps(value, indent=2, default=default) + "\n"
     write_bytes_atomic(path, text.encode())
+
+
+def save_figure(figure: Any, path: str | os.PathLike, **options: Any) -> str:
+    """Publish a matplotlib ``figure`` at ``path`` atomically and return the file's sha256.
+
+    The figure is rendered whole into memory first (in the format of ``path``'s suffix;
+    ``options`` as in ``Figure.savefig``), then published like any record: drawing straight
+    onto ``path`` would leave a truncated image there if the drawing failed or was killed.
+    """
+    path = Path(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.removeprefix(".") or None, **options)
+    return write_atomic(path, lambda sink: sink.write(buffer.getvalue()))
 
 
 def file_digest(path: str | os.PathLike) -> str:

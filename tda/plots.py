@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from tda.atomic import save_figure
 from tda.data.examples import Examples
 from tda.ranking import TopExamples
 
@@ -25,7 +26,8 @@ def plot_top_examples(
 ) -> None:
     """Save a grid: each row a query, then its most helpful (green) and harmful (red) examples.
 
-    Inputs are drawn as 1-D signals (flattened), which suits MNIST-1D and tabular data.
+    Inputs are drawn as 1-D signals (flattened), which suits MNIST-1D and tabular data. The file
+    is published atomically (:func:`tda.atomic.save_figure`): a failed save leaves no partial one.
     """
     import matplotlib
 
@@ -46,5 +48,7 @@ def plot_top_examples(
                 _draw(axes[row, offset + column], train.inputs[index], title, color)
     figure.suptitle("Most helpful (green) and most harmful (red) training examples", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    try:
+        save_figure(figure, path, dpi=120)
+    finally:
+        plt.close(figure)

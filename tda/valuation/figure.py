@@ -7,9 +7,13 @@ import os
 import numpy as np
 import torch
 
+from tda.atomic import save_figure
 
-def plot_valuation(report, path: str | os.PathLike) -> None:
-    """Save one row of panels for what ``report`` (a ``ValuationReport``) holds."""
+
+def plot_valuation(report, path: str | os.PathLike) -> str:
+    """Save one row of panels for what ``report`` (a ``ValuationReport``) holds and return the
+    file's sha256; the file is published atomically (:func:`tda.atomic.save_figure`), so a failed
+    save leaves the previous figure, never a partial one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,8 +32,10 @@ def plot_valuation(report, path: str | os.PathLike) -> None:
     for axis, panel in zip(axes[0], panels, strict=True):
         panel(axis, report)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    try:
+        return save_figure(figure, path, dpi=120)
+    finally:
+        plt.close(figure)
 
 
 def _distribution(axis, report) -> None:

@@ -3,13 +3,12 @@
 ``valuation_report(train, scores=...)`` turns any attributor's scores ``[n_query, n_train]``
 (and/or self-influence, known wrong labels, a pruning curve) into a :class:`ValuationReport`;
 ``report.save(directory)`` writes ``valuation.json``, the figure ``valuation.png`` and the
-per-example arrays ``values.npz``.
+per-example arrays ``values.npz``; the JSON, written last, records the other two files' sha256.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tda.atomic import write_bytes_atomic
+from tda.atomic import write_atomic, write_json
 from tda.data.examples import Examples
 from tda.ranking import TopExamples, top_examples
 from tda.valuation.mislabel import MislabelReport, mislabel_detection
@@ -85,17 +84,24 @@ class ValuationReport:
     def save(self, directory: str | os.PathLike) -> list[Path]:
         """Write ``valuation.json`` (summary), ``valuation.png`` (figure) and ``values.npz``
         (every example's labels, values, self-influence and known-wrong mask, those given) into
-        ``directory``; returns the three paths."""
+        ``directory``; returns the three paths.
+
+        Each file is published atomically, the summary last: it records the sha256 of the other
+        two (``"sha256"``: file name to digest), so it describes only a finished save. Both are
+        made in memory before either is published, so a failing save leaves the previous
+        report; a save killed between two publications leaves files that the digests disown.
+        """
         from tda.valuation.figure import plot_valuation
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        summary = directory / "valuation.json"
-        write_bytes_atomic(summary, (json.dumps(self.as_dict(), indent=2) + "\n").encode())
-        figure = directory / "valuation.png"
-        plot_valuation(self, figure)
-        arrays = directory / "values.npz"
-        write_bytes_atomic(arrays, self._arrays())
+        summary, figure, arrays = (
+            directory / name for name in ("valuation.json", "valuation.png", "values.npz")
+        )
+        content = self._arrays()
+        digests = {figure.name: plot_valuation(self, figure)}
+        digests[arrays.name] = write_atomic(arrays, lambda sink: sink.write(content))
+        write_json(summary, {**self.as_dict(), "sha256": digests})
         return [summary, figure, arrays]
 
     def _arrays(self) -> bytes:

@@ -1,14 +1,40 @@
 """The one-call valuation report: rankings, detection, JSON and figure."""
 
+import contextlib
 import json
+import os
 
+import matplotlib.figure
 import numpy as np
 import pytest
 import torch
 
+from tda.atomic import file_digest
 from tda.data import Examples
+from tda.plots import plot_top_examples
 from tda.ranking import top_examples
 from tda.valuation import PruningCurve, valuation_report
+from tda.valuation.figure import plot_valuation
+
+REPORT_FILES = ["valuation.json", "valuation.png", "values.npz"]
+
+
+def _interrupted_savefig(self, fname, **options):
+    """``Figure.savefig`` killed midway: the start of an image written to ``fname``, then an
+    error."""
+    named = isinstance(fname, (str, os.PathLike))
+    with open(fname, "wb") if named else contextlib.nullcontext(fname) as sink:
+        sink.write(b"\x89PNG\r\n\x1a\n partial")
+    raise RuntimeError("killed while saving the figure")
+
+
+def _killed_savez(*args, **arrays):
+    raise RuntimeError("killed while writing the arrays")
+
+
+def _recorded_digests_match(directory) -> bool:
+    recorded = json.loads((directory / "valuation.json").read_text())["sha256"]
+    return recorded == {name: file_digest(directory / name) for name in REPORT_FILES[1:]}
 
 
 @pytest.fixture
@@ -74,3 +100,56 @@ def test_nothing_to_value_is_refused(train):
 def test_constant_values_still_plot(train, tmp_path):
     _, figure, _ = valuation_report(train, values=torch.zeros(6)).save(tmp_path)
     assert figure.exists()
+
+
+def test_the_summary_records_the_digests_of_the_figure_and_arrays(train, tmp_path):
+    summary, figure, arrays = valuation_report(train, values=torch.arange(6.0)).save(tmp_path)
+    recorded = json.loads(summary.read_text())["sha256"]
+    assert recorded == {figure.name: file_digest(figure), arrays.name: file_digest(arrays)}
+    assert _recorded_digests_match(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("patched", "replacement"),
+    [
+        ((matplotlib.figure.Figure, "savefig"), _interrupted_savefig),
+        ((np, "savez"), _killed_savez),
+    ],
+    ids=["figure", "arrays"],
+)
+def test_a_killed_save_leaves_the_previous_report_whole(
+    train, tmp_path, monkeypatch, patched, replacement
+):
+    valuation_report(train, values=torch.arange(6.0)).save(tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in REPORT_FILES}
+    monkeypatch.setattr(*patched, replacement)
+    with pytest.raises(RuntimeError, match="killed"):
+        valuation_report(train, values=-torch.arange(6.0)).save(tmp_path)
+    assert {name: (tmp_path / name).read_bytes() for name in REPORT_FILES} == before
+    assert sorted(os.listdir(tmp_path)) == REPORT_FILES  # no temporary file left behind
+    assert _recorded_digests_match(tmp_path)
+
+
+def test_a_report_mixed_by_a_kill_between_publications_is_detected(train, tmp_path):
+    valuation_report(train, values=torch.arange(6.0)).save(tmp_path)
+    newer = tmp_path / "newer"
+    valuation_report(train, values=-torch.arange(6.0)).save(newer)
+    os.replace(newer / "values.npz", tmp_path / "values.npz")  # published, then killed
+    assert not _recorded_digests_match(tmp_path)
+
+
+def _draw_valuation(train, path):
+    plot_valuation(valuation_report(train, values=torch.arange(6.0)), path)
+
+
+def _draw_top_examples(train, path):
+    top = top_examples(torch.arange(12.0).reshape(2, 6), k=1)
+    plot_top_examples(train.subset(range(2)), train, top, rows=[0, 1], path=path)
+
+
+@pytest.mark.parametrize("draw", [_draw_valuation, _draw_top_examples])
+def test_an_interrupted_figure_save_leaves_no_partial_file(train, tmp_path, monkeypatch, draw):
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", _interrupted_savefig)
+    with pytest.raises(RuntimeError, match="killed while saving the figure"):
+        draw(train, tmp_path / "figure.png")
+    assert os.listdir(tmp_path) == []
