@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from tda.checkpoints import list_checkpoints
 from tda.data.examples import Examples
+from tda.ensemble import member_directory
 from tda.fingerprint import model_fingerprint
 from tda.models import MLP
 from tda.task import IGNORE_INDEX, LanguageModelingTask
@@ -20,6 +22,7 @@ from unlearn import (
     LoopConfig,
     RandomForgetSet,
     benchmark,
+    ensembles,
     forget_request,
     interval,
     klom,
@@ -72,6 +75,27 @@ def test_oracles_are_exact_retraining_and_resume_with_their_recorded_times(small
         first.models[1], split, seed=3
     )
     assert model_fingerprint(retrained) == model_fingerprint(first.models[0])
+
+
+def test_an_oracle_killed_before_its_time_was_recorded_is_retrained_and_timed(
+    small, tmp_path, monkeypatch
+):
+    train, _ = small
+    forget = RandomForgetSet(0.1).indices(train)
+
+    def killed(path, data, **options):
+        raise KeyboardInterrupt(f"killed before writing {path}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ensembles, "write_bytes_atomic", killed)  # only the seconds record
+        with pytest.raises(KeyboardInterrupt, match="seconds-seed-5.json"):
+            load_or_train_oracles(FACTORY, train, forget, CONFIG, [5], tmp_path)
+    member = member_directory(oracle_directory(tmp_path, forget), 5)
+    finished = list_checkpoints(member)[-1]
+    assert finished.epoch == CONFIG.epochs  # the oracle was saved, its time was not
+    again = load_or_train_oracles(FACTORY, train, forget, CONFIG, [5], tmp_path)
+    assert np.isfinite(again.seconds[0]) and again.seconds[0] > 0
+    assert model_fingerprint(again.models[0]) == finished.fingerprint
 
 
 def test_an_unlearner_that_returns_the_oracles_has_zero_gap_and_zero_klom(small, tmp_path):
