@@ -17,7 +17,6 @@ DMM calibration fits the overall scale afterwards). Writes ``scores/<output>.npy
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from hydra.utils import instantiate
 from benchmarks.record import command_line
 from experiments.dmm_table import dmm_config
 from experiments.unlearning import build_predictor
-from tda.scores import save_scores
+from tda.scores import read_scores, save_scores
 from unlearn.predictors import architecture
 
 CHECKED = ("train_fingerprint", "query_fingerprint", "architecture")
@@ -44,10 +43,10 @@ def unit_norm_mean(sources: dict[str, np.ndarray]) -> np.ndarray:
 
 def _file(workspace: Path, name: str) -> tuple[np.ndarray, dict]:
     path = workspace / "scores" / f"{name}.npy"
-    record = json.loads(path.with_suffix(".json").read_text())
+    scores, record = read_scores(path)
     if record.get("query_split") != "train":
         raise ValueError(f"{path} does not score the training points (query_split=train)")
-    return np.load(path), record
+    return scores, record
 
 
 def _dmm_trak(workspace: Path, models: int, overrides: list[str]) -> tuple[np.ndarray, dict]:

@@ -28,6 +28,7 @@ from tda.eval import (
     counterfactual_result,
     plan_removals,
 )
+from tda.scores import read_scores
 from tda.training import recorded_recipe, weight_settings
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,13 @@ def main(cfg: DictConfig) -> float | None:
     torch.set_num_threads(cfg.threads)
     workspace, plan = Path(to_absolute_path(cfg.workspace)), cfg.counterfactual
     path = workspace / "scores" / f"{cfg.scores_name}.npy"
-    made = json.loads(path.with_suffix(".json").read_text())
+    scores, made = read_scores(path, mmap=True)
     splits = instantiate(cfg.data)
     queries = splits.test.subset(range(cfg.queries))
     if made["query_fingerprint"] != queries.fingerprint():
         raise ValueError(f"{path} scores other queries than the first {cfg.queries} test examples")
     if made["train_fingerprint"] != splits.train.fingerprint():
         raise ValueError(f"{path} scores another training set than this experiment's")
-    scores = np.load(path, mmap_mode="r")
     everything = plan_removals(scores, **OmegaConf.to_container(plan), method=cfg.scores_name)
     batch = (_listed(cfg.query_batch, plan.queries), _listed(cfg.seed_batch, plan.seeds))
     mine = [r for r in everything if r.query in batch[0] and r.seed in batch[1]]

@@ -33,7 +33,7 @@ from experiments.unlearning import build_predictor
 from tda.atomic import write_json
 from tda.datamodels import GroundTruthStore
 from tda.eval import lds
-from unlearn.predictors import subset_logits
+from unlearn.predictors import load_scores_predictor, subset_logits
 
 TRAK_MODELS = (1, 5, 10, 20)
 BASELINES = ("ft", "ga", "rl", "graddiff", "salun", "l1_sparse", "prune_then_unlearn")
@@ -82,9 +82,8 @@ def predictor_lds(workspace: str, score_files: Sequence[str] = ()) -> dict[str, 
     datamodels = build_predictor(base, output="margin")  # retrains on base.device
     scores["dmm-datamodels"] = datamodels.margin_scores()
     for name in score_files:
-        scores[f"dmm-{name}"] = torch.from_numpy(
-            np.load(Path(workspace) / "scores" / f"{name}.npy")
-        )
+        path = Path(workspace) / "scores" / f"{name}.npy"  # record checked: train queries, set
+        scores[f"dmm-{name}"] = load_scores_predictor(path, train).scores
     results = {}
     for name, matrix in scores.items():
         result = lds(matrix.double().numpy(), masks, truth)

@@ -7,7 +7,6 @@ numbers and writes ``${workspace}/results/lds-<scores_name>.json``:
 """
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tda.atomic import write_json
 from tda.datamodels import GroundTruthStore
 from tda.eval import LDSResult, lds, noise_ceiling
+from tda.scores import read_scores
 from tda.versions import package_versions
 
 
@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> float:
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
     path = workspace / "scores" / f"{cfg.scores_name}.npy"
-    made = json.loads(path.with_suffix(".json").read_text())
+    scores, made = read_scores(path)
     truth = GroundTruthStore.open(workspace / "ground_truth")
     if made["query_fingerprint"] != truth.query_fingerprint:
         raise ValueError(f"{path} scores other queries than the ground truth in {truth.root}")
@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> float:
         )
     _check_independent(path, made, truth)
     outputs = truth.outputs()  # [count, n_seeds, n_query]
-    result = lds(np.load(path), truth.masks, outputs)
+    result = lds(scores, truth.masks, outputs)
     ceiling = noise_ceiling(outputs) if len(truth.seeds) >= 2 else None
     print(result)
     print(ceiling if ceiling else "Noise ceiling: needs at least 2 retraining seeds")

@@ -21,7 +21,7 @@ from numpy.lib.format import open_memmap
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tda.atomic import fsync_directory, write_atomic, write_bytes_atomic
+from tda.atomic import file_digest, fsync_directory, write_atomic, write_bytes_atomic
 
 ScoreFunction = Callable[[Sequence[int]], Tensor]
 
@@ -98,6 +98,30 @@ def save_scores(path: str | os.PathLike, scores: np.ndarray, record: dict) -> Pa
     text = json.dumps({**record, "sha256": digest}, indent=2) + "\n"
     write_bytes_atomic(record_path, text.encode())
     return path
+
+
+def read_scores(path: str | os.PathLike, *, mmap: bool = False) -> tuple[np.ndarray, dict]:
+    """Scores saved by :func:`save_scores` and their record, checked against each other.
+
+    Args:
+        path: the ``.npy`` file (its record is the ``.json`` beside it).
+        mmap: map the scores read-only instead of reading them into memory.
+
+    Raises:
+        FileNotFoundError: the scores or their record are missing (a run killed between the
+            two, or scores never saved with a record).
+        ValueError: the scores' sha256 differs from the one recorded (changed or replaced since).
+    """
+    path = Path(path).with_suffix(".npy")
+    record_path = path.with_suffix(".json")
+    for needed in (path, record_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing: make the scores with save_scores")
+    record = json.loads(record_path.read_text())
+    recorded = record.get("sha256")  # None: saved before records carried it
+    if recorded is not None and recorded != file_digest(path):
+        raise ValueError(f"{path} differs from the scores its record {record_path} describes")
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False), record
 
 
 def _check_block(block: np.ndarray, rows: list[int], n_train: int | None) -> None:

@@ -6,7 +6,7 @@ import torch
 
 from tda.atomic import file_digest
 from tda.ranking import top_examples
-from tda.scores import open_scores, save_scores, write_scores
+from tda.scores import open_scores, read_scores, save_scores, write_scores
 
 
 def test_blocks_written_to_disk_equal_the_in_memory_matrix(tmp_path):
@@ -77,3 +77,18 @@ def test_saved_scores_carry_their_record_and_digest_and_an_old_record_goes_first
     # new scores may stand, but never beside the old record, which described the old ones
     assert not path.with_suffix(".json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
+
+
+def test_read_scores_refuses_scores_without_their_record_or_changed_since(tmp_path):
+    scores = np.arange(6, dtype=np.float64).reshape(2, 3)
+    path = save_scores(tmp_path / "s", scores, {"attributor": "trak"})
+    read, record = read_scores(path)
+    np.testing.assert_array_equal(read, scores)
+    assert record["attributor"] == "trak"
+    assert isinstance(read_scores(path, mmap=True)[0], np.memmap)
+    np.save(path, scores + 1)  # replaced behind the record's back
+    with pytest.raises(ValueError, match="differs from the scores its record"):
+        read_scores(path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"s\.json is missing"):
+        read_scores(path)

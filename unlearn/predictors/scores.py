@@ -2,7 +2,6 @@ r"""Predictor from a precomputed score matrix of training points (any attributor
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from torch import Tensor
 
 from tda.fingerprint import array_fingerprint
+from tda.scores import read_scores
 from unlearn.predictors.base import PredictorScope, ShiftPredictor, training_set
 
 
@@ -88,11 +88,10 @@ def load_scores_predictor(
         ValueError: scores made on another training set, or with other queries than its points.
     """
     path = Path(path).with_suffix(".npy")
-    record_path = path.with_suffix(".json")
-    for needed in (path, record_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} is missing: run experiments/score.py first")
-    record = json.loads(record_path.read_text())
+    try:
+        scores, record = read_scores(path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error} (run experiments/score.py first)") from error
     train = training_set(data)
     fingerprint = train.fingerprint()
     if record["train_fingerprint"] != fingerprint:
@@ -103,7 +102,7 @@ def load_scores_predictor(
             "(make it with experiments/score.py query_split=train)"
         )
     scope = PredictorScope(len(train), fingerprint, record.get("architecture"))
-    scores = torch.from_numpy(np.load(path))
+    scores = torch.from_numpy(scores)
     return ScoresPredictor(
         scope=scope, output="margin", scale=scale, forget_scale=forget_scale, scores=scores
     )
