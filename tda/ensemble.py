@@ -15,13 +15,14 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 from tqdm.auto import tqdm
 
 from tda.atomic import write_bytes_atomic
 from tda.checkpoints import Checkpoint, list_checkpoints, load_fresh_model
-from tda.data.examples import Examples
+from tda.data.examples import Examples, as_examples
 from tda.describe import describe, differences
 from tda.fingerprint import model_fingerprint
 from tda.models import build_model, model_dtype
@@ -50,7 +51,7 @@ def _finished(directory: Path, config: TrainConfig) -> list[Checkpoint] | None:
 
 def train_ensemble(
     model_factory: Callable[[], nn.Module],
-    data: Examples,
+    data: Any,
     config: TrainConfig,
     seeds: Iterable[int],
     root: str | os.PathLike,
@@ -60,9 +61,13 @@ def train_ensemble(
 ) -> dict[int, list[Checkpoint]]:
     """Train one model per seed (skipping finished ones); returns each seed's checkpoints.
 
+    ``data`` is ``Examples`` or anything :func:`tda.as_examples` reads (e.g. ``(X, y)`` arrays);
+    members are built in the dtype of its floating inputs (:func:`tda.models.model_dtype`).
+
     Raises:
         ValueError: a member directory records another training set, settings, task or model.
     """
+    data = as_examples(data)
     members = {}
     recipe = _member_recipe(data, config, task)
     for seed in tqdm(list(seeds), desc="train models", disable=not progress):

@@ -4,7 +4,9 @@ For examples :math:`z_i = (x_i, y_i)` and a task function :math:`h` (the task's 
 ``loss``), computes :math:`g_i = \nabla_\theta h(z_i; \theta)` restricted to chosen parameters,
 flattened in the model's parameter order, chunked over examples so memory is bounded by
 ``chunk_size * p``. Uses ``vmap(grad(functional_call(...)))``; where a model cannot be traced by
-``vmap`` it falls back to a per-example autograd loop and warns once.
+``vmap`` (data-dependent control flow, ``.item()``) it falls back to a per-example autograd loop
+and warns once. The fallback is taken only where the loop succeeds: a failure of the model itself
+(which the loop meets too) surfaces as itself.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from tda.data.examples import check_input_dtype
 from tda.device import to_device_of
 from tda.task import Task
 
@@ -26,6 +29,11 @@ TaskFunction = Literal["output", "loss"]
 
 class VmapFallbackWarning(UserWarning):
     """``vmap`` could not trace the model; gradients are computed one example at a time."""
+
+
+VMAP_ERRORS = (RuntimeError, NotImplementedError, ValueError)
+"""The errors ``vmap`` raises where it cannot trace a model. A model's own failures (a shape
+mismatch) raise them too, so a fallback blames ``vmap`` only once the unbatched loop succeeded."""
 
 
 class NonFiniteGradientError(ValueError):
@@ -166,7 +174,8 @@ def iter_per_sample_gradients(
         vectorize: ``True`` forces ``vmap``, ``False`` the loop, ``"auto"`` tries ``vmap`` first.
 
     Raises:
-        ValueError: empty or mismatched inputs, bad arguments, or a non-finite gradient.
+        ValueError: empty or mismatched inputs, floating inputs of another dtype than the model,
+            bad arguments, or a non-finite gradient.
     """
     if len(inputs) == 0:
         raise ValueError("cannot compute per-sample gradients of an empty set of examples")
@@ -174,6 +183,7 @@ def iter_per_sample_gradients(
         raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    check_input_dtype(model, inputs)
     params = select_parameters(model, parameters)
     frozen = frozen_state(model, params)
     value_fn = _example_function(model, task, function, frozen)
@@ -192,19 +202,25 @@ def iter_per_sample_gradients(
 
 
 def _chunk_gradients(batched, value_fn, params, x, y, use_vmap, vectorize):
+    """A chunk's gradients and whether ``vmap`` is still used. Where ``vmap`` fails, the loop is
+    run outside the ``except``, so that its own failure is raised alone, before any warning."""
+    failure = None
     if use_vmap:
         try:
             return _flatten(batched(params, x, y), len(x)), True
-        except (RuntimeError, NotImplementedError, ValueError) as error:
+        except VMAP_ERRORS as error:
             if vectorize is True:
                 raise
-            warnings.warn(
-                f"vmap could not trace this model ({type(error).__name__}: {error}); "
-                "falling back to a per-example loop, which is slower but exact",
-                VmapFallbackWarning,
-                stacklevel=4,
-            )
-    return _loop_gradients(value_fn, params, x, y), False
+            failure = error
+    gradients = _loop_gradients(value_fn, params, x, y)
+    if failure is not None:
+        warnings.warn(
+            f"vmap could not trace this model ({type(failure).__name__}: {failure}); "
+            "falling back to a per-example loop, which is slower but exact",
+            VmapFallbackWarning,
+            stacklevel=4,
+        )
+    return gradients, False
 
 
 def per_sample_gradients(

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from tda.arguments import check_positive_int
 from tda.checkpoints import Checkpoint, save_checkpoint
-from tda.data.examples import Examples
+from tda.data.examples import Examples, as_examples, check_input_dtype
 from tda.device import seeded_rng, to_device_of
 from tda.fingerprint import config_fingerprint
 from tda.task import ClassificationTask, Task
@@ -160,7 +160,7 @@ def _save_initial(checkpoint_dir, model: nn.Module, optimizer) -> Checkpoint:
 
 def train(
     model: nn.Module,
-    data: Examples,
+    data: Any,
     config: TrainConfig = TrainConfig(),
     *,
     seed: int = 0,
@@ -172,6 +172,8 @@ def train(
     """Train ``model`` in place on ``data`` and save checkpoints to ``checkpoint_dir`` if given.
 
     Args:
+        data: ``Examples``, or anything :func:`tda.as_examples` reads (e.g. ``(X, y)`` arrays);
+            floating inputs must have the model's dtype (see :func:`check_input_dtype`).
         keep: optional ``[n]`` boolean mask: train on the examples of ``data`` where it is True,
             in the minibatches of training on all of ``data`` with the same seed, each without
             its removed examples (a batch left empty is skipped). Runs that remove different
@@ -180,12 +182,15 @@ def train(
             any removal changes every minibatch. All True trains exactly as without ``keep``.
 
     Raises:
-        ValueError: empty data, or a ``keep`` mask that is not ``[n]`` booleans or keeps nothing.
+        ValueError: empty data, inputs of another floating dtype than the model, or a ``keep``
+            mask that is not ``[n]`` booleans or keeps nothing.
         FloatingPointError: the loss became NaN or infinite.
     """
+    data = as_examples(data)
     keep = _checked_keep(keep, len(data), data.inputs.device)
     if len(data) == 0:
         raise ValueError("cannot train on an empty data set")
+    check_input_dtype(model, data.inputs)
     seed = operator.index(seed)  # a numpy integer (np.arange seeds): Generator takes only int
     generator = torch.Generator().manual_seed(seed)
     optimizer = config.optimizer(model.parameters())

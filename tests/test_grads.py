@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -169,3 +171,45 @@ def test_a_tensor_under_two_names_outside_the_selection_stays_tied(
     gradients = per_sample_gradients(model, TASK, x, y, parameters=selection, vectorize=vectorize)
     expected = loop_reference(model, x, y, names=names)
     torch.testing.assert_close(gradients, expected, rtol=1e-12, atol=1e-12)
+
+
+class ItemModel(nn.Module):
+    """``.item()`` on a tensor: vmap refuses it, the per-example loop does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(6, 3).double()
+
+    def forward(self, x):
+        return self.linear(x) * (1.0 + 0.0 * x.sum().item())
+
+
+def test_a_model_calling_item_falls_back_to_the_loop(tiny_data):
+    model = ItemModel()
+    with pytest.warns(VmapFallbackWarning, match=r"\.item\(\)"):
+        gradients = per_sample_gradients(model, TASK, tiny_data.inputs, tiny_data.targets)
+    torch.testing.assert_close(
+        gradients, loop_reference(model, tiny_data.inputs, tiny_data.targets)
+    )
+
+
+def test_a_failing_forward_pass_surfaces_as_itself_without_blaming_vmap(tiny_data):
+    """Any RuntimeError fell back to the loop with a warning that vmap could not trace the
+    model, before the loop failed the same way."""
+    model = nn.Linear(5, 3).double()  # the examples have 6 features
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VmapFallbackWarning)
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            per_sample_gradients(model, TASK, tiny_data.inputs, tiny_data.targets)
+
+
+def test_inputs_of_another_float_dtype_are_refused_before_any_gradient(tiny_mlp, tiny_data):
+    """A float32 model on float64 inputs warned that vmap could not trace it, then failed with
+    torch's "mat1 and mat2 must have the same dtype"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VmapFallbackWarning)
+        with pytest.raises(ValueError, match="parameters are torch.float32 but the inputs are"):
+            per_sample_gradients(tiny_mlp.float(), TASK, tiny_data.inputs, tiny_data.targets)
+    tokens = nn.Sequential(nn.Embedding(7, 4), nn.Flatten(), nn.Linear(8, 3)).double()
+    ids = torch.randint(0, 7, (5, 2), generator=torch.Generator().manual_seed(0))
+    assert per_sample_gradients(tokens, TASK, ids, ids[:, 0] % 3).shape == (5, 28 + 8 * 3 + 3)

@@ -433,3 +433,33 @@ def test_a_target_outside_the_classes_stops_training_at_its_step(data):
     message = f"loss became nan at step {step} .*: .* a target lies outside the model's classes"
     with pytest.raises(FloatingPointError, match=message):
         train(build_model(MLP, 0), mislabelled, CONFIG, seed=2)
+
+
+@pytest.mark.parametrize("model_dtype", [torch.float32, torch.float64])
+def test_inputs_of_another_float_dtype_are_refused_before_any_step(data, model_dtype):
+    """A float64 model on float32 data (or the reverse) failed at the first step with torch's
+    "mat1 and mat2 must have the same dtype"."""
+    model = build_model(MLP, 0, dtype=model_dtype)
+    before = model_fingerprint(model)
+    other = torch.float32 if model_dtype == torch.float64 else torch.float64
+    mismatched = data.train.subset(range(64)).to(dtype=other)
+    with pytest.raises(
+        ValueError, match=f"parameters are {model_dtype} but the inputs are {other}"
+    ):
+        train(model, mismatched, TrainConfig(epochs=1))
+    assert model_fingerprint(model) == before
+
+
+def test_raw_arrays_train_as_their_examples(data, tmp_path):
+    """(X, y) and Examples of numpy arrays failed: "'tuple' object has no attribute 'inputs'",
+    "'numpy.ndarray' object has no attribute 'to'"; train_ensemble: "... 'fingerprint'"."""
+    inputs, targets = data.train.inputs[:96].numpy(), data.train.targets[:96].numpy()
+    config = TrainConfig(epochs=1, batch_size=32)
+    expected = train(build_model(MLP, 0), data.train.subset(range(96)), config).model
+    for given in ((inputs, targets), Examples(inputs, targets)):
+        trained = train(build_model(MLP, 0), given, config).model
+        assert model_fingerprint(trained) == model_fingerprint(expected)
+    members = train_ensemble(MLP, (inputs, targets), config, [0], tmp_path, progress=False)
+    assert model_fingerprint(load_member(MLP, members[0][-1])) == model_fingerprint(expected)
+    again = train_ensemble(MLP, data.train.subset(range(96)), config, [0], tmp_path, progress=False)
+    assert again == members  # the same training set: the member is reused, not refused

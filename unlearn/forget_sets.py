@@ -11,19 +11,22 @@ Each type is a small frozen dataclass with three calls:
 - ``evaluation_test(test)``: the test examples TA and MIA are measured on; class-wise forgetting
   measures them on the other classes, as in SalUn's protocol.
 
-:func:`forget_request` turns indices into an :class:`~unlearn.UnlearningRequest`.
+:func:`forget_request` turns indices into an :class:`~unlearn.UnlearningRequest`. Every call takes
+its data as ``Examples`` or anything :func:`tda.as_examples` reads (e.g. ``(X, y)`` arrays), as
+:meth:`unlearn.Unlearner.unlearn` does, so that a request's fingerprint matches the data the
+unlearner reads; an ``(X, y)`` pair must not be read as a data set of two examples.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from torch import nn
 
-from tda.data.examples import Examples
+from tda.data.examples import Examples, as_examples
 from tda.fingerprint import model_fingerprint
 from tda.indices import integer_positions
 from unlearn.request import UnlearningRequest
@@ -32,21 +35,26 @@ from unlearn.request import UnlearningRequest
 class ForgetSet(Protocol):
     """A rule that picks the examples to forget from a training set."""
 
-    def indices(self, train: Examples) -> np.ndarray:
+    def indices(self, train: Any) -> np.ndarray:
         """Sorted positions ``[|F|]`` of the forget set in ``train``."""
         ...
 
-    def proxy(self, train: Examples) -> ForgetSet:
+    def proxy(self, train: Any) -> ForgetSet:
         """A disjoint forget set of the same kind, inside the retain set."""
         ...
 
-    def proxies(self, train: Examples, count: int) -> list[ForgetSet]:
+    def proxies(self, train: Any, count: int) -> list[ForgetSet]:
         """``count`` such forget sets (different from each other), ``proxy(train)`` first."""
         ...
 
-    def evaluation_test(self, test: Examples) -> Examples:
+    def evaluation_test(self, test: Any) -> Examples:
         """The test examples that TA and MIA-efficacy are measured on."""
         ...
+
+
+def _size(train: Any) -> int:
+    """Number of examples in ``train`` (``len`` of an ``(X, y)`` pair would be 2)."""
+    return len(as_examples(train))
 
 
 def _check_count(count: int) -> None:
@@ -96,26 +104,26 @@ class IndexForgetSet:
             raise ValueError("an index forget set needs distinct positions, at least one")
         object.__setattr__(self, "positions", tuple(sorted(int(i) for i in positions)))
 
-    def indices(self, train: Examples) -> np.ndarray:
-        chosen = np.asarray(self.positions, dtype=np.int64)
-        if chosen[0] < 0 or chosen[-1] >= len(train):
-            raise ValueError(f"forget positions must lie in [0, {len(train)})")
+    def indices(self, train: Any) -> np.ndarray:
+        chosen, size = np.asarray(self.positions, dtype=np.int64), _size(train)
+        if chosen[0] < 0 or chosen[-1] >= size:
+            raise ValueError(f"forget positions must lie in [0, {size})")
         return chosen
 
-    def proxy(self, train: Examples) -> ForgetSet:
+    def proxy(self, train: Any) -> ForgetSet:
         """As many other positions, drawn at random (seed 1) from the rest."""
         return self.proxies(train, 1)[0]
 
-    def proxies(self, train: Examples, count: int) -> list[ForgetSet]:
+    def proxies(self, train: Any, count: int) -> list[ForgetSet]:
         """Different draws from the rest, with seeds ``1 .. count`` (a repeat takes the next)."""
         _check_count(count)
-        rest = np.setdiff1d(np.arange(len(train)), self.indices(train))
+        rest = np.setdiff1d(np.arange(_size(train)), self.indices(train))
         if len(self.positions) > len(rest) - 1:
             raise ValueError(f"the retain set of {len(rest)} is too small for a proxy")
         return _distinct_draws(rest, len(self.positions), 1, count)
 
-    def evaluation_test(self, test: Examples) -> Examples:
-        return test
+    def evaluation_test(self, test: Any) -> Examples:
+        return as_examples(test)
 
 
 @dataclass(frozen=True)
@@ -134,37 +142,38 @@ class RandomForgetSet:
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
 
-    def _count(self, train: Examples) -> int:
-        count = max(1, round(self.fraction * len(train)))
-        if count >= len(train):
-            raise ValueError(f"forgetting {count} of {len(train)} examples leaves none to retain")
+    def _count(self, train: Any) -> int:
+        size = _size(train)
+        count = max(1, round(self.fraction * size))
+        if count >= size:
+            raise ValueError(f"forgetting {count} of {size} examples leaves none to retain")
         return count
 
-    def indices(self, train: Examples) -> np.ndarray:
-        return _sample(np.arange(len(train)), self._count(train), self.seed)
+    def indices(self, train: Any) -> np.ndarray:
+        return _sample(np.arange(_size(train)), self._count(train), self.seed)
 
-    def proxy(self, train: Examples) -> ForgetSet:
+    def proxy(self, train: Any) -> ForgetSet:
         """As many examples again, drawn with ``seed + 1`` from the retain set."""
         return self.proxies(train, 1)[0]
 
-    def proxies(self, train: Examples, count: int) -> list[ForgetSet]:
+    def proxies(self, train: Any, count: int) -> list[ForgetSet]:
         """Different draws from the retain set, with seeds ``seed + 1 .. seed + count`` (a
         repeat takes the next seed)."""
         _check_count(count)
-        retain = np.setdiff1d(np.arange(len(train)), self.indices(train))
+        retain = np.setdiff1d(np.arange(_size(train)), self.indices(train))
         size = self._count(train)
         if size > len(retain) - 1:
             raise ValueError(f"the retain set of {len(retain)} is too small for a proxy of {size}")
         return _distinct_draws(retain, size, self.seed + 1, count)
 
-    def evaluation_test(self, test: Examples) -> Examples:
-        return test
+    def evaluation_test(self, test: Any) -> Examples:
+        return as_examples(test)
 
 
-def _class_targets(train: Examples) -> np.ndarray:
+def _class_targets(train: Any) -> np.ndarray:
     """The class of every example, ``[n]``; sequence targets (``[n, T]``) name no class (their
     flattened token positions read as example positions)."""
-    targets = train.targets.cpu().numpy()
+    targets = as_examples(train).targets.cpu().numpy()
     if targets.ndim != 1:
         raise ValueError(
             "class-wise forget sets need one class target per example, shape [n]; got targets "
@@ -183,19 +192,19 @@ class ClassForgetSet:
 
     label: int
 
-    def indices(self, train: Examples) -> np.ndarray:
+    def indices(self, train: Any) -> np.ndarray:
         chosen = np.flatnonzero(_class_targets(train) == self.label)
         if len(chosen) == 0:
             raise ValueError(f"the training set has no example of class {self.label}")
-        if len(chosen) == len(train):
+        if len(chosen) == _size(train):
             raise ValueError(f"every training example is of class {self.label}")
         return chosen
 
-    def proxy(self, train: Examples) -> ForgetSet:
+    def proxy(self, train: Any) -> ForgetSet:
         """The next class present in the training set (cyclically)."""
         return self.proxies(train, 1)[0]
 
-    def proxies(self, train: Examples, count: int) -> list[ForgetSet]:
+    def proxies(self, train: Any, count: int) -> list[ForgetSet]:
         """The next ``count`` classes present in the training set (cyclically)."""
         _check_count(count)
         present = np.unique(_class_targets(train))
@@ -207,18 +216,21 @@ class ClassForgetSet:
         ordered = np.concatenate([others[others > self.label], others[others < self.label]])
         return [ClassForgetSet(int(label)) for label in ordered[:count]]
 
-    def evaluation_test(self, test: Examples) -> Examples:
+    def evaluation_test(self, test: Any) -> Examples:
+        test = as_examples(test)
         return test.subset(test.targets.cpu().numpy() != self.label)
 
 
 def forget_request(
     indices: np.ndarray,
-    train: Examples,
+    train: Any,
     *,
     seed: int = 0,
     model: nn.Module | None = None,
 ) -> UnlearningRequest:
-    """A request to forget ``indices`` from ``train``, bound to ``model``'s fingerprint if given."""
+    """A request to forget ``indices`` from ``train`` (``Examples`` or anything
+    :func:`tda.as_examples` reads), bound to ``model``'s fingerprint if given."""
+    train = as_examples(train)
     return UnlearningRequest(
         forget_indices=indices,
         train_size=len(train),

@@ -24,7 +24,7 @@ from tda.curvature.base import (
     check_vectors,
 )
 from tda.curvature.hvp import curvature_vector_product
-from tda.data.examples import Examples
+from tda.data.examples import Examples, check_input_dtype
 from tda.device import module_device
 from tda.grads import select_parameters
 from tda.task import Task
@@ -63,9 +63,11 @@ def explicit_curvature(
         max_parameters: refuse larger ``p`` (the matrix takes ``p**2`` floats).
 
     Raises:
-        ValueError: ``p`` exceeds ``max_parameters`` (the message gives the memory needed).
+        ValueError: ``p`` exceeds ``max_parameters`` (the message gives the memory needed), or
+            floating inputs of another dtype than the model.
     """
     check_curvature(curvature)
+    check_input_dtype(model, data.inputs)  # before the [p, p] matrix is allocated
     if block_size < 1:
         raise ValueError(f"block_size must be at least 1, got {block_size}")
     selected = select_parameters(model, parameters)

@@ -12,7 +12,8 @@ For training examples :math:`z_i = (x_i, y_i)`, logits :math:`o_i = o(x_i;\theta
 
 Vectors are ``[q, p]``, flattened in :mod:`tda.grads` parameter order. Examples are processed
 ``chunk_size`` at a time (memory grows with ``chunk_size * q``, never with ``n``) and the ``q``
-vectors are batched with ``vmap``; a model ``vmap`` cannot trace falls back to a loop over vectors.
+vectors are batched with ``vmap``; a model ``vmap`` cannot trace falls back to a loop over vectors
+(only where that loop succeeds: a failure of the model itself surfaces as itself).
 The model is evaluated in eval mode with its current parameters and buffers.
 """
 
@@ -28,9 +29,15 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from tda.curvature.base import Curvature, check_curvature, check_damping
-from tda.data.examples import Examples
+from tda.data.examples import Examples, check_input_dtype
 from tda.device import to_device_of
-from tda.grads import VmapFallbackWarning, evaluation_mode, frozen_state, select_parameters
+from tda.grads import (
+    VMAP_ERRORS,
+    VmapFallbackWarning,
+    evaluation_mode,
+    frozen_state,
+    select_parameters,
+)
 from tda.task import Task
 
 ChunkProduct = Callable[[dict[str, Tensor], Tensor, Tensor, dict[str, Tensor]], dict[str, Tensor]]
@@ -89,17 +96,26 @@ def _gauss_newton_chunk(model: nn.Module, task: Task, state: dict[str, Tensor]) 
 
 
 def _apply_chunk(product: ChunkProduct, params, inputs, targets, vectors: Tensor) -> Tensor:
+    """The chunk's products, batched over the vectors with ``vmap``; where ``vmap`` fails, looped
+    over them (outside the ``except``, so that the loop's own failure is raised alone), with a
+    warning once the loop has succeeded."""
     tangents = unflatten(vectors, params)
     try:
         batched = vmap(product, in_dims=(None, None, None, 0))
         return flatten(batched(params, inputs, targets, tangents), len(vectors))
-    except (RuntimeError, NotImplementedError, ValueError) as error:
-        warnings.warn(
-            f"vmap could not batch curvature products for this model ({type(error).__name__}: "
-            f"{error}); looping over the vectors instead, which is slower but exact",
-            VmapFallbackWarning,
-            stacklevel=4,
-        )
+    except VMAP_ERRORS as error:
+        failure = error
+    looped = _loop_over_vectors(product, params, inputs, targets, vectors)
+    warnings.warn(
+        f"vmap could not batch curvature products for this model ({type(failure).__name__}: "
+        f"{failure}); looping over the vectors instead, which is slower but exact",
+        VmapFallbackWarning,
+        stacklevel=4,
+    )
+    return looped
+
+
+def _loop_over_vectors(product: ChunkProduct, params, inputs, targets, vectors: Tensor) -> Tensor:
     rows = []
     for row in vectors:
         single = unflatten(row.unsqueeze(0), params)
@@ -130,13 +146,15 @@ def curvature_vector_product(
         chunk_size: examples per vectorised call.
 
     Raises:
-        ValueError: empty data, a bad ``chunk_size``, or vectors of the wrong width.
+        ValueError: empty data, floating inputs of another dtype than the model, a bad
+            ``chunk_size``, or vectors of the wrong width.
     """
     check_curvature(curvature)
     if len(data) == 0:
         raise ValueError("cannot compute a curvature product over an empty set of examples")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    check_input_dtype(model, data.inputs)
     params = select_parameters(model, parameters)
     state = frozen_state(model, params)
     build = _hessian_chunk if curvature == "hessian" else _gauss_newton_chunk
@@ -213,6 +231,7 @@ class DampedCurvature:
     def __post_init__(self) -> None:
         check_curvature(self.curvature)
         check_damping(self.damping)
+        check_input_dtype(self.model, self.train.inputs)  # at fit, not first at solve
 
     @property
     def size(self) -> int:

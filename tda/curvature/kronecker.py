@@ -61,7 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from tda.arguments import check_positive_int
-from tda.data.examples import Examples
+from tda.data.examples import Examples, check_input_dtype
 from tda.grads import NonFiniteGradientError, evaluation_mode, select_parameters
 from tda.layer_capture import capture_layer_calls, refuse_batch_statistics
 from tda.layer_positions import is_positional
@@ -302,7 +302,8 @@ def fit_kronecker_eigenbases(
         One :class:`KroneckerEigenbasis` per layer, in the flattened parameter order.
 
     Raises:
-        ValueError: no examples, a ``chunk_size`` below 1, parameters outside those layers, a
+        ValueError: no examples, a ``chunk_size`` below 1, floating inputs of another dtype
+            than the model, parameters outside those layers, a
             selected layer that no forward call reaching the loss goes through or whose weight
             also reaches it directly (a tied decoder), or a BatchNorm without running statistics
             (it mixes the examples of a chunk, whose gradients come from one backward pass).
@@ -312,6 +313,7 @@ def fit_kronecker_eigenbases(
     if len(examples) == 0:
         raise ValueError("cannot fit a curvature to an empty set of examples")
     check_positive_int("chunk_size", chunk_size)
+    check_input_dtype(model, examples.inputs)
     refuse_batch_statistics(model, "use DiagonalSolver, which differentiates each example alone")
     layers = _kronecker_layers(model, parameters)
     options = (sampled_labels, seed, chunk_size)

@@ -21,7 +21,7 @@ from torch.func import functional_call, hessian, jacrev, vmap
 
 from tda.curvature.base import check_curvature, check_damping, check_vectors
 from tda.curvature.hvp import flatten
-from tda.data.examples import Examples
+from tda.data.examples import Examples, check_input_dtype
 from tda.device import to_device_of
 from tda.grads import (
     NonFiniteGradientError,
@@ -53,6 +53,7 @@ def gauss_newton_diagonal(
     """
     if len(data) == 0:
         raise ValueError("cannot compute a curvature diagonal over an empty set of examples")
+    check_input_dtype(model, data.inputs)
     params = select_parameters(model, parameters)
     state = frozen_state(model, params)
 
@@ -160,7 +161,8 @@ class DiagonalSolver:
         Raises:
             NonFiniteGradientError: a diagonal entry is NaN or infinite (e.g. a target outside
                 the model's classes).
-            ValueError: a zero diagonal entry without damping.
+            ValueError: a zero diagonal entry without damping, or floating inputs of another
+                dtype than the model.
         """
         build = (
             gauss_newton_diagonal if self.curvature == "gauss_newton" else empirical_fisher_diagonal

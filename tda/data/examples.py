@@ -2,6 +2,11 @@
 
 Accepts torch ``Dataset`` / ``DataLoader`` objects yielding ``(input, target)`` pairs and
 Hugging Face ``datasets.Dataset`` objects (columns named by the caller).
+
+Dtype policy: the library never casts examples to a model's dtype. The entry points that run a
+model on examples (training, per-sample gradients, featurizing, curvature fits, NTKs) call
+:func:`check_input_dtype` before any work, which refuses floating-point inputs of another dtype
+than the model's, naming both and the fix; integer inputs (token ids) pass.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler
 
 from tda.fingerprint import array_fingerprint
@@ -20,12 +25,23 @@ from tda.fingerprint import array_fingerprint
 
 @dataclass(frozen=True)
 class Examples:
-    """Inputs ``[n, ...]`` and integer targets ``[n]`` of one data split."""
+    """Inputs ``[n, ...]`` and integer targets ``[n]`` of one data split.
+
+    Tensors are kept as they are. Arrays (numpy, or anything ``np.asarray`` reads) become tensors
+    of their dtype, but integer (and boolean) targets become int64, the class indices the losses
+    take; float targets (a regression's) stay float. :func:`as_examples` reads an ``(inputs,
+    targets)`` pair the same way, besides checking that targets are classes, and reads other
+    data (a ``Dataset``, a ``DataLoader``).
+    """
 
     inputs: Tensor
     targets: Tensor
 
     def __post_init__(self) -> None:
+        if not isinstance(self.inputs, Tensor):  # else the first .to() fails far from here
+            object.__setattr__(self, "inputs", _tensor(self.inputs))
+        if not isinstance(self.targets, Tensor):
+            object.__setattr__(self, "targets", _array_targets(self.targets))
         if len(self.inputs) != len(self.targets):
             raise ValueError(f"{len(self.inputs)} inputs but {len(self.targets)} targets")
 
@@ -71,6 +87,55 @@ class Examples:
         return array_fingerprint(self.inputs, self.targets)
 
 
+def check_input_dtype(model: nn.Module, inputs: Tensor) -> None:
+    """Refuse floating-point ``inputs`` of another dtype than the model's parameters.
+
+    The library's dtype policy (see the module docstring): inputs are never cast to the model's
+    dtype behind the caller's back, which would silently drop precision (float64 data on a
+    float32 model); torch would refuse the mismatch only deep inside the forward pass, in terms
+    of matrix operands. Integer inputs (token ids) and models without floating parameters pass.
+
+    Raises:
+        ValueError: the two dtypes differ; the message names both and how to make them agree.
+    """
+    model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if model_dtype is None or not inputs.is_floating_point() or inputs.dtype == model_dtype:
+        return
+    raise ValueError(
+        f"the model's parameters are {model_dtype} but the inputs are {inputs.dtype}; cast one "
+        f"to the other: the model with model.to({inputs.dtype}), or the data with "
+        f"tda.as_examples(data).to(dtype={model_dtype})"
+    )
+
+
+def _writable(values: Any) -> np.ndarray:
+    """``values`` as a numpy array, a read-only one (a pandas frame's values) copied: torch warns
+    about sharing it."""
+    return np.require(values, requirements="W")
+
+
+def _tensor(values: Any) -> Tensor:
+    """An array as a tensor of its dtype.
+
+    Raises:
+        TypeError: ``values`` is not numeric array data (e.g. a ``Dataset``, or text).
+    """
+    try:
+        return torch.as_tensor(_writable(values))
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"Examples takes tensors or numeric arrays, got {type(values).__name__} ({error}); "
+            "read other data with tda.as_examples"
+        ) from error
+
+
+def _array_targets(values: Any) -> Tensor:
+    """Targets given as an array: int64 where they are integers or booleans (class indices),
+    else in their dtype (a regression's floats)."""
+    targets = _tensor(values)
+    return targets if targets.is_floating_point() or targets.is_complex() else targets.long()
+
+
 def _stack(items: list[Any]) -> Tensor:
     # tensors as they are: numpy holds no bfloat16, nor a tensor that requires grad or is on CUDA
     return torch.stack(
@@ -85,7 +150,7 @@ def _integer_targets(values: Any) -> Tensor:
     """``values`` as int64 class indices; refuses text and fractional (or NaN) float targets,
     which ``.long()`` would truncate into other classes."""
     if not isinstance(values, Tensor):
-        array = np.asarray(values)
+        array = _writable(values)
         if array.dtype.kind not in "biuf":
             raise ValueError(
                 f"targets must be integer class indices, got {array.dtype} values such as "
@@ -165,9 +230,7 @@ def _from_hugging_face(dataset, input_column: str, target_column: str) -> Exampl
 
 
 def _from_arrays(inputs: Any, targets: Any) -> Examples:
-    # a read-only array (a pandas frame's values) is copied: torch warns about sharing it
-    inputs, targets = (a if isinstance(a, Tensor) else np.require(a, requirements="W")
-                       for a in (inputs, targets))  # fmt: skip
+    inputs, targets = (a if isinstance(a, Tensor) else _writable(a) for a in (inputs, targets))
     if len(inputs) != len(targets):
         raise ValueError(
             f"inputs and targets differ in length: {len(inputs)} inputs, {len(targets)} targets"

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tda.data.examples import Examples
+from tda.data.examples import Examples, as_examples, check_input_dtype
 from tda.features.gradient import FeatureBatch
 from tda.fingerprint import model_fingerprint
 from tda.projection import derive_seed
@@ -60,7 +60,7 @@ def shard_count(n_examples: int, shard_size: int) -> int:
 
 def featurize(
     model: nn.Module,
-    splits: Mapping[str, Examples],
+    splits: Mapping[str, Any],
     featurizer: Featurizer,
     store: FeatureStore,
     *,
@@ -73,7 +73,9 @@ def featurize(
 
     Args:
         model: the checkpoint's model.
-        splits: split name -> examples, e.g. ``{"train": data.train, "test": queries}``.
+        splits: split name -> examples, e.g. ``{"train": data.train, "test": queries}``:
+            ``Examples`` or anything :func:`tda.as_examples` reads (e.g. ``(X, y)`` arrays), with
+            floating inputs in the model's dtype (refused otherwise, before anything is written).
         featurizer: what to compute; reseeded once per checkpoint (see below).
         store: where to write; opened with :func:`open_feature_store` for this featurizer.
         checkpoint_id: the model's id in the store.
@@ -92,15 +94,19 @@ def featurize(
         StoreMismatchError: the store was opened for a featurizer with other settings (a
             :class:`~tda.features.LogitFeaturizer` may add settings to its base's), or holds
             another model under ``checkpoint_id`` or other data under a split's name.
-        ValueError: an empty split, ``shards`` naming a split not in ``splits``, a shard index
-            out of range, non-finite gradients, or features beyond ``storage_dtype``'s range.
+        ValueError: an empty split, inputs of another floating dtype than the model, ``shards``
+            naming a split not in ``splits``, a shard index out of range, non-finite gradients,
+            or features beyond ``storage_dtype``'s range.
     """
+    splits = {name: as_examples(examples) for name, examples in splits.items()}
     empty = [name for name, examples in splits.items() if len(examples) == 0]
     if not splits or empty:
         raise ValueError(f"splits {empty or '{}'} have no examples to featurize")
     unknown = sorted(set(shards or {}) - set(splits))
     if unknown:  # a misspelt split would silently compute every shard of the real one
         raise ValueError(f"shards name splits {unknown} that are not among {sorted(splits)}")
+    for examples in splits.values():
+        check_input_dtype(model, examples.inputs)
     _check_store_fits(store, featurizer)
     store.register_checkpoint(checkpoint_id, model_fingerprint(model))
     seeded = featurizer.with_seed(derive_seed(featurizer.seed, checkpoint_id))

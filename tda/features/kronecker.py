@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from tda.arguments import check_positive_int
+from tda.data.examples import check_input_dtype
 from tda.device import to_device_of
 from tda.features.gradient import FeatureBatch, task_config
 from tda.features.layer_sketch import (
@@ -177,7 +178,8 @@ class KroneckerFeaturizer:
         """Features ``[b, output_dim(model)]`` (float64 for a float64 model) and ``Q`` ``[b]``.
 
         Raises:
-            ValueError: empty or mismatched inputs, bad ``modules``, a parametrized layer, a
+            ValueError: empty or mismatched inputs, floating inputs of another dtype than the
+                model, bad ``modules``, a parametrized layer, a
                 layer whose weight is tied to another module's, used without calling the layer
                 (``nn.MultiheadAttention``'s ``out_proj``) or used directly besides its calls (a
                 tied decoder), a BatchNorm without running statistics, Linear inputs without a
@@ -188,6 +190,7 @@ class KroneckerFeaturizer:
             raise ValueError("cannot featurize an empty set of examples")
         if len(inputs) != len(targets):
             raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+        check_input_dtype(model, inputs)
         plan = self._plan(model)
         features, weights = [], []
         with evaluation_mode(model):

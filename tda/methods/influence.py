@@ -18,12 +18,13 @@ then streamed in chunks, so memory is bounded by ``chunk_size * p + q * p``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tda.curvature.base import CurvatureSolver, SolverDivergedError
-from tda.data.examples import Examples
+from tda.data.examples import Examples, as_examples, check_input_dtype
 from tda.grads import ParameterNames, iter_per_sample_gradients
 from tda.methods.runs import TrainingRun
 from tda.task import ClassificationTask, Task
@@ -57,13 +58,20 @@ class InfluenceFunction:
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
 
-    def fit(self, model: nn.Module, train: Examples) -> InfluenceFunction:
+    def fit(self, model: nn.Module, train: Any) -> InfluenceFunction:
         """Fit the solver to the curvature of the mean training loss; keep the model and data.
 
-        The model must not change afterwards (scores read its parameters).
+        ``train`` is ``Examples`` or anything :func:`tda.as_examples` reads (e.g. ``(X, y)``
+        arrays). The model must not change afterwards (scores read its parameters).
+
+        Raises:
+            ValueError: an empty training set, or floating inputs of another dtype than the
+                model (:func:`tda.data.examples.check_input_dtype`), refused before any work.
         """
+        train = as_examples(train)
         if len(train) == 0:
             raise ValueError("cannot fit influence functions on an empty training set")
+        check_input_dtype(model, train.inputs)
         chosen = self.parameters(model) if callable(self.parameters) else self.parameters
         selected = None if chosen is None else list(chosen)
         fitted = self.solver.fit(model, self.task, train, parameters=selected)
@@ -74,13 +82,17 @@ class InfluenceFunction:
         """``fit`` on the run's trained model (its last checkpoint) and training set."""
         return self.fit(run.final_model(), run.train)
 
-    def score(self, queries: Examples) -> Tensor:
+    def score(self, queries: Any) -> Tensor:
         r"""Scores ``[n_query, n_train]``: :math:`\tau(x_q)_i` as defined in the module docstring.
+
+        ``queries`` is ``Examples`` or anything :func:`tda.as_examples` reads.
 
         Raises:
             RuntimeError: called before ``fit``.
+            ValueError: floating query inputs of another dtype than the model.
             SolverDivergedError: the solver returned non-finite vectors.
         """
+        queries = as_examples(queries)
         solved = torch.cat(list(self._solved_output_gradients(queries)))  # [q, p]
         scores = torch.empty(len(queries), len(self.train), dtype=solved.dtype)
         for start, block in self._loss_gradients(self.train):

@@ -18,11 +18,12 @@ when every class score moves by the same amount, as the network's margin does no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from tda.data.examples import Examples
+from tda.data.examples import Examples, as_examples
 from tda.ntk.faithfulness import FaithfulnessReport, faithfulness
 from tda.ntk.kernel import EmpiricalNTK, kernel_from_features
 from tda.ntk.surrogate import (
@@ -50,15 +51,19 @@ class NTKSurrogate:
     fitted: KernelMachine | None = field(default=None, init=False, repr=False)
     train_features: Tensor | None = field(default=None, init=False, repr=False)
 
-    def fit(self, model: nn.Module, train: Examples) -> NTKSurrogate:
+    def fit(self, model: nn.Module, train: Any) -> NTKSurrogate:
         """Compute the training kernel and fit the machine to the network's predictions.
 
-        The model must not change afterwards (query kernels read its parameters).
+        ``train`` (and the queries of the other methods) is ``Examples`` or anything
+        :func:`tda.as_examples` reads (e.g. ``(X, y)`` arrays). The model must not change
+        afterwards (query kernels read its parameters).
 
         Raises:
+            ValueError: fewer than 2 examples, or floating inputs of another dtype than the model.
             KernelTooLargeError: the training features and Gram matrix exceed the memory limit.
             DegenerateKernelError: the training kernel is non-finite or constant.
         """
+        train = as_examples(train)
         if len(train) < 2:
             raise ValueError(f"need at least 2 training examples, got {len(train)}")
         self.kernel.check_memory(model, train.inputs, n_left=0, n_right=len(train), square=True)
@@ -70,7 +75,7 @@ class NTKSurrogate:
         self.model, self.train = model, train
         return self
 
-    def kernel_rows(self, queries: Examples) -> Tensor:
+    def kernel_rows(self, queries: Any) -> Tensor:
         """``K(x_q, z_i)`` ``[q, n_train]`` (float64) between queries and training examples.
 
         Raises:
@@ -78,32 +83,35 @@ class NTKSurrogate:
                 the kernel's memory limit (split the queries).
         """
         self._require_fitted()
-        inputs = queries.inputs
+        inputs = as_examples(queries).inputs
         self.kernel.check_memory(self.model, inputs, n_left=len(inputs), n_right=len(self.train))
         return self.kernel.cross_matrix(self.model, inputs, self.train_features).cpu()
 
-    def decision_function(self, queries: Examples) -> Tensor:
+    def decision_function(self, queries: Any) -> Tensor:
         r"""Surrogate class scores :math:`\hat f(x)` ``[q, C]``."""
         return decision_function(self.fitted, self.kernel_rows(queries))
 
-    def score(self, queries: Examples) -> Tensor:
+    def score(self, queries: Any) -> Tensor:
         r"""Attribution scores :math:`\tau(x_q)_i` ``[n_query, n_train]`` (module docstring)."""
+        queries = as_examples(queries)
         rows = self.kernel_rows(queries)
         return contributions(self.fitted, rows, self._contrast(queries.targets))
 
-    def bias(self, queries: Examples) -> Tensor:
+    def bias(self, queries: Any) -> Tensor:
         """The intercept's share of each query's contrast ``[q]``: ``score`` rows sum to the
         contrast minus this."""
         self._require_fitted()
-        return self._contrast(queries.targets) @ self.fitted.intercept
+        return self._contrast(as_examples(queries).targets) @ self.fitted.intercept
 
-    def surrogate_output(self, queries: Examples) -> Tensor:
+    def surrogate_output(self, queries: Any) -> Tensor:
         r"""The attributed contrast :math:`\hat m(x_q)` ``[q]`` of each query's target class."""
+        queries = as_examples(queries)
         scores = self.decision_function(queries)
         return (scores * self._contrast(queries.targets)).sum(1)
 
-    def faithfulness(self, queries: Examples) -> FaithfulnessReport:
+    def faithfulness(self, queries: Any) -> FaithfulnessReport:
         """Kendall tau and agreement between surrogate and network on held-out ``queries``."""
+        queries = as_examples(queries)
         surrogate = self.decision_function(queries)
         return faithfulness(logits_of(self.model, queries).cpu(), surrogate)
 

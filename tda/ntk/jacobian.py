@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from tda.arguments import check_positive_int
+from tda.data.examples import check_input_dtype
 from tda.device import to_device_of
 from tda.grads import NonFiniteGradientError, evaluation_mode, frozen_state, select_parameters
 
@@ -36,12 +37,14 @@ def iter_output_jacobians(
         chunk_size: examples per vectorised call.
 
     Raises:
-        ValueError: no examples or a bad ``chunk_size``.
+        ValueError: no examples, floating inputs of another dtype than the model, or a bad
+            ``chunk_size``.
         NonFiniteGradientError: a Jacobian entry is NaN or infinite (the example is named).
     """
     if len(inputs) == 0:
         raise ValueError("cannot compute output Jacobians of an empty set of examples")
     check_positive_int("chunk_size", chunk_size)
+    check_input_dtype(model, inputs)
     params = select_parameters(model, parameters)
     frozen = frozen_state(model, params)
 

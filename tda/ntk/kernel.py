@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from tda.arguments import check_positive_int
+from tda.data.examples import check_input_dtype
 from tda.device import to_device_of
 from tda.grads import evaluation_mode, iter_per_sample_gradients, parameter_count
 from tda.ntk.jacobian import iter_output_jacobians
@@ -115,6 +116,7 @@ class EmpiricalNTK:
 
         Raises:
             KernelTooLargeError: the features would exceed ``memory_limit_bytes``.
+            ValueError: floating inputs of another dtype than the model.
         """
         self.check_memory(model, inputs, n_left=0, n_right=len(inputs))
         features = None
@@ -276,7 +278,10 @@ def check_kernel(kernel: Tensor, name: str = "kernel") -> Tensor:
 
 @torch.no_grad()
 def _output_shape(model: nn.Module, inputs: Tensor) -> tuple[int, int]:
-    """``(C, bytes per feature element)`` from one forward pass on the first input."""
+    """``(C, bytes per feature element)`` from one forward pass on the first input: the first
+    forward pass of every kernel computation, so floating inputs of another dtype than the model
+    are refused here."""
+    check_input_dtype(model, inputs)
     with evaluation_mode(model):
         logits = model(*to_device_of(model, inputs[:1]))
     element = 8 if logits.dtype == torch.float64 else 4

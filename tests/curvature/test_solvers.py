@@ -1,6 +1,7 @@
 """Curvature products and inverse-HVP solvers against explicit float64 oracles from autograd."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from tda.curvature import (
     hessian_vector_product,
 )
 from tda.data import Examples
+from tda.grads import VmapFallbackWarning
 from tda.models import LogisticRegression, build_model
 from tda.task import ClassificationTask
 
@@ -322,3 +324,28 @@ def test_diagonal_solver_names_a_non_finite_diagonal_not_zero_curvature(
     with pytest.raises(ValueError, match="not finite") as caught:
         DiagonalSolver(curvature).fit(tiny_mlp, TASK, Examples(tiny_data.inputs, targets))
     assert "damping" not in str(caught.value)
+
+
+MODEL_SOLVERS = (*(s for s in EVERY_SOLVER if not isinstance(s, IdentitySolver)),
+                 DiagonalSolver(curvature="empirical_fisher"))  # fmt: skip
+"""Every solver that runs the model on the training examples."""
+
+
+@pytest.mark.parametrize("solver", MODEL_SOLVERS, ids=lambda solver: type(solver).__name__)
+def test_solvers_refuse_inputs_of_another_float_dtype_at_fit(solver, tiny_mlp, tiny_data):
+    """torch's "mat1 and mat2 must have the same dtype" came from inside the fit (after a
+    warning that vmap could not batch the products), or first at solve for CG and LiSSA."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VmapFallbackWarning)
+        with pytest.raises(ValueError, match="are torch.float32 but the inputs are torch.float64"):
+            solver.fit(tiny_mlp.float(), TASK, tiny_data)
+
+
+def test_a_failing_forward_pass_is_not_blamed_on_vmap(tiny_data):
+    """Any RuntimeError fell back to a loop over the vectors with a warning that vmap could
+    not batch the products, before the loop failed the same way."""
+    model = torch.nn.Linear(5, 3).double()  # the examples have 6 features
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VmapFallbackWarning)
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            curvature_vector_product(model, TASK, tiny_data, torch.zeros(2, 18).double())

@@ -4,6 +4,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from tda.data import Examples, as_examples, load_digits, load_mnist1d
+from tda.data.examples import check_input_dtype
 
 
 def test_mnist1d_is_generated_offline_deterministically_with_requested_sizes():
@@ -183,3 +184,38 @@ def test_x_y_as_a_list_pandas_or_read_only_arrays_convert_and_odd_items_are_name
             assert as_examples(data).fingerprint() == expected
     with pytest.raises(ValueError, match="an item of list with 3 elements"):
         as_examples([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+
+
+def test_examples_of_arrays_are_tensors_as_as_examples_reads_them():
+    """Examples(X, y) of numpy arrays was kept as numpy: training failed later with
+    "'numpy.ndarray' object has no attribute 'to'"."""
+    import warnings
+
+    inputs = np.arange(12.0, dtype=np.float32).reshape(4, 3)
+    targets = np.array([0, 1, 1, 0], dtype=np.int32)
+    frozen = inputs.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a read-only array is copied, not shared with a warning
+        examples = Examples(frozen, targets)
+    assert isinstance(examples.inputs, torch.Tensor) and examples.inputs.dtype == torch.float32
+    assert examples.targets.dtype == torch.int64
+    assert examples.fingerprint() == as_examples((inputs, targets)).fingerprint()
+    assert examples.to(dtype=torch.float64).inputs.dtype == torch.float64
+    regression = Examples(inputs, np.array([0.0, 0.5, 1.0, 0.0]))
+    assert regression.targets.dtype == torch.float64  # as a float tensor of targets is kept
+
+
+def test_examples_of_non_numeric_data_are_refused_naming_as_examples():
+    with pytest.raises(TypeError, match="Examples takes tensors or numeric arrays.*as_examples"):
+        Examples(["a", "b"], torch.tensor([0, 1]))
+
+
+def test_a_float_dtype_mismatch_is_refused_naming_both_dtypes_and_the_fix():
+    model = torch.nn.Linear(3, 2)  # float32
+    fix = r"model.to\(torch.float64\).*tda.as_examples\(data\).to\(dtype=torch.float32\)"
+    with pytest.raises(ValueError, match=f"torch.float32 but the inputs are torch.float64.*{fix}"):
+        check_input_dtype(model, torch.zeros(2, 3, dtype=torch.float64))
+    check_input_dtype(model, torch.zeros(2, 3))
+    check_input_dtype(torch.nn.Embedding(5, 3).double(), torch.tensor([[1, 4]]))  # token ids
+    check_input_dtype(torch.nn.ReLU(), torch.zeros(2, 3, dtype=torch.float64))  # no parameters

@@ -253,3 +253,34 @@ def test_a_bfloat16_model_on_bfloat16_data_is_featurized(
     assert full.out_to_loss.dtype == torch.bfloat16  # kept as raw words, loaded as float32
     for name, computed in (("features", full.features), ("out_to_loss", full.out_to_loss)):
         np.testing.assert_array_equal(store.load("c", "train", name), computed.float().numpy())
+
+
+def test_raw_array_splits_are_featurized_as_their_examples(tmp_path, tiny_mlp, tiny_data):
+    """(X, y) arrays failed: "'tuple' object has no attribute 'fingerprint'"."""
+    featurizer = GradientFeaturizer(DenseProjector(16))
+    store = open_feature_store(tmp_path, featurizer, shard_size=8)
+    raw = {"train": (tiny_data.inputs.numpy(), tiny_data.targets.numpy())}
+    assert featurize(tiny_mlp, raw, featurizer, store, checkpoint_id="c0", progress=False) == 3
+    again = {"train": tiny_data}  # the same data: accepted, and nothing left to compute
+    assert featurize(tiny_mlp, again, featurizer, store, checkpoint_id="c0", progress=False) == 0
+    expected = featurizer.with_seed(derive_seed(featurizer.seed, "c0"))(
+        tiny_mlp, tiny_data.inputs, tiny_data.targets
+    )
+    np.testing.assert_array_equal(store.load("c0", "train"), expected.features.numpy())
+
+
+@pytest.mark.parametrize(
+    "featurizer", [GradientFeaturizer(DenseProjector(16)), KroneckerFeaturizer(dim=16)]
+)
+def test_a_split_of_another_float_dtype_is_refused_before_writing(
+    tmp_path, tiny_mlp, tiny_data, featurizer
+):
+    """The train split was written, then the test split failed with torch's "mat1 and mat2
+    must have the same dtype" (after a warning that vmap could not trace the model)."""
+    store = open_feature_store(tmp_path, featurizer)
+    splits = {"train": tiny_data, "test": tiny_data.to(dtype=torch.float32)}
+    with pytest.raises(ValueError, match="torch.float64 but the inputs are torch.float32"):
+        featurize(tiny_mlp, splits, featurizer, store, checkpoint_id="c0", progress=False)
+    assert store.checkpoints() == []
+    with pytest.raises(ValueError, match="torch.float64 but the inputs are torch.float32"):
+        featurizer(tiny_mlp, splits["test"].inputs, splits["test"].targets)

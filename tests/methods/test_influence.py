@@ -6,6 +6,7 @@ import torch
 
 from tda.curvature import (
     ConjugateGradientSolver,
+    EKFACSolver,
     ExplicitSolver,
     LiSSASolver,
     SolverDivergedError,
@@ -83,6 +84,29 @@ def test_a_refused_refit_leaves_the_fitted_influence_as_it_was(tiny_mlp, tiny_da
 def test_scoring_before_fit_is_refused(queries):
     with pytest.raises(RuntimeError, match="fit"):
         InfluenceFunction(ExplicitSolver()).score(queries)
+
+
+def test_fit_and_score_read_raw_arrays_as_their_examples(tiny_mlp, tiny_data, queries):
+    """(X, y) arrays failed: "'tuple' object has no attribute 'inputs'"."""
+    expected = InfluenceFunction(ExplicitSolver()).fit(tiny_mlp, tiny_data).score(queries)
+    train = (tiny_data.inputs.numpy(), tiny_data.targets.numpy())
+    raw = InfluenceFunction(ExplicitSolver()).fit(tiny_mlp, train)
+    torch.testing.assert_close(
+        raw.score((queries.inputs.numpy(), queries.targets.numpy())), expected
+    )
+
+
+@pytest.mark.parametrize("solver", [ExplicitSolver(), ConjugateGradientSolver(), EKFACSolver()])
+def test_inputs_of_another_float_dtype_are_refused_at_fit_and_score(
+    tiny_mlp, tiny_data, queries, solver
+):
+    """torch's "mat1 and mat2 must have the same dtype" came from inside the solver's fit, or
+    first at score for conjugate gradient."""
+    with pytest.raises(ValueError, match="torch.float32 but the inputs are torch.float64"):
+        InfluenceFunction(solver).fit(tiny_mlp.float(), tiny_data)
+    fitted = InfluenceFunction(solver).fit(tiny_mlp.double(), tiny_data)
+    with pytest.raises(ValueError, match="torch.float64 but the inputs are torch.float32"):
+        fitted.score(queries.to(dtype=torch.float32))
 
 
 # Leave-one-out oracle: L2-regularised multinomial logistic regression on scikit-learn digits,

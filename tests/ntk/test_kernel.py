@@ -168,3 +168,13 @@ def test_bad_arguments_are_refused():
         EmpiricalNTK("diagonal")
     with pytest.raises(ValueError, match="chunk_size"):
         EmpiricalNTK(chunk_size=0)
+
+
+@pytest.mark.parametrize("kind", ["trace", "pseudo"])
+def test_inputs_of_another_float_dtype_are_refused(tiny_mlp, tiny_data, kind):
+    """torch's "mat1 and mat2 must have the same dtype" came from the first forward pass."""
+    single = tiny_data.inputs.float()
+    with pytest.raises(ValueError, match="torch.float64 but the inputs are torch.float32"):
+        EmpiricalNTK(kind).matrix(tiny_mlp, single)
+    with pytest.raises(ValueError, match="torch.float64 but the inputs are torch.float32"):
+        next(iter_output_jacobians(tiny_mlp, single))

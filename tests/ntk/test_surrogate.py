@@ -169,3 +169,26 @@ def test_query_rows_over_the_memory_limit_are_refused(tiny_mlp, tiny_data):
     many = Examples(tiny_data.inputs.repeat(10, 1), tiny_data.targets.repeat(10))  # 200 queries
     with pytest.raises(KernelTooLargeError, match="would need"):
         surrogate.score(many)
+
+
+@pytest.mark.parametrize("kind", ["trace", "pseudo"])
+def test_surrogate_refuses_inputs_of_another_float_dtype(trained, tiny_data, kind):
+    """torch's "mat1 and mat2 must have the same dtype" came from inside the kernel."""
+    single = tiny_data.to(dtype=torch.float32)
+    with pytest.raises(ValueError, match="torch.float64 but the inputs are torch.float32"):
+        NTKSurrogate(EmpiricalNTK(kind)).fit(trained, single)
+    surrogate = NTKSurrogate(EmpiricalNTK(kind)).fit(trained, tiny_data.subset(range(15)))
+    with pytest.raises(ValueError, match="torch.float64 but the inputs are torch.float32"):
+        surrogate.score(single.subset(range(15, 20)))
+
+
+def test_surrogate_reads_raw_arrays_as_their_examples(trained, tiny_data):
+    """(X, y) arrays failed: "'tuple' object has no attribute 'inputs'"."""
+    train_set, queries = tiny_data.subset(range(15)), tiny_data.subset(range(15, 20))
+    expected = NTKSurrogate().fit(trained, train_set)
+    raw = NTKSurrogate().fit(trained, (train_set.inputs.numpy(), train_set.targets.numpy()))
+    pair = (queries.inputs.numpy(), queries.targets.numpy())
+    torch.testing.assert_close(raw.score(pair), expected.score(queries))
+    torch.testing.assert_close(raw.surrogate_output(pair), expected.surrogate_output(queries))
+    torch.testing.assert_close(raw.bias(pair), expected.bias(queries))
+    assert raw.faithfulness(pair) == expected.faithfulness(queries)

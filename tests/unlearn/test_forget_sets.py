@@ -128,3 +128,18 @@ def test_forget_request_binds_the_model_and_data(labelled, tiny_mlp):
     )
     with pytest.raises(ValueError, match="different training data"):
         Unlearner(method).unlearn(tiny_mlp, labelled3, request)
+
+
+def test_raw_arrays_are_read_as_their_examples(labelled, tiny_mlp):
+    """forget_request on (X, y) failed ("'tuple' object has no attribute 'fingerprint'") and
+    a random forget set drew from 2 examples, the length of the pair."""
+    pair = (labelled.inputs.numpy(), (labelled.targets % 3).numpy())
+    chosen = RandomForgetSet(0.1, seed=3).indices(pair)
+    assert np.array_equal(chosen, RandomForgetSet(0.1, seed=3).indices(labelled))
+    assert np.array_equal(ClassForgetSet(2).indices(pair), np.flatnonzero(pair[1] == 2))
+    assert len(ClassForgetSet(2).evaluation_test(pair)) == np.sum(pair[1] != 2)
+    assert IndexForgetSet((3, 99)).proxy(pair) == IndexForgetSet((3, 99)).proxy(labelled)
+    request = forget_request(chosen, pair, model=tiny_mlp)
+    assert request.train_size == 100
+    method = FineTune(LoopConfig(epochs=1))
+    Unlearner(method, compute_metrics=False).unlearn(tiny_mlp, pair, request)  # the same data
