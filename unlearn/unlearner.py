@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tda.data.examples import Examples, as_examples
+from tda.data.examples import Examples, as_examples, check_input_dtype
 from tda.describe import describe, qualified_name
 from tda.fingerprint import model_fingerprint
 from tda.timing import warm_up_torch
@@ -80,10 +80,13 @@ def _check_history(request, model_before: str, records: list[AuditRecord]) -> No
 
 
 def _on_model(model: nn.Module, data: Examples) -> Examples:
+    """``data`` on the model's device; floating inputs of another dtype are refused, as
+    everywhere in the library (:func:`tda.data.examples.check_input_dtype`), not cast."""
     reference = next(iter(model.parameters()), None)
     if reference is None:
         raise ValueError("the model has no parameters to unlearn")
-    return data.to(reference.device, reference.dtype)
+    check_input_dtype(model, data.inputs)
+    return data.to(reference.device)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,8 @@ def test_bad_requests_leave_the_model_and_the_audit_log_untouched(mnist, trained
     with pytest.raises(ValueError, match="targets different training data"):
         request = UnlearningRequest([1], train_size=300, data_fingerprint="f" * 64)
         unlearner.unlearn(trained, mnist.train, request)
+    with pytest.raises(ValueError, match="parameters are torch.float32 but the inputs are"):
+        unlearner.unlearn(trained, mnist.train.to(dtype=torch.float64), _request(trained))
     never = Unlearner(GradientAscent(LoopConfig(3, 32, partial(torch.optim.SGD, lr=1e20))))
     with pytest.raises(ValueError, match="test_data is empty"):  # before any unlearning
         never.unlearn(trained, mnist.train, _request(trained), test_data=mnist.test.subset([]))
