@@ -66,6 +66,11 @@ class UnlearningResult:
         :meth:`load` checks: an edited record is refused (a checksum against accidents, not a
         signature: whoever edits it can recompute it).
 
+        With ``overwrite=True`` the two files are replaced one after the other (weights, then
+        record), so a process killed in between leaves new weights beside the old record, which
+        :meth:`load` refuses (they disagree), and the old result is lost: to keep it, save the
+        new one to another directory.
+
         Raises:
             FileExistsError: ``directory`` holds another result (saving this one again is
                 fine); pass ``overwrite=True`` to replace it.
