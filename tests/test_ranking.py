@@ -15,6 +15,7 @@ def test_top_examples_match_a_full_sort_in_any_chunking():
         assert torch.equal(top.helpful, order[:, :3])
         assert torch.equal(top.harmful, order.flip(1)[:, :3])
         assert torch.equal(top.helpful_scores, scores.gather(1, order[:, :3]))
+        assert torch.equal(top.harmful_scores, scores.gather(1, order.flip(1)[:, :3]))
     with pytest.raises(ValueError, match="k must be"):
         top_examples(scores, k=31)
 

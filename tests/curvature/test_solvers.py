@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+import tda.curvature.explicit as explicit_module
 from tda.curvature import (
     ConjugateGradientSolver,
     DiagonalSolver,
@@ -339,6 +340,51 @@ def test_solvers_refuse_inputs_of_another_float_dtype_at_fit(solver, tiny_mlp, t
         warnings.simplefilter("error", VmapFallbackWarning)
         with pytest.raises(ValueError, match="are torch.float32 but the inputs are torch.float64"):
             solver.fit(tiny_mlp.float(), TASK, tiny_data)
+
+
+def test_curvature_products_refuse_float64_inputs_on_a_float32_model(tiny_mlp, tiny_data):
+    """The mismatch failed inside the forward pass, where vmap's fallback loop hit it again."""
+    vectors = torch.zeros(2, 83)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VmapFallbackWarning)
+        for curvature in ("gauss_newton", "hessian"):
+            with pytest.raises(
+                ValueError, match="are torch.float32 but the inputs are torch.float64"
+            ):
+                curvature_vector_product(
+                    tiny_mlp.float(), TASK, tiny_data, vectors, curvature=curvature
+                )
+
+
+class _RecordingTorch:
+    """``torch`` for one module, recording the shapes of the tensors it allocates."""
+
+    def __init__(self) -> None:
+        self.allocated = []
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def empty(self, *size, **options):
+        self.allocated.append(size)
+        return torch.empty(*size, **options)
+
+    def zeros(self, *size, **options):
+        self.allocated.append(size)
+        return torch.zeros(*size, **options)
+
+
+def test_explicit_curvature_refuses_float64_inputs_before_allocating_the_matrix(
+    tiny_mlp, tiny_data, monkeypatch
+):
+    recording = _RecordingTorch()
+    monkeypatch.setattr(explicit_module, "torch", recording)
+    explicit_curvature(tiny_mlp, TASK, tiny_data, block_size=100)  # the recorder sees the matrix
+    assert recording.allocated[:2] == [(83, 83), (83, 83)]  # the matrix, then one identity block
+    recording.allocated.clear()
+    with pytest.raises(ValueError, match="are torch.float32 but the inputs are torch.float64"):
+        explicit_curvature(tiny_mlp.float(), TASK, tiny_data)
+    assert recording.allocated == []
 
 
 def test_a_failing_forward_pass_is_not_blamed_on_vmap(tiny_data):

@@ -186,7 +186,17 @@ def test_summaries_match_the_exact_drops_of_linear_outputs(tmp_path, weights):
     for s in result.summaries:
         assert s.drop.ci_low <= s.drop.mean <= s.drop.ci_high
         assert 0.0 <= s.flipped.ci_low <= s.flipped.mean <= s.flipped.ci_high <= 1.0
+    flipped = {(r.removal, r.query, r.seed): float(r.flipped) for r in result.records}
+    for removal in ("oracle", RANDOM):  # flip fraction: per query over seeds, then over queries
+        per_query = [np.mean([flipped[removal, q, seed] for seed in (0, 1)]) for q in range(4)]
+        assert 0.0 < max(per_query) < 1.0  # some query flipped at one seed only
+        assert summary[removal, 3].flipped.mean == pytest.approx(np.mean(per_query), abs=1e-12)
     (comparison,) = result.comparisons
+    extra = [  # oracle minus random at the same query and seed, over seeds, then over queries
+        np.mean([flipped["oracle", q, seed] - flipped[RANDOM, q, seed] for seed in (0, 1)])
+        for q in range(4)
+    ]
+    assert comparison.extra_flipped.mean == pytest.approx(np.mean(extra), abs=1e-12)
     difference = summary["oracle", 3].drop.mean - summary[RANDOM, 3].drop.mean
     assert comparison.extra_drop.mean == pytest.approx(difference, abs=1e-12)
     assert comparison.extra_drop.ci_low > 0  # the oracle beats random on every query here

@@ -60,6 +60,22 @@ def test_interval_contains_mean_and_narrows_with_more_queries():
     assert (again.ci_low, again.ci_high) == (many.ci_low, many.ci_high)  # seeded bootstrap
 
 
+@pytest.mark.parametrize(("confidence", "percentiles"), [(0.95, [2.5, 97.5]), (0.8, [10, 90])])
+def test_interval_is_the_central_percentile_interval_of_the_seeded_bootstrap_means(
+    confidence, percentiles
+):
+    weights, masks, outputs = linear_problem(n_query=40, count=40)
+    noisy = weights + np.random.default_rng(3).normal(scale=2.0, size=weights.shape)
+    result = lds(noisy, masks, outputs, confidence=confidence, n_bootstrap=300, seed=7)
+    assert result.n_excluded == 0
+    # the bootstrap's draws: 300 resamples of the 40 query positions from a generator seeded 7
+    draws = np.random.default_rng(7).integers(0, 40, (300, 40))
+    means = [np.mean([result.per_query[q] for q in draw]) for draw in draws]
+    np.testing.assert_allclose(
+        (result.ci_low, result.ci_high), np.percentile(means, percentiles), rtol=1e-12
+    )
+
+
 def test_three_dimensional_outputs_are_averaged_over_seeds():
     weights, masks, outputs = linear_problem()
     noise = np.random.default_rng(4).normal(scale=3.0, size=(50, 3, 30))

@@ -5,6 +5,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from tda.data.facts import make_facts
 from tda.models import build_model
@@ -68,6 +69,21 @@ def test_forget_quality_is_one_for_alike_ratios_and_tiny_for_separated_ones():
     ratios = np.random.default_rng(0).uniform(0.2, 1.0, 80)
     assert forget_quality(ratios, ratios) == 1.0
     assert forget_quality(ratios, ratios + 2.0) < 1e-20
+
+
+def test_forget_quality_is_the_two_sided_ks_p_value_of_overlapping_ratios():
+    rng = np.random.default_rng(1)
+    unlearned, retained = rng.uniform(0.2, 1.0, 60), rng.uniform(0.3, 1.1, 45)
+    expected = stats.ks_2samp(unlearned, retained).pvalue  # two-sided, exact for these sizes
+    assert 1e-6 < expected < 0.5  # overlapping: neither identical nor separated
+    assert forget_quality(unlearned, retained) == pytest.approx(expected, rel=1e-12)
+    assert forget_quality(retained, unlearned) == pytest.approx(expected, rel=1e-12)
+
+
+def test_forget_quality_is_tiny_whichever_way_the_ratios_are_shifted():
+    ratios = np.random.default_rng(0).uniform(0.2, 1.0, 80)
+    assert forget_quality(ratios, ratios + 2.0) < 1e-20
+    assert forget_quality(ratios + 2.0, ratios) < 1e-20
 
 
 def test_bad_inputs_are_refused(facts, model):

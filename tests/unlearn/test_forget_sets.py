@@ -115,6 +115,38 @@ def test_proxies_from_a_small_retain_set_never_repeat_and_too_many_are_refused()
             forget_set.proxies(six, 6)
 
 
+def unlabelled(n: int) -> Examples:
+    return Examples(torch.zeros(n, 2), torch.zeros(n, dtype=torch.long))
+
+
+def test_random_forget_sets_refuse_exactly_the_sizes_that_retain_nothing():
+    ten = unlabelled(10)
+    assert len(RandomForgetSet(0.9).indices(ten)) == 9  # the largest accepted: one retained
+    with pytest.raises(ValueError, match="forgetting 10 of 10 examples leaves none to retain"):
+        RandomForgetSet(0.95).indices(ten)  # round(9.5) = 10: the smallest refused
+    with pytest.raises(ValueError, match="forgetting 1 of 1 examples leaves none to retain"):
+        RandomForgetSet(0.5).indices(unlabelled(1))  # at least one is forgotten
+
+
+@pytest.mark.parametrize("n", [7, 8])
+def test_a_proxy_is_refused_exactly_when_it_would_leave_no_retained_example(n):
+    """A proxy of ``size`` drawn from the ``n - size`` retained examples must leave one of them:
+    ``size <= n - size - 1``. An odd ``n`` tells ``<`` from ``<=`` at the edge."""
+    largest = (n - 1) // 2
+    data = unlabelled(n)
+    for size, fraction in ((largest, (largest + 0.1) / n), (largest + 1, (largest + 0.9) / n)):
+        assert len(RandomForgetSet(fraction).indices(data)) == size
+    accepted = (IndexForgetSet(range(largest)), RandomForgetSet((largest + 0.1) / n))
+    for forget_set in accepted:
+        proxy = forget_set.proxy(data).indices(data)
+        retained = set(range(n)) - set(forget_set.indices(data)) - set(proxy)
+        assert len(proxy) == largest and len(retained) == n - 2 * largest >= 1
+    refused = (IndexForgetSet(range(largest + 1)), RandomForgetSet((largest + 0.9) / n))
+    for forget_set in refused:
+        with pytest.raises(ValueError, match=f"retain set of {n - largest - 1} is too small"):
+            forget_set.proxy(data)
+
+
 def test_forget_request_binds_the_model_and_data(labelled, tiny_mlp):
     chosen = ClassForgetSet(2).indices(labelled)
     request = forget_request(chosen, labelled, seed=5, model=tiny_mlp)
