@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import unlearn.tuning
 from tda.checkpoints import list_checkpoints
 from tda.data.examples import Examples
 from tda.ensemble import member_directory
@@ -117,6 +118,40 @@ def test_an_unlearner_that_returns_the_oracles_has_zero_gap_and_zero_klom(small,
     assert report["time_fraction"]["mean"] == pytest.approx(expected, rel=1e-12)
     assert report["metrics"]["UA"] == report["oracle_metrics"]["UA"]
     json.dumps(report, allow_nan=False)
+
+
+def test_the_report_measures_the_benchmarked_models_against_the_oracles_on_every_point_set(
+    small, tmp_path
+):
+    """The originals (which still fit F) benchmarked against the oracles: each group's reported
+    means are its own runs' means, and KLOM on forget / retain / validation compares the two
+    groups' margins on exactly those points."""
+    train, test = small
+    forget = RandomForgetSet(0.1).indices(train)
+    split = ForgetSplit.of(train, forget_request(forget, train))
+    seeds = [0, 1, 2, 3]  # with 2 models a side every KLOM sits at the same ceiling
+    originals = load_or_train(FACTORY, train, CONFIG, seeds, tmp_path / "models")
+    oracles = load_or_train_oracles(FACTORY, train, forget, CONFIG, seeds, tmp_path / "oracles")
+    group = UnlearnedGroup(originals, metrics_of(originals, split, test, seeds=seeds), [1.0] * 4)
+    oracle_metrics = metrics_of(oracles.models, split, test, seeds=seeds)
+    validation = test.subset(range(30))
+    with pytest.warns(UserWarning, match="4 models on a side"):
+        report = benchmark(
+            group, oracles.models, oracle_metrics, oracles.seconds, split, validation
+        )
+    for key in ("UA", "RA", "TA", "MIA"):
+        assert report["metrics"][key]["mean"] == pytest.approx(
+            np.mean([run[key] for run in group.metrics]), rel=1e-12
+        )
+        assert report["oracle_metrics"][key]["mean"] == pytest.approx(
+            np.mean([run[key] for run in oracle_metrics]), rel=1e-12
+        )
+    assert report["metrics"]["UA"]["mean"] != report["oracle_metrics"]["UA"]["mean"]
+    points = {"forget": split.forget, "retain": split.retain, "validation": validation}
+    for name, examples in points.items():
+        expected = klom(margins_of(originals, examples), margins_of(oracles.models, examples))
+        assert report["klom"][name] == expected, name
+    assert report["klom"]["validation"] != report["klom"]["retain"]  # the sets tell apart
 
 
 def test_klom_of_language_models_compares_their_sequence_log_likelihoods():
@@ -278,6 +313,46 @@ def test_tuning_on_several_class_proxies_averages_them(small, tmp_path):
     assert both.gaps == pytest.approx(
         [np.mean([record["gaps"][i] for record in both.per_proxy]) for i in range(2)]
     )
+
+
+def test_tuning_trains_each_proxys_oracles_and_measures_ta_without_the_proxys_class(
+    small, tmp_path, monkeypatch
+):
+    """Tuning looks at no model trained without the real F: the oracles it asks for are the
+    proxies' (disjoint from F), and a class proxy's TA is measured on the test points of the
+    other classes (the proxy's, not F's, evaluation set)."""
+    train, test = small
+    originals = load_or_train(FACTORY, train, CONFIG, [0], tmp_path / "models")
+    asked = []
+
+    def recording(factory, data, indices, *rest):
+        asked.append(np.array(indices))
+        return load_or_train_oracles(factory, data, indices, *rest)
+
+    monkeypatch.setattr(unlearn.tuning, "load_or_train_oracles", recording)
+    untouched = FineTune(LoopConfig(epochs=1, optimizer=partial(torch.optim.SGD, lr=0.0)))
+    forget_set = ClassForgetSet(2)
+    selection = tune_on_proxy(
+        "lr", {0.0: untouched}, forget_set, originals, train, test, proxies=2, seeds=[0],
+        model_factory=FACTORY, config=CONFIG, oracle_seeds=[7], oracle_root=tmp_path / "oracles",
+    )  # fmt: skip
+    proxies = forget_set.proxies(train, 2)
+    assert [proxy.label for proxy in proxies] == [3, 4] and len(asked) == 2
+    real = forget_set.indices(train)
+    for indices, proxy, record in zip(asked, proxies, selection.per_proxy, strict=True):
+        np.testing.assert_array_equal(indices, proxy.indices(train))
+        assert len(np.intersect1d(indices, real)) == 0
+        others = test.subset(np.flatnonzero(test.targets.numpy() != proxy.label))
+        oracle = load_or_train_oracles(
+            FACTORY, train, proxy.indices(train), CONFIG, [7], tmp_path / "oracles"
+        ).models[0]
+        for model, measured in (
+            (oracle, record["oracle_metrics"]),
+            (originals[0], record["metrics"][0]),
+        ):
+            with torch.no_grad():
+                hits = (model(others.inputs).argmax(dim=1) == others.targets).double()
+            assert measured["TA"] == pytest.approx(100.0 * float(hits.mean()), rel=1e-12)
 
 
 def test_relative_sum_puts_both_measures_in_units_of_the_untouched_model():

@@ -54,6 +54,23 @@ def test_calibration_recovers_the_forget_and_retain_scales_exactly():
         torch.testing.assert_close(targets, oracle(train.inputs))
 
 
+def test_calibration_compares_the_mean_outputs_of_several_originals_and_oracles():
+    """Two originals spread symmetrically about the original and two oracles about the oracle
+    have the same mean outputs, so they give the scales of the single pair (7 and 2)."""
+    predictor, train, (original, oracle) = _problem(forget_factor=7.0, retain_factor=2.0)
+    generator = torch.Generator().manual_seed(1)
+
+    def spread(model):
+        logits = model.weight.detach().T
+        noise = torch.randn(logits.shape, generator=generator, dtype=torch.float64)
+        return [_lookup_model(logits + noise), _lookup_model(logits - noise)]
+
+    calibration = calibrate(predictor, spread(original), spread(oracle), train, FORGET)
+    assert calibration.scale == pytest.approx(2.0, rel=1e-12)
+    assert calibration.forget_scale == pytest.approx(7.0, rel=1e-12)
+    assert (calibration.originals, calibration.oracles) == (2, 2)
+
+
 def test_effects_pointing_the_wrong_way_get_scale_zero():
     """Non-negative least squares: keep the original's outputs rather than push them away."""
     predictor, train, (original, oracle) = _problem(forget_factor=-1.0, retain_factor=2.0)

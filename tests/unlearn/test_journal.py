@@ -31,10 +31,10 @@ class CountedFineTune(FineTune):
         return super().unlearn(model, split, seed=seed, mask=mask)
 
 
-def _search(small, tmp_path, journal):
+def _search(small, tmp_path, journal, proxy_number=0):
     train, test = small
     originals = load_or_train(FACTORY, train, TrainConfig(epochs=2, batch_size=32), [0], tmp_path)
-    proxy = RandomForgetSet(0.1).proxy(train).indices(train)
+    proxy = RandomForgetSet(0.1).proxies(train, 2)[proxy_number].indices(train)
     sgd = lambda lr: LoopConfig(epochs=1, optimizer=partial(torch.optim.SGD, lr=lr))  # noqa: E731
     candidates = {lr: CountedFineTune(sgd(lr)) for lr in (1e30, 0.05, 0.5)}  # 1e30 diverges
     target = [{"UA": 10.0, "RA": 90.0, "TA": 50.0, "MIA": 10.0}]
@@ -65,3 +65,15 @@ def test_another_context_or_setting_misses(small, tmp_path):
     assert journal.key(method="x", seeds=[0]) != journal.key(method="x", seeds=[1])
     journal.clear()
     assert len(journal) == 0 and journal.get(journal.key(method="x")) is None
+
+
+def test_a_search_on_another_proxy_misses_and_matches_its_own_plain_search(small, tmp_path):
+    """The outcomes of one proxy forget set are never read back for another."""
+    CountedFineTune.calls.clear()
+    plain = _search(small, tmp_path, None, proxy_number=1)
+    journal = SearchJournal(tmp_path / "journal", context="run-a")
+    _search(small, tmp_path, journal, proxy_number=0)
+    CountedFineTune.calls.clear()
+    other = _search(small, tmp_path, journal, proxy_number=1)
+    assert sorted(CountedFineTune.calls) == [0.05, 0.5, 1e30] and len(journal) == 6
+    assert other.to_dict() == plain.to_dict()

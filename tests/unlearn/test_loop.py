@@ -1,7 +1,9 @@
+import copy
 from functools import partial
 
 import pytest
 import torch
+from torch.nn import functional
 
 import unlearn.loop
 from tda.data import Examples
@@ -46,6 +48,38 @@ def test_masked_out_weights_stay_bitwise_unchanged(tiny_mlp, tiny_data, optimize
         assert torch.equal(after[name][~trainable], before[name][~trainable]), name
     assert (after["0.weight"][mask["0.weight"]] != before["0.weight"][mask["0.weight"]]).all()
     assert (after["2.weight"] != before["2.weight"]).all()
+
+
+def test_a_scheduler_steps_once_per_epoch(tiny_mlp, tiny_data):
+    """StepLR halving every epoch: two steps an epoch see rates 0.1, 0.1, 0.05, 0.05, 0.025,
+    0.025, and the weights are those of hand-made gradient steps with those rates."""
+    optimizers, rates = [], []
+
+    def sgd(parameters):
+        optimizers.append(torch.optim.SGD(parameters, lr=0.1))
+        return optimizers[-1]
+
+    def loss(model, batches, progress):
+        rates.append(optimizers[0].param_groups[0]["lr"])
+        return FIT(model, batches, progress)
+
+    halving = partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+    config = LoopConfig(epochs=3, batch_size=10, optimizer=sgd, scheduler=halving)
+    by_hand = copy.deepcopy(tiny_mlp)
+    unlearning_loop(tiny_mlp, [Phase("retain", {"retain": tiny_data}, loss)], config, seed=1)
+    assert rates == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    generator = torch.Generator().manual_seed(1)  # the loop's shuffling, one pass per epoch
+    for rate in (0.1, 0.05, 0.025):
+        for batch in torch.randperm(len(tiny_data), generator=generator).split(10):
+            mean = functional.cross_entropy(
+                by_hand(tiny_data.inputs[batch]), tiny_data.targets[batch]
+            )
+            grads = torch.autograd.grad(mean, list(by_hand.parameters()))
+            with torch.no_grad():
+                for parameter, grad in zip(by_hand.parameters(), grads, strict=True):
+                    parameter -= rate * grad
+    for ours, theirs in zip(tiny_mlp.parameters(), by_hand.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
 def test_every_submodule_gets_its_own_mode_back(tiny_mlp, tiny_data):

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch.nn import functional
 
+import unlearn.metrics
 from tda.data import Examples
 from tda.task import IGNORE_INDEX
 from unlearn import accuracy_percent, average_gap, mia_efficacy, unlearning_metrics
@@ -41,6 +42,31 @@ def test_the_attack_balances_members_and_non_members_with_a_seed():
     big_retain = Examples(retain.inputs.repeat(5, 1), retain.targets.repeat(5))
     first = mia_efficacy(torch.nn.Identity(), forget, big_retain, test, seed=1)
     assert first == mia_efficacy(torch.nn.Identity(), forget, big_retain, test, seed=1) == 100.0
+
+
+def test_the_attack_is_fit_on_a_seeded_balanced_subsample_of_members_and_non_members(
+    tiny_mlp, tiny_data, monkeypatch
+):
+    """12 members against 4 non-members: the SVC sees 4 of each, the members drawn without
+    replacement by the generator seeded with the request seed, which then seeds the SVC."""
+    forget, retain, test = (tiny_data.subset(range(*ends)) for ends in ((0, 4), (4, 16), (16, 20)))
+    fits = []
+
+    class RecordingSVC(unlearn.metrics.SVC):
+        def fit(self, features, labels):
+            fits.append((features.copy(), labels.copy(), self.random_state))
+            return super().fit(features, labels)
+
+    monkeypatch.setattr(unlearn.metrics, "SVC", RecordingSVC)
+    mia_efficacy(tiny_mlp, forget, retain, test, seed=5)
+    (features, labels, svc_seed), *more = fits
+    assert more == [] and labels.tolist() == [1.0] * 4 + [0.0] * 4
+    generator = np.random.default_rng(5)
+    chosen = np.sort(generator.choice(12, size=4, replace=False))
+    members = true_label_probability(tiny_mlp, retain)[chosen]
+    non_members = true_label_probability(tiny_mlp, test)
+    np.testing.assert_array_equal(features[:, 0], np.concatenate([members, non_members]))
+    assert svc_seed == int(generator.integers(2**32))
 
 
 def test_the_attack_leaves_numpys_global_random_state_alone(tiny_mlp, tiny_data):

@@ -78,6 +78,22 @@ def test_a_retain_kernel_predictor_scores_the_forget_set_together(trak_logits):
     assert together.audit_description()["retain_kernel"] is True
 
 
+def test_the_trak_predictor_weighs_its_kernel_by_the_curvature_by_default(trak_logits):
+    """Effect sizes matter here, so TRAK's Gauss-Newton kernel is the default: the effect is
+    that of a TRAK fit with gauss_newton=True on the same store, not the plain kernel's."""
+    _, _, margins = trak_logits
+    forget = np.arange(0, 300, 10)
+    store, checkpoints = margins.trak.store, margins.trak.checkpoints
+    fits = {
+        weighted: TRAK(damping=0.1, gauss_newton=weighted).fit(store, checkpoints=checkpoints)
+        for weighted in (True, False)
+    }
+    expected = fits[True].score_group("train", forget)
+    torch.testing.assert_close(margins.forget_effect(forget), expected, rtol=0, atol=0)
+    assert not torch.allclose(expected, fits[False].score_group("train", forget))
+    assert margins.audit_description()["gauss_newton"] is True
+
+
 def test_trak_predictor_resumes_from_its_store_without_retraining(trak_logits):
     build, logits, _ = trak_logits
     again = build(output="logits")

@@ -10,14 +10,17 @@ from unlearn import (
     GradientAscent,
     LoopConfig,
     MagnitudePruning,
+    Phase,
     PruneThenUnlearn,
     RandomLabels,
     Unlearner,
     UnlearningRequest,
+    WeightedLoss,
     apply_mask,
     magnitude_mask,
     mask_sparsity,
     prunable_parameters,
+    unlearning_loop,
 )
 from unlearn.methods.retrain import ExactRetraining
 
@@ -74,6 +77,24 @@ def test_iterative_pruning_with_retraining_reaches_the_target_and_keeps_zeros(ti
         assert (parameter[kept] != before[name][kept]).all()  # retraining moved the survivors
     with pytest.raises(ValueError, match="needs non-empty data"):
         pruning.prune(tiny_mlp)
+
+
+def test_each_pruning_round_retrains_with_its_own_seed(tiny_mlp, tiny_data):
+    """Round k prunes to its scheduled sparsity and retrains inside the mask with seed + k:
+    two rounds from seed 3 are two hand-run rounds with seeds 3 and 4."""
+    retrain = LoopConfig(epochs=2, batch_size=5, optimizer=MOMENTUM_AND_DECAY.optimizer)
+    pruning = MagnitudePruning(0.75, rounds=2, retrain=retrain)
+    by_hand = copy.deepcopy(tiny_mlp)
+    mask = pruning.prune(tiny_mlp, tiny_data, seed=3)
+    phase = Phase("retrain", {"retain": tiny_data}, WeightedLoss({"retain": 1.0}))
+    kept = None
+    for target, seed in ((0.5, 3), (0.75, 4)):
+        kept = magnitude_mask(by_hand, target, keep=kept)
+        apply_mask(by_hand, kept)
+        unlearning_loop(by_hand, [phase], retrain, mask=kept, seed=seed)
+    assert all(torch.equal(mask[name], kept[name]) for name in kept)
+    for ours, theirs in zip(tiny_mlp.parameters(), by_hand.parameters(), strict=True):
+        assert torch.equal(_bits(ours), _bits(theirs))
 
 
 def test_pruned_weights_stay_bitwise_zero_through_unlearning(tiny_mlp, tiny_data):
