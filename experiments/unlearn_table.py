@@ -121,7 +121,10 @@ def collect(workspace: Path, forget: str, methods: list[str], allow_missing: boo
     found = {m: record for m in methods if (record := find_run(workspace, f"unlearn-{m}-{forget}"))}
     missing = [method for method in methods if method not in found]
     if not found or (missing and not allow_missing):
-        raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}: {missing}")
+        raise FileNotFoundError(
+            f"no results for forget set {forget!r} in {workspace}: {missing}; name the methods "
+            "that ran with --methods, or list the others as 'no result' with --allow-missing"
+        )
     first_method, first = next(iter(found.items()))
     for method, record in found.items():
         for key in SHARED:
