@@ -1,7 +1,8 @@
 """LDS of saved scores against the retraining ground truth, with the ground truth's noise ceiling.
 
 Reads ``${workspace}/scores/<scores_name>.npy`` and ``${workspace}/ground_truth``, prints both
-numbers and writes ``${workspace}/results/lds-<scores_name>.json``:
+numbers and writes ``${workspace}/results/lds-<scores_name>.json`` (with the settings, so run it
+with the experiment the workspace was made with: another is refused):
 
     python experiments/lds.py experiment=tiny attributor=trak
 """
@@ -14,7 +15,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import to_absolute_path
+from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from tda.atomic import write_json
@@ -30,7 +31,7 @@ def main(cfg: DictConfig) -> float:
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
     path = workspace / "scores" / f"{cfg.scores_name}.npy"
-    scores, made = read_scores(path)
+    scores, made = _read_scores(cfg, path)
     truth = GroundTruthStore.open(workspace / "ground_truth")
     if made["query_fingerprint"] != truth.query_fingerprint:
         raise ValueError(f"{path} scores other queries than the ground truth in {truth.root}")
@@ -40,6 +41,7 @@ def main(cfg: DictConfig) -> float:
             f"{path} scores another training set than the ground truth in {truth.root}"
         )
     _check_independent(path, made, truth)
+    _check_configuration(cfg, truth, made)  # the record's settings must describe what is read
     outputs = truth.outputs()  # [count, n_seeds, n_query]
     result = lds(scores, truth.masks, outputs)
     ceiling = noise_ceiling(outputs) if len(truth.seeds) >= 2 else None
@@ -49,7 +51,7 @@ def main(cfg: DictConfig) -> float:
         "scores": str(path),
         "lds": _summary(result),
         "noise_ceiling": _summary(ceiling) if ceiling else None,
-        "ground_truth": {"alpha": truth.alpha, "subsets": len(truth.masks), "seeds": truth.seeds},
+        "ground_truth": _store_facts(truth, outputs),
         "scores_made_with": made,
         "settings": OmegaConf.to_container(cfg, resolve=True),
         "versions": _versions(),
@@ -58,6 +60,78 @@ def main(cfg: DictConfig) -> float:
     }
     write_json(workspace / "results" / f"lds-{cfg.scores_name}.json", record)
     return result.mean
+
+
+def _read_scores(cfg: DictConfig, path: Path) -> tuple[np.ndarray, dict]:
+    """:func:`tda.scores.read_scores`, its missing-file error naming the command that makes them."""
+    try:
+        return read_scores(path)
+    except FileNotFoundError as error:
+        missing = next((p for p in (path, path.with_suffix(".json")) if not p.is_file()), path)
+        raise FileNotFoundError(
+            f"{missing} is missing; run `python experiments/score.py {_choice('experiment')} "
+            f"{_choice('attributor')} scores_name={cfg.scores_name}` (with this command's other "
+            "overrides) first, or pass the scores_name of scores already made"
+        ) from error
+
+
+def _choice(group: str) -> str:
+    """``group=<option>`` as this run composed it (``group=<...>`` where Hydra did not record)."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return f"{group}={choices.get(group) or '<...>'}"
+
+
+def _check_configuration(cfg: DictConfig, truth: GroundTruthStore, made: dict) -> None:
+    """Refuse a composed configuration that does not describe the workspace's ground truth (and
+    scores), e.g. a tiny workspace evaluated without ``experiment=tiny``: the LDS itself reads
+    only the files, but the record's settings would describe another experiment.
+
+    Raises:
+        ValueError: naming what differs and the ``experiment=`` to pass.
+    """
+    differing = _differences(cfg, truth, made)
+    if differing:
+        raise ValueError(
+            f"the configuration ({_choice('experiment')}) does not describe the ground truth in "
+            f"{truth.root} or the scores evaluated: {'; '.join(differing)}. Pass the experiment= "
+            "(and overrides) the workspace was made with (e.g. experiment=tiny)"
+        )
+
+
+def _differences(cfg: DictConfig, truth: GroundTruthStore, made: dict) -> list[str]:
+    """What of the configuration's data, queries and ground-truth settings differs from
+    ``truth`` (and the scores' record ``made``); fingerprints a store or record lacks pass."""
+    splits = instantiate(cfg.data)
+    train, queries = splits.train.fingerprint(), splits.test.subset(range(cfg.queries))
+    differing = []
+    if {truth.train_fingerprint, made.get("train_fingerprint")} - {None, train}:
+        differing.append(
+            f"data: the configuration's training set ({len(splits.train)} examples) is not the "
+            f"one scored and retrained on ({truth.masks.shape[1]} examples)"
+        )
+    if queries.fingerprint() != truth.query_fingerprint:
+        differing.append(f"queries: the configuration's first {cfg.queries} test examples differ")
+    if list(cfg.ground_truth.seeds) != truth.seeds:
+        differing.append(f"ground_truth.seeds: {list(cfg.ground_truth.seeds)}, store {truth.seeds}")
+    masks = instantiate(cfg.ground_truth.masks)(n_train=len(splits.train))
+    if not np.array_equal(masks, truth.masks):
+        differing.append(
+            f"ground_truth.masks: {len(masks)} subsets, store {len(truth.masks)} (other masks)"
+        )
+    return differing
+
+
+def _store_facts(truth: GroundTruthStore, outputs: np.ndarray) -> dict:
+    """What the ground truth evaluated is, read from the store itself."""
+    return {
+        "alpha": truth.alpha,
+        "subsets": len(truth.masks),
+        "seeds": truth.seeds,
+        "n_train": truth.masks.shape[1],
+        "queries": outputs.shape[2],
+        "train_fingerprint": truth.train_fingerprint,
+        "query_fingerprint": truth.query_fingerprint,
+    }
 
 
 def scored_members(made: dict) -> set[str]:

@@ -15,13 +15,14 @@ kept, and the proxy search's finished evaluations are read back from its journal
 Run one job first: parallel jobs that find the same models missing would train them twice.
 """
 
+import contextlib
 import copy
 import hashlib
 import itertools
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,36 +59,38 @@ def main(cfg: DictConfig) -> float:
     )
     shared = _shared_parts(cfg)
     calibration = _calibrate_predictor(cfg, shared, originals, splits.train, forget_set, workspace)
-    journal = _journal(cfg, workspace)
-    candidates, selection = _tuned_methods(
-        cfg, shared, originals, splits, forget_set, workspace, journal
-    )
-    test = forget_set.evaluation_test(splits.test)
-    split = unlearn.ForgetSplit.of(train, unlearn.forget_request(forget, train))
-    record = {"forget_size": len(forget), "seeds": seeds, "oracle_seeds": oracle_seeds}
-    record["tuning"] = selection.to_dict() if selection else None
-    record["predictor_seconds"] = _prepare_predictors(candidates, forget)
-    record["calibration"] = calibration
-    try:
-        used, group, diverged = unlearn.unlearn_each_stable(
-            candidates, originals, train, forget, test, seeds=seeds
+    built = _candidates(cfg, shared)  # a bad unlearner or tuning key fails before the claim
+    journal, claimed = _journal(cfg, workspace)
+    with _released_on_error(journal, claimed):
+        candidates, selection = _tuned_methods(
+            cfg, built, originals, splits, forget_set, workspace, journal
         )
-    except FloatingPointError as error:
-        _write(cfg, workspace, {**record, "status": "diverged", "error": str(error)})
+        test = forget_set.evaluation_test(splits.test)
+        split = unlearn.ForgetSplit.of(train, unlearn.forget_request(forget, train))
+        record = {"forget_size": len(forget), "seeds": seeds, "oracle_seeds": oracle_seeds}
+        record["tuning"] = selection.to_dict() if selection else None
+        record["predictor_seconds"] = _prepare_predictors(candidates, forget)
+        record["calibration"] = calibration
+        try:
+            used, group, diverged = unlearn.unlearn_each_stable(
+                candidates, originals, train, forget, test, seeds=seeds
+            )
+        except FloatingPointError as error:
+            _write(cfg, workspace, {**record, "status": "diverged", "error": str(error)})
+            journal.clear()
+            return float("inf")
+        reference, floor = oracles.models[: cfg.models], oracles.models[cfg.models :] or None
+        metrics = unlearn.metrics_of(reference, split, test, seeds=oracle_seeds[: cfg.models])
+        report = unlearn.benchmark(
+            group, reference, metrics, oracles.seconds, split, splits.test, floor_oracles=floor
+        )
+        method = describe(dict(candidates)[used])
+        record |= {"status": "ok", **report, "used": used, "diverged": diverged, "method": method}
+        record["original"] = unlearn.untouched_report(
+            originals, reference, metrics, split, test, splits.test, seeds=seeds
+        )
+        _write(cfg, workspace, record)
         journal.clear()
-        return float("inf")
-    reference, floor = oracles.models[: cfg.models], oracles.models[cfg.models :] or None
-    oracle_metrics = unlearn.metrics_of(reference, split, test, seeds=oracle_seeds[: cfg.models])
-    report = unlearn.benchmark(
-        group, reference, oracle_metrics, oracles.seconds, split, splits.test, floor_oracles=floor
-    )
-    method = describe(dict(candidates)[used])
-    record |= {"status": "ok", **report, "used": used, "diverged": diverged, "method": method}
-    record["original"] = unlearn.untouched_report(
-        originals, reference, oracle_metrics, split, test, splits.test, seeds=seeds
-    )
-    _write(cfg, workspace, record)
-    journal.clear()
     return report["average_gap"]
 
 
@@ -110,12 +113,13 @@ VOLATILE = ("progress", "threads")
 and a killed run restarted with other values of them resumes (its journal and claim)."""
 
 
-def _journal(cfg: DictConfig, workspace: Path) -> unlearn.SearchJournal:
+def _journal(cfg: DictConfig, workspace: Path) -> tuple[unlearn.SearchJournal, bool]:
     """The proxy search's journal: a killed run, started again with the same configuration (but
     for its :data:`VOLATILE` settings) and library versions, reads back the evaluations it
     finished; cleared once the record is written.
 
-    The journal also claims ``results_name`` for this configuration (:func:`_claim`)."""
+    The journal also claims ``results_name`` for this configuration (:func:`_claim`); returns
+    it and whether this run made the claim (``False``: it resumes, or joins, an earlier one's)."""
     settings = OmegaConf.to_container(cfg, resolve=True)
     for key in VOLATILE:  # a killed run resumes when restarted with other threads or progress
         settings.pop(key, None)
@@ -125,16 +129,15 @@ def _journal(cfg: DictConfig, workspace: Path) -> unlearn.SearchJournal:
     )
     root = workspace / "results" / ".search" / cfg.results_name
     journal = unlearn.SearchJournal(root, hashlib.sha256(context.encode()).hexdigest())
-    _claim(cfg, workspace, journal)
-    return journal
+    return journal, _claim(cfg, workspace, journal)
 
 
-def _claim(cfg: DictConfig, workspace: Path, journal: unlearn.SearchJournal) -> None:
+def _claim(cfg: DictConfig, workspace: Path, journal: unlearn.SearchJournal) -> bool:
     """Refuse to let two configurations share ``results_name``: one record would silently replace
     the other (e.g. ``forget.label=3`` under the default name of label 0's run, or a multirun over
     a key the name does not carry). A finished record with other settings is refused, and a job
     claims the name for its configuration while it runs (first claimant wins; a killed run's claim
-    stays for its resumption).
+    stays for its resumption). Returns whether this call made the claim.
 
     Raises:
         ValueError: ``results_name`` holds, or is being written by, another configuration.
@@ -154,13 +157,30 @@ def _claim(cfg: DictConfig, workspace: Path, journal: unlearn.SearchJournal) -> 
                 "(or delete that record to replace it)"
             )
     claim = journal.root / ".claim"
-    write_bytes_atomic(claim, journal.context.encode(), replace=False)  # first writer wins
+    made = write_bytes_atomic(claim, journal.context.encode(), replace=False)  # first writer wins
     if claim.read_text() != journal.context:
         raise ValueError(
             f"another configuration is writing results_name={cfg.results_name!r} (its claim: "
             f"{claim}; a killed run's stays for its resumption); pass another results_name, or "
             "delete that directory to abandon the other run"
         )
+    return made
+
+
+@contextlib.contextmanager
+def _released_on_error(journal: unlearn.SearchJournal, claimed: bool) -> Iterator[None]:
+    """Withdraw the claim this run made (``claimed``) if the run fails before its journal holds
+    anything: nothing is left to resume, and the corrected command must not be refused as
+    "another configuration". A run killed (or interrupted) keeps its claim, as does one whose
+    journal holds evaluations."""
+    try:
+        yield
+    except Exception:
+        if claimed and len(journal) == 0:
+            (journal.root / ".claim").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                journal.root.rmdir()  # only if empty
+        raise
 
 
 def _shared_parts(cfg) -> dict:
@@ -182,14 +202,23 @@ def build_predictor(cfg: DictConfig, **kwargs: Any):
     return instantiate(rest.predictor, _partial_=True, **kwargs)(model_factory=factory)
 
 
-def _tuned_methods(cfg, shared, originals, splits, forget_set, workspace, journal):
-    """``[(value, unlearner)]``, best proxy value first, when ``tuning.parameter`` is named."""
+def _candidates(cfg: DictConfig, shared: dict) -> dict:
+    """``{value: unlearner}`` for every value of the search (:func:`search_grid`), or
+    ``{None: unlearner}`` when no ``tuning.parameter`` is named."""
     if cfg.tuning.parameter is None:
-        return [(None, build_unlearner(cfg.unlearner, shared))], None
+        return {None: build_unlearner(cfg.unlearner, shared)}
     keys, values = search_grid(cfg.tuning)
-    candidates = {
+    return {
         value: build_unlearner(cfg.unlearner, shared, settings_of(keys, value)) for value in values
     }
+
+
+def _tuned_methods(cfg, candidates, originals, splits, forget_set, workspace, journal):
+    """``[(value, unlearner)]`` of :func:`_candidates`, best proxy value first, when
+    ``tuning.parameter`` is named."""
+    if cfg.tuning.parameter is None:
+        return list(candidates.items()), None
+    keys, _ = search_grid(cfg.tuning)
     count = min(cfg.tuning.models, cfg.models)
     selection = unlearn.tune_on_proxy(
         ", ".join(keys),

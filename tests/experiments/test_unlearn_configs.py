@@ -310,3 +310,48 @@ def test_a_run_on_cached_models_times_no_one_time_start_up_of_the_process(tmp_pa
         f"run_entry_point('unlearning', Path({str(tmp_path)!r}), *{overrides!r}, base={TINY!r})"
     )
     assert torch_imports_while_unlearning(statements) == []
+
+
+FIXED = ("unlearner=ft", "klom_floor=false", "tuning.grid=[0.001]", "results_name=x1")
+
+
+def _claim_of(workspace: Path) -> Path:
+    return workspace / "results" / ".search" / "x1" / ".claim"
+
+
+def test_a_run_failing_on_a_bad_tuning_key_leaves_results_name_to_the_corrected_one(tmp_path):
+    with pytest.raises(TypeError, match="fractoin"):
+        _run_in_process(tmp_path, *FIXED, "+tuning.also.fractoin=[0.1,0.5]")
+    assert not _claim_of(tmp_path).exists()
+    assert _run_in_process(tmp_path, *FIXED)["status"] == "ok"
+
+
+def test_a_run_failing_before_its_journal_holds_anything_withdraws_its_claim(tmp_path):
+    with pytest.raises(ValueError, match="unknown tuning criterion"):
+        _run_in_process(tmp_path, *FIXED, "tuning.criterion=gapp")
+    assert not (tmp_path / "results" / ".search" / "x1").exists()
+    assert _run_in_process(tmp_path, *FIXED)["status"] == "ok"
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_run_with_a_journal_or_an_interrupted_one_keeps_its_claim(
+    tmp_path, monkeypatch, error
+):
+    """A run that failed after its search (journaled), or was interrupted (killed) at any point,
+    keeps results_name for its resumption."""
+    overrides = FIXED if error is RuntimeError else (*FIXED, "tuning.parameter=null")
+
+    def failing(*args, **kwargs):
+        raise error
+
+    stable = unlearn.unlearn_each_stable
+    monkeypatch.setattr(unlearn, "unlearn_each_stable", failing)
+    with pytest.raises(error):
+        _run_in_process(tmp_path, *overrides)
+    assert _claim_of(tmp_path).is_file()
+    journaled = list(_claim_of(tmp_path).parent.glob("*.json"))
+    assert len(journaled) == (1 if error is RuntimeError else 0)  # the search's one value
+    with pytest.raises(ValueError, match="another configuration is writing results_name="):
+        _run_in_process(tmp_path, *FIXED, "tuning.grid=[0.01]")
+    monkeypatch.setattr(unlearn, "unlearn_each_stable", stable)
+    assert _run_in_process(tmp_path, *overrides)["status"] == "ok"
