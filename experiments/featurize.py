@@ -16,9 +16,8 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
-from tda.checkpoints import list_checkpoints
 from tda.device import on_device
-from tda.ensemble import load_member, member_directory, store_id
+from tda.ensemble import check_member, load_member, store_id
 from tda.features import featurize, open_feature_store, shard_count
 
 log = logging.getLogger(__name__)
@@ -30,19 +29,13 @@ def main(cfg: DictConfig) -> int:
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
     splits = instantiate(cfg.data)
-    examples = {"train": splits.train, "query": splits.test.subset(range(cfg.queries))}
+    examples = {"train": splits.train, "query": _queries(cfg.queries, splits.test)}
     sizes = {name: len(data) for name, data in examples.items()}
     shards = _shards_of(cfg.shards, sizes, cfg.shard_size)
-    finals = {
-        seed: list_checkpoints(member_directory(workspace / "models", seed))[-1]
-        for seed in cfg.seeds
-    }
-    unfinished = [seed for seed, final in finals.items() if final.epoch != cfg.train.epochs]
-    if unfinished:
-        raise ValueError(f"members {unfinished} have not finished training: run train.py first")
+    model_factory = on_device(instantiate(cfg.model), cfg.device)
+    finals = _finals(cfg, model_factory, workspace, splits.train)
     featurizer = instantiate(cfg.featurizer)
     store = open_feature_store(workspace / "features", featurizer, cfg.shard_size)
-    model_factory = on_device(instantiate(cfg.model), cfg.device)
     written = 0
     for seed, checkpoint in finals.items():
         model = load_member(model_factory, checkpoint)
@@ -58,6 +51,26 @@ def main(cfg: DictConfig) -> int:
         )
     log.info("wrote %d shards into %s", written, store.root)
     return written
+
+
+def _finals(cfg, model_factory, workspace, train) -> dict:
+    """Each member's final checkpoint, refused unless it finished training on ``train`` with the
+    config's settings and model (:func:`tda.ensemble.check_member`)."""
+    config, task, root = instantiate(cfg.train), instantiate(cfg.task), workspace / "models"
+    return {
+        seed: check_member(model_factory, train, config, seed, root, task=task)[-1]
+        for seed in cfg.seeds
+    }
+
+
+def _queries(count: int, test):
+    """The first ``count`` (``queries``) test examples."""
+    if not 1 <= count <= len(test):
+        raise ValueError(
+            f"queries={count} is out of range: the test split has {len(test)} examples; "
+            f"choose queries between 1 and {len(test)}"
+        )
+    return test.subset(range(count))
 
 
 def _storage_dtype(name: str | None) -> torch.dtype | None:

@@ -25,9 +25,8 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from tda.checkpoints import list_checkpoints
 from tda.device import on_device
-from tda.ensemble import member_directory, store_id
+from tda.ensemble import check_member, store_id
 from tda.features import open_feature_store
 from tda.methods.runs import RunAttributor, TrainingRun, attribute_runs
 from tda.scores import save_scores
@@ -45,13 +44,12 @@ def main(cfg: DictConfig) -> str:
     seeds = list(cfg.seeds)
     if cfg.models is not None and not 1 <= cfg.models <= len(seeds):
         raise ValueError(f"models={cfg.models} must be between 1 and the {len(seeds)} seeds")
-    saved = {
-        s: list_checkpoints(member_directory(workspace / "models", s)) for s in seeds[: cfg.models]
-    }
     splits, attributor = instantiate(cfg.data), instantiate(cfg.attributor)
     queries = _queries(cfg, splits)
+    model_factory = on_device(instantiate(cfg.model), cfg.device)
+    saved = _members(cfg, model_factory, workspace, seeds[: cfg.models], splits.train)
     if isinstance(attributor, RunAttributor):
-        scores, inputs = _score_runs(cfg, attributor, saved, splits.train, queries)
+        scores, inputs = _score_runs(attributor, model_factory, saved, splits.train, queries)
     else:
         scores, inputs = _score_store(cfg, attributor, workspace, saved, splits.train, queries)
     record = {
@@ -71,21 +69,30 @@ def main(cfg: DictConfig) -> str:
     return str(path)
 
 
+def _members(cfg, model_factory, workspace, seeds, train) -> dict[int, list]:
+    """Each member's checkpoints, refused unless it finished training on ``train`` with the
+    config's settings and model (:func:`tda.ensemble.check_member`)."""
+    config, task = instantiate(cfg.train), instantiate(cfg.task)
+    root = workspace / "models"
+    return {s: check_member(model_factory, train, config, s, root, task=task) for s in seeds}
+
+
 def _queries(cfg, splits):
     """The first ``queries`` test examples, or (``query_split=train``) every training example."""
     if cfg.query_split == "test":
+        if not 1 <= cfg.queries <= len(splits.test):
+            raise ValueError(
+                f"queries={cfg.queries} is out of range: the test split has "
+                f"{len(splits.test)} examples; choose queries between 1 and {len(splits.test)}"
+            )
         return splits.test.subset(range(cfg.queries))
     if cfg.query_split == "train":
         return splits.train
     raise ValueError(f"query_split must be 'test' or 'train', got {cfg.query_split!r}")
 
 
-def _score_runs(cfg, attributor, saved, train, queries) -> tuple[np.ndarray, dict]:
+def _score_runs(attributor, model_factory, saved, train, queries) -> tuple[np.ndarray, dict]:
     """Mean over members of the attributor fitted on each member's checkpoints."""
-    unfinished = [seed for seed, run in saved.items() if run[-1].epoch != cfg.train.epochs]
-    if unfinished:
-        raise ValueError(f"members {unfinished} have not finished training: run train.py first")
-    model_factory = on_device(instantiate(cfg.model), cfg.device)
     runs = [TrainingRun(model_factory, tuple(run), train) for run in saved.values()]
     scores = attribute_runs(attributor, runs, queries).cpu().numpy()
     return scores, {"checkpoints": [store_id(s, c) for s, run in saved.items() for c in run]}

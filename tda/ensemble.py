@@ -5,8 +5,9 @@ store as ``seed-<s>.<checkpoint id>`` (e.g. ``seed-3.epoch-0030``). A model whos
 exists is not trained again. Beside its directory, ``seed-<s>.recipe.json`` records what it is
 trained on and how (the training set's fingerprint, the training settings, the task, the model's
 architecture and initial weights); a member found under another recipe is refused rather than
-reused. (Members trained before recipes were recorded have none, and are reused unchecked; a
-recipe recorded before the model was is checked on what it records.)
+reused, and :func:`check_member` refuses it to readers of the members (featurizing, scoring).
+(Members trained before recipes were recorded have none, and are reused unchecked; a recipe
+recorded before the model was is checked on what it records.)
 """
 
 from __future__ import annotations
@@ -95,22 +96,101 @@ def _model_recipe(model: nn.Module) -> dict[str, str]:
     return {"architecture": repr(model), "initial": model_fingerprint(model)}
 
 
+def check_member(
+    model_factory: Callable[[], nn.Module],
+    data: Any,
+    config: TrainConfig,
+    seed: int,
+    root: str | os.PathLike,
+    *,
+    task: Task = ClassificationTask(),
+) -> list[Checkpoint]:
+    """The checkpoints of member ``seed`` under ``root``, once checked to be the finished member
+    that :func:`train_ensemble` trains from these same arguments.
+
+    Its recipe is checked before its epochs, so a member trained with other settings is refused
+    by the settings that differ, not as unfinished. A member trained before recipes were recorded
+    is checked on its last checkpoint's epoch only.
+
+    Raises:
+        FileNotFoundError: the member was never trained (its directory does not exist).
+        ValueError: its recipe records another training set, settings, task or model, or its
+            last checkpoint is not of epoch ``config.epochs``.
+    """
+    data, directory = as_examples(data), member_directory(root, seed)
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint directory {directory} does not exist: member {seed} was never trained; "
+            "run experiments/train.py (with the same experiment=/overrides) first"
+        )
+    model = build_model(model_factory, seed, dtype=model_dtype(data))
+    recipe = {**_member_recipe(data, config, task), "model": _model_recipe(model)}
+    conflict = _recipe_conflict(directory, recipe)
+    if conflict:
+        raise ValueError(
+            f"{directory} holds member {seed} trained with {conflict}; pass the experiment= and "
+            "overrides it was trained with, or train new members into another workspace="
+        )
+    saved = list_checkpoints(directory)
+    _check_finished(directory, seed, saved, config, recorded=_recipe_path(directory).is_file())
+    return saved
+
+
+def _check_finished(
+    directory: Path, seed: int, saved: list[Checkpoint], config: TrainConfig, *, recorded: bool
+) -> None:
+    """Refuse a member whose last checkpoint is not of epoch ``config.epochs``: one trained under
+    this recipe was interrupted; one without a recipe may have been trained for other epochs."""
+    last = saved[-1].epoch if saved else None
+    if last == config.epochs:
+        return
+    reached = (
+        "it saved no checkpoint" if last is None else f"its last checkpoint is of epoch {last}"
+    )
+    if recorded:
+        raise ValueError(
+            f"member {seed} in {directory} has not finished training ({reached} of "
+            f"{config.epochs}); run experiments/train.py (with the same experiment=/overrides) to "
+            "finish it"
+        )
+    raise ValueError(
+        f"member {seed} in {directory} (trained before recipes were recorded): {reached}, but "
+        f"the settings ask {config.epochs} epochs (train.epochs); pass the experiment= (or "
+        "train.epochs=) it was trained with, or finish it with experiments/train.py"
+    )
+
+
+def _recipe_path(directory: Path) -> Path:
+    return directory.with_name(f"{directory.name}.recipe.json")
+
+
+def _recipe_conflict(directory: Path, recipe: dict[str, object]) -> str | None:
+    """How the recipe recorded for the member in ``directory`` differs from ``recipe``, e.g.
+    ``"other settings ('settings.epochs': recorded 2, asked 30)"``; None when it agrees or none
+    is recorded. Compared on the entries recorded: a recipe from before the model was recorded
+    still opens."""
+    path = _recipe_path(directory)
+    if not path.is_file():
+        return None
+    found = json.loads(path.read_text())
+    differing = sorted(key for key in recipe if key in found and found[key] != recipe[key])
+    if not differing:
+        return None
+    compared = {key: found[key] for key in differing}, {key: recipe[key] for key in differing}
+    changes = differences(*compared, names=("recorded", "asked"))
+    return f"other {' and '.join(differing)} ({'; '.join(changes)})"
+
+
 def _claim(directory: Path, recipe: dict[str, object], config: TrainConfig) -> None:
-    """Record ``recipe`` for a new member; refuse a member recorded under another one (compared
-    on the entries recorded: a recipe from before the model was recorded still opens)."""
-    path = directory.with_name(f"{directory.name}.recipe.json")
-    if path.is_file():
-        found = json.loads(path.read_text())
-        differing = sorted(key for key in recipe if key in found and found[key] != recipe[key])
-        if differing:
-            compared = {key: found[key] for key in differing}, {k: recipe[k] for k in differing}
-            changes = differences(*compared, names=("recorded", "asked"))
-            raise ValueError(
-                f"{directory} holds a member trained with other {' and '.join(differing)} "
-                f"({'; '.join(changes)}); use another directory"
-            )
-    elif _finished(directory, config) is None:  # to be trained now (a legacy member is not)
-        write_bytes_atomic(path, (json.dumps(recipe, indent=2) + "\n").encode())
+    """Record ``recipe`` for a new member; refuse a member recorded under another one."""
+    conflict = _recipe_conflict(directory, recipe)
+    if conflict:
+        raise ValueError(
+            f"{directory} holds a member trained with {conflict}; use another directory"
+        )
+    if not _recipe_path(directory).is_file() and _finished(directory, config) is None:
+        # to be trained now (a legacy member is not: it is not vouched for after the fact)
+        write_bytes_atomic(_recipe_path(directory), (json.dumps(recipe, indent=2) + "\n").encode())
 
 
 def load_member(model_factory: Callable[[], nn.Module], checkpoint: Checkpoint) -> nn.Module:

@@ -172,6 +172,11 @@ def decode(block: np.ndarray, dtype: str) -> np.ndarray:
     return block
 
 
+def dtype_name(dtype: str) -> str:
+    """A sidecar dtype by name, for messages: ``"<f4"`` is ``"float32"``, ``"bfloat16"`` itself."""
+    return dtype if dtype == BFLOAT16 else np.dtype(dtype).name
+
+
 def saved_dtype(dtype: str) -> str:
     """The numpy dtype of the file that holds an array recorded as ``dtype``."""
     return np.dtype(np.uint16).newbyteorder("<").str if dtype == BFLOAT16 else dtype

@@ -8,6 +8,8 @@ Layout under ``root``::
     manifest.json                       {"format", "version", "config", "config_fingerprint"}
     splits/<split>.json                 {"split", "size", "data_fingerprint"}
     checkpoints/<checkpoint_id>.json    {"checkpoint_id", "model_fingerprint"}
+    dtypes/<name>.json                  {"array", "dtype"}: the one dtype array <name> is kept in
+                                        (:meth:`FeatureStore.keep_array_dtype`; optional)
     shards/<checkpoint_id>/<split>/<index:06d>.<name>.npy   rows [start, stop) of array <name>
     shards/<checkpoint_id>/<split>/<index:06d>.json         sidecar {"start", "stop",
                                         "arrays": {name: {"shape", "dtype", "sha256"}}}
@@ -52,6 +54,7 @@ from tda.shards import (
     coverage_problems,
     data_path,
     decode,
+    dtype_name,
     encode,
     load_npy,
     loaded_dtype,
@@ -184,6 +187,52 @@ class FeatureStore:
     def splits(self) -> dict[str, int]:
         """Declared splits -> number of examples."""
         return {split: record["size"] for split, record in self._records("splits").items()}
+
+    def array_dtype(self, name: str) -> str | None:
+        """The dtype array ``name`` is kept in across the store, as sidecars write it (``"<f4"``,
+        ``"bfloat16"``): as recorded by :meth:`keep_array_dtype`, or, in a store from before it
+        was recorded, as its complete shards hold it; None when neither says.
+
+        Raises:
+            StoreMismatchError: nothing recorded, and the shards hold ``name`` in several dtypes.
+        """
+        path = self._dtype_path(name)
+        if path.is_file():
+            return json.loads(path.read_text())["dtype"]
+        held = self._held_dtypes(name)
+        if len(held) > 1:
+            raise StoreMismatchError(
+                f"the shards of store {self.root} hold array {name!r} in several dtypes "
+                f"({', '.join(sorted(map(dtype_name, held)))}); delete the shards of the dtype not "
+                "wanted and write them again"
+            )
+        return held.pop() if held else None
+
+    def keep_array_dtype(self, name: str, dtype: str) -> None:
+        """Record that array ``name`` is kept as ``dtype`` (a sidecar dtype) in every shard; the
+        first record wins (a store from before records the dtype its shards hold).
+
+        Raises:
+            StoreMismatchError: the store keeps ``name`` in another dtype.
+        """
+        path = self._dtype_path(name)
+        if not path.is_file():
+            _publish_json(path, {"array": name, "dtype": self.array_dtype(name) or dtype})
+        kept = self.array_dtype(name)
+        if kept != dtype:
+            raise StoreMismatchError(
+                f"store {self.root} keeps array {name!r} as {dtype_name(kept)}, not "
+                f"{dtype_name(dtype)}; write it as {dtype_name(kept)}, or use a new store directory"
+            )
+
+    def _dtype_path(self, name: str) -> Path:
+        return self.root / "dtypes" / f"{check_name('array name', name)}.json"
+
+    def _held_dtypes(self, name: str) -> set[str]:
+        """The dtypes of array ``name`` in every complete shard of the store."""
+        directories = sorted((self.root / "shards").glob("*/*"))
+        sidecars = [record for d in directories for record in self._complete_shards(d).values()]
+        return {r["arrays"][name]["dtype"] for r in sidecars if name in r["arrays"]}
 
     def _shard_dir(self, checkpoint_id: str, split: str) -> Path:
         check_name("checkpoint", checkpoint_id)
@@ -325,7 +374,11 @@ class FeatureStore:
             )
         layouts = {(*r["arrays"][name]["shape"][1:], r["arrays"][name]["dtype"]) for _, r in shards}
         if len(layouts) > 1:
-            raise StoreMismatchError(f"shards of {name!r} in {directory} differ: {layouts}")
+            raise StoreMismatchError(
+                f"shards of {name!r} in {directory} differ: {layouts} (shape, dtype); an array "
+                "keeps one layout in a store (features: one storage_dtype), so delete the shards "
+                "of the other one and write them again"
+            )
         return directory, shards
 
     @staticmethod

@@ -311,3 +311,37 @@ def test_bfloat16_shards_refuse_non_finite_values_and_float32_neighbours(tmp_pat
     store.write_shard("c0", "train", 1, 6, {"features": FEATURES[6:]})
     with pytest.raises(StoreMismatchError, match="differ"):
         store.load("c0", "train")
+
+
+def test_an_arrays_dtype_is_kept_from_its_first_record(tmp_path: Path) -> None:
+    """A store recorded no dtype: shards of another dtype joined it, and a reader refused the
+    mixed store only then."""
+    store = _store(tmp_path)
+    assert store.array_dtype("features") is None
+    store.keep_array_dtype("features", "bfloat16")
+    store.keep_array_dtype("features", "bfloat16")  # the same again: accepted
+    reopened = FeatureStore.open(tmp_path, CONFIG)
+    assert reopened.array_dtype("features") == "bfloat16"
+    with pytest.raises(StoreMismatchError, match="keeps array 'features' as bfloat16, not float32"):
+        reopened.keep_array_dtype("features", "<f4")
+    assert reopened.array_dtype("out_to_loss") is None  # recorded per array
+
+
+def test_a_store_from_before_dtype_records_keeps_the_dtype_of_its_shards(reference) -> None:
+    assert not (reference.root / "dtypes").exists()
+    assert reference.array_dtype("features") == "<f4"
+    assert reference.array_dtype("out_to_loss") == "<f8"
+    with pytest.raises(StoreMismatchError, match="keeps array 'features' as float32, not float16"):
+        reference.keep_array_dtype("features", "<f2")
+    reference.keep_array_dtype("features", "<f4")
+    assert (reference.root / "dtypes" / "features.json").is_file()
+
+
+def test_a_store_whose_shards_mix_dtypes_names_them(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.write_shard("c0", "train", 0, 0, {"features": torch.from_numpy(FEATURES[:6]).bfloat16()})
+    store.write_shard("c0", "train", 1, 6, {"features": FEATURES[6:]})
+    with pytest.raises(StoreMismatchError, match=r"several dtypes \(bfloat16, float32\)"):
+        store.array_dtype("features")
+    with pytest.raises(StoreMismatchError, match="storage_dtype"):
+        store.load("c0", "train")

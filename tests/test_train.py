@@ -8,7 +8,7 @@ import torch
 
 from tda.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from tda.data import Examples, load_mnist1d
-from tda.ensemble import load_member, train_ensemble
+from tda.ensemble import check_member, load_member, train_ensemble
 from tda.fingerprint import model_fingerprint
 from tda.methods import TracIn, TrainingRun
 from tda.models import MLP, CNN1d, build_model
@@ -325,6 +325,56 @@ def test_a_member_trained_before_recipes_were_recorded_is_reused(data, tmp_path)
     (tmp_path / "seed-0.recipe.json").unlink()
     assert train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False) == members
     assert not (tmp_path / "seed-0.recipe.json").exists()  # not vouched for after the fact
+
+
+def test_check_member_gives_the_checkpoints_of_a_member_trained_as_asked(data, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=100)
+    members = train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
+    assert check_member(MLP, data.train, config, 0, tmp_path) == members[0]
+
+
+def test_check_member_refuses_other_data_settings_or_model_by_what_differs(data, tmp_path):
+    """Readers of the members (featurize.py, score.py) checked only the epoch count: members of
+    240 examples were scored as those of 400; other epochs read as "not finished training"."""
+    config = TrainConfig(epochs=1, batch_size=100)
+    train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"member 0 trained with other data \('data': recorded"):
+        check_member(MLP, data.train.subset(range(200)), config, 0, tmp_path)
+    longer = replace(config, epochs=3)  # the recipe, not the last epoch, names the difference
+    with pytest.raises(
+        ValueError, match=r"other settings \('settings\.epochs': recorded 1, asked 3\); pass the"
+    ):
+        check_member(MLP, data.train, longer, 0, tmp_path)
+    with pytest.raises(ValueError, match="trained with other model"):
+        check_member(partial(MLP, hidden=(17,)), data.train, config, 0, tmp_path)
+    with pytest.raises(ValueError, match="trained with other task"):
+        check_member(MLP, data.train, config, 0, tmp_path, task=LanguageModelingTask())
+
+
+def test_check_member_refuses_an_absent_or_unfinished_member_naming_train_py(data, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=100, checkpoints=2)
+    with pytest.raises(FileNotFoundError, match=r"seed-0 does not exist.*run experiments/train"):
+        check_member(MLP, data.train, config, 0, tmp_path)
+    saved = train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)[0]
+    saved[-1].path.unlink()
+    saved[-1].path.with_suffix(".json").unlink()  # interrupted after epoch 1
+    with pytest.raises(
+        ValueError, match=r"not finished training \(its last checkpoint is of epoch 1 of 2\); run"
+    ):
+        check_member(MLP, data.train, config, 0, tmp_path)
+
+
+def test_check_member_names_the_epochs_of_a_member_without_a_recipe(data, tmp_path):
+    config = TrainConfig(epochs=1, batch_size=100)
+    members = train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
+    (tmp_path / "seed-0.recipe.json").unlink()  # trained before recipes were recorded
+    assert check_member(MLP, data.train, config, 0, tmp_path) == members[0]
+    with pytest.raises(
+        ValueError,
+        match=r"recorded\): its last checkpoint is of epoch 1, but the settings ask 3 epochs "
+        r"\(train\.epochs\); pass the experiment=",
+    ):
+        check_member(MLP, data.train, replace(config, epochs=3), 0, tmp_path)
 
 
 def _parameters(model) -> torch.Tensor:

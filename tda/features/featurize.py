@@ -21,6 +21,7 @@ from tda.data.examples import Examples, as_examples, check_input_dtype
 from tda.features.gradient import FeatureBatch
 from tda.fingerprint import model_fingerprint
 from tda.projection import derive_seed
+from tda.shards import dtype_name, encode
 from tda.store import FeatureStore, StoreMismatchError
 
 
@@ -83,7 +84,9 @@ def featurize(
             so separate processes can share a checkpoint's work.
         storage_dtype: ``torch.float16`` or ``torch.bfloat16`` halve the store (methods
             accumulate in float32 or wider; bfloat16 keeps float32's range, float16 stops
-            at 65504: a shard beyond it is refused); default the model's dtype.
+            at 65504: a shard beyond it is refused); default the features' own dtype (the
+            model's; float32 for a half-precision one). A store keeps its features in the dtype
+            of their first write: another is refused, before anything is computed when named.
         progress: show a progress bar per split.
 
     The projection seed is derived from (featurizer seed, ``checkpoint_id``), so any process that
@@ -92,8 +95,9 @@ def featurize(
 
     Raises:
         StoreMismatchError: the store was opened for a featurizer with other settings (a
-            :class:`~tda.features.LogitFeaturizer` may add settings to its base's), or holds
-            another model under ``checkpoint_id`` or other data under a split's name.
+            :class:`~tda.features.LogitFeaturizer` may add settings to its base's), holds
+            another model under ``checkpoint_id`` or other data under a split's name, or keeps
+            its features in another dtype than ``storage_dtype`` gives.
         ValueError: an empty split, inputs of another floating dtype than the model, ``shards``
             naming a split not in ``splits``, a shard index out of range, non-finite gradients,
             or features beyond ``storage_dtype``'s range.
@@ -108,6 +112,8 @@ def featurize(
     for examples in splits.values():
         check_input_dtype(model, examples.inputs)
     _check_store_fits(store, featurizer)
+    if storage_dtype is not None:  # refused before anything is computed (null: at a first shard)
+        _refuse_other_dtype(store, storage_dtype, storage_dtype)
     store.register_checkpoint(checkpoint_id, model_fingerprint(model))
     seeded = featurizer.with_seed(derive_seed(featurizer.seed, checkpoint_id))
     shards = shards or {}
@@ -148,6 +154,35 @@ def _check_store_fits(store: FeatureStore, featurizer: Featurizer) -> None:
         )
 
 
+def _refuse_other_dtype(
+    store: FeatureStore, dtype: torch.dtype, storage_dtype: torch.dtype | None
+) -> None:
+    """Refuse to add features of ``dtype`` (what ``storage_dtype`` gives) to a store that keeps
+    its features in another: one store holds one storage dtype (a mixed one cannot be read)."""
+    kept, asked = store.array_dtype("features"), _sidecar_dtype(dtype)
+    if kept is not None and kept != asked:
+        given = "null" if storage_dtype is None else dtype_name(_sidecar_dtype(storage_dtype))
+        raise StoreMismatchError(
+            f"store {store.root} keeps its features as {dtype_name(kept)} (its first write "
+            f"recorded it), but storage_dtype={given} would write {dtype_name(asked)}; featurize "
+            f"with storage_dtype={dtype_name(kept)}, or into a new store directory"
+        )
+
+
+def _keep_storage_dtype(
+    store: FeatureStore, dtype: torch.dtype, storage_dtype: torch.dtype | None
+) -> None:
+    """Before features of ``dtype`` are written: refuse them if ``store`` keeps another dtype,
+    else record ``dtype`` (at the store's first write)."""
+    _refuse_other_dtype(store, dtype, storage_dtype)
+    store.keep_array_dtype("features", _sidecar_dtype(dtype))
+
+
+def _sidecar_dtype(dtype: torch.dtype) -> str:
+    """How a store's sidecars name arrays of ``dtype`` (``"<f4"``, ``"bfloat16"``)."""
+    return encode("features", torch.zeros(1, dtype=dtype))[1]
+
+
 def _featurize_split(
     model, examples, seeded, store, checkpoint_id, split, shards, storage_dtype, progress
 ) -> int:
@@ -159,6 +194,7 @@ def _featurize_split(
         batch = seeded(model, *_rows(examples, start, shard_size))
         features = batch.features.detach().to("cpu", storage_dtype or batch.features.dtype)
         _check_storable(features, batch.features, split, index)
+        _keep_storage_dtype(store, features.dtype, storage_dtype)
         arrays = {
             "features": _storable(features),
             "out_to_loss": _storable(batch.out_to_loss.detach().cpu()),  # bf16 for a bf16 model

@@ -6,6 +6,7 @@ returns when called directly, in the place and format lds.py reads.
 """
 
 import json
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -156,9 +157,68 @@ def test_lds_reads_model_based_scores(workspace):
     assert record["scores_made_with"] == written(workspace, "tracin")[1]
 
 
-def test_unfinished_members_are_refused(workspace):
-    with pytest.raises(ValueError, match=r"members \[0, 1\] have not finished"):
+def test_members_trained_for_other_epochs_are_refused_by_their_settings(workspace):
+    """It said "members [0, 1] have not finished training" of members finished in 2 epochs."""
+    with pytest.raises(
+        ValueError, match=r"other settings \('settings\.epochs': recorded 2, asked 3"
+    ):
         run_entry_point("score", workspace, "attributor=tracin", "train.epochs=3")
+
+
+@pytest.mark.parametrize(
+    ("override", "differs"), [("data.n_train=400", "data"), ("model.hidden=[32]", "model")]
+)
+def test_members_trained_otherwise_are_refused_by_what_differs(workspace, override, differs):
+    """Members trained on 240 examples were scored as [40, 400] scores of the 400-example set."""
+    with pytest.raises(ValueError, match=f"member 0 trained with other {differs} .*experiment="):
+        run_entry_point("score", workspace, "attributor=if_ekfac", override, "scores_name=other")
+    assert not (workspace / "scores" / "other.npy").exists()
+
+
+def test_members_of_another_experiment_name_their_settings_not_an_unfinished_training(workspace):
+    with pytest.raises(
+        ValueError, match=r"other .*settings.*'settings\.epochs': recorded 2, asked 30"
+    ):
+        run_entry_point("score", workspace, "attributor=if_ekfac", "seeds=[0,1]", base=[])
+
+
+def _copied_members(workspace: Path, target: Path) -> Path:
+    shutil.copytree(workspace / "models", target / "models")
+    return target
+
+
+def test_an_interrupted_member_is_refused_as_unfinished(workspace, tmp_path):
+    final = member_checkpoints(_copied_members(workspace, tmp_path), 1)[-1]
+    final.path.unlink()
+    final.path.with_suffix(".json").unlink()
+    with pytest.raises(
+        ValueError,
+        match=r"member 1 .* not finished training \(its last checkpoint is of epoch 1 of 2\); "
+        r"run experiments/train\.py",
+    ):
+        run_entry_point("score", tmp_path, "attributor=tracin")
+
+
+def test_a_member_without_a_recipe_names_its_epochs_and_the_experiment(workspace, tmp_path):
+    for recipe in (_copied_members(workspace, tmp_path) / "models").glob("*.recipe.json"):
+        recipe.unlink()  # trained before recipes were recorded
+    with pytest.raises(
+        ValueError,
+        match=r"its last checkpoint is of epoch 2, but the settings ask 3 epochs \(train\.epochs\)"
+        r"; pass the experiment=",
+    ):
+        run_entry_point("score", tmp_path, "attributor=tracin", "train.epochs=3")
+
+
+def test_scoring_before_training_names_train_py(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"run experiments/train\.py \(with the same"):
+        run_entry_point("score", tmp_path, "attributor=if_ekfac")
+
+
+def test_more_queries_than_test_examples_are_refused_by_name(workspace):
+    """It said "index 60 is out of range for 60 examples"."""
+    with pytest.raises(ValueError, match=r"queries=100 is out of range: the test split has 60"):
+        run_entry_point("score", workspace, "attributor=if_ekfac", "queries=100")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -205,5 +265,5 @@ def test_features_of_members_since_retrained_are_refused(workspace, tmp_path):
     (tmp_path / "models").unlink()
     (tmp_path / "models").symlink_to(retrained / "models")
     with pytest.raises(StoreMismatchError, match="checkpoint 'seed-0.*featurize again"):
-        run_entry_point("score", tmp_path, "attributor=trak")
+        run_entry_point("score", tmp_path, "attributor=trak", "train.optimizer.lr=0.01")
     assert not (tmp_path / "scores" / "trak.npy").exists()
