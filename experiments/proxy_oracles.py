@@ -16,13 +16,11 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import torch
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.record import write_record
-from tda.device import on_device
-from tda.timing import warm_up_torch
+from experiments.unlearning import setting
 from unlearn import load_or_train_oracles, margins_of
 from unlearn.benchmark import interval
 
@@ -44,11 +42,7 @@ def link(real: np.ndarray, shared: np.ndarray, independent: np.ndarray) -> dict:
 
 @hydra.main(config_path="../conf", config_name="proxy_oracles", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    torch.set_num_threads(cfg.threads)
-    warm_up_torch()
-    workspace = Path(to_absolute_path(cfg.workspace))
-    splits, forget_set = instantiate(cfg.data), instantiate(cfg.forget)
-    factory, config = on_device(instantiate(cfg.model), cfg.device), instantiate(cfg.train)
+    workspace, splits, forget_set, factory, config = setting(cfg)
     train = splits.train
     forget, proxy = forget_set.indices(train), forget_set.proxy(train).indices(train)
     shared_seeds = [cfg.oracle_seed + i for i in range(cfg.models)]

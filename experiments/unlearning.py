@@ -40,14 +40,21 @@ from tda.timing import warm_up_torch
 from tda.versions import package_versions
 
 
-@hydra.main(config_path="../conf", config_name="unlearn", version_base="1.3")
-def main(cfg: DictConfig) -> float:
-    """Run the benchmark; returns the average gap to the oracles (inf if unlearning diverged)."""
+def setting(cfg: DictConfig) -> tuple:
+    """An unlearning configuration's workspace, data splits, forget set, model factory (on its
+    device) and training recipe, with torch's threads set and its start-up paid."""
     torch.set_num_threads(cfg.threads)
     warm_up_torch()
     workspace = Path(to_absolute_path(cfg.workspace))
     splits, forget_set = instantiate(cfg.data), instantiate(cfg.forget)
     factory, config = on_device(instantiate(cfg.model), cfg.device), instantiate(cfg.train)
+    return workspace, splits, forget_set, factory, config
+
+
+@hydra.main(config_path="../conf", config_name="unlearn", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Run the benchmark; returns the average gap to the oracles (inf if unlearning diverged)."""
+    workspace, splits, forget_set, factory, config = setting(cfg)
     train = splits.train
     seeds = list(range(cfg.models))
     originals = unlearn.load_or_train(factory, train, config, seeds, workspace / "models")
