@@ -17,7 +17,13 @@ from tda.fingerprint import model_fingerprint
 from unlearn.audit import AuditRecord, append_audit
 from unlearn.request import IndexLike, UnlearningRequest
 
-MODEL_FILE, AUDIT_FILE = "model.safetensors", "audit.json"
+AUDIT_FILE, LEGACY_MODEL_FILE = "audit.json", "model.safetensors"
+
+
+def model_file(fingerprint: str) -> str:
+    """The weights file of a result whose model has ``fingerprint``: named by it, so a saved
+    record names weights that no later save overwrites (see :meth:`UnlearningResult.save`)."""
+    return f"model-{fingerprint[:16]}.safetensors"
 
 
 def _digest(record: dict) -> str:
@@ -29,6 +35,25 @@ def _without_digest(path: Path) -> dict:
     content = json.loads(path.read_text())
     content.pop("record_sha256", None)
     return content
+
+
+def _remove_other_weights(directory: Path, keep: Path) -> None:
+    """Remove weights files in ``directory`` other than ``keep`` (left by an earlier save)."""
+    for path in [directory / LEGACY_MODEL_FILE, *directory.glob("model-*.safetensors")]:
+        if path != keep:
+            path.unlink(missing_ok=True)
+
+
+def _weights_of(directory: Path, fingerprint: str) -> Path:
+    """The weights file the record of ``directory`` names (by ``fingerprint``), or
+    ``model.safetensors`` as saved before weights were named by their fingerprint."""
+    for path in (directory / model_file(fingerprint), directory / LEGACY_MODEL_FILE):
+        if path.exists():
+            return path
+    raise ValueError(
+        f"weights in {directory} do not match the audit's fingerprint: no "
+        f"{model_file(fingerprint)} there"
+    )
 
 
 @dataclass(frozen=True)
@@ -60,16 +85,16 @@ class UnlearningResult:
         return self.audit.timings
 
     def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write ``model.safetensors`` and ``audit.json`` into ``directory``, each atomically.
+        """Write ``model-<fingerprint>.safetensors`` and ``audit.json`` into ``directory``.
 
         ``audit.json`` carries the SHA-256 of its record (``record_sha256``), which
         :meth:`load` checks: an edited record is refused (a checksum against accidents, not a
         signature: whoever edits it can recompute it).
 
-        With ``overwrite=True`` the two files are replaced one after the other (weights, then
-        record), so a process killed in between leaves new weights beside the old record, which
-        :meth:`load` refuses (they disagree), and the old result is lost: to keep it, save the
-        new one to another directory.
+        The weights file is named by the model's fingerprint and written first, then the record
+        replaces ``audit.json`` atomically, then weights no record names are removed: a process
+        killed at any point leaves a complete result, the old one or the new one (with
+        ``overwrite=True``), never a mix.
 
         Raises:
             FileExistsError: ``directory`` holds another result (saving this one again is
@@ -84,11 +109,12 @@ class UnlearningResult:
                 f"{json.loads(saved.read_text()).get('request_id')}); save elsewhere or pass "
                 "overwrite=True"
             )
-        state = savable_state(self.model)
-        write_bytes_atomic(directory / MODEL_FILE, save(state))
+        weights = directory / model_file(self.audit.model_fingerprint_after)
+        write_bytes_atomic(weights, save(savable_state(self.model)))
         content = {**record, "record_sha256": _digest(record)}
         text = json.dumps(content, indent=2, sort_keys=True, allow_nan=False)
         write_bytes_atomic(saved, text.encode())
+        _remove_other_weights(directory, keep=weights)
         return directory
 
     @classmethod
@@ -108,7 +134,7 @@ class UnlearningResult:
         if recorded is not None and recorded != _digest(content):
             raise ValueError(f"the audit record in {directory} was edited after it was saved")
         audit = AuditRecord.from_dict(content)
-        state = load_file(str(directory / MODEL_FILE))
+        state = load_file(str(_weights_of(directory, audit.model_fingerprint_after)))
         if model_fingerprint(state) != audit.model_fingerprint_after:
             raise ValueError(f"weights in {directory} do not match the audit's fingerprint")
         check_state_fits(f"the model file in {directory}", state, model)

@@ -1,9 +1,11 @@
+import copy
 import dataclasses
 import json
 
 import pytest
 import torch
 
+import unlearn.result
 from tda.fingerprint import model_fingerprint
 from tda.models import build_model
 from tests.conftest import TiedLayers
@@ -77,6 +79,49 @@ def test_saving_into_a_directory_of_another_result_is_refused(result, tmp_path):
     other.save(tmp_path / "run", overwrite=True)
     loaded = UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
     assert loaded.audit.timestamp == "2000-01-01T00:00:00+00:00"
+
+
+def _another_result(result: UnlearningResult) -> UnlearningResult:
+    """``result`` with other weights (and an audit that says so)."""
+    model = copy.deepcopy(result.model)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    audit = dataclasses.replace(result.audit, model_fingerprint_after=model_fingerprint(model))
+    return UnlearningResult(model=model, audit=audit)
+
+
+def test_a_save_killed_before_its_record_leaves_the_old_result(result, tmp_path, monkeypatch):
+    """Overwriting replaced the weights, then the record: a kill in between lost both."""
+    result.save(tmp_path / "run")
+    other = _another_result(result)
+    real_write = unlearn.result.write_bytes_atomic
+
+    def killed_at_the_record(path, data, **kwargs):
+        if path.name == "audit.json":
+            raise KeyboardInterrupt
+        return real_write(path, data, **kwargs)
+
+    monkeypatch.setattr(unlearn.result, "write_bytes_atomic", killed_at_the_record)
+    with pytest.raises(KeyboardInterrupt):
+        other.save(tmp_path / "run", overwrite=True)
+    monkeypatch.undo()
+    loaded = UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
+    assert loaded.audit == result.audit
+    assert model_fingerprint(loaded.model) == result.audit.model_fingerprint_after
+    other.save(tmp_path / "run", overwrite=True)  # finished: the old weights are removed
+    assert len(list((tmp_path / "run").glob("*.safetensors"))) == 1
+    loaded = UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
+    assert model_fingerprint(loaded.model) == other.audit.model_fingerprint_after
+
+
+def test_a_result_saved_with_the_old_weights_name_still_loads(result, tmp_path):
+    result.save(tmp_path / "run")
+    (weights,) = (tmp_path / "run").glob("*.safetensors")
+    weights.rename(tmp_path / "run" / "model.safetensors")  # the name before fingerprints
+    loaded = UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
+    assert model_fingerprint(loaded.model) == result.audit.model_fingerprint_after
+    _another_result(result).save(tmp_path / "run", overwrite=True)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def _state_bits(model) -> dict:
