@@ -2,6 +2,8 @@
 
 Reads ``<workspace>/results/unlearn-<method>-<forget>.json`` for each method and forget set given,
 writes them (and the commands that made them) to ``--output`` and prints one table per forget set.
+Rows are labelled as the README's tables spell the methods (:func:`display_name`: ``SalUn`` for
+``salun``); the record's ``runs`` stay keyed by result name (``salun``), which other scripts read.
 Every requested method must have a result for every forget set, measured on the same originals and
 oracles, or nothing is written (``--allow-missing`` writes what there is, with "no result" rows):
 
@@ -34,6 +36,34 @@ HEADER = [
 ]
 # What every result of one forget set must share to sit in one table.
 SHARED = ("forget_size", "seeds", "oracle_seeds")
+# How the README's tables spell each unlearner, by its config name (conf/unlearner/).
+DISPLAY_NAMES = {
+    "retrain": "retrain",
+    "ft": "FT",
+    "ga": "GA",
+    "rl": "RL",
+    "graddiff": "GradDiff",
+    "salun": "SalUn",
+    "l1_sparse": "ℓ1-sparse",
+    "prune_then_unlearn": "prune → unlearn",
+    "npo": "NPO",
+    "wagle": "WAGLE (GradDiff)",
+    "wagle_npo": "WAGLE (NPO)",
+    "dmm": "DMM",
+}
+
+
+def display_name(method: str) -> str:
+    """The README's name for the result ``method`` (a config name, or ``<config name>-<variant>``
+    for a variant run): ``salun`` -> ``SalUn``, ``salun-mixed`` -> ``SalUn (mixed)``,
+    ``wagle_npo-joint`` -> ``WAGLE (NPO, joint)``; a name of no known method is kept as it is."""
+    base, _, variant = method.partition("-")
+    name = DISPLAY_NAMES.get(base)
+    if name is None:
+        return method
+    if not variant:
+        return name
+    return f"{name[:-1]}, {variant})" if name.endswith(")") else f"{name} ({variant})"
 
 
 def _cell(summary: dict) -> str:
@@ -111,6 +141,17 @@ def reference_rows(record: dict) -> list[list[str]]:
     ]
 
 
+def method_rows(found: dict[str, dict], methods: list[str]) -> list[list[str]]:
+    """One :func:`row` per method, labelled by its :func:`display_name`; "no result" cells for a
+    method without a result (``--allow-missing``)."""
+    return [
+        row(display_name(method), found[method])
+        if method in found
+        else [display_name(method), *["no result"] * (len(HEADER) - 1)]
+        for method in methods
+    ]
+
+
 def collect(workspace: Path, forget: str, methods: list[str], allow_missing: bool) -> dict:
     """``{method: record}`` of one forget set, checked complete and comparable.
 
@@ -147,14 +188,9 @@ def main() -> None:
     tables, records = {}, {}
     for forget in args.forget:
         found = collect(args.workspace, forget, args.methods, args.allow_missing)
-        rows = [
-            row(method, found[method])
-            if method in found
-            else [method, *["no result"] * (len(HEADER) - 1)]
-            for method in args.methods
-        ]
         complete = first_finished(found, forget)
-        tables[forget] = markdown_table(HEADER, rows + reference_rows(complete))
+        rows = method_rows(found, args.methods) + reference_rows(complete)
+        tables[forget] = markdown_table(HEADER, rows)
         records[forget] = found
         print(f"\n{forget}\n{tables[forget]}")
     threads = next(iter(next(iter(records.values())).values()))["settings"]["threads"]

@@ -28,7 +28,7 @@ from tda.data import (
 )
 from tda.datamodels import GroundTruthStore, SubsetRetrainer, sample_subsets
 from tda.device import on_device, resolve_device
-from tda.ensemble import load_member, train_ensemble
+from tda.ensemble import check_member, load_member, train_ensemble
 from tda.eval import (
     CounterfactualStore,
     DampingChoice,
@@ -130,6 +130,7 @@ __all__ = [
     "TrainingStage",
     "as_examples",
     "build_model",
+    "check_member",
     "counterfactual_retraining",
     "featurize",
     "flip_labels",

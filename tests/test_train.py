@@ -333,6 +333,15 @@ def test_check_member_gives_the_checkpoints_of_a_member_trained_as_asked(data, t
     assert check_member(MLP, data.train, config, 0, tmp_path) == members[0]
 
 
+def test_check_member_is_public_beside_train_ensemble_and_load_member():
+    """Readers of members outside the experiments (a notebook) check them as featurize.py and
+    score.py do, from the top level like the ensemble's other two calls."""
+    import tda
+
+    assert tda.check_member is check_member
+    assert {"check_member", "load_member", "train_ensemble"} <= set(tda.__all__)
+
+
 def test_check_member_refuses_other_data_settings_or_model_by_what_differs(data, tmp_path):
     """Readers of the members (featurize.py, score.py) checked only the epoch count: members of
     240 examples were scored as those of 400; other epochs read as "not finished training"."""

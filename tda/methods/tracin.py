@@ -22,6 +22,7 @@ scheduler has stepped, so it is the rate of the *next* segment. The first-order 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,26 @@ def check_listed_once(checkpoints: Sequence[Checkpoint]) -> None:
                 "each checkpoint's steps are counted once"
             )
         seen.add(path)
+
+
+def warn_if_single_checkpoint(checkpoints: Sequence[Checkpoint]) -> None:
+    r"""Warn (``UserWarning``) when at most one of ``checkpoints`` has a nonzero
+    ``segment_learning_rate`` (the step-0 start has none, so its term is 0): TracIn is then
+    :math:`\eta\,\nabla f(x)\cdot(-\nabla\ell(z))` at one point, a learning-rate-scaled
+    gradient dot product (grad-dot) rather than a sum over the training trajectory."""
+    weighted = sum(checkpoint.segment_learning_rate != 0 for checkpoint in checkpoints)
+    if weighted > 1:
+        return
+    count = f"{len(checkpoints)} checkpoint{'s' if len(checkpoints) != 1 else ''}"
+    if weighted < len(checkpoints):
+        count += f", {weighted} with a nonzero segment learning rate (the step-0 start adds 0)"
+    warnings.warn(
+        f"TracIn got {count}: TracIn over one checkpoint is a learning-rate-scaled gradient dot "
+        "product (grad-dot), not a sum over the training trajectory; save more checkpoints while "
+        "training (TrainConfig(checkpoints=N); with the Hydra configs, ++train.checkpoints=N)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def streamed_products(
@@ -117,6 +138,11 @@ class TracIn:
     ) -> TracIn:
         """Record the checkpoints and the training set (gradients are streamed in ``score``).
 
+        Warns:
+            UserWarning: at most one checkpoint has a nonzero ``segment_learning_rate`` (one
+                checkpoint, or one and the step-0 start): TracIn is then grad-dot scaled by the
+                learning rate, not a trajectory (see :func:`warn_if_single_checkpoint`).
+
         Raises:
             ValueError: no checkpoints, a checkpoint listed twice, an empty training set, or a
                 non-positive chunk size.
@@ -130,6 +156,9 @@ class TracIn:
         only the examples its stage trained on (the others took no step there), so an example's
         score sums over the stages that saw it (0 where none did).
 
+        Warns:
+            UserWarning: as ``fit``, counting the checkpoints of every stage.
+
         Raises:
             ValueError: as ``fit``; bad stage examples (see :func:`stage_indices`); a checkpoint
                 listed twice (its term would be counted twice).
@@ -142,6 +171,7 @@ class TracIn:
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
         examples = [stage_indices(stage.examples, len(train)) for stage in stages]
+        warn_if_single_checkpoint([c for stage in stages for c in stage.checkpoints])
         self._model_factory, self._train = model_factory, train
         self.checkpoints = [c for stage in stages for c in stage.checkpoints]
         pairs = zip(stages, examples, strict=True)

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from experiments.unlearn_table import collect, klom_cell, setting_text, tuned
+from experiments.unlearn_table import (
+    METHODS,
+    collect,
+    display_name,
+    klom_cell,
+    main,
+    setting_text,
+    tuned,
+)
 
 
 def _record(**changes) -> dict:
@@ -61,3 +69,68 @@ def test_klom_cells_show_the_interval_where_one_was_recorded():
     klom = {"forget": 9.4791, "forget_ci95": [9.3995, 9.538], "retain": 5.0}
     assert klom_cell(klom, "forget") == "9.48 (9.40-9.54)"
     assert klom_cell(klom, "retain") == "5.00"
+
+
+def test_display_names_follow_the_readme_and_keep_a_variant_or_an_unknown_name():
+    spelled = [display_name(m) for m in (*METHODS, "npo", "wagle", "wagle_npo")]
+    assert spelled == [
+        "retrain",
+        "FT",
+        "GA",
+        "RL",
+        "GradDiff",
+        "SalUn",
+        "ℓ1-sparse",
+        "prune → unlearn",
+        "NPO",
+        "WAGLE (GradDiff)",
+        "WAGLE (NPO)",
+    ]
+    assert display_name("salun-mixed") == "SalUn (mixed)"
+    assert display_name("ft-adam") == "FT (adam)"
+    assert display_name("wagle_npo-joint") == "WAGLE (NPO, joint)"
+    assert display_name("dmm-trak-m20") == "DMM (trak-m20)"
+    assert display_name("my_method") == "my_method"  # not a known unlearner: as given
+
+
+def _finished() -> dict:
+    """A complete ``experiments/unlearning.py`` record of one method, as the table reads it."""
+    metrics = {key: {"mean": 50.0, "ci95": 1.0} for key in ("UA", "RA", "TA", "MIA")}
+    klom = {"forget": 5.0, "retain": 5.0, "validation": 5.0}
+    original = {"metrics": metrics, "average_gap": 1.0, "klom": klom}
+    return _record(
+        metrics=metrics,
+        average_gap=1.0,
+        klom=klom,
+        time_fraction={"mean": 0.1},
+        original=original,
+        oracle_metrics=metrics,
+        settings={"threads": 1},
+    )
+
+
+def test_the_printed_tables_spell_methods_as_the_readme_and_the_record_keeps_the_keys(
+    tmp_path, monkeypatch, capsys
+):
+    """The tables said ``l1_sparse`` and ``prune_then_unlearn`` where the README says
+    ``ℓ1-sparse`` and ``prune → unlearn``; the runs others read stay keyed by result name."""
+    methods = ["retrain", "l1_sparse", "prune_then_unlearn", "salun-mixed", "ga"]
+    for method in methods[:-1]:
+        _write(tmp_path, method, "class", _finished())
+    output = tmp_path / "table.json"
+    arguments = ["unlearn_table", str(tmp_path), "--forget", "class", "--output", str(output)]
+    monkeypatch.setattr("sys.argv", [*arguments, "--allow-missing", "--methods", *methods])
+    main()
+    printed = capsys.readouterr().out.splitlines()
+    labels = [line.split(" | ")[0].removeprefix("| ") for line in printed if line.startswith("| ")]
+    assert labels[:6] == [
+        "method",
+        "retrain",
+        "ℓ1-sparse",
+        "prune → unlearn",
+        "SalUn (mixed)",
+        "GA",
+    ]
+    record = json.loads(output.read_text())
+    assert list(record["runs"]["class"]) == methods[:-1]
+    assert "| GA | no result |" in record["tables"]["class"]

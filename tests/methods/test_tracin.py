@@ -1,6 +1,7 @@
 """TracIn-CP against a float64 loop over checkpoints with explicit per-example autograd."""
 
 import os
+import warnings
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -106,3 +107,29 @@ def test_a_checkpoint_listed_twice_is_refused_not_counted_twice(trained):
             [TrainingStage(checkpoints[:2], [0, 1]), TrainingStage([again], [2])],
             train_set,
         )
+
+
+def test_one_checkpoint_warns_that_tracin_is_grad_dot_once_per_fit(trained, tmp_path):
+    """Over one checkpoint TracIn is η·grad-dot: users asking for a trajectory are told so, with
+    the count and the setting that saves more. The step-0 start (η = 0) is not a second one."""
+    checkpoints, train_set, _ = trained
+    with pytest.warns(UserWarning, match=r"TracIn got 1 checkpoint: .*\(grad-dot\)") as caught:
+        TracIn().fit(factory, checkpoints[-1:], train_set)
+    assert len(caught) == 1
+    assert "TrainConfig(checkpoints=N)" in str(caught[0].message)
+    assert "++train.checkpoints=N" in str(caught[0].message)
+    config = TrainConfig(epochs=2, batch_size=8, checkpoints=1, save_initial=True)
+    started = train(factory(), train_set, config, checkpoint_dir=tmp_path).checkpoints
+    assert [c.segment_learning_rate == 0 for c in started] == [True, False]
+    with pytest.warns(UserWarning, match=r"got 2 checkpoints, 1 with a nonzero segment") as caught:
+        TracIn().fit_stages(factory, [TrainingStage(started)], train_set)
+    assert len(caught) == 1
+
+
+def test_several_checkpoints_fit_without_a_warning(trained):
+    checkpoints, train_set, _ = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TracIn().fit(factory, checkpoints[:2], train_set)
+        stages = [TrainingStage(checkpoints[:1], [0, 1]), TrainingStage(checkpoints[1:2], [2])]
+        TracIn().fit_stages(factory, stages, train_set)  # one per stage: still two terms
