@@ -21,6 +21,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from tda.atomic import write_bytes_atomic
+from tda.data.queries import first_queries
 from tda.device import on_device
 from tda.eval import (
     CounterfactualStore,
@@ -43,7 +44,7 @@ def main(cfg: DictConfig) -> float | None:
     path = workspace / "scores" / f"{cfg.scores_name}.npy"
     scores, made = read_scores(path, mmap=True)
     splits = instantiate(cfg.data)
-    queries = splits.test.subset(range(cfg.queries))
+    queries = first_queries(splits.test, cfg.queries)
     if made["query_fingerprint"] != queries.fingerprint():
         raise ValueError(f"{path} scores other queries than the first {cfg.queries} test examples")
     if made["train_fingerprint"] != splits.train.fingerprint():

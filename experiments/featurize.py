@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from tda.data.queries import first_queries
 from tda.device import on_device
 from tda.ensemble import check_member, load_member, store_id
 from tda.features import featurize, open_feature_store, shard_count
@@ -29,7 +30,7 @@ def main(cfg: DictConfig) -> int:
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
     splits = instantiate(cfg.data)
-    examples = {"train": splits.train, "query": _queries(cfg.queries, splits.test)}
+    examples = {"train": splits.train, "query": first_queries(splits.test, cfg.queries)}
     sizes = {name: len(data) for name, data in examples.items()}
     shards = _shards_of(cfg.shards, sizes, cfg.shard_size)
     model_factory = on_device(instantiate(cfg.model), cfg.device)
@@ -63,18 +64,8 @@ def _finals(cfg, model_factory, workspace, train) -> dict:
     }
 
 
-def _queries(count: int, test):
-    """The first ``count`` (``queries``) test examples."""
-    if not 1 <= count <= len(test):
-        raise ValueError(
-            f"queries={count} is out of range: the test split has {len(test)} examples; "
-            f"choose queries between 1 and {len(test)}"
-        )
-    return test.subset(range(count))
-
-
 def _storage_dtype(name: str | None) -> torch.dtype | None:
-    """``null`` (the model's dtype), ``bfloat16``, ``float16``, ``float32`` or ``float64``."""
+    """``null`` (the model's compute dtype), ``bfloat16``, ``float16``, ``float32``, ``float64``."""
     choices = {
         "bfloat16": torch.bfloat16,
         "float16": torch.float16,

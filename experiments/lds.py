@@ -19,6 +19,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from tda.atomic import write_json
+from tda.data.queries import first_queries
 from tda.datamodels import GroundTruthStore
 from tda.eval import LDSResult, lds, noise_ceiling
 from tda.scores import read_scores
@@ -102,7 +103,7 @@ def _differences(cfg: DictConfig, truth: GroundTruthStore, made: dict) -> list[s
     """What of the configuration's data, queries and ground-truth settings differs from
     ``truth`` (and the scores' record ``made``); fingerprints a store or record lacks pass."""
     splits = instantiate(cfg.data)
-    train, queries = splits.train.fingerprint(), splits.test.subset(range(cfg.queries))
+    train, queries = splits.train.fingerprint(), first_queries(splits.test, cfg.queries)
     differing = []
     if {truth.train_fingerprint, made.get("train_fingerprint")} - {None, train}:
         differing.append(

@@ -25,6 +25,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from tda.data.queries import first_queries
 from tda.device import on_device
 from tda.ensemble import check_member, store_id
 from tda.features import open_feature_store
@@ -80,12 +81,7 @@ def _members(cfg, model_factory, workspace, seeds, train) -> dict[int, list]:
 def _queries(cfg, splits):
     """The first ``queries`` test examples, or (``query_split=train``) every training example."""
     if cfg.query_split == "test":
-        if not 1 <= cfg.queries <= len(splits.test):
-            raise ValueError(
-                f"queries={cfg.queries} is out of range: the test split has "
-                f"{len(splits.test)} examples; choose queries between 1 and {len(splits.test)}"
-            )
-        return splits.test.subset(range(cfg.queries))
+        return first_queries(splits.test, cfg.queries)
     if cfg.query_split == "train":
         return splits.train
     raise ValueError(f"query_split must be 'test' or 'train', got {cfg.query_split!r}")

@@ -393,13 +393,15 @@ class FeatureStore:
             yield record["start"], decode(block, meta["dtype"])
 
     def merge_from(self, other_root: str | os.PathLike) -> int:
-        """Copy the checkpoints, splits and complete shards of the store at ``other_root``.
+        """Copy the checkpoints, splits, array dtypes (:meth:`keep_array_dtype`) and complete
+        shards of the store at ``other_root``.
 
         Returns:
             The number of shards copied; shards already here with the same content are skipped.
 
         Raises:
-            StoreMismatchError: another config, or a conflicting checkpoint, split or shard.
+            StoreMismatchError: another config, an array either store records that the other
+                keeps in another dtype, or a conflicting checkpoint, split or shard.
         """
         other = FeatureStore(Path(other_root), self.config)  # read only: never write there
         if not (other.root / "manifest.json").is_file():
@@ -407,6 +409,7 @@ class FeatureStore:
         _check_manifest(
             other.root, json.loads((other.root / "manifest.json").read_text()), self.config
         )
+        self._merge_dtypes(other)
         for split, record in other._records("splits").items():
             self.declare_split(split, record["size"], record["data_fingerprint"])
         for checkpoint_id, record in other._records("checkpoints").items():
@@ -421,3 +424,22 @@ class FeatureStore:
                     target = self._shard_dir(checkpoint_id, split)
                     copied += self._put_shard(target, index, record, fills)
         return copied
+
+    def _merge_dtypes(self, other: FeatureStore) -> None:
+        """Refuse ``other`` if it keeps an array that either store records in another dtype than
+        this store; else record its dtypes here (carried into a store that records none)."""
+        names = sorted(set(self._records("dtypes")) | set(other._records("dtypes")))
+        kept = {name: (self.array_dtype(name), other.array_dtype(name)) for name in names}
+        differing = [
+            f"array {name!r} as {dtype_name(there)}, but {self.root} keeps it as {dtype_name(here)}"
+            for name, (here, there) in kept.items()
+            if None not in (here, there) and here != there
+        ]
+        if differing:
+            raise StoreMismatchError(
+                f"store {other.root} keeps {'; '.join(differing)}; a store keeps an array in one "
+                "dtype, so merge only stores written with the same storage_dtype"
+            )
+        for name, (_, there) in kept.items():
+            if there is not None:
+                self.keep_array_dtype(name, there)

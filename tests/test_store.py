@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from pathlib import Path
@@ -240,6 +241,25 @@ def test_merge_refuses_other_config_and_conflicting_shards(tmp_path, reference) 
     conflicting.write_shard("c0", "train", 2, 6, {"features": FEATURES[6:9] * 2})
     with pytest.raises(StoreMismatchError, match="shard 2"):
         reference.merge_from(conflicting.root)
+
+
+def test_merge_refuses_a_store_of_another_dtype_and_carries_the_record(tmp_path) -> None:
+    """The dtype record was ignored: float16 shards joined a float32 store, and a merged store
+    recorded no dtype."""
+    half = _store(tmp_path / "half")
+    half.keep_array_dtype("features", "<f2")
+    half.write_shard("c0", "train", 0, 0, {"features": FEATURES[:6].astype(np.float16)})
+    full = _store(tmp_path / "full")
+    full.keep_array_dtype("features", "<f4")
+    with pytest.raises(
+        StoreMismatchError, match=r"keeps array 'features' as float16, but .* keeps it as float32"
+    ):
+        full.merge_from(half.root)
+    assert not _shard_dir(full).exists()
+    merged = FeatureStore.open(tmp_path / "merged", CONFIG)
+    assert merged.merge_from(half.root) == 1
+    record = json.loads((merged.root / "dtypes" / "features.json").read_text())
+    assert record == {"array": "features", "dtype": "<f2"}
 
 
 @pytest.mark.parametrize("name", ["", "..", "../escape", "a/b", ".hidden", "has space", "ü"])

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from tda.data.examples import Examples, as_examples, check_input_dtype
 from tda.features.gradient import FeatureBatch
 from tda.fingerprint import model_fingerprint
+from tda.layer_capture import compute_dtype
 from tda.projection import derive_seed
 from tda.shards import dtype_name, encode
 from tda.store import FeatureStore, StoreMismatchError
@@ -84,9 +85,10 @@ def featurize(
             so separate processes can share a checkpoint's work.
         storage_dtype: ``torch.float16`` or ``torch.bfloat16`` halve the store (methods
             accumulate in float32 or wider; bfloat16 keeps float32's range, float16 stops
-            at 65504: a shard beyond it is refused); default the features' own dtype (the
-            model's; float32 for a half-precision one). A store keeps its features in the dtype
-            of their first write: another is refused, before anything is computed when named.
+            at 65504: a shard beyond it is refused); default the model's compute dtype (float64
+            for a float64 model, else float32), the dtype of the built-in featurizers' features.
+            A store keeps its features in the dtype of their first write: another is refused
+            before anything is computed.
         progress: show a progress bar per split.
 
     The projection seed is derived from (featurizer seed, ``checkpoint_id``), so any process that
@@ -112,8 +114,8 @@ def featurize(
     for examples in splits.values():
         check_input_dtype(model, examples.inputs)
     _check_store_fits(store, featurizer)
-    if storage_dtype is not None:  # refused before anything is computed (null: at a first shard)
-        _refuse_other_dtype(store, storage_dtype, storage_dtype)
+    dtype = storage_dtype or _model_compute_dtype(model)
+    _refuse_other_dtype(store, dtype, storage_dtype)
     store.register_checkpoint(checkpoint_id, model_fingerprint(model))
     seeded = featurizer.with_seed(derive_seed(featurizer.seed, checkpoint_id))
     shards = shards or {}
@@ -128,7 +130,7 @@ def featurize(
             checkpoint_id,
             split,
             shards.get(split),
-            storage_dtype,
+            dtype,
             progress,
         )
     return written
@@ -154,6 +156,13 @@ def _check_store_fits(store: FeatureStore, featurizer: Featurizer) -> None:
         )
 
 
+def _model_compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype features of ``model`` are computed in: float64 for float64 parameters, else
+    float32 (as :func:`tda.layer_capture.compute_dtype` and the projectors compute)."""
+    parameter = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return compute_dtype(parameter or torch.float32)
+
+
 def _refuse_other_dtype(
     store: FeatureStore, dtype: torch.dtype, storage_dtype: torch.dtype | None
 ) -> None:
@@ -161,21 +170,12 @@ def _refuse_other_dtype(
     its features in another: one store holds one storage dtype (a mixed one cannot be read)."""
     kept, asked = store.array_dtype("features"), _sidecar_dtype(dtype)
     if kept is not None and kept != asked:
-        given = "null" if storage_dtype is None else dtype_name(_sidecar_dtype(storage_dtype))
+        given = "null" if storage_dtype is None else dtype_name(asked)
         raise StoreMismatchError(
             f"store {store.root} keeps its features as {dtype_name(kept)} (its first write "
             f"recorded it), but storage_dtype={given} would write {dtype_name(asked)}; featurize "
             f"with storage_dtype={dtype_name(kept)}, or into a new store directory"
         )
-
-
-def _keep_storage_dtype(
-    store: FeatureStore, dtype: torch.dtype, storage_dtype: torch.dtype | None
-) -> None:
-    """Before features of ``dtype`` are written: refuse them if ``store`` keeps another dtype,
-    else record ``dtype`` (at the store's first write)."""
-    _refuse_other_dtype(store, dtype, storage_dtype)
-    store.keep_array_dtype("features", _sidecar_dtype(dtype))
 
 
 def _sidecar_dtype(dtype: torch.dtype) -> str:
@@ -184,17 +184,20 @@ def _sidecar_dtype(dtype: torch.dtype) -> str:
 
 
 def _featurize_split(
-    model, examples, seeded, store, checkpoint_id, split, shards, storage_dtype, progress
+    model, examples, seeded, store, checkpoint_id, split, shards, dtype, progress
 ) -> int:
+    """Compute and write the missing ``shards`` of ``split``, features as ``dtype`` (checked
+    against the store's before the call)."""
     shard_size = store.config["shard_size"]
     wanted = _validated_shards(shards, shard_count(len(examples), shard_size), split)
     todo = [index for index in wanted if not store.has_shard(checkpoint_id, split, index)]
     for index in tqdm(todo, desc=f"featurize {checkpoint_id}/{split}", disable=not progress):
         start = index * shard_size
         batch = seeded(model, *_rows(examples, start, shard_size))
-        features = batch.features.detach().to("cpu", storage_dtype or batch.features.dtype)
+        features = batch.features.detach().to("cpu", dtype)
         _check_storable(features, batch.features, split, index)
-        _keep_storage_dtype(store, features.dtype, storage_dtype)
+        if index == todo[0]:  # recorded at the first write (the store still guards a race)
+            store.keep_array_dtype("features", _sidecar_dtype(dtype))
         arrays = {
             "features": _storable(features),
             "out_to_loss": _storable(batch.out_to_loss.detach().cpu()),  # bf16 for a bf16 model

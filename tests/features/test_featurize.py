@@ -218,6 +218,50 @@ def test_half_precision_storage(tmp_path, tiny_mlp, tiny_data, dtype, loaded, rt
         np.testing.assert_array_equal(stored, full.features.to(dtype).float().numpy())
 
 
+@pytest.mark.parametrize("complete", [True, False])
+def test_the_models_dtype_on_a_store_of_another_is_refused_before_computing(
+    tmp_path, tiny_mlp, tiny_data, complete
+):
+    """storage_dtype=None on a complete float16 store "wrote 0 shards" without a word (the
+    float64 features differ from the store's record); on an incomplete one it computed a shard
+    before refusing it."""
+    calls = []
+    featurizer = CountingFeaturizer(GradientFeaturizer(DenseProjector(16)), calls)
+    store = open_feature_store(tmp_path, featurizer, shard_size=8)
+
+    def store_as(dtype, shards=None):
+        options = {"checkpoint_id": "c", "shards": shards, "storage_dtype": dtype}
+        featurize(tiny_mlp, {"train": tiny_data}, featurizer, store, **options, progress=False)
+
+    store_as(torch.float16, None if complete else {"train": [0]})
+    calls.clear()
+    with pytest.raises(
+        StoreMismatchError,
+        match=r"keeps its features as float16 .*storage_dtype=null would write float64; "
+        r"featurize with storage_dtype=float16",
+    ):
+        store_as(None)
+    assert calls == [] and store.array_dtype("features") == "<f2"
+
+
+def test_the_dtype_record_is_read_as_often_for_many_shards_as_for_one(
+    tmp_path, tiny_mlp, tiny_data, monkeypatch
+):
+    """It was read two or three times per shard written (checked twice, then recorded)."""
+
+    def reads(shard_size):
+        featurizer = GradientFeaturizer(DenseProjector(16))
+        store = open_feature_store(tmp_path / str(shard_size), featurizer, shard_size=shard_size)
+        counted, read = [], store.array_dtype
+        monkeypatch.setattr(store, "array_dtype", lambda name: counted.append(name) or read(name))
+        splits = {"train": tiny_data}
+        featurize(tiny_mlp, splits, featurizer, store, checkpoint_id="c", progress=False)
+        assert len(store.shards("c", "train")) == shard_count(len(tiny_data), shard_size)
+        return len(counted)
+
+    assert reads(shard_size=2) == reads(shard_size=20)
+
+
 def test_features_beyond_float16_are_refused_not_stored_as_infinity(tmp_path, tiny_mlp, tiny_data):
     featurizer = GradientFeaturizer(IdentityProjector())
     store = open_feature_store(tmp_path, featurizer, shard_size=8)
