@@ -6,7 +6,10 @@ Trains or loads N originals (``${workspace}/models``) and N (+N for the KLOM flo
 and writes UA/RA/TA/MIA, average gap, KLOM P95 and time as a fraction of retraining to
 ``${workspace}/results/<results_name>.json``. A killed run resumes: models and oracles are
 kept, and the proxy search's finished evaluations are read back from its journal
-(``results/.search/<results_name>/``, deleted once the record is written):
+(``results/.search/<results_name>/``, deleted once the record is written). A finished run
+(status ``ok`` or ``diverged``) started again with the same settings (:data:`VOLATILE` aside) and
+library versions is skipped and returns its recorded average gap, so a killed multirun started
+again redoes only its unfinished jobs; ``rerun=true`` recomputes it:
 
     python experiments/unlearning.py unlearner=retrain forget=class   # also trains every model
     python experiments/unlearning.py -m hydra/launcher=local unlearner=ft,ga,rl,salun forget=class
@@ -54,6 +57,9 @@ def setting(cfg: DictConfig) -> tuple:
 @hydra.main(config_path="../conf", config_name="unlearn", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Run the benchmark; returns the average gap to the oracles (inf if unlearning diverged)."""
+    recorded = _finished_gap(cfg)  # before any model is loaded or trained
+    if recorded is not None:
+        return recorded
     workspace, splits, forget_set, factory, config = setting(cfg)
     train = splits.train
     seeds = list(range(cfg.models))
@@ -109,15 +115,70 @@ def _write(cfg: DictConfig, workspace: Path, record: dict) -> None:
         "command": [sys.executable, *sys.argv],
         "overrides": list(HydraConfig.get().overrides.task),
     }
-    path = workspace / "results" / f"{cfg.results_name}.json"
+    path = _record_path(cfg, workspace)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, json.dumps(record, indent=2, allow_nan=False).encode())
     print(f"{path}: {record['status']}, average gap {record.get('average_gap', float('inf')):.2f}")
 
 
-VOLATILE = ("progress", "threads")
-"""Settings that do not change a run's record: a rerun that differs only in them may replace it,
-and a killed run restarted with other values of them resumes (its journal and claim)."""
+VOLATILE = ("progress", "threads", "rerun")
+"""Settings that do not change a run's record: a finished run started again with other values of
+them is still skipped (or, with ``rerun=true``, replaced), and a killed run restarted with other
+values of them resumes (its journal and claim)."""
+
+
+def _record_path(cfg: DictConfig, workspace: Path) -> Path:
+    return workspace / "results" / f"{cfg.results_name}.json"
+
+
+def _finished_gap(cfg: DictConfig) -> float | None:
+    """The recorded average gap (inf if it diverged) of this configuration's finished run, which is
+    then skipped: its record holds the same settings (:data:`VOLATILE` aside) and library versions
+    (:func:`_versions`). ``None`` when the run is to be made: no record, ``rerun=true``, or a
+    record of other versions (replaced, as before).
+
+    Raises:
+        ValueError: ``results_name`` holds a record of other settings (:func:`_same_run_record`),
+            refused here before any model is trained.
+    """
+    path = _record_path(cfg, Path(to_absolute_path(cfg.workspace)))
+    record = _same_run_record(cfg, path)
+    if cfg.rerun or record is None or record.get("status") not in ("ok", "diverged"):
+        return None
+    if record.get("versions") != _versions():
+        print(f"{path}: recorded with other library versions; recomputing it")
+        return None
+    gap = record.get("average_gap", float("inf"))
+    print(
+        f"{path}: already recorded with these settings and versions ({record['status']}, "
+        f"average gap {gap:.2f}); skipped (rerun=true recomputes it)"
+    )
+    return gap
+
+
+def _same_run_record(cfg: DictConfig, path: Path) -> dict | None:
+    """The record at ``path`` if it holds this configuration's settings (:data:`VOLATILE` aside,
+    so a record from before a volatile key existed matches); ``None`` if there is none.
+
+    Raises:
+        ValueError: ``path`` records a run with other settings.
+    """
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    settings = json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True)))  # as recorded
+    recorded = record.get("settings", {})
+    differing = sorted(
+        key
+        for key in settings.keys() | recorded.keys()
+        if key not in VOLATILE and settings.get(key) != recorded.get(key)
+    )
+    if differing:
+        raise ValueError(
+            f"{path} records a run with other {differing}; pass another results_name "
+            "(or delete that record to replace it)"
+        )
+    return record
 
 
 def _journal(cfg: DictConfig, workspace: Path) -> tuple[unlearn.SearchJournal, bool]:
@@ -149,20 +210,7 @@ def _claim(cfg: DictConfig, workspace: Path, journal: unlearn.SearchJournal) -> 
     Raises:
         ValueError: ``results_name`` holds, or is being written by, another configuration.
     """
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    path = workspace / "results" / f"{cfg.results_name}.json"
-    if path.is_file():
-        recorded = json.loads(path.read_text()).get("settings", {})
-        differing = sorted(
-            key
-            for key in settings.keys() | recorded.keys()
-            if key not in VOLATILE and settings.get(key) != recorded.get(key)
-        )
-        if differing:
-            raise ValueError(
-                f"{path} records a run with other {differing}; pass another results_name "
-                "(or delete that record to replace it)"
-            )
+    _same_run_record(cfg, _record_path(cfg, workspace))  # one may have finished meanwhile
     claim = journal.root / ".claim"
     made = write_bytes_atomic(claim, journal.context.encode(), replace=False)  # first writer wins
     if claim.read_text() != journal.context:

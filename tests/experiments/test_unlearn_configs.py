@@ -355,3 +355,100 @@ def test_a_failed_run_with_a_journal_or_an_interrupted_one_keeps_its_claim(
         _run_in_process(tmp_path, *FIXED, "tuning.grid=[0.01]")
     monkeypatch.setattr(unlearn, "unlearn_each_stable", stable)
     assert _run_in_process(tmp_path, *overrides)["status"] == "ok"
+
+
+DIVERGING = ("unlearner=ga", "unlearner.loop.optimizer.lr=1e30", "tuning.parameter=null")
+FINISHED = {"ok": FIXED, "diverged": (*DIVERGING, "klom_floor=false", "results_name=x1")}
+
+
+def _no_training(monkeypatch) -> None:
+    """Make loading or training the originals, the first costly step of a run, fail."""
+
+    def training(*args, **kwargs):
+        raise AssertionError("the finished run was computed again")
+
+    monkeypatch.setattr(unlearn, "load_or_train", training)
+
+
+def _record_of(workspace: Path, name: str = "x1") -> Path:
+    return workspace / "results" / f"{name}.json"
+
+
+@pytest.mark.parametrize("status", sorted(FINISHED))
+def test_a_finished_run_started_again_is_skipped_and_returns_its_recorded_gap(
+    tmp_path, monkeypatch, capsys, status
+):
+    # a killed multirun started again must not redo its finished jobs (ok or diverged: gap inf)
+    overrides = FINISHED[status]
+    record = _run_in_process(tmp_path, *overrides)
+    assert record["status"] == status
+    path = _record_of(tmp_path)
+    written, stamp = path.read_bytes(), path.stat().st_mtime_ns
+    _no_training(monkeypatch)
+    capsys.readouterr()
+    again = _run_in_process(tmp_path, *overrides)  # and checks the gap returned is the record's
+    assert again == record and path.read_bytes() == written and path.stat().st_mtime_ns == stamp
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and str(path) in printed[0] and "rerun=true" in printed[0]
+    assert f"({record['status']}, average gap" in printed[0]
+
+
+def test_a_finished_run_differing_only_in_volatile_settings_is_skipped(tmp_path, monkeypatch):
+    # threads and progress change no record; nor does rerun, which a record made before it
+    # existed lacks: each still names the same run
+    _run_in_process(tmp_path, *FIXED)
+    path = _record_of(tmp_path)
+    record = json.loads(path.read_text())
+    del record["settings"]["rerun"]
+    path.write_text(json.dumps(record))
+    _no_training(monkeypatch)
+    threads = torch.get_num_threads()
+    try:
+        assert _run_in_process(tmp_path, *FIXED, "threads=2", "progress=true") == record
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # skipped before the run set its threads
+
+
+def _count_unlearning(monkeypatch) -> list:
+    """Record each call of ``unlearn.unlearn_each_stable`` (the unlearning of the originals)."""
+    calls, stable = [], unlearn.unlearn_each_stable
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return stable(*args, **kwargs)
+
+    monkeypatch.setattr(unlearn, "unlearn_each_stable", counted)
+    return calls
+
+
+def test_rerun_recomputes_a_finished_run_and_replaces_its_record(tmp_path, monkeypatch):
+    _run_in_process(tmp_path, *FIXED)
+    calls = _count_unlearning(monkeypatch)
+    record = _run_in_process(tmp_path, *FIXED, "rerun=true")
+    assert calls == [1] and record["status"] == "ok" and record["settings"]["rerun"] is True
+    assert not (tmp_path / "results" / ".search" / "x1").exists()  # its journal cleared as before
+
+
+def test_a_finished_run_of_other_library_versions_is_recomputed(tmp_path, monkeypatch):
+    _run_in_process(tmp_path, *FIXED)
+    path = _record_of(tmp_path)
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "versions": {**record["versions"], "torch": "0.0"}}))
+    calls = _count_unlearning(monkeypatch)
+    again = _run_in_process(tmp_path, *FIXED)
+    assert calls == [1] and again["versions"] == record["versions"]
+
+
+@pytest.mark.parametrize("rerun", ["false", "true"])
+def test_a_record_of_other_settings_is_refused_before_any_model_is_trained(
+    tmp_path, monkeypatch, rerun
+):
+    # never skipped (its gap is another run's) nor replaced, as before; rerun does not override it
+    _run_in_process(tmp_path, *FIXED)
+    written = _record_of(tmp_path).read_bytes()
+    _no_training(monkeypatch)
+    with pytest.raises(ValueError, match=r"records a run with other \['tuning'\]"):
+        _run_in_process(tmp_path, *FIXED, "tuning.grid=[0.01]", f"rerun={rerun}")
+    assert _record_of(tmp_path).read_bytes() == written
+    assert not (tmp_path / "results" / ".search" / "x1").exists()  # and nothing claimed
