@@ -31,29 +31,65 @@ def _digest(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, allow_nan=False).encode()).hexdigest()
 
 
-def _without_digest(path: Path) -> dict:
-    content = json.loads(path.read_text())
-    content.pop("record_sha256", None)
+def _saved_record(directory: Path) -> dict | None:
+    """The content of ``directory``'s ``audit.json`` (``None`` if there is none).
+
+    Raises:
+        ValueError: an ``audit.json`` that is no saved result's record.
+    """
+    path = directory / AUDIT_FILE
+    if not path.exists():
+        return None
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not the audit record of a saved result: {error}") from error
+    if not isinstance(content, dict) or "model_fingerprint_after" not in content:
+        raise ValueError(f"{path} is not the audit record of a saved result")
     return content
 
 
-def _remove_other_weights(directory: Path, keep: Path) -> None:
-    """Remove weights files in ``directory`` other than ``keep`` (left by an earlier save)."""
-    for path in [directory / LEGACY_MODEL_FILE, *directory.glob("model-*.safetensors")]:
-        if path != keep:
-            path.unlink(missing_ok=True)
-
-
-def _weights_of(directory: Path, fingerprint: str) -> Path:
-    """The weights file the record of ``directory`` names (by ``fingerprint``), or
+def _named_weights(directory: Path, fingerprint: str) -> Path | None:
+    """The weights file of the result with ``fingerprint`` in ``directory``, or
     ``model.safetensors`` as saved before weights were named by their fingerprint."""
     for path in (directory / model_file(fingerprint), directory / LEGACY_MODEL_FILE):
         if path.exists():
             return path
-    raise ValueError(
-        f"weights in {directory} do not match the audit's fingerprint: no "
-        f"{model_file(fingerprint)} there"
-    )
+    return None
+
+
+def _weights_of(directory: Path, fingerprint: str) -> Path:
+    """:func:`_named_weights`, which must exist."""
+    path = _named_weights(directory, fingerprint)
+    if path is None:
+        raise ValueError(
+            f"weights in {directory} do not match the audit's fingerprint: no "
+            f"{model_file(fingerprint)} there"
+        )
+    return path
+
+
+def _previous_result(directory: Path, record: dict, overwrite: bool) -> dict | None:
+    """The record of the result ``directory`` holds, which saving ``record`` replaces.
+
+    Raises:
+        FileExistsError: without ``overwrite``, ``directory`` holds another result or an
+            ``audit.json`` that is none.
+    """
+    try:
+        previous = _saved_record(directory)
+    except ValueError as error:
+        if not overwrite:
+            raise FileExistsError(f"{error}; save elsewhere or pass overwrite=True") from error
+        return None
+    if previous is None or overwrite:
+        return previous
+    if {k: v for k, v in previous.items() if k != "record_sha256"} != record:
+        raise FileExistsError(
+            f"{directory} holds the result of another run (request "
+            f"{previous.get('request_id')}); save elsewhere or pass overwrite=True"
+        )
+    return previous
 
 
 @dataclass(frozen=True)
@@ -92,29 +128,26 @@ class UnlearningResult:
         signature: whoever edits it can recompute it).
 
         The weights file is named by the model's fingerprint and written first, then the record
-        replaces ``audit.json`` atomically, then weights no record names are removed: a process
-        killed at any point leaves a complete result, the old one or the new one (with
-        ``overwrite=True``), never a mix.
+        replaces ``audit.json`` atomically, then the replaced result's weights are removed
+        (no other file is touched): a process killed at any point leaves a complete result, the
+        old one or the new one (with ``overwrite=True``), never a mix.
 
         Raises:
-            FileExistsError: ``directory`` holds another result (saving this one again is
-                fine); pass ``overwrite=True`` to replace it.
+            FileExistsError: ``directory`` holds another result, or an ``audit.json`` that is no
+                result's (saving this one again is fine); pass ``overwrite=True`` to replace it.
         """
         directory = Path(directory)
         record = self.audit.to_dict()
-        saved = directory / AUDIT_FILE
-        if saved.exists() and not overwrite and _without_digest(saved) != record:
-            raise FileExistsError(
-                f"{directory} holds the result of another run (request "
-                f"{json.loads(saved.read_text()).get('request_id')}); save elsewhere or pass "
-                "overwrite=True"
-            )
+        previous = _previous_result(directory, record, overwrite)
         weights = directory / model_file(self.audit.model_fingerprint_after)
         write_bytes_atomic(weights, save(savable_state(self.model)))
         content = {**record, "record_sha256": _digest(record)}
         text = json.dumps(content, indent=2, sort_keys=True, allow_nan=False)
-        write_bytes_atomic(saved, text.encode())
-        _remove_other_weights(directory, keep=weights)
+        write_bytes_atomic(directory / AUDIT_FILE, text.encode())
+        if previous is not None:
+            replaced = _named_weights(directory, previous["model_fingerprint_after"])
+            if replaced not in (None, weights):
+                replaced.unlink()
         return directory
 
     @classmethod
@@ -125,12 +158,20 @@ class UnlearningResult:
         any is copied, so a refused result leaves ``model`` as it was.
 
         Raises:
-            ValueError: the weights do not fit ``model`` or do not match the audit's fingerprint,
-                or the audit record does not match its checksum (edited).
+            ValueError: no saved result in ``directory``; the weights do not fit ``model`` or do
+                not match the audit's fingerprint; or the audit record does not match its
+                checksum, or lacks one although it was saved by a version that writes it (edited).
         """
         directory = Path(directory)
-        content = json.loads((directory / AUDIT_FILE).read_text())
-        recorded = content.pop("record_sha256", None)  # None: saved before records had one
+        content = _saved_record(directory)
+        if content is None:
+            raise ValueError(f"{directory} holds no saved result (no {AUDIT_FILE})")
+        recorded = content.pop("record_sha256", None)
+        if recorded is None and content.get("run_id") is not None:  # run_id came after checksums
+            raise ValueError(
+                f"the audit record in {directory} has no record_sha256, which every record with "
+                "a run_id was saved with: it was edited after it was saved"
+            )
         if recorded is not None and recorded != _digest(content):
             raise ValueError(f"the audit record in {directory} was edited after it was saved")
         audit = AuditRecord.from_dict(content)

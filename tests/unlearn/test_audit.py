@@ -20,6 +20,7 @@ from unlearn import (
     append_audit,
     read_audit_log,
 )
+from unlearn.result import model_file
 
 
 @pytest.fixture
@@ -62,7 +63,11 @@ def test_a_saved_result_loads_back_and_checks_its_fingerprint(result, tmp_path):
     (tmp_path / "run" / "audit.json").write_text(json.dumps(tampered))
     with pytest.raises(ValueError, match="was edited after it was saved"):
         UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
-    del tampered["record_sha256"]  # as saved before records had a checksum
+    del tampered["record_sha256"]  # the checksum removed from an edited record
+    (tmp_path / "run" / "audit.json").write_text(json.dumps(tampered))
+    with pytest.raises(ValueError, match="has no record_sha256, which every record with a run_id"):
+        UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
+    del tampered["run_id"]  # as saved before records had a checksum (or a run_id)
     (tmp_path / "run" / "audit.json").write_text(json.dumps(tampered))
     with pytest.raises(ValueError, match="do not match the audit's fingerprint"):
         UnlearningResult.load(tmp_path / "run", build_model(FACTORY, 1))
@@ -124,6 +129,34 @@ def test_a_result_saved_with_the_old_weights_name_still_loads(result, tmp_path):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_saving_touches_no_weights_but_those_of_the_result_it_replaces(result, tmp_path):
+    """Saving removed every model*.safetensors in the directory, a model's own weights too."""
+    run = tmp_path / "run"
+    run.mkdir()
+    others = ["model.safetensors", "model-00001-of-00002.safetensors", "config.json"]
+    for name in others:
+        (run / name).write_bytes(b"someone else's")
+    result.save(run)
+    replacement = _another_result(result)
+    replacement.save(run, overwrite=True)
+    names = sorted(path.name for path in run.iterdir())
+    assert names == sorted(
+        [*others, "audit.json", model_file(replacement.audit.model_fingerprint_after)]
+    )
+
+
+def test_a_directory_without_a_saved_result_is_named(result, tmp_path):
+    with pytest.raises(ValueError, match="holds no saved result"):
+        UnlearningResult.load(tmp_path, build_model(FACTORY, 1))
+    (tmp_path / "audit.json").write_text("not json")
+    with pytest.raises(ValueError, match="audit.json is not the audit record of a saved result"):
+        UnlearningResult.load(tmp_path, build_model(FACTORY, 1))
+    with pytest.raises(FileExistsError, match="is not the audit record .* pass overwrite=True"):
+        result.save(tmp_path)
+    result.save(tmp_path, overwrite=True)
+    assert UnlearningResult.load(tmp_path, build_model(FACTORY, 1)).audit == result.audit
+
+
 def _state_bits(model) -> dict:
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
@@ -138,7 +171,7 @@ def test_a_refused_saved_result_leaves_the_model_as_it_was(result, tmp_path):
         UnlearningResult.load(tmp_path / "run", other_dtype)
     tampered = json.loads((tmp_path / "run" / "audit.json").read_text())
     tampered["model_fingerprint_after"] = "0" * 64
-    del tampered["record_sha256"]
+    del tampered["record_sha256"], tampered["run_id"]  # as saved before records had them
     (tmp_path / "run" / "audit.json").write_text(json.dumps(tampered))
     same_layout = build_model(FACTORY, 1)
     before_same = _state_bits(same_layout)
