@@ -24,8 +24,26 @@ def integer_positions(values, what: str) -> np.ndarray:
         NotIntegerPositionsError: a boolean mask, or values that are not integers; the message
             starts with ``what``.
     """
+    if isinstance(values, (set, frozenset, dict)):
+        raise NotIntegerPositionsError(
+            f"{what} must be a sequence, array or tensor of integers, not a "
+            f"{type(values).__name__} (it has no order: pass sorted(...))"
+        )
     array = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
     if array.size and (array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer)):
-        given = "a boolean mask" if array.dtype == np.bool_ else f"dtype {array.dtype}"
-        raise NotIntegerPositionsError(f"{what} must be integers, not {given}")
+        raise NotIntegerPositionsError(f"{what} must be integers, not {_described(array)}")
     return array.astype(np.int64)
+
+
+def _described(array: np.ndarray) -> str:
+    """What a non-integer ``array`` holds, in words."""
+    if array.dtype == np.bool_:
+        return "a boolean mask"
+    if array.dtype.kind in "US":
+        return f"strings (such as {str(array.flat[0])!r})"
+    if array.dtype != object:
+        return f"dtype {array.dtype}"
+    odd = [v for v in array.flat if not isinstance(v, (int, np.integer))]
+    if not odd:
+        return "integers beyond the int64 range"
+    return f"values of type {type(odd[0]).__name__} (such as {odd[0]!r})"

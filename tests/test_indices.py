@@ -35,3 +35,19 @@ def test_booleans_and_floats_are_refused_as_type_and_value_errors(values, given)
         integer_positions(values, "forget indices")
     assert issubclass(NotIntegerPositionsError, TypeError)
     assert issubclass(NotIntegerPositionsError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({3, 1}, "not a set \\(it has no order: pass sorted"),
+        ([2**70], "not integers beyond the int64 range"),
+        ([1, "2"], "not strings \\(such as '1'\\)"),
+        ([1, 2.5, None], "not values of type float \\(such as 2.5\\)"),
+        ([1, None], "not values of type NoneType"),
+    ],
+)
+def test_sets_and_other_objects_are_named_as_what_they_are(values, message):
+    """Each was refused as "dtype object", which named none of them."""
+    with pytest.raises(NotIntegerPositionsError, match=f"forget indices .*{message}"):
+        integer_positions(values, "forget indices")

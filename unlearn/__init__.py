@@ -1,4 +1,8 @@
-"""unlearn: remove training examples from PyTorch models and prove it.
+"""unlearn: remove training examples from PyTorch models, with the evidence and the record.
+
+Exact retraining removes them; the approximate methods are measured, not proven: each result's
+metrics (UA / RA / TA / MIA, before and after) are evidence, best read beside retrained oracles
+(:mod:`unlearn.benchmark`, :mod:`unlearn.klom`).
 
 A validated :class:`UnlearningRequest` names the examples to forget; an :class:`Unlearner` runs
 one method (exact retraining, FT, GA, RL, GradDiff, NPO, SalUn, WAGLE, ℓ1-sparse, prune first

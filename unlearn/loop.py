@@ -138,7 +138,13 @@ def _build_optimizer(model: nn.Module, config: LoopConfig, mask: Mask | None):
         p for name, p in model.named_parameters() if p.requires_grad and name not in frozen
     ]
     if not trainable:
-        raise ValueError("the mask freezes every weight of the model; nothing can be unlearned")
+        cause = (
+            "every parameter of the model has requires_grad=False (requires_grad_(True) "
+            "unfreezes them)"
+            if not any(p.requires_grad for p in model.parameters())
+            else "the mask freezes every weight the model lets change"
+        )
+        raise ValueError(f"{cause}; nothing can be unlearned")
     return config.optimizer(trainable)
 
 

@@ -176,6 +176,9 @@ def test_bad_masks_phases_and_configs_are_refused(tiny_mlp, tiny_data):
     for message, mask in bad_masks.items():
         with pytest.raises(ValueError, match=message):
             unlearning_loop(tiny_mlp, [phase], mask=mask)
+    frozen = copy.deepcopy(tiny_mlp).requires_grad_(False)  # no mask: the model's own doing
+    with pytest.raises(ValueError, match="every parameter of the model has requires_grad=False"):
+        unlearning_loop(frozen, [phase])
     with pytest.raises(ValueError, match="at least one phase"):
         unlearning_loop(tiny_mlp, [])
     with pytest.raises(ValueError, match="source 'forget' has no examples"):
