@@ -9,7 +9,10 @@ lock file keeps other appenders out, so a crash leaves either the old or the new
 Each line carries ``chain_sha256``: the SHA-256 of the line before it (its bytes) and of its own
 record, so reading the log finds a line edited, removed or moved (all but the last lines'
 removal). A checksum against accidents and casual edits, not a signature: whoever rewrites the
-log can recompute the chain. Lines written before the chain existed read as before.
+log can recompute the chain. Lines written before the chain existed read as before; a line
+without a chain is taken for one of them only where it could be one: before every chained line,
+and without a ``run_id`` (added with the chain, so every record with one was written chained).
+Otherwise its chain was removed, and the edit it would hide is refused like any other.
 """
 
 from __future__ import annotations
@@ -198,28 +201,48 @@ def read_audit_log(log_path: str | os.PathLike) -> list[AuditRecord]:
 
     Raises:
         ValueError: a line that is no audit record, or whose ``chain_sha256`` does not match it
-            and the line before (edited, or a line before it removed or moved), its number named.
+            and the line before (it or a line before it edited, or a line before it removed or
+            moved), or that lacks one where every line was written with one (after a chained
+            line, or with a ``run_id``), its number named.
     """
     lines = Path(log_path).read_bytes().splitlines()
-    records, previous = [], b""
+    records, previous, chain_seen = [], b"", False
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(_read_line(line, previous))
+            record, chained = _read_line(line, previous)
+            if not chained:
+                _check_unchained(record, chain_seen)
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"audit log {log_path}, line {number}: {error}") from error
-        previous = line
+        records.append(record)
+        previous, chain_seen = line, chain_seen or chained
     return records
 
 
-def _read_line(line: bytes, previous: bytes) -> AuditRecord:
+def _read_line(line: bytes, previous: bytes) -> tuple[AuditRecord, bool]:
+    """The line's record and whether it carries a chain (checked against ``previous``)."""
     content = json.loads(line)
     chained = content.pop(CHAIN_KEY, None) if isinstance(content, dict) else None
     record = AuditRecord.from_dict(content)
     if chained is not None and chained != _chain(previous, record.to_json()):
         raise ValueError(
             "its chain_sha256 does not match its record and the line before it: the line was "
-            "edited, or a line before it was removed or moved"
+            "edited, or a line before it was edited, removed or moved"
         )
-    return record
+    return record, chained is not None
+
+
+def _check_unchained(record: AuditRecord, chain_seen: bool) -> None:
+    """A line without ``chain_sha256`` reads only as one written before the chain existed."""
+    if chain_seen:
+        raise ValueError(
+            "it has no chain_sha256 but follows a chained line, and every line appended since "
+            "the chain existed carries one: its chain was removed (was the line edited?)"
+        )
+    if record.run_id is not None:
+        raise ValueError(
+            f"it has no chain_sha256 but has a run_id ({record.run_id}), and every record with a "
+            "run_id was written with one: its chain was removed (was the line edited?)"
+        )

@@ -23,6 +23,8 @@ from torch import nn
 from tda.data.examples import Examples, as_examples, check_input_dtype
 from tda.describe import describe, qualified_name
 from tda.fingerprint import model_fingerprint
+from tda.outputs import logits_of
+from tda.task import IGNORE_INDEX
 from tda.timing import warm_up_torch
 from unlearn.audit import AuditRecord, check_audit_log, new_run_id
 from unlearn.masks import Mask, check_mask, describe_mask
@@ -51,7 +53,13 @@ def _check_request(request, method, model_before: str, train: Examples, data_bef
             f"examples but {len(train)} were given"
         )
     if request.data_fingerprint is not None and request.data_fingerprint != data_before:
-        raise ValueError(f"request {request.request_id} targets different training data")
+        raise ValueError(
+            f"request {request.request_id} targets training data "
+            f"{request.data_fingerprint[:12]}... but was given data {data_before[:12]}...: another "
+            "split, the same examples in another order, or other values or dtypes (the "
+            "fingerprint covers the inputs' and targets' values, dtypes, shapes and order); "
+            "refusing to unlearn from different training data"
+        )
     if request.is_empty and method.requires_forget_set:
         raise ValueError(
             f"{type(method).__name__} needs forget examples but request {request.request_id} "
@@ -60,6 +68,12 @@ def _check_request(request, method, model_before: str, train: Examples, data_bef
 
 
 def _check_history(request, model_before: str, records: list[AuditRecord]) -> None:
+    """Refuse a request the audit log shows would bring back examples already forgotten."""
+    _check_carries_earlier_forgets(request, model_before, records)
+    _check_not_superseded(request, model_before, records)
+
+
+def _check_carries_earlier_forgets(request, model_before: str, records: list[AuditRecord]):
     """Refuse a request on a model the log says an earlier request produced, unless it carries
     what that request had forgotten (``previously_forgotten``): built by hand instead of by
     :meth:`UnlearningResult.next_request`, it would put those examples back in the retain set."""
@@ -79,14 +93,83 @@ def _check_history(request, model_before: str, records: list[AuditRecord]) -> No
         )
 
 
-def _on_model(model: nn.Module, data: Examples) -> Examples:
-    """``data`` on the model's device; floating inputs of another dtype are refused, as
-    everywhere in the library (:func:`tda.data.examples.check_input_dtype`), not cast."""
+def _check_not_superseded(request, model_before: str, records: list[AuditRecord]) -> None:
+    """Refuse a request on a model the log says earlier requests already unlearned from, unless
+    its ``forget_indices`` hold all that they forgot from it: this model still holds those
+    examples (``previously_forgotten`` would claim they were gone), so the new model would hold
+    them again. An empty request is refused too: it would hand this model back as a result. The
+    same request run again passes."""
+    forgotten, missing = set(request.forget_indices), {}  # earlier request id -> examples lacked
+    for record in records:
+        lacking = set(record.request.forget_indices) - forgotten
+        if record.model_fingerprint_before == model_before and lacking:
+            missing.setdefault(record.request_id, set()).update(lacking)
+    if not missing:
+        return
+    lacked = sorted(set().union(*missing.values()))
+    claimed = len(set(lacked) & set(request.previously_forgotten))
+    note = f"; {claimed} of them in its previously_forgotten, never removed here" if claimed else ""
+    earlier = ("requests " if len(missing) > 1 else "request ") + ", ".join(missing)
+    raise ValueError(
+        f"request {request.request_id} is for model {model_before[:12]}..., which the audit log "
+        f"shows {earlier} already unlearned from; its forget_indices lack {len(lacked)} of the "
+        f"examples forgotten from it (e.g. {lacked[:5]}{note}), which this model still holds, so "
+        "the new model would hold them again: unlearn from that request's result "
+        "(result.next_request(...)), or add them to forget_indices"
+    )
+
+
+def _on_model(model: nn.Module, data: Examples, name: str) -> Examples:
+    """``data`` (called ``name``) on the model's device; floating inputs of another dtype are
+    refused, as everywhere in the library (:func:`tda.data.examples.check_input_dtype`), not
+    cast."""
     reference = next(iter(model.parameters()), None)
     if reference is None:
         raise ValueError("the model has no parameters to unlearn")
-    check_input_dtype(model, data.inputs)
+    try:
+        check_input_dtype(model, data.inputs)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from error
     return data.to(reference.device)
+
+
+def _check_fits(model: nn.Module, data: Examples, name: str, *, classes: bool) -> None:
+    """Refuse ``data`` the model cannot read before the run, not in the metrics after it.
+
+    The model runs on the first example (eval mode, no gradients, its modes restored: the
+    caller's model and the random state are untouched). With ``classes`` (the metrics read
+    targets as class indices into the outputs' last axis) every target must be one.
+    """
+    example = _on_model(model, data.subset([0]), name)
+    try:
+        logits = logits_of(model, example)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        raise ValueError(
+            f"{name} does not fit the model: the forward pass on its first example (inputs of "
+            f"shape {list(example.inputs.shape[1:])}) failed: {error}"
+        ) from error
+    if classes:
+        _check_classes(data.targets, logits, name)
+
+
+def _check_classes(targets: torch.Tensor, logits: torch.Tensor, name: str) -> None:
+    """Targets ``[n]`` for outputs ``[1, C]``, ``[n, T]`` for ``[1, T, C]`` (sequences may skip
+    positions with :data:`~tda.task.IGNORE_INDEX`), each in ``[0, C)``."""
+    classes, per_example = logits.shape[-1], list(logits.shape[1:-1])
+    if targets.is_floating_point() or list(targets.shape[1:]) != per_example:
+        expected = ", ".join(["n", *map(str, per_example)])
+        raise ValueError(
+            f"{name} has {targets.dtype} targets of shape {list(targets.shape)}, but the metrics "
+            f"read class indices of shape [{expected}] for the model's outputs of shape "
+            f"{list(logits.shape[1:])} (pass compute_metrics=False to skip the metrics)"
+        )
+    counted = targets[targets != IGNORE_INDEX] if targets.dim() > 1 else targets
+    outside = counted[(counted < 0) | (counted >= classes)]
+    if outside.numel():
+        raise ValueError(
+            f"{name} has label {int(outside[0])}, outside the model's {classes} outputs (classes "
+            f"0 to {classes - 1}); {outside.numel()} labels are out of range"
+        )
 
 
 @dataclass(frozen=True)
@@ -135,20 +218,22 @@ class Unlearner:
             test_data: held-out examples for TA and MIA-efficacy (optional).
 
         Raises:
-            ValueError: the model, data or forget set do not fit the request or the method, or a
-                bad mask. Nothing is returned or logged and ``model`` is untouched.
+            ValueError: the model, data or forget set do not fit the request or the method; a
+                bad mask; training or test data the model cannot read (a forward pass on the
+                first example) or, with ``compute_metrics``, whose targets are no classes of its
+                outputs; with an audit log, a request the log shows would bring back forgotten
+                examples. All found before the run: nothing is returned or logged and ``model``
+                is untouched.
             FloatingPointError: the unlearning loss or weights became NaN / infinite.
         """
         train = as_examples(train_data)
         test = as_examples(test_data) if test_data is not None else None
-        if test is not None and len(test) == 0:  # refused now, not after the unlearning run
-            raise ValueError("test_data is empty; pass held-out examples or None")
         model_before, data_before = model_fingerprint(model), train.fingerprint()
-        _check_request(request, self.method, model_before, train, data_before)
-        if self.audit_log is not None:  # a damaged log or a broken chain: refused before the run
-            _check_history(request, model_before, check_audit_log(self.audit_log))
+        self._refuse_before_the_run(model, request, (train, test), (model_before, data_before))
         mask = check_mask(model, self.mask) if self.mask is not None else None
-        split = ForgetSplit.of(_on_model(model, train), request, train_fingerprint=data_before)
+        split = ForgetSplit.of(
+            _on_model(model, train, "train_data"), request, train_fingerprint=data_before
+        )
         warm_up_torch()
         start = time.perf_counter()
         unlearned = copy.deepcopy(model)
@@ -170,10 +255,23 @@ class Unlearner:
             result.append_audit(self.audit_log)
         return result
 
+    def _refuse_before_the_run(self, model, request, data, fingerprints) -> None:
+        """Every check that can fail without running the method, so that a failure costs no
+        unlearning run (an exact retraining, say) and leaves no trace."""
+        (train, test), (model_before, data_before) = data, fingerprints
+        if test is not None and len(test) == 0:
+            raise ValueError("test_data is empty; pass held-out examples or None")
+        _check_request(request, self.method, model_before, train, data_before)
+        if self.audit_log is not None:  # a damaged log or a broken chain, too
+            _check_history(request, model_before, check_audit_log(self.audit_log))
+        for name, examples in (("train_data", train), ("test_data", test)):
+            if examples is not None:
+                _check_fits(model, examples, name, classes=self.compute_metrics)
+
     def _metrics(self, model, split: ForgetSplit, test_data, seed: int) -> dict[str, float]:
         if not self.compute_metrics:
             return {}
-        test = _on_model(model, test_data) if test_data is not None else None
+        test = _on_model(model, test_data, "test_data") if test_data is not None else None
         return unlearning_metrics(model, split.forget, split.retain, test, seed=seed)
 
     def _audit(self, request, model_before, unlearned, data_before, measured, timings):

@@ -251,6 +251,50 @@ def test_each_run_of_a_request_has_its_own_run_id(mnist, trained, result):
 
 def test_a_bad_line_of_the_log_is_named(result, tmp_path):
     log = tmp_path / "audit.jsonl"
-    log.write_text(result.audit.to_json() + "\n" + "{not json\n")
+    append_audit(result.audit, log)
+    log.write_text(log.read_text() + "{not json\n")
     with pytest.raises(ValueError, match="line 2"):
+        read_audit_log(log)
+
+
+def _unchained(line: str, **changes) -> str:
+    content = json.loads(line)
+    del content["chain_sha256"]
+    return json.dumps({**content, **changes}) + "\n"
+
+
+def test_a_line_whose_chain_was_removed_is_refused(result, mnist, trained, tmp_path):
+    """Deleting an edited line's chain_sha256 let the edit pass as a line written before the
+    chain, and the next run chained onto it."""
+    log = tmp_path / "audit.jsonl"
+    for _ in range(3):
+        append_audit(result.audit, log)
+    lines = log.read_text().splitlines(keepends=True)
+    metrics = {**result.audit.metrics, "UA": 100.0}
+    unlearner = Unlearner(FineTune(LoopConfig(epochs=1)), audit_log=log, compute_metrics=False)
+    for damaged, line, why in (
+        ([lines[0], lines[1], _unchained(lines[2], metrics=metrics)], 3, "but follows a chained"),
+        ([lines[0], _unchained(lines[1], no_op=True), lines[2]], 2, "but follows a chained"),
+        ([_unchained(lines[0], metrics=metrics), lines[1], lines[2]], 1, "but has a run_id"),
+        ([_unchained(line, metrics=metrics) for line in lines], 1, "but has a run_id"),
+    ):
+        log.write_text("".join(damaged))
+        with pytest.raises(ValueError, match=f"line {line}: it has no chain_sha256 {why}"):
+            read_audit_log(log)
+        with pytest.raises(ValueError, match=f"line {line}: it has no chain_sha256 {why}"):
+            unlearner.unlearn(trained, mnist.train, result.audit.request)  # nothing appended
+        assert log.read_text() == "".join(damaged)
+
+
+def test_a_line_written_before_the_chain_is_covered_by_the_next_chained_line(result, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    content = result.audit.to_dict()
+    del content["run_id"]
+    log.write_text(json.dumps(content) + "\n")
+    append_audit(result.audit, log)
+    old, chained = log.read_text().splitlines(keepends=True)
+    log.write_text(old.replace('"no_op": false', '"no_op": true') + chained)
+    with pytest.raises(
+        ValueError, match="line 2: its chain_sha256 does not match .* a line before it was edited"
+    ):
         read_audit_log(log)

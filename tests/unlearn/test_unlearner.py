@@ -1,9 +1,12 @@
+import re
 from functools import partial
 
 import pytest
 import torch
 
+from tda.data import Examples
 from tda.fingerprint import model_fingerprint
+from tda.models import build_model
 from tests.unlearn.reference import FACTORY, TRAIN_CONFIG
 from unlearn import (
     ExactRetraining,
@@ -71,7 +74,7 @@ def test_bad_requests_leave_the_model_and_the_audit_log_untouched(mnist, trained
         unlearner.unlearn(trained, mnist.train, other_model)
     with pytest.raises(ValueError, match="training set of 500 examples but 300 were given"):
         unlearner.unlearn(trained, mnist.train, UnlearningRequest([1], train_size=500))
-    with pytest.raises(ValueError, match="targets different training data"):
+    with pytest.raises(ValueError, match="targets training data ffffffffffff... but was given"):
         request = UnlearningRequest([1], train_size=300, data_fingerprint="f" * 64)
         unlearner.unlearn(trained, mnist.train, request)
     with pytest.raises(ValueError, match="parameters are torch.float32 but the inputs are"):
@@ -179,3 +182,124 @@ def test_the_record_shows_the_metrics_before_and_after(mnist, trained):
         trained, mnist.train, request, test_data=mnist.test
     )
     assert quiet.metrics_before is None and quiet.metrics == result.metrics
+
+
+def test_a_request_for_other_training_data_names_both_fingerprints_and_the_likely_causes(
+    mnist, trained
+):
+    """The message named neither fingerprint nor what could differ."""
+    request = UnlearningRequest([1], train_size=300, data_fingerprint=mnist.train.fingerprint())
+    shuffled = mnist.train.subset(torch.randperm(300, generator=torch.Generator().manual_seed(0)))
+    expected = (
+        f"targets training data {mnist.train.fingerprint()[:12]}... but was given data "
+        f"{shuffled.fingerprint()[:12]}...: another split, the same examples in another order, "
+        "or other values or dtypes"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        Unlearner(FineTune(QUICK)).unlearn(trained, shuffled, request)
+
+
+def test_a_request_on_a_model_already_unlearned_from_must_forget_what_was_forgotten_from_it(
+    mnist, trained, tmp_path
+):
+    """A request on the model an earlier request started from was accepted: the new model, made
+    from the original, still held the examples the platform had already erased."""
+    log = tmp_path / "audit.jsonl"
+    unlearner = Unlearner(FineTune(QUICK), audit_log=log, compute_metrics=False)
+    first = unlearner.unlearn(trained, mnist.train, _request(trained, indices=[1, 2]))
+    logged, before = log.read_bytes(), model_fingerprint(trained)
+    for indices in ([3], [], [1, 3]):
+        fork = _request(trained, indices=indices)
+        with pytest.raises(
+            ValueError,
+            match=(
+                f"the audit log shows request {first.audit.request_id} already unlearned from; "
+                r"its forget_indices lack \d of the examples forgotten from it \(e.g. \[(1, )?2\]\)"
+                r".*result.next_request\(...\)\), or add them to forget_indices"
+            ),
+        ):
+            unlearner.unlearn(trained, mnist.train, fork)
+    assert log.read_bytes() == logged and model_fingerprint(trained) == before
+    again = unlearner.unlearn(trained, mnist.train, first.audit.request)  # the same request
+    assert again.audit.model_fingerprint_after == first.audit.model_fingerprint_after
+    more = unlearner.unlearn(trained, mnist.train, _request(trained, indices=[1, 2, 3]))
+    second = unlearner.unlearn(first.model, mnist.train, first.next_request([5]))
+    with pytest.raises(ValueError, match=f"shows request {second.audit.request_id} already"):
+        unlearner.unlearn(first.model, mnist.train, first.next_request([6]))
+    with pytest.raises(ValueError, match=f"shows requests {first.audit.request_id}, "):
+        unlearner.unlearn(trained, mnist.train, _request(trained, indices=[9]))
+    assert more.audit.request.forget_indices == (1, 2, 3)
+    # without an audit log there is no history to check
+    Unlearner(FineTune(QUICK)).unlearn(trained, mnist.train, _request(trained, indices=[3]))
+
+
+class _NeverRuns(FineTune):
+    def unlearn(self, *args, **kwargs):
+        raise AssertionError("the method ran before the data was checked")
+
+
+def test_data_the_model_cannot_read_is_refused_before_the_run(mnist, trained, tmp_path):
+    """Test inputs of the wrong width or labels past the model's outputs were found only by the
+    metrics, after the (possibly long) run, as torch errors that did not name test_data."""
+    log, before = tmp_path / "audit.jsonl", model_fingerprint(trained)
+    unlearner = Unlearner(_NeverRuns(QUICK), audit_log=log)
+    train, test = mnist.train, mnist.test
+    for train_data, test_data, message in (
+        (
+            train,
+            (test.inputs[:, :30], test.targets),
+            r"test_data does not fit the model: the "
+            r"forward pass on its first example \(inputs of shape \[30\]\) failed: mat1 and mat2",
+        ),
+        (
+            train,
+            (test.inputs, test.targets + 10),
+            r"test_data has label 1\d, outside the model's "
+            r"10 outputs \(classes 0 to 9\); 100 labels are out of range",
+        ),
+        (
+            train,
+            test.to(dtype=torch.float64),
+            "test_data: the model's parameters are torch.float32",
+        ),
+        (
+            train,
+            Examples(test.inputs, test.inputs),  # a regression's targets
+            "test_data has torch.float32 targets of shape "
+            r"\[100, 40\], but the metrics read class indices of shape \[n\]",
+        ),
+        ((train.inputs[:, :30], train.targets), test, "train_data does not fit the model"),
+        ((train.inputs, train.targets - 1), None, "train_data has label -1, outside"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            unlearner.unlearn(trained, train_data, _request(trained), test_data=test_data)
+    assert not log.exists() and model_fingerprint(trained) == before
+    quiet = Unlearner(FineTune(QUICK), compute_metrics=False)  # targets not read as classes
+    result = quiet.unlearn(
+        trained, mnist.train, _request(trained), test_data=(test.inputs, -test.targets)
+    )
+    assert result.metrics == {}
+
+
+def test_checking_the_data_leaves_the_callers_model_and_the_result_as_they_were(mnist):
+    """The check runs the caller's model: a normalisation or dropout layer in training mode
+    must come back in it, with its statistics, and the result must not depend on the check."""
+
+    def with_normalisation_and_dropout():
+        return torch.nn.Sequential(
+            torch.nn.Linear(40, 16),
+            torch.nn.BatchNorm1d(16),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.5),
+            torch.nn.Linear(16, 10),
+        )
+
+    model = build_model(with_normalisation_and_dropout, 0).train()
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    unlearner = Unlearner(FineTune(QUICK))
+    checked = unlearner.unlearn(model, mnist.train, _request(model), test_data=mnist.test)
+    assert all(module.training for module in model.modules())
+    assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
+    unchecked = Unlearner(FineTune(QUICK), compute_metrics=False)
+    alone = unchecked.unlearn(model, mnist.train, _request(model))
+    assert checked.audit.model_fingerprint_after == alone.audit.model_fingerprint_after
