@@ -48,6 +48,16 @@ def test_the_goal_needs_both_measures_strictly_below_every_baseline():
     assert hindsight.goal(rows) == {}  # without every baseline there is nothing to check
 
 
+def test_reachable_values_beat_every_baseline_row_on_both_measures():
+    baselines = {"ft": {"gap": 5.0, "klom": 8.0}, "ga": {"gap": 6.0, "klom": 7.0}}
+    baselines["rl"] = {"gap": 3.0, "klom": 9.0}
+    grid = [0.1, 0.3, 1.0, 3.0]
+    salun = _result(grid, [1.0] * 4, [2.0, 2.0, 4.0, None], [6.9, 7.0, 6.0, None])
+    assert hindsight.reachable({"salun": salun}, baselines) == {"salun": [0.1]}
+    nowhere = _result(grid, [1.0] * 4, [3.0, 9.0, 1.0, 1.0], [1.0, 1.0, 8.5, 7.5])
+    assert hindsight.reachable({"l1_sparse": nowhere}, baselines) == {"l1_sparse": []}
+
+
 def test_a_tiny_run_scores_the_proxy_choice_on_f_and_resumes(tmp_path, monkeypatch):
     overrides = [
         f"workspace={tmp_path / 'ws'}", "models=2", "tuning.models=2", "tuning.grid=[0.01,0.1]",
