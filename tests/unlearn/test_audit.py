@@ -232,13 +232,18 @@ def test_the_log_finds_a_line_edited_removed_or_moved(result, tmp_path):
             read_audit_log(log)
 
 
-def test_a_log_written_before_the_chain_still_reads_and_is_appended_to(result, tmp_path):
+def _pre_chain_log(result, tmp_path):
+    """A log of one line as written before the chain (no run_id either), then one appended."""
     log = tmp_path / "audit.jsonl"
     content = result.audit.to_dict()
     del content["run_id"]
     log.write_text(json.dumps(content) + "\n")
     append_audit(result.audit, log)
-    old, new = read_audit_log(log)
+    return log
+
+
+def test_a_log_written_before_the_chain_still_reads_and_is_appended_to(result, tmp_path):
+    old, new = read_audit_log(_pre_chain_log(result, tmp_path))
     assert old.run_id is None and new == result.audit
 
 
@@ -287,11 +292,7 @@ def test_a_line_whose_chain_was_removed_is_refused(result, mnist, trained, tmp_p
 
 
 def test_a_line_written_before_the_chain_is_covered_by_the_next_chained_line(result, tmp_path):
-    log = tmp_path / "audit.jsonl"
-    content = result.audit.to_dict()
-    del content["run_id"]
-    log.write_text(json.dumps(content) + "\n")
-    append_audit(result.audit, log)
+    log = _pre_chain_log(result, tmp_path)
     old, chained = log.read_text().splitlines(keepends=True)
     log.write_text(old.replace('"no_op": false', '"no_op": true') + chained)
     with pytest.raises(
