@@ -104,6 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--sparse-dims", type=int, nargs="*", default=[2048])
     add("--kronecker-dims", type=int, nargs="*", default=[2048], help="both structures")
     add("--traker-dims", type=int, nargs="*", default=[512, 2048])
+    add(
+        "--traker-dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="traker's projection and storage dtype (float16, its default, is very slow on CPUs "
+        "without fast half-precision matmuls)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         parser.set_defaults(**QUICK)
@@ -232,8 +239,9 @@ def run_ours(args, members, train, queries, truth) -> tuple[list[dict], dict]:
     return rows, dense
 
 
-def make_traker(k: int, n_train: int, root: Path):
-    """TRAKer with its CPU defaults (normal BasicProjector, fp16) except block size = k."""
+def make_traker(k: int, n_train: int, root: Path, dtype: str = "float16"):
+    """TRAKer with its CPU defaults (normal BasicProjector, fp16) except block size = k, and the
+    projection and storage in ``dtype``."""
     from trak import TRAKer
     from trak.projectors import BasicProjector, ProjectionType
 
@@ -246,7 +254,7 @@ def make_traker(k: int, n_train: int, root: Path):
         proj_type=ProjectionType.normal,
         device="cpu",
         block_size=k,
-        dtype=torch.float16,
+        dtype=getattr(torch, dtype),
     )
     return TRAKer(
         model=model,
@@ -255,6 +263,7 @@ def make_traker(k: int, n_train: int, root: Path):
         save_dir=str(root),
         device="cpu",
         projector=projector,
+        use_half_precision=dtype == "float16",
         logging_level=logging.WARNING,
     )
 
@@ -264,11 +273,11 @@ def _batches(examples):
         yield examples.inputs[start : start + CHUNK], examples.targets[start : start + CHUNK]
 
 
-def traker_featurize(k: int, members, train, queries, root: Path):
+def traker_featurize(k: int, members, train, queries, root: Path, dtype: str = "float16"):
     """traker's documented order (featurize all, finalize all, then query gradients), timed per
     member: ``train`` and ``query`` gradient passes and ``finalize`` (its (XᵀX)⁻¹ step)."""
     shutil.rmtree(root, ignore_errors=True)
-    traker = make_traker(k, len(train), root)
+    traker = make_traker(k, len(train), root, dtype)
     states = {seed: load_member(MLP, checkpoint).state_dict() for seed, checkpoint in members}
     times = {"train": [], "finalize": [], "query": []}
     for seed, state in states.items():
@@ -305,7 +314,9 @@ def run_traker(args, members, train, queries, truth, dense: dict) -> list[dict]:
     rows = []
     for k in args.traker_dims:
         root = args.workspace / "traker" / f"k{k}"
-        traker, model_ids, times = traker_featurize(k, members, train, queries, root)
+        traker, model_ids, times = traker_featurize(
+            k, members, train, queries, root, args.traker_dtype
+        )
         for count in args.models:
             start = time.perf_counter()
             scores = traker.finalize_scores("queries", model_ids=model_ids[:count])
@@ -368,7 +379,8 @@ def settings(args) -> dict:
         "ours": "TRAK with relative damping 0 (traker's formula) and 0.1 (our default, picked on "
         "a pilot ground truth with subset seed 0); projector seed 0, derived per member",
         "traker": "TRAKer CPU defaults (normal BasicProjector, use_half_precision=True, "
-        "lambda_reg=0) except block_size = k; batches of 256",
+        "lambda_reg=0) except block_size = k and, with --traker-dtype float32, projection and "
+        f"storage in float32 (this run: {args.traker_dtype}); batches of 256",
         "kronecker_available": KroneckerFeaturizer is not None,
     }
 
