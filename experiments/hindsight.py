@@ -188,24 +188,44 @@ def markdown(forget: str, results: dict[str, dict], verdicts: dict) -> str:
     return "\n".join(lines)
 
 
+def method_overrides(given: list[str]) -> dict[str, list[str]]:
+    """``{method: [override, ...]}`` from ``METHOD:OVERRIDE`` strings."""
+    own: dict[str, list[str]] = {}
+    for item in given:
+        method, colon, override = item.partition(":")
+        if not colon or not method or not override:
+            raise ValueError(f"--method-overrides takes METHOD:OVERRIDE, got {item!r}")
+        own.setdefault(method, []).append(override)
+    return own
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="e.g. mnist1d_mlp or mnist1d_cnn")
     parser.add_argument("--forget", nargs="+", default=["random_1pct", "random_10pct", "class"])
     parser.add_argument("--methods", nargs="+", default=[*BASELINES, *TARGETS])
     parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides for every run")
+    parser.add_argument(
+        "--method-overrides",
+        nargs="*",
+        default=[],
+        metavar="METHOD:OVERRIDE",
+        help="a Hydra override for one method's runs (e.g. l1_sparse:tuning.grid=[1e-6,1e-5])",
+    )
+    parser.add_argument("--label", default="", help="names this variant's kept outcomes")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     overrides = [*args.overrides, "progress=false"]
+    own = method_overrides(args.method_overrides)
     record = {"command": command_line(), **environment(1), "experiment": args.experiment}
-    record["settings"] = {"methods": args.methods, "overrides": overrides}
+    record["settings"] = {"methods": args.methods, "overrides": overrides, "method_overrides": own}
     record["forget_sets"] = {}
     for forget in args.forget:
         results = {}
         for method in args.methods:
-            cfg = compose_method(args.experiment, forget, method, overrides)
-            path = Path(cfg.workspace) / "hindsight" / f"{forget}-{method}.json"
-            results[method] = kept_outcome(cfg, path)
+            cfg = compose_method(args.experiment, forget, method, overrides + own.get(method, []))
+            name = f"{forget}-{method}{'-' + args.label if args.label else ''}.json"
+            results[method] = kept_outcome(cfg, Path(cfg.workspace) / "hindsight" / name)
         verdicts = summary(results)
         print(markdown(forget, results, verdicts), flush=True)
         record["forget_sets"][forget] = {"methods": results, **verdicts}

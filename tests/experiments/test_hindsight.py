@@ -87,3 +87,13 @@ def test_a_tiny_run_scores_the_proxy_choice_on_f_and_resumes(tmp_path, monkeypat
 def test_a_method_without_a_search_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unlearner=retrain searches no hyperparameter"):
         hindsight.compose_method("tiny", "class", "retrain", [f"workspace={tmp_path}"])
+
+
+def test_method_overrides_are_grouped_by_method_and_malformed_ones_named():
+    given = ["l1_sparse:unlearner.loop.optimizer.lr=0.01", "l1_sparse:tuning.grid=[1e-6]", "ft:x=1"]
+    assert hindsight.method_overrides(given) == {
+        "l1_sparse": ["unlearner.loop.optimizer.lr=0.01", "tuning.grid=[1e-6]"],
+        "ft": ["x=1"],
+    }
+    with pytest.raises(ValueError, match="takes METHOD:OVERRIDE, got 'lr=0.01'"):
+        hindsight.method_overrides(["lr=0.01"])
