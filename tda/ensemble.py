@@ -8,6 +8,12 @@ architecture and initial weights); a member found under another recipe is refuse
 reused, and :func:`check_member` refuses it to readers of the members (featurizing, scoring).
 (Members trained before recipes were recorded have none, and are reused unchecked; a recipe
 recorded before the model was is checked on what it records.)
+
+The recipe is recorded before training starts: it claims the member, so that a second process
+asked for the same member with other settings (a parallel job, or a rerun while the first is
+still training) is refused rather than training into the same directory. A training that fails
+before its first checkpoint (a refused input, a diverged loss) withdraws the claim it recorded,
+so that a retry with corrected data or model is not refused for a member that was never trained.
 """
 
 from __future__ import annotations
@@ -74,14 +80,42 @@ def train_ensemble(
     for seed in tqdm(list(seeds), desc="train models", disable=not progress):
         directory = member_directory(root, seed)
         model = build_model(model_factory, seed, dtype=model_dtype(data))
-        _claim(directory, {**recipe, "model": _model_recipe(model)}, config)
+        member_recipe = {**recipe, "model": _model_recipe(model)}
+        claimed = _claim(directory, member_recipe, config)
         saved = _finished(directory, config)
         if saved is None:
-            saved = train(
-                model, data, config, seed=seed, task=task, checkpoint_dir=directory
-            ).checkpoints
+            saved = _train_member(model, data, config, seed, task, directory, claimed=claimed)
+            _record(directory, member_recipe)
         members[seed] = saved
     return members
+
+
+def _train_member(
+    model: nn.Module,
+    data: Examples,
+    config: TrainConfig,
+    seed: int,
+    task: Task,
+    directory: Path,
+    *,
+    claimed: bool,
+) -> list[Checkpoint]:
+    """Train member ``seed`` into ``directory``. If training fails before any checkpoint is in
+    ``directory``, the recipe this call recorded (``claimed``) is withdrawn: no member was trained
+    under it, and it would refuse a retry with other data or model as a member trained with
+    them. A recipe found there (another process's claim) is left alone."""
+    try:
+        return train(
+            model, data, config, seed=seed, task=task, checkpoint_dir=directory
+        ).checkpoints
+    except BaseException:
+        if claimed and not _saved_any(directory):
+            _recipe_path(directory).unlink(missing_ok=True)
+        raise
+
+
+def _saved_any(directory: Path) -> bool:
+    return directory.is_dir() and bool(list_checkpoints(directory))
 
 
 def _member_recipe(data: Examples, config: TrainConfig, task: Task) -> dict[str, object]:
@@ -181,16 +215,43 @@ def _recipe_conflict(directory: Path, recipe: dict[str, object]) -> str | None:
     return f"other {' and '.join(differing)} ({'; '.join(changes)})"
 
 
-def _claim(directory: Path, recipe: dict[str, object], config: TrainConfig) -> None:
-    """Record ``recipe`` for a new member; refuse a member recorded under another one."""
+def _claim(directory: Path, recipe: dict[str, object], config: TrainConfig) -> bool:
+    """Record ``recipe`` for a new member (True when this call recorded it); refuse a member
+    recorded under another one."""
     conflict = _recipe_conflict(directory, recipe)
     if conflict:
-        raise ValueError(
-            f"{directory} holds a member trained with {conflict}; use another directory"
-        )
+        raise ValueError(_claimed_message(directory, conflict))
     if not _recipe_path(directory).is_file() and _finished(directory, config) is None:
         # to be trained now (a legacy member is not: it is not vouched for after the fact)
+        _record(directory, recipe)
+        return True
+    return False
+
+
+def _record(directory: Path, recipe: dict[str, object]) -> None:
+    """Record ``recipe`` for the member in ``directory`` unless one is: after training too, as
+    a claim withdrawn meanwhile (by a process that failed training the same member) would leave
+    the finished member unrecorded."""
+    if not _recipe_path(directory).is_file():
         write_bytes_atomic(_recipe_path(directory), (json.dumps(recipe, indent=2) + "\n").encode())
+
+
+def _claimed_message(directory: Path, conflict: str) -> str:
+    """Why a member recorded under another recipe is refused, and what to do: by whether any of
+    it was saved (a claim alone may be a member in training, or a killed run's)."""
+    saved, path = list_checkpoints(directory) if directory.is_dir() else [], _recipe_path(directory)
+    if not saved:
+        return (
+            f"{path} claims {directory} for a member to train with {conflict}, but no checkpoint "
+            "of it was saved: another process may be training it now, or a run was killed before "
+            f"its first checkpoint; if none is training it, delete {path} to train it with these "
+            "settings, or use another directory"
+        )
+    return (
+        f"{directory} holds a member trained with {conflict}; use another directory, or, unless "
+        f"a process is training it now (its last checkpoint is of epoch {saved[-1].epoch}), "
+        f"delete {directory} and {path} to train it anew with these settings"
+    )
 
 
 def load_member(model_factory: Callable[[], nn.Module], checkpoint: Checkpoint) -> nn.Module:

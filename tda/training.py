@@ -24,7 +24,7 @@ from tda.checkpoints import Checkpoint, save_checkpoint
 from tda.data.examples import Examples, as_examples, check_input_dtype
 from tda.device import seeded_rng, to_device_of
 from tda.fingerprint import config_fingerprint
-from tda.task import ClassificationTask, Task
+from tda.task import IGNORE_INDEX, ClassificationTask, ClassLogit, LanguageModelingTask, Task
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -144,6 +144,91 @@ def _checked_keep(keep, size: int, device: torch.device) -> Tensor | None:
     return keep.to(device)
 
 
+def _check_trainable(model: nn.Module, data: Examples, task: Task, keep, seed: int) -> None:
+    """Refuse data that training would fail on only at some step, or in torch's terms: inputs
+    holding NaN or infinity, inputs the model cannot read, and targets outside its classes (for
+    the tasks whose targets are class indices). Only the examples trained on (``keep``) are
+    checked; the model reads the first example once."""
+    _check_finite_inputs(data.inputs, keep)
+    classes = _output_width(model, data.inputs, seed)
+    if isinstance(task, ClassificationTask | ClassLogit) and data.targets.dim() == 1:
+        _check_classes(data.targets, classes, keep, ignored=None)
+    elif isinstance(task, LanguageModelingTask):
+        _check_classes(data.targets, classes, keep, ignored=IGNORE_INDEX)
+
+
+def _first_bad_example(bad: Tensor, keep: Tensor | None) -> int | None:
+    """The first example (of those kept) with a True entry in ``bad`` (``[n, ...]``)."""
+    rows = bad.reshape(len(bad), -1).any(dim=1)
+    if keep is not None:
+        rows &= keep.to(rows.device)
+    found = rows.nonzero()
+    return int(found[0, 0]) if len(found) else None
+
+
+def _check_finite_inputs(inputs: Tensor, keep: Tensor | None) -> None:
+    """Refuse NaN or infinity in floating inputs (one vectorised pass when there is none)."""
+    if not inputs.is_floating_point() or bool(torch.isfinite(inputs).all()):
+        return
+    row = _first_bad_example(~torch.isfinite(inputs), keep)
+    if row is not None:
+        value = float(inputs[row][~torch.isfinite(inputs[row])][0])
+        raise ValueError(
+            f"the input of example {row} holds {value}: training on it would make the loss NaN; "
+            "impute or drop the non-finite values first"
+        )
+
+
+def _output_width(model: nn.Module, inputs: Tensor, seed: int) -> int:
+    """The number of outputs (classes, vocabulary) of the model on the first example, read in
+    eval mode without gradients under a forked RNG, so that dropout draws nothing from the
+    training's random streams and every module keeps its mode (the weights are bitwise those of
+    training without this look).
+
+    Raises:
+        ValueError: the model cannot read the input (torch's error, e.g. of shapes, is chained).
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    (first,) = to_device_of(model, inputs[:1])
+    try:
+        with seeded_rng(seed), torch.no_grad():
+            logits = model.eval()(first)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, IndexError) as error:
+        raise ValueError(
+            f"the model cannot read the data's inputs (each of shape {tuple(inputs.shape[1:])}, "
+            f"{inputs.dtype}): on example 0 it failed with {type(error).__name__}: {error}; "
+            "build the model for these inputs (e.g. its in_features, or for token ids its "
+            "vocabulary)"
+        ) from error
+    finally:
+        for module, training in modes:
+            module.training = training
+    return int(logits.shape[-1])
+
+
+def _check_classes(targets: Tensor, classes: int, keep: Tensor | None, ignored: int | None) -> None:
+    """Refuse a target (other than ``ignored`` positions) that is not a class ``0..classes-1``."""
+    outside = (targets < 0) | (targets >= classes)
+    if targets.is_floating_point():
+        outside |= targets != targets.round()  # 0.5, NaN
+    if ignored is not None:
+        outside &= targets != ignored
+    row = _first_bad_example(outside, keep)
+    if row is None:
+        return
+    position = int(outside[row].reshape(-1).nonzero()[0, 0]) if targets.dim() > 1 else None
+    value = targets[row].reshape(-1)[position or 0].item()
+    where = f"of example {row}" if position is None else f"at position {position} of example {row}"
+    also = f", nor {ignored} (an ignored position)" if ignored is not None else ""
+    raise ValueError(
+        f"target {value} {where} lies outside the model's classes 0..{classes - 1} (its "
+        f"{classes} outputs{also}); map the labels to class indices first (e.g. -1/+1 to 0/1), "
+        "or build the model with as many outputs as there are classes"
+    )
+
+
 def _save_initial(checkpoint_dir, model: nn.Module, optimizer) -> Checkpoint:
     """The starting parameters as a checkpoint that closes no steps (see ``save_initial``)."""
     return save_checkpoint(
@@ -183,8 +268,13 @@ def train(
 
     Raises:
         ValueError: empty data, inputs of another floating dtype than the model, or a ``keep``
-            mask that is not ``[n]`` booleans or keeps nothing.
-        FloatingPointError: the loss became NaN or infinite.
+            mask that is not ``[n]`` booleans or keeps nothing; before any step (and any
+            checkpoint): inputs holding NaN or infinity, inputs the model cannot read (another
+            number of features), or, for :class:`ClassificationTask`, :class:`ClassLogit` and
+            :class:`LanguageModelingTask`, a target outside the model's outputs ``0..C-1``
+            (other than :data:`IGNORE_INDEX` for a language model). Each names the example.
+        FloatingPointError: the loss became NaN or infinite (the run diverged, or another task's
+            targets do not fit the model).
     """
     data = as_examples(data)
     keep = _checked_keep(keep, len(data), data.inputs.device)
@@ -192,6 +282,7 @@ def train(
         raise ValueError("cannot train on an empty data set")
     check_input_dtype(model, data.inputs)
     seed = operator.index(seed)  # a numpy integer (np.arange seeds): Generator takes only int
+    _check_trainable(model, data, task, keep, seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = config.optimizer(model.parameters())
     scheduler = config.scheduler(optimizer) if config.scheduler else None

@@ -1,4 +1,5 @@
 import json
+import shutil
 from dataclasses import replace
 from functools import partial
 
@@ -6,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from tda import ensemble
 from tda.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from tda.data import Examples, load_mnist1d
 from tda.ensemble import check_member, load_member, train_ensemble
 from tda.fingerprint import model_fingerprint
 from tda.methods import TracIn, TrainingRun
 from tda.models import MLP, CNN1d, build_model
-from tda.task import ClassificationTask, LanguageModelingTask
+from tda.task import IGNORE_INDEX, ClassificationTask, ClassLogit, LanguageModelingTask
 from tda.training import CHECKPOINT_SETTINGS, TrainConfig, train, weight_settings
 from tda.transformer import CausalTransformer
 from tda.valuation import tracin_self_influence
@@ -327,6 +329,99 @@ def test_a_member_trained_before_recipes_were_recorded_is_reused(data, tmp_path)
     assert not (tmp_path / "seed-0.recipe.json").exists()  # not vouched for after the fact
 
 
+_FIRST_TRIES = {  # (model factory, data, optimizer) of a first try that fails, and its error
+    "labels -1/+1": (MLP, {5: -1}, None, ValueError),
+    "a model of 30 inputs": (partial(MLP, in_features=30), {}, None, ValueError),
+    "a diverging learning rate": (MLP, {}, partial(torch.optim.SGD, lr=1e30), FloatingPointError),
+}
+
+
+@pytest.mark.parametrize("first_try", sorted(_FIRST_TRIES))
+def test_a_member_that_failed_before_any_checkpoint_is_retried_with_other_settings(
+    data, tmp_path, first_try
+):
+    """The recipe is written before training: a failed first try left it behind, and the
+    corrected retry was refused as "a member trained with other data" though none was."""
+    factory, changes, optimizer, error = _FIRST_TRIES[first_try]
+    config = TrainConfig(epochs=1, batch_size=100)
+    first = replace(config, optimizer=optimizer) if optimizer else config
+    with pytest.raises(error):
+        train_ensemble(
+            factory, _with_targets(data.train, changes), first, [0], tmp_path, progress=False
+        )
+    assert not (tmp_path / "seed-0.recipe.json").exists()  # withdrawn: nothing was trained
+    members = train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
+    fresh = train_ensemble(MLP, data.train, config, [0], tmp_path / "fresh", progress=False)
+    assert [c.fingerprint for c in members[0]] == [c.fingerprint for c in fresh[0]]
+    recipe = json.loads((tmp_path / "seed-0.recipe.json").read_text())
+    assert recipe == json.loads((tmp_path / "fresh" / "seed-0.recipe.json").read_text())
+
+
+def test_a_member_that_failed_after_a_checkpoint_keeps_its_recipe(data, tmp_path):
+    """Its start checkpoint is on disk: the recipe still says what it is, and the refusal says
+    how far it got and how to train it anew."""
+    config = TrainConfig(epochs=2, batch_size=100, save_initial=True)
+    diverging = replace(config, optimizer=partial(torch.optim.SGD, lr=1e30))
+    with pytest.raises(FloatingPointError):
+        train_ensemble(MLP, data.train, diverging, [0], tmp_path, progress=False)
+    assert [c.epoch for c in list_checkpoints(tmp_path / "seed-0")] == [0]
+    message = (
+        r"seed-0 holds a member trained with other settings \(.*\); use another directory, or, "
+        r"unless a process is training it now \(its last checkpoint is of epoch 0\), delete "
+        r"\S+seed-0 and \S+seed-0\.recipe\.json to train it anew with these settings"
+    )
+    with pytest.raises(ValueError, match=message):
+        train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
+
+
+def test_a_claim_without_checkpoints_is_refused_as_a_claim_and_left_alone(
+    data, tmp_path, monkeypatch
+):
+    """A recipe alone may be another process's member in training (or a killed run's): other
+    settings are refused without calling it trained, and a failure here leaves it in place."""
+    config = TrainConfig(epochs=1, batch_size=100)
+    train_ensemble(MLP, data.train, config, [0], tmp_path / "other", progress=False)
+    claim = tmp_path / "seed-0.recipe.json"
+    shutil.copy(tmp_path / "other" / "seed-0.recipe.json", claim)  # another process's claim
+    message = (
+        r"seed-0\.recipe\.json claims \S+seed-0 for a member to train with other data \(.*\), "
+        r"but no checkpoint of it was saved: another process may be training it now, or a run "
+        r"was killed before its first checkpoint; if none is training it, delete \S+seed-0\."
+        r"recipe\.json to train it with these settings, or use another directory"
+    )
+    with pytest.raises(ValueError, match=message) as refused:
+        train_ensemble(MLP, data.train.subset(range(200)), config, [0], tmp_path, progress=False)
+    assert "trained with" not in str(refused.value)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ensemble, "train", killed)
+    with pytest.raises(KeyboardInterrupt):  # the same recipe: trained here too, and stopped
+        train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
+    assert claim.is_file()  # not this call's to withdraw
+
+
+def test_a_member_whose_claim_was_withdrawn_while_it_trained_is_recorded(
+    data, tmp_path, monkeypatch
+):
+    """Two processes training one member with one recipe: when the one that recorded it fails
+    and withdraws it, the other's finished member is still recorded (not reused unchecked)."""
+    config, claim = TrainConfig(epochs=1, batch_size=100), tmp_path / "seed-0.recipe.json"
+    train_for_real = ensemble.train
+
+    def withdrawn_meanwhile(*args, **kwargs):
+        claim.unlink()
+        return train_for_real(*args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "train", withdrawn_meanwhile)
+    train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
+    monkeypatch.undo()
+    assert claim.is_file()
+    with pytest.raises(ValueError, match="holds a member trained with other data"):
+        train_ensemble(MLP, data.train.subset(range(200)), config, [0], tmp_path, progress=False)
+
+
 def test_check_member_gives_the_checkpoints_of_a_member_trained_as_asked(data, tmp_path):
     config = TrainConfig(epochs=1, batch_size=100)
     members = train_ensemble(MLP, data.train, config, [0], tmp_path, progress=False)
@@ -453,15 +548,30 @@ def test_bad_keep_masks_are_refused(data):
         train(build_model(MLP, 0), data.train, CONFIG, keep=torch.zeros(n, dtype=torch.bool))
 
 
+class _OwnTask:
+    """A task of the caller's own (cross-entropy): train knows nothing of its targets."""
+
+    def output(self, logits, target):
+        return ClassificationTask().output(logits, target)
+
+    def loss(self, logits, target):
+        return ClassificationTask().loss(logits, target)
+
+    def out_to_loss(self, logits, target):
+        return ClassificationTask().out_to_loss(logits, target)
+
+
 def test_a_non_finite_loss_names_its_step(data):
-    inputs = data.train.inputs.clone()
-    inputs[5, 0] = float("nan")
-    poisoned = type(data.train)(inputs, data.train.targets)
-    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(2))
+    """Targets that train cannot check (a task of the caller's own) stop training at the step
+    where the loss turns NaN."""
+    targets = data.train.targets.clone()
+    targets[5] = -1
+    mislabelled = type(data.train)(data.train.inputs, targets)
+    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(2))
     step = int((order == 5).nonzero()[0, 0]) // CONFIG.batch_size + 1
-    message = f"training loss became nan at step {step} \\(epoch 1\\): "
+    message = f"training loss became nan at step {step} \\(epoch 1\\): .* a target lies outside"
     with pytest.raises(FloatingPointError, match=message):
-        train(build_model(MLP, 0), poisoned, CONFIG, seed=2)
+        train(build_model(MLP, 0), mislabelled, CONFIG, seed=2, task=_OwnTask())
 
 
 def test_a_non_finite_loss_in_a_later_epoch_names_its_step_from_the_start(data):
@@ -481,15 +591,146 @@ def test_a_non_finite_loss_in_a_later_epoch_names_its_step_from_the_start(data):
         train(build_model(MLP, 0), data.train, CONFIG, seed=2, task=FailsOnStep())
 
 
-def test_a_target_outside_the_classes_stops_training_at_its_step(data):
-    targets = data.train.targets.clone()
-    targets[5] = -1  # cross-entropy would otherwise read it as a class-less logsumexp
-    mislabelled = type(data.train)(data.train.inputs, targets)
-    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(2))
-    step = int((order == 5).nonzero()[0, 0]) // CONFIG.batch_size + 1
-    message = f"loss became nan at step {step} .*: .* a target lies outside the model's classes"
-    with pytest.raises(FloatingPointError, match=message):
-        train(build_model(MLP, 0), mislabelled, CONFIG, seed=2)
+def _with_targets(examples, changes):
+    targets = examples.targets.clone()
+    for index, value in changes.items():
+        targets[index] = value
+    return Examples(examples.inputs, targets)
+
+
+@pytest.mark.parametrize("task", [ClassificationTask(), ClassLogit(3)])
+@pytest.mark.parametrize(
+    ("changes", "first"), [({5: -1, 9: 10}, "-1 of example 5"), ({9: 10}, "10 of example 9")]
+)
+def test_a_target_outside_the_classes_is_refused_before_any_step(
+    data, tmp_path, task, changes, first
+):
+    """-1/+1 labels (or 10 for a 10-class model) failed at a step with a NaN loss, after the
+    start checkpoint and an ensemble's recipe were written."""
+    model = build_model(MLP, 0)
+    before = model_fingerprint(model)
+    config = replace(CONFIG, save_initial=True)
+    message = rf"target {first} lies outside the model's classes 0\.\.9 \(its 10 outputs\); map"
+    with pytest.raises(ValueError, match=message):
+        train(
+            model,
+            _with_targets(data.train, changes),
+            config,
+            task=task,
+            checkpoint_dir=tmp_path / "run",
+        )
+    assert model_fingerprint(model) == before and not (tmp_path / "run").exists()
+
+
+def test_a_fractional_target_is_refused_and_a_removed_one_is_not_read(data):
+    """A float target must be a whole class; an example that keep removes is not checked."""
+    floats = Examples(data.train.inputs, data.train.targets.double())
+    halves = _with_targets(floats, {7: 0.5})
+    with pytest.raises(ValueError, match=r"target 0\.5 of example 7 lies outside"):
+        train(build_model(MLP, 0), halves, CONFIG)
+    keep = torch.ones(len(data.train), dtype=torch.bool)
+    keep[7] = False
+    bad_but_removed = _with_targets(data.train, {7: -1})
+    expected = train(build_model(MLP, 0), data.train, CONFIG, keep=keep).model
+    trained = train(build_model(MLP, 0), bad_but_removed, CONFIG, keep=keep).model
+    assert model_fingerprint(trained) == model_fingerprint(expected)
+
+
+def test_non_finite_inputs_are_refused_before_any_step(data, tmp_path):
+    """A NaN feature failed at the step of its batch with "loss became nan"."""
+    inputs = data.train.inputs.clone()
+    inputs[5, 3], inputs[9, 0] = float("nan"), float("-inf")
+    poisoned = Examples(inputs, data.train.targets)
+    model = build_model(MLP, 0)
+    before = model_fingerprint(model)
+    with pytest.raises(ValueError, match=r"the input of example 5 holds nan: .* impute or drop"):
+        train(model, poisoned, CONFIG, checkpoint_dir=tmp_path / "run")
+    assert model_fingerprint(model) == before and not (tmp_path / "run").exists()
+    keep = torch.ones(len(inputs), dtype=torch.bool)
+    keep[5] = False
+    with pytest.raises(ValueError, match="the input of example 9 holds -inf"):
+        train(model, poisoned, CONFIG, keep=keep)
+    keep[9] = False
+    assert train(model, poisoned, CONFIG, keep=keep).model is model  # removed: not read
+
+
+def test_a_model_that_cannot_read_the_inputs_is_refused_naming_their_shape(data, tmp_path):
+    """A 30-feature data set on a 40-input MLP failed with torch's "mat1 and mat2 shapes cannot
+    be multiplied (64x30 and 40x128)"."""
+    narrow = Examples(data.train.inputs[:, :30].contiguous(), data.train.targets)
+    model = build_model(MLP, 0)
+    model.train()
+    model[2].eval()  # modes of their own are given back as they were
+    modes = [module.training for module in model.modules()]
+    before = model_fingerprint(model)
+    message = (
+        r"the model cannot read the data's inputs \(each of shape \(30,\), torch.float32\): on "
+        r"example 0 it failed with RuntimeError: mat1 and mat2 shapes cannot be multiplied"
+    )
+    with pytest.raises(ValueError, match=message):
+        train(model, narrow, replace(CONFIG, save_initial=True), checkpoint_dir=tmp_path / "run")
+    assert [module.training for module in model.modules()] == modes
+    assert model_fingerprint(model) == before and not (tmp_path / "run").exists()
+
+
+class _Noisy(torch.nn.Module):
+    """Batch norm (whose running statistics a forward in train mode moves, and which refuses a
+    single example there) and dropout (which draws from the global RNG in train mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(40, 16),
+            torch.nn.BatchNorm1d(16),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.5),
+            torch.nn.Linear(16, 10),
+        )
+
+    def forward(self, inputs):
+        return self.layers(inputs)
+
+
+def test_reading_the_first_example_changes_no_trained_weight_nor_the_callers_rng(data):
+    """The look at the first example (for its checks) runs in eval mode under a forked RNG:
+    training gives bitwise the weights and statistics of the same steps replayed by hand."""
+    config = TrainConfig(epochs=2, batch_size=50, optimizer=partial(torch.optim.SGD, lr=0.1))
+    state = torch.random.get_rng_state()
+    trained = train(build_model(_Noisy, 0), data.train, config, seed=4).model
+    assert torch.equal(torch.random.get_rng_state(), state)
+    model = build_model(_Noisy, 0)
+    optimizer, generator = torch.optim.SGD(model.parameters(), lr=0.1), torch.Generator()
+    generator.manual_seed(4)
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        for _ in range(2):
+            order = torch.randperm(len(data.train), generator=generator)
+            for start in range(0, len(order), 50):
+                batch = order[start : start + 50]
+                logits = model(data.train.inputs[batch])
+                loss = ClassificationTask().loss(logits, data.train.targets[batch]).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    for name, value in model.state_dict().items():
+        assert torch.equal(trained.state_dict()[name], value), name
+
+
+def test_language_model_targets_may_be_ignored_but_not_outside_the_vocabulary():
+    tokens = torch.randint(0, 11, (8, 6), generator=torch.Generator().manual_seed(0))
+    targets = torch.roll(tokens, -1, dims=1)
+    targets[:, :2] = IGNORE_INDEX  # a prompt's positions
+    factory = partial(CausalTransformer, vocab_size=11, context=6, dim=8, layers=1, heads=2)
+    config, task = TrainConfig(epochs=1, batch_size=4), LanguageModelingTask()
+    train(build_model(factory, 0), Examples(tokens, targets), config, task=task)
+    targets[3, 4], targets[6, 1] = 11, -1
+    message = (
+        r"target 11 at position 4 of example 3 lies outside the model's classes 0\.\.10 \(its "
+        r"11 outputs, nor -100 \(an ignored position\)\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        train(build_model(factory, 0), Examples(tokens, targets), config, task=task)
 
 
 @pytest.mark.parametrize("model_dtype", [torch.float32, torch.float64])

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from tda.data import Examples, as_examples, load_digits, load_mnist1d
+from tda.data import DataSplits, Examples, as_examples, load_digits, load_mnist1d
 from tda.data.examples import check_input_dtype
 
 
@@ -219,3 +219,33 @@ def test_a_float_dtype_mismatch_is_refused_naming_both_dtypes_and_the_fix():
     check_input_dtype(model, torch.zeros(2, 3))
     check_input_dtype(torch.nn.Embedding(5, 3).double(), torch.tensor([[1, 4]]))  # token ids
     check_input_dtype(torch.nn.ReLU(), torch.zeros(2, 3, dtype=torch.float64))  # no parameters
+
+
+def test_data_splits_refuse_labels_outside_their_classes():
+    """DataSplits(num_classes=2) with digit labels 0-9 was accepted, and a model built for
+    splits.num_classes failed only at a training step (or scored NaN)."""
+    inputs = torch.zeros(6, 3)
+    binary = Examples(inputs, torch.tensor([0, 1, 1, 0, 1, 0]))
+    digits = Examples(inputs, torch.tensor([0, 1, 9, 3, 1, 0]))
+    assert DataSplits(train=binary, test=binary, num_classes=2).num_classes == 2
+    with pytest.raises(
+        ValueError,
+        match=r"train label 9 of example 2 is outside the classes 0\.\.1 \(num_classes=2\)",
+    ):
+        DataSplits(train=digits, test=binary, num_classes=2)
+    negative = Examples(inputs, torch.tensor([0, 1, 1, -1, 1, 0]))
+    with pytest.raises(ValueError, match=r"test label -1 of example 3 is outside the classes"):
+        DataSplits(train=binary, test=negative, num_classes=2)
+    for count in (0, 2.0, True):
+        with pytest.raises(ValueError, match="num_classes must be an integer >= 1"):
+            DataSplits(train=binary, test=binary, num_classes=count)
+
+
+def test_data_splits_of_other_targets_keep_their_meaning_of_num_classes():
+    """A language model's [n, T] tokens (num_classes is its vocabulary, -100 ignored positions)
+    and a regression's float targets are not class labels."""
+    tokens = Examples(torch.zeros(4, 5, dtype=torch.long), torch.full((4, 5), -100))
+    assert DataSplits(train=tokens, test=tokens, num_classes=128).num_classes == 128
+    values = Examples(torch.zeros(4, 3), torch.tensor([0.5, 7.0, -2.0, 3.0]))
+    assert DataSplits(train=values, test=values, num_classes=1).input_shape == (3,)
+    assert load_digits(classes=(1, 7)).num_classes == 2 and load_mnist1d(100, 10).num_classes == 10
