@@ -40,10 +40,14 @@ def plot_valuation(report, path: str | os.PathLike) -> str:
 
 def _distribution(axis, report) -> None:
     use_values = report.values is not None
-    scores = torch.as_tensor(report.values if use_values else report.self_influence).numpy()
+    scores = torch.as_tensor(report.values if use_values else report.self_influence)
+    scores = scores.double().numpy()
     name = "value (mean score over queries)" if use_values else "self-influence"
     # Values are heavy-tailed: bin the central 98% so the bulk stays readable.
     low, high = np.quantile(scores, [0.01, 0.99])
+    # The power of ten goes into the label: matplotlib's offset text ("1e-3") overlaps it.
+    exponent = _exponent(max(abs(low), abs(high)))
+    scores, low, high = (number / 10.0**exponent for number in (scores, low, high))
     bins = np.linspace(low, high, 51) if high > low else 50
     if report.flipped is None:
         axis.hist(scores, bins=bins, color="tab:blue")
@@ -52,10 +56,20 @@ def _distribution(axis, report) -> None:
         axis.hist(scores[~flipped], bins=bins, alpha=0.6, label="clean", color="tab:blue")
         axis.hist(scores[flipped], bins=bins, alpha=0.6, label="flipped", color="tab:red")
         axis.legend(fontsize=7)
-    axis.set_xlabel(f"{name}, 1st-99th percentile", fontsize=8)
-    axis.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+    scale = rf" ($\times 10^{{{exponent}}}$)" if exponent else ""
+    axis.set_xlabel(f"{name}{scale}, 1st-99th percentile", fontsize=8)
+    axis.ticklabel_format(axis="x", style="plain", useOffset=False)
     axis.set_ylabel("training examples", fontsize=8)
     axis.set_title("Distribution", fontsize=9)
+
+
+def _exponent(largest: float) -> int:
+    """Power of ten to divide by so that tick labels of magnitude ``largest`` stay short (0 for
+    magnitudes in [0.01, 1000))."""
+    if largest == 0:
+        return 0
+    exponent = int(np.floor(np.log10(largest)))
+    return exponent if not -2 <= exponent < 3 else 0
 
 
 def _recall(axis, report) -> None:

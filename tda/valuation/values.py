@@ -40,9 +40,25 @@ def values_from_scores(scores: Tensor | np.ndarray) -> Tensor:
     scores = torch.as_tensor(np.asarray(scores) if not isinstance(scores, Tensor) else scores)
     if scores.ndim != 2 or scores.shape[0] == 0:
         raise ValueError(f"scores must be [n_query >= 1, n_train], got {tuple(scores.shape)}")
-    if not bool(torch.isfinite(scores).all()):
-        raise ValueError("scores hold NaN or infinite values")
-    return scores.to(torch.float64).mean(0)
+    return require_finite("scores", scores).to(torch.float64).mean(0)
+
+
+def require_finite(name: str, array: Tensor | np.ndarray) -> Tensor:
+    """``array`` as a tensor, refused if it holds NaN or infinity (``topk`` ranks NaN first, and
+    strict JSON cannot hold it).
+
+    Raises:
+        ValueError: a non-finite entry; the message names ``name`` and the first one's index.
+    """
+    tensor = torch.as_tensor(array)
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        where = first[0] if len(first) == 1 else list(first)
+        raise ValueError(
+            f"{name} hold NaN or infinite values (first at index {where}: {float(tensor[first])})"
+        )
+    return tensor
 
 
 def self_scores(score_rows: ScoreRows, n_train: int, chunk_size: int = 256) -> Tensor:

@@ -1,5 +1,6 @@
 """Pruning curves: removal sets, pairing, intervals and resuming from a workspace."""
 
+import json
 from functools import partial
 
 import numpy as np
@@ -10,6 +11,7 @@ from scipy.stats import t as student_t
 from tda.data import Examples
 from tda.models import MLP, LogisticRegression, build_model
 from tda.outputs import accuracy
+from tda.task import IGNORE_INDEX
 from tda.training import TrainConfig, train
 from tda.valuation import PruningCurve, pruning_curve, removal_order, removed_count
 
@@ -103,7 +105,7 @@ def test_curve_runs_on_token_id_inputs_like_direct_training():
     )
     model = build_model(TokenClassifier, 0)  # float32: token ids are no model dtype
     train(model, train_data.subset(range(5, 20)), CONFIG, seed=0)
-    assert curve.accuracy["value"][1, 0] == accuracy(model, test_data)
+    assert curve.accuracy["value"][1, 0] == pytest.approx(accuracy(model, test_data), abs=1e-6)
 
 
 def test_interval_is_student_t():
@@ -115,6 +117,38 @@ def test_interval_is_student_t():
     assert curve.as_dict()["curves"]["value"]["mean"] == pytest.approx([0.85])
 
 
+def test_the_interval_is_clipped_to_zero_one():
+    # two seeds: the Student-t interval of 0.92 and 0.9378 reached 1.0418, of 0.02 and 0.05 -0.16
+    accuracy = np.array([[0.92, 0.9377777777777778], [0.02, 0.05], [0.5, 0.51]])
+    curve = PruningCurve((0.0, 0.1, 0.2), (0, 1), {"value": accuracy, "random": accuracy})
+    low, high = curve.interval("value")
+    half = student_t.ppf(0.975, 1) * np.std(accuracy, axis=1, ddof=1) / np.sqrt(2)
+    np.testing.assert_allclose(low, [0.92888888888 - half[0], 0.0, 0.505 - half[2]])
+    np.testing.assert_allclose(high, [1.0, 0.035 + half[1], 0.505 + half[2]])
+    assert curve.as_dict()["curves"]["value"]["ci_high"][0] == 1.0
+
+
+def test_accuracy_is_a_count_ratio_not_a_float32_mean(problem, tmp_path, monkeypatch):
+    train_data, test_data = problem
+    # 3 test examples: 2/3 was 0.6666666865348816, the float32 mean
+    test_data = Examples(test_data.inputs[:3], torch.tensor([0, 1, 0]))
+    options = {"fractions": (0.5,), "seeds": (0, 1), "config": CONFIG, "workspace": tmp_path}
+    curve = pruning_curve(factory, train_data, test_data, torch.linspace(-1, 1, 40), **options)
+    table = np.concatenate([curve.accuracy["value"], curve.accuracy["random"]])
+    assert table.dtype == np.float64 and 2 / 3 in table
+    np.testing.assert_array_equal(table, np.round(table * 3) / 3)
+    record = tmp_path / "full-0.000-seed0.json"
+    assert json.loads(record.read_text())["accuracy"] in (0.0, 1 / 3, 2 / 3, 1.0)
+
+    # a record written before: its float32 mean is read as the count ratio it measured
+    old = json.loads(record.read_text())
+    old["accuracy"] = float(np.float32(old["accuracy"])) + 1e-8
+    record.write_text(json.dumps(old))
+    monkeypatch.setattr("tda.valuation.pruning.train", None)  # every run is recorded
+    resumed = pruning_curve(factory, train_data, test_data, torch.linspace(-1, 1, 40), **options)
+    np.testing.assert_array_equal(resumed.accuracy["value"], curve.accuracy["value"])
+
+
 def test_bad_arguments_are_refused(problem):
     train_data, test_data = problem
     with pytest.raises(ValueError, match="one per training example"):
@@ -124,6 +158,21 @@ def test_bad_arguments_are_refused(problem):
     for seeds in [(), (0, 0)]:  # a repeated seed would narrow the interval with a copy
         with pytest.raises(ValueError, match="seeds must be a non-empty list without repeats"):
             pruning_curve(factory, train_data, test_data, torch.zeros(40), seeds=seeds)
+    values = torch.zeros(40)
+    values[3] = float("nan")
+    with pytest.raises(ValueError, match=r"values hold NaN .* \(first at index 3: nan\)"):
+        pruning_curve(factory, train_data, test_data, values)
+
+
+def test_a_test_set_without_counted_targets_is_refused_before_any_training(problem):
+    train_data, test_data = problem
+    ignored = Examples(test_data.inputs, torch.full((len(test_data),), IGNORE_INDEX))
+
+    def never():
+        raise AssertionError("trained before the test targets were checked")
+
+    with pytest.raises(ValueError, match="at least one test example with a counted target"):
+        pruning_curve(never, train_data, ignored, torch.zeros(40))
 
 
 @pytest.mark.parametrize("confidence", [95, 0.0, 1.0, float("nan")])

@@ -1,6 +1,7 @@
 """The one-call valuation report: rankings, detection, JSON and figure."""
 
 import contextlib
+import dataclasses
 import json
 import os
 
@@ -12,8 +13,8 @@ import torch
 from tda.atomic import file_digest
 from tda.data import Examples
 from tda.plots import plot_top_examples
-from tda.ranking import top_examples
-from tda.valuation import PruningCurve, valuation_report
+from tda.ranking import TopExamples, top_examples
+from tda.valuation import MislabelReport, PruningCurve, ValuationReport, valuation_report
 from tda.valuation.figure import plot_valuation
 
 REPORT_FILES = ["valuation.json", "valuation.png", "values.npz"]
@@ -39,6 +40,10 @@ def _recorded_digests_match(directory) -> bool:
 
 @pytest.fixture
 def train():
+    return _train()
+
+
+def _train():
     return Examples(torch.zeros(6, 2), torch.tensor([0, 1, 0, 1, 0, 1]))
 
 
@@ -153,3 +158,142 @@ def test_an_interrupted_figure_save_leaves_no_partial_file(train, tmp_path, monk
     with pytest.raises(RuntimeError, match="killed while saving the figure"):
         draw(train, tmp_path / "figure.png")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["values", "self_influence"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_value_or_self_influence_is_refused_and_named(train, name, bad):
+    array = torch.tensor([0.5, bad, -0.2, 0.1, -0.9, 0.3], dtype=torch.float64)
+    # NaN was ranked first in every list (topk puts it on top) and written as invalid JSON
+    with pytest.raises(ValueError, match=rf"{name} hold NaN or infinite values \(first at index 1"):
+        valuation_report(train, **{name: array})
+
+
+def test_a_non_finite_score_is_refused_with_its_position(train):
+    scores = torch.zeros(2, 6)
+    scores[1, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"scores hold NaN .* \(first at index \[1, 4\]"):
+        valuation_report(train, scores=scores)
+
+
+def test_scores_and_values_together_are_refused(train):
+    # the given values were silently replaced by the scores' mean
+    with pytest.raises(ValueError, match="give scores or values, not both"):
+        valuation_report(train, scores=torch.ones(2, 6), values=torch.arange(6.0))
+
+
+def test_save_refuses_a_nan_before_writing_anything(train, tmp_path):
+    report = ValuationReport(
+        labels=train.targets,
+        values=torch.tensor([0.5, float("nan"), 0.0, 0.0, 0.0, 0.0]),
+        most_valuable=torch.tensor([1, 0]),
+    )
+    with pytest.raises(ValueError, match="strict JSON"):
+        report.save(tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+def _strict_json(text: str) -> dict:
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not strict JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _full_report(train) -> ValuationReport:
+    scores = torch.tensor([[1.0, -2.0, 0.5, 3.0, 0.0, -1.0], [1.0, 0.0, 0.5, 1.0, 0.0, -3.0]])
+    accuracy = np.array([[0.9, 0.92], [0.91, 0.9]])
+    return valuation_report(
+        train,
+        scores=scores,
+        self_influence=torch.tensor([0.1, 0.9, 0.2, 0.3, 0.8, 0.0]),
+        flipped=torch.tensor([False, True, False, False, True, False]),
+        pruning=PruningCurve((0.0, 0.2), (0, 1), {"value": accuracy, "random": accuracy - 0.05}),
+        k=2,
+    )
+
+
+def _assert_same_report(loaded: ValuationReport, saved: ValuationReport) -> None:
+    for field in dataclasses.fields(ValuationReport):
+        got, expected = getattr(loaded, field.name), getattr(saved, field.name)
+        if isinstance(expected, torch.Tensor):
+            assert got.dtype == expected.dtype and torch.equal(got, expected), field.name
+        elif isinstance(expected, TopExamples):
+            for part in dataclasses.fields(TopExamples):
+                assert torch.equal(getattr(got, part.name), getattr(expected, part.name))
+        elif isinstance(expected, MislabelReport):
+            assert (got.found_at, got.auc, got.n_flipped, got.n_train) == (
+                expected.found_at,
+                expected.auc,
+                expected.n_flipped,
+                expected.n_train,
+            )
+            np.testing.assert_array_equal(got.recall_curve, expected.recall_curve)
+        elif isinstance(expected, PruningCurve):
+            assert (got.fractions, got.seeds, got.confidence) == (
+                expected.fractions,
+                expected.seeds,
+                expected.confidence,
+            )
+            assert got.accuracy.keys() == expected.accuracy.keys()
+            for strategy, table in expected.accuracy.items():
+                np.testing.assert_array_equal(got.accuracy[strategy], table)
+        else:
+            assert got is None and expected is None, field.name
+
+
+def test_a_saved_report_loads_back_equal_with_its_per_query_top_examples(train, tmp_path):
+    report = _full_report(train)
+    summary, _, arrays = report.save(tmp_path)
+    _strict_json(summary.read_text())
+    with np.load(arrays, allow_pickle=False) as saved:  # the per-query lists were not saved
+        np.testing.assert_array_equal(saved["top_harmful"], report.top.harmful.numpy())
+    loaded = ValuationReport.load(tmp_path)
+    _assert_same_report(loaded, report)
+    assert loaded.as_dict() == report.as_dict() and str(loaded) == str(report)
+
+
+def test_a_report_without_scores_loads_back_equal(train, tmp_path):
+    report = valuation_report(train, self_influence=torch.arange(6, dtype=torch.float32), k=3)
+    report.save(tmp_path)
+    _assert_same_report(ValuationReport.load(tmp_path), report)
+
+
+def _edit_summary(directory):
+    record = json.loads((directory / "valuation.json").read_text())
+    record["mislabel"]["auc"] = 0.99
+    (directory / "valuation.json").write_text(json.dumps(record))
+
+
+def _drop_summary_digest(directory):
+    record = json.loads((directory / "valuation.json").read_text())
+    del record["summary_sha256"]
+    (directory / "valuation.json").write_text(json.dumps(record))
+
+
+def _edit_figure(directory):
+    with open(directory / "valuation.png", "ab") as file:
+        file.write(b"\0")
+
+
+def _arrays_of_a_later_killed_save(directory):
+    newer = directory / "newer"
+    valuation_report(_train(), values=-torch.arange(6.0)).save(newer)
+    os.replace(newer / "values.npz", directory / "values.npz")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_edit_summary, r"valuation.json does not match the sha256 of its content"),
+        (_drop_summary_digest, r"valuation.json does not match the sha256 of its content"),
+        (_edit_figure, r"valuation.png does not match the sha256 that valuation.json records"),
+        (_arrays_of_a_later_killed_save, r"values.npz does not match the sha256"),
+    ],
+    ids=["summary", "summary-digest", "figure", "arrays"],
+)
+def test_load_refuses_an_edited_or_mixed_report(train, tmp_path, edit, message):
+    _full_report(train).save(tmp_path)
+    edit(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        ValuationReport.load(tmp_path)
