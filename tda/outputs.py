@@ -31,13 +31,15 @@ def task_outputs(model: nn.Module, task: Task, examples: Examples, batch_size: i
 
 def accuracy(model: nn.Module, examples: Examples, batch_size: int = 1024) -> float:
     """Fraction of examples whose arg-max logit is the target; for sequence targets ``[n, T]``,
-    of the positions whose target is counted (not :data:`~tda.task.IGNORE_INDEX`).
+    of the positions whose target is counted (not :data:`~tda.task.IGNORE_INDEX`). A float64
+    ratio of counts: 23/25 is ``0.92``, not a float32 mean's ``0.9200000166893005``.
 
     Raises:
         ValueError: no example, or no counted position (the fraction would be NaN).
     """
     counted = examples.targets != IGNORE_INDEX
-    if not bool(counted.any()):
+    total = int(counted.sum())
+    if total == 0:
         raise ValueError("accuracy needs at least one example with a counted target")
     predictions = logits_of(model, examples, batch_size).argmax(dim=-1)
-    return float((predictions == examples.targets)[counted].float().mean())
+    return int(((predictions == examples.targets) & counted).sum()) / total

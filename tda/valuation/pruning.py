@@ -35,7 +35,7 @@ from tda.data.examples import Examples
 from tda.describe import describe
 from tda.fingerprint import model_fingerprint
 from tda.models import build_model, model_dtype
-from tda.outputs import logits_of
+from tda.outputs import accuracy
 from tda.task import IGNORE_INDEX, ClassificationTask, Task
 from tda.training import TrainConfig, train
 from tda.valuation.values import require_finite
@@ -206,19 +206,11 @@ def _run(model_factory, train_data, test_data, removed, seed, config, task, path
         return round(float(record["accuracy"]) * total) / total
     keep = np.setdiff1d(np.arange(len(train_data)), removed)
     model = train(model, train_data.subset(keep), config, seed=seed, task=task).model
-    result = _accuracy(model, test_data)
+    result = accuracy(model, test_data)
     if path is not None:
         record = {**identity, "accuracy": result, "n_removed": len(removed)}
         write_bytes_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
     return result
-
-
-def _accuracy(model: nn.Module, test_data: Examples) -> float:
-    """Correct over counted test predictions, a float64 ratio of counts: ``0.92``, not the float32
-    mean ``0.9200000166893005`` (:func:`tda.outputs.accuracy` otherwise)."""
-    counted = test_data.targets != IGNORE_INDEX
-    correct = (logits_of(model, test_data).argmax(dim=-1) == test_data.targets) & counted
-    return int(correct.sum()) / _counted_targets(test_data)
 
 
 def _counted_targets(test_data: Examples) -> int:
