@@ -179,7 +179,11 @@ def append_audit(record: AuditRecord, log_path: str | os.PathLike) -> None:
 
 def _check_whole(path: Path, existing: bytes) -> None:
     if existing and not existing.endswith(b"\n"):
-        raise ValueError(f"audit log {path} does not end with a newline; refusing to append")
+        raise ValueError(
+            f"audit log {path} does not end with a newline; refusing to append (its last line "
+            "was cut off or edited: restore the log from a copy, or, if that line is no record, "
+            "remove it, and run again)"
+        )
 
 
 def check_audit_log(log_path: str | os.PathLike) -> list[AuditRecord]:

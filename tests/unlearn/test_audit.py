@@ -201,7 +201,7 @@ def test_appending_keeps_earlier_lines_and_refuses_a_damaged_log(result, tmp_pat
     assert log.read_text().count("\n") == 2
     damaged = log.read_bytes()[:-10]
     log.write_bytes(damaged)
-    with pytest.raises(ValueError, match="does not end with a newline"):
+    with pytest.raises(ValueError, match="does not end with a newline.*restore the log"):
         result.append_audit(log)
     assert log.read_bytes() == damaged
 
