@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from tda.arguments import check_positive_int
 from tda.checkpoints import Checkpoint, save_checkpoint
-from tda.data.examples import Examples, as_examples, check_input_dtype
+from tda.data.examples import Examples, as_examples, check_finite_inputs, check_input_dtype
 from tda.device import seeded_rng, to_device_of
 from tda.fingerprint import config_fingerprint
 from tda.task import IGNORE_INDEX, ClassificationTask, ClassLogit, LanguageModelingTask, Task
@@ -149,7 +149,7 @@ def _check_trainable(model: nn.Module, data: Examples, task: Task, keep, seed: i
     holding NaN or infinity, inputs the model cannot read, and targets outside its classes (for
     the tasks whose targets are class indices). Only the examples trained on (``keep``) are
     checked; the model reads the first example once."""
-    _check_finite_inputs(data.inputs, keep)
+    check_finite_inputs(data.inputs, keep)
     classes = _output_width(model, data.inputs, seed)
     if isinstance(task, ClassificationTask | ClassLogit) and data.targets.dim() == 1:
         _check_classes(data.targets, classes, keep, ignored=None)
@@ -164,19 +164,6 @@ def _first_bad_example(bad: Tensor, keep: Tensor | None) -> int | None:
         rows &= keep.to(rows.device)
     found = rows.nonzero()
     return int(found[0, 0]) if len(found) else None
-
-
-def _check_finite_inputs(inputs: Tensor, keep: Tensor | None) -> None:
-    """Refuse NaN or infinity in floating inputs (one vectorised pass when there is none)."""
-    if not inputs.is_floating_point() or bool(torch.isfinite(inputs).all()):
-        return
-    row = _first_bad_example(~torch.isfinite(inputs), keep)
-    if row is not None:
-        value = float(inputs[row][~torch.isfinite(inputs[row])][0])
-        raise ValueError(
-            f"the input of example {row} holds {value}: training on it would make the loss NaN; "
-            "impute or drop the non-finite values first"
-        )
 
 
 def _output_width(model: nn.Module, inputs: Tensor, seed: int) -> int:

@@ -281,3 +281,28 @@ def as_examples(data: Any, input_column: str = "input", target_column: str = "la
     if isinstance(data, Dataset) or isinstance(data, Sequence):
         return _from_pairs(data[i] for i in range(len(data)))
     raise TypeError(f"cannot read examples from {type(data).__name__}")
+
+
+def check_finite_inputs(inputs: Tensor, keep: Tensor | None = None) -> None:
+    """Refuse NaN or infinity in floating ``inputs`` (of the examples ``keep`` selects, a
+    ``[n]`` boolean mask, if given): one vectorised pass when there is none.
+
+    Raises:
+        ValueError: the first such example is named, with its value.
+    """
+    if not inputs.is_floating_point():
+        return
+    finite = torch.isfinite(inputs)
+    if bool(finite.all()):
+        return
+    rows = (~finite).reshape(len(inputs), -1).any(dim=1)
+    if keep is not None:
+        rows &= keep.to(rows.device)
+    found = rows.nonzero()
+    if len(found):
+        row = int(found[0, 0])
+        value = float(inputs[row][~finite[row]][0])
+        raise ValueError(
+            f"the input of example {row} holds {value}: training or curvature on it would be "
+            "NaN; impute or drop the non-finite values first"
+        )

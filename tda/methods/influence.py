@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from tda.curvature.base import CurvatureSolver, SolverDivergedError
-from tda.data.examples import Examples, as_examples, check_input_dtype
+from tda.data.examples import Examples, as_examples, check_finite_inputs, check_input_dtype
 from tda.grads import ParameterNames, iter_per_sample_gradients
 from tda.methods.runs import TrainingRun
 from tda.task import ClassificationTask, Task
@@ -65,13 +65,15 @@ class InfluenceFunction:
         arrays). The model must not change afterwards (scores read its parameters).
 
         Raises:
-            ValueError: an empty training set, or floating inputs of another dtype than the
-                model (:func:`tda.data.examples.check_input_dtype`), refused before any work.
+            ValueError: an empty training set, floating inputs of another dtype than the model
+                (:func:`tda.data.examples.check_input_dtype`), or inputs holding NaN or infinity
+                (the first example named), refused before any work.
         """
         train = as_examples(train)
         if len(train) == 0:
             raise ValueError("cannot fit influence functions on an empty training set")
         check_input_dtype(model, train.inputs)
+        check_finite_inputs(train.inputs)
         chosen = self.parameters(model) if callable(self.parameters) else self.parameters
         selected = None if chosen is None else list(chosen)
         fitted = self.solver.fit(model, self.task, train, parameters=selected)

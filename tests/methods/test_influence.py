@@ -109,6 +109,15 @@ def test_inputs_of_another_float_dtype_are_refused_at_fit_and_score(
         fitted.score(queries.to(dtype=torch.float32))
 
 
+@pytest.mark.parametrize("solver", [ExplicitSolver(), EKFACSolver()])
+def test_inputs_holding_nan_are_refused_at_fit_naming_the_example(tiny_mlp, tiny_data, solver):
+    """EK-FAC said only that "the input factor of module '0' is not finite"."""
+    inputs = tiny_data.inputs.clone()
+    inputs[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="the input of example 3 holds nan"):
+        InfluenceFunction(solver).fit(tiny_mlp.double(), (inputs, tiny_data.targets))
+
+
 # Leave-one-out oracle: L2-regularised multinomial logistic regression on scikit-learn digits,
 # trained in float64 numpy to a gradient below 1e-12. The objective is
 #     J_w(θ) = (1/n) Σ_j w_j CE(z_j; θ) + (λ/2) ||θ||²    (θ = [W | b], bias included),
