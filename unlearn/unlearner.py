@@ -93,16 +93,29 @@ def _check_carries_earlier_forgets(request, model_before: str, records: list[Aud
         )
 
 
+def _descendant_records(model_before: str, records: list[AuditRecord]) -> list[AuditRecord]:
+    """The logged requests on ``model_before`` and, transitively, on every model made from it."""
+    lineage, found, grew = {model_before}, set(), True
+    while grew:  # the log is in order, so one pass finds all but lines appended out of order
+        grew = False
+        for position, record in enumerate(records):
+            if record.model_fingerprint_before in lineage and position not in found:
+                found.add(position)
+                lineage.add(record.model_fingerprint_after)
+                grew = True
+    return [records[position] for position in sorted(found)]
+
+
 def _check_not_superseded(request, model_before: str, records: list[AuditRecord]) -> None:
-    """Refuse a request on a model the log says earlier requests already unlearned from, unless
-    its ``forget_indices`` hold all that they forgot from it: this model still holds those
-    examples (``previously_forgotten`` would claim they were gone), so the new model would hold
-    them again. An empty request is refused too: it would hand this model back as a result. The
-    same request run again passes."""
+    """Refuse a request on a model the log says earlier requests already unlearned from (it, or
+    a model made from it), unless its ``forget_indices`` hold all that they forgot: this model
+    still holds those examples (``previously_forgotten`` would claim they were gone), so the new
+    model would hold them again. An empty request is refused too: it would hand this model back
+    as a result. The same request run again passes while no later one was made from its result."""
     forgotten, missing = set(request.forget_indices), {}  # earlier request id -> examples lacked
-    for record in records:
+    for record in _descendant_records(model_before, records):
         lacking = set(record.request.forget_indices) - forgotten
-        if record.model_fingerprint_before == model_before and lacking:
+        if lacking:
             missing.setdefault(record.request_id, set()).update(lacking)
     if not missing:
         return
@@ -112,10 +125,11 @@ def _check_not_superseded(request, model_before: str, records: list[AuditRecord]
     earlier = ("requests " if len(missing) > 1 else "request ") + ", ".join(missing)
     raise ValueError(
         f"request {request.request_id} is for model {model_before[:12]}..., which the audit log "
-        f"shows {earlier} already unlearned from; its forget_indices lack {len(lacked)} of the "
-        f"examples forgotten from it (e.g. {lacked[:5]}{note}), which this model still holds, so "
-        "the new model would hold them again: unlearn from that request's result "
-        "(result.next_request(...)), or add them to forget_indices"
+        f"shows {earlier} already unlearned from (from it or a model made from it); its "
+        f"forget_indices lack {len(lacked)} of the examples forgotten from it (e.g. "
+        f"{lacked[:5]}{note}), which this model still holds, so the new model would hold them "
+        "again: unlearn from the latest result (result.next_request(...)), or add them to "
+        "forget_indices"
     )
 
 

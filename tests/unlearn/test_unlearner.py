@@ -213,9 +213,10 @@ def test_a_request_on_a_model_already_unlearned_from_must_forget_what_was_forgot
         with pytest.raises(
             ValueError,
             match=(
-                f"the audit log shows request {first.audit.request_id} already unlearned from; "
-                r"its forget_indices lack \d of the examples forgotten from it \(e.g. \[(1, )?2\]\)"
-                r".*result.next_request\(...\)\), or add them to forget_indices"
+                f"the audit log shows request {first.audit.request_id} already unlearned from "
+                r"\(from it or a model made from it\); its forget_indices lack \d of the examples "
+                r"forgotten from it \(e.g. \[(1, )?2\]\).*result.next_request\(...\)\), or add "
+                "them to forget_indices"
             ),
         ):
             unlearner.unlearn(trained, mnist.train, fork)
@@ -229,6 +230,10 @@ def test_a_request_on_a_model_already_unlearned_from_must_forget_what_was_forgot
     with pytest.raises(ValueError, match=f"shows requests {first.audit.request_id}, "):
         unlearner.unlearn(trained, mnist.train, _request(trained, indices=[9]))
     assert more.audit.request.forget_indices == (1, 2, 3)
+    # a model made from the first result forgot 5 too: a new fork of the original must forget it
+    with pytest.raises(ValueError, match=rf"{second.audit.request_id}.* lack 1 .*\(e.g. \[5\]\)"):
+        unlearner.unlearn(trained, mnist.train, _request(trained, indices=[1, 2, 3]))
+    unlearner.unlearn(trained, mnist.train, _request(trained, indices=[1, 2, 3, 5]))
     # without an audit log there is no history to check
     Unlearner(FineTune(QUICK)).unlearn(trained, mnist.train, _request(trained, indices=[3]))
 
