@@ -41,7 +41,9 @@ class AuditRecord:
         request: the validated request (its id, forget indices, seed, target fingerprint).
         method: qualified class name of the method.
         method_config: JSON description of the method's hyperparameters.
-        mask: summary of the caller's mask (trainable / total / fingerprint) or ``None``.
+        mask: summary of the caller's mask (trainable / total / fingerprint); with none, of the
+            parameters the model froze with ``requires_grad=False`` (also naming them); else
+            ``None``.
         model_fingerprint_before: fingerprint of the model handed in.
         model_fingerprint_after: fingerprint of the model handed back.
         data_fingerprint: fingerprint of the training set the indices refer to.

@@ -61,8 +61,16 @@ def intersect_masks(first: Mask | None, second: Mask | None) -> dict[str, Tensor
     }
 
 
-def describe_mask(mask: Mask | None) -> dict | None:
-    """Audit summary: trainable and total weights named by the mask and a content fingerprint."""
+def describe_mask(mask: Mask | None, model: nn.Module | None = None) -> dict | None:
+    """Audit summary: trainable and total weights named by the mask and a content fingerprint;
+    with no mask, of the parameters ``model`` freezes with ``requires_grad=False`` (also weights
+    no method may change), named under ``"requires_grad_false"``; ``None`` if there are none."""
+    if mask is None and model is not None:
+        frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+        if frozen:
+            implied = {name: torch.full_like(p, p.requires_grad, dtype=torch.bool)
+                       for name, p in model.named_parameters()}  # fmt: skip
+            return {**describe_mask(implied), "requires_grad_false": frozen}
     if mask is None:
         return None
     return {

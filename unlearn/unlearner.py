@@ -294,7 +294,7 @@ class Unlearner:
             request=request,
             method=qualified_name(type(self.method)),
             method_config=describe(self.method),
-            mask=describe_mask(self.mask),
+            mask=describe_mask(self.mask, unlearned),
             model_fingerprint_before=model_before,
             model_fingerprint_after=model_fingerprint(unlearned),
             data_fingerprint=data_before,

@@ -1,3 +1,4 @@
+import copy
 import re
 from functools import partial
 
@@ -308,3 +309,20 @@ def test_checking_the_data_leaves_the_callers_model_and_the_result_as_they_were(
     unchecked = Unlearner(FineTune(QUICK), compute_metrics=False)
     alone = unchecked.unlearn(model, mnist.train, _request(model))
     assert checked.audit.model_fingerprint_after == alone.audit.model_fingerprint_after
+
+
+def test_parameters_frozen_by_requires_grad_are_in_the_audit(mnist, trained):
+    """With no mask the audit said mask None, though only the unfrozen layers could change."""
+    unlearner = Unlearner(FineTune(QUICK), compute_metrics=False)
+    assert unlearner.unlearn(trained, mnist.train, _request(trained)).audit.mask is None
+    partly = copy.deepcopy(trained)
+    names = [name for name, _ in partly.named_parameters()]
+    for parameter in list(partly.parameters())[:2]:
+        parameter.requires_grad_(False)
+    result = unlearner.unlearn(partly, mnist.train, _request(partly))
+    frozen = dict(partly.named_parameters())
+    assert result.audit.mask["requires_grad_false"] == names[:2]
+    assert result.audit.mask["total"] == sum(p.numel() for p in frozen.values())
+    assert result.audit.mask["trainable"] == sum(frozen[name].numel() for name in names[2:])
+    for name in names[:2]:  # and they did not change
+        assert torch.equal(dict(result.model.named_parameters())[name], frozen[name])
