@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import unlearn
 from benchmarks.record import command_line, environment
-from experiments.unlearning import build_unlearner, search_grid, setting, settings_of
+from experiments.unlearning import build_candidates, search_grid, setting
 from tda.atomic import write_json
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -56,11 +56,8 @@ def outcome(cfg: DictConfig) -> dict:
     workspace, splits, forget_set, factory, config = setting(cfg)
     train, seeds = splits.train, list(range(cfg.models))
     originals = unlearn.load_or_train(factory, train, config, seeds, workspace / "models")
-    keys, values = search_grid(cfg.tuning)
-    candidates = {
-        value: build_unlearner(cfg.unlearner, {}, settings_of(keys, value)) for value in values
-    }
-    label, count = ", ".join(keys), min(cfg.tuning.models, cfg.models)
+    candidates = build_candidates(cfg, {})
+    label, count = ", ".join(search_grid(cfg.tuning)[0]), min(cfg.tuning.models, cfg.models)
     proxy = unlearn.tune_on_proxy(
         label, candidates, forget_set, originals[:count], train, splits.test,
         seeds=seeds[:count], model_factory=factory, config=config,

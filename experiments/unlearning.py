@@ -72,7 +72,7 @@ def main(cfg: DictConfig) -> float:
     )
     shared = _shared_parts(cfg)
     calibration = _calibrate_predictor(cfg, shared, originals, splits.train, forget_set, workspace)
-    built = _candidates(cfg, shared)  # a bad unlearner or tuning key fails before the claim
+    built = build_candidates(cfg, shared)  # a bad unlearner or tuning key fails before the claim
     journal, claimed = _journal(cfg, workspace)
     with _released_on_error(journal, claimed):
         candidates, selection = _tuned_methods(
@@ -257,7 +257,7 @@ def build_predictor(cfg: DictConfig, **kwargs: Any):
     return instantiate(rest.predictor, _partial_=True, **kwargs)(model_factory=factory)
 
 
-def _candidates(cfg: DictConfig, shared: dict) -> dict:
+def build_candidates(cfg: DictConfig, shared: dict) -> dict:
     """``{value: unlearner}`` for every value of the search (:func:`search_grid`), or
     ``{None: unlearner}`` when no ``tuning.parameter`` is named."""
     if cfg.tuning.parameter is None:
@@ -269,7 +269,7 @@ def _candidates(cfg: DictConfig, shared: dict) -> dict:
 
 
 def _tuned_methods(cfg, candidates, originals, splits, forget_set, workspace, journal):
-    """``[(value, unlearner)]`` of :func:`_candidates`, best proxy value first, when
+    """``[(value, unlearner)]`` of :func:`build_candidates`, best proxy value first, when
     ``tuning.parameter`` is named."""
     if cfg.tuning.parameter is None:
         return list(candidates.items()), None
