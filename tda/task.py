@@ -116,6 +116,17 @@ IGNORE_INDEX = -100
 """Target value of a position that no loss or output counts (padding, a prompt's tokens)."""
 
 
+def outside_classes(targets: Tensor, classes: int, ignored: int | None = None) -> Tensor:
+    """Mask of the ``targets`` that are no class index ``0..classes-1`` (fractional or NaN
+    floats included), leaving ``ignored`` positions (e.g. :data:`IGNORE_INDEX`) out."""
+    outside = (targets < 0) | (targets >= classes)
+    if targets.is_floating_point():
+        outside |= targets != targets.round()  # 0.5, NaN
+    if ignored is not None:
+        outside &= targets != ignored
+    return outside
+
+
 def _token_log_likelihoods(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """:math:`\\log p(y_t)` at every position (0 where ignored) and the mask of counted ones."""
     counted = target != IGNORE_INDEX

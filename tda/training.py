@@ -21,10 +21,23 @@ from tqdm.auto import tqdm
 
 from tda.arguments import check_positive_int
 from tda.checkpoints import Checkpoint, save_checkpoint
-from tda.data.examples import Examples, as_examples, check_finite_inputs, check_input_dtype
+from tda.data.examples import (
+    Examples,
+    as_examples,
+    check_finite_inputs,
+    check_input_dtype,
+    first_flagged_example,
+)
 from tda.device import seeded_rng, to_device_of
 from tda.fingerprint import config_fingerprint
-from tda.task import IGNORE_INDEX, ClassificationTask, ClassLogit, LanguageModelingTask, Task
+from tda.task import (
+    IGNORE_INDEX,
+    ClassificationTask,
+    ClassLogit,
+    LanguageModelingTask,
+    Task,
+    outside_classes,
+)
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -157,15 +170,6 @@ def _check_trainable(model: nn.Module, data: Examples, task: Task, keep, seed: i
         _check_classes(data.targets, classes, keep, ignored=IGNORE_INDEX)
 
 
-def _first_bad_example(bad: Tensor, keep: Tensor | None) -> int | None:
-    """The first example (of those kept) with a True entry in ``bad`` (``[n, ...]``)."""
-    rows = bad.reshape(len(bad), -1).any(dim=1)
-    if keep is not None:
-        rows &= keep.to(rows.device)
-    found = rows.nonzero()
-    return int(found[0, 0]) if len(found) else None
-
-
 def _output_width(model: nn.Module, inputs: Tensor, seed: int) -> int:
     """The number of outputs (classes, vocabulary) of the model on the first example, read in
     eval mode without gradients under a forked RNG, so that dropout draws nothing from the
@@ -197,12 +201,8 @@ def _output_width(model: nn.Module, inputs: Tensor, seed: int) -> int:
 
 def _check_classes(targets: Tensor, classes: int, keep: Tensor | None, ignored: int | None) -> None:
     """Refuse a target (other than ``ignored`` positions) that is not a class ``0..classes-1``."""
-    outside = (targets < 0) | (targets >= classes)
-    if targets.is_floating_point():
-        outside |= targets != targets.round()  # 0.5, NaN
-    if ignored is not None:
-        outside &= targets != ignored
-    row = _first_bad_example(outside, keep)
+    outside = outside_classes(targets, classes, ignored)
+    row = first_flagged_example(outside, keep)
     if row is None:
         return
     position = int(outside[row].reshape(-1).nonzero()[0, 0]) if targets.dim() > 1 else None

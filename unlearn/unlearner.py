@@ -24,7 +24,7 @@ from tda.data.examples import Examples, as_examples, check_input_dtype
 from tda.describe import describe, qualified_name
 from tda.fingerprint import model_fingerprint
 from tda.outputs import logits_of
-from tda.task import IGNORE_INDEX
+from tda.task import IGNORE_INDEX, outside_classes
 from tda.timing import warm_up_torch
 from unlearn.audit import AuditRecord, check_audit_log, new_run_id
 from unlearn.masks import Mask, check_mask, describe_mask
@@ -177,8 +177,8 @@ def _check_classes(targets: torch.Tensor, logits: torch.Tensor, name: str) -> No
             f"read class indices of shape [{expected}] for the model's outputs of shape "
             f"{list(logits.shape[1:])} (pass compute_metrics=False to skip the metrics)"
         )
-    counted = targets[targets != IGNORE_INDEX] if targets.dim() > 1 else targets
-    outside = counted[(counted < 0) | (counted >= classes)]
+    ignored = IGNORE_INDEX if targets.dim() > 1 else None
+    outside = targets[outside_classes(targets, classes, ignored)]
     if outside.numel():
         raise ValueError(
             f"{name} has label {int(outside[0])}, outside the model's {classes} outputs (classes "

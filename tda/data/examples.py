@@ -295,14 +295,20 @@ def check_finite_inputs(inputs: Tensor, keep: Tensor | None = None) -> None:
     finite = torch.isfinite(inputs)
     if bool(finite.all()):
         return
-    rows = (~finite).reshape(len(inputs), -1).any(dim=1)
-    if keep is not None:
-        rows &= keep.to(rows.device)
-    found = rows.nonzero()
-    if len(found):
-        row = int(found[0, 0])
+    row = first_flagged_example(~finite, keep)
+    if row is not None:
         value = float(inputs[row][~finite[row]][0])
         raise ValueError(
             f"the input of example {row} holds {value}: training or curvature on it would be "
             "NaN; impute or drop the non-finite values first"
         )
+
+
+def first_flagged_example(flags: Tensor, keep: Tensor | None = None) -> int | None:
+    """The first example with a True entry in ``flags`` (``[n, ...]``), of those ``keep`` (a
+    ``[n]`` boolean mask) selects if given; ``None`` if there is none."""
+    rows = flags.reshape(len(flags), -1).any(dim=1)
+    if keep is not None:
+        rows &= keep.to(rows.device)
+    found = rows.nonzero()
+    return int(found[0, 0]) if len(found) else None

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tda.arguments import check_positive_int
-from tda.data.examples import Examples
+from tda.data.examples import Examples, first_flagged_example
+from tda.task import outside_classes
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,8 @@ def _check_labels(split: str, examples: Examples, num_classes: int) -> None:
     targets = examples.targets
     if targets.dim() != 1 or targets.is_floating_point() or targets.is_complex():
         return
-    outside = ((targets < 0) | (targets >= num_classes)).nonzero()
-    if len(outside):
-        row = int(outside[0, 0])
+    row = first_flagged_example(outside_classes(targets, num_classes))
+    if row is not None:
         raise ValueError(
             f"{split} label {int(targets[row])} of example {row} is outside the classes "
             f"0..{num_classes - 1} (num_classes={num_classes}); pass the number of classes "
