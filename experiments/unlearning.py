@@ -70,8 +70,8 @@ def main(cfg: DictConfig) -> float:
     oracles = unlearn.load_or_train_oracles(
         factory, train, forget, config, oracle_seeds, workspace / "oracles"
     )
-    shared = _shared_parts(cfg)
-    calibration = _calibrate_predictor(cfg, shared, originals, splits.train, forget_set, workspace)
+    shared = shared_parts(cfg)
+    calibration = calibrate_predictor(cfg, shared, originals, splits.train, forget_set, workspace)
     built = build_candidates(cfg, shared)  # a bad unlearner or tuning key fails before the claim
     journal, claimed = _journal(cfg, workspace)
     with _released_on_error(journal, claimed):
@@ -238,7 +238,7 @@ def _released_on_error(journal: unlearn.SearchJournal, claimed: bool) -> Iterato
         raise
 
 
-def _shared_parts(cfg) -> dict:
+def shared_parts(cfg) -> dict:
     """Objects every candidate shares: DMM's output predictor, built (and featurized) once."""
     return {"predictor": build_predictor(cfg)} if "predictor" in cfg.unlearner else {}
 
@@ -337,7 +337,7 @@ def build_unlearner(
     return instantiate(variant, _partial_=True)(**shared)
 
 
-def _calibrate_predictor(cfg, shared, originals, train, forget_set, workspace) -> dict | None:
+def calibrate_predictor(cfg, shared, originals, train, forget_set, workspace) -> dict | None:
     """Fit the shared DMM predictor's scales on the proxy forget sets (``calibrate_predictor``);
     uses the tuning protocol's originals, proxies (``tuning.proxies``, pooled) and their oracles."""
     if not cfg.calibrate_predictor:

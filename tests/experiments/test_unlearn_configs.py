@@ -244,7 +244,7 @@ def test_the_dmm_predictor_builds_its_models_on_the_runs_device(name, monkeypatc
         return "predictor"
 
     monkeypatch.setattr(unlearn, cfg.predictor._target_.rsplit(".", 1)[1], predictor)
-    assert _load_unlearning()._shared_parts(cfg) == {"predictor": "predictor"}
+    assert _load_unlearning().shared_parts(cfg) == {"predictor": "predictor"}
     factory = built.pop("model_factory")
     assert isinstance(factory, OnDevice) and factory.device == torch.device("cpu")
     model, bare_model = factory(), instantiate(cfg.model)()
