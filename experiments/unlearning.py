@@ -112,6 +112,7 @@ def _write(cfg: DictConfig, workspace: Path, record: dict) -> None:
     record |= {
         "settings": OmegaConf.to_container(cfg, resolve=True),
         "versions": _versions(),
+        "resolved_device": str(resolve_device(cfg.device)),
         "command": [sys.executable, *sys.argv],
         "overrides": list(HydraConfig.get().overrides.task),
     }
@@ -134,8 +135,10 @@ def _record_path(cfg: DictConfig, workspace: Path) -> Path:
 def _finished_gap(cfg: DictConfig) -> float | None:
     """The recorded average gap (inf if it diverged) of this configuration's finished run, which is
     then skipped: its record holds the same settings (:data:`VOLATILE` aside) and library versions
-    (:func:`_versions`). ``None`` when the run is to be made: no record, ``rerun=true``, or a
-    record of other versions (replaced, as before).
+    (:func:`_versions`) and ran on the device ``device`` resolves to here (``auto`` is ``cpu`` on
+    one machine and ``cuda`` on another; records from before ``resolved_device`` was written are
+    taken as they are). ``None`` when the run is to be made: no record, ``rerun=true``, or a
+    record of other versions or another device (replaced, as before).
 
     Raises:
         ValueError: ``results_name`` holds a record of other settings (:func:`_same_run_record`),
@@ -147,6 +150,10 @@ def _finished_gap(cfg: DictConfig) -> float | None:
         return None
     if record.get("versions") != _versions():
         print(f"{path}: recorded with other library versions; recomputing it")
+        return None
+    device = str(resolve_device(cfg.device))
+    if record.get("resolved_device", device) != device:
+        print(f"{path}: recorded on {record['resolved_device']}, not {device}; recomputing it")
         return None
     gap = record.get("average_gap", float("inf"))
     print(

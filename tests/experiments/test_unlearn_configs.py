@@ -440,6 +440,22 @@ def test_a_finished_run_of_other_library_versions_is_recomputed(tmp_path, monkey
     assert calls == [1] and again["versions"] == record["versions"]
 
 
+def test_a_finished_run_on_another_device_is_recomputed(tmp_path, monkeypatch, capsys):
+    # device=auto is cpu here and cuda on a GPU machine: a record made on one is not the other's
+    record = _run_in_process(tmp_path, *FIXED)
+    assert record["resolved_device"] == "cpu"
+    path = _record_of(tmp_path)
+    path.write_text(json.dumps({**record, "resolved_device": "cuda"}))
+    calls = _count_unlearning(monkeypatch)
+    again = _run_in_process(tmp_path, *FIXED)
+    assert calls == [1] and again["resolved_device"] == "cpu"
+    assert "recorded on cuda, not cpu; recomputing it" in capsys.readouterr().out
+    del again["resolved_device"]  # a record from before the field: taken as it is
+    path.write_text(json.dumps(again))
+    _no_training(monkeypatch)
+    assert _run_in_process(tmp_path, *FIXED) == again
+
+
 @pytest.mark.parametrize("rerun", ["false", "true"])
 def test_a_record_of_other_settings_is_refused_before_any_model_is_trained(
     tmp_path, monkeypatch, rerun
