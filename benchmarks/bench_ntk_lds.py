@@ -97,7 +97,7 @@ def score_member(kernel: EmpiricalNTK, machine_name: str, checkpoint, train, que
     model = load_member(MLP, checkpoint)
     timed = TimedMachine(MACHINES[machine_name]())
     start = time.perf_counter()
-    surrogate = NTKSurrogate(kernel=kernel, machine=timed).fit(model, train)
+    surrogate = NTKSurrogate(kernel=kernel, machine=timed).fit(model, train, progress=False)
     fit_s = time.perf_counter() - start
     start = time.perf_counter()
     scores = surrogate.score(queries).double().numpy()

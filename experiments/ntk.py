@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> float:
     train(model, splits.train, instantiate(cfg.train), seed=cfg.model_seed)
     surrogate = NTKSurrogate(instantiate(cfg.ntk.kernel), instantiate(cfg.ntk.machine))
     start = time.perf_counter()
-    surrogate.fit(model, splits.train)
+    surrogate.fit(model, splits.train, progress=cfg.progress)
     report = surrogate.faithfulness(splits.test.subset(range(min(cfg.queries, len(splits.test)))))
     seconds = time.perf_counter() - start
     choices = HydraConfig.get().runtime.choices

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from tda.data.examples import Examples, as_examples
 from tda.ntk.faithfulness import FaithfulnessReport, faithfulness
@@ -51,12 +52,14 @@ class NTKSurrogate:
     fitted: KernelMachine | None = field(default=None, init=False, repr=False)
     train_features: Tensor | None = field(default=None, init=False, repr=False)
 
-    def fit(self, model: nn.Module, train: Any) -> NTKSurrogate:
+    def fit(self, model: nn.Module, train: Any, *, progress: bool = True) -> NTKSurrogate:
         """Compute the training kernel and fit the machine to the network's predictions.
 
         ``train`` (and the queries of the other methods) is ``Examples`` or anything
         :func:`tda.as_examples` reads (e.g. ``(X, y)`` arrays). The model must not change
-        afterwards (query kernels read its parameters).
+        afterwards (query kernels read its parameters). ``progress`` shows which of the three
+        stages runs (features, Gram matrix, machine fit); on thousands of examples the
+        machine's fit (scikit-learn's) takes most of the time.
 
         Raises:
             ValueError: fewer than 2 examples, or floating inputs of another dtype than the model.
@@ -67,11 +70,18 @@ class NTKSurrogate:
         if len(train) < 2:
             raise ValueError(f"need at least 2 training examples, got {len(train)}")
         self.kernel.check_memory(model, train.inputs, n_left=0, n_right=len(train), square=True)
-        self.train_features = self.kernel.features(model, train.inputs)
-        gram = kernel_from_features(self.train_features, self.train_features)
-        logits = logits_of(model, train)
-        predictions = logits.argmax(1).cpu()
-        self.fitted = self.machine.fit(gram.cpu(), predictions, logits.shape[1])
+        with tqdm(total=3, desc="NTK surrogate", disable=not progress) as stages:
+            stages.set_postfix_str(f"{self.kernel.kind} features of {len(train)} examples")
+            self.train_features = self.kernel.features(model, train.inputs)
+            stages.update()
+            stages.set_postfix_str(f"{len(train)} x {len(train)} Gram matrix")
+            gram = kernel_from_features(self.train_features, self.train_features)
+            stages.update()
+            stages.set_postfix_str(f"fitting {type(self.machine).__name__}")
+            logits = logits_of(model, train)
+            predictions = logits.argmax(1).cpu()
+            self.fitted = self.machine.fit(gram.cpu(), predictions, logits.shape[1])
+            stages.update()
         self.model, self.train = model, train
         return self
 

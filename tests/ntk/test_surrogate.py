@@ -192,3 +192,13 @@ def test_surrogate_reads_raw_arrays_as_their_examples(trained, tiny_data):
     torch.testing.assert_close(raw.surrogate_output(pair), expected.surrogate_output(queries))
     torch.testing.assert_close(raw.bias(pair), expected.bias(queries))
     assert raw.faithfulness(pair) == expected.faithfulness(queries)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_fit_shows_its_stages_unless_told_not_to(trained, tiny_data, capsys, progress):
+    NTKSurrogate().fit(trained, tiny_data.subset(range(15)), progress=progress)
+    shown = capsys.readouterr().err
+    if progress:  # the bar ends on its last stage, the machine's fit, all three done
+        assert "NTK surrogate" in shown and "3/3" in shown and "KernelLogisticRegression" in shown
+    else:
+        assert shown == ""
