@@ -36,6 +36,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import unlearn
+from tda.arguments import check_positive_int
 from tda.atomic import write_bytes_atomic
 from tda.describe import describe
 from tda.device import on_device, resolve_device
@@ -57,6 +58,8 @@ def setting(cfg: DictConfig) -> tuple:
 @hydra.main(config_path="../conf", config_name="unlearn", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Run the benchmark; returns the average gap to the oracles (inf if unlearning diverged)."""
+    check_positive_int("models", cfg.models)
+    check_positive_int("tuning.models", cfg.tuning.models)
     recorded = _finished_gap(cfg)  # before any model is loaded or trained
     if recorded is not None:
         return recorded
@@ -122,10 +125,31 @@ def _write(cfg: DictConfig, workspace: Path, record: dict) -> None:
     print(f"{path}: {record['status']}, average gap {record.get('average_gap', float('inf')):.2f}")
 
 
-VOLATILE = ("progress", "threads", "rerun")
+VOLATILE = ("progress", "threads", "rerun", "device")
 """Settings that do not change a run's record: a finished run started again with other values of
 them is still skipped (or, with ``rerun=true``, replaced), and a killed run restarted with other
-values of them resumes (its journal and claim)."""
+values of them resumes (its journal and claim). ``device`` is compared as resolved instead
+(``device=cpu`` and ``device=auto`` on a CPU machine are one run; :func:`_finished_gap`)."""
+
+
+def portable_settings(settings: dict) -> dict:
+    """``settings`` (resolved) as runs compare them: :data:`VOLATILE` keys dropped and the
+    workspace's spelling (``runs/x``, ``./runs/x/``, an absolute path, a moved workspace) replaced
+    by ``${workspace}`` in every path under it, since a record is found through its workspace."""
+    workspace = str(settings.get("workspace", "")).rstrip("/")
+
+    def portable(value):
+        if isinstance(value, dict):
+            return {key: portable(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [portable(item) for item in value]
+        if isinstance(value, str) and workspace and value.startswith(workspace):
+            rest = value[len(workspace) :]
+            if not rest or rest.startswith("/"):
+                return "/".join(["${workspace}", *filter(None, rest.split("/"))])
+        return value
+
+    return {key: portable(value) for key, value in settings.items() if key not in VOLATILE}
 
 
 def _record_path(cfg: DictConfig, workspace: Path) -> Path:
@@ -173,12 +197,11 @@ def _same_run_record(cfg: DictConfig, path: Path) -> dict | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    settings = json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True)))  # as recorded
-    recorded = record.get("settings", {})
+    as_recorded = json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True)))
+    settings = portable_settings(as_recorded)
+    recorded = portable_settings(record.get("settings", {}))
     differing = sorted(
-        key
-        for key in settings.keys() | recorded.keys()
-        if key not in VOLATILE and settings.get(key) != recorded.get(key)
+        key for key in settings.keys() | recorded.keys() if settings.get(key) != recorded.get(key)
     )
     if differing:
         raise ValueError(
@@ -195,10 +218,10 @@ def _journal(cfg: DictConfig, workspace: Path) -> tuple[unlearn.SearchJournal, b
 
     The journal also claims ``results_name`` for this configuration (:func:`_claim`); returns
     it and whether this run made the claim (``False``: it resumes, or joins, an earlier one's)."""
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    for key in VOLATILE:  # a killed run resumes when restarted with other threads or progress
-        settings.pop(key, None)
-    device = str(resolve_device(cfg.device))  # "auto" differs between machines
+    # a killed run resumes when restarted with other threads or progress, or from another spelling
+    # of its workspace; "auto" differs between machines, so the device counts as resolved
+    settings = portable_settings(OmegaConf.to_container(cfg, resolve=True))
+    device = str(resolve_device(cfg.device))
     context = json.dumps(
         {"settings": settings, "versions": _versions(), "device": device}, sort_keys=True
     )

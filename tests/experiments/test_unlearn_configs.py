@@ -117,10 +117,16 @@ def test_the_default_is_ft_on_a_random_tenth_with_twenty_models_and_a_floor():
     assert instantiate(cfg.forget) == unlearn.RandomForgetSet(0.1)
 
 
-def _run_in_process(workspace: Path, *overrides: str) -> dict:
+def _load_unlearning_module():
+    """``experiments/unlearning.py`` loaded afresh."""
     spec = importlib.util.spec_from_file_location("unlearning", REPO / "experiments/unlearning.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _run_in_process(workspace: Path, *overrides: str) -> dict:
+    module = _load_unlearning_module()
     cfg = compose_unlearn(*TINY, f"workspace={workspace}", *overrides)
     with open_dict(cfg):
         del cfg["hydra"]  # as @hydra.main hands it over: Hydra's node lives in HydraConfig
@@ -222,13 +228,6 @@ def test_a_killed_run_resumes_when_restarted_with_other_threads_or_progress(tmp_
     assert not (tmp_path / "results" / ".search" / "unlearn-ft-random_10pct").exists()
 
 
-def _load_unlearning():
-    spec = importlib.util.spec_from_file_location("unlearning", REPO / "experiments/unlearning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", ["datamodels", "oracle", "trak"])
 def test_the_dmm_predictor_builds_its_models_on_the_runs_device(name, monkeypatch):
     # device=auto must reach the predictor's members, oracles and retrainings as it reaches every
@@ -244,7 +243,7 @@ def test_the_dmm_predictor_builds_its_models_on_the_runs_device(name, monkeypatc
         return "predictor"
 
     monkeypatch.setattr(unlearn, cfg.predictor._target_.rsplit(".", 1)[1], predictor)
-    assert _load_unlearning().shared_parts(cfg) == {"predictor": "predictor"}
+    assert _load_unlearning_module().shared_parts(cfg) == {"predictor": "predictor"}
     factory = built.pop("model_factory")
     assert isinstance(factory, OnDevice) and factory.device == torch.device("cpu")
     model, bare_model = factory(), instantiate(cfg.model)()
@@ -438,6 +437,44 @@ def test_a_finished_run_of_other_library_versions_is_recomputed(tmp_path, monkey
     calls = _count_unlearning(monkeypatch)
     again = _run_in_process(tmp_path, *FIXED)
     assert calls == [1] and again["versions"] == record["versions"]
+
+
+def test_a_finished_run_is_found_from_a_moved_workspace_or_an_explicit_device(
+    tmp_path, monkeypatch
+):
+    # the record is found through its workspace, so paths under it are compared as ${workspace}/...;
+    # device=cpu is the run that device=auto made on this CPU machine
+    record = _run_in_process(tmp_path, *FIXED)
+    path = _record_of(tmp_path)
+    moved = json.loads(path.read_text().replace(str(tmp_path), "/old/place/of/it/"))
+    assert moved["settings"]["workspace"] == "/old/place/of/it/"
+    path.write_text(json.dumps(moved))
+    _no_training(monkeypatch)
+    assert _run_in_process(tmp_path, *FIXED, "device=cpu") == moved
+    assert record["settings"]["device"] == "auto"
+
+
+def test_portable_settings_name_paths_under_the_workspace_however_it_is_spelled():
+    spelled = [
+        ("runs/x", "runs/x/models"),
+        ("./runs/x/", "./runs/x//models"),
+        ("/a/x", "/a/x/models"),
+    ]
+    for workspace, models in spelled:
+        settings = {"workspace": workspace, "root": models, "other": "runs/xy", "threads": 2}
+        assert _load_unlearning_module().portable_settings(settings) == {
+            "workspace": "${workspace}", "root": "${workspace}/models", "other": "runs/xy",
+        }  # fmt: skip
+
+
+@pytest.mark.parametrize("key", ["models", "tuning.models"])
+@pytest.mark.parametrize("value", ["0", "-1", "1.5"])
+def test_a_count_that_is_not_a_positive_integer_is_refused_before_anything_runs(
+    tmp_path, key, value
+):
+    with pytest.raises(ValueError, match=f"{key} must be an integer >= 1, got"):
+        _run_in_process(tmp_path, *FIXED, f"{key}={value}")
+    assert not (tmp_path / "results").exists()
 
 
 def test_a_finished_run_on_another_device_is_recomputed(tmp_path, monkeypatch, capsys):
