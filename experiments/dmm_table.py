@@ -11,13 +11,17 @@ record, Markdown tables and a figure (LDS vs forget-set KLOM):
         --timing results/dmm-time.json
 
 ``--scores NAME ...`` adds DMM with any attributor's training-point scores (``predictor=scores
-scores_name=NAME``; their LDS from ``scores/NAME.npy``).
+scores_name=NAME``; their LDS from ``scores/NAME.npy``); ``--trak-models`` lists the TRAK
+predictors' M (default 1 5 10 20); ``--override experiment=mnist1d_cnn`` (any Hydra override)
+composes the workspace's own experiment. DMM records in the workspace that no row covers are named
+on stderr, never dropped silently.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,12 +55,14 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 LDS_ABSENT = {"dmm-oracle": "(oracle)"}
 
 
-def predictor_names(scores: Sequence[str] = ()) -> list[str]:
+def predictor_names(
+    scores: Sequence[str] = (), trak_models: Sequence[int] = TRAK_MODELS
+) -> list[str]:
     """Result names of the DMM predictors, in order of (expected) quality, with any score files'
     (``predictor=scores scores_name=<name>``: ``dmm-<name>``) before the oracle; then TRAK over
     20 models scored with the retained examples' kernel (``predictor.retain_kernel=true``), whose
     group predictions have no LDS here (one Woodbury downdate per held-out subset)."""
-    trak = [f"dmm-trak-m{m}" for m in TRAK_MODELS]
+    trak = [f"dmm-trak-m{m}" for m in trak_models]
     files = [f"dmm-{name}" for name in scores]
     return [*trak, "dmm-datamodels", *files, "dmm-oracle", "dmm-trak-m20-retain"]
 
@@ -67,17 +73,24 @@ def dmm_config(overrides: list[str]):
         return compose("unlearn", overrides=["unlearner=dmm", *overrides])
 
 
-def predictor_lds(workspace: str, score_files: Sequence[str] = ()) -> dict[str, dict]:
+def predictor_lds(
+    workspace: str,
+    score_files: Sequence[str] = (),
+    trak_models: Sequence[int] = TRAK_MODELS,
+    overrides: Sequence[str] = (),
+) -> dict[str, dict]:
     """LDS (margins of training points) of each attribution predictor on held-out subsets, the
-    score files' (``scores/<name>.npy``, training points as queries) included."""
-    base = dmm_config(["predictor=datamodels", f"workspace={workspace}"])
+    score files' (``scores/<name>.npy``, training points as queries) included; ``overrides``
+    compose the workspace's configuration (e.g. its ``experiment=``)."""
+    base = dmm_config(["predictor=datamodels", f"workspace={workspace}", *overrides])
     train = instantiate(base.data).train
     store = GroundTruthStore.open(base.predictor.root)
     held_out = slice(base.predictor.fit_subsets, None)
     masks, truth = store.masks[held_out], subset_logits(store, train, "margin")[held_out]
     scores = {}
-    for models in TRAK_MODELS:
-        cfg = dmm_config(["predictor=trak", f"dmm.models={models}", f"workspace={workspace}"])
+    for models in trak_models:
+        given = ["predictor=trak", f"dmm.models={models}", f"workspace={workspace}", *overrides]
+        cfg = dmm_config(given)
         scores[f"dmm-trak-m{models}"] = build_predictor(cfg).trak.score("train")
     datamodels = build_predictor(base, output="margin")  # retrains on base.device
     scores["dmm-datamodels"] = datamodels.margin_scores()
@@ -98,16 +111,36 @@ def _predictor_seconds(record: dict) -> str:
     return f"{seconds:.1f}" if seconds is not None else "-"
 
 
-def comparison_table(workspace: Path, forget: str, scores: Sequence[str] = ()) -> tuple[str, dict]:
+def comparison_table(
+    workspace: Path,
+    forget: str,
+    scores: Sequence[str] = (),
+    trak_models: Sequence[int] = TRAK_MODELS,
+) -> tuple[str, dict]:
     """DMM (each predictor) and the baselines on one forget set, with reference rows."""
-    names = [*predictor_names(scores), *BASELINES]
+    names = [*predictor_names(scores, trak_models), *BASELINES]
     found = {n: record for n in names if (record := find_run(workspace, f"unlearn-{n}-{forget}"))}
     if not found:
         raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}")
+    left_out = uncovered_dmm_runs(workspace, forget, names)
+    if left_out:
+        print(
+            f"{forget}: DMM records not in the table: {', '.join(left_out)} (name them with "
+            "--trak-models or --scores)",
+            file=sys.stderr,
+        )
     rows = [[*row(n, r), _predictor_seconds(r)] for n, r in found.items()]
     complete = first_finished(found, forget)
     references = [[*cells, "-"] for cells in reference_rows(complete)]
     return markdown_table([*HEADER, "predictor s"], rows + references), found
+
+
+def uncovered_dmm_runs(workspace: Path, forget: str, names: Sequence[str]) -> list[str]:
+    """DMM run names with a record on ``forget`` in ``workspace`` that ``names`` do not cover."""
+    suffix = f"-{forget}.json"
+    present = [path.name for path in (workspace / "results").glob(f"unlearn-dmm-*{suffix}")]
+    runs = sorted(name.removeprefix("unlearn-").removesuffix(suffix) for name in present)
+    return [run for run in runs if run not in names]
 
 
 def goal_check(found: dict, time_fraction: float | None = None, dmm_name: str = DMM) -> dict:
@@ -135,13 +168,15 @@ def goal_check(found: dict, time_fraction: float | None = None, dmm_name: str = 
     }
 
 
-def meta_table(quality: dict, runs: dict, scores: Sequence[str] = ()) -> str:
+def meta_table(
+    quality: dict, runs: dict, scores: Sequence[str] = (), trak_models: Sequence[int] = TRAK_MODELS
+) -> str:
     """Predictor | LDS | forget-set KLOM and average gap per forget set."""
     header = ["predictor", "LDS (train queries)"]
     for forget in runs:
         header += [f"KLOM F {forget}", f"gap {forget}"]
     rows = []
-    for name in predictor_names(scores):
+    for name in predictor_names(scores, trak_models):
         cells = [name.removeprefix("dmm-")]
         entry = quality.get(name)
         cells.append(f"{entry['lds']:.3f}" if entry else LDS_ABSENT.get(name, "-"))
@@ -160,7 +195,13 @@ def meta_table(quality: dict, runs: dict, scores: Sequence[str] = ()) -> str:
     return markdown_table(header, rows)
 
 
-def figure(quality: dict, runs: dict, path: Path, scores: Sequence[str] = ()) -> None:
+def figure(
+    quality: dict,
+    runs: dict,
+    path: Path,
+    scores: Sequence[str] = (),
+    trak_models: Sequence[int] = TRAK_MODELS,
+) -> None:
     """Forget-set KLOM of DMM against its predictor's LDS, one line per forget set."""
     import matplotlib
 
@@ -171,7 +212,7 @@ def figure(quality: dict, runs: dict, path: Path, scores: Sequence[str] = ()) ->
     for forget, found in runs.items():
         points = [
             (quality[n]["lds"], found[n]["klom"]["forget"], n.removeprefix("dmm-"))
-            for n in predictor_names(scores)
+            for n in predictor_names(scores, trak_models)
             if n in quality and n in found and found[n]["status"] == "ok"
         ]
         if points:
@@ -198,22 +239,33 @@ def main() -> None:
         "--no-lds", action="store_true", help="no predictor LDS (no datamodel ground truth)"
     )
     parser.add_argument("--scores", nargs="*", default=[], help="DMM runs with predictor=scores")
+    parser.add_argument(
+        "--trak-models", nargs="+", type=int, default=list(TRAK_MODELS), help="TRAK rows' M"
+    )
+    parser.add_argument(
+        "--override", nargs="*", default=[], help="Hydra overrides, e.g. experiment=mnist1d_cnn"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    quality = {} if args.no_lds else predictor_lds(str(args.workspace), args.scores)
+    models = args.trak_models
+    quality = (
+        {}
+        if args.no_lds
+        else predictor_lds(str(args.workspace), args.scores, models, args.override)
+    )
     timing = json.loads(args.timing.read_text())["results"] if args.timing else {}
     tables, runs, goals = {}, {}, {}
     for forget in args.forget:
-        tables[forget], runs[forget] = comparison_table(args.workspace, forget, args.scores)
+        tables[forget], runs[forget] = comparison_table(args.workspace, forget, args.scores, models)
         quiet = timing.get(f"unlearn-{DMM}-{forget}", {}).get("fraction")
         goals[forget] = goal_check(runs[forget], quiet)
         goals[forget]["retain_kernel"] = goal_check(runs[forget], dmm_name=f"{DMM}-retain")
         print(f"\n{forget}\n{tables[forget]}\ngoal: {goals[forget]}")
     if quality:
-        tables["predictors"] = meta_table(quality, runs, args.scores)
+        tables["predictors"] = meta_table(quality, runs, args.scores, models)
         print(f"\npredictor quality vs unlearning quality\n{tables['predictors']}")
     if args.figure and quality:
-        figure(quality, runs, args.figure, args.scores)
+        figure(quality, runs, args.figure, args.scores, models)
     record = {"command": command_line(), **environment(1), "predictor_lds": quality}
     record |= {"tables": tables, "goals": goals, "runs": runs}
     args.output.parent.mkdir(parents=True, exist_ok=True)

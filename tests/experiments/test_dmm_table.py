@@ -3,6 +3,9 @@
 import json
 import sys
 
+import pytest
+
+from experiments import dmm_table
 from experiments.dmm_table import goal_check, main, meta_table
 
 
@@ -93,3 +96,38 @@ def test_main_without_predictor_lds_writes_tables_and_goals(tmp_path, monkeypatc
     assert written["predictor_lds"] == {} and "predictors" not in written["tables"]
     assert written["goals"]["random_10pct"]["beats"] == {"ft": True, "ga": True}
     assert "| dmm-trak-m20 |" in written["tables"]["random_10pct"]
+
+
+def test_dmm_runs_no_row_covers_are_named_and_chosen_trak_sizes_get_rows(
+    tmp_path, monkeypatch, capsys
+):
+    # a DMM run with dmm.models=3 used to vanish from the table without a word
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("dmm-trak-m3", "dmm-trak-m20", "dmm-oracle", "dmm-gradcos-train", "ft"):
+        (results / f"unlearn-{name}-random_10pct.json").write_text(json.dumps(_full_record(5.0)))
+    argv = ["dmm_table", str(tmp_path), "--forget", "random_10pct", "--no-lds", "--output"]
+    monkeypatch.setattr(sys, "argv", [*argv, str(tmp_path / "a.json")])
+    main()
+    warned = capsys.readouterr().err
+    assert "DMM records not in the table: dmm-gradcos-train, dmm-trak-m3" in warned
+    monkeypatch.setattr(sys, "argv", [*argv, str(tmp_path / "b.json"), "--trak-models", "3", "20",
+                                      "--scores", "gradcos-train"])  # fmt: skip
+    main()
+    assert "not in the table" not in capsys.readouterr().err
+    table = json.loads((tmp_path / "b.json").read_text())["tables"]["random_10pct"]
+    assert "| dmm-trak-m3 |" in table and "| dmm-gradcos-train |" in table
+
+
+def test_predictor_lds_composes_the_workspaces_own_experiment(monkeypatch):
+    # on a CNN or tiny workspace the default experiment's training set was read
+    composed = []
+
+    def config(overrides):
+        composed.append(overrides)
+        raise RuntimeError("composed")
+
+    monkeypatch.setattr(dmm_table, "dmm_config", config)
+    with pytest.raises(RuntimeError, match="composed"):
+        dmm_table.predictor_lds("runs/x", overrides=["experiment=mnist1d_cnn"])
+    assert composed == [["predictor=datamodels", "workspace=runs/x", "experiment=mnist1d_cnn"]]
