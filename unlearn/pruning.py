@@ -13,16 +13,20 @@ the surviving weights each round), then retrains the kept weights with the mask 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from tda.data.examples import Examples
+from tda.task import ClassificationTask, Task
 from unlearn.loop import LoopConfig, Phase, unlearning_loop
 from unlearn.losses import WeightedLoss
 from unlearn.masks import Mask, check_mask, intersect_masks
+
+_SEEDS = 2**64  # seeds lie in [0, 2**64), the range both torch and numpy seed from
 
 
 def prunable_parameters(model: nn.Module) -> list[str]:
@@ -117,12 +121,15 @@ class MagnitudePruning:
         retrain: if given, after each round the kept weights are trained on the data passed to
             :meth:`prune` with the mask fixed (pruned weights stay exactly zero).
         names: parameters to prune (default: every weight with ``ndim >= 2``).
+        task: the loss retraining minimises (default cross-entropy; a language model's token NLL
+            with :class:`~tda.task.LanguageModelingTask`).
     """
 
     sparsity: float = 0.5
     rounds: int = 1
     retrain: LoopConfig | None = None
     names: tuple[str, ...] | None = None
+    task: Task = field(default_factory=ClassificationTask)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
@@ -149,21 +156,29 @@ class MagnitudePruning:
         Args:
             model: the model to prune (and retrain, if :attr:`retrain` is set).
             data: what retraining fits (required when :attr:`retrain` is set).
-            seed: seed of the retraining loop (round ``k`` uses ``seed + k``).
+            seed: seed of the retraining loop, in ``[0, 2**64)``; round ``k`` uses
+                ``(seed + k) mod 2**64``.
             mask: a loop mask (``True`` = may change); the weights it freezes are neither pruned
                 nor moved by retraining.
+
+        Raises:
+            ValueError: before anything is pruned, retraining without data or a seed outside
+                ``[0, 2**64)``.
         """
         if self.retrain is not None and (data is None or len(data) == 0):
             raise ValueError("retraining between pruning rounds needs non-empty data")
+        seed = operator.index(seed)
+        if not 0 <= seed < _SEEDS:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         frozen = {name: ~m for name, m in check_mask(model, mask).items()} if mask else None
         kept: dict[str, Tensor] | None = None
         for round_index, target in enumerate(self.schedule()):
             kept = magnitude_mask(model, target, names=self.names, keep=kept, protected=frozen)
             apply_mask(model, kept)
             if self.retrain is not None:
-                phase = Phase("retrain (pruned)", {"retain": data}, WeightedLoss({"retain": 1.0}))
+                loss = WeightedLoss({"retain": 1.0}, self.task)
+                phase = Phase("retrain (pruned)", {"retain": data}, loss)
                 trainable = intersect_masks(kept, mask)
-                unlearning_loop(
-                    model, [phase], self.retrain, mask=trainable, seed=seed + round_index
-                )
+                round_seed = (seed + round_index) % _SEEDS  # a valid seed near 2**64 wraps around
+                unlearning_loop(model, [phase], self.retrain, mask=trainable, seed=round_seed)
         return kept

@@ -14,14 +14,19 @@ from tda.training import TrainConfig, train
 from tda.transformer import CausalTransformer
 from unlearn import (
     WAGLE,
+    ExactRetraining,
     FineTune,
     GradientAscent,
     GradientDifference,
     L1Sparse,
     LoopConfig,
+    MagnitudePruning,
     NegativePreferenceOptimization,
+    PruneThenUnlearn,
     Unlearner,
     UnlearningRequest,
+    magnitude_mask,
+    prunable_parameters,
     truth_ratios,
 )
 from unlearn.methods.base import ForgetSplit
@@ -105,3 +110,72 @@ def test_ft_ga_and_l1_sparse_step_on_a_language_model_s_token_loss(method, sourc
     unlearned = method.unlearn(model, split, seed=0)
     for actual, wanted in zip(unlearned.parameters(), expected, strict=True):
         torch.testing.assert_close(actual.detach(), wanted.detach(), rtol=1e-10, atol=1e-12)
+
+
+def _tiny_language_model(people: int = 3):
+    """Facts about ``people`` people and an untrained 1-layer transformer factory for them."""
+    facts = make_facts(people=people, seed=0)
+    length = facts.facts.inputs.shape[1]
+    return facts, partial(CausalTransformer, context=length, dim=8, heads=2, layers=1)
+
+
+def test_exact_retraining_of_a_language_model_is_training_from_scratch_on_the_retain_set():
+    """With ``task=LanguageModelingTask()`` the oracle is bitwise ``tda.train`` on R with the same
+    initialisation, configuration, task and seed (cross-entropy over a sequence's logits failed
+    with "loss became nan")."""
+    facts, factory = _tiny_language_model()
+    config = TrainConfig(epochs=2, batch_size=4, optimizer=partial(torch.optim.Adam, lr=1e-2))
+    original = train(build_model(factory, 0), facts.facts, config, task=TASK).model
+    forget = facts.facts_of([0])
+    request = UnlearningRequest(tuple(forget.tolist()), len(facts.facts), seed=5)
+    method = ExactRetraining(factory, config, init_seed=1, task=TASK)
+    retrained = method.unlearn(original, ForgetSplit.of(facts.facts, request), seed=request.seed)
+    retain = facts.facts.subset(np.setdiff1d(np.arange(len(facts.facts)), forget))
+    direct = train(build_model(factory, 1), retain, config, seed=5, task=TASK).model
+    assert model_fingerprint(retrained) == model_fingerprint(direct)
+    assert model_fingerprint(retrained) != model_fingerprint(original)
+    audited = Unlearner(method, compute_metrics=False).unlearn(original, facts.facts, request)
+    assert audited.audit.model_fingerprint_after == model_fingerprint(direct)
+
+
+def test_pruning_retrains_a_language_model_on_its_token_loss_inside_the_mask():
+    """One full-batch SGD step of pruning's retraining with ``task=LanguageModelingTask()`` is
+    θ − η∇ mean token NLL on the kept weights, and +0.0 on the pruned ones, in float64."""
+    facts, factory = _tiny_language_model()
+    model = build_model(factory, 0, dtype=torch.float64)
+    expected_mask = magnitude_mask(model, 0.5)
+    pruned = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for name, kept in expected_mask.items():
+        pruned[name][~kept] = 0.0
+    by_hand = build_model(factory, 0, dtype=torch.float64)
+    by_hand.load_state_dict(pruned, strict=False)
+    loss = TASK.loss(by_hand(facts.facts.inputs), facts.facts.targets).mean()
+    gradients = dict(
+        zip(pruned, torch.autograd.grad(loss, list(by_hand.parameters())), strict=True)
+    )
+    pruning = MagnitudePruning(0.5, retrain=_one_sgd_step(0.1), task=TASK)
+    mask = pruning.prune(model, facts.facts, seed=0)
+    assert all(torch.equal(mask[name], expected_mask[name]) for name in expected_mask)
+    for name, parameter in model.named_parameters():
+        kept = mask.get(name, torch.ones_like(parameter, dtype=torch.bool))
+        expected = torch.where(kept, pruned[name] - 0.1 * gradients[name], 0.0)
+        torch.testing.assert_close(parameter.detach(), expected, rtol=1e-10, atol=1e-12)
+        assert (parameter.detach()[~kept].view(torch.int64) == 0).all()  # +0.0 exactly
+
+
+def test_prune_then_unlearn_with_iterative_retraining_runs_on_a_language_model():
+    """The review's failing case, through the request API: IMP (two rounds, each retrained on R)
+    then FT inside the mask, all on the token loss; the pruned weights end exactly +0.0."""
+    facts, factory = _tiny_language_model()
+    config = TrainConfig(epochs=2, batch_size=8, optimizer=partial(torch.optim.Adam, lr=1e-2))
+    original = train(build_model(factory, 0), facts.facts, config, task=TASK).model
+    retrain = LoopConfig(epochs=1, batch_size=8, optimizer=partial(torch.optim.Adam, lr=1e-2))
+    pruning = MagnitudePruning(0.3, rounds=2, retrain=retrain, task=TASK)
+    method = PruneThenUnlearn(pruning, FineTune(LoopConfig(epochs=1), task=TASK))
+    request = UnlearningRequest([0, 1], len(facts.facts), seed=0)
+    result = Unlearner(method, compute_metrics=False).unlearn(original, facts.facts, request)
+    weights = [result.model.get_parameter(name) for name in prunable_parameters(original)]
+    total = sum(weight.numel() for weight in weights)
+    zeros = sum(int((weight.detach().view(torch.int32) == 0).sum()) for weight in weights)
+    assert zeros == round(0.3 * total)  # what IMP pruned, and no kept weight landed on +0.0
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())

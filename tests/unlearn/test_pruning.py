@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 
+from tda.task import ClassificationTask, LanguageModelingTask
 from tests.unlearn.reference import MOMENTUM_AND_DECAY
 from unlearn import (
     FineTune,
@@ -95,6 +96,54 @@ def test_each_pruning_round_retrains_with_its_own_seed(tiny_mlp, tiny_data):
     assert all(torch.equal(mask[name], kept[name]) for name in kept)
     for ours, theirs in zip(tiny_mlp.parameters(), by_hand.parameters(), strict=True):
         assert torch.equal(_bits(ours), _bits(theirs))
+
+
+def test_round_seeds_wrap_around_past_the_largest_seed(tiny_mlp, tiny_data):
+    """A valid seed 2**64 - 1 retrains round 0 with it and round 1 with 0; it failed in round 1
+    (``Overflow when unpacking long long``) after round 0 had pruned and retrained."""
+    request = UnlearningRequest([0, 1, 2], train_size=20, seed=2**64 - 1)  # a valid request
+    split = ForgetSplit.of(tiny_data, request)
+    retrain = LoopConfig(epochs=2, batch_size=5, optimizer=MOMENTUM_AND_DECAY.optimizer)
+    pruning = MagnitudePruning(0.75, rounds=2, retrain=retrain)
+    by_hand = copy.deepcopy(tiny_mlp)
+    mask = pruning.prune(copy.deepcopy(tiny_mlp), split.retain, seed=request.seed)
+    phase = Phase("retrain", {"retain": split.retain}, WeightedLoss({"retain": 1.0}))
+    kept = None
+    for target, seed in ((0.5, 2**64 - 1), (0.75, 0)):
+        kept = magnitude_mask(by_hand, target, keep=kept)
+        apply_mask(by_hand, kept)
+        unlearning_loop(by_hand, [phase], retrain, mask=kept, seed=seed)
+    assert all(torch.equal(mask[name], kept[name]) for name in kept)
+    method = PruneThenUnlearn(pruning, FineTune(LoopConfig(epochs=1)))
+    result = Unlearner(method, compute_metrics=False).unlearn(tiny_mlp, tiny_data, request)
+    expected = FineTune(LoopConfig(epochs=1)).unlearn(by_hand, split, seed=request.seed, mask=kept)
+    for ours, theirs in zip(result.model.parameters(), expected.parameters(), strict=True):
+        assert torch.equal(_bits(ours), _bits(theirs))
+
+
+@pytest.mark.parametrize("seed", [2**64, -1])
+def test_a_seed_outside_the_seed_range_is_refused_before_anything_is_pruned(
+    tiny_mlp, tiny_data, seed
+):
+    before = [_bits(p) for p in tiny_mlp.parameters()]
+    pruning = MagnitudePruning(0.5, rounds=2, retrain=LoopConfig(epochs=1))
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64\)"):
+        pruning.prune(tiny_mlp, tiny_data, seed=seed)
+    assert all(torch.equal(a, _bits(b)) for a, b in zip(before, tiny_mlp.parameters(), strict=True))
+
+
+def test_prune_then_unlearn_refuses_a_retraining_task_other_than_the_methods():
+    """Retraining on R with cross-entropy and unlearning a language model's token loss (the
+    pruning's task left at its default) is refused up front, not as a diverged loss."""
+    retrain = LoopConfig(epochs=1)
+    language = FineTune(task=LanguageModelingTask())
+    with pytest.raises(ValueError, match="give both the same task"):
+        PruneThenUnlearn(MagnitudePruning(retrain=retrain), language)
+    same = MagnitudePruning(retrain=retrain, task=LanguageModelingTask())
+    assert PruneThenUnlearn(same, language).pruning.task == language.task
+    PruneThenUnlearn(MagnitudePruning(), language)  # no retraining: the pruning's task is unused
+    PruneThenUnlearn(MagnitudePruning(retrain=retrain), RandomLabels())  # a method with no task
+    assert MagnitudePruning().task == ClassificationTask() == FineTune().task
 
 
 def test_pruned_weights_stay_bitwise_zero_through_unlearning(tiny_mlp, tiny_data):

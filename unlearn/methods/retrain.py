@@ -1,8 +1,8 @@
 r"""Exact retraining: the oracle :math:`\theta_R = \mathrm{train}(\theta_0, R)` from scratch.
 
 Every approximate unlearner is measured against it, and it is itself the method of choice when
-its cost is acceptable. With the same initialisation seed, training configuration and seed as a
-direct :func:`tda.train` call on :math:`R`, it gives bitwise the same weights on CPU.
+its cost is acceptable. With the same initialisation seed, training configuration, task and seed as
+a direct :func:`tda.train` call on :math:`R`, it gives bitwise the same weights on CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import ClassVar
 from torch import nn
 
 from tda.models import build_model
+from tda.task import ClassificationTask, Task
 from tda.training import TrainConfig, train
 from unlearn.masks import Mask
 from unlearn.methods.base import ForgetSplit
@@ -41,11 +42,14 @@ class ExactRetraining:
         config: training configuration, normally the one the original model was trained with.
         init_seed: seed of the fresh initialisation (:func:`tda.build_model`); ``None`` uses the
             request's seed.
+        task: the loss trained on, normally the original model's (default cross-entropy; a
+            language model's token NLL with :class:`~tda.task.LanguageModelingTask`).
     """
 
     model_factory: Callable[[], nn.Module]
     config: TrainConfig = field(default_factory=TrainConfig)
     init_seed: int | None = None
+    task: Task = field(default_factory=ClassificationTask)
     requires_forget_set: ClassVar[bool] = False
 
     def unlearn(
@@ -58,5 +62,5 @@ class ExactRetraining:
         fresh = build_model(self.model_factory, init_seed, dtype=reference.dtype)
         fresh = fresh.to(reference.device)
         _check_same_architecture(fresh, model)
-        retrained = train(fresh, split.retain, self.config, seed=seed).model
+        retrained = train(fresh, split.retain, self.config, seed=seed, task=self.task).model
         return retrained.train(model.training)  # as every loop method: the mode it was given
