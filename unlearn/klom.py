@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from tda.data.examples import Examples
+from tda.data.examples import Examples, check_input_dtype
 from tda.outputs import task_outputs
 from tda.task import ClassificationTask, Task
 
@@ -44,14 +44,24 @@ from tda.task import ClassificationTask, Task
 def margins_of(
     models: Sequence[nn.Module], examples: Examples, *, task: Task | None = None
 ) -> np.ndarray:
-    """Margins ``[N, n]`` (float64) of each model on each example, in evaluation mode."""
+    """Margins ``[N, n]`` (float64) of each model on each example, in evaluation mode.
+
+    The examples are moved to each model's device but never cast to its dtype (the library's
+    dtype policy, :func:`tda.data.examples.check_input_dtype`): a float32 model would score
+    float64 data at float32 precision without saying so.
+
+    Raises:
+        ValueError: no model, or floating-point inputs of another dtype than a model's
+            parameters (integer inputs, token ids, pass).
+    """
     if not models:
         raise ValueError("margins_of needs at least one model")
     task = task if task is not None else ClassificationTask()
+    for model in models:  # every model before any work
+        check_input_dtype(model, examples.inputs)
     rows = []
     for model in models:
-        reference = next(model.parameters())
-        data = examples.to(reference.device, reference.dtype)
+        data = examples.to(next(model.parameters()).device)
         rows.append(task_outputs(model, task, data).double().cpu().numpy())
     return np.stack(rows)
 

@@ -70,12 +70,53 @@ def test_margins_of_lists_each_models_margins():
     generator = torch.Generator().manual_seed(0)
     from tda.data import Examples
 
-    examples = Examples(torch.randn(5, 6, generator=generator), torch.tensor([0, 1, 2, 0, 1]))
+    inputs = torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    examples = Examples(inputs, torch.tensor([0, 1, 2, 0, 1]))
     margins = margins_of(models, examples)
     assert margins.shape == (2, 5) and margins.dtype == np.float64
     for row, model in zip(margins, models, strict=True):
-        expected = ClassificationTask().output(model(examples.inputs.double()), examples.targets)
+        expected = ClassificationTask().output(model(examples.inputs), examples.targets)
         np.testing.assert_allclose(row, expected.detach().numpy(), rtol=0, atol=1e-12)
+
+
+def test_margins_of_refuses_inputs_of_another_dtype_than_the_model_by_name():
+    """The inputs were cast to the model's dtype: float64 data was scored on a float32 model at
+    float32 precision without a word, while the Unlearner refuses the same data."""
+    from tda.data import Examples
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    examples = Examples(inputs, torch.tensor([0, 1, 2, 0, 1]))
+    float32_model = build_model(lambda: MLP(6, (8,), 3), 0)
+    with pytest.raises(
+        ValueError, match=r"parameters are torch\.float32 .* inputs are torch\.float64"
+    ):
+        margins_of([float32_model], examples)
+    float64_model = build_model(lambda: MLP(6, (8,), 3), 0, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"parameters are torch\.float64 .* inputs are torch\.float32"
+    ):
+        margins_of([float64_model], examples.to(dtype=torch.float32))
+    # a group is refused whole, whichever model is the odd one out
+    with pytest.raises(ValueError, match=r"parameters are torch\.float32"):
+        margins_of([float64_model, float32_model], examples)
+
+
+def test_margins_of_integer_inputs_pass_unchanged():
+    """Token ids are not floating point: the dtype rule does not apply to them."""
+    from tda.data import Examples
+
+    def factory():
+        return torch.nn.Sequential(
+            torch.nn.Embedding(7, 4), torch.nn.Flatten(), torch.nn.Linear(12, 3)
+        )
+
+    model = build_model(factory, 0, dtype=torch.float64)
+    tokens = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 0, 1], [2, 2, 2]])
+    examples = Examples(tokens, torch.tensor([0, 1, 2, 0]))
+    margins = margins_of([model], examples)
+    expected = ClassificationTask().output(model(tokens), examples.targets).detach().numpy()
+    np.testing.assert_allclose(margins[0], expected, rtol=0, atol=1e-12)
 
 
 def test_bad_shapes_and_settings_are_refused():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tda.data import Examples
-from tda.datamodels import GroundTruthStore
+from tda.datamodels import GroundTruthStore, sample_subsets
+from tda.describe import describe
 from tda.features import GradientFeaturizer
 from tda.fingerprint import array_fingerprint
 from tda.methods.trak import TRAK
@@ -16,7 +17,13 @@ from tda.projection import DenseProjector
 from tda.store import FeatureStore
 from tda.training import TrainConfig, train
 from tests.unlearn.reference import FACTORY
-from unlearn import ForgetSplit, UnlearningRequest, load_or_train_oracles
+from unlearn import (
+    DatamodelMatching,
+    ForgetSplit,
+    SearchJournal,
+    UnlearningRequest,
+    load_or_train_oracles,
+)
 from unlearn.predictors import (
     DatamodelPredictor,
     OraclePredictor,
@@ -150,6 +157,43 @@ def test_a_ridge_set_in_place_takes_effect_as_the_audit_says():
         predictor.forget_effect(forget)
 
 
+def test_datamodel_predictors_fit_on_other_subsets_or_outputs_are_described_apart(tmp_path):
+    """settings() held the subset count and the ridge alone: two predictors whose effects
+    differ gave the same audit method_config, and a resumed search's journal served one
+    predictor's outcomes to the other."""
+    generator = np.random.default_rng(0)
+    masks = generator.random((12, 10)) < 0.5
+    outputs, other_outputs = generator.normal(size=(2, 12, 10))
+    other_masks = generator.random((12, 10)) < 0.5
+
+    def build(masks, outputs):
+        return DatamodelPredictor(PredictorScope(10), "margin", masks=masks, outputs=outputs)
+
+    first = build(masks, outputs)
+    same = build(masks.copy(), outputs.copy())
+    others = [build(masks, other_outputs), build(other_masks, outputs)]
+    journal = SearchJournal(tmp_path / "journal", context="run")
+
+    def key(predictor):
+        return journal.key(method=DatamodelMatching(predictor))
+
+    assert first.settings()["fit_fingerprint"] == array_fingerprint(masks, outputs)
+    assert first.audit_description() == same.audit_description()
+    assert describe(DatamodelMatching(first)) == describe(DatamodelMatching(same))
+    assert key(first) == key(same)
+    for other in others:
+        assert not torch.allclose(first.forget_effect([1, 2]), other.forget_effect([1, 2]))
+        assert first.settings() != other.settings()
+        assert first.audit_description() != other.audit_description()
+        assert describe(DatamodelMatching(first)) != describe(DatamodelMatching(other))
+        assert key(first) != key(other)
+    # the fit read the arrays at construction: later edits change neither effect nor record
+    effect, described = first.forget_effect([1, 2]).clone(), first.audit_description()
+    first.outputs[:] = 0.0
+    assert torch.equal(first.forget_effect([1, 2]), effect)
+    assert first.audit_description() == described
+
+
 def test_training_logits_of_float64_data_come_from_a_float64_model():
     """The subset model was built float32 whatever the data: float64 inputs failed."""
     generator = torch.Generator().manual_seed(0)
@@ -178,6 +222,24 @@ def test_a_datamodel_store_is_reused_only_for_the_models_and_training_it_was_mad
         build(factory, config=TrainConfig(epochs=2, batch_size=4), ridge_grid=(1.0,))
     with pytest.raises(ValueError, match="different settings.*config_fingerprint"):
         build(partial(MLP, 3, (4,), 2), config=config, ridge_grid=(1.0,))
+
+
+def test_datamodel_subsets_are_drawn_from_the_subset_seed_zero_by_default(tmp_path):
+    """The subsets were always drawn with seed 0: a caller could not draw another set."""
+    generator = torch.Generator().manual_seed(0)
+    data = Examples(torch.randn(12, 3, generator=generator), torch.arange(12) % 2)
+    factory, config = partial(LogisticRegression, 3, 2), TrainConfig(epochs=1, batch_size=4)
+    build = partial(datamodel_predictor, factory, data, config, count=6, alpha=0.5)
+    default = build(tmp_path / "default", ridge_grid=(1.0,))
+    np.testing.assert_array_equal(default.masks, sample_subsets(12, 0.5, 6, seed=0))
+    explicit = build(tmp_path / "default", subset_seed=0, ridge_grid=(1.0,))  # the same store
+    assert explicit.settings() == default.settings()
+    seeded = build(tmp_path / "seed-3", subset_seed=3, ridge_grid=(1.0,))
+    np.testing.assert_array_equal(seeded.masks, sample_subsets(12, 0.5, 6, seed=3))
+    assert not np.array_equal(seeded.masks, default.masks)
+    assert seeded.settings()["fit_fingerprint"] != default.settings()["fit_fingerprint"]
+    with pytest.raises(ValueError, match="different settings"):
+        build(tmp_path / "default", subset_seed=3, ridge_grid=(1.0,))
 
 
 def test_subset_logits_of_another_training_set_are_refused_by_name(tmp_path):

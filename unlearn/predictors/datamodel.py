@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from tda.data.examples import Examples
 from tda.datamodels import GroundTruthStore, sample_subsets
 from tda.describe import describe
+from tda.fingerprint import array_fingerprint
 from tda.models import build_model, model_dtype
 from tda.outputs import logits_of
 from tda.task import ClassificationTask
@@ -122,6 +123,11 @@ def select_ridge(masks: np.ndarray, outputs: np.ndarray, grid: Sequence[float]) 
 class DatamodelPredictor(ShiftPredictor):
     """Shift outputs by the datamodels' summed forget-set weights.
 
+    :meth:`settings` (and so the audit record and a tuning journal's key) holds the number of
+    subsets, the ridge and ``fit_fingerprint``, the :func:`~tda.fingerprint.array_fingerprint` of
+    ``masks`` and ``outputs`` as given: with the ridge, they decide every prediction, so two
+    predictors fit on different subsets or outputs are never described alike.
+
     Attributes:
         masks: subset masks ``[S, n]``.
         outputs: outputs of the models trained on them, ``[S, n, C]`` or ``[S, n]``.
@@ -144,13 +150,19 @@ class DatamodelPredictor(ShiftPredictor):
         _check_finite_masks(masks)
         if (outputs.ndim == 3) != (self.output == "logits"):
             raise ValueError(f"{self.output} outputs have the wrong rank: {outputs.shape}")
+        # hashed once: the fit reads the arrays only here, so later edits to them change nothing
+        self._fit_fingerprint = array_fingerprint(masks, outputs)
         self._masks_c = _centred(masks)
         self._outputs_c = _centred(outputs)
         self._inverses: dict[float, Tensor] = {}
         self._inverse()  # a bad ridge is refused now
 
     def settings(self) -> dict:
-        return {"subsets": len(self._masks_c), "ridge": self.ridge}
+        return {
+            "subsets": len(self._masks_c),
+            "ridge": self.ridge,
+            "fit_fingerprint": self._fit_fingerprint,
+        }
 
     def _inverse(self) -> Tensor:
         """The regularised inverse for the current ``ridge`` (set in place, it takes effect)."""
@@ -188,6 +200,7 @@ def datamodel_predictor(
     alpha: float,
     seeds: Sequence[int] = (0,),
     fit_subsets: int | None = None,
+    subset_seed: int = 0,
     ridge_grid: Sequence[float] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0),
     output: Output = "logits",
     scale: float = 1.0,
@@ -201,6 +214,9 @@ def datamodel_predictor(
             architecture and training settings, and a store made under others is refused.
         fit_subsets: use only the first ``fit_subsets`` subsets (the rest can serve as held-out
             ground truth, e.g. for the LDS of every predictor); default all.
+        subset_seed: seed of :func:`~tda.datamodels.sample_subsets`, which draws the ``count``
+            subsets (``seeds`` are the retrained models' training seeds); another seed draws
+            other subsets, which need their own ``root``.
         ridge_grid: candidate ridges, chosen on held-out fit subsets by :func:`select_ridge`.
         scale, forget_scale: factors on the effect on retain and forget points (ridge shrinks
             it; see :class:`~unlearn.predictors.ShiftPredictor`).
@@ -210,7 +226,7 @@ def datamodel_predictor(
             training settings.
     """
     train_set = training_set(data)
-    masks = sample_subsets(len(train_set), alpha, count, seed=0)
+    masks = sample_subsets(len(train_set), alpha, count, seed=subset_seed)
     shape = architecture(build_model(model_factory, 0))
     store = GroundTruthStore.create_or_open(
         root,
