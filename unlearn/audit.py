@@ -6,10 +6,11 @@ timings) and when. It round-trips through JSON. Appending never corrupts an exis
 log is written beside the old one, flushed to disk and swapped in with an atomic rename while a
 lock file keeps other appenders out, so a crash leaves either the old or the new log, whole.
 
-Each line carries ``chain_sha256``: the SHA-256 of the line before it (its bytes) and of its own
-record, so reading the log finds a line edited, removed or moved (all but the last lines'
-removal). A checksum against accidents and casual edits, not a signature: whoever rewrites the
-log can recompute the chain. Lines written before the chain existed read as before; a line
+Each line carries ``chain_sha256``: the SHA-256 of the line before it (its bytes; blank lines,
+a stray newline say, are skipped by the reader and the writer alike) and of its own record, so
+reading the log finds a line edited, removed or moved (all but the last lines' removal). A
+checksum against accidents and casual edits, not a signature: whoever rewrites the log can
+recompute the chain. Lines written before the chain existed read as before; a line
 without a chain is taken for one of them only where it could be one: before every chained line,
 and without a ``run_id`` (added with the chain, so every record with one was written chained).
 Otherwise its chain was removed, and the edit it would hide is refused like any other.
@@ -23,7 +24,7 @@ import json
 import os
 import stat
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -139,9 +140,18 @@ def _chain(previous_line: bytes, record_json: str) -> str:
     return hashlib.sha256(previous_line + b"\n" + record_json.encode()).hexdigest()
 
 
+def _record_lines(content: bytes) -> list[tuple[int, bytes]]:
+    """The lines of a log that hold records, each with its number (from 1): blank lines are
+    skipped. The one rule for the reader and the writer: a record written after a blank line
+    is chained to the record before it, as the reader checks it."""
+    lines = enumerate(content.splitlines(), start=1)
+    return [(number, line) for number, line in lines if line.strip()]
+
+
 def _last_line(existing: bytes) -> bytes:
-    lines = existing.splitlines()
-    return lines[-1] if lines else b""
+    """The line a new record is chained to: the log's last record line (``b""`` for none)."""
+    lines = _record_lines(existing)
+    return lines[-1][1] if lines else b""
 
 
 def _log_line(record: AuditRecord, existing: bytes) -> bytes:
@@ -160,19 +170,33 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def append_audit(record: AuditRecord, log_path: str | os.PathLike) -> None:
+def append_audit(
+    record: AuditRecord,
+    log_path: str | os.PathLike,
+    *,
+    check: Callable[[list[AuditRecord]], None] | None = None,
+) -> None:
     """Append ``record`` as one JSON line to ``log_path`` (created if missing), atomically,
     chained to the line before it (``chain_sha256``, see the module's description).
 
+    Args:
+        record: the record to append.
+        log_path: the JSON-lines log.
+        check: called with the log's records under the lock, just before writing; what it
+            raises refuses the append. It sees the log as it is then, with whatever another
+            process appended since the caller last read it.
+
     Raises:
-        ValueError: the existing log does not end with a newline (it was damaged elsewhere);
-            nothing is written.
+        ValueError: the existing log does not end with a newline (it was damaged elsewhere),
+            or, with ``check``, has a line :func:`read_audit_log` refuses; nothing is written.
     """
     path = Path(log_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         existing = path.read_bytes() if path.exists() else b""
         _check_whole(path, existing)
+        if check is not None:
+            check(_records_of(existing, path))
         mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else None
         write_bytes_atomic(path, existing + _log_line(record, existing))
         if mode is not None:  # the rename published a fresh file; keep the log's permissions
@@ -211,11 +235,13 @@ def read_audit_log(log_path: str | os.PathLike) -> list[AuditRecord]:
             moved), or that lacks one where every line was written with one (after a chained
             line, or with a ``run_id``), its number named.
     """
-    lines = Path(log_path).read_bytes().splitlines()
+    return _records_of(Path(log_path).read_bytes(), log_path)
+
+
+def _records_of(content: bytes, log_path: str | os.PathLike) -> list[AuditRecord]:
+    """The records of a log's ``content``, checked as :func:`read_audit_log` says."""
     records, previous, chain_seen = [], b"", False
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, line in _record_lines(content):
         try:
             record, chained = _read_line(line, previous)
             if not chained:

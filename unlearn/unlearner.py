@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -26,7 +27,7 @@ from tda.fingerprint import model_fingerprint
 from tda.outputs import logits_of
 from tda.task import IGNORE_INDEX, outside_classes
 from tda.timing import warm_up_torch
-from unlearn.audit import AuditRecord, check_audit_log, new_run_id
+from unlearn.audit import AuditRecord, append_audit, check_audit_log, new_run_id
 from unlearn.masks import Mask, check_mask, describe_mask
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
 from unlearn.metrics import unlearning_metrics
@@ -91,6 +92,21 @@ def _check_carries_earlier_forgets(request, model_before: str, records: list[Aud
             f"of them (e.g. {lacking[0]}), so they would be retained (or forgotten twice): build "
             "it with result.next_request(...), or pass previously_forgotten"
         )
+
+
+def _check_history_at_append(
+    record: AuditRecord, log_path: str | os.PathLike, records: list[AuditRecord]
+) -> None:
+    """:func:`_check_history` again, on the log as it is when ``record`` is appended (under its
+    lock): another run may have appended to it since the check before this run (two requests on
+    one model at once), and both passing would log a lineage refused when they run in turn."""
+    try:
+        _check_history(record.request, record.model_fingerprint_before, records)
+    except ValueError as error:
+        raise ValueError(
+            f"audit log {log_path} changed while this run ran, and no longer allows its result, "
+            f"which was not appended: {error}"
+        ) from error
 
 
 def _descendant_records(model_before: str, records: list[AuditRecord]) -> list[AuditRecord]:
@@ -237,7 +253,9 @@ class Unlearner:
                 first example) or, with ``compute_metrics``, whose targets are no classes of its
                 outputs; with an audit log, a request the log shows would bring back forgotten
                 examples. All found before the run: nothing is returned or logged and ``model``
-                is untouched.
+                is untouched. Also found again when appending, under the log's lock, where
+                another run appended what makes it one while this one ran: nothing is
+                returned or logged.
             FloatingPointError: the unlearning loss or weights became NaN / infinite.
         """
         train = as_examples(train_data)
@@ -266,7 +284,8 @@ class Unlearner:
         )
         result = UnlearningResult(model=unlearned, audit=audit)
         if self.audit_log is not None:
-            result.append_audit(self.audit_log)
+            check = partial(_check_history_at_append, audit, self.audit_log)
+            append_audit(audit, self.audit_log, check=check)
         return result
 
     def _refuse_before_the_run(self, model, request, data, fingerprints) -> None:

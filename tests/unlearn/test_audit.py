@@ -206,6 +206,20 @@ def test_appending_keeps_earlier_lines_and_refuses_a_damaged_log(result, tmp_pat
     assert log.read_bytes() == damaged
 
 
+def test_a_blank_line_in_the_log_is_skipped_by_the_writer_as_by_the_reader(result, tmp_path):
+    """The reader skipped a blank line, but the writer chained the next record to it: every
+    later read (and every later run on the log) failed the chain check."""
+    log = tmp_path / "audit.jsonl"
+    append_audit(result.audit, log)
+    with open(log, "ab") as file:
+        file.write(b"\n  \n")  # a stray newline (an editor, `echo >> log`), one of spaces
+    assert read_audit_log(log) == [result.audit]
+    append_audit(result.audit, log)
+    append_audit(result.audit, log)
+    assert read_audit_log(log) == [result.audit] * 3
+    assert log.read_bytes().splitlines()[1:3] == [b"", b"  "]  # earlier lines kept as they were
+
+
 def test_a_record_written_before_threads_and_device_were_kept_still_reads(result, tmp_path):
     content = result.audit.to_dict()
     del content["torch_threads"], content["device"]

@@ -239,6 +239,38 @@ def test_a_request_on_a_model_already_unlearned_from_must_forget_what_was_forgot
     Unlearner(FineTune(QUICK)).unlearn(trained, mnist.train, _request(trained, indices=[3]))
 
 
+def test_a_request_a_parallel_run_made_conflicting_is_refused_when_appending(
+    mnist, trained, tmp_path
+):
+    """Two requests on one model run at once both passed the history check before either ran,
+    and both were appended: the log held a fork the check refuses when they run in turn."""
+    log = tmp_path / "audit.jsonl"
+    meanwhile = Unlearner(FineTune(QUICK), audit_log=log, compute_metrics=False)
+    parallel, logged = [], []
+
+    class AnotherRunFinishesMeanwhile(FineTune):
+        def unlearn(self, *args, **kwargs):  # after this run's check, before its append
+            parallel.append(meanwhile.unlearn(trained, mnist.train, _request(trained, [1, 2])))
+            logged.append(log.read_bytes())
+            return super().unlearn(*args, **kwargs)
+
+    unlearner = Unlearner(AnotherRunFinishesMeanwhile(QUICK), audit_log=log, compute_metrics=False)
+    with pytest.raises(
+        ValueError,
+        match=(
+            rf"audit log {re.escape(str(log))} changed while this run ran, and no longer allows "
+            r"its result, which was not appended: request .* the audit log shows request "
+            rf"{_request(trained, [1, 2]).request_id} already unlearned from .* lack 2 of"
+        ),
+    ):
+        unlearner.unlearn(trained, mnist.train, _request(trained, [3]))
+    assert log.read_bytes() == logged[0]
+    assert read_audit_log(log) == [parallel[0].audit]
+    # a request the parallel run leaves allowed is appended after it, as when run in turn
+    allowed = unlearner.unlearn(trained, mnist.train, _request(trained, [1, 2, 3]))
+    assert read_audit_log(log) == [parallel[0].audit, parallel[1].audit, allowed.audit]
+
+
 class _NeverRuns(FineTune):
     def unlearn(self, *args, **kwargs):
         raise AssertionError("the method ran before the data was checked")
