@@ -47,7 +47,10 @@ def store_id(seed: int, checkpoint: Checkpoint) -> str:
     return f"seed-{seed}.{checkpoint.checkpoint_id}"
 
 
-def _finished(directory: Path, config: TrainConfig) -> list[Checkpoint] | None:
+def finished_checkpoints(directory: Path, config: TrainConfig) -> list[Checkpoint] | None:
+    """The checkpoints in member ``directory`` if its last one is of epoch ``config.epochs``
+    (the member finished training); ``None`` if the directory is missing, holds none, or stops
+    earlier."""
     if not directory.is_dir():
         return None
     saved = list_checkpoints(directory)
@@ -82,7 +85,7 @@ def train_ensemble(
         model = build_model(model_factory, seed, dtype=model_dtype(data))
         member_recipe = {**recipe, "model": _model_recipe(model)}
         claimed = _claim(directory, member_recipe, config)
-        saved = _finished(directory, config)
+        saved = finished_checkpoints(directory, config)
         if saved is None:
             saved = _train_member(model, data, config, seed, task, directory, claimed=claimed)
             _record(directory, member_recipe)
@@ -221,7 +224,7 @@ def _claim(directory: Path, recipe: dict[str, object], config: TrainConfig) -> b
     conflict = _recipe_conflict(directory, recipe)
     if conflict:
         raise ValueError(_claimed_message(directory, conflict))
-    if not _recipe_path(directory).is_file() and _finished(directory, config) is None:
+    if not _recipe_path(directory).is_file() and finished_checkpoints(directory, config) is None:
         # to be trained now (a legacy member is not: it is not vouched for after the fact)
         _record(directory, recipe)
         return True

@@ -24,9 +24,8 @@ import numpy as np
 from torch import nn
 
 from tda.atomic import write_bytes_atomic
-from tda.checkpoints import list_checkpoints
 from tda.data.examples import Examples
-from tda.ensemble import load_member, member_directory, train_ensemble
+from tda.ensemble import finished_checkpoints, load_member, member_directory, train_ensemble
 from tda.fingerprint import array_fingerprint
 from tda.task import ClassificationTask, Task
 from tda.timing import warm_up_torch
@@ -74,11 +73,6 @@ def _seconds_file(directory: Path, seed: int) -> Path:
     return directory / f"seconds-seed-{seed}.json"
 
 
-def _finished(member: Path, config: TrainConfig) -> bool:
-    saved = list_checkpoints(member) if member.is_dir() else []
-    return bool(saved) and saved[-1].epoch == config.epochs
-
-
 def load_or_train_oracles(
     model_factory: Callable[[], nn.Module],
     train: Examples,
@@ -114,7 +108,7 @@ def _timed_oracle(
     scratch directory (the finished one, which a parallel job may be reading, is left alone).
     """
     record = _seconds_file(directory, seed)
-    trained_before = _finished(member_directory(directory, seed), config)
+    trained_before = finished_checkpoints(member_directory(directory, seed), config) is not None
     train_here = partial(train_ensemble, model_factory, retain, config, [seed], task=task)
     if trained_before and not record.exists():
         with tempfile.TemporaryDirectory(prefix="oracle-timing-") as scratch:

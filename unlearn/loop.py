@@ -10,6 +10,14 @@ drawn from its own reshuffled stream. For each step the loop minimises the phase
    \qquad \theta_j \text{ unchanged wherever } M_j = \text{False},
 
 with :math:`M` the mask (see :mod:`unlearn.masks`).
+
+Training modes and buffers: the epochs run with **every** submodule in training mode
+(``model.train()``), including one its owner had put in eval mode, e.g. a BatchNorm layer meant to
+keep its statistics, or a dropout meant to be off. Such a BatchNorm layer then normalises with batch
+statistics and updates its running statistics (``running_mean``, ``running_var``,
+``num_batches_tracked``) on every forward pass of the forget and retain batches, whether or not a
+mask freezes its weight and bias: a mask constrains parameters only. Afterwards every submodule
+gets back the mode it had on entry, but the statistics keep what the epochs made of them.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ class LoopConfig:
 
     Attributes:
         epochs: passes of every phase.
-        batch_size: examples per source per step.
+        batch_size: examples per source per step; a pass's last batch holds the remainder
+            (a BatchNorm model in training mode needs it to be at least 2 examples).
         optimizer: builds the optimiser from the trainable parameters (default SGD, lr 0.01,
             momentum 0.9).
         scheduler: optional learning-rate schedule, stepped once per epoch.
@@ -119,9 +128,33 @@ def _select(data: Examples, indices: Tensor) -> Examples:
     return Examples(data.inputs[indices], data.targets[indices])
 
 
-def _step_loss(model, phase: Phase, indices, progress: Progress) -> Tensor:
+# torch's error when a layer normalising by batch statistics (BatchNorm in training mode) is given
+# one value per channel, e.g. a batch of one example
+ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"
+
+
+def _batch_of_one_message(phase: Phase, batch_size: int, error: ValueError) -> str:
+    """What to do when a batch of one example reached a BatchNorm layer in training mode."""
+    size = len(phase.sources[phase.lead])
+    cause = (
+        f"phase {phase.name!r} drew a batch of one example from source {phase.lead!r} ({size} "
+        f"examples, batch_size {batch_size}), and a layer normalising by batch statistics "
+        f"(BatchNorm in training mode) needs at least 2 ({error})"
+    )
+    if size == 1:
+        return f"{cause}; give the source at least 2 examples"
+    other = next(c for c in range(max(batch_size + 1, 2), size + 1) if size % c != 1)
+    return f"{cause}; choose a batch_size that leaves no batch of one example, e.g. {other}"
+
+
+def _step_loss(model, phase: Phase, indices, progress: Progress, batch_size: int) -> Tensor:
     batches = {name: _select(phase.sources[name], idx) for name, idx in indices.items()}
-    loss = phase.loss(model, batches, progress)
+    try:
+        loss = phase.loss(model, batches, progress)
+    except ValueError as error:
+        if len(indices[phase.lead]) == 1 and ONE_VALUE_PER_CHANNEL in str(error):
+            raise ValueError(_batch_of_one_message(phase, batch_size, error)) from error
+        raise
     if loss.dim() != 0:
         raise ValueError(f"phase {phase.name!r} returned a loss of shape {tuple(loss.shape)}")
     if not torch.isfinite(loss):
@@ -180,7 +213,8 @@ def _run_epochs(model, phases, config, optimizer, pinned, generator) -> None:
     for epoch in range(config.epochs):
         for phase in phases:
             for indices in _phase_batches(phase, config.batch_size, generator):
-                loss = _step_loss(model, phase, indices, Progress(epoch, config.epochs, step))
+                progress = Progress(epoch, config.epochs, step)
+                loss = _step_loss(model, phase, indices, progress, config.batch_size)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 zero_frozen_gradients(pinned)
@@ -205,19 +239,30 @@ def unlearning_loop(
     Shuffling uses a generator seeded by ``seed`` and any other randomness (dropout) runs under a
     forked, seeded global RNG: the same inputs and seed give bitwise the same weights on CPU.
 
+    Every submodule runs in training mode during the epochs, whatever mode it had on entry, so
+    BatchNorm running statistics are updated even in layers the owner had put in eval mode or the
+    mask freezes entirely.
+
     Args:
         model: the model to update.
         phases: what to minimise, run in order every epoch.
         config: optimiser, epochs, batch size and schedule (default :class:`LoopConfig`).
         mask: ``{name: bool tensor}``, ``True`` = trainable; unnamed parameters are trainable.
-            Masked-out weights stay bitwise unchanged under any optimiser, weight decay included.
+            Masked-out weights stay bitwise unchanged under any optimiser, weight decay included;
+            buffers (BatchNorm's running statistics) are not covered and follow the training
+            mode (see the module docstring).
         seed: seed for shuffling and dropout.
 
     Returns:
-        ``model`` (updated, in the training mode it had on entry).
+        ``model`` (updated, every submodule back in the training mode it had on entry; buffers
+        such as BatchNorm running statistics as the epochs left them).
 
     Raises:
-        ValueError: no phases, a bad mask, a mask that freezes everything, a non-scalar loss.
+        ValueError: no phases, a bad mask, a mask that freezes everything, a non-scalar loss, a
+            batch of one example reaching a BatchNorm layer in training mode (the last batch of a
+            lead source of ``n`` examples when ``n % batch_size == 1``; every batch when
+            ``batch_size`` is 1 or the source has one example), naming the phase, the sizes and
+            a batch size that avoids it.
         FloatingPointError: a loss, a weight or an output on the phases' data became NaN or
             infinite.
     """

@@ -1,12 +1,31 @@
-"""Masks are data: ``{parameter name: bool tensor}``, ``True`` = the weight may change.
+r"""Masks are data: ``{parameter name: bool tensor}``, ``True`` = the weight may change.
 
 Saliency (SalUn), weight attribution (WAGLE) and pruning each produce such a dictionary; the
 unlearning loop enforces it as a hard constraint. Parameters a mask does not name are fully
-trainable. Enforcement does not trust the optimiser: gradients of frozen weights are zeroed before
-each step (so momentum and Adam statistics never see them) and frozen weights are written back
-after each step from the values recorded when the loop started (so weight decay, momentum carried
-from elsewhere, or any other optimiser rule cannot move them). Masked-out weights therefore stay
-bitwise unchanged.
+trainable.
+
+What a mask guarantees: masked-out **parameters** stay bitwise unchanged, under any optimiser.
+Enforcement does not trust the optimiser; per step it does two things:
+
+- before the step, the gradients of masked-out weights are set to exactly zero, so the *loss*
+  contributes nothing at those positions. The optimiser's own rule may still write state there:
+  with L2-style weight decay (``SGD(weight_decay=...)``, ``Adam(weight_decay=...)``) it adds
+  :math:`\lambda\theta` to the zeroed gradient, so momentum buffers and Adam's moment estimates
+  do build up at frozen positions (decoupled decay, ``AdamW``, shrinks the weights directly and
+  leaves those moments at zero). For element-wise optimisers (SGD, Adam, AdamW, RMSprop) that state
+  never reaches a trainable weight's update; an optimiser whose update mixes positions (e.g. one
+  normalising by a whole tensor's norm) can be influenced by it;
+- after the step, the masked-out weights are written back from the values recorded when the loop
+  started. This write-back is what makes them bitwise unchanged, whatever the optimiser did.
+
+A parameter the mask freezes entirely is not given to the optimiser at all (no state, no step).
+
+What a mask does not cover: **buffers**. BatchNorm's ``running_mean``, ``running_var`` and
+``num_batches_tracked`` are not parameters; every forward pass in training mode updates them,
+whether or not the mask freezes the layer's weight and bias (and the loop runs every module in
+training mode, see :func:`~unlearn.loop.unlearning_loop`). A layer whose parameters a mask
+freezes entirely can therefore compute a different function afterwards in eval mode, and the
+model's fingerprint changes with its statistics.
 """
 
 from __future__ import annotations

@@ -122,6 +122,46 @@ def test_a_nan_loss_stops_the_loop_with_a_clear_error(tiny_mlp, tiny_data):
         unlearning_loop(tiny_mlp, [Phase("boom", {"retain": tiny_data}, loss)], LoopConfig(2, 5))
 
 
+def _batch_norm_mlp() -> torch.nn.Module:
+    layers = [
+        torch.nn.Linear(6, 8),
+        torch.nn.BatchNorm1d(8),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 3),
+    ]
+    return torch.nn.Sequential(*layers).double()
+
+
+@pytest.mark.parametrize(
+    ("size", "batch_size", "advice"),
+    [
+        (9, 8, "choose a batch_size that leaves no batch of one example, e.g. 9"),
+        (5, 1, "choose a batch_size that leaves no batch of one example, e.g. 3"),
+        (1, 4, "give the source at least 2 examples"),
+    ],
+)
+def test_a_batch_of_one_for_batch_norm_is_refused_naming_phase_sizes_and_fix(
+    tiny_data, size, batch_size, advice
+):
+    """|F| % batch_size == 1 left torch's bare 'Expected more than 1 value per channel'."""
+    phase = Phase(
+        "forget and retain",
+        {"retain": tiny_data.subset(range(10, 20)), "forget": tiny_data.subset(range(size))},
+        WeightedLoss({"forget": -1.0, "retain": 1.0}),
+        lead="forget",
+    )
+    expected = (
+        rf"phase 'forget and retain' drew a batch of one example from source 'forget' \({size} "
+        rf"examples, batch_size {batch_size}\), .*BatchNorm in training mode.*; {advice}$"
+    )
+    with pytest.raises(ValueError, match=expected) as caught:
+        unlearning_loop(_batch_norm_mlp(), [phase], LoopConfig(epochs=1, batch_size=batch_size))
+    assert "more than 1 value per channel" in str(caught.value.__cause__)
+    if size > 1:  # the advised batch size runs
+        other = int(advice.rsplit(" ", 1)[-1])
+        unlearning_loop(_batch_norm_mlp(), [phase], LoopConfig(epochs=1, batch_size=other))
+
+
 def test_finite_weights_with_infinite_outputs_are_refused():
     """Huge ascent steps keep the weights finite (~1e30) but overflow the outputs, here only on
     the last example, in the last of the check's batches."""

@@ -85,3 +85,62 @@ def test_intersecting_with_no_mask_returns_the_other_even_when_it_names_nothing(
     assert intersect_masks({}, None) == {} and intersect_masks(None, {}) == {}
     assert intersect_masks(None, None) is None
     assert intersect_masks(frozen, None) == frozen and intersect_masks(None, frozen) == frozen
+
+
+def _batch_norm_mlp() -> nn.Module:
+    layers = [nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)]
+    return build_model(lambda: nn.Sequential(*layers), seed=0, dtype=torch.float64)
+
+
+def test_a_mask_pins_parameters_but_running_statistics_follow_the_training_mode(tiny_data):
+    """Documented, not a defect to fix (recorded results depend on it): a fully masked BatchNorm
+    keeps its weight and bias bitwise, yet its running statistics move, and a BatchNorm its owner
+    put in eval mode is trained all the same and only handed back in eval mode."""
+    phase = Phase("retain", {"retain": tiny_data}, WeightedLoss({"retain": 1.0}))
+    masked, owner_frozen = _batch_norm_mlp(), _batch_norm_mlp()
+    owner_frozen[1].eval()
+    before = {name: t.clone() for name, t in masked.state_dict().items()}
+    frozen = {
+        f"1.{name}": torch.zeros_like(p, dtype=torch.bool)
+        for name, p in masked[1].named_parameters()
+    }
+    unlearning_loop(masked, [phase], LoopConfig(1, 5), mask=frozen)
+    unlearning_loop(owner_frozen, [phase], LoopConfig(1, 5))
+    for name in ("1.weight", "1.bias"):
+        assert torch.equal(masked.state_dict()[name], before[name]), name
+    for model in (masked, owner_frozen):
+        assert not torch.equal(model[1].running_mean, before["1.running_mean"])
+        assert not torch.equal(model[1].running_var, before["1.running_var"])
+        assert int(model[1].num_batches_tracked) == 4  # 20 examples in batches of 5
+    assert not owner_frozen[1].training
+
+
+def _frozen_weight_and_moment(optimizer, data: Examples) -> tuple[bool, float]:
+    """Train a linear layer with weight [0, 1] masked out: is it bitwise unchanged, and what is
+    the optimiser's first moment (``exp_avg``) there afterwards?"""
+    model = build_model(lambda: nn.Linear(6, 3), seed=0, dtype=torch.float64)
+    trainable = torch.ones(3, 6, dtype=torch.bool)
+    trainable[0, 1] = False
+    built = []
+
+    def build(parameters):
+        built.append(optimizer(parameters))
+        return built[0]
+
+    before = model.weight.detach().clone().view(torch.int64)
+    phase = Phase("retain", {"retain": data}, WeightedLoss({"retain": 1.0}))
+    unlearning_loop(model, [phase], LoopConfig(1, 5, build), mask={"weight": trainable})
+    unchanged = torch.equal(model.weight.detach().view(torch.int64)[0, 1], before[0, 1])
+    return unchanged, float(built[0].state[model.weight]["exp_avg"][0, 1])
+
+
+def test_optimiser_state_may_build_up_at_frozen_positions_the_write_back_keeps_them(tiny_data):
+    """Zeroed gradients do not keep L2 weight decay (Adam(weight_decay)) out of the moments; the
+    weight stays bitwise because it is written back after every step. AdamW's decoupled decay
+    leaves the moments at zero there."""
+    adam = _frozen_weight_and_moment(partial(torch.optim.Adam, lr=0.1, weight_decay=0.1), tiny_data)
+    adamw = _frozen_weight_and_moment(
+        partial(torch.optim.AdamW, lr=0.1, weight_decay=0.1), tiny_data
+    )
+    assert adam[0] and adam[1] != 0.0
+    assert adamw == (True, 0.0)

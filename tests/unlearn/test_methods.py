@@ -116,6 +116,16 @@ def test_random_labels_refuse_a_target_outside_the_classes_instead_of_wrapping_i
         random_other_labels(targets, 4, seed=0)
 
 
+@pytest.mark.parametrize("fractional", [0.5, 2.5, float("nan")])
+def test_random_labels_refuse_a_fractional_float_target(fractional):
+    """0.5 passed the range check and came back as the label (0.5 + u) mod C, no class at all."""
+    targets = torch.tensor([0.0, 3.0, fractional, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"target {fractional} of example 2 is outside .* 4 "):
+        random_other_labels(targets, 4, seed=0)
+    whole = random_other_labels(torch.tensor([0.0, 3.0, 2.0, 1.0]), 4, seed=0)  # whole floats pass
+    assert torch.equal(whole, random_other_labels(torch.tensor([0, 3, 2, 1]), 4, seed=0).float())
+
+
 @pytest.mark.parametrize("shape", [(3, 3), (2, 5)])
 def test_random_labels_refuse_sequence_targets(shape):
     """Token targets [n, T] were shifted per column (n = T) or failed inside torch (n != T)."""

@@ -7,15 +7,33 @@ it with the mask it is given.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar, Protocol
 
 import numpy as np
+import torch
 from torch import nn
 
 from tda.data.examples import Examples
+from unlearn.loop import LoopConfig
 from unlearn.masks import Mask
 from unlearn.request import UnlearningRequest
+
+
+def ascent_loop(epochs: int = 5) -> LoopConfig:
+    """The loop the gradient-ascent methods default to: SGD, lr 1e-3, momentum 0.9, batch size
+    64, ``epochs`` epochs (GA and GradDiff 5, NPO 10). Small: GA's and GradDiff's objectives are
+    unbounded below, so the epochs and the learning rate are what stop them."""
+    return LoopConfig(epochs=epochs, optimizer=partial(torch.optim.SGD, lr=1e-3, momentum=0.9))
+
+
+def check_non_negative_finite(name: str, value: float) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``0 <= value < inf`` (a loss weight or
+    strength; NaN is refused too, where it would read as a diverged run)."""
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be non-negative and finite, got {value}")
 
 
 @dataclass(frozen=True)

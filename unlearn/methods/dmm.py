@@ -14,7 +14,6 @@ predictor this is Oracle Matching (OM).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,7 +30,7 @@ from tda.outputs import logits_of
 from tda.task import ClassificationTask
 from unlearn.loop import LoopConfig, Phase, PhaseLoss, Progress, unlearning_loop
 from unlearn.masks import Mask
-from unlearn.methods.base import ForgetSplit
+from unlearn.methods.base import ForgetSplit, check_non_negative_finite
 from unlearn.predictors.base import OutputPredictor
 
 
@@ -133,10 +132,8 @@ class DatamodelMatching:
 
     def __post_init__(self) -> None:
         check_positive_int("forget_copies", self.forget_copies)
-        if not 0 <= self.retain_multiple < math.inf:  # NaN and inf failed in int()
-            raise ValueError(
-                f"retain_multiple must be non-negative and finite, got {self.retain_multiple}"
-            )
+        # NaN and inf failed in int()
+        check_non_negative_finite("retain_multiple", self.retain_multiple)
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None

@@ -6,21 +6,15 @@ r"""GA: gradient ascent on the forget set.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import ClassVar
 
-import torch
 from torch import nn
 
 from tda.task import ClassificationTask, Task
 from unlearn.loop import LoopConfig, Phase, unlearning_loop
 from unlearn.losses import WeightedLoss
 from unlearn.masks import Mask
-from unlearn.methods.base import ForgetSplit
-
-
-def _default_loop() -> LoopConfig:
-    return LoopConfig(epochs=5, optimizer=partial(torch.optim.SGD, lr=1e-3, momentum=0.9))
+from unlearn.methods.base import ForgetSplit, ascent_loop
 
 
 @dataclass(frozen=True)
@@ -36,7 +30,7 @@ class GradientAscent:
             :class:`~tda.task.LanguageModelingTask`).
     """
 
-    loop: LoopConfig = field(default_factory=_default_loop)
+    loop: LoopConfig = field(default_factory=ascent_loop)
     task: Task = field(default_factory=ClassificationTask)
     requires_forget_set: ClassVar[bool] = True
 

@@ -9,23 +9,16 @@ with one forget batch :math:`B_F` and one retain batch :math:`B_R` per step; a p
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from functools import partial
 from typing import ClassVar
 
-import torch
 from torch import nn
 
 from tda.task import ClassificationTask, Task
 from unlearn.loop import LoopConfig, Phase, unlearning_loop
 from unlearn.losses import WeightedLoss
 from unlearn.masks import Mask
-from unlearn.methods.base import ForgetSplit
-
-
-def _default_loop() -> LoopConfig:
-    return LoopConfig(epochs=5, optimizer=partial(torch.optim.SGD, lr=1e-3, momentum=0.9))
+from unlearn.methods.base import ForgetSplit, ascent_loop, check_non_negative_finite
 
 
 @dataclass(frozen=True)
@@ -39,16 +32,13 @@ class GradientDifference:
             :class:`~tda.task.LanguageModelingTask`).
     """
 
-    loop: LoopConfig = field(default_factory=_default_loop)
+    loop: LoopConfig = field(default_factory=ascent_loop)
     retain_weight: float = 1.0
     task: Task = field(default_factory=ClassificationTask)
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not 0 <= self.retain_weight < math.inf:  # NaN too: it read as a diverged run
-            raise ValueError(
-                f"retain_weight must be non-negative and finite, got {self.retain_weight}"
-            )
+        check_non_negative_finite("retain_weight", self.retain_weight)
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None

@@ -10,7 +10,6 @@ linearly towards 0, pushing the model to a sparse solution early and refitting :
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -22,7 +21,7 @@ from tda.task import ClassificationTask, Task
 from unlearn.loop import LoopConfig, Phase, Progress, unlearning_loop
 from unlearn.losses import WeightedLoss
 from unlearn.masks import Mask
-from unlearn.methods.base import ForgetSplit
+from unlearn.methods.base import ForgetSplit, check_non_negative_finite
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,7 @@ class L1Sparse:
     requires_forget_set: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if not 0 <= self.strength < math.inf:  # NaN too: it read as a diverged run
-            raise ValueError(f"strength must be non-negative and finite, got {self.strength}")
+        check_non_negative_finite("strength", self.strength)
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None

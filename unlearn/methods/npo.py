@@ -34,11 +34,7 @@ from tda.data.examples import Examples
 from tda.task import ClassificationTask, Task
 from unlearn.loop import LoopConfig, Phase, Progress, unlearning_loop
 from unlearn.masks import Mask
-from unlearn.methods.base import ForgetSplit
-
-
-def _default_loop() -> LoopConfig:
-    return LoopConfig(epochs=10, optimizer=partial(torch.optim.SGD, lr=1e-3, momentum=0.9))
+from unlearn.methods.base import ForgetSplit, ascent_loop, check_non_negative_finite
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,7 +78,7 @@ class NegativePreferenceOptimization:
             :class:`~tda.task.LanguageModelingTask` a sequence's mean token NLL).
     """
 
-    loop: LoopConfig = field(default_factory=_default_loop)
+    loop: LoopConfig = field(default_factory=partial(ascent_loop, epochs=10))
     beta: float = 0.1
     retain_weight: float = 1.0
     task: Task = field(default_factory=ClassificationTask)
@@ -91,10 +87,7 @@ class NegativePreferenceOptimization:
     def __post_init__(self) -> None:
         if not 0 < self.beta < math.inf:  # NaN too: it read as a diverged run
             raise ValueError(f"beta must be positive and finite, got {self.beta}")
-        if not 0 <= self.retain_weight < math.inf:
-            raise ValueError(
-                f"retain_weight must be non-negative and finite, got {self.retain_weight}"
-            )
+        check_non_negative_finite("retain_weight", self.retain_weight)
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from tda.data.examples import Examples
 from tda.outputs import logits_of
+from tda.task import outside_classes
 from unlearn.loop import LoopConfig, Phase, unlearning_loop
 from unlearn.losses import WeightedLoss
 from unlearn.masks import Mask
@@ -36,8 +37,9 @@ def random_other_labels(targets: Tensor, num_classes: int, seed: int) -> Tensor:
 
     Raises:
         ValueError: fewer than 2 classes, targets that are not one class per example (``[n]``,
-            e.g. a language model's token targets ``[n, T]``), or a target outside
-            ``0..num_classes-1`` (the modulo would silently turn it into a class).
+            e.g. a language model's token targets ``[n, T]``), or a target that is no class
+            index ``0..num_classes-1`` (fractional or NaN floats included; the modulo would
+            silently turn it into a class).
     """
     if num_classes < 2:
         raise ValueError(f"random labels need at least 2 classes, got {num_classes}")
@@ -46,11 +48,11 @@ def random_other_labels(targets: Tensor, num_classes: int, seed: int) -> Tensor:
             "random labels take one class target per example, shape [n]; got targets of shape "
             f"{tuple(targets.shape)}"
         )
-    outside = ((targets < 0) | (targets >= num_classes)).nonzero()
+    outside = outside_classes(targets, num_classes).nonzero()
     if len(outside):
         row = int(outside[0])
         raise ValueError(
-            f"target {int(targets[row])} of example {row} is outside the model's "
+            f"target {targets[row].item()} of example {row} is outside the model's "
             f"{num_classes} classes"
         )
     generator = torch.Generator().manual_seed(seed)
