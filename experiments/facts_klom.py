@@ -28,6 +28,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.facts_unlearning import method_with, people_split, unlearn_all, write_results
+from tda.arguments import check_seeds
 from tda.atomic import write_bytes_atomic
 from tda.data.facts import FactSet
 from tda.device import on_device, resolve_device
@@ -90,6 +91,7 @@ def check_chosen(cfg: DictConfig) -> None:
 
 @hydra.main(config_path="../conf", config_name="facts_klom", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    check_seeds("seeds", cfg.seeds)
     check_chosen(cfg)
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))

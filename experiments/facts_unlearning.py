@@ -27,6 +27,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from benchmarks.record import write_record
+from tda.arguments import check_seeds
 from tda.data.facts import FactSet
 from tda.device import on_device
 from unlearn import (
@@ -145,6 +146,7 @@ def methods(cfg, originals, facts, forget, proxy, references, retrain_seconds) -
 
 @hydra.main(config_path="../conf", config_name="facts_unlearning", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    check_seeds("seeds", cfg.seeds)
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
     facts: FactSet = instantiate(cfg.facts)

@@ -16,6 +16,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from tda.arguments import check_seeds
 from tda.data.queries import first_queries
 from tda.device import on_device
 from tda.ensemble import check_member, load_member, store_id
@@ -29,12 +30,13 @@ def main(cfg: DictConfig) -> int:
     """Write this job's shards of every chosen member and split; returns the shards written."""
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
+    seeds = check_seeds("seeds", cfg.seeds)
     splits = instantiate(cfg.data)
     examples = {"train": splits.train, "query": first_queries(splits.test, cfg.queries)}
     sizes = {name: len(data) for name, data in examples.items()}
     shards = _shards_of(cfg.shards, sizes, cfg.shard_size)
     model_factory = on_device(instantiate(cfg.model), cfg.device)
-    finals = _finals(cfg, model_factory, workspace, splits.train)
+    finals = _finals(cfg, model_factory, workspace, seeds, splits.train)
     featurizer = instantiate(cfg.featurizer)
     store = open_feature_store(workspace / "features", featurizer, cfg.shard_size)
     written = 0
@@ -54,13 +56,13 @@ def main(cfg: DictConfig) -> int:
     return written
 
 
-def _finals(cfg, model_factory, workspace, train) -> dict:
+def _finals(cfg, model_factory, workspace, seeds, train) -> dict:
     """Each member's final checkpoint, refused unless it finished training on ``train`` with the
     config's settings and model (:func:`tda.ensemble.check_member`)."""
     config, task, root = instantiate(cfg.train), instantiate(cfg.task), workspace / "models"
     return {
         seed: check_member(model_factory, train, config, seed, root, task=task)[-1]
-        for seed in cfg.seeds
+        for seed in seeds
     }
 
 

@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from tda.arguments import check_retraining_seeds
 from tda.atomic import write_json
 from tda.data.queries import first_queries
 from tda.datamodels import GroundTruthStore
@@ -145,16 +146,16 @@ def scored_members(made: dict) -> set[str]:
 
 
 def _check_independent(path: Path, made: dict, truth: GroundTruthStore) -> None:
-    """Refuse a ground truth retrained with a member's seed: that model starts from the member's
-    initial weights (and shuffling), so it agrees with the member more than an independent
-    retraining would, and the member's LDS can be inflated."""
-    shared = [seed for seed in truth.seeds if f"seed-{seed}" in scored_members(made)]
-    if shared:
-        raise ValueError(
-            f"the ground truth in {truth.root} retrains with seeds {shared}, which the members "
-            f"scored in {path} were trained with: retrain it with seeds apart from the members' "
-            "(ground_truth.seeds, e.g. [1000, 1001, 1002])"
-        )
+    """Refuse a ground truth retrained with a scored member's seed
+    (:func:`tda.arguments.check_retraining_seeds`, which retrain.py checks before training)."""
+    scored = scored_members(made)
+    check_retraining_seeds(
+        "ground_truth.seeds",
+        truth.seeds,
+        [seed for seed in truth.seeds if f"seed-{seed}" in scored],
+        ground_truth=f"the ground truth in {truth.root}",
+        members=f"scored in {path}",
+    )
 
 
 def _summary(result: LDSResult) -> dict:

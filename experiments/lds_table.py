@@ -3,7 +3,9 @@
 Reads ``<workspace>/results/lds-<name>.json`` for each score name given (all against the same
 ground truth, or nothing is written) and writes them with the commands that made them and the
 time score.py took (scores made before score.py was timed show "-"), and the members' test
-accuracy and parameter count as train.py recorded them:
+accuracy and parameter count as train.py recorded them. A record whose scores were replaced
+since (``scores/<name>.npy`` no longer has the sha256 it recorded) is refused, naming the lds.py
+command to recompute it with:
 
     python -m experiments.lds_table runs/mnist1d_cnn --scores trak if_ekfac if_ekfac-head \\
         --output results/lds-cnn.json
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from benchmarks.record import command_line, environment, markdown_table
 from experiments.lds import scored_members
-from tda.atomic import write_json
+from tda.atomic import file_digest, write_json
 
 HEADER = ["scores", "attributor", "members", "LDS [95% CI]", "noise ceiling", "scoring (s)"]
 
@@ -28,7 +30,8 @@ def collect(workspace: Path, names: list[str]) -> dict[str, dict]:
 
     Raises:
         FileNotFoundError: a name has no record (every missing one is named).
-        ValueError: the records were measured against different ground truths.
+        ValueError: the records were measured against different ground truths, or a record
+            evaluated scores since replaced (:func:`stale`).
     """
     paths = {name: workspace / "results" / f"lds-{name}.json" for name in names}
     missing = [name for name, path in paths.items() if not path.exists()]
@@ -38,7 +41,34 @@ def collect(workspace: Path, names: list[str]) -> dict[str, dict]:
     truths = {json.dumps(r["ground_truth"], sort_keys=True) for r in records.values()}
     if len(truths) > 1:
         raise ValueError(f"the records use different ground truths: {sorted(truths)}")
+    replaced = stale(workspace, records)
+    if replaced:
+        raise ValueError("; ".join(_stale(name, paths[name], records[name]) for name in replaced))
     return records
+
+
+def stale(workspace: Path, records: dict[str, dict]) -> list[str]:
+    """The names whose record evaluated other scores than ``<workspace>/scores/<name>.npy``
+    holds now (by the sha256 score.py recorded); scores no longer there, or recorded before
+    their sha256 was, cannot be compared and are not named."""
+    replaced = []
+    for name, record in records.items():
+        recorded = record["scores_made_with"].get("sha256")
+        path = workspace / "scores" / f"{name}.npy"
+        if recorded is not None and path.is_file() and file_digest(path) != recorded:
+            replaced.append(name)
+    return replaced
+
+
+def _stale(name: str, path: Path, record: dict) -> str:
+    """Why the LDS record of ``name`` (at ``path``) is stale, and the lds.py command that made
+    it, to recompute it with."""
+    command = record.get("command")
+    again = " ".join(["python", *command[1:]]) if command else "python experiments/lds.py ..."
+    return (
+        f"{path} holds the LDS of scores since replaced (their sha256 differs from the one it "
+        f"recorded): recompute it with `{again}` or leave {name!r} out"
+    )
 
 
 def members(workspace: Path, records: dict[str, dict]) -> dict[str, dict]:

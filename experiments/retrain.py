@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from tda.arguments import check_retraining_seeds, check_seeds
 from tda.datamodels import GroundTruthStore, SubsetRetrainer
 from tda.device import on_device
 from tda.training import recorded_recipe, weight_settings
@@ -30,6 +31,14 @@ def main(cfg: DictConfig) -> int:
     """Retrain this job's subsets (an index, a list, or null: all); returns the models trained."""
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
+    seeds = check_seeds("ground_truth.seeds", cfg.ground_truth.seeds)
+    check_retraining_seeds(  # lds.py would refuse the finished ground truth
+        "ground_truth.seeds",
+        seeds,
+        check_seeds("seeds", cfg.seeds),
+        ground_truth=f"the ground truth in {workspace / 'ground_truth'}",
+        members=f"listed in seeds={list(cfg.seeds)}",
+    )
     splits = instantiate(cfg.data)
     queries = splits.test.subset(range(cfg.queries))
     masks = instantiate(cfg.ground_truth.masks)(n_train=len(splits.train))
@@ -40,7 +49,7 @@ def main(cfg: DictConfig) -> int:
     store = GroundTruthStore.create_or_open(
         root,
         masks,
-        list(cfg.ground_truth.seeds),
+        seeds,
         queries.fingerprint(),
         recorded_recipe(recipe, recorded),  # an earlier store's, saved checkpoints and all
         train_fingerprint=splits.train.fingerprint(),

@@ -9,12 +9,15 @@ record of how the scores were made (with the seconds from loading the data to th
 and the threads), which lds.py and counterfactual.py read. With
 ``query_split=train`` the queries are the training points themselves (``[n_train, n_train]``), the
 score matrix a DMM predictor reads (``predictor=scores``, :func:`unlearn.load_scores_predictor`).
+A run replaces earlier scores of its name only where they score the same queries: name scores of
+other queries yourself (``scores_name=<name>-train``), or the run is refused before it scores.
 
     python experiments/score.py experiment=tiny attributor=trak
     python experiments/score.py experiment=tiny attributor=if_ekfac models=1 scores_name=ekfac-m1
     python experiments/score.py attributor=if_ekfac query_split=train scores_name=if_ekfac-train
 """
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from tda.arguments import check_seeds
 from tda.data.queries import first_queries
 from tda.device import on_device
 from tda.ensemble import check_member, store_id
@@ -42,13 +46,15 @@ def main(cfg: DictConfig) -> str:
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
     workspace = Path(to_absolute_path(cfg.workspace))
-    seeds = list(cfg.seeds)
+    seeds = check_seeds("seeds", cfg.seeds)
     if cfg.models is not None and not 1 <= cfg.models <= len(seeds):
         raise ValueError(f"models={cfg.models} must be between 1 and the {len(seeds)} seeds")
     splits, attributor = instantiate(cfg.data), instantiate(cfg.attributor)
     queries = _queries(cfg, splits)
     model_factory = on_device(instantiate(cfg.model), cfg.device)
     saved = _members(cfg, model_factory, workspace, seeds[: cfg.models], splits.train)
+    path = workspace / "scores" / f"{cfg.scores_name}.npy"
+    _check_replaceable(cfg, path, queries)  # before scoring: the only long step
     if isinstance(attributor, RunAttributor):
         scores, inputs = _score_runs(attributor, model_factory, saved, splits.train, queries)
     else:
@@ -64,8 +70,9 @@ def main(cfg: DictConfig) -> str:
         "train_fingerprint": splits.train.fingerprint(),
         "seconds": round(time.perf_counter() - started, 2),
         "threads": cfg.threads,
+        "resolved_device": str(model_factory.device),  # cfg.device may say auto
     }
-    path = save_scores(workspace / "scores" / f"{cfg.scores_name}.npy", scores, record)
+    save_scores(path, scores, record)
     log.info("scores %s of %d members saved to %s", scores.shape, len(saved), path)
     return str(path)
 
@@ -85,6 +92,31 @@ def _queries(cfg, splits):
     if cfg.query_split == "train":
         return splits.train
     raise ValueError(f"query_split must be 'test' or 'train', got {cfg.query_split!r}")
+
+
+def _check_replaceable(cfg, path: Path, queries) -> None:
+    """Refuse to replace scores of other queries (another split, count or examples) saved under
+    the same name: e.g. ``query_split=train`` under the default name would silently replace the
+    test-query scores lds.py reads. Scores of the same queries (other members, another
+    attributor) may be replaced; so may scores without a record (a killed run's)."""
+    record_path = path.with_suffix(".json")
+    if not (path.is_file() and record_path.is_file()):
+        return
+    made = json.loads(record_path.read_text())
+    if made.get("query_fingerprint") == queries.fingerprint():
+        return
+    held = _described(made.get("query_split", "test"), made.get("shape", ["?"])[0])
+    asked = _described(cfg.query_split, len(queries))
+    same = " (other examples)" if held == asked else ""
+    raise ValueError(
+        f"{path} holds scores of {held}{same}, not of the {asked} asked for, and would be "
+        f"replaced: pass another scores_name (e.g. scores_name={cfg.scores_name}-"
+        f"{cfg.query_split}), or delete {path} and {record_path} to replace them"
+    )
+
+
+def _described(split: str, count) -> str:
+    return f"{count} training points as queries" if split == "train" else f"{count} test queries"
 
 
 def _score_runs(attributor, model_factory, saved, train, queries) -> tuple[np.ndarray, dict]:

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 
+from tda.arguments import check_seeds
 from tda.atomic import write_json
 from tda.device import on_device
 from tda.ensemble import load_member, train_ensemble
@@ -27,13 +28,14 @@ def main(cfg: DictConfig) -> float:
     mean accuracy."""
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
+    seeds = check_seeds("seeds", cfg.seeds)
     splits = instantiate(cfg.data)
     model_factory = on_device(instantiate(cfg.model), cfg.device)
     members = train_ensemble(
         model_factory,
         splits.train,
         instantiate(cfg.train),
-        list(cfg.seeds),
+        seeds,
         workspace / "models",
         task=instantiate(cfg.task),
         progress=cfg.progress,
@@ -51,6 +53,7 @@ def main(cfg: DictConfig) -> float:
             "checkpoint": checkpoints[-1].checkpoint_id,
             "test_accuracy": test_accuracy,
             "parameters": sum(parameter.numel() for parameter in model.parameters()),
+            "resolved_device": str(model_factory.device),  # this run's (cfg.device may say auto)
         }
         write_json(results / f"train-seed-{seed}.json", record)
     return sum(accuracies) / len(accuracies)

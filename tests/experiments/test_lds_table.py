@@ -1,11 +1,15 @@
 """experiments/lds_table.py: LDS records of one ground truth in one table."""
 
 import json
+import re
 import sys
 
+import numpy as np
 import pytest
 
 from experiments.lds_table import collect, main, member_count
+from tda.atomic import file_digest
+from tda.scores import save_scores
 
 TRUTH = {"alpha": 0.5, "subsets": 100, "seeds": [0, 1, 2]}
 
@@ -95,3 +99,25 @@ def test_the_record_carries_the_members_training_records(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", argv)
     main()
     assert json.loads(output.read_text())["members"] == {"3": train}  # seed 0 has no record
+
+
+def test_records_of_scores_since_replaced_are_refused_with_the_command_to_recompute(tmp_path):
+    """The table printed the LDS of 2-member scores after score.py had replaced them with
+    another member count's: the record's sha256 no longer matched the file."""
+    scores = tmp_path / "scores" / "trak.npy"
+    digest = {"sha256": file_digest(save_scores(scores, np.ones((2, 3)), {}))}
+    _write(tmp_path, "trak", 0.3, timed=digest)
+    _write(tmp_path, "gone", 0.3, timed={"sha256": "0" * 64})  # its scores were deleted
+    _write(tmp_path, "older", 0.3)  # recorded before scores carried a sha256
+    assert list(collect(tmp_path, ["trak", "gone", "older"])) == ["trak", "gone", "older"]
+    save_scores(scores, np.zeros((2, 3)), {})
+    record = tmp_path / "results" / "lds-trak.json"
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{record} holds the LDS of scores since replaced (their sha256 differs from the one "
+            "it recorded): recompute it with `python experiments/lds.py scores_name=trak` or "
+            "leave 'trak' out"
+        ),
+    ):
+        collect(tmp_path, ["older", "trak"])

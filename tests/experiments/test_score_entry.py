@@ -6,6 +6,7 @@ returns when called directly, in the place and format lds.py reads.
 """
 
 import json
+import re
 import shutil
 from functools import partial
 from pathlib import Path
@@ -17,9 +18,11 @@ import torch
 from tda.checkpoints import list_checkpoints
 from tda.curvature import ConjugateGradientSolver, EKFACSolver
 from tda.data import load_mnist1d
+from tda.device import resolve_device
 from tda.ensemble import load_member
 from tda.methods import EKFACEigenbasis, InfluenceFunction, Source, TracIn
 from tda.models import MLP
+from tda.scores import save_scores
 from tda.store import StoreMismatchError
 from tests.experiments.entry import run_entry_point
 from unlearn import architecture, load_scores_predictor
@@ -155,6 +158,54 @@ def test_lds_reads_model_based_scores(workspace):
     record = json.loads((workspace / "results" / "lds-tracin.json").read_text())
     assert record["lds"]["mean"] == mean and -1.0 <= mean <= 1.0
     assert record["scores_made_with"] == written(workspace, "tracin")[1]
+
+
+def test_train_and_score_records_name_the_device_they_ran_on(workspace):
+    """They recorded ``device: auto`` (train.py's no device at all), never the device used."""
+    device = str(resolve_device("auto"))
+    run_entry_point("score", workspace, "attributor=tracin", "models=1", "scores_name=device")
+    assert written(workspace, "device")[1]["resolved_device"] == device
+    for seed in (0, 1):
+        record = json.loads((workspace / "results" / f"train-seed-{seed}.json").read_text())
+        assert record["resolved_device"] == device
+
+
+def test_scores_of_other_queries_are_not_replaced_under_their_name(workspace):
+    """``query_split=train`` under the default name replaced the test-query scores lds.py reads;
+    scores of the same queries (here of one member instead of two) may still be replaced."""
+    path = Path(run_entry_point("score", workspace, "attributor=tracin", "scores_name=kept"))
+    before = path.read_bytes()
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{path} holds scores of 40 test queries, not of the 240 training points as queries "
+            "asked for, and would be replaced: pass another scores_name (e.g. "
+            f"scores_name=kept-train), or delete {path} and {path.with_suffix('.json')}"
+        ),
+    ):
+        run_entry_point(
+            "score", workspace, "attributor=tracin", "query_split=train", "scores_name=kept"
+        )
+    with pytest.raises(ValueError, match="holds scores of 40 test queries, not of the 20 test"):
+        run_entry_point("score", workspace, "attributor=tracin", "queries=20", "scores_name=kept")
+    assert path.read_bytes() == before
+    run_entry_point("score", workspace, "attributor=if_ekfac", "models=1", "scores_name=kept")
+    assert written(workspace, "kept")[1]["members"] == [0]
+
+
+def test_scores_of_the_same_count_of_other_queries_are_not_replaced(workspace, tmp_path, data):
+    """Told apart by their fingerprint: e.g. the first 40 test examples of another test split."""
+    (tmp_path / "models").symlink_to(workspace / "models")
+    record = {"query_fingerprint": "other", "query_split": "test", "shape": [40, 240]}
+    path = save_scores(tmp_path / "scores" / "tracin.npy", np.zeros((40, 240), np.float32), record)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"scores of 40 test queries \(other examples\), not of"):
+        run_entry_point("score", tmp_path, "attributor=tracin")
+    assert path.read_bytes() == before
+    record["query_fingerprint"] = data[1].fingerprint()  # these queries: replaced
+    save_scores(path, np.zeros((40, 240), np.float32), record)
+    run_entry_point("score", tmp_path, "attributor=tracin")
+    assert written(tmp_path, "tracin")[1]["members"] == [0, 1]
 
 
 def test_members_trained_for_other_epochs_are_refused_by_their_settings(workspace):
