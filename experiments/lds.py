@@ -36,7 +36,12 @@ def main(cfg: DictConfig) -> float:
     scores, made = _read_scores(cfg, path)
     truth = GroundTruthStore.open(workspace / "ground_truth")
     if made["query_fingerprint"] != truth.query_fingerprint:
-        raise ValueError(f"{path} scores other queries than the ground truth in {truth.root}")
+        count, split = made.get("shape", ["?"])[0], made.get("query_split", "test")
+        raise ValueError(
+            f"{path} scores other queries ({count}, query_split={split}) than the ground truth in "
+            f"{truth.root} was measured on: score the queries it was retrained for (the same "
+            "experiment= and queries=, query_split=test), or retrain a ground truth for these"
+        )
     trained_on = (truth.train_fingerprint, made.get("train_fingerprint"))  # None: unrecorded
     if None not in trained_on and trained_on[0] != trained_on[1]:
         raise ValueError(

@@ -65,6 +65,16 @@ def test_scores_of_another_training_set_of_the_same_size_are_refused(tmp_path):
     assert not (tmp_path / "results" / "lds-s.json").exists()
 
 
+def test_scores_of_other_queries_are_refused_naming_them_and_the_fix(tmp_path):
+    _workspace(tmp_path)
+    path = tmp_path / "scores" / "s.json"
+    other = {"query_fingerprint": "q-b", "query_split": "train", "shape": [240, 240]}
+    path.write_text(json.dumps({**json.loads(path.read_text()), **other}))
+    with pytest.raises(ValueError, match=r"other queries \(240, query_split=train\).*queries="):
+        run_entry_point("lds", tmp_path, "scores_name=s")
+    assert not (tmp_path / "results" / "lds-s.json").exists()
+
+
 @pytest.mark.parametrize(
     "made", [{"members": [1001, 4]}, {"checkpoints": ["seed-1001.epoch-0002"]}]
 )
