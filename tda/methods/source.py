@@ -321,7 +321,8 @@ class Source:
         if self.gradients == "start" and plan[0].previous is None:
             raise ValueError(
                 "gradients='start' needs the starting parameters as the first checkpoint (one "
-                "closing no steps): train with TrainConfig(save_initial=True)"
+                "closing no steps): train with TrainConfig(save_initial=True) (Hydra: "
+                "++train.save_initial=true)"
             )
         segment_examples = [indices for indices in examples for _ in range(self.segments)]
         bases = []
