@@ -70,7 +70,9 @@ def test_the_start_bounds_the_first_segment_and_is_required_for_start_gradients(
         checkpoints[6],
     ]
     assert plan_segments(checkpoints[1:], 1)[0].previous is None
-    with pytest.raises(ValueError, match=r"save_initial=True\) \(Hydra: \+\+train.save_initial=true\)"):
+    with pytest.raises(
+        ValueError, match=r"save_initial=True\) \(Hydra: \+\+train.save_initial=true\)"
+    ):
         Source(segments=2, gradients="start").fit(factory, checkpoints[1:], train_set)
     with pytest.raises(ValueError, match="only 10 checkpoints were saved after the start"):
         plan_segments(checkpoints, 11)
