@@ -28,7 +28,7 @@ import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from tda.arguments import check_seeds
+from tda.arguments import check_positive_int, check_seeds
 from tda.data.queries import first_queries
 from tda.device import on_device
 from tda.ensemble import check_member, store_id
@@ -47,6 +47,8 @@ def main(cfg: DictConfig) -> str:
     started = time.perf_counter()
     workspace = Path(to_absolute_path(cfg.workspace))
     seeds = check_seeds("seeds", cfg.seeds)
+    if cfg.models is not None:
+        check_positive_int("models", cfg.models)
     if cfg.models is not None and not 1 <= cfg.models <= len(seeds):
         raise ValueError(f"models={cfg.models} must be between 1 and the {len(seeds)} seeds")
     splits, attributor = instantiate(cfg.data), instantiate(cfg.attributor)

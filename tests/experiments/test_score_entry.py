@@ -318,3 +318,16 @@ def test_features_of_members_since_retrained_are_refused(workspace, tmp_path):
     with pytest.raises(StoreMismatchError, match="checkpoint 'seed-0.*featurize again"):
         run_entry_point("score", tmp_path, "attributor=trak", "train.optimizer.lr=0.01")
     assert not (tmp_path / "scores" / "trak.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("1.5", "models must be an integer >= 1, got 1.5"), ("0", "models must be an integer >= 1"),
+     ("3", "models=3 must be between 1 and the 2 seeds")],
+)  # fmt: skip
+def test_a_models_count_that_is_no_count_of_the_members_is_refused_before_reading_them(
+    tmp_path, value, message
+):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_entry_point("score", tmp_path, f"models={value}")
+    assert not list(tmp_path.iterdir())
