@@ -180,6 +180,13 @@ class FeatureStore:
         paths = sorted((self.root / kind).glob("*.json"))
         return {path.stem: json.loads(path.read_text()) for path in paths}
 
+    def fingerprint(self) -> str:
+        """What decides the store's features, hashed: its featurizer configuration, each
+        registered checkpoint's model fingerprint and each declared split's data fingerprint (a
+        store rebuilt in place for other models or data gets another one)."""
+        records = {kind: self._records(kind) for kind in ("checkpoints", "splits")}
+        return config_fingerprint({"config": self.config, **records})
+
     def checkpoints(self) -> list[str]:
         """Registered checkpoint ids, sorted."""
         return sorted(self._records("checkpoints"))

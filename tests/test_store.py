@@ -365,3 +365,19 @@ def test_a_store_whose_shards_mix_dtypes_names_them(tmp_path: Path) -> None:
         store.array_dtype("features")
     with pytest.raises(StoreMismatchError, match="storage_dtype"):
         store.load("c0", "train")
+
+
+def test_the_fingerprint_follows_what_decides_the_features_not_the_path(tmp_path: Path) -> None:
+    first, elsewhere = _store(tmp_path / "a"), _store(tmp_path / "b")
+    assert first.fingerprint() == elsewhere.fingerprint()  # same config, models and data
+    other_model = FeatureStore.open(tmp_path / "c", CONFIG)
+    other_model.declare_split("train", SIZE, DATA_FINGERPRINT)
+    other_model.register_checkpoint("c0", "b" * 64)
+    other_data = FeatureStore.open(tmp_path / "d", CONFIG)
+    other_data.declare_split("train", SIZE, "e" * 64)
+    other_data.register_checkpoint("c0", MODEL_FINGERPRINT)
+    other_config = _store(tmp_path / "e", {**CONFIG, "projector": {"dim": 4, "seed": 0}})
+    prints = {store.fingerprint() for store in (first, other_model, other_data, other_config)}
+    assert len(prints) == 4
+    first.register_checkpoint("c1", MODEL_FINGERPRINT)  # a checkpoint added later counts
+    assert first.fingerprint() != elsewhere.fingerprint()

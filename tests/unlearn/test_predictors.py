@@ -106,6 +106,9 @@ def test_trak_predictor_resumes_from_its_store_without_retraining(trak_logits):
     again = build(output="logits")
     forget = np.arange(5)
     assert torch.equal(again.forget_effect(forget), logits.forget_effect(forget))
+    # described by its store's content, not only its path: a store rebuilt there differs
+    assert again.audit_description() == logits.audit_description()
+    assert logits.settings()["store_fingerprint"] == logits.trak.store.fingerprint()
 
 
 def test_the_prediction_is_the_original_output_minus_the_forget_effect(trak_logits, mnist, trained):

@@ -68,6 +68,7 @@ class TRAKPredictor(ShiftPredictor):
             "gauss_newton": self.trak.gauss_newton,
             "checkpoints": list(self.trak.checkpoints),
             "store": str(self.trak.store.root),
+            "store_fingerprint": self.trak.store.fingerprint(),  # a store rebuilt there differs
             "retain_kernel": self.retain_kernel,
         }
 
