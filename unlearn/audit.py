@@ -27,10 +27,12 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tda.atomic import write_bytes_atomic
+from unlearn.lineage import check_history
 from unlearn.request import UnlearningRequest
 
 
@@ -170,6 +172,13 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
+def _lineage_check(record: AuditRecord, log_path, records: list[AuditRecord]) -> None:
+    try:
+        check_history(record.request, record.model_fingerprint_before, records)
+    except ValueError as error:
+        raise ValueError(f"audit log {log_path} does not allow this record: {error}") from error
+
+
 def append_audit(
     record: AuditRecord,
     log_path: str | os.PathLike,
@@ -184,19 +193,22 @@ def append_audit(
         log_path: the JSON-lines log.
         check: called with the log's records under the lock, just before writing; what it
             raises refuses the append. It sees the log as it is then, with whatever another
-            process appended since the caller last read it.
+            process appended since the caller last read it. Default: the lineage rule
+            (:func:`unlearn.lineage.check_history`), so no append, by hand or not, logs a
+            request that would bring back examples the log shows forgotten.
 
     Raises:
         ValueError: the existing log does not end with a newline (it was damaged elsewhere),
-            or, with ``check``, has a line :func:`read_audit_log` refuses; nothing is written.
+            has a line :func:`read_audit_log` refuses, or does not allow ``record``
+            (``check``); nothing is written.
     """
+    check = check if check is not None else partial(_lineage_check, record, log_path)
     path = Path(log_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         existing = path.read_bytes() if path.exists() else b""
         _check_whole(path, existing)
-        if check is not None:
-            check(_records_of(existing, path))
+        check(_records_of(existing, path))
         mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else None
         write_bytes_atomic(path, existing + _log_line(record, existing))
         if mode is not None:  # the rename published a fresh file; keep the log's permissions

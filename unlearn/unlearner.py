@@ -28,6 +28,7 @@ from tda.outputs import logits_of
 from tda.task import IGNORE_INDEX, outside_classes
 from tda.timing import warm_up_torch
 from unlearn.audit import AuditRecord, append_audit, check_audit_log, new_run_id
+from unlearn.lineage import check_history
 from unlearn.masks import Mask, check_mask, describe_mask
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
 from unlearn.metrics import unlearning_metrics
@@ -68,85 +69,20 @@ def _check_request(request, method, model_before: str, train: Examples, data_bef
         )
 
 
-def _check_history(request, model_before: str, records: list[AuditRecord]) -> None:
-    """Refuse a request the audit log shows would bring back examples already forgotten."""
-    _check_carries_earlier_forgets(request, model_before, records)
-    _check_not_superseded(request, model_before, records)
-
-
-def _check_carries_earlier_forgets(request, model_before: str, records: list[AuditRecord]):
-    """Refuse a request on a model the log says an earlier request produced, unless it carries
-    what that request had forgotten (``previously_forgotten``): built by hand instead of by
-    :meth:`UnlearningResult.next_request`, it would put those examples back in the retain set."""
-    produced = [r for r in records if r.model_fingerprint_after == model_before]
-    if not produced:
-        return
-    earlier = produced[-1]
-    forgotten = set(earlier.request.forgotten_after())
-    lacking = sorted(forgotten - set(request.previously_forgotten))
-    if lacking:
-        raise ValueError(
-            f"request {request.request_id} is for model {model_before[:12]}..., the output of "
-            f"request {earlier.request_id} in the audit log, which had forgotten "
-            f"{len(forgotten)} examples; this request's previously_forgotten lacks {len(lacking)} "
-            f"of them (e.g. {lacking[0]}), so they would be retained (or forgotten twice): build "
-            "it with result.next_request(...), or pass previously_forgotten"
-        )
-
-
 def _check_history_at_append(
     record: AuditRecord, log_path: str | os.PathLike, records: list[AuditRecord]
 ) -> None:
-    """:func:`_check_history` again, on the log as it is when ``record`` is appended (under its
-    lock): another run may have appended to it since the check before this run (two requests on
-    one model at once), and both passing would log a lineage refused when they run in turn."""
+    """:func:`~unlearn.lineage.check_history` again, on the log as it is when ``record`` is
+    appended (under its lock): another run may have appended to it since the check before this
+    run (two requests on one model at once), and both passing would log a lineage refused when
+    they run in turn."""
     try:
-        _check_history(record.request, record.model_fingerprint_before, records)
+        check_history(record.request, record.model_fingerprint_before, records)
     except ValueError as error:
         raise ValueError(
             f"audit log {log_path} changed while this run ran, and no longer allows its result, "
             f"which was not appended: {error}"
         ) from error
-
-
-def _descendant_records(model_before: str, records: list[AuditRecord]) -> list[AuditRecord]:
-    """The logged requests on ``model_before`` and, transitively, on every model made from it."""
-    lineage, found, grew = {model_before}, set(), True
-    while grew:  # the log is in order, so one pass finds all but lines appended out of order
-        grew = False
-        for position, record in enumerate(records):
-            if record.model_fingerprint_before in lineage and position not in found:
-                found.add(position)
-                lineage.add(record.model_fingerprint_after)
-                grew = True
-    return [records[position] for position in sorted(found)]
-
-
-def _check_not_superseded(request, model_before: str, records: list[AuditRecord]) -> None:
-    """Refuse a request on a model the log says earlier requests already unlearned from (it, or
-    a model made from it), unless its ``forget_indices`` hold all that they forgot: this model
-    still holds those examples (``previously_forgotten`` would claim they were gone), so the new
-    model would hold them again. An empty request is refused too: it would hand this model back
-    as a result. The same request run again passes while no later one was made from its result."""
-    forgotten, missing = set(request.forget_indices), {}  # earlier request id -> examples lacked
-    for record in _descendant_records(model_before, records):
-        lacking = set(record.request.forget_indices) - forgotten
-        if lacking:
-            missing.setdefault(record.request_id, set()).update(lacking)
-    if not missing:
-        return
-    lacked = sorted(set().union(*missing.values()))
-    claimed = len(set(lacked) & set(request.previously_forgotten))
-    note = f"; {claimed} of them in its previously_forgotten, never removed here" if claimed else ""
-    earlier = ("requests " if len(missing) > 1 else "request ") + ", ".join(missing)
-    raise ValueError(
-        f"request {request.request_id} is for model {model_before[:12]}..., which the audit log "
-        f"shows {earlier} already unlearned from (from it or a model made from it); its "
-        f"forget_indices lack {len(lacked)} of the examples forgotten from it (e.g. "
-        f"{lacked[:5]}{note}), which this model still holds, so the new model would hold them "
-        "again: unlearn from the latest result (result.next_request(...)), or add them to "
-        "forget_indices"
-    )
 
 
 def _on_model(model: nn.Module, data: Examples, name: str) -> Examples:
@@ -296,7 +232,7 @@ class Unlearner:
             raise ValueError("test_data is empty; pass held-out examples or None")
         _check_request(request, self.method, model_before, train, data_before)
         if self.audit_log is not None:  # a damaged log or a broken chain, too
-            _check_history(request, model_before, check_audit_log(self.audit_log))
+            check_history(request, model_before, check_audit_log(self.audit_log))
         for name, examples in (("train_data", train), ("test_data", test)):
             if examples is not None:
                 _check_fits(model, examples, name, classes=self.compute_metrics)

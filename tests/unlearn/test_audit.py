@@ -206,6 +206,23 @@ def test_appending_keeps_earlier_lines_and_refuses_a_damaged_log(result, tmp_pat
     assert log.read_bytes() == damaged
 
 
+def test_appending_by_hand_follows_the_lineage_rule_too(result, mnist, trained, tmp_path):
+    """Only Unlearner(audit_log=...) checked the log's lineage: two results from one model,
+    appended by hand, logged a request that put the first one's forgotten examples back."""
+    log = tmp_path / "audit.jsonl"
+    result.append_audit(log)
+    other = UnlearningRequest([2], train_size=300, seed=9)  # lacks the first one's [3, 1, 4, 15]
+    unlearner = Unlearner(FineTune(LoopConfig(epochs=1, batch_size=64)))
+    conflicting = unlearner.unlearn(trained, mnist.train, other)
+    before = log.read_bytes()
+    with pytest.raises(ValueError, match=r"does not allow this record: .*lack 4 of the examples"):
+        conflicting.append_audit(log)
+    assert log.read_bytes() == before
+    carrying = UnlearningRequest([3, 1, 4, 15, 2], train_size=300, seed=9)
+    unlearner.unlearn(trained, mnist.train, carrying).append_audit(log)
+    assert len(read_audit_log(log)) == 2
+
+
 def test_a_blank_line_in_the_log_is_skipped_by_the_writer_as_by_the_reader(result, tmp_path):
     """The reader skipped a blank line, but the writer chained the next record to it: every
     later read (and every later run on the log) failed the chain check."""
