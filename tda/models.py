@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from tda.describe import describe
 from tda.device import seeded_rng
 
 if TYPE_CHECKING:
@@ -63,9 +64,25 @@ class LogisticRegression(nn.Linear):
 
 
 def build_model(factory: Callable[[], nn.Module], seed: int, dtype: torch.dtype = torch.float32):
-    """Construct ``factory()`` with initial weights drawn from ``seed``; global RNGs untouched."""
+    """Construct ``factory()`` with initial weights drawn from ``seed``; global RNGs untouched.
+
+    Raises:
+        TypeError: the factory gives its model a setting it does not take, named with every
+            setting the factory holds (e.g. an experiment's ``model.hidden``, an MLP's, left in
+            place under ``model=cnn1d``).
+    """
     with seeded_rng(seed):
-        model = factory()
+        try:
+            model = factory()
+        except TypeError as error:
+            if "unexpected keyword argument" not in str(error):
+                raise
+            raise TypeError(
+                f"{error}: the model factory holds a setting this model does not take (its "
+                f"settings: {describe(factory)}); one meant for another model, e.g. an "
+                "experiment's model.hidden (the MLP's) under model=cnn1d? Give this model's own "
+                "settings"
+            ) from error
     return model.to(dtype)
 
 

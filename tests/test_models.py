@@ -1,8 +1,10 @@
+import functools
+
 import pytest
 import torch
 
 from tda.data import Examples
-from tda.models import CNN1d, model_dtype
+from tda.models import CNN1d, build_model, model_dtype
 
 
 @pytest.mark.parametrize("kernel_size", [2, 3, 4, 5, 6])
@@ -32,3 +34,13 @@ def test_cnn1d_with_an_odd_kernel_keeps_its_head_width():
 )
 def test_models_are_built_in_the_dtype_of_floating_inputs(inputs, expected):
     assert model_dtype(Examples(inputs, torch.zeros(2, dtype=torch.long))) == expected
+
+
+def test_a_setting_the_model_does_not_take_is_named_with_the_factorys_settings():
+    # experiment=tiny model=cnn1d: the tiny experiment's MLP width reached the CNN
+    factory = functools.partial(CNN1d, hidden=[16])
+    with pytest.raises(TypeError, match=r"'hidden'.*its settings: .*'hidden'.*model=cnn1d"):
+        build_model(factory, 0)
+    with pytest.raises(TypeError, match="missing") as other:  # other TypeErrors pass unchanged
+        build_model(torch.nn.Linear, 0)
+    assert "its settings" not in str(other.value)
