@@ -232,7 +232,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workspace", type=Path)
     parser.add_argument("--forget", nargs="+", default=["random_10pct"])
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument(
+        "--output", type=Path, help="where the JSON record goes (default: print the tables only)"
+    )
     parser.add_argument("--figure", type=Path)
     parser.add_argument("--timing", type=Path, help="results of experiments/method_time.py")
     parser.add_argument(
@@ -268,8 +270,9 @@ def main() -> None:
         figure(quality, runs, args.figure, args.scores, models)
     record = {"command": command_line(), **environment(1), "predictor_lds": quality}
     record |= {"tables": tables, "goals": goals, "runs": runs}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.output, record, default=float)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.output, record, default=float)
 
 
 if __name__ == "__main__":

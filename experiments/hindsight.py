@@ -347,7 +347,9 @@ def main() -> None:
         help="a Hydra override for every method named FAMILY-VARIANT (before its own)",
     )
     parser.add_argument("--label", default="", help="names this variant's kept outcomes")
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument(
+        "--output", type=Path, help="where the JSON record goes (default: print the tables only)"
+    )
     args = parser.parse_args()
     goal = GOALS[args.goal]
     if args.methods is None and goal.targets is None:
@@ -372,8 +374,9 @@ def main() -> None:
         verdicts = summary(results, goal)
         print(markdown(forget, results, verdicts), flush=True)
         record["forget_sets"][forget] = {"methods": results, **verdicts}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.output, record)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.output, record)
 
 
 if __name__ == "__main__":

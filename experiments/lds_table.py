@@ -131,7 +131,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workspace", type=Path)
     parser.add_argument("--scores", nargs="+", required=True, help="score names (lds-<name>.json)")
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument(
+        "--output", type=Path, help="where the JSON record goes (default: print the tables only)"
+    )
     args = parser.parse_args()
     records = collect(args.workspace, args.scores)
     table = markdown_table(HEADER, [row(name, record) for name, record in records.items()])
@@ -149,7 +151,9 @@ def main() -> None:
         },
         **environment(threads=1),
     }
-    write_json(args.output, output)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.output, output)
 
 
 if __name__ == "__main__":

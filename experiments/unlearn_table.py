@@ -182,7 +182,9 @@ def main() -> None:
     parser.add_argument("workspace", type=Path)
     parser.add_argument("--forget", nargs="+", default=["random_10pct"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument(
+        "--output", type=Path, help="where the JSON record goes (default: print the tables only)"
+    )
     parser.add_argument("--allow-missing", action="store_true", help="tabulate partial results")
     args = parser.parse_args()
     tables, records = {}, {}
@@ -195,8 +197,9 @@ def main() -> None:
         print(f"\n{forget}\n{tables[forget]}")
     threads = next(iter(next(iter(records.values())).values()))["settings"]["threads"]
     output = {"command": command_line(), **environment(threads), "tables": tables}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.output, {**output, "runs": records})
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.output, {**output, "runs": records})
 
 
 if __name__ == "__main__":

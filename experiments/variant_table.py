@@ -154,7 +154,9 @@ def main() -> None:
     parser.add_argument(
         "--variants", nargs="+", action="append", required=True, help="NAME=SUFFIX ..."
     )
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument(
+        "--output", type=Path, help="where the JSON record goes (default: print the tables only)"
+    )
     parser.add_argument("--allow-missing", action="store_true", help="skip incomplete methods")
     parser.add_argument("--draws", action="store_true", help="also average over the forget sets")
     args = parser.parse_args()
@@ -195,8 +197,9 @@ def main() -> None:
     record = {"command": command_line(), "variants": groups, "choices": choices}
     record |= {"missing": missing, "dmm_goal": goals}
     record["tables"] = tables
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.output, record)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.output, record)
 
 
 if __name__ == "__main__":

@@ -134,3 +134,15 @@ def test_the_printed_tables_spell_methods_as_the_readme_and_the_record_keeps_the
     record = json.loads(output.read_text())
     assert list(record["runs"]["class"]) == methods[:-1]
     assert "| GA | no result |" in record["tables"]["class"]
+
+
+def test_without_output_the_tables_are_printed_and_nothing_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    _write(tmp_path, "ft", "class", _finished())
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.setattr("sys.argv", ["unlearn_table", str(tmp_path), "--forget", "class",
+                                     "--allow-missing", "--methods", "ft"])  # fmt: skip
+    main()
+    assert "| FT |" in capsys.readouterr().out
+    assert sorted(tmp_path.rglob("*")) == before
