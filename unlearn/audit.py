@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tda.atomic import write_bytes_atomic
-from unlearn.lineage import check_history
+from unlearn.lineage import check_record
 from unlearn.request import UnlearningRequest
 
 
@@ -172,13 +172,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def _lineage_check(record: AuditRecord, log_path, records: list[AuditRecord]) -> None:
-    try:
-        check_history(record.request, record.model_fingerprint_before, records)
-    except ValueError as error:
-        raise ValueError(f"audit log {log_path} does not allow this record: {error}") from error
-
-
 def append_audit(
     record: AuditRecord,
     log_path: str | os.PathLike,
@@ -194,7 +187,7 @@ def append_audit(
         check: called with the log's records under the lock, just before writing; what it
             raises refuses the append. It sees the log as it is then, with whatever another
             process appended since the caller last read it. Default: the lineage rule
-            (:func:`unlearn.lineage.check_history`), so no append, by hand or not, logs a
+            (:func:`unlearn.lineage.check_record`), so no append, by hand or not, logs a
             request that would bring back examples the log shows forgotten.
 
     Raises:
@@ -202,7 +195,9 @@ def append_audit(
             has a line :func:`read_audit_log` refuses, or does not allow ``record``
             (``check``); nothing is written.
     """
-    check = check if check is not None else partial(_lineage_check, record, log_path)
+    if check is None:
+        refusal = f"audit log {log_path} does not allow this record"
+        check = partial(check_record, record, refusal=refusal)
     path = Path(log_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):

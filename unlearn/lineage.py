@@ -22,6 +22,15 @@ def check_history(request, model_before: str, records: list[AuditRecord]) -> Non
     _check_not_superseded(request, model_before, records)
 
 
+def check_record(record: AuditRecord, records: list[AuditRecord], *, refusal: str) -> None:
+    """:func:`check_history` of a record about to be appended to a log holding ``records``;
+    a refusal reads ``"<refusal>: <why>"``."""
+    try:
+        check_history(record.request, record.model_fingerprint_before, records)
+    except ValueError as error:
+        raise ValueError(f"{refusal}: {error}") from error
+
+
 def _check_carries_earlier_forgets(request, model_before: str, records: list[AuditRecord]):
     """Refuse a request on a model the log says an earlier request produced, unless it carries
     what that request had forgotten (``previously_forgotten``): built by hand instead of by

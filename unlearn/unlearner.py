@@ -28,7 +28,7 @@ from tda.outputs import logits_of
 from tda.task import IGNORE_INDEX, outside_classes
 from tda.timing import warm_up_torch
 from unlearn.audit import AuditRecord, append_audit, check_audit_log, new_run_id
-from unlearn.lineage import check_history
+from unlearn.lineage import check_history, check_record
 from unlearn.masks import Mask, check_mask, describe_mask
 from unlearn.methods.base import ForgetSplit, UnlearningMethod
 from unlearn.metrics import unlearning_metrics
@@ -67,22 +67,6 @@ def _check_request(request, method, model_before: str, train: Examples, data_bef
             f"{type(method).__name__} needs forget examples but request {request.request_id} "
             "has an empty forget set"
         )
-
-
-def _check_history_at_append(
-    record: AuditRecord, log_path: str | os.PathLike, records: list[AuditRecord]
-) -> None:
-    """:func:`~unlearn.lineage.check_history` again, on the log as it is when ``record`` is
-    appended (under its lock): another run may have appended to it since the check before this
-    run (two requests on one model at once), and both passing would log a lineage refused when
-    they run in turn."""
-    try:
-        check_history(record.request, record.model_fingerprint_before, records)
-    except ValueError as error:
-        raise ValueError(
-            f"audit log {log_path} changed while this run ran, and no longer allows its result, "
-            f"which was not appended: {error}"
-        ) from error
 
 
 def _on_model(model: nn.Module, data: Examples, name: str) -> Examples:
@@ -220,7 +204,12 @@ class Unlearner:
         )
         result = UnlearningResult(model=unlearned, audit=audit)
         if self.audit_log is not None:
-            check = partial(_check_history_at_append, audit, self.audit_log)
+            # again under the log's lock: another run may have appended since the check above
+            refusal = (
+                f"audit log {self.audit_log} changed while this run ran, and no longer allows "
+                "its result, which was not appended"
+            )
+            check = partial(check_record, audit, refusal=refusal)
             append_audit(audit, self.audit_log, check=check)
         return result
 
