@@ -18,18 +18,24 @@ from torch import Tensor, nn
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else must exist here.
+    Apple's ``mps`` is taken by name only (``auto`` never picks it: it has no float64).
 
     Raises:
-        ValueError: an unknown device name, or a CUDA device asked for on a machine without one.
+        ValueError: an unknown device name, or a CUDA or MPS device asked for on a machine
+            without one.
     """
     if isinstance(spec, str) and spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from error
+        raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {spec!r} was asked for, but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {spec!r} was asked for, but MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and device.index is not None:
         if device.index >= torch.cuda.device_count():
             raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA devices")

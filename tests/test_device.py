@@ -31,6 +31,18 @@ def test_cuda_without_cuda_is_refused_by_name(monkeypatch):
 def test_unknown_device_names_the_choices():
     with pytest.raises(ValueError, match="unknown device 'gpu0'.*auto, cpu, cuda"):
         resolve_device("gpu0")
+    with pytest.raises(ValueError, match="device 'meta'.*auto, cpu, cuda, cuda:N or mps"):
+        resolve_device("meta")
+
+
+def test_mps_is_taken_by_name_where_present_and_refused_elsewhere(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'mps' was asked for, but MPS is not available"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("mps") == torch.device("mps")
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_module_device_of_a_stateless_module_is_the_cpu():
