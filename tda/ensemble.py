@@ -221,22 +221,28 @@ def _recipe_conflict(directory: Path, recipe: dict[str, object]) -> str | None:
 def _claim(directory: Path, recipe: dict[str, object], config: TrainConfig) -> bool:
     """Record ``recipe`` for a new member (True when this call recorded it); refuse a member
     recorded under another one."""
-    conflict = _recipe_conflict(directory, recipe)
-    if conflict:
-        raise ValueError(_claimed_message(directory, conflict))
-    if not _recipe_path(directory).is_file() and finished_checkpoints(directory, config) is None:
-        # to be trained now (a legacy member is not: it is not vouched for after the fact)
-        _record(directory, recipe)
+    _refuse_conflict(directory, recipe)
+    if _recipe_path(directory).is_file() or finished_checkpoints(directory, config) is not None:
+        return False  # a legacy member is not claimed: it is not vouched for after the fact
+    if _record(directory, recipe):
         return True
+    _refuse_conflict(directory, recipe)  # another process claimed it since the check above
     return False
 
 
-def _record(directory: Path, recipe: dict[str, object]) -> None:
-    """Record ``recipe`` for the member in ``directory`` unless one is: after training too, as
-    a claim withdrawn meanwhile (by a process that failed training the same member) would leave
-    the finished member unrecorded."""
-    if not _recipe_path(directory).is_file():
-        write_bytes_atomic(_recipe_path(directory), (json.dumps(recipe, indent=2) + "\n").encode())
+def _refuse_conflict(directory: Path, recipe: dict[str, object]) -> None:
+    conflict = _recipe_conflict(directory, recipe)
+    if conflict:
+        raise ValueError(_claimed_message(directory, conflict))
+
+
+def _record(directory: Path, recipe: dict[str, object]) -> bool:
+    """Record ``recipe`` for the member in ``directory`` unless one is (True when this call
+    recorded it; published without replacing, so of two processes racing only one does): after
+    training too, as a claim withdrawn meanwhile (by a process that failed training the same
+    member) would leave the finished member unrecorded."""
+    content = (json.dumps(recipe, indent=2) + "\n").encode()
+    return write_bytes_atomic(_recipe_path(directory), content, replace=False)
 
 
 def _claimed_message(directory: Path, conflict: str) -> str:

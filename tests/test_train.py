@@ -761,3 +761,23 @@ def test_raw_arrays_train_as_their_examples(data, tmp_path):
     assert model_fingerprint(load_member(MLP, members[0][-1])) == model_fingerprint(expected)
     again = train_ensemble(MLP, data.train.subset(range(96)), config, [0], tmp_path, progress=False)
     assert again == members  # the same training set: the member is reused, not refused
+
+
+def test_a_member_claimed_by_another_process_during_the_claim_is_refused(
+    data, tmp_path, monkeypatch
+):
+    """The claim was check-then-write: a process recording its recipe between the check and
+    the write had its claim silently taken over, and both trained into one directory."""
+    config = TrainConfig(epochs=1, batch_size=100)
+    train_ensemble(MLP, data.train, config, [0], tmp_path / "other", progress=False)
+    theirs = (tmp_path / "other" / "seed-0.recipe.json").read_bytes()
+    looked = ensemble.finished_checkpoints
+
+    def claimed_meanwhile(directory, settings):
+        (tmp_path / "seed-0.recipe.json").write_bytes(theirs)  # between the check and the write
+        return looked(directory, settings)
+
+    monkeypatch.setattr(ensemble, "finished_checkpoints", claimed_meanwhile)
+    with pytest.raises(ValueError, match=r"claims \S+seed-0 for a member to train with other"):
+        train_ensemble(MLP, data.train.subset(range(200)), config, [0], tmp_path, progress=False)
+    assert (tmp_path / "seed-0.recipe.json").read_bytes() == theirs  # theirs, left in place
