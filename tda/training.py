@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tda.arguments import check_positive_int
-from tda.checkpoints import Checkpoint, save_checkpoint
+from tda.checkpoints import Checkpoint, list_checkpoints, save_checkpoint
 from tda.data.examples import (
     Examples,
     as_examples,
@@ -161,7 +162,7 @@ def _check_trainable(model: nn.Module, data: Examples, task: Task, keep, seed: i
     """Refuse data that training would fail on only at some step, or in torch's terms: inputs
     holding NaN or infinity, inputs the model cannot read, and targets outside its classes (for
     the tasks whose targets are class indices). Only the examples trained on (``keep``) are
-    checked; the model reads the first example once."""
+    checked; the model reads the first two examples once."""
     check_finite_inputs(data.inputs, keep)
     classes = _output_width(model, data.inputs, seed)
     if isinstance(task, ClassificationTask | ClassLogit) and data.targets.dim() == 1:
@@ -171,7 +172,7 @@ def _check_trainable(model: nn.Module, data: Examples, task: Task, keep, seed: i
 
 
 def _output_width(model: nn.Module, inputs: Tensor, seed: int) -> int:
-    """The number of outputs (classes, vocabulary) of the model on the first example, read in
+    """The number of outputs (classes, vocabulary) of the model on the first examples, read in
     eval mode without gradients under a forked RNG, so that dropout draws nothing from the
     training's random streams and every module keeps its mode (the weights are bitwise those of
     training without this look).
@@ -180,7 +181,7 @@ def _output_width(model: nn.Module, inputs: Tensor, seed: int) -> int:
         ValueError: the model cannot read the input (torch's error, e.g. of shapes, is chained).
     """
     modes = [(module, module.training) for module in model.modules()]
-    (first,) = to_device_of(model, inputs[:1])
+    (first,) = to_device_of(model, inputs[:2])  # two: batch statistics need more than one
     try:
         with seeded_rng(seed), torch.no_grad():
             logits = model.eval()(first)
@@ -189,7 +190,8 @@ def _output_width(model: nn.Module, inputs: Tensor, seed: int) -> int:
     except (RuntimeError, IndexError) as error:
         raise ValueError(
             f"the model cannot read the data's inputs (each of shape {tuple(inputs.shape[1:])}, "
-            f"{inputs.dtype}): on example 0 it failed with {type(error).__name__}: {error}; "
+            f"{inputs.dtype}): on its first examples it failed with {type(error).__name__}: "
+            f"{error}; "
             "build the model for these inputs (e.g. its in_features, or for token ids its "
             "vocabulary)"
         ) from error
@@ -214,6 +216,23 @@ def _check_classes(targets: Tensor, classes: int, keep: Tensor | None, ignored: 
         f"{classes} outputs{also}); map the labels to class indices first (e.g. -1/+1 to 0/1), "
         "or build the model with as many outputs as there are classes"
     )
+
+
+def _check_no_stale_checkpoints(directory: Path, config: TrainConfig) -> None:
+    """Refuse a checkpoint directory holding checkpoints this run will not overwrite: another
+    run's, which :func:`~tda.checkpoints.list_checkpoints` would mix with this run's (its last
+    one taken for the final model)."""
+    if not directory.is_dir():
+        return
+    written = {f"epoch-{epoch:04d}" for epoch in config.checkpoint_epochs()}
+    written |= {"epoch-0000"} if config.save_initial else set()
+    stale = sorted({c.checkpoint_id for c in list_checkpoints(directory)} - written)
+    if stale:
+        raise ValueError(
+            f"checkpoint directory {directory} holds checkpoints {stale} that this run will not "
+            "overwrite (another run's): they would be listed among this run's; use an empty "
+            "directory, or delete them"
+        )
 
 
 def _save_initial(checkpoint_dir, model: nn.Module, optimizer) -> Checkpoint:
@@ -260,6 +279,8 @@ def train(
             number of features), or, for :class:`ClassificationTask`, :class:`ClassLogit` and
             :class:`LanguageModelingTask`, a target outside the model's outputs ``0..C-1``
             (other than :data:`IGNORE_INDEX` for a language model). Each names the example.
+            And a ``checkpoint_dir`` holding checkpoints this run will not overwrite (another
+            run's: they would be listed with this run's).
         FloatingPointError: the loss became NaN or infinite (the run diverged, or another task's
             targets do not fit the model).
     """
@@ -270,6 +291,8 @@ def train(
     check_input_dtype(model, data.inputs)
     seed = operator.index(seed)  # a numpy integer (np.arange seeds): Generator takes only int
     _check_trainable(model, data, task, keep, seed)
+    if checkpoint_dir is not None:
+        _check_no_stale_checkpoints(Path(checkpoint_dir), config)
     generator = torch.Generator().manual_seed(seed)
     optimizer = config.optimizer(model.parameters())
     scheduler = config.scheduler(optimizer) if config.scheduler else None

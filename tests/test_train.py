@@ -665,7 +665,7 @@ def test_a_model_that_cannot_read_the_inputs_is_refused_naming_their_shape(data,
     before = model_fingerprint(model)
     message = (
         r"the model cannot read the data's inputs \(each of shape \(30,\), torch.float32\): on "
-        r"example 0 it failed with RuntimeError: mat1 and mat2 shapes cannot be multiplied"
+        r"its first examples it failed with RuntimeError: mat1 and mat2 shapes cannot be multiplied"
     )
     with pytest.raises(ValueError, match=message):
         train(model, narrow, replace(CONFIG, save_initial=True), checkpoint_dir=tmp_path / "run")
@@ -781,3 +781,45 @@ def test_a_member_claimed_by_another_process_during_the_claim_is_refused(
     with pytest.raises(ValueError, match=r"claims \S+seed-0 for a member to train with other"):
         train_ensemble(MLP, data.train.subset(range(200)), config, [0], tmp_path, progress=False)
     assert (tmp_path / "seed-0.recipe.json").read_bytes() == theirs  # theirs, left in place
+
+
+def test_a_checkpoint_directory_with_another_runs_checkpoints_is_refused(data, tmp_path):
+    """A shorter run into a used directory left the longer run's last checkpoints in place, and
+    list_checkpoints took the stale run's last one for the final model."""
+    train(
+        build_model(MLP, 0),
+        data.train,
+        TrainConfig(epochs=4, checkpoints=4),
+        checkpoint_dir=tmp_path,
+    )
+    shorter = TrainConfig(epochs=2, checkpoints=1)
+    with pytest.raises(
+        ValueError,
+        match=r"holds checkpoints \['epoch-0001', 'epoch-0003', 'epoch-0004'\] that this run will "
+        r"not overwrite",
+    ):
+        train(build_model(MLP, 1), data.train, shorter, checkpoint_dir=tmp_path)
+    again = train(
+        build_model(MLP, 1),
+        data.train,
+        TrainConfig(epochs=4, checkpoints=4),
+        checkpoint_dir=tmp_path,
+    )
+    assert list_checkpoints(tmp_path) == again.checkpoints  # the same ids: all overwritten
+
+
+def test_a_model_with_batch_statistics_in_eval_mode_trains():
+    """BatchNorm without running statistics normalises by the batch in eval mode too: the
+    look at the model's output width on one example failed before any step."""
+    generator = torch.Generator().manual_seed(0)
+    data = Examples(
+        torch.randn(32, 6, generator=generator), torch.randint(0, 3, (32,), generator=generator)
+    )
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 8),
+        torch.nn.BatchNorm1d(8, track_running_stats=False),
+        torch.nn.Linear(8, 3),
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    train(model, data, TrainConfig(epochs=1, batch_size=8))
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
