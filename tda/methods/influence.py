@@ -17,6 +17,7 @@ then streamed in chunks, so memory is bounded by ``chunk_size * p + q * p``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +60,8 @@ class InfluenceFunction:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
 
     def fit(self, model: nn.Module, train: Any) -> InfluenceFunction:
-        """Fit the solver to the curvature of the mean training loss; keep the model and data.
+        """Fit a copy of the solver to the curvature of the mean training loss; keep the model
+        and data. ``solver`` itself is left unfitted, so one solver can serve several attributors.
 
         ``train`` is ``Examples`` or anything :func:`tda.as_examples` reads (e.g. ``(X, y)``
         arrays). The model must not change afterwards (scores read its parameters).
@@ -76,7 +78,8 @@ class InfluenceFunction:
         check_finite_inputs(train.inputs)
         chosen = self.parameters(model) if callable(self.parameters) else self.parameters
         selected = None if chosen is None else list(chosen)
-        fitted = self.solver.fit(model, self.task, train, parameters=selected)
+        # A copy: most solvers fit in place, and the solver may be shared with other attributors.
+        fitted = copy.copy(self.solver).fit(model, self.task, train, parameters=selected)
         self.selected, self.fitted_solver, self.model, self.train = selected, fitted, model, train
         return self
 

@@ -6,6 +6,7 @@ import torch
 
 from tda.curvature import (
     ConjugateGradientSolver,
+    DiagonalSolver,
     EKFACSolver,
     ExplicitSolver,
     LiSSASolver,
@@ -15,7 +16,7 @@ from tda.curvature import (
 from tda.data import Examples, load_digits
 from tda.grads import per_sample_gradients
 from tda.methods.influence import InfluenceFunction
-from tda.models import LogisticRegression
+from tda.models import MLP, LogisticRegression, build_model
 from tda.task import ClassificationTask
 
 TASK = ClassificationTask()
@@ -79,6 +80,30 @@ def test_a_refused_refit_leaves_the_fitted_influence_as_it_was(tiny_mlp, tiny_da
         last_layer.fit(LogisticRegression(6, 10).double(), tiny_data)  # 70: too many
     assert last_layer.model is tiny_mlp and last_layer.selected == ["2.weight", "2.bias"]
     torch.testing.assert_close(last_layer.score(queries), before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ExplicitSolver(damping=DAMPING),
+        lambda: ConjugateGradientSolver(damping=DAMPING),
+        lambda: DiagonalSolver(damping=DAMPING),
+        lambda: LiSSASolver(damping=1.0, scale=10.0, depth=50, batch_size=20),
+        lambda: EKFACSolver(damping=DAMPING),
+    ],
+    ids=["explicit", "cg", "diagonal", "lissa", "ekfac"],
+)
+def test_a_solver_shared_by_two_attributors_is_not_refitted_behind_the_first(
+    tiny_mlp, tiny_data, queries, make
+):
+    """The second fit refitted the shared solver in place: the first then scored with the second
+    model's curvature and no error."""
+    alone = InfluenceFunction(make()).fit(tiny_mlp, tiny_data).score(queries)
+    shared = make()
+    first = InfluenceFunction(shared).fit(tiny_mlp, tiny_data)
+    other = build_model(lambda: MLP(6, (8,), 3), seed=1, dtype=torch.float64)
+    InfluenceFunction(shared).fit(other, Examples(tiny_data.inputs.flip(0), tiny_data.targets))
+    torch.testing.assert_close(first.score(queries), alone, rtol=0, atol=0)
 
 
 def test_scoring_before_fit_is_refused(queries):
