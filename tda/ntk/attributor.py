@@ -59,7 +59,8 @@ class NTKSurrogate:
         :func:`tda.as_examples` reads (e.g. ``(X, y)`` arrays). The model must not change
         afterwards (query kernels read its parameters). ``progress`` shows which of the three
         stages runs (features, Gram matrix, machine fit); on thousands of examples the
-        machine's fit (scikit-learn's) takes most of the time.
+        machine's fit (scikit-learn's) takes most of the time. A fit that raises leaves the
+        surrogate as it was.
 
         Raises:
             ValueError: fewer than 2 examples, or floating inputs of another dtype than the model.
@@ -72,17 +73,17 @@ class NTKSurrogate:
         self.kernel.check_memory(model, train.inputs, n_left=0, n_right=len(train), square=True)
         with tqdm(total=3, desc="NTK surrogate", disable=not progress) as stages:
             stages.set_postfix_str(f"{self.kernel.kind} features of {len(train)} examples")
-            self.train_features = self.kernel.features(model, train.inputs)
+            features = self.kernel.features(model, train.inputs)
             stages.update()
             stages.set_postfix_str(f"{len(train)} x {len(train)} Gram matrix")
-            gram = kernel_from_features(self.train_features, self.train_features)
+            gram = kernel_from_features(features, features)
             stages.update()
             stages.set_postfix_str(f"fitting {type(self.machine).__name__}")
             logits = logits_of(model, train)
             predictions = logits.argmax(1).cpu()
-            self.fitted = self.machine.fit(gram.cpu(), predictions, logits.shape[1])
+            fitted = self.machine.fit(gram.cpu(), predictions, logits.shape[1])
             stages.update()
-        self.model, self.train = model, train
+        self.model, self.train, self.train_features, self.fitted = model, train, features, fitted
         return self
 
     def kernel_rows(self, queries: Any) -> Tensor:

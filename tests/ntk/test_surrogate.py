@@ -6,7 +6,7 @@ import torch
 from scipy.stats import kendalltau
 
 from tda.data import Examples
-from tda.models import LogisticRegression, build_model
+from tda.models import MLP, LogisticRegression, build_model
 from tda.ntk import (
     DegenerateKernelError,
     EmpiricalNTK,
@@ -135,6 +135,21 @@ def test_surrogate_imitates_the_network(trained, tiny_data):
     assert report.n_examples == 20 and report.num_classes == 3
     assert report.agreement >= 0.9  # fit to the network's own predictions on these examples
     assert report.kendall_tau > 0.5
+
+
+def test_a_refused_refit_leaves_the_surrogate_as_it_was(trained, tiny_data):
+    """The new training features were kept beside the old model and machine: scores then mixed
+    the two fits with no error."""
+    surrogate = NTKSurrogate().fit(trained, tiny_data.subset(range(15)))
+    queries = tiny_data.subset(range(15, 20))
+    before, features = surrogate.score(queries), surrogate.train_features
+    one_class = build_model(lambda: MLP(6, (8,), 3), seed=1, dtype=torch.float64)
+    with torch.no_grad():
+        one_class[-1].bias.copy_(torch.tensor([100.0, 0.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="at least two classes"):
+        surrogate.fit(one_class, tiny_data.subset(range(5, 20)))
+    assert surrogate.model is trained and surrogate.train_features is features
+    torch.testing.assert_close(surrogate.score(queries), before, rtol=0, atol=0)
 
 
 def test_surrogate_refuses_a_constant_kernel():
