@@ -26,7 +26,7 @@ from tda.curvature.base import (
 from tda.curvature.hvp import curvature_vector_product
 from tda.data.examples import Examples, check_input_dtype
 from tda.device import module_device
-from tda.grads import select_parameters
+from tda.grads import NonFiniteGradientError, select_parameters
 from tda.task import Task
 
 
@@ -41,6 +41,18 @@ def _check_size(size: int, max_parameters: int, dtype: torch.dtype) -> None:
         f"{max_parameters:,}; use ConjugateGradientSolver, LiSSASolver or a K-FAC solver, "
         "restrict `parameters` to a few layers, or raise max_parameters"
     )
+
+
+def _check_finite_rows(rows: Tensor, first: int, curvature: str) -> None:
+    """Refuse curvature rows holding NaN or infinity, which the Cholesky factorisation or ``eigh``
+    would report as an indefinite or ill-conditioned matrix."""
+    finite = torch.isfinite(rows).all(dim=1)
+    if not bool(finite.all()):
+        row = first + int((~finite).nonzero()[0, 0])
+        raise NonFiniteGradientError(
+            f"the {curvature} curvature is not finite (row {row}); check the model's outputs, "
+            "the inputs and the targets (one outside the model's classes gives NaN)"
+        )
 
 
 def explicit_curvature(
@@ -65,6 +77,8 @@ def explicit_curvature(
     Raises:
         ValueError: ``p`` exceeds ``max_parameters`` (the message gives the memory needed), or
             floating inputs of another dtype than the model.
+        NonFiniteGradientError: the curvature holds NaN or infinity (e.g. a target outside the
+            model's classes).
     """
     check_curvature(curvature)
     check_input_dtype(model, data.inputs)  # before the [p, p] matrix is allocated
@@ -89,6 +103,7 @@ def explicit_curvature(
             parameters=parameters,
             chunk_size=chunk_size,
         )
+        _check_finite_rows(matrix[start:stop], start, curvature)
     return (matrix + matrix.T) / 2
 
 
@@ -125,6 +140,8 @@ class ExplicitSolver:
 
         Raises:
             NotPositiveDefiniteError: the damped curvature has an eigenvalue :math:`\le 0`.
+            NonFiniteGradientError: the curvature holds NaN or infinity (e.g. a target outside
+                the model's classes).
         """
         matrix = explicit_curvature(
             model,

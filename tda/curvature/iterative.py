@@ -27,6 +27,7 @@ from tda.curvature.base import (
 )
 from tda.curvature.hvp import DampedCurvature
 from tda.data.examples import Examples
+from tda.grads import NonFiniteGradientError
 from tda.task import Task
 
 _GROWTH_SLACK = 10.0  # LiSSA iterates may exceed their convergent-regime bound by this factor
@@ -47,6 +48,16 @@ class ConjugateGradientResult:
     iterations: int
 
 
+def _check_finite_product(product: Tensor, method: str) -> None:
+    """Refuse a non-finite curvature product, which the positivity and growth checks would blame
+    on the damping or the scale."""
+    if not bool(torch.isfinite(product).all()):
+        raise NonFiniteGradientError(
+            f"{method} got a non-finite curvature product; check the model's outputs, the inputs "
+            "and the targets (one outside the model's classes gives NaN)"
+        )
+
+
 def conjugate_gradient(
     operator: Callable[[Tensor], Tensor], rhs: Tensor, *, tol: float, max_iter: int
 ) -> ConjugateGradientResult:
@@ -58,6 +69,8 @@ def conjugate_gradient(
 
     Raises:
         ValueError: a row of ``rhs`` holds NaN or infinity (it would stop at once, solved as 0).
+        NonFiniteGradientError: a product of ``operator`` holds NaN or infinity (e.g. a training
+            target outside the model's classes).
         NotPositiveDefiniteError: a search direction has :math:`d^\top A d \le 0`.
         SolverDivergedError: a residual became non-finite.
     """
@@ -73,6 +86,7 @@ def conjugate_gradient(
         rows = active.nonzero().squeeze(1)
         d = direction[rows]
         product = operator(d)
+        _check_finite_product(product, "conjugate gradient")
         curvature = (d * product).sum(1)
         if not bool((curvature > 0).all()):
             raise NotPositiveDefiniteError(
@@ -183,13 +197,17 @@ def lissa(
     :math:`\lVert v_t\rVert \le (t+1)\lVert b\rVert`.
 
     Raises:
+        NonFiniteGradientError: a product of ``operator`` holds NaN or infinity (e.g. a training
+            target outside the model's classes).
         SolverDivergedError: an iterate is non-finite or exceeds that bound by a wide margin.
     """
     bound = rhs.norm(dim=1)
     iterate = rhs.clone()
     previous = bound
     for step in range(depth):
-        iterate = rhs + iterate - operator(iterate, step) / scale
+        product = operator(iterate, step)
+        _check_finite_product(product, "LiSSA")
+        iterate = rhs + iterate - product / scale
         norms = iterate.norm(dim=1)
         if not bool(torch.isfinite(norms).all()) or bool(
             (norms > _GROWTH_SLACK * (step + 2) * bound).any()

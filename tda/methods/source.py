@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +57,7 @@ from tda.curvature.kronecker import (
     apply_in_eigenbasis,
     fit_kronecker_eigenbases,
 )
-from tda.data.examples import Examples
+from tda.data.examples import Examples, as_examples, check_finite_inputs
 from tda.grads import ParameterNames, per_sample_gradients
 from tda.methods.runs import TrainingRun
 from tda.methods.stages import TrainingStage, scatter_columns, stage_indices, stage_subset
@@ -293,18 +293,22 @@ class Source:
             raise ValueError(f"gradients must be 'end' or 'start', got {self.gradients!r}")
 
     def fit(
-        self, model_factory: ModelFactory, checkpoints: Sequence[Checkpoint], train: Examples
+        self, model_factory: ModelFactory, checkpoints: Sequence[Checkpoint], train: Any
     ) -> Source:
         """Plan the segments and decompose each segment's curvature at its last checkpoint.
 
+        ``train`` is ``Examples`` or anything :func:`tda.as_examples` reads (e.g. ``(X, y)``
+        arrays).
+
         Raises:
-            ValueError: see :func:`plan_segments`; an empty training set; ``gradients="start"``
-                without a first checkpoint of the starting parameters.
+            ValueError: see :func:`plan_segments`; an empty training set; inputs holding NaN or
+                infinity (the first example named); ``gradients="start"`` without a first
+                checkpoint of the starting parameters.
         """
         return self.fit_stages(model_factory, [TrainingStage(checkpoints)], train)
 
     def fit_stages(
-        self, model_factory: ModelFactory, stages: Sequence[TrainingStage], train: Examples
+        self, model_factory: ModelFactory, stages: Sequence[TrainingStage], train: Any
     ) -> Source:
         """``fit`` for training in stages, each on its own examples: ``segments`` segments per
         stage, each segment's curvature and gradients over its stage's examples only, and an
@@ -313,9 +317,13 @@ class Source:
         Raises:
             ValueError: as ``fit``; bad stage examples (see :func:`stage_indices`). A fit that
                 raises leaves the attributor as it was.
+            NonFiniteGradientError: a segment's curvature holds NaN or infinity (e.g. a target
+                outside the model's classes).
         """
+        train = as_examples(train)
         if len(train) == 0:
             raise ValueError("cannot attribute to an empty training set")
+        check_finite_inputs(train.inputs)
         examples = [stage_indices(stage.examples, len(train)) for stage in stages]
         plan = plan_stages(stages, self.segments)
         if self.gradients == "start" and plan[0].previous is None:
@@ -339,10 +347,14 @@ class Source:
         """``fit`` on the run's model factory, checkpoints and training set."""
         return self.fit(run.model_factory, run.checkpoints, run.train)
 
-    def score(self, queries: Examples) -> Tensor:
-        """Source scores ``[n_query, n_train]`` in the dtype of the model's gradients."""
+    def score(self, queries: Any) -> Tensor:
+        """Source scores ``[n_query, n_train]`` in the dtype of the model's gradients.
+
+        ``queries`` is ``Examples`` or anything :func:`tda.as_examples` reads.
+        """
         if self._model_factory is None:
             raise RuntimeError("call fit(model_factory, checkpoints, train) before score()")
+        queries = as_examples(queries)
         final = load_model(self._model_factory, self.plan[-1].checkpoints[-1])
         local = on_model_device(final, queries)
         query_gradients = per_sample_gradients(

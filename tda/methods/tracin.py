@@ -26,12 +26,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from tda.checkpoints import Checkpoint, load_fresh_model
-from tda.data.examples import Examples
+from tda.data.examples import Examples, as_examples, check_finite_inputs
 from tda.grads import ParameterNames, iter_per_sample_gradients, per_sample_gradients
 from tda.methods.runs import TrainingRun
 from tda.methods.stages import TrainingStage, scatter_columns, stage_indices, stage_subset
@@ -134,9 +135,12 @@ class TracIn:
     _train: Examples | None = field(default=None, init=False, repr=False)
 
     def fit(
-        self, model_factory: ModelFactory, checkpoints: Sequence[Checkpoint], train: Examples
+        self, model_factory: ModelFactory, checkpoints: Sequence[Checkpoint], train: Any
     ) -> TracIn:
         """Record the checkpoints and the training set (gradients are streamed in ``score``).
+
+        ``train`` is ``Examples`` or anything :func:`tda.as_examples` reads (e.g. ``(X, y)``
+        arrays).
 
         Warns:
             UserWarning: at most one checkpoint has a nonzero ``segment_learning_rate`` (one
@@ -144,13 +148,14 @@ class TracIn:
                 learning rate, not a trajectory (see :func:`warn_if_single_checkpoint`).
 
         Raises:
-            ValueError: no checkpoints, a checkpoint listed twice, an empty training set, or a
-                non-positive chunk size.
+            ValueError: no checkpoints, a checkpoint listed twice, an empty training set,
+                inputs holding NaN or infinity (the first example named), or a non-positive
+                chunk size.
         """
         return self.fit_stages(model_factory, [TrainingStage(checkpoints)], train)
 
     def fit_stages(
-        self, model_factory: ModelFactory, stages: Sequence[TrainingStage], train: Examples
+        self, model_factory: ModelFactory, stages: Sequence[TrainingStage], train: Any
     ) -> TracIn:
         """``fit`` for training in stages, each on its own examples: a checkpoint's term covers
         only the examples its stage trained on (the others took no step there), so an example's
@@ -166,8 +171,10 @@ class TracIn:
         if not any(stage.checkpoints for stage in stages):
             raise ValueError("TracIn needs at least one checkpoint; got none")
         check_listed_once([c for stage in stages for c in stage.checkpoints])
+        train = as_examples(train)
         if len(train) == 0:
             raise ValueError("cannot attribute to an empty training set")
+        check_finite_inputs(train.inputs)
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {self.chunk_size}")
         examples = [stage_indices(stage.examples, len(train)) for stage in stages]
@@ -182,10 +189,14 @@ class TracIn:
         """``fit`` on the run's model factory, checkpoints and training set."""
         return self.fit(run.model_factory, run.checkpoints, run.train)
 
-    def score(self, queries: Examples) -> Tensor:
-        """TracIn-CP scores ``[n_query, n_train]`` in the dtype of the model's gradients."""
+    def score(self, queries: Any) -> Tensor:
+        """TracIn-CP scores ``[n_query, n_train]`` in the dtype of the model's gradients.
+
+        ``queries`` is ``Examples`` or anything :func:`tda.as_examples` reads.
+        """
         if self._model_factory is None:
             raise RuntimeError("call fit(model_factory, checkpoints, train) before score()")
+        queries = as_examples(queries)
         total, dtype = None, None
         for checkpoint, indices in zip(self.checkpoints, self._examples, strict=True):
             model = load_model(self._model_factory, checkpoint)

@@ -26,7 +26,7 @@ from tda.curvature import (
     hessian_vector_product,
 )
 from tda.data import Examples
-from tda.grads import VmapFallbackWarning
+from tda.grads import NonFiniteGradientError, VmapFallbackWarning
 from tda.models import LogisticRegression, build_model
 from tda.task import ClassificationTask
 
@@ -325,6 +325,22 @@ def test_diagonal_solver_names_a_non_finite_diagonal_not_zero_curvature(
     with pytest.raises(ValueError, match="not finite") as caught:
         DiagonalSolver(curvature).fit(tiny_mlp, TASK, Examples(tiny_data.inputs, targets))
     assert "damping" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [ExplicitSolver(), ConjugateGradientSolver(), LiSSASolver(depth=4602)],
+    ids=lambda solver: type(solver).__name__,
+)
+def test_a_target_outside_the_classes_is_named_not_blamed_on_the_damping(
+    solver, tiny_mlp, tiny_data, vectors
+):
+    """It turns the curvature NaN: explicit failed with a raw LinAlgError from eigh, conjugate
+    gradient said to raise the damping and LiSSA to increase `scale`."""
+    targets = tiny_data.targets.clone()
+    targets[4] = 7  # 3 classes
+    with pytest.raises(NonFiniteGradientError, match="outside the model's classes"):
+        solver.fit(tiny_mlp, TASK, Examples(tiny_data.inputs, targets)).solve(vectors)
 
 
 MODEL_SOLVERS = (*(s for s in EVERY_SOLVER if not isinstance(s, IdentitySolver)),

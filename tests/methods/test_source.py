@@ -23,6 +23,7 @@ from torch import nn
 
 from tda.checkpoints import load_checkpoint, save_checkpoint
 from tda.data import Examples
+from tda.grads import NonFiniteGradientError
 from tda.methods.source import (
     DenseEigenbasis,
     EKFACEigenbasis,
@@ -368,3 +369,38 @@ def test_bad_input_is_reported(classifier):
     source = Source(segments=1, eigenbasis=steep, discrete=True).fit(mlp, checkpoints[-1:], data)
     with pytest.raises(ValueError, match="diverges"):
         source.score(data)
+
+
+@pytest.mark.parametrize(
+    "eigenbasis",
+    [ExplicitEigenbasis(), EKFACEigenbasis(sampled_labels=False), EKFACEigenbasis()],
+    ids=["explicit", "ekfac", "ekfac_sampled"],
+)
+def test_a_target_outside_the_classes_is_named(classifier, eigenbasis):
+    """It turns the curvature NaN: ``eigh`` accepted it at fit and score then blamed "large
+    negative eigenvalues". (Sampled labels keep the curvature finite: the loss gradient is not.)"""
+    checkpoints, data = classifier
+    targets = data.targets.clone()
+    targets[4] = 7  # 3 classes
+    with pytest.raises(NonFiniteGradientError):
+        source = Source(eigenbasis=eigenbasis).fit(mlp, checkpoints, Examples(data.inputs, targets))
+        source.score(data.subset(range(3)))
+
+
+def test_fit_and_score_read_raw_arrays_as_their_examples(classifier):
+    """(X, y) arrays failed at fit with "'tuple' object has no attribute 'to'"."""
+    checkpoints, data = classifier
+    queries = data.subset(range(3))
+    expected = Source(segments=2).fit(mlp, checkpoints, data).score(queries)
+    raw = Source(segments=2).fit(mlp, checkpoints, (data.inputs.numpy(), data.targets.numpy()))
+    scores = raw.score((queries.inputs.numpy(), queries.targets.numpy()))
+    torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+
+
+def test_inputs_holding_nan_are_refused_at_fit_naming_the_example(classifier):
+    """Source took them into the curvature and blamed "large negative eigenvalues" at score."""
+    checkpoints, data = classifier
+    inputs = data.inputs.clone()
+    inputs[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="the input of example 3 holds nan"):
+        Source().fit(mlp, checkpoints, Examples(inputs, data.targets))

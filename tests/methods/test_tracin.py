@@ -135,3 +135,21 @@ def test_several_checkpoints_fit_without_a_warning(trained):
         TracIn().fit_stages(factory, stages, train_set)  # one per stage: still two terms
     assert [str(w.message) for w in caught if "TracIn got" in str(w.message)] == []
     assert len(fitted.checkpoints) == 2
+
+
+def test_fit_and_score_read_raw_arrays_as_their_examples(trained):
+    """(X, y) arrays were taken for 2 examples at fit, then failed at score with "'tuple' object
+    has no attribute 'to'"."""
+    checkpoints, train_set, queries = trained
+    expected = TracIn().fit(factory, checkpoints, train_set).score(queries)
+    raw = TracIn().fit(factory, checkpoints, (train_set.inputs.numpy(), train_set.targets.numpy()))
+    scores = raw.score((queries.inputs.numpy(), queries.targets.numpy()))
+    torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+
+
+def test_inputs_holding_nan_are_refused_at_fit_naming_the_example(trained):
+    checkpoints, train_set, _ = trained
+    inputs = train_set.inputs.clone()
+    inputs[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="the input of example 3 holds nan"):
+        TracIn().fit(factory, checkpoints, Examples(inputs, train_set.targets))
