@@ -6,9 +6,10 @@ output of query ``q`` up, i.e. removing ``i`` from training would lower it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,13 +30,20 @@ class Attributor(Protocol):
 
 
 def resolve_checkpoints(store: FeatureStore, checkpoints: Sequence[str] | None) -> list[str]:
-    """The checkpoints to ensemble: all in the store by default; unknown names are refused."""
+    """The checkpoints to ensemble: all in the store by default; unknown names are refused, and
+    so is a name listed twice (it would weigh double in the mean)."""
     available = store.checkpoints()
     if checkpoints is None:
         checkpoints = available
     missing = [c for c in checkpoints if c not in available]
     if missing:
         raise ValueError(f"checkpoints {missing} are not in the store; it has {available}")
+    repeated = next((c for i, c in enumerate(checkpoints) if c in checkpoints[:i]), None)
+    if repeated is not None:
+        raise ValueError(
+            f"checkpoint {repeated!r} is listed more than once; each checkpoint is counted once "
+            "in the ensemble mean"
+        )
     if not checkpoints:
         raise ValueError(f"the store at {store.root} holds no checkpoints")
     return list(checkpoints)
@@ -53,25 +61,44 @@ def mean_over_checkpoints(score_one: Callable[[str], Tensor], checkpoints: Seque
     return total / len(checkpoints)
 
 
+def score_dtype(store: FeatureStore, checkpoint_id: str, split: str) -> torch.dtype:
+    """float64 for scores of a store holding float64 features, float32 otherwise."""
+    stored = store.shards(checkpoint_id, split)[0].arrays["features"][1]
+    return torch.float64 if stored == np.dtype(np.float64).str else torch.float32
+
+
 def query_rows(store: FeatureStore, checkpoint_id: str, split: str, indices) -> Tensor:
     """Query features ``[q, k]`` of ``split``, optionally only the rows at ``indices``.
 
     Raises:
         ValueError: ``indices`` are not one-dimensional integers, or one is out of range.
     """
-    features = store.load(checkpoint_id, split)
     if indices is None:
-        return torch.from_numpy(features)
+        return torch.from_numpy(store.load(checkpoint_id, split))
     index = integer_positions(indices, "query indices")
     if index.ndim != 1:
         raise ValueError(f"query indices must be one-dimensional, got shape {list(index.shape)}")
-    bad = index[(index < 0) | (index >= len(features))]
+    blocks = store.iter_rows(checkpoint_id, split)  # refuses an undeclared or incomplete split
+    size = store.splits()[split]
+    bad = index[(index < 0) | (index >= size)]
     if len(bad):
         raise ValueError(
-            f"query index {int(bad[0])} is out of range for split '{split}' "
-            f"of {len(features)} examples"
+            f"query index {int(bad[0])} is out of range for split '{split}' of {size} examples"
         )
-    return torch.from_numpy(features[index])
+    return torch.from_numpy(gather_rows(blocks, index))
+
+
+def gather_rows(blocks: Iterator[tuple[int, np.ndarray]], positions: np.ndarray) -> np.ndarray:
+    """The rows at ``positions`` (``[m]``, in range; any order, repeats allowed) of a split read
+    as ``(start, block)`` pairs (:meth:`FeatureStore.iter_rows`): ``[m, ...]``, holding only
+    those rows and one block at a time, never the whole split."""
+    rows = None
+    for start, block in blocks:
+        if rows is None:
+            rows = np.empty((len(positions), *block.shape[1:]), dtype=block.dtype)
+        wanted = np.flatnonzero((positions >= start) & (positions < start + len(block)))
+        rows[wanted] = block[positions[wanted] - start]
+    return rows
 
 
 def train_product(store: FeatureStore, checkpoint_id: str, split: str, left: Tensor) -> Tensor:

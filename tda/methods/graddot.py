@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from tda.methods.base import mean_over_checkpoints, query_rows, resolve_checkpoints, train_product
+from tda.methods.base import (
+    mean_over_checkpoints,
+    query_rows,
+    resolve_checkpoints,
+    score_dtype,
+    train_product,
+)
 from tda.store import FeatureStore
 
 
@@ -48,7 +54,8 @@ class GradientSimilarity:
         return 1.0 / norms.clamp_min(torch.finfo(torch.float64).tiny)
 
     def score(self, split: str, *, indices: Sequence[int] | None = None) -> Tensor:
-        """Scores ``[n_query, n_train]`` for the queries in ``split``."""
+        """Scores ``[n_query, n_train]`` for the queries in ``split``: float64 for a store of
+        float64 features, float32 otherwise (as TRAK)."""
         if self.store is None:
             raise RuntimeError("call fit(store) before score()")
 
@@ -59,4 +66,5 @@ class GradientSimilarity:
             products = train_product(self.store, checkpoint_id, self.split, queries)
             return products * self._train_scale[checkpoint_id]
 
-        return mean_over_checkpoints(one_checkpoint, self.checkpoints).float()
+        scores = mean_over_checkpoints(one_checkpoint, self.checkpoints)
+        return scores.to(score_dtype(self.store, self.checkpoints[0], self.split))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -150,8 +151,8 @@ def attribute_runs(
     """Mean over ``runs`` of ``attributor.fit_run(run).score(queries)`` (``[n_query, n_train]``).
 
     Raises:
-        ValueError: no runs, or runs on different training sets (their scores' columns would
-            name different examples).
+        ValueError: no runs, runs on different training sets (their scores' columns would
+            name different examples), or a run listed twice (the same checkpoint files).
     """
     if not runs:
         raise ValueError("attribute_runs needs at least one training run")
@@ -160,4 +161,18 @@ def attribute_runs(
         raise ValueError(f"the runs attribute to training sets of different sizes {sizes}")
     if len({run.train.fingerprint() for run in runs}) > 1:
         raise ValueError("the runs attribute to different training sets of the same size")
+    _check_runs_listed_once(runs)
     return mean_over_checkpoints(lambda run: attributor.fit_run(run).score(queries), runs)
+
+
+def _check_runs_listed_once(runs: Sequence[TrainingRun]) -> None:
+    """Raise ``ValueError`` naming a run whose checkpoint files repeat an earlier run's."""
+    seen: dict[tuple[Path, ...], int] = {}
+    for index, run in enumerate(runs):
+        paths = tuple(Path(c.path).resolve() for c in run.checkpoints)
+        if paths in seen:
+            raise ValueError(
+                f"run {index} repeats run {seen[paths]} (the same checkpoints, ending at "
+                f"{paths[-1]}); each run is counted once in the ensemble mean"
+            )
+        seen[paths] = index

@@ -34,9 +34,11 @@ from torch import Tensor
 from tda.curvature.base import check_damping
 from tda.indices import integer_positions
 from tda.methods.base import (
+    gather_rows,
     mean_over_checkpoints,
     query_rows,
     resolve_checkpoints,
+    score_dtype,
     train_product,
 )
 from tda.methods.damped_kernel import DampedKernel
@@ -114,7 +116,7 @@ class TRAK:
             return scores if inside is None else scores * inside
 
         scores = mean_over_checkpoints(one_checkpoint, self.checkpoints) * self._outside()
-        return scores.to(_score_dtype(self.store, self.checkpoints[0], self.split))
+        return scores.to(score_dtype(self.store, self.checkpoints[0], self.split))
 
     def score_group(
         self,
@@ -153,7 +155,8 @@ class TRAK:
             raise ValueError("the group repeats a training example; each can be removed once")
 
         def one_checkpoint(checkpoint_id: str) -> Tensor:
-            train = torch.from_numpy(self.store.load(checkpoint_id, self.split)[columns]).double()
+            blocks = self.store.iter_rows(checkpoint_id, self.split)
+            train = torch.from_numpy(gather_rows(blocks, columns)).double()  # the group's rows
             inside = self._inside(checkpoint_id)
             weights = (self._weights if inside is None else inside)[columns]
             kernel = self._kernels[checkpoint_id]
@@ -166,7 +169,7 @@ class TRAK:
             return query_rows(self.store, checkpoint_id, split, indices).double() @ direction
 
         summed = mean_over_checkpoints(one_checkpoint, self.checkpoints)
-        return summed.to(_score_dtype(self.store, self.checkpoints[0], self.split))
+        return summed.to(score_dtype(self.store, self.checkpoints[0], self.split))
 
 
 def _downdated_solve(kernel: DampedKernel, rows: Tensor, solved: Tensor) -> Tensor:
@@ -199,8 +202,3 @@ def _check_curvature_task(store: FeatureStore) -> None:
             f"the margin; the store's features are of task {task}, whose Q(1 - Q) is no "
             "curvature: use gauss_newton=False"
         )
-
-
-def _score_dtype(store: FeatureStore, checkpoint_id: str, split: str) -> torch.dtype:
-    stored = store.shards(checkpoint_id, split)[0].arrays["features"][1]
-    return torch.float64 if stored == np.dtype(np.float64).str else torch.float32

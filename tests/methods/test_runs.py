@@ -130,6 +130,13 @@ def test_a_run_listing_a_checkpoint_twice_is_refused(runs):
         TrainingRun(factory, (*run.checkpoints, run.checkpoints[-1]), run.train)
 
 
+def test_a_run_listed_twice_is_refused_not_counted_twice(runs):
+    (first, second), queries = runs
+    again = TrainingRun(factory, first.checkpoints, first.train)  # an equal run, not the object
+    with pytest.raises(ValueError, match=r"run 2 repeats run 0 \(the same checkpoints, ending at"):
+        attribute_runs(TracIn(), [first, second, again], queries)
+
+
 def fitted_at(checkpoint, run, queries):
     """The influence function fitted on ``checkpoint``'s model alone."""
     model = load_checkpoint(checkpoint, factory()).eval()

@@ -10,6 +10,7 @@ from tda.grads import per_sample_gradients
 from tda.methods import TRAK, DampedKernel, GradientSimilarity
 from tda.models import MLP, build_model
 from tda.projection import DenseProjector, IdentityProjector
+from tda.store import FeatureStore
 from tda.task import ClassificationTask, LanguageModelingTask
 
 TASK = ClassificationTask()
@@ -113,6 +114,14 @@ def test_query_indices_select_rows_and_out_of_range_is_refused(tmp_path, problem
         TRAK().fit(store, checkpoints=["m9"])
 
 
+@pytest.mark.parametrize("method", [TRAK, GradientSimilarity])
+def test_a_checkpoint_listed_twice_is_refused_not_counted_twice(tmp_path, problem, method):
+    train, queries, models = problem
+    store = build_store(tmp_path, GradientFeaturizer(IdentityProjector()), models, train, queries)
+    with pytest.raises(ValueError, match="checkpoint 'm0' is listed more than once"):
+        method().fit(store, checkpoints=["m0", "m1", "m0"])
+
+
 def test_boolean_masks_and_non_integer_indices_are_refused_not_read_as_positions(tmp_path, problem):
     """A mask's True/False would silently select rows and columns 1 and 0."""
     train, queries, models = problem
@@ -170,7 +179,8 @@ def test_sign_convention_training_point_supports_itself(tmp_path, problem):
 def test_gradient_similarity_closed_form(tmp_path, problem, normalize):
     train, queries, models = problem
     store = build_store(tmp_path, GradientFeaturizer(IdentityProjector()), models, train, queries)
-    scores = GradientSimilarity(normalize=normalize).fit(store).score("query").numpy()
+    scores = GradientSimilarity(normalize=normalize).fit(store).score("query")
+    assert scores.dtype == torch.float64  # was float32 from a float64 store
     expected = 0.0
     for model in models:
         phi = per_sample_gradients(model, TASK, train.inputs, train.targets).numpy()
@@ -183,7 +193,7 @@ def test_gradient_similarity_closed_form(tmp_path, problem, normalize):
             with torch.no_grad():
                 weight = TASK.out_to_loss(model(train.inputs), train.targets).numpy()
             expected = expected + query @ phi.T * weight
-    np.testing.assert_allclose(scores, expected / len(models), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores.numpy(), expected / len(models), rtol=1e-10, atol=1e-12)
 
 
 def test_group_scores_equal_summed_columns_of_the_full_score_matrix(tmp_path, problem):
@@ -199,6 +209,44 @@ def test_group_scores_equal_summed_columns_of_the_full_score_matrix(tmp_path, pr
     assert torch.equal(trak.score_group("query", []), torch.zeros(7, dtype=torch.float64))
     with pytest.raises(ValueError, match="group index 60 is out of range"):
         trak.score_group("query", [1, 60])
+
+
+@pytest.mark.parametrize("gauss_newton", [False, True])
+def test_group_scores_and_query_indices_never_load_a_whole_split(
+    tmp_path, problem, monkeypatch, gauss_newton
+):
+    """score_group loaded all [n_train, k] training features per checkpoint to use |G| rows, and
+    query indices loaded the whole query split to use a few rows."""
+    train, queries, models = problem
+    featurizer = GradientFeaturizer(DenseProjector(5, seed=3))
+    store = build_store(tmp_path, featurizer, models, train, queries, shard_size=16)
+    trak = TRAK(damping=0.1, gauss_newton=gauss_newton).fit(store)
+    similarity = GradientSimilarity().fit(store)
+    group, retained, rows = [59, 0, 31, 7, 0], [59, 0, 31, 7], [5, 2, 5]
+    full = trak.score("query")
+    expected_retained = trak.score_group("query", retained, retain_kernel=True)
+    expected_similarity = similarity.score("query")
+
+    def whole_split(*args, **kwargs):
+        raise AssertionError("a whole split was loaded")
+
+    monkeypatch.setattr(FeatureStore, "load", whole_split)
+    torch.testing.assert_close(
+        trak.score_group("query", group, indices=rows),
+        full[rows][:, group].sum(1),
+        rtol=1e-10,
+        atol=0,
+    )
+    torch.testing.assert_close(
+        trak.score_group("query", retained, indices=rows, retain_kernel=True),
+        expected_retained[rows],
+        rtol=1e-12,
+        atol=0,
+    )
+    torch.testing.assert_close(trak.score("query", indices=rows), full[rows], rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        similarity.score("query", indices=rows), expected_similarity[rows], rtol=1e-12, atol=0
+    )
 
 
 def test_gauss_newton_trak_weights_the_kernel_by_the_loss_curvature(tmp_path, problem):
