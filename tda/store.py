@@ -106,6 +106,9 @@ class FeatureStore:
 
     def __init__(self, root: Path, config: dict) -> None:
         self.root, self.config = root, config
+        # directory -> index -> sidecar of the complete shards seen: a sidecar is never replaced,
+        # so each is read once per store object, not once per shard written (O(n^2) reads)
+        self._seen_shards: dict[Path, dict[int, dict]] = {}
 
     @classmethod
     def open(cls, root: str | os.PathLike, config: Mapping[str, Any]) -> FeatureStore:
@@ -258,10 +261,18 @@ class FeatureStore:
     @staticmethod
     def _complete_shards(directory: Path) -> dict[int, dict]:
         """Index -> sidecar of each complete shard in ``directory``."""
-        names = sorted(os.listdir(directory)) if directory.is_dir() else []
-        indices = [int(match[1]) for match in map(SIDECAR.fullmatch, names) if match]
-        records = {index: complete_sidecar(directory, index) for index in indices}
+        records = {index: complete_sidecar(directory, index) for index in _sidecars(directory)}
         return {index: record for index, record in records.items() if record is not None}
+
+    def _shards_seen(self, directory: Path) -> dict[int, dict]:
+        """Index -> sidecar of each complete shard in ``directory``, reading only sidecars this
+        object has not read before."""
+        indices, seen = _sidecars(directory), self._seen_shards.setdefault(directory, {})
+        for index in set(indices) - seen.keys():
+            record = complete_sidecar(directory, index)
+            if record is not None:
+                seen[index] = record
+        return {index: seen[index] for index in indices if index in seen}
 
     def has_shard(self, checkpoint_id: str, split: str, index: int) -> bool:
         """Whether shard ``index`` is complete (its sidecar and data files exist)."""
@@ -315,7 +326,7 @@ class FeatureStore:
         """Write a shard's data files with ``fills``, then its sidecar; True if the shard is new."""
         if (directory / f"{index:06d}.json").is_file():
             check_same_shard(directory, index, record)
-        for other_index, other in self._complete_shards(directory).items():
+        for other_index, other in self._shards_seen(directory).items():
             overlap = min(record["stop"], other["stop"]) - max(record["start"], other["start"])
             if other_index != index and overlap > 0:
                 raise StoreMismatchError(
@@ -450,3 +461,9 @@ class FeatureStore:
         for name, (_, there) in kept.items():
             if there is not None:
                 self.keep_array_dtype(name, there)
+
+
+def _sidecars(directory: Path) -> list[int]:
+    """The indices of the shard sidecars in ``directory`` (none if it is absent), sorted."""
+    names = sorted(os.listdir(directory)) if directory.is_dir() else []
+    return [int(match[1]) for match in map(SIDECAR.fullmatch, names) if match]

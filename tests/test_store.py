@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import tda.store as store_module
 from tda.store import (
     CorruptShardError,
     FeatureStore,
@@ -124,6 +125,24 @@ def test_overlapping_shards_are_refused(reference: FeatureStore) -> None:
     with pytest.raises(StoreMismatchError, match=r"rows \[2, 5\) of shard 9 overlap"):
         _write(reference, 9, (2, 5))
     assert not reference.has_shard("c0", "train", 9)
+
+
+def test_each_sidecar_is_read_once_per_store_object(tmp_path: Path, monkeypatch) -> None:
+    """The overlap check re-read every sidecar on every write: O(n^2) reads for n shards."""
+    reads, read = [], store_module.complete_sidecar
+    monkeypatch.setattr(store_module, "complete_sidecar", lambda *a: reads.append(a) or read(*a))
+    store = _store(tmp_path)
+    for index in range(SIZE):
+        _write(store, index, (index, index + 1))
+    assert len(reads) == SIZE - 1  # each shard's sidecar, read by the writes after it
+
+
+def test_a_shard_another_writer_added_is_still_checked_for_overlap(tmp_path: Path) -> None:
+    mine, theirs = _store(tmp_path), _store(tmp_path)
+    _write(mine, 0)
+    _write(theirs, 1)  # after `mine` has read the directory
+    with pytest.raises(StoreMismatchError, match=r"rows \[4, 7\) of shard 2 overlap rows \[3, 6\)"):
+        _write(mine, 2, (4, 7))
 
 
 def test_config_mismatch_names_the_key(tmp_path: Path) -> None:
