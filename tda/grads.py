@@ -33,11 +33,45 @@ class VmapFallbackWarning(UserWarning):
 
 VMAP_ERRORS = (RuntimeError, NotImplementedError, ValueError)
 """The errors ``vmap`` raises where it cannot trace a model. A model's own failures (a shape
-mismatch) raise them too, so a fallback blames ``vmap`` only once the unbatched loop succeeded."""
+mismatch) raise them too, so a fallback blames ``vmap`` only once the unbatched loop succeeded;
+``torch.OutOfMemoryError`` (a ``RuntimeError``) is raised as itself, asking for a smaller chunk."""
 
 
 class NonFiniteGradientError(ValueError):
-    """A per-sample gradient contains NaN or infinity."""
+    """A per-sample gradient contains NaN or infinity.
+
+    Attributes:
+        quantity: what is not finite (``"per-sample gradient of the output"``) where one example
+            is named (:func:`non_finite_example`), else None.
+        example: that example's index among the examples given.
+    """
+
+    def __init__(
+        self, message: str, *, quantity: str | None = None, example: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.quantity, self.example = quantity, example
+
+
+def non_finite_example(quantity: str, example: int, where: str = "") -> NonFiniteGradientError:
+    """The error for a non-finite ``quantity`` of example ``example``; ``where`` names the set the
+    index counts in (e.g. ``" of split 'train'"``)."""
+    return NonFiniteGradientError(
+        f"the {quantity} for example {example}{where} is not finite; check the model's outputs, "
+        "the input and the target (one outside the model's classes gives NaN) for that example",
+        quantity=quantity,
+        example=example,
+    )
+
+
+def check_finite_examples(values: Tensor, offset: int, quantity: str) -> None:
+    """Refuse NaN or infinity in ``values`` ``[b, ...]``, naming the first such example (its row
+    plus ``offset``)."""
+    if bool(torch.isfinite(values.sum())):  # fast path; an overflowing sum just checks exactly
+        return
+    finite = torch.isfinite(values.flatten(1)).all(dim=1)
+    if not bool(finite.all()):
+        raise non_finite_example(quantity, int((~finite).nonzero()[0, 0]) + offset)
 
 
 ParameterNames = Sequence[str] | Callable[[nn.Module], Sequence[str]] | None
@@ -51,7 +85,8 @@ def select_parameters(model: nn.Module, names: ParameterNames = None) -> dict[st
 
     Raises:
         TypeError: a single string instead of a list of names (it would read as its letters).
-        ValueError: a name is not a trainable parameter of the model, or the selection is empty.
+        ValueError: a name is not a trainable parameter of the model, is a tied weight's second
+            name (its first one is named), or the selection is empty.
     """
     if callable(names):
         names = names(model)
@@ -63,6 +98,7 @@ def select_parameters(model: nn.Module, names: ParameterNames = None) -> dict[st
     else:
         unknown = [name for name in names if name not in available]
         if unknown:
+            _refuse_second_names(model, unknown, available)
             raise ValueError(
                 f"parameters {unknown} are not trainable parameters of the model; "
                 f"available: {list(available)}"
@@ -72,6 +108,22 @@ def select_parameters(model: nn.Module, names: ParameterNames = None) -> dict[st
     if not selected:
         raise ValueError("no parameters selected for per-sample gradients")
     return selected
+
+
+def _refuse_second_names(model: nn.Module, names: Sequence[str], available: Mapping) -> None:
+    """Refuse a trainable tied weight named by another name than its first, under which
+    ``named_parameters`` lists it once (and the selection and its records name it)."""
+    first = {id(p): name for name, p in model.named_parameters()}
+    tied = [
+        f"'{name}' is tied to '{first[id(p)]}'"
+        for name, p in model.named_parameters(remove_duplicate=False)
+        if name in names and first[id(p)] != name and first[id(p)] in available
+    ]
+    if tied:
+        raise ValueError(
+            f"parameter {', '.join(tied)}: name a tied weight by its first name (it is "
+            "differentiated once, through every use)"
+        )
 
 
 def frozen_state(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -136,19 +188,6 @@ def _loop_gradients(value_fn, params, inputs: Tensor, targets: Tensor) -> Tensor
     return torch.cat(rows, dim=0)
 
 
-def _check_finite(gradients: Tensor, offset: int, function: str) -> None:
-    if bool(torch.isfinite(gradients.sum())):  # fast path; an overflowing sum just checks exactly
-        return
-    finite = torch.isfinite(gradients).all(dim=1)
-    if not bool(finite.all()):
-        first = int((~finite).nonzero()[0, 0]) + offset
-        raise NonFiniteGradientError(
-            f"the per-sample gradient of the {function} for example {first} is not finite; "
-            "check the model's outputs, the input and the target (one outside the model's "
-            "classes gives NaN) for that example"
-        )
-
-
 def iter_per_sample_gradients(
     model: nn.Module,
     task: Task,
@@ -176,6 +215,7 @@ def iter_per_sample_gradients(
     Raises:
         ValueError: empty or mismatched inputs, floating inputs of another dtype than the model,
             bad arguments, or a non-finite gradient.
+        torch.OutOfMemoryError: a chunk's vectorised gradients do not fit (lower ``chunk_size``).
     """
     if len(inputs) == 0:
         raise ValueError("cannot compute per-sample gradients of an empty set of examples")
@@ -197,7 +237,7 @@ def iter_per_sample_gradients(
             gradients, use_vmap = _chunk_gradients(
                 batched, value_fn, params, x, y, use_vmap, vectorize
             )
-            _check_finite(gradients, start, function)
+            check_finite_examples(gradients, start, f"per-sample gradient of the {function}")
             yield gradients
 
 
@@ -208,6 +248,11 @@ def _chunk_gradients(batched, value_fn, params, x, y, use_vmap, vectorize):
     if use_vmap:
         try:
             return _flatten(batched(params, x, y), len(x)), True
+        except torch.OutOfMemoryError as error:  # a RuntimeError, but no failure to trace
+            raise torch.OutOfMemoryError(
+                f"out of memory computing the per-sample gradients of a chunk of {len(x)} "
+                f"examples ({error}); lower chunk_size"
+            ) from error
         except VMAP_ERRORS as error:
             if vectorize is True:
                 raise

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import operator
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -143,16 +143,38 @@ class FeatureStore:
                 "the matching data"
             )
 
-    def register_checkpoint(self, checkpoint_id: str, model_fingerprint: str) -> None:
-        """Record that ``checkpoint_id`` names the model whose state has ``model_fingerprint``."""
-        record = {"checkpoint_id": checkpoint_id, "model_fingerprint": model_fingerprint}
+    def register_checkpoint(
+        self, checkpoint_id: str, model_fingerprint: str, parameters: Sequence[str] | None = None
+    ) -> None:
+        """Record that ``checkpoint_id`` names the model whose state has ``model_fingerprint``,
+        and, if given, the names of the ``parameters`` its features differentiate.
+
+        The fingerprint covers the state only, so the same weights with a layer frozen (another
+        ``requires_grad``) pass it; the parameter names tell them apart. A checkpoint recorded
+        without them (by a store from before they were, or with ``parameters=None``) is not
+        checked for them.
+
+        Raises:
+            StoreMismatchError: the store recorded another model fingerprint or other parameters
+                under ``checkpoint_id``.
+        """
+        record: dict[str, Any] = {
+            "checkpoint_id": checkpoint_id,
+            "model_fingerprint": model_fingerprint,
+        }
+        if parameters is not None:
+            record["parameters"] = list(parameters)
         found = self._publish("checkpoints", checkpoint_id, record, model_fingerprint)
-        if found != record:
+        if found["model_fingerprint"] != model_fingerprint:
             raise StoreMismatchError(
                 f"store {self.root} holds features of checkpoint {checkpoint_id!r} computed from "
                 f"model fingerprint {found['model_fingerprint'][:8]}…, but the model given has "
                 f"{model_fingerprint[:8]}…; use a new store directory or the matching checkpoint"
             )
+        if None not in (parameters, found.get("parameters")) and found["parameters"] != list(
+            parameters
+        ):
+            raise StoreMismatchError(_other_parameters(self.root, checkpoint_id, found, parameters))
 
     def check_checkpoint(self, checkpoint_id: str, model_fingerprint: str) -> None:
         """Refuse to read ``checkpoint_id``'s features as those of the model with
@@ -431,7 +453,8 @@ class FeatureStore:
         for split, record in other._records("splits").items():
             self.declare_split(split, record["size"], record["data_fingerprint"])
         for checkpoint_id, record in other._records("checkpoints").items():
-            self.register_checkpoint(checkpoint_id, record["model_fingerprint"])
+            fingerprint, parameters = record["model_fingerprint"], record.get("parameters")
+            self.register_checkpoint(checkpoint_id, fingerprint, parameters)
         copied = 0
         for checkpoint_id in other.checkpoints():
             for split in other.splits():
@@ -461,6 +484,26 @@ class FeatureStore:
         for name, (_, there) in kept.items():
             if there is not None:
                 self.keep_array_dtype(name, there)
+
+
+def _other_parameters(root: Path, checkpoint_id: str, found: dict, given: Sequence[str]) -> str:
+    """Why features of ``checkpoint_id`` differentiating ``given`` are refused beside those
+    recorded (``found``), naming the parameters that differ."""
+    recorded, given = found["parameters"], list(given)
+    changes = [
+        f"{word} {names}"
+        for word, names in (
+            ("without", [name for name in recorded if name not in given]),
+            ("also with", [name for name in given if name not in recorded]),
+        )
+        if names
+    ]
+    return (
+        f"store {root} holds features of checkpoint {checkpoint_id!r} differentiated with "
+        f"respect to {len(recorded)} parameters; the model given has {len(given)} "
+        f"({'; '.join(changes) or 'in another order'}), e.g. with another requires_grad: restore "
+        "the trainable parameters, or featurize into a new store directory"
+    )
 
 
 def _sidecars(directory: Path) -> list[int]:

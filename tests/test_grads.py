@@ -213,3 +213,46 @@ def test_inputs_of_another_float_dtype_are_refused_before_any_gradient(tiny_mlp,
     tokens = nn.Sequential(nn.Embedding(7, 4), nn.Flatten(), nn.Linear(8, 3)).double()
     ids = torch.randint(0, 7, (5, 2), generator=torch.Generator().manual_seed(0))
     assert per_sample_gradients(tokens, TASK, ids, ids[:, 0] % 3).shape == (5, 28 + 8 * 3 + 3)
+
+
+class OutOfMemoryOnce(nn.Module):
+    """Raises ``torch.OutOfMemoryError`` on its first call: the vectorised call over a chunk, as
+    a chunk too large for the device would."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(6, 3).double()
+        self.failed = False
+
+    def forward(self, x):
+        if not self.failed:
+            self.failed = True
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+        return self.linear(x)
+
+
+def test_out_of_memory_under_vmap_asks_for_smaller_chunks_instead_of_falling_back(tiny_data):
+    """It was taken for a model vmap cannot trace: every later chunk ran the slow loop."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VmapFallbackWarning)
+        with pytest.raises(
+            torch.OutOfMemoryError, match=r"a chunk of 16 examples .*40.00 GiB.*lower chunk_size"
+        ):
+            per_sample_gradients(
+                OutOfMemoryOnce(), TASK, tiny_data.inputs, tiny_data.targets, chunk_size=16
+            )
+
+
+def test_a_tied_weight_named_by_its_second_name_is_refused_naming_the_first(tiny_tied):
+    """It was refused as "not trainable parameters of the model", though it is one."""
+    with pytest.raises(
+        ValueError, match=r"'last.weight' is tied to 'middle.weight': name a tied weight by its "
+    ):
+        select_parameters(tiny_tied, ["first.bias", "last.weight"])
+    assert list(select_parameters(tiny_tied, ["first.bias", "middle.weight"])) == [
+        "first.bias",
+        "middle.weight",
+    ]
+    tiny_tied.middle.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"\['last.weight'\] are not trainable parameters"):
+        select_parameters(tiny_tied, ["last.weight"])

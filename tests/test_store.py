@@ -400,3 +400,18 @@ def test_the_fingerprint_follows_what_decides_the_features_not_the_path(tmp_path
     assert len(prints) == 4
     first.register_checkpoint("c1", MODEL_FINGERPRINT)  # a checkpoint added later counts
     assert first.fingerprint() != elsewhere.fingerprint()
+
+
+def test_other_differentiated_parameters_are_refused_and_merged_on(tmp_path: Path) -> None:
+    store = FeatureStore.open(tmp_path / "a", CONFIG)
+    store.register_checkpoint("c0", MODEL_FINGERPRINT, ["w", "b"])
+    store.register_checkpoint("c0", MODEL_FINGERPRINT, ["w", "b"])  # idempotent
+    store.register_checkpoint("c0", MODEL_FINGERPRINT)  # not said: not checked
+    with pytest.raises(
+        StoreMismatchError, match=r"respect to 2 parameters; .* has 1 \(without \['b'\]\)"
+    ):
+        store.register_checkpoint("c0", MODEL_FINGERPRINT, ["w"])
+    merged = FeatureStore.open(tmp_path / "merged", CONFIG)
+    merged.merge_from(store.root)
+    with pytest.raises(StoreMismatchError, match=r"also with \['v'\]"):
+        merged.register_checkpoint("c0", MODEL_FINGERPRINT, ["w", "b", "v"])

@@ -20,14 +20,23 @@ from tqdm.auto import tqdm
 from tda.data.examples import Examples, as_examples, check_input_dtype
 from tda.features.gradient import FeatureBatch
 from tda.fingerprint import model_fingerprint
+from tda.grads import NonFiniteGradientError, non_finite_example
 from tda.layer_capture import compute_dtype
 from tda.projection import derive_seed
 from tda.shards import dtype_name, encode
 from tda.store import FeatureStore, StoreMismatchError
 
+STORAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The dtypes a store may keep features in (``featurize(storage_dtype=...)``)."""
+
 
 class Featurizer(Protocol):
-    """Maps (model, examples) to per-example features; see :class:`GradientFeaturizer`."""
+    """Maps (model, examples) to per-example features; see :class:`GradientFeaturizer`.
+
+    A featurizer may also have ``parameter_names(model) -> list[str]``: the names of the
+    parameters whose gradients its features project, resolved for ``model`` (e.g. the trainable
+    ones). :func:`featurize` records them per checkpoint and refuses another set later.
+    """
 
     @property
     def seed(self) -> int: ...
@@ -67,7 +76,7 @@ def featurize(
     store: FeatureStore,
     *,
     checkpoint_id: str,
-    shards: Mapping[str, Iterable[int] | None] | None = None,
+    shards: Mapping[str, Iterable[int] | int | None] | None = None,
     storage_dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> int:
@@ -81,8 +90,8 @@ def featurize(
         featurizer: what to compute; reseeded once per checkpoint (see below).
         store: where to write; opened with :func:`open_feature_store` for this featurizer.
         checkpoint_id: the model's id in the store.
-        shards: per split, the shard indices this call computes (missing split or ``None``: all),
-            so separate processes can share a checkpoint's work.
+        shards: per split, the shard indices (or one index) this call computes (missing split
+            or ``None``: all), so separate processes can share a checkpoint's work.
         storage_dtype: ``torch.float16`` or ``torch.bfloat16`` halve the store (methods
             accumulate in float32 or wider; bfloat16 keeps float32's range, float16 stops
             at 65504: a shard beyond it is refused); default the model's compute dtype (float64
@@ -98,42 +107,53 @@ def featurize(
     Raises:
         StoreMismatchError: the store was opened for a featurizer with other settings (a
             :class:`~tda.features.LogitFeaturizer` may add settings to its base's), holds
-            another model under ``checkpoint_id`` or other data under a split's name, or keeps
-            its features in another dtype than ``storage_dtype`` gives.
-        ValueError: an empty split, inputs of another floating dtype than the model, ``shards``
-            naming a split not in ``splits``, a shard index out of range, non-finite gradients,
-            or features beyond ``storage_dtype``'s range.
+            another model under ``checkpoint_id`` or features of it that differentiate other
+            parameters (another ``requires_grad``; see
+            :meth:`~tda.store.FeatureStore.register_checkpoint`), other data under a split's
+            name, or keeps its features in another dtype than ``storage_dtype`` gives.
+        ValueError: a ``storage_dtype`` not in :data:`STORAGE_DTYPES`, an empty split, inputs
+            of another floating dtype than the model, ``shards`` naming a split not in
+            ``splits``, a string of shard indices, a shard index out of range, non-finite
+            gradients, or features beyond ``storage_dtype``'s range (all but the last two
+            before any work).
     """
     splits = {name: as_examples(examples) for name, examples in splits.items()}
-    empty = [name for name, examples in splits.items() if len(examples) == 0]
-    if not splits or empty:
-        raise ValueError(f"splits {empty or '{}'} have no examples to featurize")
-    unknown = sorted(set(shards or {}) - set(splits))
-    if unknown:  # a misspelt split would silently compute every shard of the real one
-        raise ValueError(f"shards name splits {unknown} that are not among {sorted(splits)}")
+    wanted = _wanted_shards(splits, shards or {}, store.config["shard_size"])
     for examples in splits.values():
         check_input_dtype(model, examples.inputs)
     _check_store_fits(store, featurizer)
+    if storage_dtype is not None and storage_dtype not in STORAGE_DTYPES:
+        choices = ", ".join(map(str, STORAGE_DTYPES))
+        raise ValueError(f"storage_dtype must be one of {choices}, got {storage_dtype}")
     dtype = storage_dtype or _model_compute_dtype(model)
     _refuse_other_dtype(store, dtype, storage_dtype)
-    store.register_checkpoint(checkpoint_id, model_fingerprint(model))
-    seeded = featurizer.with_seed(derive_seed(featurizer.seed, checkpoint_id))
-    shards = shards or {}
-    written = 0
-    for split, examples in splits.items():
+    parameters = differentiated_parameters(featurizer, model)
+    store.register_checkpoint(checkpoint_id, model_fingerprint(model), parameters)
+    for split, examples in splits.items():  # every split's data is checked before any work
         store.declare_split(split, len(examples), examples.fingerprint())
-        written += _featurize_split(
-            model,
-            examples,
-            seeded,
-            store,
-            checkpoint_id,
-            split,
-            shards.get(split),
-            dtype,
-            progress,
+    seeded = featurizer.with_seed(derive_seed(featurizer.seed, checkpoint_id))
+    return sum(
+        _featurize_split(
+            model, examples, seeded, store, checkpoint_id, split, wanted[split], dtype, progress
         )
-    return written
+        for split, examples in splits.items()
+    )
+
+
+def _wanted_shards(
+    splits: Mapping[str, Examples], shards: Mapping[str, Any], shard_size: int
+) -> dict[str, list[int]]:
+    """Per split, the shard indices ``shards`` asks for (default: all), checked before any work."""
+    empty = [name for name, examples in splits.items() if len(examples) == 0]
+    if not splits or empty:
+        raise ValueError(f"splits {empty or '{}'} have no examples to featurize")
+    unknown = sorted(set(shards) - set(splits))
+    if unknown:  # a misspelt split would silently compute every shard of the real one
+        raise ValueError(f"shards name splits {unknown} that are not among {sorted(splits)}")
+    return {
+        split: _validated_shards(shards.get(split), shard_count(len(examples), shard_size), split)
+        for split, examples in splits.items()
+    }
 
 
 def _check_store_fits(store: FeatureStore, featurizer: Featurizer) -> None:
@@ -154,6 +174,14 @@ def _check_store_fits(store: FeatureStore, featurizer: Featurizer) -> None:
             f"store {store.root} was opened for another featurizer ({details}); open the store "
             "with open_feature_store for this featurizer"
         )
+
+
+def differentiated_parameters(featurizer: Featurizer, model: nn.Module) -> list[str] | None:
+    """The names of the parameters whose gradients ``featurizer``'s features project for
+    ``model`` (its ``parameter_names``), or None for a featurizer that does not say."""
+    method = getattr(featurizer, "parameter_names", None)
+    names = None if method is None else method(model)  # a LogitFeaturizer passes its base's on
+    return None if names is None else list(names)
 
 
 def _model_compute_dtype(model: nn.Module) -> torch.dtype:
@@ -184,16 +212,15 @@ def _sidecar_dtype(dtype: torch.dtype) -> str:
 
 
 def _featurize_split(
-    model, examples, seeded, store, checkpoint_id, split, shards, dtype, progress
+    model, examples, seeded, store, checkpoint_id, split, wanted, dtype, progress
 ) -> int:
-    """Compute and write the missing ``shards`` of ``split``, features as ``dtype`` (checked
-    against the store's before the call)."""
+    """Compute and write the missing shards of ``split`` among those ``wanted``, features as
+    ``dtype`` (checked against the store's before the call)."""
     shard_size = store.config["shard_size"]
-    wanted = _validated_shards(shards, shard_count(len(examples), shard_size), split)
     todo = [index for index in wanted if not store.has_shard(checkpoint_id, split, index)]
     for index in tqdm(todo, desc=f"featurize {checkpoint_id}/{split}", disable=not progress):
         start = index * shard_size
-        batch = seeded(model, *_rows(examples, start, shard_size))
+        batch = _shard_features(seeded, model, examples, start, shard_size, split)
         features = batch.features.detach().to("cpu", dtype)
         _check_storable(features, batch.features, split, index)
         if index == todo[0]:  # recorded at the first write (the store still guards a race)
@@ -204,6 +231,18 @@ def _featurize_split(
         }
         store.write_shard(checkpoint_id, split, index, start, arrays)
     return len(todo)
+
+
+def _shard_features(seeded, model, examples, start: int, size: int, split: str) -> FeatureBatch:
+    """The features of rows ``[start, start + size)``; a non-finite gradient is named by its
+    example's index in ``split``, not its row in the shard."""
+    try:
+        return seeded(model, *_rows(examples, start, size))
+    except NonFiniteGradientError as error:
+        if error.example is None:
+            raise
+        where = f" of split {split!r}"
+        raise non_finite_example(error.quantity, start + error.example, where) from None
 
 
 def _storable(tensor: torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -226,9 +265,13 @@ def _rows(examples: Examples, start: int, size: int):
     return examples.inputs[start : start + size], examples.targets[start : start + size]
 
 
-def _validated_shards(shards: Iterable[int] | None, total: int, split: str) -> list[int]:
+def _validated_shards(shards: Iterable[int] | int | None, total: int, split: str) -> list[int]:
     if shards is None:
         return list(range(total))
+    if isinstance(shards, str | bytes):  # would be read as its characters
+        raise ValueError(f"shards[{split!r}] must be shard indices, got {shards!r}")
+    if not isinstance(shards, Iterable):  # one index
+        shards = [shards]
     wanted = sorted(set(int(s) for s in shards))
     bad = [s for s in wanted if not 0 <= s < total]
     if bad:

@@ -14,7 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from tda.device import to_device_of
-from tda.grads import TaskFunction, evaluation_mode, iter_per_sample_gradients, parameter_count
+from tda.grads import (
+    TaskFunction,
+    evaluation_mode,
+    iter_per_sample_gradients,
+    parameter_count,
+    select_parameters,
+)
 from tda.projection import Projector
 from tda.task import ClassificationTask, Task
 
@@ -36,7 +42,8 @@ class GradientFeaturizer:
         task: defines the output that is differentiated and the out-to-loss weight.
         parameters: names of the parameters to differentiate (default: all trainable ones).
         function: ``"output"`` (TRAK, influence queries) or ``"loss"``.
-        chunk_size: examples per vectorised gradient call (bounds memory at ``chunk_size * p``).
+        chunk_size: examples per vectorised gradient call and per forward pass for the
+            out-to-loss weight (bounds memory at ``chunk_size * p`` and a chunk's activations).
     """
 
     projector: Projector
@@ -62,6 +69,11 @@ class GradientFeaturizer:
         """Feature dimension ``k`` for ``model``."""
         return self.projector.output_dim(parameter_count(model, self.parameters))
 
+    def parameter_names(self, model: nn.Module) -> list[str]:
+        """Names of the parameters differentiated for ``model`` (the trainable ones now, for
+        ``parameters=None``), in model order."""
+        return list(select_parameters(model, self.parameters))
+
     def config(self) -> dict:
         """JSON-able description; stores are keyed by it."""
         return {
@@ -84,9 +96,16 @@ class GradientFeaturizer:
             chunk_size=self.chunk_size,
         )
         features = torch.cat([self.projector.project(chunk) for chunk in gradients])
-        return FeatureBatch(
-            features=features, out_to_loss=out_to_loss(model, self.task, inputs, targets)
-        )
+        # Q chunk by chunk too: one forward pass over a whole shard can exhaust memory
+        weights = [
+            out_to_loss(model, self.task, *_rows(inputs, targets, start, self.chunk_size))
+            for start in range(0, len(inputs), self.chunk_size)
+        ]
+        return FeatureBatch(features=features, out_to_loss=torch.cat(weights))
+
+
+def _rows(inputs: Tensor, targets: Tensor, start: int, size: int) -> tuple[Tensor, Tensor]:
+    return inputs[start : start + size], targets[start : start + size]
 
 
 def task_config(task: Task) -> str:

@@ -50,7 +50,7 @@ from tda.features.layer_sketch import (
     rademacher,
     stable_seed,
 )
-from tda.grads import NonFiniteGradientError, TaskFunction, evaluation_mode
+from tda.grads import TaskFunction, check_finite_examples, evaluation_mode
 from tda.layer_capture import capture_layer_calls, compute_dtype, refuse_batch_statistics
 from tda.layer_positions import is_positional
 from tda.task import ClassificationTask, Task
@@ -162,6 +162,16 @@ class KroneckerFeaturizer:
             "function": self.function,
         }
 
+    def parameter_names(self, model: nn.Module) -> list[str]:
+        """Names of the parameters differentiated for ``model``: each chosen layer's weight, and
+        its bias where trainable (the bias's input column), in model order."""
+        chosen = _chosen_layers(model, self.modules)
+        return [
+            f"{name}.{attribute}".lstrip(".")  # a bare Linear model is named ""
+            for name, module in chosen
+            for attribute in (("weight", "bias") if _trainable_bias(module) else ("weight",))
+        ]
+
     def output_dim(self, model: nn.Module) -> int:
         """Realised feature dimension for ``model``: the sum of the layers' block widths."""
         return sum(layer.width for layer in self._plan(model))
@@ -198,7 +208,7 @@ class KroneckerFeaturizer:
                 stop = start + self.chunk_size
                 x, y = to_device_of(model, inputs[start:stop], targets[start:stop])
                 chunk, logits = self._chunk_features(model, plan, x, y)
-                _check_finite(chunk, start, self.function)
+                check_finite_examples(chunk, start, f"projected gradient of the {self.function}")
                 features.append(chunk)
                 with torch.no_grad():  # Q from the same forward pass (cf. gradient.out_to_loss)
                     weights.append(self.task.out_to_loss(logits.detach(), y))
@@ -266,7 +276,11 @@ class KroneckerFeaturizer:
 
 def _columns(module: nn.Module) -> int:
     """Input columns of the gradient: ``in`` (times the kernel), plus one for a trainable bias."""
-    return module.weight[0].numel() + int(module.bias is not None and module.bias.requires_grad)
+    return module.weight[0].numel() + int(_trainable_bias(module))
+
+
+def _trainable_bias(module: nn.Module) -> bool:
+    return module.bias is not None and module.bias.requires_grad
 
 
 def _chosen_layers(model: nn.Module, names: tuple[str, ...] | None) -> list[tuple[str, nn.Module]]:
@@ -343,15 +357,4 @@ def _check_unshared(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> No
         raise ValueError(
             f"modules {shared} share a trainable parameter with another module (tied weights), "
             "so their calls do not give its whole gradient; untie it or leave these layers out"
-        )
-
-
-def _check_finite(features: Tensor, offset: int, function: str) -> None:
-    finite = torch.isfinite(features).all(dim=1)
-    if not bool(finite.all()):
-        first = int((~finite).nonzero()[0, 0]) + offset
-        raise NonFiniteGradientError(
-            f"the projected gradient of the {function} for example {first} is not finite; "
-            "check the model's outputs, the input and the target (one outside the model's "
-            "classes gives NaN) for that example"
         )

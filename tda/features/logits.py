@@ -17,8 +17,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from tda.features.featurize import Featurizer
+from tda.device import to_device_of
+from tda.features.featurize import Featurizer, differentiated_parameters
 from tda.features.gradient import FeatureBatch
+from tda.grads import evaluation_mode
 from tda.task import ClassLogit
 
 _SUFFIX = ".logits"
@@ -57,15 +59,40 @@ class LogitFeaturizer:
         """The same featurizer with the base projection reseeded."""
         return replace(self, base=self.base.with_seed(seed))
 
+    def parameter_names(self, model: nn.Module) -> list[str] | None:
+        """The base featurizer's differentiated parameters for ``model`` (None if it does not
+        say)."""
+        return differentiated_parameters(self.base, model)
+
     def config(self) -> dict:
         """The base configuration and the per-class output."""
         return {**self.base.config(), "output": "class_logits", "num_classes": self.num_classes}
 
     def __call__(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> FeatureBatch:
-        """Features ``[b, C, k]`` (and the base out-to-loss weights ``[b]``)."""
+        """Features ``[b, C, k]`` (and the base out-to-loss weights ``[b]``).
+
+        Raises:
+            ValueError: ``num_classes`` is not the model's number of logits (one example's
+                forward pass tells), or any error of the base featurizer.
+        """
+        _check_logit_count(model, inputs, self.num_classes)
         per_class = [
             replace(self.base, task=ClassLogit(c), function="output")(model, inputs, targets)
             for c in range(self.num_classes)
         ]
         features = torch.stack([batch.features for batch in per_class], dim=1)
         return FeatureBatch(features=features, out_to_loss=per_class[0].out_to_loss)
+
+
+@torch.no_grad()
+def _check_logit_count(model: nn.Module, inputs: Tensor, num_classes: int) -> None:
+    """Refuse ``num_classes`` other than the width of the model's logits: fewer would drop the
+    last classes' features without a word."""
+    with evaluation_mode(model):
+        (first,) = to_device_of(model, inputs[:1])
+        width = model(first).shape[-1]
+    if width != num_classes:
+        raise ValueError(
+            f"LogitFeaturizer has num_classes={num_classes}, but the model gives {width} logits; "
+            f"use num_classes={width}"
+        )

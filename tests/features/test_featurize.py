@@ -1,3 +1,5 @@
+import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +13,7 @@ from tda.features import (
     open_feature_store,
     shard_count,
 )
-from tda.grads import per_sample_gradients
+from tda.grads import NonFiniteGradientError, per_sample_gradients
 from tda.models import MLP, build_model
 from tda.projection import DenseProjector, IdentityProjector, derive_seed
 from tda.store import StoreMismatchError
@@ -328,3 +330,142 @@ def test_a_split_of_another_float_dtype_is_refused_before_writing(
     assert store.checkpoints() == []
     with pytest.raises(ValueError, match="torch.float64 but the inputs are torch.float32"):
         featurizer(tiny_mlp, splits["test"].inputs, splits["test"].targets)
+
+
+@pytest.mark.parametrize("featurizer_class", ["gradient", "kronecker"])
+@pytest.mark.parametrize("frozen", [("0.weight", "0.bias"), ("0.bias",)])
+def test_a_resume_with_another_set_of_trainable_parameters_is_refused(
+    tmp_path, tiny_mlp, tiny_data, featurizer_class, frozen
+):
+    """The same weights with a layer (or a bias: Kronecker's bias column) frozen were accepted,
+    and the remaining shards were written from the gradient of another set of parameters."""
+    featurizer = (
+        GradientFeaturizer(DenseProjector(16))
+        if featurizer_class == "gradient"
+        else KroneckerFeaturizer(dim=16)
+    )
+    store = open_feature_store(tmp_path, featurizer, shard_size=10)
+    options = {"checkpoint_id": "c", "progress": False}
+    featurize(tiny_mlp, {"train": tiny_data}, featurizer, store, shards={"train": [0]}, **options)
+    for name in frozen:
+        tiny_mlp.get_parameter(name).requires_grad_(False)
+    with pytest.raises(
+        StoreMismatchError,
+        match=rf"checkpoint 'c' .* parameters; the model given has .* \(without "
+        rf"{re.escape(str(list(frozen)))}\)",
+    ):
+        featurize(tiny_mlp, {"train": tiny_data}, featurizer, store, **options)
+    assert [info.index for info in store.shards("c", "train")] == [0]
+
+
+def test_a_store_from_before_the_parameter_record_still_resumes(tmp_path, tiny_mlp, tiny_data):
+    """A checkpoint recorded without the differentiated parameters opens and resumes (they are
+    not known, so not checked)."""
+    featurizer = GradientFeaturizer(DenseProjector(16))
+    store = open_feature_store(tmp_path, featurizer, shard_size=10)
+    options = {"checkpoint_id": "c", "progress": False}
+    featurize(tiny_mlp, {"train": tiny_data}, featurizer, store, shards={"train": [0]}, **options)
+    record_path = tmp_path / "checkpoints" / "c.json"
+    record = json.loads(record_path.read_text())
+    assert record["parameters"] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    del record["parameters"]  # as a store from before
+    record_path.write_text(json.dumps(record))
+    reopened = open_feature_store(tmp_path, featurizer, shard_size=10)
+    assert featurize(tiny_mlp, {"train": tiny_data}, featurizer, reopened, **options) == 1
+
+
+@pytest.mark.parametrize("featurizer_class", ["gradient", "kronecker"])
+def test_a_non_finite_gradient_names_the_example_in_its_split(
+    tmp_path, tiny_mlp, tiny_data, featurizer_class
+):
+    """It named the row within the shard ("example 3"), not the example."""
+    featurizer = (
+        GradientFeaturizer(IdentityProjector())
+        if featurizer_class == "gradient"
+        else KroneckerFeaturizer(dim=16)
+    )
+    inputs = tiny_data.inputs.clone()
+    inputs[13, 0] = float("nan")  # row 3 of shard 2
+    data = {"train": tiny_data.subset(range(5)), "test": type(tiny_data)(inputs, tiny_data.targets)}
+    store = open_feature_store(tmp_path, featurizer, shard_size=5)
+    with pytest.raises(
+        NonFiniteGradientError, match=r"gradient of the output for example 13 of split 'test' is"
+    ) as raised:
+        featurize(tiny_mlp, data, featurizer, store, checkpoint_id="c", progress=False)
+    assert raised.value.example == 13
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.float8_e4m3fn, torch.complex64])
+def test_a_storage_dtype_other_than_a_float_is_refused_before_any_work(
+    tmp_path, tiny_mlp, tiny_data, dtype
+):
+    """int32 and bool were accepted and truncated every feature (to 0 and False)."""
+    featurizer = GradientFeaturizer(DenseProjector(16))
+    store = open_feature_store(tmp_path, featurizer)
+    with pytest.raises(
+        ValueError,
+        match=r"storage_dtype must be one of torch.float16, torch.bfloat16, torch.float32, "
+        rf"torch.float64, got {dtype}",
+    ):
+        featurize(
+            tiny_mlp,
+            {"train": tiny_data},
+            featurizer,
+            store,
+            checkpoint_id="c",
+            storage_dtype=dtype,
+            progress=False,
+        )
+    assert store.checkpoints() == []
+
+
+def test_other_data_under_a_later_split_is_refused_before_any_work(tmp_path, tiny_mlp, tiny_data):
+    """Every shard of the earlier splits was computed and written before the refusal."""
+    calls = []
+    featurizer = CountingFeaturizer(GradientFeaturizer(DenseProjector(16)), calls)
+    store = open_feature_store(tmp_path, featurizer, shard_size=8)
+    queries = tiny_data.subset(range(10))
+    featurize(tiny_mlp, {"query": queries}, featurizer, store, checkpoint_id="a", progress=False)
+    calls.clear()
+    splits = {"train": tiny_data, "query": tiny_data.subset(range(5))}  # other queries
+    with pytest.raises(StoreMismatchError, match="declares split 'query' with 10 examples"):
+        featurize(tiny_mlp, splits, featurizer, store, checkpoint_id="b", progress=False)
+    assert calls == [] and store.shards("b", "train") == []
+
+
+def test_a_shard_index_out_of_range_in_a_later_split_is_refused_before_any_work(
+    tmp_path, tiny_mlp, tiny_data
+):
+    calls = []
+    featurizer = CountingFeaturizer(GradientFeaturizer(DenseProjector(16)), calls)
+    store = open_feature_store(tmp_path, featurizer, shard_size=8)
+    splits = {"train": tiny_data, "test": tiny_data.subset(range(5))}
+    with pytest.raises(ValueError, match=r"shard indices \[1\] are out of range: split 'test'"):
+        featurize(
+            tiny_mlp,
+            splits,
+            featurizer,
+            store,
+            checkpoint_id="c",
+            shards={"test": [1]},
+            progress=False,
+        )
+    assert calls == []
+
+
+def test_a_single_shard_index_is_taken_and_a_string_refused(tmp_path, tiny_mlp, tiny_data):
+    """An int gave "'int' object is not iterable"; "12" computed shards 1 and 2."""
+    featurizer = GradientFeaturizer(DenseProjector(16))
+    store = open_feature_store(tmp_path, featurizer, shard_size=2)
+
+    def compute(shards):
+        splits = {"train": tiny_data}
+        options = {"checkpoint_id": "c", "shards": {"train": shards}, "progress": False}
+        return featurize(tiny_mlp, splits, featurizer, store, **options)
+
+    assert compute(7) == 1
+    assert [info.index for info in store.shards("c", "train")] == [7]
+    for text in ("12", b"12"):
+        with pytest.raises(ValueError, match=r"shards\['train'\] must be shard indices, got "):
+            compute(text)
+    assert [info.index for info in store.shards("c", "train")] == [7]

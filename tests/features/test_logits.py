@@ -66,3 +66,15 @@ def test_class_logit_task_rejects_a_class_outside_the_logits():
         ClassLogit(3).output(torch.zeros(3), torch.tensor(0))
     with pytest.raises(ValueError, match="non-negative"):
         ClassLogit(-1)
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_a_number_of_classes_other_than_the_models_logits_is_refused(
+    tiny_mlp, tiny_data, num_classes
+):
+    """Fewer than the model's 3 logits dropped the last classes' features without a word."""
+    featurizer = LogitFeaturizer(GradientFeaturizer(IdentityProjector()), num_classes)
+    with pytest.raises(
+        ValueError, match=rf"num_classes={num_classes}, but the model gives 3 logits"
+    ):
+        featurizer(tiny_mlp, tiny_data.inputs, tiny_data.targets)
