@@ -66,15 +66,17 @@ def capture_layer_calls(
         Per module name, the calls whose output reaches the value, in call order; and the logits.
 
     Raises:
-        ValueError: a recorded input has no leading batch dimension of size ``b``, or a layer's
+        ValueError: a recorded input has no leading batch dimension of size ``b`` (or does not
+            hold the examples on it: a sequence-first ``[T, b, in]`` input), or a layer's
             weight reaches the value without the layer being called (``nn.MultiheadAttention``
             applies its ``out_proj`` weight directly), or its weight or bias reaches it both
             through its calls and directly (a tied decoder ``F.linear(z, enc.weight.t())``), so
             its gradient cannot be recorded.
     """
     records: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name, _ in modules}
+    shapes: dict[str, list[torch.Size]] = {name: [] for name, _ in modules}
     handles = [
-        module.register_forward_hook(_hook(name, records[name], prepare))
+        module.register_forward_hook(_hook(name, records[name], prepare, shapes[name]))
         for name, module in modules
     ]
     try:
@@ -97,6 +99,7 @@ def capture_layer_calls(
         for handle in handles:
             handle.remove()
     _check_called(uncalled, grads[len(outputs) :])
+    _check_batch_axis(model, modules, inputs, shapes)
     reaching = Counter(n for (n, _), g in zip(recorded, gradients, strict=True) if g is not None)
     _check_only_called(modules, uses, reaching)
     captured: dict[str, list[LayerCall]] = {name: [] for name, _ in modules}
@@ -205,8 +208,42 @@ def refuse_batch_statistics(model: nn.Module, instead: str) -> None:
         )
 
 
-def _hook(name: str, record: list, prepare: Prepare | None):
+def _check_batch_axis(
+    model: nn.Module,
+    modules: Sequence[tuple[str, nn.Module]],
+    inputs: Tensor,
+    shapes: dict[str, list[torch.Size]],
+) -> None:
+    """Refuse a layer whose input does not hold the examples on its first axis (``[T, b, in]``
+    of a sequence-first layer): only its size is checked otherwise, and where another axis has
+    the chunk's size it would pass, mixing the examples' positions. In that case the model is
+    run once more on one example, whose every layer input must then lead with 1."""
+    size = len(inputs)
+    if size == 1 or not any(size in shape[1:] for calls in shapes.values() for shape in calls):
+        return
+    leading: dict[str, list[int]] = {name: [] for name, _ in modules}
+    handles = [
+        module.register_forward_hook(lambda _, args, __, n=name: leading[n].append(len(args[0])))
+        for name, module in modules
+    ]
+    try:
+        with torch.no_grad():
+            model(inputs[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, sizes in leading.items():
+        if any(s != 1 for s in sizes):
+            raise ValueError(
+                f"module '{name}' does not take the examples on the first axis of its input (for "
+                f"one example it leads with {max(sizes)}); Linear inputs must be [batch, ..., "
+                "in] (e.g. batch_first=True)"
+            )
+
+
+def _hook(name: str, record: list, prepare: Prepare | None, shapes: list[torch.Size]):
     def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        shapes.append(args[0].shape)
         with torch.no_grad():
             a = args[0].detach()
             a = input_positions(module, a.to(compute_dtype(a.dtype)))  # [b, T, in]

@@ -434,3 +434,38 @@ def test_parametrized_layers_are_refused(tiny_data, parametrization, modules):
     featurizer = KroneckerFeaturizer(dim=16, modules=modules)
     with pytest.raises(ValueError, match=r"module '0' has a parametrized weight.*Gradient"):
         featurizer(model, tiny_data.inputs, tiny_data.targets)
+
+
+class _SequenceFirst(nn.Module):
+    """A layer run on ``[T, b, in]`` (as ``batch_first=False`` attention code does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix, self.head = nn.Linear(3, 3), nn.Linear(3 * LENGTH, 2)
+
+    def forward(self, x):  # [b, T, 3]
+        mixed = torch.tanh(self.mix(x.transpose(0, 1))).transpose(0, 1)
+        return self.head(mixed.reshape(len(x), -1))
+
+
+@pytest.mark.parametrize("chunk_size", [LENGTH, LENGTH - 1])
+def test_a_layer_without_the_examples_on_its_first_axis_is_refused(chunk_size):
+    """With a chunk of T examples, its [T, b, in] input passed the size check, and the
+    positions of different examples were summed into each other's features."""
+    model = build_model(_SequenceFirst, seed=0, dtype=torch.float64)
+    inputs, targets = _data(8, (LENGTH, 3), classes=2)
+    featurizer = KroneckerFeaturizer(dim=20, chunk_size=chunk_size, modules=("mix",))
+    with pytest.raises(ValueError, match=r"module 'mix' does not take the examples on the first"):
+        featurizer(model, inputs, targets)
+
+
+def test_a_sequence_as_long_as_the_chunk_is_not_taken_for_the_examples():
+    """The extra look (one example) runs when an axis has the chunk's size; it must pass a
+    batch-first model and leave its features exact."""
+    model = build_model(SequenceModel, seed=1, dtype=torch.float64)
+    inputs, targets = _data(2 * LENGTH, (LENGTH, 4))
+    featurizer = KroneckerFeaturizer(dim=40, chunk_size=LENGTH)
+    expected = _reference(featurizer, model, inputs, targets)
+    torch.testing.assert_close(
+        featurizer(model, inputs, targets).features, expected, rtol=0, atol=1e-10
+    )
