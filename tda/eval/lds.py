@@ -18,6 +18,9 @@ from scipy.stats import rankdata
 
 _MIN_SUBSETS = 3  # with two subsets every rank correlation is +-1
 _CHUNK_ELEMENTS = 1 << 22  # bounds temporaries (float masks, bootstrap indices) in memory
+# Predictions whose range is within this fraction of their magnitude are constant: summing a
+# constant score row over equal-size subsets differs only by float64 rounding (~1e-14 relative).
+_CONSTANT_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,8 +36,8 @@ class LDSResult:
         n_subsets: Number ``m`` of subsets (retrained models per seed).
         n_queries: Number of queries given, excluded ones included.
         n_seeds: Retraining seeds per subset that the measured outputs average over.
-        n_excluded: Queries left out because their predictions or outputs are constant over the
-            subsets, which leaves the rank correlation undefined.
+        n_excluded: Queries left out because their predictions (up to float rounding) or outputs
+            are constant over the subsets, which leaves the rank correlation undefined.
         alpha: Fraction of the training set in each subset, when known.
         name: What is measured, for printing.
     """
@@ -125,6 +128,7 @@ def lds(
             f"masks {np.shape(masks)} call for [count, (n_seeds,) n_query] = {predicted.shape}"
         )
     per_query = _spearman_columns(predicted, measured)
+    per_query[_constant_columns(predicted)] = np.nan
     return _summarise(
         per_query,
         confidence,
@@ -190,6 +194,11 @@ def _spearman_columns(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     defined = scale > 0
     correlation[defined] = covariance[defined] / scale[defined]
     return np.clip(correlation, -1.0, 1.0)
+
+
+def _constant_columns(values: np.ndarray) -> np.ndarray:
+    """Columns of ``[m, q]`` values that are constant up to rounding: bool ``[q]``."""
+    return np.ptp(values, axis=0) <= _CONSTANT_TOLERANCE * np.abs(values).max(axis=0)
 
 
 def _summarise(

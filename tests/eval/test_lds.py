@@ -3,6 +3,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from tda.datamodels import sample_subsets
 from tda.eval import LDSResult, lds, noise_ceiling, predict_subset_outputs
 
 
@@ -106,6 +107,20 @@ def test_constant_queries_are_excluded_and_counted():
     assert "2 constant queries excluded" in str(result)
     with pytest.raises(ValueError, match="undefined for all 5 queries"):
         lds(np.zeros_like(weights), masks, outputs)
+
+
+def test_float64_constant_score_rows_are_excluded_despite_rounding_in_the_subset_sums():
+    masks = sample_subsets(200, 0.5, 50, seed=0)  # every subset holds exactly 100 examples
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(4, 200))
+    scores[1], scores[2] = 0.1, 1 / 3  # each predicts the same sum for every subset
+    outputs = rng.normal(size=(50, 4))
+    predicted = predict_subset_outputs(scores, masks)
+    assert len(np.unique(predicted[:, 1])) > 1  # the rounding this test is about
+    result = lds(scores, masks, outputs)
+    assert result.n_excluded == 2
+    assert np.isnan(result.per_query[[1, 2]]).all()
+    assert not np.isnan(result.per_query[[0, 3]]).any()
 
 
 @pytest.mark.parametrize(
