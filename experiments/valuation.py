@@ -7,14 +7,16 @@ python experiments/valuation.py experiment=mnist1d_cnn valuation.ranking=tracin 
     ++train.checkpoints=10 model_seed=1
 """
 
+import json
 import logging
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from tda.atomic import write_bytes_atomic
 from tda.device import on_device
 from tda.features import featurize, open_feature_store, store_config
 from tda.fingerprint import array_fingerprint, config_fingerprint, model_fingerprint
@@ -33,6 +35,8 @@ from tda.valuation import (
 log = logging.getLogger(__name__)
 RANKINGS = ("influence", "trak", "tracin", "graddot")
 ATTRIBUTIONS = ("influence", "trak")  # what values (mean scores on held-out queries) come from
+TRAINED = ("data", "model", "train")  # with the flipped labels, what decides the trained model
+KEYED = (*TRAINED, "attributor", "featurizer", "valuation")  # and the reports: with the queries
 
 
 @hydra.main(config_path="../conf", config_name="valuation", version_base="1.3")
@@ -51,10 +55,10 @@ def main(cfg: DictConfig) -> float:
         splits.train, options.flip_fraction, splits.num_classes, options.flip_seed
     )
     factory, config = on_device(instantiate(cfg.model), cfg.device), instantiate(cfg.train)
-    run = workspace / "valuation" / f"seed-{cfg.model_seed}-flip-{options.flip_seed}"
+    queries = held_out_queries(splits.test, cfg.queries)
+    run, settings = run_directory(workspace, cfg, len(queries))
     model = build_model(factory, cfg.model_seed)
     trained = train(model, noisy, config, seed=cfg.model_seed, checkpoint_dir=run / "models")
-    queries = splits.test.subset(range(min(cfg.queries, len(splits.test) // 2)))
     attributions = Attributions(cfg, model, noisy, queries, run)
     scores = attributions.query_scores(options.values_from)  # the rest of the test set: accuracy
     curve = None
@@ -79,9 +83,38 @@ def main(cfg: DictConfig) -> float:
     report = valuation_report(
         noisy, scores=scores, self_influence=ranking(), flipped=flipped, pruning=curve
     )
-    report.save(run / f"{options.ranking}-{options.values_from}")  # one report per choice
+    directory = run / f"{options.ranking}-{options.values_from}-{config_fingerprint(settings)[:8]}"
+    report.save(directory)  # one report per choice and settings
+    write_bytes_atomic(directory / "settings.json", json.dumps(settings, indent=2).encode())
+    log.info("report written to %s", directory)
     log.info("%s self-influence: %s", options.ranking, report.mislabel)
     return report.mislabel.auc
+
+
+def held_out_queries(test, requested: int):
+    """The first ``requested`` test examples, at most half the split: the rest measures the
+    pruning curve's accuracy. A cut is logged (and recorded in the report's settings.json)."""
+    queries = test.subset(range(min(requested, len(test) // 2)))
+    if len(queries) < requested:
+        log.warning(
+            "valuation takes the first %d test examples as queries, not queries=%d: the other "
+            "half of the test split measures the pruning curve's accuracy",
+            len(queries),
+            requested,
+        )
+    return queries
+
+
+def run_directory(workspace: Path, cfg: DictConfig, n_queries: int) -> tuple[Path, dict]:
+    """The run's directory, keyed by what decides its trained model (data, model, training, the
+    flipped labels), and the settings that decide its reports (queries, attributor, featurizer,
+    valuation), which key each report: runs with other settings never replace each other's files.
+    """
+    settings = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in KEYED}
+    fraction, flip_seed = settings["valuation"]["flip_fraction"], settings["valuation"]["flip_seed"]
+    trained = config_fingerprint({key: settings[key] for key in TRAINED} | {"flip": fraction})
+    name = f"seed-{cfg.model_seed}-flip-{flip_seed}-fraction-{fraction:g}-{trained[:8]}"
+    return workspace / "valuation" / name, settings | {"queries": n_queries}
 
 
 class Attributions:

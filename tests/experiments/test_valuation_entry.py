@@ -1,6 +1,7 @@
 """experiments/valuation.py ranks by the chosen self-influence and reports what the library does."""
 
 import json
+import logging
 from functools import partial
 
 import pytest
@@ -31,8 +32,20 @@ def noisy():
     return flip_labels(splits.train, 0.1, splits.num_classes, seed=0)
 
 
+def run_directory(workspace, fraction="0.1"):
+    """The one run directory of model seed 0 and flip seed 0 (keyed by its settings)."""
+    (run,) = (workspace / "valuation").glob(f"seed-0-flip-0-fraction-{fraction}-*")
+    return run
+
+
+def report_directory(workspace, choice):
+    """The one report directory of ``choice`` (ranking-values_from) in the run."""
+    (report,) = run_directory(workspace).glob(f"{choice}-*")
+    return report
+
+
 def saved(workspace):
-    return list_checkpoints(workspace / "valuation" / "seed-0-flip-0" / "models")
+    return list_checkpoints(run_directory(workspace) / "models")
 
 
 def test_tracin_ranking_is_the_library_tracin_self_influence(tmp_path, noisy):
@@ -41,7 +54,7 @@ def test_tracin_ranking_is_the_library_tracin_self_influence(tmp_path, noisy):
     suspicion = tracin_self_influence(FACTORY, saved(tmp_path), data)
     assert len(saved(tmp_path)) == 2
     assert auc == mislabel_detection(suspicion, flipped).auc
-    assert (tmp_path / "valuation" / "seed-0-flip-0" / "tracin-trak" / "valuation.json").is_file()
+    assert (report_directory(tmp_path, "tracin-trak") / "valuation.json").is_file()
 
 
 def test_graddot_ranking_reads_the_final_model(tmp_path, noisy):
@@ -80,8 +93,7 @@ def test_trak_ranking_is_the_library_trak_self_influence(tmp_path, noisy):
     trak = TRAK().fit(store)
     suspicion = self_scores(lambda rows: trak.score("train", indices=rows), len(data), 512)
     assert auc == pytest.approx(mislabel_detection(suspicion, flipped).auc, abs=1e-12)
-    run = tmp_path / "valuation" / "seed-0-flip-0"
-    report = json.loads((run / "trak-trak" / "valuation.json").read_text())
+    report = json.loads((report_directory(tmp_path, "trak-trak") / "valuation.json").read_text())
     assert report["pruning"]["fractions"] == [0.0, 0.5]  # with the full-data baseline
 
 
@@ -105,31 +117,53 @@ def test_an_influence_error_names_the_option_that_fixes_it(tmp_path):
 
 
 def test_other_rankings_keep_their_own_reports_and_share_the_models_features(tmp_path):
-    run = tmp_path / "valuation" / "seed-0-flip-0"
     run_entry_point("valuation", tmp_path, "valuation.ranking=graddot", base=BASE)
+    run = run_directory(tmp_path)
     (store,) = run.glob("features-*")  # keyed by the trained model's fingerprint
     written = {path: path.stat().st_mtime_ns for path in store.rglob("*.npy")}
     run_entry_point("valuation", tmp_path, "valuation.ranking=tracin", base=BASE)
     assert list(run.glob("features-*")) == [store]  # reused, never deleted under another job
     assert {path: path.stat().st_mtime_ns for path in store.rglob("*.npy")} == written
-    for report in ("graddot-trak", "tracin-trak"):
-        assert (run / report / "valuation.json").is_file()
+    for choice in ("graddot-trak", "tracin-trak"):
+        assert (report_directory(tmp_path, choice) / "valuation.json").is_file()
 
 
-def test_another_projection_or_query_count_gets_its_own_features_and_pruning_runs(tmp_path):
-    # The same trained model (CPU: bitwise), other TRAK settings: no store or pruning run of the
-    # first settings may be reused (or refused), and the report equals a fresh workspace's.
+def test_another_projection_or_query_count_gets_its_own_features_pruning_runs_and_report(
+    tmp_path,
+):
+    # The same trained model (CPU: bitwise), other TRAK settings: no store, pruning run or report
+    # of the first settings may be reused, refused or replaced, and the report of the second
+    # settings is the one a fresh workspace gets, in a directory of the same name.
     pruning = ("valuation.pruning_fractions=[0.5]", "valuation.pruning_seeds=[0]")
     first = ("valuation.ranking=graddot", *pruning)
     run_entry_point("valuation", tmp_path / "shared", *first, base=BASE)
     other = (*first, "projection_dim=32", "queries=20")
     run_entry_point("valuation", tmp_path / "shared", *other, base=BASE)
     run_entry_point("valuation", tmp_path / "fresh", *other, base=BASE)
-    run = tmp_path / "shared" / "valuation" / "seed-0-flip-0"
+    run = run_directory(tmp_path / "shared")
     assert len(list(run.glob("features-*"))) == len(list(run.glob("pruning-trak-*"))) == 2
+    assert len(list(run.glob("graddot-trak-*/valuation.json"))) == 2
+    fresh = report_directory(tmp_path / "fresh", "graddot-trak")
     reports = [
-        json.loads((root / "valuation" / "seed-0-flip-0" / "graddot-trak" / "valuation.json")
-                   .read_text())
-        for root in (tmp_path / "shared", tmp_path / "fresh")
-    ]  # fmt: skip
+        json.loads((report / "valuation.json").read_text()) for report in (run / fresh.name, fresh)
+    ]
     assert reports[0] == reports[1]
+
+
+def test_runs_with_other_flip_fractions_keep_their_own_models_and_reports(tmp_path):
+    for fraction in ("0.1", "0.3"):
+        overrides = ("valuation.ranking=graddot", f"valuation.flip_fraction={fraction}")
+        run_entry_point("valuation", tmp_path, *overrides, base=BASE)
+    reports = sorted((tmp_path / "valuation").rglob("valuation.json"))
+    flipped = [json.loads(report.read_text())["mislabel"]["n_flipped"] for report in reports]
+    assert flipped == [24, 72]  # 10% and 30% of the 240 training labels
+    assert len(list((tmp_path / "valuation").glob("*/models"))) == 2
+
+
+def test_a_query_count_cut_to_half_the_test_split_is_logged_and_recorded(tmp_path, caplog):
+    # the tiny experiment asks for 40 of its 60 test examples; the other half measures accuracy
+    with caplog.at_level(logging.WARNING):
+        run_entry_point("valuation", tmp_path, "valuation.ranking=graddot", base=BASE)
+    assert "the first 30 test examples as queries, not queries=40" in caplog.text
+    settings = report_directory(tmp_path, "graddot-trak") / "settings.json"
+    assert json.loads(settings.read_text())["queries"] == 30
