@@ -1,4 +1,9 @@
-"""Reading a score matrix: the most helpful and most harmful training examples per query."""
+"""Reading a score matrix: the most helpful and most harmful training examples per query.
+
+Every ranking breaks ties to the lower index (a stable sort), as :func:`tda.eval.plan_removals`
+and :func:`tda.valuation.mislabel_detection` do; ``Tensor.topk`` leaves the order of ties to the
+implementation, which may differ between CPU and CUDA.
+"""
 
 from __future__ import annotations
 
@@ -22,13 +27,13 @@ class TopExamples:
 def top_examples(scores: Tensor | np.ndarray, k: int = 5, chunk_size: int = 1024) -> TopExamples:
     """The ``k`` highest-scored (helpful) and lowest-scored (harmful) training examples per query.
 
-    Processes ``chunk_size`` queries at a time, so a memory-mapped score matrix
-    (:func:`tda.scores.open_scores`) is never read whole.
+    Ties go to the lower index. Processes ``chunk_size`` queries at a time, so a memory-mapped
+    score matrix (:func:`tda.scores.open_scores`) is never read whole.
 
     Raises:
         ValueError: ``scores`` is not a non-empty ``[n_query, n_train]`` matrix, ``k`` is not in
-            ``[1, n_train]``, ``chunk_size`` is below 1, or a score is NaN (``topk`` would rank
-            it first).
+            ``[1, n_train]``, ``chunk_size`` is below 1, or a score is NaN (a sort would rank it
+            first).
     """
     if scores.ndim != 2 or scores.shape[0] == 0:
         raise ValueError(f"scores must be [n_query >= 1, n_train], got {list(scores.shape)}")
@@ -41,13 +46,15 @@ def top_examples(scores: Tensor | np.ndarray, k: int = 5, chunk_size: int = 1024
         block = scores[start : start + chunk_size]
         block = block if isinstance(block, Tensor) else torch.from_numpy(np.array(block))
         _check_not_nan(block, start)
-        parts.append((block.topk(k, dim=1), block.topk(k, dim=1, largest=False)))
-    return TopExamples(
-        helpful=torch.cat([top.indices for top, _ in parts]),
-        helpful_scores=torch.cat([top.values for top, _ in parts]),
-        harmful=torch.cat([bottom.indices for _, bottom in parts]),
-        harmful_scores=torch.cat([bottom.values for _, bottom in parts]),
-    )
+        helpful, harmful = top_indices(block, k), top_indices(block, k, largest=False)
+        parts.append((helpful, block.gather(1, helpful), harmful, block.gather(1, harmful)))
+    return TopExamples(*(torch.cat(column) for column in zip(*parts, strict=True)))
+
+
+def top_indices(values: Tensor, k: int, *, largest: bool = True) -> Tensor:
+    """Indices of the ``k`` largest (or smallest) entries along the last dimension, most extreme
+    first, ties to the lower index: ``[..., k]``."""
+    return values.sort(dim=-1, descending=largest, stable=True).indices[..., :k]
 
 
 def _check_not_nan(block: Tensor, start: int) -> None:

@@ -4,7 +4,7 @@ import torch
 
 from tda.data import Examples
 from tda.plots import plot_top_examples
-from tda.ranking import top_examples
+from tda.ranking import top_examples, top_indices
 
 
 def test_top_examples_match_a_full_sort_in_any_chunking():
@@ -18,6 +18,16 @@ def test_top_examples_match_a_full_sort_in_any_chunking():
         assert torch.equal(top.harmful_scores, scores.gather(1, order.flip(1)[:, :3]))
     with pytest.raises(ValueError, match="k must be"):
         top_examples(scores, k=31)
+
+
+def test_ties_go_to_the_lower_index_on_both_ends():
+    scores = torch.zeros(1, 40, dtype=torch.float64)
+    scores[0, [31, 3, 25, 17]] = 1.0  # four tied helpful examples, 36 tied harmful ones
+    top = top_examples(scores, k=3)
+    assert top.helpful.tolist() == [[3, 17, 25]]
+    assert top.harmful.tolist() == [[0, 1, 2]]
+    assert top_indices(scores[0], 5).tolist() == [3, 17, 25, 31, 0]
+    assert top_indices(scores[0], 5, largest=False).tolist() == [0, 1, 2, 4, 5]
 
 
 def test_nan_scores_are_refused_naming_the_query_instead_of_ranked_most_helpful():

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from tda.atomic import file_digest, write_atomic, write_bytes_atomic
 from tda.data.examples import Examples
-from tda.ranking import TopExamples, top_examples
+from tda.ranking import TopExamples, top_examples, top_indices
 from tda.valuation.mislabel import MislabelReport, mislabel_detection
 from tda.valuation.pruning import PruningCurve
 from tda.valuation.values import require_finite, values_from_scores
@@ -39,7 +39,8 @@ class ValuationReport:
         values: ``[n]`` mean score over the queries (high: helps the queries' outputs).
         self_influence: ``[n]`` self-influence (high: memorised, possibly mislabelled).
         labels: ``[n]`` training labels.
-        most_valuable / least_valuable: ``k`` training indices, most extreme first.
+        most_valuable / least_valuable: ``k`` training indices, most extreme first (ties to the
+            lower index, as in ``mislabel``'s recall curve).
         most_suspicious: ``k`` indices of highest self-influence (or lowest value).
         top: per query, the most helpful and harmful training examples (``tda.ranking``).
         flipped: ``[n]`` mask of labels known to be wrong.
@@ -208,7 +209,7 @@ def valuation_report(
     Raises:
         ValueError: neither scores, values nor self-influence given, both scores and values,
             lengths that differ, or a NaN or infinite score, value or self-influence (the
-            first one is named: ``topk`` would rank it first in every list).
+            first one is named: a sort would rank it first in every list).
     """
     if scores is not None and values is not None:
         raise ValueError(
@@ -228,9 +229,9 @@ def valuation_report(
         labels=train.targets.cpu(),
         values=values,
         self_influence=self_influence,
-        most_valuable=None if values is None else values.topk(k).indices,
-        least_valuable=None if values is None else (-values).topk(k).indices,
-        most_suspicious=suspicion.topk(k).indices,
+        most_valuable=None if values is None else top_indices(values, k),
+        least_valuable=None if values is None else top_indices(values, k, largest=False),
+        most_suspicious=top_indices(suspicion, k),
         top=None if scores is None else top_examples(torch.as_tensor(scores), k),
         flipped=None if flipped is None else torch.as_tensor(flipped).bool(),
         mislabel=None if flipped is None else mislabel_detection(suspicion, flipped),

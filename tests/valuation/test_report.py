@@ -75,6 +75,23 @@ def test_self_influence_ranks_suspicion(train):
     assert report.values is None and report.most_valuable is None
 
 
+def test_rankings_break_ties_to_the_lower_index_as_the_mislabel_recall_curve_does():
+    train = Examples(torch.zeros(40, 2), torch.zeros(40, dtype=torch.long))
+    self_influence = torch.zeros(40, dtype=torch.float64)
+    self_influence[[35, 9, 30, 5]] = 2.0
+    flipped = torch.zeros(40, dtype=torch.bool)
+    flipped[[30, 35]] = True
+    report = valuation_report(train, self_influence=self_influence, flipped=flipped, k=4)
+    assert report.most_suspicious.tolist() == [5, 9, 30, 35]
+    # the recall curve beside it inspects the examples in that order
+    np.testing.assert_array_equal(report.mislabel.recall_curve[:4], [0.0, 0.0, 0.5, 1.0])
+    values = torch.zeros(40, dtype=torch.float64)
+    values[[7, 2]] = 1.0
+    report = valuation_report(train, values=values, k=3)
+    assert report.most_valuable.tolist() == [2, 7, 0]
+    assert report.least_valuable.tolist() == [0, 1, 3]
+
+
 def test_save_writes_json_and_figure(train, tmp_path):
     accuracy = np.array([[0.9, 0.92], [0.91, 0.9]])
     pruning = PruningCurve((0.0, 0.2), (0, 1), {"value": accuracy, "random": accuracy - 0.05})
