@@ -84,14 +84,15 @@ def _fsync(path: Path) -> None:
 
 
 def save_scores(path: str | os.PathLike, scores: np.ndarray, record: dict) -> Path:
-    """Publish ``scores`` at ``path`` (``.npy``) and ``record`` (how they were made) beside it as
-    ``.json``, with the scores' sha256 added; returns the ``.npy`` path.
+    """Publish ``scores`` at ``path`` (``.npy``, appended to a name that ends otherwise) and
+    ``record`` (how they were made) beside it as ``.json``, with the scores' sha256 added;
+    returns the ``.npy`` path.
 
     The old record is removed first and both files are published atomically, so a killed run
     leaves either the old pair, or new scores with no record (which readers refuse), never new
     scores beside an old record.
     """
-    path = Path(path).with_suffix(".npy")
+    path = _npy_path(path)
     record_path = path.with_suffix(".json")
     record_path.unlink(missing_ok=True)
     digest = write_atomic(path, lambda sink: np.save(sink, scores, allow_pickle=False))
@@ -104,7 +105,8 @@ def read_scores(path: str | os.PathLike, *, mmap: bool = False) -> tuple[np.ndar
     """Scores saved by :func:`save_scores` and their record, checked against each other.
 
     Args:
-        path: the ``.npy`` file (its record is the ``.json`` beside it).
+        path: the ``.npy`` file (appended to a name that ends otherwise, as
+            :func:`save_scores` does; its record is the ``.json`` beside it).
         mmap: map the scores read-only instead of reading them into memory.
 
     Raises:
@@ -112,7 +114,7 @@ def read_scores(path: str | os.PathLike, *, mmap: bool = False) -> tuple[np.ndar
             two, or scores never saved with a record).
         ValueError: the scores' sha256 differs from the one recorded (changed or replaced since).
     """
-    path = Path(path).with_suffix(".npy")
+    path = _npy_path(path)
     record_path = path.with_suffix(".json")
     for needed in (path, record_path):
         if not needed.is_file():
@@ -122,6 +124,13 @@ def read_scores(path: str | os.PathLike, *, mmap: bool = False) -> tuple[np.ndar
     if recorded is not None and recorded != file_digest(path):
         raise ValueError(f"{path} differs from the scores its record {record_path} describes")
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False), record
+
+
+def _npy_path(path: str | os.PathLike) -> Path:
+    """``path`` ending in ``.npy``: appended, so that a dotted name (``trak-damping0.1``) keeps
+    its dots instead of losing what follows the last one."""
+    path = Path(path)
+    return path if path.suffix == ".npy" else path.with_name(f"{path.name}.npy")
 
 
 def _check_block(block: np.ndarray, rows: list[int], n_train: int | None) -> None:

@@ -92,3 +92,19 @@ def test_read_scores_refuses_scores_without_their_record_or_changed_since(tmp_pa
     path.with_suffix(".json").unlink()
     with pytest.raises(FileNotFoundError, match=r"s\.json is missing"):
         read_scores(path)
+
+
+def test_a_dotted_name_keeps_its_dots_and_gains_the_npy_suffix(tmp_path):
+    first = save_scores(tmp_path / "trak-damping0.1", np.ones((2, 3)), {"damping": 0.1})
+    second = save_scores(tmp_path / "trak-damping0.01", np.zeros((2, 3)), {"damping": 0.01})
+    assert (first.name, second.name) == ("trak-damping0.1.npy", "trak-damping0.01.npy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "trak-damping0.01.json",
+        "trak-damping0.01.npy",
+        "trak-damping0.1.json",
+        "trak-damping0.1.npy",
+    ]
+    scores, record = read_scores(tmp_path / "trak-damping0.1")
+    assert record["damping"] == 0.1
+    np.testing.assert_array_equal(scores, np.ones((2, 3)))
+    assert read_scores(first)[1]["damping"] == 0.1  # the .npy path reads the same pair

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,7 +86,6 @@ def load_scores_predictor(
         FileNotFoundError: the scores or their record are missing.
         ValueError: scores made on another training set, or with other queries than its points.
     """
-    path = Path(path).with_suffix(".npy")
     try:
         scores, record = read_scores(path)
     except FileNotFoundError as error:
