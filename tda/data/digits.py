@@ -22,7 +22,7 @@ def load_digits(
 
     Raises:
         ValueError: ``test_fraction`` outside (0, 1) or leaving a split empty, or ``classes``
-            that are not distinct digits.
+            that are not at least 2 distinct digits.
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -30,6 +30,11 @@ def load_digits(
         not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10))
     ):
         raise ValueError(f"classes must be distinct digits 0-9, got {classes}")
+    if classes is not None and len(classes) < 2:
+        raise ValueError(
+            f"classes={tuple(classes)} keep a single class: a classification task (its margins) "
+            "needs at least 2 classes"
+        )
     from sklearn.datasets import load_digits as sklearn_digits  # lazy: sklearn imports slowly
 
     inputs, targets = sklearn_digits(return_X_y=True)

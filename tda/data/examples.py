@@ -147,8 +147,8 @@ def _stack(items: list[Any]) -> Tensor:
 
 
 def _integer_targets(values: Any) -> Tensor:
-    """``values`` as int64 class indices; refuses text and fractional (or NaN) float targets,
-    which ``.long()`` would truncate into other classes."""
+    """``values`` as int64 class indices; refuses text and fractional or non-finite float
+    targets, which ``.long()`` would truncate (or wrap) into other classes."""
     if not isinstance(values, Tensor):
         array = _writable(values)
         if array.dtype.kind not in "biuf":
@@ -158,9 +158,10 @@ def _integer_targets(values: Any) -> Tensor:
             )
         values = torch.as_tensor(array)
     if values.is_floating_point():
-        fractional = (values != values.round()).reshape(len(values), -1).any(dim=1)
-        if bool(fractional.any()):
-            row = int(fractional.nonzero()[0])
+        invalid = ~values.isfinite() | (values != values.round())  # inf == inf.round()
+        invalid = invalid.reshape(len(values), -1).any(dim=1)
+        if bool(invalid.any()):
+            row = int(invalid.nonzero()[0])
             raise ValueError(
                 f"target {values[row].tolist()} of example {row} is not an integer class index"
             )

@@ -8,9 +8,11 @@ initialisation and shuffling seed :math:`s` (a paired comparison):
   drawn from seed :math:`s` (nested: a larger fraction removes a superset).
 
 Fraction 0 (the full data) is trained once per seed and shared by both curves. Each run is
-written atomically to ``workspace/<strategy>-<fraction>-seed<s>.json`` and skipped when it is
-already there, so an interrupted curve resumes; a run recorded for another model (architecture
-or initial weights), other data, another removal set or other training settings is refused.
+written atomically to ``workspace/<strategy>-<removed count>-seed<s>.json`` (``full-0-seed<s>``
+for the full data) and skipped when it is already there, so an interrupted curve resumes; a run
+recorded for another model (architecture or initial weights), other data, another removal set or
+other training settings is refused. A record named by its fraction (``value-0.100-seed0.json``,
+the name before) is read when it records the very same run.
 Accuracy is a count ratio (correct over counted test predictions, in float64); intervals are
 Student-t intervals of the mean over seeds, clipped to [0, 1].
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -153,9 +156,7 @@ def pruning_curve(
     values = _checked_values(values, len(train_data))
     _counted_targets(test_data)  # before any training: no accuracy without a counted target
     config = TrainConfig() if config is None else config
-    fractions = _checked_fractions(fractions)
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a non-empty list without repeats, got {list(seeds)}")
+    fractions, seeds = _checked_fractions(fractions), _checked_seeds(seeds)
     runs = [(s, f, seed) for f in fractions for s in STRATEGIES for seed in seeds]
     runs = [(s, f, seed) for s, f, seed in runs if f > 0 or s == "value"]
     results = {}
@@ -169,7 +170,7 @@ def pruning_curve(
             seed,
             config,
             task,
-            _record_path(workspace, strategy, fraction, seed),
+            _record_paths(workspace, strategy, fraction, len(removed), seed),
         )
     table = {
         s: np.array(
@@ -180,8 +181,9 @@ def pruning_curve(
     return PruningCurve(tuple(fractions), tuple(seeds), table, confidence)
 
 
-def _run(model_factory, train_data, test_data, removed, seed, config, task, path) -> float:
-    """Test accuracy of a model trained without ``removed``; read from or written to ``path``."""
+def _run(model_factory, train_data, test_data, removed, seed, config, task, paths) -> float:
+    """Test accuracy of a model trained without ``removed``; read from or written to the record
+    path (``paths``: it and the name records had before, or ``None``)."""
     model = build_model(model_factory, seed, dtype=model_dtype(train_data))
     identity = {
         "initial_model": model_fingerprint(model),  # the architecture and its seeded weights
@@ -192,15 +194,9 @@ def _run(model_factory, train_data, test_data, removed, seed, config, task, path
         "train_settings": describe(config),
         "task": describe(task),
     }
-    if path is not None and path.exists():
-        record = json.loads(path.read_text())
-        differing = [key for key in identity if record.get(key) != identity[key]]
-        if differing:
-            raise ValueError(
-                f"{path} records a run of another model, on other data, another removal set or "
-                f"other training settings (differing: {', '.join(differing)}); use another "
-                "workspace for these values"
-            )
+    path, before = paths or (None, None)
+    record = _recorded_run(path, before, identity)
+    if record is not None:
         # Snapped to the count ratio it measured: older records hold float32 means.
         total = _counted_targets(test_data)
         return round(float(record["accuracy"]) * total) / total
@@ -213,6 +209,27 @@ def _run(model_factory, train_data, test_data, removed, seed, config, task, path
     return result
 
 
+def _recorded_run(path: Path | None, before: Path | None, identity: dict) -> dict | None:
+    """The record of the run ``identity`` describes: at ``path``, refused if another run's; else
+    at ``before``, its name by fraction to 3 decimals, only if it records this very run (fractions
+    that round alike shared that name); ``None`` where there is none."""
+    if path is not None and path.exists():
+        record = json.loads(path.read_text())
+        differing = [key for key in identity if record.get(key) != identity[key]]
+        if differing:
+            raise ValueError(
+                f"{path} records a run of another model, on other data, another removal set or "
+                f"other training settings (differing: {', '.join(differing)}); use another "
+                "workspace for these values"
+            )
+        return record
+    if before is not None and before.exists():
+        record = json.loads(before.read_text())
+        if all(record.get(key) == identity[key] for key in identity):
+            return record
+    return None
+
+
 def _counted_targets(test_data: Examples) -> int:
     """Test targets that count towards accuracy (not :data:`~tda.task.IGNORE_INDEX`)."""
     total = int((test_data.targets != IGNORE_INDEX).sum())
@@ -221,11 +238,15 @@ def _counted_targets(test_data: Examples) -> int:
     return total
 
 
-def _record_path(workspace, strategy: str, fraction: float, seed: int) -> Path | None:
+def _record_paths(
+    workspace, strategy: str, fraction: float, count: int, seed: int
+) -> tuple[Path, Path] | None:
+    """The run's record, named by the removed count, and the name by fraction it had before."""
     if workspace is None:
         return None
-    name = "full" if fraction == 0 else strategy
-    return Path(workspace) / f"{name}-{fraction:.3f}-seed{seed}.json"
+    name, directory = ("full" if fraction == 0 else strategy), Path(workspace)
+    by_count = directory / f"{name}-{count}-seed{seed}.json"
+    return by_count, directory / f"{name}-{fraction:.3f}-seed{seed}.json"
 
 
 def _checked_values(values, n_train: int) -> Tensor:
@@ -243,7 +264,19 @@ def _check_confidence(confidence: float) -> None:
 
 
 def _checked_fractions(fractions: Sequence[float]) -> list[float]:
+    fractions = [float(f) for f in fractions]  # numpy arrays and scalars as Python floats
     bad = [f for f in fractions if not 0.0 < f < 1.0]
     if bad or not fractions:
-        raise ValueError(f"fractions must be a non-empty list in (0, 1), got {list(fractions)}")
-    return [0.0, *sorted(set(float(f) for f in fractions))]
+        raise ValueError(f"fractions must be a non-empty list in (0, 1), got {fractions}")
+    return [0.0, *sorted(set(fractions))]
+
+
+def _checked_seeds(seeds: Sequence[int]) -> list[int]:
+    """``seeds`` as Python ints (numpy's are not JSON serialisable), distinct and non-empty."""
+    try:
+        seeds = [operator.index(seed) for seed in seeds]
+    except TypeError as error:
+        raise TypeError(f"seeds must be integers, got {[*seeds]}") from error
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list without repeats, got {seeds}")
+    return seeds

@@ -51,6 +51,12 @@ def test_digits_refuse_repeated_or_unknown_classes(classes):
         load_digits(classes=classes)
 
 
+def test_digits_refuse_a_one_class_task():
+    # every classification margin of a one-class model is +inf
+    with pytest.raises(ValueError, match=r"classes=\(3,\) keep a single class: .* at least 2"):
+        load_digits(classes=(3,))
+
+
 @pytest.mark.parametrize(
     ("test_fraction", "classes", "empty"),
     [(0.0001, None, "no test"), (0.001, (1, 7), "no test"), (0.9999, (1, 7), "no training")],
@@ -118,6 +124,13 @@ def test_fractional_or_text_targets_are_refused_by_every_adapter():
         as_examples(text)
     whole = as_examples(TensorDataset(inputs, torch.tensor([0.0, 1.0, 2.0, 1.0])))
     assert whole.targets.dtype == torch.int64 and whole.targets.tolist() == [0, 1, 2, 1]
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_float_targets_are_refused_not_wrapped_into_a_class(bad):
+    inputs = np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match=f"target {bad} of example 2 is not an integer class"):
+        as_examples((inputs, np.array([0.0, 1.0, bad])))
 
 
 def test_dataset_tensors_numpy_cannot_hold_keep_their_dtype():

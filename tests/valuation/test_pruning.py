@@ -82,6 +82,81 @@ def test_resume_reads_records_and_refuses_other_values(problem, tmp_path, monkey
         pruning_curve(wider, train_data, test_data, values, **options)
 
 
+def test_fractions_equal_to_three_decimals_get_records_of_their_own(problem, tmp_path):
+    # 0.2496 and 0.2504 of 40 remove 9 and 10 examples: both were named "0.250", the second refused
+    train_data, test_data = problem
+    values = torch.linspace(-1, 1, 40)
+    options = {"fractions": (0.2496, 0.2504), "seeds": (0,), "config": CONFIG}
+    curve = pruning_curve(factory, train_data, test_data, values, **options, workspace=tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "full-0-seed0.json",
+        "random-10-seed0.json",
+        "random-9-seed0.json",
+        "value-10-seed0.json",
+        "value-9-seed0.json",
+    ]
+    fresh = pruning_curve(factory, train_data, test_data, values, **options)
+    for strategy in ("value", "random"):
+        np.testing.assert_array_equal(curve.accuracy[strategy], fresh.accuracy[strategy])
+
+
+def test_records_named_by_fraction_before_are_read_when_they_record_the_same_run(
+    problem, tmp_path, monkeypatch
+):
+    train_data, test_data = problem
+    values = torch.linspace(-1, 1, 40)
+    options = {"seeds": (0,), "config": CONFIG, "workspace": tmp_path}
+    first = pruning_curve(factory, train_data, test_data, values, fractions=(0.25,), **options)
+    for name, old in [
+        ("full-0", "full-0.000"),
+        ("value-10", "value-0.250"),
+        ("random-10", "random-0.250"),
+    ]:
+        (tmp_path / f"{name}-seed0.json").rename(tmp_path / f"{old}-seed0.json")
+
+    def never(*args, **kwargs):
+        raise AssertionError("a recorded run was trained again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("tda.valuation.pruning.train", never)
+        # 0.2504 removes the same 10 examples as the 0.25 recorded under its old name
+        again = pruning_curve(
+            factory, train_data, test_data, values, fractions=(0.2504,), **options
+        )
+    for strategy in ("value", "random"):
+        np.testing.assert_array_equal(again.accuracy[strategy], first.accuracy[strategy])
+    # 0.2496 removes 9: the old "0.250" records hold another run, which is trained, not refused
+    pruning_curve(factory, train_data, test_data, values, fractions=(0.2496,), **options)
+    assert (tmp_path / "value-9-seed0.json").is_file()
+
+
+def test_numpy_seeds_and_fractions_are_read_as_python_numbers(problem, tmp_path):
+    # np.arange seeds: "truth value of an array is ambiguous"; a list of them failed after the
+    # first training, on writing its record (int64 is not JSON serialisable)
+    train_data, test_data = problem
+    values = torch.linspace(-1, 1, 40)
+    expected = pruning_curve(
+        factory, train_data, test_data, values, fractions=(0.5,), seeds=(0, 1), config=CONFIG
+    )
+    for seeds in (np.arange(2), list(np.arange(2))):
+        curve = pruning_curve(
+            factory,
+            train_data,
+            test_data,
+            values,
+            fractions=np.array([0.5]),
+            seeds=seeds,
+            config=CONFIG,
+            workspace=tmp_path / type(seeds).__name__,
+        )
+        assert curve.seeds == (0, 1) and {type(seed) for seed in curve.seeds} == {int}
+        assert curve.fractions == (0.0, 0.5) and {type(f) for f in curve.fractions} == {float}
+        for strategy in ("value", "random"):
+            np.testing.assert_array_equal(curve.accuracy[strategy], expected.accuracy[strategy])
+    with pytest.raises(TypeError, match=r"seeds must be integers, got \[0, 1.5\]"):
+        pruning_curve(factory, train_data, test_data, values, seeds=[0, 1.5])
+
+
 class TokenClassifier(torch.nn.Module):
     """Mean of token embeddings, then a linear layer: a model whose inputs are integer ids."""
 
@@ -137,7 +212,7 @@ def test_accuracy_is_a_count_ratio_not_a_float32_mean(problem, tmp_path, monkeyp
     table = np.concatenate([curve.accuracy["value"], curve.accuracy["random"]])
     assert table.dtype == np.float64 and 2 / 3 in table
     np.testing.assert_array_equal(table, np.round(table * 3) / 3)
-    record = tmp_path / "full-0.000-seed0.json"
+    record = tmp_path / "full-0-seed0.json"
     assert json.loads(record.read_text())["accuracy"] in (0.0, 1 / 3, 2 / 3, 1.0)
 
     # a record written before: its float32 mean is read as the count ratio it measured
