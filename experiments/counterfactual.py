@@ -66,6 +66,7 @@ def main(cfg: DictConfig) -> float | None:
         query_fingerprint=queries.fingerprint(),
         train_fingerprint=splits.train.fingerprint(),
         config=recorded_recipe(recipe, recorded),  # an earlier store's, saved checkpoints and all
+        random_seed=plan.random_seed,
     )
     retrainer = RemovalRetrainer(
         on_device(instantiate(cfg.model), cfg.device),

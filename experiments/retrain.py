@@ -18,6 +18,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from tda.arguments import check_retraining_seeds, check_seeds
+from tda.data.queries import first_queries
 from tda.datamodels import GroundTruthStore, SubsetRetrainer
 from tda.device import on_device
 from tda.training import recorded_recipe, weight_settings
@@ -40,7 +41,7 @@ def main(cfg: DictConfig) -> int:
         members=f"listed in seeds={list(cfg.seeds)}",
     )
     splits = instantiate(cfg.data)
-    queries = splits.test.subset(range(cfg.queries))
+    queries = first_queries(splits.test, cfg.queries)
     masks = instantiate(cfg.ground_truth.masks)(n_train=len(splits.train))
     recipe = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in RECIPE}
     recipe["train"] = weight_settings(recipe["train"])  # the checkpoints saved do not count
@@ -53,6 +54,7 @@ def main(cfg: DictConfig) -> int:
         queries.fingerprint(),
         recorded_recipe(recipe, recorded),  # an earlier store's, saved checkpoints and all
         train_fingerprint=splits.train.fingerprint(),
+        n_query=len(queries),
     )
     retrainer = SubsetRetrainer(
         on_device(instantiate(cfg.model), cfg.device),

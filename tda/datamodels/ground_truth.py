@@ -4,7 +4,8 @@ This is the ground truth of datamodels and of the LDS (Ilyas et al. 2022; Park e
 Section 2): for every subset mask ``masks[j]`` and every retraining seed ``s``, a model is trained
 on the subset and its outputs on the query points are recorded. Layout of a store directory::
 
-    root/manifest.json                      alpha, n_train, count, seeds, fingerprints, config
+    root/manifest.json                      alpha, n_train, count, seeds, fingerprints, config,
+                                            n_query (when the creator gave it)
     root/masks.npy                          bool [count, n_train]
     root/outputs/subset000012_seed3.npy     float64 [n_query], one file per (subset, seed)
 
@@ -16,6 +17,7 @@ modified once written, so a killed run leaves no half-written record and any num
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from io import BytesIO
@@ -49,6 +51,7 @@ class GroundTruthStore:
         train_fingerprint: Fingerprint of the full training set the masks select from (``None``
             for a store made before training sets were recorded).
         config: The JSON configuration recorded at creation (training recipe, output definition).
+        n_query: Number of outputs of every record (``None`` for a store created without it).
     """
 
     def __init__(self, root: Path, masks: np.ndarray, manifest: Mapping[str, Any]) -> None:
@@ -59,6 +62,7 @@ class GroundTruthStore:
         self.query_fingerprint: str = manifest["query_fingerprint"]
         self.train_fingerprint: str | None = manifest.get("train_fingerprint")  # None: legacy
         self.config: dict[str, Any] = dict(manifest["config"])
+        self.n_query: int | None = manifest.get("n_query")  # None: not given at creation
 
     @classmethod
     def create_or_open(
@@ -70,6 +74,7 @@ class GroundTruthStore:
         config: Mapping[str, Any] | None = None,
         *,
         train_fingerprint: str,
+        n_query: int | None = None,
     ) -> GroundTruthStore:
         """Creates a store at ``root``, or opens the existing one after checking it matches.
 
@@ -87,6 +92,9 @@ class GroundTruthStore:
             config: JSON-serialisable description of the training recipe and measured output.
             train_fingerprint: Fingerprint of the full training set (``Examples.fingerprint()``).
                 A store made before training sets were recorded has none: it opens unchecked.
+            n_query: Number of query outputs of every record, when known: recorded at creation,
+                after which :meth:`record` refuses outputs of another length. Checked against
+                the store's where both know it.
 
         Raises:
             ValueError: If the arguments are malformed or differ from those of the existing store.
@@ -95,6 +103,8 @@ class GroundTruthStore:
         masks = _validated_masks(masks)
         fingerprints = {"query": query_fingerprint, "train": train_fingerprint}
         manifest = _new_manifest(masks, _validated_seeds(seeds), fingerprints, config or {})
+        if n_query is not None:
+            manifest["n_query"] = _validated_n_query(n_query)
         if not (root / _MANIFEST).exists():
             (root / _OUTPUTS).mkdir(parents=True, exist_ok=True)
             _check_masks(
@@ -117,7 +127,15 @@ class GroundTruthStore:
         """
         root = Path(root)
         if not (root / _MANIFEST).exists():
-            raise FileNotFoundError(f"no ground-truth store at {root} (missing {_MANIFEST})")
+            interrupted = (
+                f"; the {_MASKS} there is from a creation interrupted (or still under way) before "
+                f"writing it: create_or_open with the same masks completes it, or delete {_MASKS}"
+                " to start over"
+            )
+            raise FileNotFoundError(
+                f"no ground-truth store at {root} (missing {_MANIFEST})"
+                + (interrupted if (root / _MASKS).exists() else "")
+            )
         manifest = _read_manifest(root)
         masks = np.load(root / _MASKS)
         if array_fingerprint(masks) != manifest["masks_fingerprint"]:
@@ -150,7 +168,8 @@ class GroundTruthStore:
         measure it), so no record is ever modified.
 
         Raises:
-            ValueError: If the pair is unknown or ``outputs`` is not a finite 1-D array.
+            ValueError: If the pair is unknown, or ``outputs`` is not a finite 1-D array of the
+                store's ``n_query`` values (where known).
         """
         self._check_pair(subset, seed)
         values = np.asarray(outputs, dtype=np.float64)
@@ -158,6 +177,11 @@ class GroundTruthStore:
             raise ValueError(
                 f"outputs of subset {subset}, seed {seed} must be 1-D [n_query], "
                 f"got shape {values.shape}"
+            )
+        if self.n_query is not None and len(values) != self.n_query:
+            raise ValueError(
+                f"outputs of subset {subset}, seed {seed} hold {len(values)} values, but the "
+                f"store's n_query is {self.n_query}"
             )
         if not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
@@ -215,7 +239,8 @@ class GroundTruthStore:
 
         Raises:
             RuntimeError: If some pairs are missing (the message gives how many and the first few).
-            ValueError: If records disagree on the number of queries.
+            ValueError: If records disagree on the number of queries (the message names the
+                records of each length).
         """
         missing = self.missing()
         if missing:
@@ -225,10 +250,31 @@ class GroundTruthStore:
                 f"(subset, seed) pairs are missing, first {missing[:5]}"
             )
         rows = [[np.load(self._path(i, s)) for s in self.seeds] for i in range(len(self.masks))]
-        sizes = {row.shape for per_seed in rows for row in per_seed}
-        if len(sizes) != 1:
-            raise ValueError(f"records in {self.root} disagree on n_query: shapes {sorted(sizes)}")
+        shapes = {
+            self._path(i, s).name: row.shape
+            for i, per_seed in enumerate(rows)
+            for s, row in zip(self.seeds, per_seed, strict=True)
+        }
+        _check_one_shape(self.root, shapes)
         return np.asarray(rows, dtype=np.float64)
+
+
+def _check_one_shape(root: Path, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raises a ValueError naming the records of each shape, most common first, if they differ."""
+    named: dict[tuple[int, ...], list[str]] = {}
+    for name, shape in shapes.items():
+        named.setdefault(shape, []).append(name)
+    if len(named) == 1:
+        return
+    listed = "; ".join(
+        f"{shape}: {len(names)} record{'' if len(names) == 1 else 's'} "
+        f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        for shape, names in sorted(named.items(), key=lambda group: -len(group[1]))
+    )
+    raise ValueError(
+        f"records in {root} disagree on n_query: {listed}; delete the records of the wrong "
+        "length (a record is never replaced) and run again"
+    )
 
 
 def _subset_indices(subsets: Iterable[int]) -> list[int]:
@@ -263,6 +309,13 @@ def _validated_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
+def _validated_n_query(n_query: int) -> int:
+    n_query = operator.index(n_query)
+    if n_query < 1:
+        raise ValueError(f"n_query must be a positive number of query outputs, got {n_query}")
+    return n_query
+
+
 def _new_manifest(
     masks: np.ndarray, seeds: list[int], fingerprints: Mapping[str, str], config: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -290,12 +343,15 @@ def _check_manifest(root: Path, stored: Mapping[str, Any], given: Mapping[str, A
         "query_fingerprint",
         "train_fingerprint",
         "config_fingerprint",
+        "n_query",
     )
-    legacy = "train_fingerprint" not in stored  # made before training sets were recorded
+    # unchecked where the store lacks them (made before they were recorded, or without n_query),
+    # and n_query where the caller does not know it
+    unchecked = ({"train_fingerprint", "n_query"} - stored.keys()) | ({"n_query"} - given.keys())
     differences = [
         f"{name}: stored {stored.get(name)!r}, given {given[name]!r}"
         for name in fields
-        if not (legacy and name == "train_fingerprint") and stored.get(name) != given[name]
+        if name not in unchecked and stored.get(name) != given[name]
     ]
     if differences:
         raise ValueError(
@@ -307,7 +363,11 @@ def _check_manifest(root: Path, stored: Mapping[str, Any], given: Mapping[str, A
 def _check_masks(root: Path, masks: np.ndarray, created: bool) -> None:
     """After losing the race to create ``masks.npy``, checks the winner wrote the same masks."""
     if not created and array_fingerprint(np.load(root / _MASKS)) != array_fingerprint(masks):
-        raise ValueError(f"ground-truth store {root} was created with different masks")
+        raise ValueError(
+            f"ground-truth store {root} was created with different masks; if no {_MANIFEST} "
+            f"follows them, a creation was interrupted before writing it (no outputs can be "
+            f"recorded yet): delete {root / _MASKS} and run again"
+        )
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:

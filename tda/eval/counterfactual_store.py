@@ -8,6 +8,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
@@ -18,13 +19,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tda.atomic import write_bytes_atomic
-from tda.eval.counterfactual import QueryOutcomes, Removal, Retrain
+from tda.eval.counterfactual import RANDOM, QueryOutcomes, Removal, Retrain
 from tda.fingerprint import config_fingerprint
 from tda.shards import check_name
 
 _FORMAT = "tda.eval.counterfactual/1"
-# what a reopened store must match (config_fingerprint: the training recipe)
-_CHECKED = ("n_train", "n_query", "query_fingerprint", "train_fingerprint", "config_fingerprint")
+# what a reopened store must match (config_fingerprint: the training recipe); the last two only
+# where the store records them (made before they were, or without a random_seed)
+_CHECKED = ("n_train", "n_query", "query_fingerprint", "config_fingerprint")
+_RECORDED_SINCE = ("train_fingerprint", "random_seed")
 
 
 class CounterfactualStore:
@@ -33,7 +36,7 @@ class CounterfactualStore:
     Layout::
 
         root/manifest.json                          n_train, n_query, fingerprints (queries,
-                                                    training set), config
+                                                    training set), config, random_seed (if given)
         root/full/seed<s>.json                      full-data outcomes of seed s, all queries
         root/removed/<removal>/q<q>-k<k>-seed<s>.json   one run: removed indices, output, prediction
     """
@@ -45,6 +48,7 @@ class CounterfactualStore:
         self.query_fingerprint: str = manifest["query_fingerprint"]
         self.train_fingerprint: str | None = manifest.get("train_fingerprint")  # None: legacy
         self.config: dict[str, Any] = dict(manifest["config"])
+        self.random_seed: int | None = manifest.get("random_seed")  # None: not given at creation
 
     @classmethod
     def create_or_open(
@@ -56,6 +60,7 @@ class CounterfactualStore:
         query_fingerprint: str,
         train_fingerprint: str,
         config: Mapping[str, Any] | None = None,
+        random_seed: int | None = None,
     ) -> CounterfactualStore:
         """Creates a store at ``root``, or opens the existing one after checking it matches.
 
@@ -67,6 +72,9 @@ class CounterfactualStore:
             train_fingerprint: Fingerprint of the full training set (``Examples.fingerprint()``).
                 A store made before training sets were recorded has none: it opens unchecked.
             config: JSON description of the training recipe; a different recipe is refused.
+            random_seed: ``plan_removals``'s seed of the random control, which every method
+                planned into the store shares (``removed/random/``): recorded at creation and
+                checked where both the store and the caller know it.
 
         Raises:
             ValueError: If the existing store was made with other settings.
@@ -81,16 +89,18 @@ class CounterfactualStore:
             "config": json.loads(json.dumps(dict(config or {}), default=str)),
         }
         manifest["config_fingerprint"] = config_fingerprint(manifest["config"])
+        if random_seed is not None:
+            manifest["random_seed"] = operator.index(random_seed)
         write_bytes_atomic(
             root / "manifest.json", json.dumps(manifest, indent=2).encode(), replace=False
         )
         store = cls.open(root)
         stored = json.loads((root / "manifest.json").read_text())
-        legacy = "train_fingerprint" not in stored  # made before training sets were recorded
+        known = [key for key in _RECORDED_SINCE if key in stored and key in manifest]
         differences = [
             f"{key}: stored {stored[key]!r}, given {manifest[key]!r}"
-            for key in _CHECKED
-            if not (legacy and key == "train_fingerprint") and stored[key] != manifest[key]
+            for key in (*_CHECKED, *known)
+            if stored[key] != manifest[key]
         ]
         if differences:
             raise ValueError(
@@ -179,10 +189,22 @@ class CounterfactualStore:
         record = json.loads(path.read_text())
         if tuple(record["removed"]) != removal.removed:
             raise ValueError(
-                f"{path} removed other training examples than planned: the scores or the random "
-                "seed changed since it was recorded; use a new store or another method name"
+                f"{path} removed other training examples than planned: {self._stale(removal)}"
             )
         return record
+
+    def _stale(self, removal: Removal) -> str:
+        """Why a recorded run of ``removal`` differs from the plan, and what to do."""
+        if removal.removal != RANDOM:
+            return (
+                "the scores changed since it was recorded; use a new store or another method name"
+            )
+        seed = self.random_seed
+        drawn = "another random_seed" if seed is None else f"random_seed={seed}"
+        return (
+            f"the store's random control (shared by every method) was drawn with {drawn}; plan "
+            "with the random_seed it was drawn with, or use a new store"
+        )
 
     def _check(self, removals: list[Removal]) -> None:
         for removal in removals:

@@ -185,6 +185,18 @@ def test_losing_the_creation_race_with_other_masks_raises(tmp_path, masks):
         make_store(tmp_path, sample_subsets(N_TRAIN, 0.5, COUNT, seed=1))
 
 
+def test_masks_left_by_an_interrupted_creation_are_named_with_the_way_out(tmp_path, masks):
+    make_store(tmp_path, masks)
+    (tmp_path / "manifest.json").unlink()  # killed between publishing masks.npy and the manifest
+    with pytest.raises(FileNotFoundError, match=r"masks\.npy there is from a creation interrupted"):
+        GroundTruthStore.open(tmp_path)
+    other = sample_subsets(N_TRAIN, 0.5, COUNT + 1, seed=1)  # e.g. another count asked for now
+    with pytest.raises(ValueError, match=r"different masks.*interrupted.*delete .*masks\.npy"):
+        make_store(tmp_path, other)
+    (tmp_path / "masks.npy").unlink()  # the way out the message gives
+    assert make_store(tmp_path, other).masks.shape == (COUNT + 1, N_TRAIN)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_outputs_are_refused(tmp_path, masks, bad):
     store = make_store(tmp_path, masks)
@@ -238,3 +250,38 @@ def test_a_store_made_before_training_sets_were_recorded_opens_unchecked(tmp_pat
     assert store.train_fingerprint is None and len(store.missing()) == (COUNT - 1) * len(SEEDS)
     with pytest.raises(ValueError, match="query_fingerprint"):  # the rest is still checked
         make_store(tmp_path, masks, query_fingerprint="other-queries")
+
+
+def test_a_store_that_knows_n_query_refuses_a_record_of_another_length(tmp_path, masks):
+    store = make_store(tmp_path, masks, n_query=N_QUERY)
+    assert store.n_query == N_QUERY
+    assert json.loads((tmp_path / "manifest.json").read_text())["n_query"] == N_QUERY
+    with pytest.raises(
+        ValueError, match=r"subset 1, seed 0 hold 5 values, but the store.s n_query is 4"
+    ):
+        store.record(1, 0, np.zeros(N_QUERY + 1))
+    assert not store.is_done(1, 0)  # the right record can still be made
+    store.record(1, 0, np.ones(N_QUERY))
+    np.testing.assert_array_equal(np.load(store._path(1, 0)), np.ones(N_QUERY))
+
+
+def test_n_query_is_checked_when_both_stores_know_it(tmp_path, masks):
+    make_store(tmp_path, masks, n_query=N_QUERY)
+    with pytest.raises(ValueError, match=r"n_query: stored 4, given 5"):
+        make_store(tmp_path, masks, n_query=N_QUERY + 1)
+    assert make_store(tmp_path, masks).n_query == N_QUERY  # a caller that does not know it
+    make_store(tmp_path / "unknown", masks)  # a store made without it (as before) opens with it
+    unknown = make_store(tmp_path / "unknown", masks, n_query=N_QUERY)
+    assert unknown.n_query is None
+    assert "n_query" not in json.loads((tmp_path / "unknown" / "manifest.json").read_text())
+
+
+def test_outputs_name_the_records_that_disagree_on_n_query(tmp_path, masks):
+    store = make_store(tmp_path, masks)  # made without n_query: any length is recorded
+    store.run(fake_measure, progress=False)
+    (tmp_path / "outputs" / "subset000003_seed1.npy").unlink()
+    store.record(3, 1, np.zeros(N_QUERY + 1))  # one job measured other queries
+    with pytest.raises(
+        ValueError, match=r"n_query: \(4,\): 11 records .*; \(5,\): 1 record \(subset000003_seed1"
+    ):
+        store.outputs()

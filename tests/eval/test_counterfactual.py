@@ -50,13 +50,16 @@ def weights() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(N_QUERY, N_TRAIN))
 
 
-def open_store(root, n_train=N_TRAIN, n_query=N_QUERY, fingerprint="queries", train="train"):
+def open_store(
+    root, n_train=N_TRAIN, n_query=N_QUERY, fingerprint="queries", train="train", **options
+):
     return CounterfactualStore.create_or_open(
         root,
         n_train=n_train,
         n_query=n_query,
         query_fingerprint=fingerprint,
         train_fingerprint=train,
+        **options,
     )
 
 
@@ -273,6 +276,42 @@ def test_stale_records_and_other_settings_are_refused(tmp_path, weights):
     twice = [dataclasses.replace(plan[0], removed=(1, 1, 2), seed=6)]
     with pytest.raises(ValueError, match="removes an example more than once"):
         open_store(tmp_path).run(LinearFake(weights), twice, progress=False)
+
+
+def test_a_random_control_of_another_random_seed_is_refused_naming_random_seed(tmp_path, weights):
+    # the control lives in removed/random/ whatever the method is called: another method name
+    # (the advice given before) cannot help
+    store = open_store(tmp_path)
+    store.run(
+        LinearFake(weights), plan_removals(weights, [0], [3], [0], method="trak"), progress=False
+    )
+    for method in ("influence", "influence2"):
+        other = plan_removals(weights, [0], [3], [0], method=method, random_seed=1)
+        with pytest.raises(ValueError, match="random control .* another random_seed") as error:
+            store.run(LinearFake(weights), other, progress=False)
+        assert "method name" not in str(error.value)
+    changed = plan_removals(-weights, [0], [3], [0], method="trak")
+    with pytest.raises(ValueError, match="the scores changed .* another method name"):
+        store.run(LinearFake(weights), changed, progress=False)
+
+
+def test_the_random_seed_is_recorded_when_given_and_checked_where_both_know_it(tmp_path, weights):
+    store = open_store(tmp_path, random_seed=0)
+    assert store.random_seed == 0
+    assert json.loads((tmp_path / "manifest.json").read_text())["random_seed"] == 0
+    with pytest.raises(ValueError, match="random_seed: stored 0, given 1"):
+        open_store(tmp_path, random_seed=1)
+    store = open_store(tmp_path)  # a caller that does not know it
+    store.run(
+        LinearFake(weights), plan_removals(weights, [0], [3], [0], method="m"), progress=False
+    )
+    other = plan_removals(weights, [0], [3], [0], method="m2", random_seed=1)
+    with pytest.raises(ValueError, match="drawn with random_seed=0"):
+        store.run(LinearFake(weights), other, progress=False)
+    # a store made without it (as before) opens with it, and stays as it was written
+    open_store(tmp_path / "before")
+    assert open_store(tmp_path / "before", random_seed=1).random_seed is None
+    assert "random_seed" not in json.loads((tmp_path / "before" / "manifest.json").read_text())
 
 
 def test_a_store_of_another_training_set_of_the_same_size_is_refused(tmp_path, weights):

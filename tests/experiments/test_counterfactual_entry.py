@@ -120,6 +120,7 @@ def test_the_checkpoints_saved_do_not_count_but_the_training_set_and_recipe_do(t
     manifest = json.loads((store / "manifest.json").read_text())
     splits = instantiate(tiny_config(tmp_path).data)
     assert manifest["train_fingerprint"] == splits.train.fingerprint()
+    assert manifest["random_seed"] == tiny_config(tmp_path).counterfactual.random_seed
     runs = sorted(store.rglob("*.json"))
     stamps = {path: path.stat().st_mtime_ns for path in runs}
     run_counterfactual(tmp_path, *mine, "++train.checkpoints=2", "++train.save_initial=true")

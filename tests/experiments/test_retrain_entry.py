@@ -20,7 +20,9 @@ def test_the_checkpoints_saved_do_not_count_but_the_training_settings_do(tmp_pat
     assert run_entry_point("retrain", tmp_path, "subsets=0", "++train.checkpoints=1") == 0
     again = [np.load(path) for path in sorted((tmp_path / "ground_truth").rglob("*.npy"))]
     assert all(np.array_equal(a, b) for a, b in zip(outputs, again, strict=True))
-    assert "checkpoints" not in GroundTruthStore.open(tmp_path / "ground_truth").config["train"]
+    store = GroundTruthStore.open(tmp_path / "ground_truth")
+    assert "checkpoints" not in store.config["train"]
+    assert store.n_query == 40  # the tiny experiment's queries: other lengths are refused
     with pytest.raises(ValueError, match="config"):  # a setting that trains otherwise
         run_entry_point("retrain", tmp_path, "subsets=0", "train.epochs=3")
 
@@ -41,3 +43,8 @@ def test_a_store_whose_recipe_still_holds_the_checkpoints_saved_is_reused(tmp_pa
     assert json.loads(path.read_text()) == manifest  # opened as it was, not rewritten
     with pytest.raises(ValueError, match="config"):  # a setting that trains otherwise
         run_entry_point("retrain", tmp_path, "subsets=0", "train.epochs=3")
+
+
+def test_too_many_queries_are_refused_naming_the_setting(tmp_path):
+    with pytest.raises(ValueError, match=r"queries=100 is out of range: the test split has 60"):
+        run_entry_point("retrain", tmp_path, "subsets=0", "queries=100")
