@@ -31,6 +31,7 @@ from tda.data.examples import (
 )
 from tda.device import seeded_rng, to_device_of
 from tda.fingerprint import config_fingerprint
+from tda.grads import evaluation_mode
 from tda.task import (
     IGNORE_INDEX,
     ClassificationTask,
@@ -180,11 +181,10 @@ def _output_width(model: nn.Module, inputs: Tensor, seed: int) -> int:
     Raises:
         ValueError: the model cannot read the input (torch's error, e.g. of shapes, is chained).
     """
-    modes = [(module, module.training) for module in model.modules()]
     (first,) = to_device_of(model, inputs[:2])  # two: batch statistics need more than one
     try:
-        with seeded_rng(seed), torch.no_grad():
-            logits = model.eval()(first)
+        with seeded_rng(seed), torch.no_grad(), evaluation_mode(model):
+            logits = model(first)
     except torch.OutOfMemoryError:
         raise
     except (RuntimeError, IndexError) as error:
@@ -195,9 +195,6 @@ def _output_width(model: nn.Module, inputs: Tensor, seed: int) -> int:
             "build the model for these inputs (e.g. its in_features, or for token ids its "
             "vocabulary)"
         ) from error
-    finally:
-        for module, training in modes:
-            module.training = training
     return int(logits.shape[-1])
 
 
