@@ -51,6 +51,7 @@ def below(value: float, other: float) -> bool:
 
 
 DMM = "dmm-trak-m20"  # the headline DMM: TRAK over all 20 originals
+HEAD = "dmm-head"  # DMM with the final layer refitted on R (unlearn.HeadRefitPredictor)
 CONF = Path(__file__).resolve().parents[1] / "conf"
 LDS_ABSENT = {"dmm-oracle": "(oracle)"}
 
@@ -61,10 +62,11 @@ def predictor_names(
     """Result names of the DMM predictors, in order of (expected) quality, with any score files'
     (``predictor=scores scores_name=<name>``: ``dmm-<name>``) before the oracle; then TRAK over
     20 models scored with the retained examples' kernel (``predictor.retain_kernel=true``), whose
-    group predictions have no LDS here (one Woodbury downdate per held-out subset)."""
+    group predictions have no LDS here (one Woodbury downdate per held-out subset), and the
+    head-refit predictor (``predictor=head``), which gives no scores to correlate."""
     trak = [f"dmm-trak-m{m}" for m in trak_models]
     files = [f"dmm-{name}" for name in scores]
-    return [*trak, "dmm-datamodels", *files, "dmm-oracle", "dmm-trak-m20-retain"]
+    return [*trak, "dmm-datamodels", *files, "dmm-oracle", "dmm-trak-m20-retain", HEAD]
 
 
 def dmm_config(overrides: list[str]):
@@ -262,6 +264,7 @@ def main() -> None:
         quiet = timing.get(f"unlearn-{DMM}-{forget}", {}).get("fraction")
         goals[forget] = goal_check(runs[forget], quiet)
         goals[forget]["retain_kernel"] = goal_check(runs[forget], dmm_name=f"{DMM}-retain")
+        goals[forget]["head"] = goal_check(runs[forget], dmm_name=HEAD)
         print(f"\n{forget}\n{tables[forget]}\ngoal: {goals[forget]}")
     if quality:
         tables["predictors"] = meta_table(quality, runs, args.scores, models)

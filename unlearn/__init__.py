@@ -79,6 +79,7 @@ from unlearn.metrics import (
 )
 from unlearn.predictors import (
     DatamodelPredictor,
+    HeadRefitPredictor,
     OraclePredictor,
     OutputPredictor,
     PredictorScope,
@@ -117,6 +118,7 @@ __all__ = [
     "ForgetSplit",
     "GradientAscent",
     "GradientDifference",
+    "HeadRefitPredictor",
     "IndexForgetSet",
     "L1Sparse",
     "LoopConfig",

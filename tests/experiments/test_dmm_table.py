@@ -85,7 +85,8 @@ def test_main_without_predictor_lds_writes_tables_and_goals(tmp_path, monkeypatc
     """``--no-lds`` (no datamodel ground truth, e.g. the CNN): comparison tables and goals only."""
     results = tmp_path / "results"
     results.mkdir()
-    for name, klom in (("dmm-trak-m20", 5.0), ("dmm-oracle", 4.0), ("ft", 6.0), ("ga", 7.0)):
+    runs = (("dmm-trak-m20", 5.0), ("dmm-oracle", 4.0), ("dmm-head", 6.5), ("ft", 6.0), ("ga", 7.0))
+    for name, klom in runs:
         record = _full_record(klom)
         (results / f"unlearn-{name}-random_10pct.json").write_text(json.dumps(record))
     output = tmp_path / "dmm.json"
@@ -95,7 +96,9 @@ def test_main_without_predictor_lds_writes_tables_and_goals(tmp_path, monkeypatc
     written = json.loads(output.read_text())
     assert written["predictor_lds"] == {} and "predictors" not in written["tables"]
     assert written["goals"]["random_10pct"]["beats"] == {"ft": True, "ga": True}
+    assert written["goals"]["random_10pct"]["head"]["beats"] == {"ft": False, "ga": True}
     assert "| dmm-trak-m20 |" in written["tables"]["random_10pct"]
+    assert "| dmm-head |" in written["tables"]["random_10pct"]
 
 
 def test_dmm_runs_no_row_covers_are_named_and_chosen_trak_sizes_get_rows(

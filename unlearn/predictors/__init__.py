@@ -20,6 +20,7 @@ from unlearn.predictors.datamodel import (
     select_ridge,
     subset_logits,
 )
+from unlearn.predictors.head import HeadRefitPredictor
 from unlearn.predictors.oracle import OraclePredictor
 from unlearn.predictors.scores import ScoresPredictor, load_scores_predictor
 from unlearn.predictors.trak import TRAKPredictor, trak_predictor
@@ -27,6 +28,7 @@ from unlearn.predictors.trak import TRAKPredictor, trak_predictor
 __all__ = [
     "Calibration",
     "DatamodelPredictor",
+    "HeadRefitPredictor",
     "OraclePredictor",
     "OutputPredictor",
     "PredictorScope",

@@ -1,0 +1,118 @@
+"""Head-refit predictor: exact on logistic regression, class-wise signs and shapes, refusals."""
+
+import copy
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from tda.data import Examples
+from tda.models import LogisticRegression, build_model
+from tda.task import ClassificationTask
+from tda.training import TrainConfig, train
+from unlearn import DatamodelMatching, ForgetSplit, LoopConfig, UnlearningRequest
+from unlearn.predictors import HeadRefitPredictor
+from unlearn.predictors.head import final_layer
+
+
+def _split(train: Examples, forget) -> ForgetSplit:
+    return ForgetSplit.of(train, UnlearningRequest(forget, train_size=len(train)))
+
+
+@pytest.fixture(scope="module")
+def convex():
+    """Float64 logistic regression on 60 noisy linearly labelled points of 3 classes."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(60, 5, generator=generator, dtype=torch.float64)
+    weights = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    noise = 0.5 * torch.randn(60, 3, generator=generator, dtype=torch.float64)
+    data = Examples(inputs, (inputs @ weights + noise).argmax(dim=1))
+    model = build_model(lambda: LogisticRegression(5, 3), 0, dtype=torch.float64)
+    train(model, data, TrainConfig(epochs=5, batch_size=20))
+    return model, data
+
+
+def test_on_logistic_regression_it_is_the_exact_minimiser_of_the_refit(convex):
+    """The layer is the whole model: the refit is retraining on R (anchored at the original);
+    at its minimiser the objective's gradient vanishes."""
+    model, data = convex
+    penalty, forget = 0.05, np.arange(0, 60, 4)
+    split = _split(data, forget)
+    predictor = HeadRefitPredictor(data, penalty=penalty)
+    logits = predictor.targets(model, data, np.arange(60), split, seed=0)
+    solution = torch.linalg.lstsq(
+        torch.cat([data.inputs, torch.ones(60, 1, dtype=torch.float64)], 1), logits
+    ).solution  # logits are affine in the inputs: read W, b back
+    weight, bias = solution[:5].T.clone().requires_grad_(), solution[5].clone().requires_grad_()
+    retain = data.subset(split.retain_indices)
+    loss = torch.nn.functional.cross_entropy(retain.inputs @ weight.T + bias, retain.targets)
+    distance = (weight - model.weight).square().sum() + (bias - model.bias).square().sum()
+    gradients = torch.autograd.grad(loss + penalty / 2 * distance, [weight, bias])
+    assert max(float(g.abs().max()) for g in gradients) < 1e-7
+    assert float((weight - model.weight).detach().abs().max()) > 1e-2  # it did move
+
+
+def test_matching_it_on_logistic_regression_reaches_its_outputs(convex):
+    """Logits are linear in θ and the matching set spans the inputs: full-batch descent on the
+    matching loss reaches the refitted layer, whose outputs the predictor gave."""
+    model, data = convex
+    predictor = HeadRefitPredictor(data, penalty=0.05)
+    split = _split(data, np.arange(0, 60, 4))
+    loop = LoopConfig(epochs=3000, batch_size=60, optimizer=partial(torch.optim.SGD, lr=2.0))
+    method = DatamodelMatching(predictor, loop, forget_copies=1, retain_multiple=100)
+    expected = predictor.targets(model, data, np.arange(60), split, seed=0)
+    unlearned = method.unlearn(copy.deepcopy(model), split, seed=0)  # it trains in place
+    with torch.no_grad():
+        before, reached = model(data.inputs), unlearned(data.inputs)
+    assert float((before - expected).abs().max()) > 0.1  # the test can fail
+    torch.testing.assert_close(reached, expected, rtol=0, atol=1e-4)
+
+
+def test_forgetting_a_class_lowers_its_logits_and_margins(trained, mnist):
+    forget = np.flatnonzero(mnist.train.targets.numpy() == 2)
+    split = _split(mnist.train, forget)
+    positions = forget[:20]
+    examples = mnist.train.subset(positions)
+    logits = HeadRefitPredictor(mnist, penalty=1e-4).targets(
+        trained, examples, positions, split, seed=0
+    )
+    margins = HeadRefitPredictor(mnist, penalty=1e-4, output="margin").targets(
+        trained, examples, positions, split, seed=0
+    )
+    with torch.no_grad():
+        original = trained(examples.inputs)
+    assert logits.shape == original.shape and margins.shape == (20,)
+    assert logits.dtype == original.dtype
+    assert bool((logits[:, 2] < original[:, 2] - 1).all())
+    torch.testing.assert_close(margins, ClassificationTask().output(logits, examples.targets))
+
+
+def test_a_layer_that_does_not_give_the_logits_is_refused(trained, mnist):
+    split = _split(mnist.train, [0, 1])
+    inner = [name for name, m in trained.named_modules() if isinstance(m, torch.nn.Linear)][0]
+    predictor = HeadRefitPredictor(mnist, layer=inner)
+    with pytest.raises(ValueError, match="does not give the model's logits: name the final one"):
+        predictor.targets(trained, mnist.train.subset([0]), np.array([0]), split, seed=0)
+    with pytest.raises(ValueError, match=r"layer '1' must be the model's final nn.Linear, found"):
+        final_layer(trained, "1")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"penalty": 0.0}, "penalty must be positive"),
+        ({"penalty": float("nan")}, "penalty must be positive"),
+        ({"max_iterations": 0}, "max_iterations must be at least 1"),
+        ({"output": "probabilities"}, "output must be one of"),
+    ],
+)
+def test_bad_settings_are_refused(mnist, settings, message):
+    with pytest.raises(ValueError, match=message):
+        HeadRefitPredictor(mnist, **settings)
+
+
+def test_a_request_on_another_training_set_is_refused(trained, mnist):
+    other = mnist.train.subset(range(200))
+    with pytest.raises(ValueError, match="scores 300 training examples but the request's"):
+        HeadRefitPredictor(mnist).check(trained, _split(other, [0]))

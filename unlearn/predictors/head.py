@@ -1,0 +1,184 @@
+r"""The head-refit predictor: the original's final linear layer refitted on the retain set.
+
+Attribution predictors are linear in the forget set: the effect of removing :math:`F` is the sum
+of its examples' effects. That is what fails class-wise, where removing a whole class moves the
+retrained model far beyond any sum of single-example effects (its logit for that class collapses).
+This predictor is non-linear in :math:`F` instead. It keeps the original's features
+:math:`\phi(x)` (every layer but the last, frozen) and refits only the final layer
+:math:`(W, b)` on :math:`R` by regularised cross-entropy, exactly (a convex problem, solved in
+float64 by L-BFGS), anchored at the original's layer :math:`(W_o, b_o)`:
+
+.. math::
+
+    \hat W, \hat b = \arg\min_{W, b} \frac{1}{|R|}\sum_{i \in R}
+        \ell\big(W\phi(x_i) + b, y_i\big)
+        + \frac{\lambda}{2}\big(\lVert W - W_o\rVert^2 + \lVert b - b_o\rVert^2\big),
+
+and predicts :math:`\hat f(x) = \hat W \phi(x) + \hat b` on any training point. For a model that
+is a single linear layer (:math:`\phi(x) = x`, logistic regression) it is exact retraining on
+:math:`R` with that objective. The penalty :math:`\lambda` sets how far the refit moves: with no
+example of a class left, that class's logits fall without bound as :math:`\lambda \to 0`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tda.data.examples import Examples
+from tda.grads import evaluation_mode
+from tda.outputs import logits_of
+from tda.task import ClassificationTask
+from unlearn.methods.base import ForgetSplit
+from unlearn.predictors.base import Output, PredictorScope, check_output, training_set
+
+
+@dataclass
+class HeadRefitPredictor:
+    """Predicts the retrained model's outputs by refitting the final linear layer on ``R``.
+
+    Attributes:
+        data: the training set (or splits whose ``.train`` it is).
+        penalty: :math:`\\lambda`, the pull towards the original's final layer (positive).
+        layer: name of the final ``nn.Linear`` module (default: the model's last one), whose
+            output must be the model's logits.
+        output: ``"logits"`` or ``"margin"``.
+        max_iterations: L-BFGS iterations of the refit.
+    """
+
+    data: Any
+    penalty: float = 1e-6
+    layer: str | None = None
+    output: Output = "logits"
+    max_iterations: int = 500
+    _train: Examples = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_output(self.output)
+        if not 0 < self.penalty < float("inf"):
+            raise ValueError(f"penalty must be positive and finite, got {self.penalty}")
+        if self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be at least 1, got {self.max_iterations}")
+        self._train = training_set(self.data)
+        self.scope = PredictorScope(len(self._train), self._train.fingerprint())
+
+    def check(self, model: nn.Module, split: ForgetSplit) -> None:
+        self.scope.check(model, split)
+        final_layer(model, self.layer)
+
+    def prepare(self, forget_indices: np.ndarray) -> None:
+        """Nothing to do ahead of time: the refit needs the model, so it runs per request."""
+
+    def audit_description(self) -> dict:
+        """What the audit record says about this predictor."""
+        settings = {"penalty": self.penalty, "layer": self.layer}
+        return {"output": self.output, **settings, "max_iterations": self.max_iterations}
+
+    def targets(self, model, examples, positions, split, *, seed) -> Tensor:
+        """Refitted-layer outputs on ``examples``: ``[n, C]`` logits or ``[n]`` margins (in the
+        model's dtype); ``seed`` is unused (the refit is deterministic)."""
+        name, layer = final_layer(model, self.layer)
+        retain = self._train.subset(split.retain_indices)
+        features = penultimate_features(model, layer, retain)
+        weight, bias = refit_layer(
+            features, retain.targets.to(features.device), layer, self.penalty, self.max_iterations
+        )
+        logits = penultimate_features(model, layer, examples) @ weight.T + bias
+        logits = logits.to(next(model.parameters()).dtype)
+        if self.output == "logits":
+            return logits
+        return ClassificationTask().output(logits, examples.targets.to(logits.device))
+
+
+def final_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:
+    """The ``nn.Linear`` module named ``name`` (default: the model's last one).
+
+    Raises:
+        ValueError: no such module, or it is not an ``nn.Linear``.
+    """
+    modules = dict(model.named_modules())
+    if name is None:
+        linear = [key for key, module in modules.items() if isinstance(module, nn.Linear)]
+        if not linear:
+            raise ValueError("the model has no nn.Linear layer to refit")
+        name = linear[-1]
+    if not isinstance(modules.get(name), nn.Linear):
+        found = type(modules[name]).__name__ if name in modules else "no module"
+        raise ValueError(f"layer {name!r} must be the model's final nn.Linear, found {found}")
+    return name, modules[name]
+
+
+@torch.no_grad()
+def penultimate_features(model: nn.Module, layer: nn.Linear, examples: Examples) -> Tensor:
+    """The inputs :math:`\\phi(x)` ``[n, d]`` of ``layer`` on ``examples`` (eval mode), in
+    float64, checked to give the model's logits through ``layer``.
+
+    Raises:
+        ValueError: ``layer`` is called other than once per forward pass, on other than one
+            ``[b, d]`` input, or its output is not the model's logits.
+    """
+    seen: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda _, args, __: seen.append(args[0].detach()))
+    try:
+        with evaluation_mode(model):
+            logits = logits_of(model, examples)
+    finally:
+        handle.remove()
+    if not seen or sum(len(s) for s in seen) != len(examples) or seen[0].ndim != 2:
+        raise ValueError(
+            "the layer to refit must be called once per example on a [batch, features] input"
+        )
+    features = torch.cat(seen).to(logits.device, torch.float64)
+    through = features @ layer.weight.double().T
+    through = through + layer.bias.double() if layer.bias is not None else through
+    if through.shape != logits.shape or not torch.allclose(
+        through, logits.double(), rtol=1e-4, atol=1e-4
+    ):
+        raise ValueError("the layer to refit does not give the model's logits: name the final one")
+    return features
+
+
+def refit_layer(
+    features: Tensor, targets: Tensor, layer: nn.Linear, penalty: float, max_iterations: int
+) -> tuple[Tensor, Tensor]:
+    """The minimiser :math:`(\\hat W, \\hat b)` of the module docstring's objective, float64.
+
+    Args:
+        features: :math:`\\phi(x_i)` of the retain set ``[n, d]`` (float64).
+        targets: their class indices ``[n]``.
+        layer: the original final layer, the anchor :math:`(W_o, b_o)` and the starting point.
+        penalty: :math:`\\lambda`.
+        max_iterations: L-BFGS iterations.
+    """
+    anchor_weight = layer.weight.detach().to(features.device, torch.float64)
+    anchor_bias = (
+        layer.bias.detach().to(features.device, torch.float64)
+        if layer.bias is not None
+        else torch.zeros(len(anchor_weight), dtype=torch.float64, device=features.device)
+    )
+    weight = anchor_weight.clone().requires_grad_()
+    bias = anchor_bias.clone().requires_grad_(layer.bias is not None)
+    variables = [weight, bias] if layer.bias is not None else [weight]
+    optimizer = torch.optim.LBFGS(
+        variables,
+        max_iter=max_iterations,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+    )
+
+    def objective() -> Tensor:
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(features @ weight.T + bias, targets)
+        distance = (weight - anchor_weight).square().sum() + (bias - anchor_bias).square().sum()
+        loss = loss + penalty / 2 * distance
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(objective)
+    return weight.detach(), bias.detach()
