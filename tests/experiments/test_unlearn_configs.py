@@ -38,6 +38,7 @@ PREDICTORS = {
     "datamodels": unlearn.DatamodelPredictor,
     "oracle": unlearn.OraclePredictor,
     "scores": unlearn.ScoresPredictor,
+    "head": unlearn.HeadRefitPredictor,
 }
 # DMM's predictors build small ensembles, ground truths and oracles for the tiny experiment; six
 # subsets give datamodels too poor to calibrate (their fit is refused), so they run unscaled.
@@ -280,7 +281,7 @@ def test_dmm_runs_with_each_predictor_and_reports_its_preparation_time(tmp_path,
     assert record["status"] == "ok" and record["predictor_seconds"] > 0.0
     expected = PREDICTORS[name]
     assert record["method"]["predictor"]["type"] == f"{expected.__module__}.{expected.__qualname__}"
-    expected_output = "logits" if name == "oracle" else "margin"
+    expected_output = "logits" if name in ("oracle", "head") else "margin"
     if name == "scores":
         assert record["method"]["predictor"]["scores"] == [240, 240]
     assert record["method"]["predictor"]["output"] == expected_output
