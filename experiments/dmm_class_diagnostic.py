@@ -38,11 +38,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def class_shift(cfg, predictor, originals, train, label: int) -> dict:
     """True and TRAK-predicted margin shifts on the training points of class ``label``."""
     forget = unlearn.ClassForgetSet(label).indices(train)
-    seeds = [cfg.oracle_seed + i for i in range(cfg.models)]
-    oracles = unlearn.load_or_train_oracles(
-        on_device(instantiate(cfg.model), cfg.device), train, forget, instantiate(cfg.train), seeds,
-        Path(cfg.workspace) / "oracles",
-    ).models  # fmt: skip
+    oracles = class_oracles(cfg, train, forget)
     points = train.subset(forget)
     true = margins_of(originals, points).mean(0) - margins_of(oracles, points).mean(0)
     predicted = predictor.forget_effect(forget)[torch.as_tensor(forget)].double().numpy()
@@ -55,6 +51,15 @@ def class_shift(cfg, predictor, originals, train, label: int) -> dict:
         "mean_ratio": float(predicted.mean() / true.mean()),
         "correlation": float(np.corrcoef(true, predicted)[0, 1]),
     }
+
+
+def class_oracles(cfg, train, forget) -> list:
+    """The N oracles retrained without ``forget`` (seeds ``oracle_seed``...), loaded or trained."""
+    seeds = [cfg.oracle_seed + i for i in range(cfg.models)]
+    return unlearn.load_or_train_oracles(
+        on_device(instantiate(cfg.model), cfg.device), train, forget, instantiate(cfg.train), seeds,
+        Path(cfg.workspace) / "oracles",
+    ).models  # fmt: skip
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 
 import unlearn
 from benchmarks.record import command_line, environment
+from experiments.dmm_class_diagnostic import class_oracles
 from tda.atomic import write_json
 from tda.device import on_device
 from unlearn.klom import margins_of
@@ -48,11 +49,7 @@ def predicted_margins(originals, train, forget, penalty: float) -> np.ndarray:
 def class_rows(cfg, originals, train, label: int, penalties) -> list[dict]:
     """True against predicted shifts of class ``label``, one row per penalty."""
     forget = unlearn.ClassForgetSet(label).indices(train)
-    seeds = [cfg.oracle_seed + i for i in range(cfg.models)]
-    oracles = unlearn.load_or_train_oracles(
-        on_device(instantiate(cfg.model), cfg.device), train, forget, instantiate(cfg.train), seeds,
-        Path(cfg.workspace) / "oracles",
-    ).models  # fmt: skip
+    oracles = class_oracles(cfg, train, forget)
     original = np.asarray(margins_of(originals, train.subset(forget))).mean(0)
     true = original - np.asarray(margins_of(oracles, train.subset(forget))).mean(0)
     rows = []
