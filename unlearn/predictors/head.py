@@ -47,7 +47,9 @@ class HeadRefitPredictor:
         layer: name of the final ``nn.Linear`` module (default: the model's last one), whose
             output must be the model's logits.
         output: ``"logits"`` or ``"margin"``.
-        max_iterations: L-BFGS iterations of the refit.
+        max_iterations: L-BFGS iterations of the refit (it stops earlier once converged).
+            Small penalties converge slowly; on the MNIST-1D MLP at 1e-7, 500 iterations give
+            the class-wise margins of the converged refit (about 1500 evaluations) within 0.2%.
     """
 
     data: Any
