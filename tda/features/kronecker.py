@@ -53,6 +53,7 @@ from tda.features.layer_sketch import (
 from tda.grads import TaskFunction, check_finite_examples, evaluation_mode
 from tda.layer_capture import capture_layer_calls, compute_dtype, refuse_batch_statistics
 from tda.layer_positions import is_positional
+from tda.projection.base import check_seed
 from tda.task import ClassificationTask, Task
 
 Structure = Literal["kronecker", "khatri_rao"]
@@ -135,8 +136,7 @@ class KroneckerFeaturizer:
     def __post_init__(self) -> None:
         for name in ("dim", "chunk_size"):
             check_positive_int(name, getattr(self, name))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        check_seed(self.seed)
         if self.function not in ("output", "loss"):
             raise ValueError(f"function must be 'output' or 'loss', got {self.function!r}")
         if self.structure not in ("kronecker", "khatri_rao"):

@@ -58,7 +58,7 @@ def derive_seed(base_seed: int, checkpoint_id: str | int) -> int:
     Returns:
         An integer in ``[0, 2**63)``, accepted by ``torch.Generator.manual_seed``.
     """
-    _check_seed(base_seed)
+    check_seed(base_seed)
     if isinstance(checkpoint_id, bool) or not isinstance(checkpoint_id, str | int):
         raise ValueError(
             f"checkpoint_id must be a str or an int, got {type(checkpoint_id).__name__}"
@@ -73,7 +73,8 @@ def _hash_to_int63(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & _INT63_MASK
 
 
-def _check_seed(seed: object) -> None:
+def check_seed(seed: object) -> None:
+    """Refuse a seed that is not an int (a bool, a float or a string would hash as another)."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r} of type {type(seed).__name__}")
 

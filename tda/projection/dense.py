@@ -23,10 +23,10 @@ from tda.arguments import check_positive_int
 from tda.projection.base import (
     _check_features,
     _check_input_dim,
-    _check_seed,
     _compute_dtype,
     _dataclass_config,
     _hash_to_int63,
+    check_seed,
 )
 
 DenseKind = Literal["rademacher", "gaussian"]
@@ -68,7 +68,7 @@ class DenseProjector:
         check_positive_int("dim", self.dim)
         if self.kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
-        _check_seed(self.seed)
+        check_seed(self.seed)
         check_positive_int("block_rows", self.block_rows)
         if isinstance(self.max_cache_bytes, bool) or not isinstance(self.max_cache_bytes, int):
             raise ValueError(f"max_cache_bytes must be an int, got {self.max_cache_bytes!r}")

@@ -10,9 +10,9 @@ from tda.arguments import check_positive_int
 from tda.projection.base import (
     _check_features,
     _check_input_dim,
-    _check_seed,
     _compute_dtype,
     _dataclass_config,
+    check_seed,
 )
 
 
@@ -30,7 +30,7 @@ class IdentityProjector:
     input_dim: int | None = None
 
     def __post_init__(self) -> None:
-        _check_seed(self.seed)
+        check_seed(self.seed)
         if self.input_dim is not None:
             check_positive_int("input_dim", self.input_dim)
 

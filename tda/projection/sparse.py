@@ -23,10 +23,10 @@ from tda.arguments import check_positive_int
 from tda.projection.base import (
     _check_features,
     _check_input_dim,
-    _check_seed,
     _compute_dtype,
     _dataclass_config,
     _hash_to_int63,
+    check_seed,
 )
 
 # Rows of P drawn per generator. Part of the matrix's definition: changing it changes every P.
@@ -63,7 +63,7 @@ class SparseProjector:
                 f"nonzeros = {self.nonzeros} exceeds dim = {self.dim}: each input coordinate "
                 "needs that many distinct output coordinates"
             )
-        _check_seed(self.seed)
+        check_seed(self.seed)
         if self.input_dim is not None:
             check_positive_int("input_dim", self.input_dim)
 
