@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tda.dtypes import compute_dtype
 from tda.layer_positions import input_positions, output_positions
 
 Prepare = Callable[[str, Tensor], Tensor]
@@ -35,11 +36,6 @@ class LayerCall(NamedTuple):
 
     inputs: Tensor  # prepare(name, a): [b, T, k], from the layer input a as [b, T, in]
     output_gradients: Tensor  # g: [b, T, out], in the compute dtype
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other dtype (float16, bfloat16, float32) computes in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def capture_layer_calls(

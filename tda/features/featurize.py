@@ -18,10 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tda.data.examples import Examples, as_examples, check_input_dtype
+from tda.dtypes import compute_dtype
 from tda.features.gradient import FeatureBatch
 from tda.fingerprint import model_fingerprint
 from tda.grads import NonFiniteGradientError, non_finite_example
-from tda.layer_capture import compute_dtype
 from tda.projection import derive_seed
 from tda.shards import dtype_name, encode
 from tda.store import FeatureStore, StoreMismatchError
@@ -185,8 +185,8 @@ def differentiated_parameters(featurizer: Featurizer, model: nn.Module) -> list[
 
 
 def _model_compute_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype features of ``model`` are computed in: float64 for float64 parameters, else
-    float32 (as :func:`tda.layer_capture.compute_dtype` and the projectors compute)."""
+    """The dtype features of ``model`` are computed in (:func:`tda.dtypes.compute_dtype` of its
+    first floating-point parameter's)."""
     parameter = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     return compute_dtype(parameter or torch.float32)
 

@@ -41,6 +41,7 @@ from torch.nn.utils import parametrize
 from tda.arguments import check_positive_int
 from tda.data.examples import check_input_dtype
 from tda.device import to_device_of
+from tda.dtypes import compute_dtype
 from tda.features.gradient import FeatureBatch, task_config
 from tda.features.layer_sketch import (
     khatri_rao_block,
@@ -51,7 +52,7 @@ from tda.features.layer_sketch import (
     stable_seed,
 )
 from tda.grads import TaskFunction, check_finite_examples, evaluation_mode
-from tda.layer_capture import capture_layer_calls, compute_dtype, refuse_batch_statistics
+from tda.layer_capture import capture_layer_calls, refuse_batch_statistics
 from tda.layer_positions import is_positional
 from tda.projection.base import check_seed
 from tda.task import ClassificationTask, Task

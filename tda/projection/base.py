@@ -104,11 +104,6 @@ def _check_input_dim(input_dim: int, expected: int | None) -> None:
         raise ValueError(f"input_dim = {input_dim} differs from the projector's {expected}")
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; any other dtype (half, bfloat16, integer) is computed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _dataclass_config(projector: Any) -> dict:
     """``{"class": name, **settings}`` for a dataclass projector.
 

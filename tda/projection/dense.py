@@ -20,10 +20,10 @@ from typing import Literal
 import torch
 
 from tda.arguments import check_positive_int
+from tda.dtypes import compute_dtype
 from tda.projection.base import (
     _check_features,
     _check_input_dim,
-    _compute_dtype,
     _dataclass_config,
     _hash_to_int63,
     check_seed,
@@ -92,7 +92,7 @@ class DenseProjector:
             ``[batch, dim]`` on the device of ``features``.
         """
         _check_features(features, self.input_dim)
-        dtype = _compute_dtype(features.dtype)
+        dtype = compute_dtype(features.dtype)
         x = features.to(dtype)
         p = x.shape[1]
         if p * self.dim * x.element_size() <= self.max_cache_bytes:

@@ -7,10 +7,10 @@ import dataclasses
 import torch
 
 from tda.arguments import check_positive_int
+from tda.dtypes import compute_dtype
 from tda.projection.base import (
     _check_features,
     _check_input_dim,
-    _compute_dtype,
     _dataclass_config,
     check_seed,
 )
@@ -46,7 +46,7 @@ class IdentityProjector:
         result in place if the input must stay intact); other dtypes are converted to float32.
         """
         _check_features(features, self.input_dim)
-        return features.to(_compute_dtype(features.dtype))
+        return features.to(compute_dtype(features.dtype))
 
     def with_seed(self, seed: int) -> IdentityProjector:
         """Same configuration, another seed (the output does not depend on it)."""

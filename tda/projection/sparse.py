@@ -20,10 +20,10 @@ import warnings
 import torch
 
 from tda.arguments import check_positive_int
+from tda.dtypes import compute_dtype
 from tda.projection.base import (
     _check_features,
     _check_input_dim,
-    _compute_dtype,
     _dataclass_config,
     _hash_to_int63,
     check_seed,
@@ -82,7 +82,7 @@ class SparseProjector:
             ``[batch, dim]``, contiguous, on the device of ``features``.
         """
         _check_features(features, self.input_dim)
-        x = features.to(_compute_dtype(features.dtype))
+        x = features.to(compute_dtype(features.dtype))
         transposed = self._cached_transpose(x.shape[1], x.device, x.dtype)
         return (transposed @ x.T).T.contiguous()
 
