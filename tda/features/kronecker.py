@@ -48,13 +48,11 @@ from tda.features.layer_sketch import (
     kronecker_block,
     kronecker_sizes,
     proportional_shares,
-    rademacher,
-    stable_seed,
 )
 from tda.grads import TaskFunction, check_finite_examples, evaluation_mode
 from tda.layer_capture import capture_layer_calls, refuse_batch_statistics
 from tda.layer_positions import is_positional
-from tda.projection.base import check_seed
+from tda.projection.base import check_seed, hash_to_int63, rademacher
 from tda.task import ClassificationTask, Task
 
 Structure = Literal["kronecker", "khatri_rao"]
@@ -231,7 +229,7 @@ class KroneckerFeaturizer:
         rows, cols = (columns, layer.k_in) if side == "A" else (out, layer.k_out)
         key = (layer.name, side, rows, cols, str(device), dtype)
         if key not in self._cache:
-            signs = rademacher(rows, cols, stable_seed(self.seed, layer.name, side))
+            signs = rademacher(rows, cols, hash_to_int63("kronecker", self.seed, layer.name, side))
             # Khatri-Rao puts the whole 1/sqrt(k) column scale of b_j kron a_j on A.
             scaled = side == "A" or self.structure == "kronecker"
             factor = signs / math.sqrt(cols) if scaled else signs

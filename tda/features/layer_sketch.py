@@ -8,10 +8,8 @@ structure column by column (features :math:`\phi_j = b_j^\top G a_j`).
 
 from __future__ import annotations
 
-import hashlib
 import math
 
-import torch
 from torch import Tensor
 
 
@@ -53,20 +51,6 @@ def proportional_shares(dim: int, weights: list[int]) -> list[int]:
     for index in by_remainder[: dim - sum(shares)]:
         shares[index] += 1
     return shares
-
-
-def rademacher(rows: int, cols: int, seed: int) -> Tensor:
-    r"""Signs ``[rows, cols]`` of :math:`\pm 1` in float64 on CPU, drawn row-major from ``seed``."""
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(seed)
-    bits = torch.randint(0, 2, (rows, cols), generator=generator, dtype=torch.int8)
-    return bits.to(torch.float64) * 2.0 - 1.0
-
-
-def stable_seed(seed: int, name: str, side: str) -> int:
-    """Generator seed: SHA-256 of (seed, layer name, side), stable across processes and machines."""
-    digest = hashlib.sha256(f"kronecker\x00{seed}\x00{name}\x00{side}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def kronecker_block(sketched_out: Tensor, sketched_in: Tensor) -> Tensor:

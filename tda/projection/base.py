@@ -63,14 +63,23 @@ def derive_seed(base_seed: int, checkpoint_id: str | int) -> int:
         raise ValueError(
             f"checkpoint_id must be a str or an int, got {type(checkpoint_id).__name__}"
         )
-    return _hash_to_int63("checkpoint", base_seed, checkpoint_id)
+    return hash_to_int63("checkpoint", base_seed, checkpoint_id)
 
 
-def _hash_to_int63(*parts: object) -> int:
-    """SHA-256 of the parts' string forms (NUL-separated), truncated to a non-negative int63."""
+def hash_to_int63(*parts: object) -> int:
+    """SHA-256 of the parts' string forms (NUL-separated), truncated to a non-negative int63:
+    a generator seed stable across processes, machines and Python versions."""
     text = "\x00".join(str(part) for part in parts)
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little") & _INT63_MASK
+
+
+def rademacher(rows: int, cols: int, seed: int) -> torch.Tensor:
+    r"""Signs ``[rows, cols]`` of :math:`\pm 1` in float64 on CPU, drawn row-major from ``seed``."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed)
+    bits = torch.randint(0, 2, (rows, cols), generator=generator, dtype=torch.int8)
+    return bits.to(torch.float64) * 2.0 - 1.0
 
 
 def check_seed(seed: object) -> None:

@@ -25,8 +25,9 @@ from tda.projection.base import (
     _check_features,
     _check_input_dim,
     _dataclass_config,
-    _hash_to_int63,
     check_seed,
+    hash_to_int63,
+    rademacher,
 )
 
 DenseKind = Literal["rademacher", "gaussian"]
@@ -123,12 +124,12 @@ class DenseProjector:
 
     def _block(self, block: int, rows: int) -> torch.Tensor:
         """Rows ``[block * block_rows, block * block_rows + rows)`` of ``P``, float64 on CPU."""
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(_hash_to_int63("dense-block", self.seed, block))
+        seed = hash_to_int63("dense-block", self.seed, block)
         scale = 1.0 / math.sqrt(self.dim)
         if self.kind == "rademacher":
-            bits = torch.randint(0, 2, (rows, self.dim), generator=generator, dtype=torch.int8)
-            return (bits.to(torch.float64) * 2.0 - 1.0).mul_(scale)
+            return rademacher(rows, self.dim, seed).mul_(scale)
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed)
         return torch.randn(rows, self.dim, generator=generator, dtype=torch.float64).mul_(scale)
 
     def _cached_matrix(self, p: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

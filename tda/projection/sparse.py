@@ -25,8 +25,8 @@ from tda.projection.base import (
     _check_features,
     _check_input_dim,
     _dataclass_config,
-    _hash_to_int63,
     check_seed,
+    hash_to_int63,
 )
 
 # Rows of P drawn per generator. Part of the matrix's definition: changing it changes every P.
@@ -129,7 +129,7 @@ class SparseProjector:
         already taken. It runs for all rows of the block at once.
         """
         generator = torch.Generator(device="cpu")
-        generator.manual_seed(_hash_to_int63("sparse-block", self.seed, block))
+        generator.manual_seed(hash_to_int63("sparse-block", self.seed, block))
         taken = torch.zeros(rows, self.dim, dtype=torch.bool)
         columns = torch.empty(rows, self.nonzeros, dtype=torch.int64)
         for step, high in enumerate(range(self.dim - self.nonzeros, self.dim)):

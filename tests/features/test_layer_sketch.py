@@ -7,7 +7,6 @@ from tda.features.layer_sketch import (
     khatri_rao_block,
     kronecker_block,
     proportional_shares,
-    rademacher,
 )
 
 
@@ -54,9 +53,3 @@ def test_blocks_equal_explicit_sums_over_positions():
     )
     khatri_rao = torch.stack([sum(out[i, t] * inp[i, t] for t in range(3)) for i in (0, 1)])
     torch.testing.assert_close(khatri_rao_block(out, inp), khatri_rao, rtol=0, atol=1e-14)
-
-
-def test_rademacher_is_seeded_signs():
-    signs = rademacher(50, 40, seed=7)
-    assert torch.equal(signs, rademacher(50, 40, seed=7))
-    assert set(signs.unique().tolist()) == {-1.0, 1.0} and abs(float(signs.mean())) < 0.1

@@ -17,6 +17,7 @@ from tda.projection import (
     SparseProjector,
     derive_seed,
 )
+from tda.projection.base import rademacher
 
 PROJECTORS = [
     IdentityProjector(seed=3),
@@ -177,3 +178,9 @@ def test_cuda_matches_cpu(projector):
     torch.testing.assert_close(
         projector.project(x32.cuda()).cpu(), projector.project(x32), rtol=1e-4, atol=1e-4
     )
+
+
+def test_rademacher_is_seeded_signs():
+    signs = rademacher(50, 40, seed=7)
+    assert torch.equal(signs, rademacher(50, 40, seed=7))
+    assert set(signs.unique().tolist()) == {-1.0, 1.0} and abs(float(signs.mean())) < 0.1
