@@ -61,7 +61,7 @@ from tda.data.examples import Examples, as_examples, check_finite_inputs
 from tda.grads import ParameterNames, per_sample_gradients
 from tda.methods.runs import TrainingRun
 from tda.methods.stages import TrainingStage, scatter_columns, stage_indices, stage_subset
-from tda.methods.tracin import ModelFactory, load_model, on_model_device, streamed_products
+from tda.methods.trajectory import ModelFactory, load_model, on_model_device, streamed_products
 from tda.task import ClassificationTask, Task
 
 SpectralFunction = Callable[[Tensor], Tensor]
