@@ -35,6 +35,14 @@ def integer_positions(values, what: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
+def check_in_range(positions: np.ndarray, size: int, what: str, where: str) -> None:
+    """Raise ``ValueError`` naming the first of ``positions`` outside ``[0, size)``: "``what``
+    7 is out of range for ``where`` of ``size`` examples"."""
+    bad = positions[(positions < 0) | (positions >= size)]
+    if len(bad):
+        raise ValueError(f"{what} {int(bad[0])} is out of range for {where} of {size} examples")
+
+
 def _described(array: np.ndarray) -> str:
     """What a non-integer ``array`` holds, in words."""
     if array.dtype == np.bool_:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tda.indices import integer_positions
+from tda.indices import check_in_range, integer_positions
 from tda.store import FeatureStore
 
 
@@ -80,11 +80,7 @@ def query_rows(store: FeatureStore, checkpoint_id: str, split: str, indices) -> 
         raise ValueError(f"query indices must be one-dimensional, got shape {list(index.shape)}")
     blocks = store.iter_rows(checkpoint_id, split)  # refuses an undeclared or incomplete split
     size = store.splits()[split]
-    bad = index[(index < 0) | (index >= size)]
-    if len(bad):
-        raise ValueError(
-            f"query index {int(bad[0])} is out of range for split '{split}' of {size} examples"
-        )
+    check_in_range(index, size, "query index", f"split '{split}'")
     return torch.from_numpy(gather_rows(blocks, index))
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from tda.curvature.base import check_damping
-from tda.indices import integer_positions
+from tda.indices import check_in_range, integer_positions
 from tda.methods.base import (
     gather_rows,
     mean_over_checkpoints,
@@ -183,12 +183,7 @@ def _downdated_solve(kernel: DampedKernel, rows: Tensor, solved: Tensor) -> Tens
 
 def _group_columns(group: Sequence[int], n_train: int, split: str) -> np.ndarray:
     columns = integer_positions(group, "group indices").reshape(-1)
-    bad = columns[(columns < 0) | (columns >= n_train)]
-    if len(bad):
-        raise ValueError(
-            f"group index {int(bad[0])} is out of range for training split '{split}' "
-            f"of {n_train} examples"
-        )
+    check_in_range(columns, n_train, "group index", f"training split '{split}'")
     return columns
 
 
