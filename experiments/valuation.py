@@ -30,6 +30,7 @@ from tda.valuation import (
     self_scores,
     tracin_self_influence,
     valuation_report,
+    values_from_scores,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def main(cfg: DictConfig) -> float:
     scores = attributions.query_scores(options.values_from)  # the rest of the test set: accuracy
     curve = None
     if options.pruning_fractions:
-        values = scores.double().mean(0)  # its removals follow the values: runs keyed by them
+        values = values_from_scores(scores)  # its removals follow them: runs keyed by them
         curve = pruning_curve(
             factory,
             noisy,
