@@ -21,19 +21,23 @@ from tda.training import TrainConfig, train_on
 
 
 @dataclass(frozen=True)
-class SubsetRetrainer:
-    """Train ``model_factory()`` on ``train_data[mask]`` with ``seed``; return query outputs.
+class MaskedTraining:
+    """Trains ``model_factory()`` from a seed on the training examples a mask keeps: what the
+    retrainers of subsets (:class:`SubsetRetrainer`) and of removals
+    (:class:`tda.eval.RemovalRetrainer`) share.
 
     Args:
         model_factory: builds an untrained model; its initial weights are drawn from the seed,
             and it is cast to :func:`tda.models.model_dtype` (that of floating inputs).
         train_data: the full training set the masks index.
         queries: examples whose outputs are recorded.
-        config: training settings (the same as the attributed model's, so the ground truth
-            measures the same learning algorithm).
+        config: training settings (the same as the attributed model's, so the retrained models
+            measure the same learning algorithm).
         task: defines the recorded output (the margin by default).
         aligned_batches: train in the full-data run's minibatches minus the left-out examples
-            (``tda.train(keep=...)``) instead of reshuffling the subset.
+            (``tda.train(keep=...)``), so that a retrained model is compared with the full model
+            of the same seed without a reshuffle of every batch; default: reshuffle the kept
+            examples.
     """
 
     model_factory: Callable[[], nn.Module]
@@ -43,19 +47,29 @@ class SubsetRetrainer:
     task: Task = ClassificationTask()
     aligned_batches: bool = False
 
-    def __call__(self, mask: np.ndarray, seed: int) -> np.ndarray:
-        mask = boolean_mask(mask, len(self.train_data))
+    def trained(self, keep: np.ndarray, seed: int) -> nn.Module:
+        """The model of ``seed`` trained on ``train_data[keep]`` (a boolean or 0/1 mask)."""
+        keep = boolean_mask(keep, len(self.train_data))
         model = build_model(self.model_factory, seed, dtype=model_dtype(self.train_data))
         train_on(
             model,
             self.train_data,
-            mask,
+            keep,
             self.config,
             seed,
             self.task,
             self.aligned_batches,
         )
-        return task_outputs(model, self.task, self.queries).double().numpy()
+        return model
+
+
+@dataclass(frozen=True)
+class SubsetRetrainer(MaskedTraining):
+    """Train on ``train_data[mask]`` with ``seed``; return the query outputs ``[n_query]``
+    (fields: :class:`MaskedTraining`)."""
+
+    def __call__(self, mask: np.ndarray, seed: int) -> np.ndarray:
+        return task_outputs(self.trained(mask, seed), self.task, self.queries).double().numpy()
 
 
 def boolean_mask(mask: np.ndarray, n_train: int) -> np.ndarray:

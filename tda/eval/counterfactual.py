@@ -30,15 +30,10 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from torch import nn
 
-from tda.data.examples import Examples
-from tda.datamodels.retrain import boolean_mask
-from tda.models import build_model, model_dtype
+from tda.datamodels.retrain import MaskedTraining
 from tda.outputs import logits_of
 from tda.shards import check_name
-from tda.task import ClassificationTask, Task
-from tda.training import TrainConfig, train_on
 
 RANDOM = "random"
 """Name of the control removal: ``k`` uniformly random training examples."""
@@ -57,40 +52,13 @@ Retrain = Callable[[np.ndarray, int], QueryOutcomes]
 
 
 @dataclass(frozen=True)
-class RemovalRetrainer:
-    """Train ``model_factory()`` (initialised from the seed) on the kept examples; measure queries.
-
-    Args:
-        model_factory: builds an untrained model, cast to :func:`tda.models.model_dtype`
-            (that of floating inputs).
-        train_data: the full training set that ``keep`` masks index.
-        queries: the query set (all of it; a removal reads its own query).
-        config: the training recipe of the attributed models.
-        task: defines the output (the margin by default).
-        aligned_batches: train in the full-data run's minibatches minus the removed examples
-            (``tda.train(keep=...)``), so that a removal is compared with the full model of the
-            same seed without a reshuffle of every batch; default: reshuffle the kept examples.
-    """
-
-    model_factory: Callable[[], nn.Module]
-    train_data: Examples
-    queries: Examples
-    config: TrainConfig = TrainConfig()
-    task: Task = ClassificationTask()
-    aligned_batches: bool = False
+class RemovalRetrainer(MaskedTraining):
+    """Train on the kept examples with ``seed`` (fields: :class:`tda.datamodels.retrain.
+    MaskedTraining`; ``queries`` is the whole query set: a removal reads its own query);
+    return the queries' outputs and predictions."""
 
     def __call__(self, keep: np.ndarray, seed: int) -> QueryOutcomes:
-        keep = boolean_mask(keep, len(self.train_data))
-        model = build_model(self.model_factory, seed, dtype=model_dtype(self.train_data))
-        train_on(
-            model,
-            self.train_data,
-            keep,
-            self.config,
-            seed,
-            self.task,
-            self.aligned_batches,
-        )
+        model = self.trained(keep, seed)
         logits = logits_of(model, self.queries)
         outputs = self.task.output(logits, self.queries.targets)
         return QueryOutcomes(outputs.double().numpy(), logits.argmax(-1).numpy())
