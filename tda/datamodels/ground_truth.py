@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from tda.atomic import write_bytes_atomic
 from tda.fingerprint import array_fingerprint, config_fingerprint
+from tda.manifest import manifest_differences
 
 _FORMAT = "tda.datamodels.ground_truth/1"
 _MANIFEST = "manifest.json"
@@ -335,24 +336,17 @@ def _new_manifest(
 
 def _check_manifest(root: Path, stored: Mapping[str, Any], given: Mapping[str, Any]) -> None:
     """Raises a ValueError naming every field in which ``given`` differs from the stored store."""
-    fields = (
+    checked = (
         "count",
         "n_train",
         "masks_fingerprint",
         "seeds",
         "query_fingerprint",
-        "train_fingerprint",
         "config_fingerprint",
-        "n_query",
     )
-    # unchecked where the store lacks them (made before they were recorded, or without n_query),
-    # and n_query where the caller does not know it
-    unchecked = ({"train_fingerprint", "n_query"} - stored.keys()) | ({"n_query"} - given.keys())
-    differences = [
-        f"{name}: stored {stored.get(name)!r}, given {given[name]!r}"
-        for name in fields
-        if name not in unchecked and stored.get(name) != given[name]
-    ]
+    # train_fingerprint and n_query: unchecked where the store lacks them (made before they were
+    # recorded, or without n_query), and n_query where the caller does not know it
+    differences = manifest_differences(stored, given, checked, ("train_fingerprint", "n_query"))
     if differences:
         raise ValueError(
             f"ground-truth store {root} was created with different settings; "

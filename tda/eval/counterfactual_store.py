@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from tda.atomic import write_bytes_atomic
 from tda.eval.counterfactual import RANDOM, QueryOutcomes, Removal, Retrain
 from tda.fingerprint import config_fingerprint
+from tda.manifest import manifest_differences
 from tda.shards import check_name
 
 _FORMAT = "tda.eval.counterfactual/1"
@@ -96,12 +97,7 @@ class CounterfactualStore:
         )
         store = cls.open(root)
         stored = json.loads((root / "manifest.json").read_text())
-        known = [key for key in _RECORDED_SINCE if key in stored and key in manifest]
-        differences = [
-            f"{key}: stored {stored[key]!r}, given {manifest[key]!r}"
-            for key in (*_CHECKED, *known)
-            if stored[key] != manifest[key]
-        ]
+        differences = manifest_differences(stored, manifest, _CHECKED, _RECORDED_SINCE)
         if differences:
             raise ValueError(
                 f"counterfactual store {root} has other settings; " + "; ".join(differences)
