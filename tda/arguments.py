@@ -20,6 +20,13 @@ def check_positive_int(name: str, value: object) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def check_open_unit(name: str, value: float) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``0 < value < 1`` (a fraction or a confidence
+    level; NaN fails)."""
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value!r}")
+
+
 def check_seeds(name: str, value: object) -> list[int]:
     """``value`` as a list of Python ints, or ``ValueError`` naming ``name`` unless it is a
     non-empty sequence (not a string) of distinct integers >= 0 (Python or numpy ones, not

@@ -1,12 +1,18 @@
 """Count-like settings: positive integers, never floats or booleans; seed lists: distinct
-non-negative integers, apart from the members' where they are retraining seeds."""
+non-negative integers, apart from the members' where they are retraining seeds; fractions and
+confidence levels: strictly between 0 and 1."""
 
 import re
 
 import numpy as np
 import pytest
 
-from tda.arguments import check_positive_int, check_retraining_seeds, check_seeds
+from tda.arguments import (
+    check_open_unit,
+    check_positive_int,
+    check_retraining_seeds,
+    check_seeds,
+)
 
 
 def test_one_is_the_smallest_value_accepted():
@@ -54,3 +60,13 @@ def test_retraining_seeds_of_the_members_are_refused_by_name():
         ),
     ):
         check_retraining_seeds("gt", [1, 5, 0], [0, 1], ground_truth="the truth", members="of x")
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.1, 1.5, float("nan")])
+def test_a_value_outside_the_open_unit_interval_is_refused_by_name(value):
+    with pytest.raises(ValueError, match=r"confidence must lie strictly between 0 and 1, got"):
+        check_open_unit("confidence", value)
+
+
+def test_a_value_inside_the_open_unit_interval_passes():
+    check_open_unit("alpha", 0.5)

@@ -6,6 +6,8 @@ from numbers import Integral
 
 import numpy as np
 
+from tda.arguments import check_open_unit
+
 
 def sample_subsets(n_train: int, alpha: float, count: int, seed: int) -> np.ndarray:
     r"""Draws ``count`` independent random subsets of a training set, each of ``round(alpha n)``.
@@ -42,8 +44,7 @@ def _subset_size(n_train: int, alpha: float, count: int) -> int:
         raise ValueError(f"n_train must be an integer of at least 2, got {n_train!r}")
     if not isinstance(count, Integral) or count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    check_open_unit("alpha", alpha)
     size = round(alpha * n_train)
     if size == 0 or size == n_train:
         raise ValueError(

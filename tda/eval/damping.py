@@ -37,6 +37,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from tda.arguments import check_open_unit
 from tda.curvature.base import SolverDivergedError
 from tda.eval.lds import _MIN_SUBSETS, LDSResult, lds
 
@@ -194,10 +195,7 @@ def _split_indices(
     """``((selection rows, report rows), (selection queries, report queries))``, each sorted."""
     if split not in ("subsets", "queries", "both"):
         raise ValueError(f"split must be 'subsets', 'queries' or 'both', got {split!r}")
-    if not 0.0 < holdout_fraction < 1.0:
-        raise ValueError(
-            f"holdout_fraction must lie strictly between 0 and 1, got {holdout_fraction}"
-        )
+    check_open_unit("holdout_fraction", holdout_fraction)
     rng = np.random.default_rng(seed)
     rows = (np.arange(count),) * 2
     queries = (np.arange(n_query),) * 2

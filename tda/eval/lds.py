@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from tda.arguments import check_open_unit
+
 _MIN_SUBSETS = 3  # with two subsets every rank correlation is +-1
 _CHUNK_ELEMENTS = 1 << 22  # bounds temporaries (float masks, bootstrap indices) in memory
 # Predictions whose range is within this fraction of their magnitude are constant: summing a
@@ -209,8 +211,7 @@ def _summarise(
     **details: object,
 ) -> LDSResult:
     """Mean over defined queries with a percentile-bootstrap interval (queries resampled)."""
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    check_open_unit("confidence", confidence)
     if n_bootstrap < 1:
         raise ValueError(f"n_bootstrap must be positive, got {n_bootstrap}")
     if per_query.size == 0:

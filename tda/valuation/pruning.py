@@ -33,6 +33,7 @@ from scipy.stats import t as student_t
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from tda.arguments import check_open_unit
 from tda.atomic import write_bytes_atomic
 from tda.data.examples import Examples
 from tda.describe import describe
@@ -56,7 +57,7 @@ class PruningCurve:
     confidence: float = 0.95
 
     def __post_init__(self) -> None:
-        _check_confidence(self.confidence)
+        check_open_unit("confidence", self.confidence)
 
     def mean(self, strategy: str) -> np.ndarray:
         """Mean accuracy over seeds ``[n_fractions]``."""
@@ -152,7 +153,9 @@ def pruning_curve(
     Raises:
         ValueError: bad fractions, seeds, values or confidence, or a workspace holding other runs.
     """
-    _check_confidence(confidence)  # before any training: a bad level would give NaN intervals
+    check_open_unit(
+        "confidence", confidence
+    )  # before any training: a bad level would give NaN intervals
     values = _checked_values(values, len(train_data))
     _counted_targets(test_data)  # before any training: no accuracy without a counted target
     config = TrainConfig() if config is None else config
@@ -256,11 +259,6 @@ def _checked_values(values, n_train: int) -> Tensor:
             f"values must be [{n_train}] (one per training example), got {tuple(values.shape)}"
         )
     return require_finite("values", values)
-
-
-def _check_confidence(confidence: float) -> None:
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
 
 
 def _checked_fractions(fractions: Sequence[float]) -> list[float]:
