@@ -98,13 +98,24 @@ def capture_layer_calls(
     _check_batch_axis(model, modules, inputs, shapes)
     reaching = Counter(n for (n, _), g in zip(recorded, gradients, strict=True) if g is not None)
     _check_only_called(modules, uses, reaching)
+    return _layer_calls(modules, recorded, gradients, len(inputs)), logits
+
+
+def _layer_calls(
+    modules: Sequence[tuple[str, nn.Module]],
+    recorded: list[tuple[str, tuple[Tensor, Tensor]]],
+    gradients: list[Tensor | None],
+    batch: int,
+) -> dict[str, list[LayerCall]]:
+    """Each recorded call's prepared input with its output gradient, per module name, keeping
+    only the calls whose output reaches the value (a gradient that is not ``None``)."""
     captured: dict[str, list[LayerCall]] = {name: [] for name, _ in modules}
     layers = dict(modules)
     for (name, (prepared, _)), gradient in zip(recorded, gradients, strict=True):
-        if len(prepared) != len(inputs):
+        if len(prepared) != batch:
             raise ValueError(
                 f"module '{name}' got an input with leading dimension {len(prepared)} in a chunk "
-                f"of {len(inputs)} examples; Linear inputs must be [batch, ..., in]"
+                f"of {batch} examples; Linear inputs must be [batch, ..., in]"
             )
         if gradient is not None:  # None: this output does not reach the value
             g = output_positions(layers[name], gradient.to(prepared.dtype))
@@ -115,7 +126,7 @@ def capture_layer_calls(
                     "(a Linear subclass with another forward is not supported)"
                 )
             captured[name].append(LayerCall(prepared, g))
-    return captured, logits
+    return captured
 
 
 def _trainable(module: nn.Module) -> bool:
