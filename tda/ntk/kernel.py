@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,24 @@ from tda.projection import Projector
 
 NTKKind = Literal["trace", "pseudo"]
 _GIB = 2**30
+
+
+class _Memory(NamedTuple):
+    """The terms of a kernel call's peak memory (bytes, or values where named so)."""
+
+    num_outputs: int  # C, the logits per example
+    element: int  # bytes per feature / gradient value
+    width: int  # feature values per example
+    rows: int  # kernel rows
+    chunk: int  # examples per chunk
+    kernel: int  # bytes of the float64 kernel (0: none kept)
+    gradients: int  # gradient values held per example in a chunk
+    n_right: int  # examples whose features are kept
+
+    @property
+    def total(self) -> int:
+        transient = self.chunk * (self.gradients + self.width) * self.element
+        return self.n_right * self.width * self.element + self.kernel + transient
 
 
 class KernelTooLargeError(MemoryError):
@@ -162,14 +180,24 @@ class EmpiricalNTK:
         self, model: nn.Module, inputs: Tensor, n_left: int, n_right: int, square: bool = False
     ) -> int:
         """Peak bytes of a call: kept right features, the float64 kernel and one chunk's work."""
+        return self._memory(model, inputs, n_left, n_right, square).total
+
+    def _memory(
+        self, model: nn.Module, inputs: Tensor, n_left: int, n_right: int, square: bool
+    ) -> _Memory:
         num_outputs, element = _output_shape(model, inputs)
         p = parameter_count(model, self.parameters)
-        width = self.feature_width(model, num_outputs)
         rows = n_right if square else n_left
-        chunk = min(self.chunk_size, max(n_left, n_right))
-        transient = chunk * (self._gradient_width(num_outputs, p) + width) * element
-        kernel = rows * n_right * 8 if (square or n_left) else 0
-        return n_right * width * element + kernel + transient
+        return _Memory(
+            num_outputs=num_outputs,
+            element=element,
+            width=self.feature_width(model, num_outputs),
+            rows=rows,
+            chunk=min(self.chunk_size, max(n_left, n_right)),
+            kernel=rows * n_right * 8 if (square or n_left) else 0,
+            gradients=self._gradient_width(num_outputs, p),
+            n_right=n_right,
+        )
 
     def _gradient_width(self, num_outputs: int, p: int) -> int:
         """Gradient values held per example while a chunk is worked: the ``[C, p]`` Jacobian for
@@ -181,36 +209,29 @@ class EmpiricalNTK:
         self, model: nn.Module, inputs: Tensor, n_left: int, n_right: int, square: bool = False
     ) -> None:
         """Raise :class:`KernelTooLargeError` naming the size and a way out if over the limit."""
-        needed = self.required_bytes(model, inputs, n_left, n_right, square)
-        if needed <= self.memory_limit_bytes:
+        memory = self._memory(model, inputs, n_left, n_right, square)
+        if memory.total <= self.memory_limit_bytes:
             return
-        raise KernelTooLargeError(
-            self._refusal(model, inputs, n_left, n_right, square, needed), needed
-        )
+        raise KernelTooLargeError(self._refusal(memory), memory.total)
 
-    def _refusal(self, model, inputs, n_left, n_right, square, needed) -> str:
-        num_outputs, element = _output_shape(model, inputs)
-        p = parameter_count(model, self.parameters)
-        width = self.feature_width(model, num_outputs)
-        rows = n_right if square else n_left
-        kernel = rows * n_right * 8 if (square or n_left) else 0
-        chunk = min(self.chunk_size, max(n_left, n_right))
-        gradients = self._gradient_width(num_outputs, p)
-        room = self.memory_limit_bytes - kernel - chunk * gradients * element
-        per_column = (n_right + chunk) * (num_outputs if self.kind == "trace" else 1) * element
-        largest_k = room // per_column if room > 0 else 0
-        shape = f"{rows} x {n_right}" if kernel else f"{n_right} examples"
+    def _refusal(self, memory: _Memory) -> str:
+        m = memory
+        fixed = m.kernel + m.chunk * m.gradients * m.element
+        room = self.memory_limit_bytes - fixed
+        per_column = (m.n_right + m.chunk) * (m.num_outputs if self.kind == "trace" else 1)
+        largest_k = room // (per_column * m.element) if room > 0 else 0
+        shape = f"{m.rows} x {m.n_right}" if m.kernel else f"{m.n_right} examples"
         advice = (
             f"a projector with dim <= {largest_k} (e.g. projector=DenseProjector(dim="
             f"{_round_down(largest_k)})) fits"
             if largest_k >= 1
             else "even a projection does not fit: the kernel and one chunk's gradients alone take "
-            f"{_size(kernel + chunk * gradients * element)}"
+            f"{_size(fixed)}"
         )
         return (
-            f"the {self.kind} NTK of {shape} would need {_size(needed)} "
-            f"({n_right} x {width} features of {element} bytes, a {_size(kernel)} kernel, "
-            f"chunks of {chunk} x {gradients // GRADIENT_COPIES} gradient values, held "
+            f"the {self.kind} NTK of {shape} would need {_size(m.total)} "
+            f"({m.n_right} x {m.width} features of {m.element} bytes, a {_size(m.kernel)} kernel, "
+            f"chunks of {m.chunk} x {m.gradients // GRADIENT_COPIES} gradient values, held "
             f"{GRADIENT_COPIES}x at the peak), above memory_limit_bytes = "
             f"{_size(self.memory_limit_bytes)}. Options: {advice}; a smaller chunk_size; or "
             "fewer examples (split the query set and call once per part)."
