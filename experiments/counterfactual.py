@@ -57,17 +57,7 @@ def main(cfg: DictConfig) -> float | None:
     suffix = "-aligned" if cfg.aligned_batches else ""
     if cfg.aligned_batches:  # recorded only when on, so earlier stores keep their fingerprint
         recipe["aligned_batches"] = True
-    root = workspace / f"counterfactual{suffix}"
-    recorded = CounterfactualStore.open(root).config if (root / "manifest.json").is_file() else None
-    store = CounterfactualStore.create_or_open(
-        root,
-        n_train=len(splits.train),
-        n_query=len(queries),
-        query_fingerprint=queries.fingerprint(),
-        train_fingerprint=splits.train.fingerprint(),
-        config=recorded_recipe(recipe, recorded),  # an earlier store's, saved checkpoints and all
-        random_seed=plan.random_seed,
-    )
+    store = _open_store(workspace / f"counterfactual{suffix}", splits.train, queries, recipe, plan)
     retrainer = RemovalRetrainer(
         on_device(instantiate(cfg.model), cfg.device),
         splits.train,
@@ -83,17 +73,36 @@ def main(cfg: DictConfig) -> float | None:
         return None
     result = counterfactual_result(store, everything)
     print(result)
+    out = workspace / "results" / f"counterfactual-{cfg.scores_name}{suffix}.json"
+    _write_record(out, result, cfg, path, made)
+    return result.comparisons[-1].extra_drop.mean  # the largest k
+
+
+def _write_record(out: Path, result, cfg: DictConfig, scores: Path, made: dict) -> None:
+    """The result with the scores it read, the settings, versions and command, as JSON."""
     record = {
         **dataclasses.asdict(result),
-        "scores": str(path),
+        "scores": str(scores),
         "scores_made_with": made,
         "settings": OmegaConf.to_container(cfg, resolve=True),
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "command": [sys.executable, *sys.argv],
     }
-    out = workspace / "results" / f"counterfactual-{cfg.scores_name}{suffix}.json"
     write_bytes_atomic(out, json.dumps(record, indent=2).encode())  # jobs may finish together
-    return result.comparisons[-1].extra_drop.mean  # the largest k
+
+
+def _open_store(root: Path, train, queries, recipe: dict, plan) -> CounterfactualStore:
+    """The store at ``root``, made for this training set, query set, recipe and random seed."""
+    recorded = CounterfactualStore.open(root).config if (root / "manifest.json").is_file() else None
+    return CounterfactualStore.create_or_open(
+        root,
+        n_train=len(train),
+        n_query=len(queries),
+        query_fingerprint=queries.fingerprint(),
+        train_fingerprint=train.fingerprint(),
+        config=recorded_recipe(recipe, recorded),  # an earlier store's, saved checkpoints and all
+        random_seed=plan.random_seed,
+    )
 
 
 def _listed(batch, plan: list[int]) -> set[int]:
