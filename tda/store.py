@@ -5,7 +5,9 @@ their own shards. There is no shared mutable index: everything is derived by lis
 
 Layout under ``root``::
 
-    manifest.json                       {"format", "version", "config", "config_fingerprint"}
+    manifest.json                       {"format", "version", "config", "config_fingerprint",
+                                        "random_stream", "torch"}: the stream digest and torch
+                                        version the projections were drawn under
     splits/<split>.json                 {"split", "size", "data_fingerprint"}
     checkpoints/<checkpoint_id>.json    {"checkpoint_id", "model_fingerprint"}
     dtypes/<name>.json                  {"array", "dtype"}: the one dtype array <name> is kept in
@@ -35,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from tda.atomic import HashingWriter, file_digest, write_atomic
 from tda.describe import differences
 from tda.fingerprint import config_fingerprint
+from tda.projection.base import random_stream_digest
 from tda.shards import (
     SIDECAR,
     CorruptShardError,
@@ -89,6 +93,13 @@ def _normalize_config(config: Mapping[str, Any]) -> dict:
 def _check_manifest(root: Path, found: dict, config: dict) -> None:
     if (found.get("format"), found.get("version")) != (FORMAT, VERSION):
         raise StoreMismatchError(f"{root} is not a {FORMAT} store of version {VERSION}: {found}")
+    stream = found.get("random_stream")  # absent: a store made before it was recorded
+    if stream is not None and stream != random_stream_digest():
+        raise StoreMismatchError(
+            f"store {root} was made under torch {found.get('torch')}, whose random stream "
+            f"differs from this torch's ({torch.__version__}): projections drawn now would not "
+            "match the stored features; featurize into a new store directory, or use that torch"
+        )
     differing = differences(found["config"], config, names=("store has", "given"))
     if differing:
         raise StoreMismatchError(
@@ -125,6 +136,7 @@ class FeatureStore:
             raise ValueError(f"{root} is not empty and has no manifest.json: not a feature store")
         manifest = {"format": FORMAT, "version": VERSION, "config": config}
         manifest["config_fingerprint"] = config_fingerprint(config)
+        manifest |= {"random_stream": random_stream_digest(), "torch": torch.__version__}
         _check_manifest(root, _publish_json(root / "manifest.json", manifest), config)
         return cls(root, config)
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tda.store as store_module
+from tda.projection.base import random_stream_digest
 from tda.store import (
     CorruptShardError,
     FeatureStore,
@@ -150,6 +151,37 @@ def test_config_mismatch_names_the_key(tmp_path: Path) -> None:
     other = {**CONFIG, "projector": {"dim": 8, "seed": 0}}
     with pytest.raises(StoreMismatchError, match="'projector.dim': store has 3, given 8"):
         FeatureStore.open(tmp_path, other)
+
+
+def test_a_store_records_the_random_stream_and_torch_its_projections_were_drawn_under(
+    tmp_path: Path,
+) -> None:
+    FeatureStore.open(tmp_path / "s", {"k": 1})
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["random_stream"] == random_stream_digest()
+    assert manifest["torch"] == torch.__version__
+
+
+def test_a_store_made_under_another_random_stream_is_refused(tmp_path: Path) -> None:
+    """Another torch may draw other matrices from the same seeds: features projected now would
+    be mixed with the store's."""
+    FeatureStore.open(tmp_path / "s", {"k": 1})
+    path = tmp_path / "s" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "random_stream": "0" * 64, "torch": "1.0"}))
+    with pytest.raises(StoreMismatchError, match=r"made under torch 1\.0, whose random stream"):
+        FeatureStore.open(tmp_path / "s", {"k": 1})
+    del manifest["random_stream"], manifest["torch"]  # a store made before they were recorded
+    path.write_text(json.dumps(manifest))
+    FeatureStore.open(tmp_path / "s", {"k": 1})  # opens, unchecked
+
+
+def test_the_random_stream_digest_is_stable_and_follows_the_draws(monkeypatch) -> None:
+    first = random_stream_digest()
+    assert random_stream_digest() == first and len(first) == 64
+    drawn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: drawn(*a, **k) + 1)  # another stream
+    assert random_stream_digest() != first
 
 
 def test_checkpoint_fingerprint_mismatch_is_refused(reference: FeatureStore) -> None:

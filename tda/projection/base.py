@@ -74,6 +74,27 @@ def hash_to_int63(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & _INT63_MASK
 
 
+def random_stream_digest() -> str:
+    """SHA-256 of fixed draws of torch's CPU generator, made the ways projections draw (signs,
+    bounded integers, normals): equal digests mean equal projection matrices for equal seeds.
+
+    Projections are drawn from torch's random stream, which torch does not promise to keep
+    across versions; a feature store records this digest so that features projected under
+    another stream are not mixed with its own.
+    """
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(hash_to_int63("random-stream"))
+    draws = [
+        torch.randint(0, 2, (64, 4), generator=generator, dtype=torch.int8),
+        torch.randint(0, 1000, (64, 1), generator=generator),
+        torch.randn(64, generator=generator, dtype=torch.float64),
+    ]
+    digest = hashlib.sha256()
+    for draw in draws:
+        digest.update(draw.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def rademacher(rows: int, cols: int, seed: int) -> torch.Tensor:
     r"""Signs ``[rows, cols]`` of :math:`\pm 1` in float64 on CPU, drawn row-major from ``seed``."""
     generator = torch.Generator(device="cpu")
