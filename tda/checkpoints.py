@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from tda.atomic import write_bytes_atomic
+from tda.atomic import make_directories, write_bytes_atomic
 from tda.fingerprint import model_fingerprint
 from tda.shards import check_name
 
@@ -57,7 +57,7 @@ def save_checkpoint(directory: str | os.PathLike, checkpoint_id: str, model: nn.
     """
     check_name("checkpoint id", checkpoint_id)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_directories(directory)
     state = savable_state(model)
     weights = directory / f"{checkpoint_id}.safetensors"
     write_bytes_atomic(weights, save(state))

@@ -21,7 +21,13 @@ from numpy.lib.format import open_memmap
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tda.atomic import file_digest, fsync_directory, write_atomic, write_bytes_atomic
+from tda.atomic import (
+    file_digest,
+    fsync_directory,
+    make_directories,
+    write_atomic,
+    write_bytes_atomic,
+)
 
 ScoreFunction = Callable[[Sequence[int]], Tensor]
 
@@ -54,7 +60,7 @@ def write_scores(
     if n_query < 1 or query_chunk < 1:
         raise ValueError(f"n_query ({n_query}) and query_chunk ({query_chunk}) must be positive")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(path.parent)
     descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(descriptor)
     temporary, matrix = Path(name), None

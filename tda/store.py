@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tda.atomic import HashingWriter, file_digest, write_atomic
+from tda.atomic import HashingWriter, file_digest, make_directories, write_atomic
 from tda.describe import differences
 from tda.fingerprint import config_fingerprint
 from tda.projection.base import random_stream_digest
@@ -130,7 +130,7 @@ class FeatureStore:
             ValueError: ``root`` is a non-empty directory without a manifest.
         """
         root, config = Path(root), _normalize_config(config)
-        root.mkdir(parents=True, exist_ok=True)
+        make_directories(root)
         entries = {entry.name for entry in root.iterdir() if not entry.name.endswith(".tmp")}
         if entries and "manifest.json" not in entries:
             raise ValueError(f"{root} is not empty and has no manifest.json: not a feature store")

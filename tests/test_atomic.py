@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tda import atomic
 from tda.atomic import write_json
 
 
@@ -22,3 +23,14 @@ def test_a_record_that_cannot_be_written_leaves_the_old_one_whole(tmp_path):
         write_json(path, {"lds": object()})
     assert json.loads(path.read_text()) == {"lds": 0.25}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_directories_made_for_a_file_are_fsynced_into_their_parents(tmp_path, monkeypatch):
+    """A power loss must not drop a new directory entry holding a published file."""
+    synced = []
+    monkeypatch.setattr(atomic, "fsync_directory", synced.append)
+    write_json(tmp_path / "a" / "b" / "record.json", {"x": 1})
+    assert synced == [tmp_path, tmp_path / "a", tmp_path / "a" / "b"]
+    synced.clear()
+    write_json(tmp_path / "a" / "b" / "other.json", {"x": 2})  # nothing new to make
+    assert synced == [tmp_path / "a" / "b"]

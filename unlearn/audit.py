@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tda.atomic import write_bytes_atomic
+from tda.atomic import make_directories, write_bytes_atomic
 from unlearn.lineage import check_record
 from unlearn.request import UnlearningRequest
 
@@ -199,7 +199,7 @@ def append_audit(
         refusal = f"audit log {log_path} does not allow this record"
         check = partial(check_record, record, refusal=refusal)
     path = Path(log_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(path.parent)
     with _locked(path):
         existing = path.read_bytes() if path.exists() else b""
         _check_whole(path, existing)

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tda.atomic import write_bytes_atomic
+from tda.atomic import make_directories, write_bytes_atomic
 from tda.describe import describe
 
 
@@ -45,7 +45,7 @@ class SearchJournal:
 
     def put(self, key: str, outcome: dict) -> None:
         """Record ``outcome`` (JSON-serialisable) under ``key``, atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_directories(self.root)
         data = json.dumps(outcome, allow_nan=False).encode()
         write_bytes_atomic(self.root / f"{key}.json", data)
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from tda.atomic import write_bytes_atomic
+from tda.atomic import make_directories, write_bytes_atomic
 from tda.fingerprint import array_fingerprint, config_fingerprint
 from tda.manifest import manifest_differences
 
@@ -107,7 +107,7 @@ class GroundTruthStore:
         if n_query is not None:
             manifest["n_query"] = _validated_n_query(n_query)
         if not (root / _MANIFEST).exists():
-            (root / _OUTPUTS).mkdir(parents=True, exist_ok=True)
+            make_directories(root / _OUTPUTS)
             _check_masks(
                 root, masks, write_bytes_atomic(root / _MASKS, _npy_bytes(masks), replace=False)
             )

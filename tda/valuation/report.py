@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tda.atomic import file_digest, write_atomic, write_bytes_atomic
+from tda.atomic import file_digest, make_directories, write_atomic, write_bytes_atomic
 from tda.data.examples import Examples
 from tda.ranking import TopExamples, top_examples, top_indices
 from tda.valuation.mislabel import MislabelReport, mislabel_detection
@@ -109,7 +109,7 @@ class ValuationReport:
         record = self.as_dict()
         _json_text(record)  # refuse a NaN before anything is published
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_directories(directory)
         content = self._arrays()
         digests = {FIGURE: plot_valuation(self, directory / FIGURE)}
         digests[ARRAYS] = write_atomic(directory / ARRAYS, lambda sink: sink.write(content))
