@@ -33,11 +33,13 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 PENALTIES = (1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
 
 
-def predicted_margins(originals, train, forget, penalty: float) -> np.ndarray:
+def predicted_margins(originals, train, forget, penalty: float, iterations: int) -> np.ndarray:
     """Head-refit margins ``[N, |F|]`` of the class's points, one row per original."""
     request = unlearn.UnlearningRequest(forget, train_size=len(train))
     split = unlearn.ForgetSplit.of(train, request)
-    predictor = unlearn.HeadRefitPredictor(train, penalty=penalty, output="margin")
+    predictor = unlearn.HeadRefitPredictor(
+        train, penalty=penalty, output="margin", max_iterations=iterations
+    )
     return np.stack(
         [
             predictor.targets(model, split.forget, forget, split, seed=0).double().numpy()
@@ -46,7 +48,7 @@ def predicted_margins(originals, train, forget, penalty: float) -> np.ndarray:
     )
 
 
-def class_rows(cfg, originals, train, label: int, penalties) -> list[dict]:
+def class_rows(cfg, originals, train, label: int, penalties, iterations: int) -> list[dict]:
     """True against predicted shifts of class ``label``, one row per penalty."""
     forget = unlearn.ClassForgetSet(label).indices(train)
     oracles = class_oracles(cfg, train, forget)
@@ -54,7 +56,8 @@ def class_rows(cfg, originals, train, label: int, penalties) -> list[dict]:
     true = original - np.asarray(margins_of(oracles, train.subset(forget))).mean(0)
     rows = []
     for penalty in penalties:
-        predicted = original - predicted_margins(originals, train, forget, penalty).mean(0)
+        predicted = original - predicted_margins(originals, train, forget, penalty, iterations)
+        predicted = predicted.mean(0)
         rows.append(
             {
                 "label": label,
@@ -81,6 +84,12 @@ def main() -> None:
     parser.add_argument("experiment", help="e.g. mnist1d_mlp or mnist1d_cnn")
     parser.add_argument("--classes", type=int, nargs="+", default=[1, 2, 3], help="proxies")
     parser.add_argument("--penalties", type=float, nargs="+", default=list(PENALTIES))
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=unlearn.HeadRefitPredictor.max_iterations,
+        help="the predictor's max_iterations",
+    )
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -92,10 +101,15 @@ def main() -> None:
         factory, train, instantiate(cfg.train), list(range(cfg.models)),
         Path(cfg.workspace) / "models",
     )  # fmt: skip
-    rows = [r for c in args.classes for r in class_rows(cfg, originals, train, c, args.penalties)]
+    rows = [
+        row
+        for label in args.classes
+        for row in class_rows(cfg, originals, train, label, args.penalties, args.iterations)
+    ]
     for row in rows:
         print(row)
     record = {"command": command_line(), **environment(1), "experiment": args.experiment}
+    record["max_iterations"] = args.iterations
     write_json(args.output, {**record, "rows": rows, "chosen_penalty": chosen_penalty(rows)})
     print("chosen penalty:", chosen_penalty(rows))
 

@@ -53,6 +53,26 @@ def test_on_logistic_regression_it_is_the_exact_minimiser_of_the_refit(convex):
     assert float((weight - model.weight).detach().abs().max()) > 1e-2  # it did move
 
 
+def test_a_final_layer_without_bias_is_refitted_on_its_weights_alone(convex):
+    """No bias to refit: the predicted logits are linear in the inputs (no offset) and the
+    objective's gradient in the weights vanishes at the refit."""
+    _, data = convex
+    model = build_model(lambda: torch.nn.Linear(5, 3, bias=False), 0, dtype=torch.float64)
+    train(model, data, TrainConfig(epochs=5, batch_size=20))
+    penalty, split = 0.05, _split(data, np.arange(0, 60, 4))
+    logits = HeadRefitPredictor(data, penalty=penalty).targets(
+        model, data, np.arange(60), split, seed=0
+    )
+    weight = torch.linalg.lstsq(data.inputs, logits).solution.T.clone().requires_grad_()
+    torch.testing.assert_close(data.inputs @ weight.detach().T, logits)  # no offset
+    retain = data.subset(split.retain_indices)
+    loss = torch.nn.functional.cross_entropy(retain.inputs @ weight.T, retain.targets)
+    objective = loss + penalty / 2 * (weight - model.weight).square().sum()
+    (gradient,) = torch.autograd.grad(objective, [weight])
+    assert float(gradient.abs().max()) < 1e-7
+    assert float((weight - model.weight).detach().abs().max()) > 1e-2
+
+
 def test_matching_it_on_logistic_regression_reaches_its_outputs(convex):
     """Logits are linear in θ and the matching set spans the inputs: full-batch descent on the
     matching loss reaches the refitted layer, whose outputs the predictor gave."""

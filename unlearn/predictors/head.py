@@ -48,15 +48,16 @@ class HeadRefitPredictor:
             output must be the model's logits.
         output: ``"logits"`` or ``"margin"``.
         max_iterations: L-BFGS iterations of the refit (it stops earlier once converged).
-            Small penalties converge slowly; on the MNIST-1D MLP at 1e-7, 500 iterations give
-            the class-wise margins of the converged refit (about 1500 evaluations) within 0.2%.
+            Small penalties converge slowly; on the MNIST-1D MLP at 1e-7, 200 iterations give
+            the proxy classes' mean predicted margin shifts within 0.3% of 500 iterations'
+            (``experiments/dmm_head_penalty.py --iterations``), 100 are 30-90% off.
     """
 
     data: Any
     penalty: float = 1e-6
     layer: str | None = None
     output: Output = "logits"
-    max_iterations: int = 500
+    max_iterations: int = 200
     _train: Examples = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -162,8 +163,7 @@ def refit_layer(
         if layer.bias is not None
         else torch.zeros(len(anchor_weight), dtype=torch.float64, device=features.device)
     )
-    weight = anchor_weight.clone().requires_grad_()
-    bias = anchor_bias.clone().requires_grad_(layer.bias is not None)
+    weight, bias = anchor_weight.clone(), anchor_bias.clone()
     variables = [weight, bias] if layer.bias is not None else [weight]
     optimizer = torch.optim.LBFGS(
         variables,
@@ -172,15 +172,19 @@ def refit_layer(
         tolerance_grad=1e-10,
         tolerance_change=1e-14,
     )
+    columns = features.T.contiguous()  # [d, n]: the logits come out [C, n], softmax over rows
+    onehot = nn.functional.one_hot(targets, len(anchor_weight)).T.to(features.dtype)
 
     def objective() -> Tensor:
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(features @ weight.T + bias, targets)
+        """The objective, with its gradient written by hand into ``.grad`` (no autograd)."""
+        logits = weight @ columns + bias[:, None]
+        lse = torch.logsumexp(logits, dim=0)
+        loss = (lse - (logits * onehot).sum(0)).mean()
         distance = (weight - anchor_weight).square().sum() + (bias - anchor_bias).square().sum()
-        loss = loss + penalty / 2 * distance
-        loss.backward()
-        return loss
+        residual = (torch.exp(logits - lse) - onehot) / len(lse)
+        weight.grad = residual @ features + penalty * (weight - anchor_weight)
+        bias.grad = residual.sum(1) + penalty * (bias - anchor_bias)
+        return loss + penalty / 2 * distance
 
-    with torch.enable_grad():
-        optimizer.step(objective)
-    return weight.detach(), bias.detach()
+    optimizer.step(objective)
+    return weight, bias
