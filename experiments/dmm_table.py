@@ -118,9 +118,11 @@ def comparison_table(
     forget: str,
     scores: Sequence[str] = (),
     trak_models: Sequence[int] = TRAK_MODELS,
+    extra: Sequence[str] = (),
 ) -> tuple[str, dict]:
-    """DMM (each predictor) and the baselines on one forget set, with reference rows."""
-    names = [*predictor_names(scores, trak_models), *BASELINES]
+    """DMM (each predictor, then the ``extra`` DMM runs) and the baselines on one forget set,
+    with reference rows."""
+    names = [*predictor_names(scores, trak_models), *extra, *BASELINES]
     found = {n: record for n in names if (record := find_run(workspace, f"unlearn-{n}-{forget}"))}
     if not found:
         raise FileNotFoundError(f"no results for forget set {forget!r} in {workspace}")
@@ -128,7 +130,7 @@ def comparison_table(
     if left_out:
         print(
             f"{forget}: DMM records not in the table: {', '.join(left_out)} (name them with "
-            "--trak-models or --scores)",
+            "--trak-models, --scores or --extra)",
             file=sys.stderr,
         )
     rows = [[*row(n, r), _predictor_seconds(r)] for n, r in found.items()]
@@ -247,6 +249,9 @@ def main() -> None:
         "--trak-models", nargs="+", type=int, default=list(TRAK_MODELS), help="TRAK rows' M"
     )
     parser.add_argument(
+        "--extra", nargs="*", default=[], help="more DMM runs by name, e.g. dmm-head-500it"
+    )
+    parser.add_argument(
         "--override", nargs="*", default=[], help="Hydra overrides, e.g. experiment=mnist1d_cnn"
     )
     args = parser.parse_args()
@@ -260,11 +265,15 @@ def main() -> None:
     timing = json.loads(args.timing.read_text())["results"] if args.timing else {}
     tables, runs, goals = {}, {}, {}
     for forget in args.forget:
-        tables[forget], runs[forget] = comparison_table(args.workspace, forget, args.scores, models)
+        tables[forget], runs[forget] = comparison_table(
+            args.workspace, forget, args.scores, models, args.extra
+        )
         quiet = timing.get(f"unlearn-{DMM}-{forget}", {}).get("fraction")
         goals[forget] = goal_check(runs[forget], quiet)
         goals[forget]["retain_kernel"] = goal_check(runs[forget], dmm_name=f"{DMM}-retain")
         goals[forget]["head"] = goal_check(runs[forget], dmm_name=HEAD)
+        for name in args.extra:
+            goals[forget][name] = goal_check(runs[forget], dmm_name=name)
         print(f"\n{forget}\n{tables[forget]}\ngoal: {goals[forget]}")
     if quality:
         tables["predictors"] = meta_table(quality, runs, args.scores, models)

@@ -134,3 +134,17 @@ def test_predictor_lds_composes_the_workspaces_own_experiment(monkeypatch):
     with pytest.raises(RuntimeError, match="composed"):
         dmm_table.predictor_lds("runs/x", overrides=["experiment=mnist1d_cnn"])
     assert composed == [["predictor=datamodels", "workspace=runs/x", "experiment=mnist1d_cnn"]]
+
+
+def test_extra_dmm_runs_get_rows_and_goal_checks(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, klom in (("dmm-oracle", 4.0), ("dmm-head-500it", 5.5), ("ft", 6.0)):
+        (results / f"unlearn-{name}-class3.json").write_text(json.dumps(_full_record(klom)))
+    argv = ["dmm_table", str(tmp_path), "--forget", "class3", "--no-lds", "--extra"]
+    monkeypatch.setattr(sys, "argv", [*argv, "dmm-head-500it", "--output", str(tmp_path / "a")])
+    main()
+    assert "not in the table" not in capsys.readouterr().err
+    written = json.loads((tmp_path / "a").read_text())
+    assert "| dmm-head-500it |" in written["tables"]["class3"]
+    assert written["goals"]["class3"]["dmm-head-500it"]["beats"] == {"ft": True}
