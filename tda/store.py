@@ -90,11 +90,13 @@ def _normalize_config(config: Mapping[str, Any]) -> dict:
         raise ValueError(f"a store config must be plain JSON data (no NaN): {error}") from None
 
 
-def _check_manifest(root: Path, found: dict, config: dict) -> None:
+def _check_manifest(root: Path, found: dict, config: dict, stream: str) -> None:
+    """Refuse a store of another format, config, or random stream (``stream``: this torch's
+    :func:`random_stream_digest`)."""
     if (found.get("format"), found.get("version")) != (FORMAT, VERSION):
         raise StoreMismatchError(f"{root} is not a {FORMAT} store of version {VERSION}: {found}")
-    stream = found.get("random_stream")  # absent: a store made before it was recorded
-    if stream is not None and stream != random_stream_digest():
+    recorded = found.get("random_stream")  # absent: a store made before it was recorded
+    if recorded is not None and recorded != stream:
         raise StoreMismatchError(
             f"store {root} was made under torch {found.get('torch')}, whose random stream "
             f"differs from this torch's ({torch.__version__}): projections drawn now would not "
@@ -136,8 +138,9 @@ class FeatureStore:
             raise ValueError(f"{root} is not empty and has no manifest.json: not a feature store")
         manifest = {"format": FORMAT, "version": VERSION, "config": config}
         manifest["config_fingerprint"] = config_fingerprint(config)
-        manifest |= {"random_stream": random_stream_digest(), "torch": torch.__version__}
-        _check_manifest(root, _publish_json(root / "manifest.json", manifest), config)
+        stream = random_stream_digest()
+        manifest |= {"random_stream": stream, "torch": torch.__version__}
+        _check_manifest(root, _publish_json(root / "manifest.json", manifest), config, stream)
         return cls(root, config)
 
     def declare_split(self, split: str, size: int, data_fingerprint: str) -> None:
@@ -458,9 +461,8 @@ class FeatureStore:
         other = FeatureStore(Path(other_root), self.config)  # read only: never write there
         if not (other.root / "manifest.json").is_file():
             raise ValueError(f"{other_root} is not a feature store (it has no manifest.json)")
-        _check_manifest(
-            other.root, json.loads((other.root / "manifest.json").read_text()), self.config
-        )
+        found = json.loads((other.root / "manifest.json").read_text())
+        _check_manifest(other.root, found, self.config, random_stream_digest())
         self._merge_dtypes(other)
         for split, record in other._records("splits").items():
             self.declare_split(split, record["size"], record["data_fingerprint"])
