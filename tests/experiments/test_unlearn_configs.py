@@ -39,6 +39,7 @@ PREDICTORS = {
     "oracle": unlearn.OraclePredictor,
     "scores": unlearn.ScoresPredictor,
     "head": unlearn.HeadRefitPredictor,
+    "head_absent": unlearn.HeadRefitPredictor,
 }
 # DMM's predictors build small ensembles, ground truths and oracles for the tiny experiment; six
 # subsets give datamodels too poor to calibrate (their fit is refused), so they run unscaled.
@@ -276,12 +277,13 @@ def test_dmm_runs_with_each_predictor_and_reports_its_preparation_time(tmp_path,
         "datamodels": TINY_DMM[1:],
         "scores": (f"scores_name={_write_train_scores(tmp_path)}",) if name == "scores" else (),
     }.get(name, ())
-    overrides = ("unlearner=dmm", f"predictor={name}", "forget=random_10pct", "klom_floor=false")
+    forget = "class" if name == "head_absent" else "random_10pct"  # it refuses a random set
+    overrides = ("unlearner=dmm", f"predictor={name}", f"forget={forget}", "klom_floor=false")
     record = _run_in_process(tmp_path, *overrides, *options, "tuning.grid=[0.001]")
     assert record["status"] == "ok" and record["predictor_seconds"] > 0.0
     expected = PREDICTORS[name]
     assert record["method"]["predictor"]["type"] == f"{expected.__module__}.{expected.__qualname__}"
-    expected_output = "logits" if name in ("oracle", "head") else "margin"
+    expected_output = "logits" if name in ("oracle", "head", "head_absent") else "margin"
     if name == "scores":
         assert record["method"]["predictor"]["scores"] == [240, 240]
     assert record["method"]["predictor"]["output"] == expected_output

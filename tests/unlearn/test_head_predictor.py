@@ -1,4 +1,5 @@
-"""Head-refit predictor: exact on logistic regression, class-wise signs and shapes, refusals."""
+"""Head-refit predictor: exact on logistic regression (whole layer or the absent classes' rows),
+class-wise signs and shapes, refusals."""
 
 import copy
 from functools import partial
@@ -73,6 +74,82 @@ def test_a_final_layer_without_bias_is_refitted_on_its_weights_alone(convex):
     assert float((weight - model.weight).detach().abs().max()) > 1e-2
 
 
+def _absent_rows_gradient(data, split, weight, bias, model, penalty, rows):
+    """The gradient of cross-entropy on R plus the penalty on ``rows``, in those rows."""
+    weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+    retain = data.subset(split.retain_indices)
+    loss = torch.nn.functional.cross_entropy(retain.inputs @ weight.T + bias, retain.targets)
+    distance = (weight[rows] - model.weight[rows]).square().sum()
+    distance = distance + (bias[rows] - model.bias[rows]).square().sum()
+    gradients = torch.autograd.grad(loss + penalty / 2 * distance, [weight, bias])
+    return gradients[0][rows], gradients[1][rows]
+
+
+@pytest.mark.parametrize("forget_classes", [[1], [0, 2]])
+def test_absent_rows_on_logistic_regression_are_the_exact_minimiser(convex, forget_classes):
+    """Forgetting whole classes with rows="absent": their rows minimise the objective with the
+    other rows held, which stay exactly the original's."""
+    model, data = convex
+    penalty = 0.05
+    forget = np.flatnonzero(np.isin(data.targets.numpy(), forget_classes))
+    split = _split(data, forget)
+    predictor = HeadRefitPredictor(data, penalty=penalty, rows="absent")
+    logits = predictor.targets(model, data, np.arange(60), split, seed=0)
+    solution = torch.linalg.lstsq(
+        torch.cat([data.inputs, torch.ones(60, 1, dtype=torch.float64)], 1), logits
+    ).solution
+    weight, bias = solution[:5].T, solution[5]
+    held = [c for c in range(3) if c not in forget_classes]
+    torch.testing.assert_close(weight[held], model.weight[held].detach(), rtol=0, atol=1e-10)
+    torch.testing.assert_close(bias[held], model.bias[held].detach(), rtol=0, atol=1e-10)
+    gradients = _absent_rows_gradient(data, split, weight, bias, model, penalty, forget_classes)
+    assert max(float(g.abs().max()) for g in gradients) < 1e-8
+    moved = (weight[forget_classes] - model.weight[forget_classes].detach()).abs().max()
+    assert float(moved) > 1e-2
+
+
+def test_absent_rows_of_a_layer_without_bias_are_refitted_on_their_weights(convex):
+    _, data = convex
+    model = build_model(lambda: torch.nn.Linear(5, 3, bias=False), 0, dtype=torch.float64)
+    train(model, data, TrainConfig(epochs=5, batch_size=20))
+    penalty, split = 0.05, _split(data, np.flatnonzero(data.targets.numpy() == 1))
+    logits = HeadRefitPredictor(data, penalty=penalty, rows="absent").targets(
+        model, data, np.arange(60), split, seed=0
+    )
+    weight = torch.linalg.lstsq(data.inputs, logits).solution.T.clone().requires_grad_()
+    torch.testing.assert_close(data.inputs @ weight.detach().T, logits)  # no offset
+    torch.testing.assert_close(weight[[0, 2]].detach(), model.weight[[0, 2]].detach())
+    retain = data.subset(split.retain_indices)
+    loss = torch.nn.functional.cross_entropy(retain.inputs @ weight.T, retain.targets)
+    objective = loss + penalty / 2 * (weight[1] - model.weight[1]).square().sum()
+    (gradient,) = torch.autograd.grad(objective, [weight])
+    assert float(gradient[1].abs().max()) < 1e-8
+    assert float((weight[1] - model.weight[1]).detach().abs().max()) > 1e-2
+
+
+def test_absent_rows_with_a_tiny_penalty_lower_only_the_forgotten_class(trained, mnist):
+    """At a penalty of 1e-11 (the MNIST-1D MLP's) Newton still converges: the forgotten class's
+    logits fall far, every other logit is the original's."""
+    forget = np.flatnonzero(mnist.train.targets.numpy() == 2)
+    split = _split(mnist.train, forget)
+    positions = np.concatenate([forget[:10], split.retain_indices[:10]])
+    examples = mnist.train.subset(positions)
+    logits = HeadRefitPredictor(mnist, penalty=1e-11, rows="absent").targets(
+        trained, examples, positions, split, seed=0
+    )
+    with torch.no_grad():
+        original = trained(examples.inputs)
+    held = [c for c in range(original.shape[1]) if c != 2]
+    torch.testing.assert_close(logits[:, held], original[:, held], rtol=0, atol=1e-4)
+    assert bool((logits[:10, 2] < original[:10, 2] - 5).all())
+
+
+def test_absent_rows_refuse_a_forget_set_that_removes_no_class(trained, mnist):
+    predictor = HeadRefitPredictor(mnist, rows="absent")
+    with pytest.raises(ValueError, match="leaves an example of every class it touches"):
+        predictor.check(trained, _split(mnist.train, [0, 1, 2]))
+
+
 def test_matching_it_on_logistic_regression_reaches_its_outputs(convex):
     """Logits are linear in θ and the matching set spans the inputs: full-batch descent on the
     matching loss reaches the refitted layer, whose outputs the predictor gave."""
@@ -125,6 +202,7 @@ def test_a_layer_that_does_not_give_the_logits_is_refused(trained, mnist):
         ({"penalty": float("nan")}, "penalty must be positive"),
         ({"max_iterations": 0}, "max_iterations must be at least 1"),
         ({"output": "probabilities"}, "output must be one of"),
+        ({"rows": "some"}, "rows must be one of"),
     ],
 )
 def test_bad_settings_are_refused(mnist, settings, message):
