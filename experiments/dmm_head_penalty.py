@@ -6,7 +6,9 @@ predicted shift is the mean over the originals of their margin minus the head-re
 (:class:`unlearn.HeadRefitPredictor`, final layer refitted on the other classes). Reported per
 class and penalty: both means, their ratio, their correlation over the class's points, and the
 95th percentile over those points of the KLOM between the predicted margins of the N originals and
-the N oracles' margins (the forget-set KLOM DMM would reach by matching the predictions exactly).
+the N oracles' margins (the forget-set KLOM DMM would reach by matching the predictions exactly),
+and the two terms of the margin (the class's own logit and the log-sum-exp of the others, mean
+over models and points) for the originals, the oracles and the prediction.
 The chosen penalty is, by ``--criterion``, the one whose ratio pooled over the proxies is closest
 to 1 in log (``ratio``, the default) or whose KLOM averaged over the proxies is smallest
 (``klom``): the target class (class 0, the class-wise forget set) is never read.
@@ -30,35 +32,57 @@ from benchmarks.record import command_line, environment
 from experiments.dmm_class_diagnostic import class_oracles
 from tda.atomic import write_json
 from tda.device import on_device
+from tda.task import ClassificationTask
 from unlearn.klom import klom_per_point, margins_of
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PENALTIES = (1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
 
 
-def predicted_margins(originals, train, forget, penalty: float, settings: dict) -> np.ndarray:
-    """Head-refit margins ``[N, |F|]`` of the class's points, one row per original;
+def predicted_logits(originals, train, forget, penalty: float, settings: dict) -> torch.Tensor:
+    """Head-refit logits ``[N, |F|, C]`` of the class's points, one row per original;
     ``settings``: the predictor's ``max_iterations`` and ``rows``."""
     request = unlearn.UnlearningRequest(forget, train_size=len(train))
     split = unlearn.ForgetSplit.of(train, request)
-    predictor = unlearn.HeadRefitPredictor(train, penalty=penalty, output="margin", **settings)
-    return np.stack(
-        [
-            predictor.targets(model, split.forget, forget, split, seed=0).double().numpy()
-            for model in originals
-        ]
+    predictor = unlearn.HeadRefitPredictor(train, penalty=penalty, **settings)
+    return (
+        torch.stack(
+            [predictor.targets(model, split.forget, forget, split, seed=0) for model in originals]
+        )
+        .double()
+        .cpu()
     )
+
+
+def logit_parts(logits: torch.Tensor, label: int) -> dict:
+    """The class's own logit and the log-sum-exp of the others, averaged over models and
+    points: the two terms of the margin."""
+    others = torch.cat([logits[..., :label], logits[..., label + 1 :]], -1)
+    own = float(logits[..., label].mean())
+    return {"own_logit": own, "others_logsumexp": float(torch.logsumexp(others, -1).mean())}
+
+
+def model_logits(models, points) -> torch.Tensor:
+    """``[N, n, C]`` logits of ``models`` on ``points``."""
+    with torch.no_grad():
+        return torch.stack([model(points.inputs) for model in models]).double().cpu()
 
 
 def class_rows(cfg, originals, train, label: int, penalties, settings: dict) -> list[dict]:
     """True against predicted shifts of class ``label``, one row per penalty."""
     forget = unlearn.ClassForgetSet(label).indices(train)
-    retrained = np.asarray(margins_of(class_oracles(cfg, train, forget), train.subset(forget)))
-    original = np.asarray(margins_of(originals, train.subset(forget))).mean(0)
+    oracles, points = class_oracles(cfg, train, forget), train.subset(forget)
+    retrained = np.asarray(margins_of(oracles, points))
+    original = np.asarray(margins_of(originals, points)).mean(0)
     true = original - retrained.mean(0)
+    parts = {
+        "original": logit_parts(model_logits(originals, points), label),
+        "retrained": logit_parts(model_logits(oracles, points), label),
+    }
     rows = []
     for penalty in penalties:
-        margins = predicted_margins(originals, train, forget, penalty, settings)
+        logits = predicted_logits(originals, train, forget, penalty, settings)
+        margins = ClassificationTask().output(logits, points.targets).numpy()
         predicted = (original - margins).mean(0)
         rows.append(
             {
@@ -69,6 +93,7 @@ def class_rows(cfg, originals, train, label: int, penalties, settings: dict) -> 
                 "ratio": float(predicted.mean() / true.mean()),
                 "correlation": float(np.corrcoef(true, predicted)[0, 1]),
                 "klom_p95": float(np.percentile(klom_per_point(margins, retrained), 95)),
+                "logits": {**parts, "predicted": logit_parts(logits, label)},
             }
         )
     return rows
