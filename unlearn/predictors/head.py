@@ -118,9 +118,9 @@ class HeadRefitPredictor:
 
     def _refit(self, features, targets, layer, split) -> tuple[Tensor, Tensor]:
         """The refitted ``(W, b)`` in float64 (``b`` zero for a layer without a bias)."""
-        if self.rows == "all":
-            return refit_layer(features, targets, layer, self.penalty, self.max_iterations)
         weight, bias = anchor_of(layer, features.device)
+        if self.rows == "all":
+            return refit_layer(features, targets, (weight, bias), self.penalty, self.max_iterations)
         rows = absent_classes(split, layer.out_features)
         weight, bias = refit_rows(features, weight, bias, rows, self.penalty, self.max_iterations)
         return weight, torch.zeros_like(weight[:, 0]) if bias is None else bias
@@ -182,24 +182,34 @@ def penultimate_features(model: nn.Module, layer: nn.Linear, examples: Examples)
 
 
 def refit_layer(
-    features: Tensor, targets: Tensor, layer: nn.Linear, penalty: float, max_iterations: int
+    features: Tensor,
+    targets: Tensor,
+    anchor: tuple[Tensor, Tensor | None],
+    penalty: float,
+    max_iterations: int,
+    start: tuple[Tensor, Tensor | None] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """The minimiser :math:`(\\hat W, \\hat b)` of the module docstring's objective, float64.
+    """The minimiser :math:`(\\hat W, \\hat b)` of the module docstring's objective, float64, by
+    L-BFGS with the gradient written out (no autograd).
 
     Args:
-        features: :math:`\\phi(x_i)` of the retain set ``[n, d]`` (float64).
+        features: :math:`\\phi(x_i)` ``[n, d]`` of the points fitted (float64).
         targets: their class indices ``[n]``.
-        layer: the original final layer, the anchor :math:`(W_o, b_o)` and the starting point.
+        anchor: :math:`(W_o, b_o)`, float64; ``b_o`` ``None`` for a layer without a bias (then
+            no bias is fitted and the returned one is zero).
         penalty: :math:`\\lambda`.
-        max_iterations: L-BFGS iterations.
+        max_iterations: L-BFGS iterations at most.
+        start: where the iterations start (default: the anchor).
     """
-    anchor_weight, anchor_bias = anchor_of(layer, features.device)
+    anchor_weight, anchor_bias = anchor
+    fit_bias = anchor_bias is not None
     if anchor_bias is None:
         anchor_bias = torch.zeros_like(anchor_weight[:, 0])
-    weight, bias = anchor_weight.clone(), anchor_bias.clone()
-    variables = [weight, bias] if layer.bias is not None else [weight]
+    start_weight, start_bias = start if start is not None else anchor
+    weight = start_weight.clone()
+    bias = start_bias.clone() if fit_bias else torch.zeros_like(anchor_bias)
     optimizer = torch.optim.LBFGS(
-        variables,
+        [weight, bias] if fit_bias else [weight],
         max_iter=max_iterations,
         line_search_fn="strong_wolfe",
         tolerance_grad=1e-10,
@@ -209,14 +219,15 @@ def refit_layer(
     onehot = nn.functional.one_hot(targets, len(anchor_weight)).T.to(features.dtype)
 
     def objective() -> Tensor:
-        """The objective, with its gradient written by hand into ``.grad`` (no autograd)."""
+        """The objective, with its gradient written by hand into ``.grad``."""
         logits = weight @ columns + bias[:, None]
         lse = torch.logsumexp(logits, dim=0)
         loss = (lse - (logits * onehot).sum(0)).mean()
         distance = (weight - anchor_weight).square().sum() + (bias - anchor_bias).square().sum()
         residual = (torch.exp(logits - lse) - onehot) / len(lse)
         weight.grad = residual @ features + penalty * (weight - anchor_weight)
-        bias.grad = residual.sum(1) + penalty * (bias - anchor_bias)
+        if fit_bias:
+            bias.grad = residual.sum(1) + penalty * (bias - anchor_bias)
         return loss + penalty / 2 * distance
 
     optimizer.step(objective)
