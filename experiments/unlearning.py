@@ -74,6 +74,7 @@ def main(cfg: DictConfig) -> float:
         factory, train, forget, config, oracle_seeds, workspace / "oracles"
     )
     shared = shared_parts(cfg)
+    model_seconds = _prepare_for_models(shared, originals)  # before any request on them
     calibration = calibrate_predictor(cfg, shared, originals, splits.train, forget_set, workspace)
     built = build_candidates(cfg, shared)  # a bad unlearner or tuning key fails before the claim
     journal, claimed = _journal(cfg, workspace)
@@ -85,7 +86,7 @@ def main(cfg: DictConfig) -> float:
         split = unlearn.ForgetSplit.of(train, unlearn.forget_request(forget, train))
         record = {"forget_size": len(forget), "seeds": seeds, "oracle_seeds": oracle_seeds}
         record["tuning"] = selection.to_dict() if selection else None
-        record["predictor_seconds"] = _prepare_predictors(candidates, forget)
+        record["predictor_seconds"] = _prepare_predictors(candidates, forget, model_seconds)
         record["calibration"] = calibration
         try:
             used, group, diverged = unlearn.unlearn_each_stable(
@@ -388,18 +389,29 @@ def calibrate_predictor(cfg, shared, originals, train, forget_set, workspace) ->
     return calibration.to_dict()
 
 
-def _prepare_predictors(candidates, forget) -> float | None:
-    """Seconds to ready each candidate's output predictor for ``forget`` (DMM / OM), if any.
+def _prepare_for_models(shared, originals) -> float:
+    """Seconds for the shared predictor's per-model work (``prepare_model``), if it has any."""
+    prepare = getattr(shared.get("predictor"), "prepare_model", None)
+    start = time.perf_counter()
+    for model in originals if prepare is not None else ():
+        prepare(model)
+    return time.perf_counter() - start
+
+
+def _prepare_predictors(candidates, forget, model_seconds: float) -> float | None:
+    """Seconds to ready each candidate's output predictor for ``forget`` (DMM / OM), if any,
+    plus ``model_seconds`` of its per-model work.
 
     Attribution cost is reported apart from unlearning time, since one featurization (or one set
-    of oracles) serves many requests; the candidates share one predictor.
+    of oracles, or one reference per model) serves many requests; the candidates share one
+    predictor.
     """
     predictor = getattr(candidates[0][1], "predictor", None)
     if predictor is None:
         return None
     start = time.perf_counter()
     predictor.prepare(forget)
-    return time.perf_counter() - start
+    return time.perf_counter() - start + model_seconds
 
 
 def _versions() -> dict[str, str]:

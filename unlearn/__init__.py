@@ -79,6 +79,7 @@ from unlearn.metrics import (
 )
 from unlearn.predictors import (
     DatamodelPredictor,
+    HeadDifferencePredictor,
     HeadRefitPredictor,
     OraclePredictor,
     OutputPredictor,
@@ -118,6 +119,7 @@ __all__ = [
     "ForgetSplit",
     "GradientAscent",
     "GradientDifference",
+    "HeadDifferencePredictor",
     "HeadRefitPredictor",
     "IndexForgetSet",
     "L1Sparse",

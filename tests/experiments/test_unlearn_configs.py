@@ -40,6 +40,7 @@ PREDICTORS = {
     "scores": unlearn.ScoresPredictor,
     "head": unlearn.HeadRefitPredictor,
     "head_absent": unlearn.HeadRefitPredictor,
+    "head_difference": unlearn.HeadDifferencePredictor,
 }
 # DMM's predictors build small ensembles, ground truths and oracles for the tiny experiment; six
 # subsets give datamodels too poor to calibrate (their fit is refused), so they run unscaled.
@@ -269,6 +270,23 @@ def _write_train_scores(workspace: Path) -> str:
     return "random-train"
 
 
+def test_per_model_predictor_work_is_done_for_every_original_and_timed():
+    """A predictor's ``prepare_model`` runs on each original before any request (its time goes
+    into the predictor seconds, not the unlearning time); predictors without one are skipped."""
+    prepared = []
+
+    class Predictor:
+        def prepare_model(self, model):
+            prepared.append(model)
+
+    module = _load_unlearning_module()
+    assert module._prepare_for_models({"predictor": Predictor()}, ["a", "b"]) >= 0.0
+    assert prepared == ["a", "b"]
+    module._prepare_for_models({"predictor": object()}, ["a"])
+    module._prepare_for_models({}, ["a"])
+    assert prepared == ["a", "b"]
+
+
 @pytest.mark.parametrize("name", sorted(PREDICTORS))
 def test_dmm_runs_with_each_predictor_and_reports_its_preparation_time(tmp_path, name):
     # TRAK is tuned and calibrated on two proxies: the calibration pools them
@@ -283,7 +301,7 @@ def test_dmm_runs_with_each_predictor_and_reports_its_preparation_time(tmp_path,
     assert record["status"] == "ok" and record["predictor_seconds"] > 0.0
     expected = PREDICTORS[name]
     assert record["method"]["predictor"]["type"] == f"{expected.__module__}.{expected.__qualname__}"
-    expected_output = "logits" if name in ("oracle", "head", "head_absent") else "margin"
+    expected_output = "margin" if name in ("trak", "datamodels", "scores") else "logits"
     if name == "scores":
         assert record["method"]["predictor"]["scores"] == [240, 240]
     assert record["method"]["predictor"]["output"] == expected_output

@@ -21,6 +21,7 @@ from unlearn.predictors.datamodel import (
     subset_logits,
 )
 from unlearn.predictors.head import HeadRefitPredictor
+from unlearn.predictors.head_difference import HeadDifferencePredictor
 from unlearn.predictors.oracle import OraclePredictor
 from unlearn.predictors.scores import ScoresPredictor, load_scores_predictor
 from unlearn.predictors.trak import TRAKPredictor, trak_predictor
@@ -28,6 +29,7 @@ from unlearn.predictors.trak import TRAKPredictor, trak_predictor
 __all__ = [
     "Calibration",
     "DatamodelPredictor",
+    "HeadDifferencePredictor",
     "HeadRefitPredictor",
     "OraclePredictor",
     "OutputPredictor",
