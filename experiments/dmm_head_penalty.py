@@ -3,7 +3,8 @@
 For each proxy class ``c`` and penalty, the true margin shift of the class's training points is
 the mean over the N originals minus the mean over the N oracles retrained without ``c``; the
 predicted shift is the mean over the originals of their margin minus the head-refit predictor's
-(:class:`unlearn.HeadRefitPredictor`, final layer refitted on the other classes). Reported per
+(:class:`unlearn.HeadRefitPredictor`, final layer refitted on the other classes; with
+``--difference`` :class:`unlearn.HeadDifferencePredictor`). Reported per
 class and penalty: both means, their ratio, their correlation over the class's points, and the
 95th percentile over those points of the KLOM between the predicted margins of the N originals and
 the N oracles' margins (the forget-set KLOM DMM would reach by matching the predictions exactly),
@@ -39,12 +40,10 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 PENALTIES = (1e-5, 1e-6, 1e-7, 1e-8, 1e-9)
 
 
-def predicted_logits(originals, train, forget, penalty: float, settings: dict) -> torch.Tensor:
-    """Head-refit logits ``[N, |F|, C]`` of the class's points, one row per original;
-    ``settings``: the predictor's ``max_iterations`` and ``rows``."""
+def predicted_logits(originals, train, forget, predictor) -> torch.Tensor:
+    """The predictor's logits ``[N, |F|, C]`` of the class's points, one row per original."""
     request = unlearn.UnlearningRequest(forget, train_size=len(train))
     split = unlearn.ForgetSplit.of(train, request)
-    predictor = unlearn.HeadRefitPredictor(train, penalty=penalty, **settings)
     return (
         torch.stack(
             [predictor.targets(model, split.forget, forget, split, seed=0) for model in originals]
@@ -68,8 +67,9 @@ def model_logits(models, points) -> torch.Tensor:
         return torch.stack([model(points.inputs) for model in models]).double().cpu()
 
 
-def class_rows(cfg, originals, train, label: int, penalties, settings: dict) -> list[dict]:
-    """True against predicted shifts of class ``label``, one row per penalty."""
+def class_rows(cfg, originals, train, label: int, predictors: dict) -> list[dict]:
+    """True against predicted shifts of class ``label``, one row per penalty (``predictors``:
+    one predictor per penalty)."""
     forget = unlearn.ClassForgetSet(label).indices(train)
     oracles, points = class_oracles(cfg, train, forget), train.subset(forget)
     retrained = np.asarray(margins_of(oracles, points))
@@ -80,8 +80,8 @@ def class_rows(cfg, originals, train, label: int, penalties, settings: dict) -> 
         "retrained": logit_parts(model_logits(oracles, points), label),
     }
     rows = []
-    for penalty in penalties:
-        logits = predicted_logits(originals, train, forget, penalty, settings)
+    for penalty, predictor in predictors.items():
+        logits = predicted_logits(originals, train, forget, predictor)
         margins = ClassificationTask().output(logits, points.targets).numpy()
         predicted = (original - margins).mean(0)
         rows.append(
@@ -111,18 +111,24 @@ def chosen_penalty(rows: list[dict], criterion: str = "ratio") -> float:
     return min(by_penalty, key=lambda p: abs(math.log(max(np.mean(by_penalty[p]), 1e-12))))
 
 
+def predictor_of(args, train, penalty: float):
+    """The head predictor the arguments name, at ``penalty``."""
+    settings = {} if args.iterations is None else {"max_iterations": args.iterations}
+    if args.difference:
+        return unlearn.HeadDifferencePredictor(train, penalty=penalty, **settings)
+    return unlearn.HeadRefitPredictor(train, penalty=penalty, rows=args.rows, **settings)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="e.g. mnist1d_mlp or mnist1d_cnn")
     parser.add_argument("--classes", type=int, nargs="+", default=[1, 2, 3], help="proxies")
     parser.add_argument("--penalties", type=float, nargs="+", default=list(PENALTIES))
-    parser.add_argument(
-        "--iterations",
-        type=int,
-        default=unlearn.HeadRefitPredictor.max_iterations,
-        help="the predictor's max_iterations",
-    )
+    parser.add_argument("--iterations", type=int, help="the predictor's max_iterations")
     parser.add_argument("--rows", choices=["all", "absent"], default="all", help="what to refit")
+    parser.add_argument(
+        "--difference", action="store_true", help="HeadDifferencePredictor (no --rows)"
+    )
     parser.add_argument("--criterion", choices=["ratio", "klom"], default="ratio")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
@@ -135,16 +141,19 @@ def main() -> None:
         factory, train, instantiate(cfg.train), list(range(cfg.models)),
         Path(cfg.workspace) / "models",
     )  # fmt: skip
-    settings = {"max_iterations": args.iterations, "rows": args.rows}
+    predictors = {penalty: predictor_of(args, train, penalty) for penalty in args.penalties}
+    settings = next(iter(predictors.values())).audit_description()
+    del settings["penalty"]
     rows = [
         row
         for label in args.classes
-        for row in class_rows(cfg, originals, train, label, args.penalties, settings)
+        for row in class_rows(cfg, originals, train, label, predictors)
     ]
     for row in rows:
         print(row)
     record = {"command": command_line(), **environment(1), "experiment": args.experiment}
-    record |= {**settings, "criterion": args.criterion}
+    record |= {"predictor": type(predictors[args.penalties[0]]).__name__, **settings}
+    record["criterion"] = args.criterion
     chosen = chosen_penalty(rows, args.criterion)
     write_json(args.output, {**record, "rows": rows, "chosen_penalty": chosen})
     print("chosen penalty:", chosen)
