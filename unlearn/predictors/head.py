@@ -110,11 +110,7 @@ class HeadRefitPredictor:
         retain = self._train.subset(split.retain_indices)
         features = penultimate_features(model, layer, retain)
         weight, bias = self._refit(features, retain.targets.to(features.device), layer, split)
-        logits = penultimate_features(model, layer, examples) @ weight.T + bias
-        logits = logits.to(next(model.parameters()).dtype)
-        if self.output == "logits":
-            return logits
-        return ClassificationTask().output(logits, examples.targets.to(logits.device))
+        return layer_outputs(model, layer, examples, (weight, bias), self.output)
 
     def _refit(self, features, targets, layer, split) -> tuple[Tensor, Tensor]:
         """The refitted ``(W, b)`` in float64 (``b`` zero for a layer without a bias)."""
@@ -131,6 +127,19 @@ def anchor_of(layer: nn.Linear, device: torch.device) -> tuple[Tensor, Tensor | 
     weight = layer.weight.detach().to(device, torch.float64)
     bias = None if layer.bias is None else layer.bias.detach().to(device, torch.float64)
     return weight, bias
+
+
+def layer_outputs(
+    model: nn.Module, layer: nn.Linear, examples: Examples, fitted: tuple[Tensor, Tensor], output
+) -> Tensor:
+    """Logits ``[n, C]`` or margins ``[n]`` on ``examples`` with ``layer`` replaced by the
+    float64 ``fitted`` weight and bias, in the model's dtype."""
+    weight, bias = fitted
+    logits = penultimate_features(model, layer, examples) @ weight.T + bias
+    logits = logits.to(next(model.parameters()).dtype)
+    if output == "logits":
+        return logits
+    return ClassificationTask().output(logits, examples.targets.to(logits.device))
 
 
 def final_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Linear]:

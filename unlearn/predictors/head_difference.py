@@ -35,10 +35,15 @@ from torch import Tensor, nn
 
 from tda.data.examples import Examples
 from tda.fingerprint import model_fingerprint
-from tda.task import ClassificationTask
 from unlearn.methods.base import ForgetSplit
 from unlearn.predictors.base import Output, PredictorScope, check_output, training_set
-from unlearn.predictors.head import anchor_of, final_layer, penultimate_features, refit_layer
+from unlearn.predictors.head import (
+    anchor_of,
+    final_layer,
+    layer_outputs,
+    penultimate_features,
+    refit_layer,
+)
 
 Layer = tuple[Tensor, Tensor]  # float64 weight [C, d] and bias [C] (zero without a bias)
 
@@ -89,7 +94,8 @@ class HeadDifferencePredictor:
         self.reference(model)
 
     def reference(self, model: nn.Module) -> Layer:
-        """The layer fitted on :math:`S` to ``model``'s features, computed once per model state."""
+        """The layer fitted on :math:`S` to ``model``'s features, computed once per model state
+        (and kept for each state seen: one ``[C, d]`` layer apiece)."""
         name, layer = final_layer(model, self.layer)
         key = f"{model_fingerprint(model)}:{name}"
         if key not in self._references:
@@ -125,11 +131,7 @@ class HeadDifferencePredictor:
         original_weight, original_bias = anchor_of(layer, features.device)
         weight = original_weight + weight - reference_weight
         bias = (0 if original_bias is None else original_bias) + bias - reference_bias
-        logits = penultimate_features(model, layer, examples) @ weight.T + bias
-        logits = logits.to(next(model.parameters()).dtype)
-        if self.output == "logits":
-            return logits
-        return ClassificationTask().output(logits, examples.targets.to(logits.device))
+        return layer_outputs(model, layer, examples, (weight, bias), self.output)
 
 
 def _zero_layer(layer: nn.Linear, device: torch.device) -> tuple[Tensor, Tensor | None]:
