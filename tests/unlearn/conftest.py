@@ -1,11 +1,12 @@
-"""Shared fixtures: tiny MNIST-1D (300 train / 100 test) and the reference MLP trained on it."""
+"""Shared fixtures: tiny MNIST-1D (300 train / 100 test), the reference MLP trained on it, and a
+float64 logistic regression of 3 classes (the head predictors' exact references)."""
 
 import pytest
 import torch
 
-from tda.data import load_mnist1d
-from tda.models import build_model
-from tda.training import train
+from tda.data import Examples, load_mnist1d
+from tda.models import LogisticRegression, build_model
+from tda.training import TrainConfig, train
 from tests.unlearn.reference import FACTORY, TRAIN_CONFIG
 
 
@@ -29,3 +30,16 @@ def trained(_trained_state):
     model = build_model(FACTORY, 0)
     model.load_state_dict(_trained_state)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def convex():
+    """Float64 logistic regression trained on 60 noisy linearly labelled points of 3 classes."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(60, 5, generator=generator, dtype=torch.float64)
+    weights = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    noise = 0.5 * torch.randn(60, 3, generator=generator, dtype=torch.float64)
+    data = Examples(inputs, (inputs @ weights + noise).argmax(dim=1))
+    model = build_model(lambda: LogisticRegression(5, 3), 0, dtype=torch.float64)
+    train(model, data, TrainConfig(epochs=5, batch_size=20))
+    return model, data

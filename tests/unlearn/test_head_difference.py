@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tda.data import Examples
-from tda.models import LogisticRegression, build_model
+from tda.models import build_model
 from tda.training import TrainConfig, train
 from unlearn import ForgetSplit, UnlearningRequest
 from unlearn.predictors import HeadDifferencePredictor
@@ -16,19 +16,6 @@ PENALTY = 0.05
 
 def _split(data: Examples, forget) -> ForgetSplit:
     return ForgetSplit.of(data, UnlearningRequest(forget, train_size=len(data)))
-
-
-@pytest.fixture(scope="module")
-def convex():
-    """Float64 logistic regression on 60 noisy linearly labelled points of 3 classes."""
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(60, 5, generator=generator, dtype=torch.float64)
-    weights = torch.randn(5, 3, generator=generator, dtype=torch.float64)
-    noise = 0.5 * torch.randn(60, 3, generator=generator, dtype=torch.float64)
-    data = Examples(inputs, (inputs @ weights + noise).argmax(dim=1))
-    model = build_model(lambda: LogisticRegression(5, 3), 0, dtype=torch.float64)
-    train(model, data, TrainConfig(epochs=5, batch_size=20))
-    return model, data
 
 
 def _ridge_gradient(data: Examples, weight, bias) -> float:

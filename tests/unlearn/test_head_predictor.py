@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tda.data import Examples
-from tda.models import LogisticRegression, build_model
+from tda.models import build_model
 from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
 from unlearn import DatamodelMatching, ForgetSplit, LoopConfig, UnlearningRequest
@@ -19,19 +19,6 @@ from unlearn.predictors.head import final_layer
 
 def _split(train: Examples, forget) -> ForgetSplit:
     return ForgetSplit.of(train, UnlearningRequest(forget, train_size=len(train)))
-
-
-@pytest.fixture(scope="module")
-def convex():
-    """Float64 logistic regression on 60 noisy linearly labelled points of 3 classes."""
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(60, 5, generator=generator, dtype=torch.float64)
-    weights = torch.randn(5, 3, generator=generator, dtype=torch.float64)
-    noise = 0.5 * torch.randn(60, 3, generator=generator, dtype=torch.float64)
-    data = Examples(inputs, (inputs @ weights + noise).argmax(dim=1))
-    model = build_model(lambda: LogisticRegression(5, 3), 0, dtype=torch.float64)
-    train(model, data, TrainConfig(epochs=5, batch_size=20))
-    return model, data
 
 
 def test_on_logistic_regression_it_is_the_exact_minimiser_of_the_refit(convex):
