@@ -132,9 +132,11 @@ def test_absent_rows_with_a_tiny_penalty_lower_only_the_forgotten_class(trained,
 
 
 def test_absent_rows_refuse_a_forget_set_that_removes_no_class(trained, mnist):
-    predictor = HeadRefitPredictor(mnist, rows="absent")
+    predictor, split = HeadRefitPredictor(mnist, rows="absent"), _split(mnist.train, [0, 1, 2])
     with pytest.raises(ValueError, match="leaves an example of every class it touches"):
-        predictor.check(trained, _split(mnist.train, [0, 1, 2]))
+        predictor.check(trained, split)
+    with pytest.raises(ValueError, match="leaves an example of every class it touches"):
+        predictor.targets(trained, mnist.train.subset([0]), np.array([0]), split, seed=0)
 
 
 def test_matching_it_on_logistic_regression_reaches_its_outputs(convex):

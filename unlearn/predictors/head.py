@@ -88,11 +88,8 @@ class HeadRefitPredictor:
     def check(self, model: nn.Module, split: ForgetSplit) -> None:
         self.scope.check(model, split)
         _, layer = final_layer(model, self.layer)
-        if self.rows == "absent" and not absent_classes(split, layer.out_features):
-            raise ValueError(
-                "rows='absent' refits the classes a request removes entirely, and this forget "
-                "set leaves an example of every class it touches in the retain set"
-            )
+        if self.rows == "absent":
+            _removed_classes(split, layer)
 
     def prepare(self, forget_indices: np.ndarray) -> None:
         """Nothing to do ahead of time: the refit needs the model, so it runs per request."""
@@ -117,9 +114,20 @@ class HeadRefitPredictor:
         weight, bias = anchor_of(layer, features.device)
         if self.rows == "all":
             return refit_layer(features, targets, (weight, bias), self.penalty, self.max_iterations)
-        rows = absent_classes(split, layer.out_features)
+        rows = _removed_classes(split, layer)
         weight, bias = refit_rows(features, weight, bias, rows, self.penalty, self.max_iterations)
         return weight, torch.zeros_like(weight[:, 0]) if bias is None else bias
+
+
+def _removed_classes(split: ForgetSplit, layer: nn.Linear) -> list[int]:
+    """The classes ``split`` removes entirely; refused if none."""
+    rows = absent_classes(split, layer.out_features)
+    if not rows:
+        raise ValueError(
+            "rows='absent' refits the classes a request removes entirely, and this forget "
+            "set leaves an example of every class it touches in the retain set"
+        )
+    return rows
 
 
 def anchor_of(layer: nn.Linear, device: torch.device) -> tuple[Tensor, Tensor | None]:
