@@ -1,6 +1,9 @@
 """Head-difference predictor: both fits exact on logistic regression, the reference cached per
 model state, class-wise signs, refusals."""
 
+import copy
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,7 @@ import torch
 from tda.data import Examples
 from tda.models import build_model
 from tda.training import TrainConfig, train
-from unlearn import ForgetSplit, UnlearningRequest
+from unlearn import DatamodelMatching, ForgetSplit, LoopConfig, UnlearningRequest
 from unlearn.predictors import HeadDifferencePredictor
 
 PENALTY = 0.05
@@ -115,3 +118,28 @@ def test_a_request_on_another_training_set_is_refused(trained, mnist):
     other = mnist.train.subset(range(200))
     with pytest.raises(ValueError, match="scores 300 training examples but the request's"):
         HeadDifferencePredictor(mnist).check(trained, _split(other, [0]))
+
+
+def test_an_original_at_the_ridge_optimum_on_s_gets_exact_retraining_and_dmm_reaches_it(convex):
+    """With the original's layer the reference itself (logistic regression trained to the ridge
+    optimum on S), the prediction is the ridge fit on R, i.e. exact retraining; full-batch DMM
+    towards it reaches those outputs."""
+    model, data = convex
+    predictor = HeadDifferencePredictor(data, penalty=PENALTY, max_iterations=500)
+    at_optimum = copy.deepcopy(model)
+    with torch.no_grad():
+        weight, bias = predictor.reference(model)
+        at_optimum.weight.copy_(weight)
+        at_optimum.bias.copy_(bias)
+    split = _split(data, np.flatnonzero(data.targets.numpy() == 1))
+    expected = predictor.targets(at_optimum, data, np.arange(60), split, seed=0)
+    retrained_weight, retrained_bias = _affine(data.inputs, expected)
+    retain = data.subset(split.retain_indices)
+    assert _ridge_gradient(retain, retrained_weight, retrained_bias) < 1e-7
+    loop = LoopConfig(epochs=3000, batch_size=60, optimizer=partial(torch.optim.SGD, lr=2.0))
+    method = DatamodelMatching(predictor, loop, forget_copies=1, retain_multiple=100)
+    unlearned = method.unlearn(copy.deepcopy(at_optimum), split, seed=0)
+    with torch.no_grad():
+        before, reached = at_optimum(data.inputs), unlearned(data.inputs)
+    assert float((before - expected).abs().max()) > 0.1
+    torch.testing.assert_close(reached, expected, rtol=0, atol=1e-4)
