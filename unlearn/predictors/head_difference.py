@@ -94,10 +94,13 @@ class HeadDifferencePredictor:
         self.reference(model)
 
     def reference(self, model: nn.Module) -> Layer:
-        """The layer fitted on :math:`S` to ``model``'s features, computed once per model state
-        (and kept for each state seen: one ``[C, d]`` layer apiece)."""
+        """The layer fitted on :math:`S` to ``model``'s features, computed once per model class,
+        state and layer (and kept for each seen: one ``[C, d]`` layer apiece). Two models of one
+        class and state whose forward passes differ (a constructor setting without parameters)
+        would share it: give each its own predictor."""
         name, layer = final_layer(model, self.layer)
-        key = f"{model_fingerprint(model)}:{name}"
+        kind = f"{type(model).__module__}.{type(model).__qualname__}"
+        key = f"{kind}:{model_fingerprint(model)}:{name}"  # the state alone ignores the code
         if key not in self._references:
             features = penultimate_features(model, layer, self._train)
             targets = self._train.targets.to(features.device)
