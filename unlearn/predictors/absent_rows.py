@@ -108,25 +108,27 @@ def _newton(objective: _RowObjective, max_iterations: int) -> Tensor:
     logits = objective.inputs @ rows.T - objective.offset[:, None]
     for _ in range(max_iterations):
         step, decrement = objective.newton_step(logits, rows)
-        if decrement <= 1e-16 * float(objective.value(logits, rows)):
+        start = float(objective.value(logits, rows))
+        if decrement <= 1e-16 * start:
             break
         change = objective.inputs @ step.T
-        length = _step_length(objective, logits, rows, step, change)
+        length = _step_length(objective, logits, rows, step, change, start)
         if length is None:  # no decrease left to find in float64
             break
         rows, logits = rows + length * step, logits + length * change
     return rows
 
 
-def _step_length(objective, logits, rows, step, change) -> float | None:
+def _step_length(objective, logits, rows, step, change, start: float) -> float | None:
     """A length along ``step``, doubled while the objective keeps falling or else halved until
-    it falls (``None`` if no length down to 1/1024 lowers it)."""
+    it falls below ``start``, its value at length 0 (``None`` if no length down to 1/1024 lowers
+    it)."""
 
     @functools.cache
     def value(length: float) -> float:
         return float(objective.value(logits + length * change, rows + length * step))
 
-    start, length = value(0.0), 1.0
+    length = 1.0
     if value(1.0) < start:
         while length < 2.0**30 and value(2 * length) < value(length):
             length *= 2
