@@ -33,6 +33,7 @@ from benchmarks.record import command_line, environment
 from experiments.dmm_class_diagnostic import class_oracles
 from tda.atomic import write_json
 from tda.device import on_device
+from tda.outputs import logits_of
 from tda.task import ClassificationTask
 from unlearn.klom import klom_per_point, margins_of
 
@@ -62,9 +63,9 @@ def logit_parts(logits: torch.Tensor, label: int) -> dict:
 
 
 def model_logits(models, points) -> torch.Tensor:
-    """``[N, n, C]`` logits of ``models`` on ``points``."""
+    """``[N, n, C]`` logits of ``models`` on ``points`` (eval mode, on any device)."""
     with torch.no_grad():
-        return torch.stack([model(points.inputs) for model in models]).double().cpu()
+        return torch.stack([logits_of(model, points) for model in models]).double().cpu()
 
 
 def class_rows(cfg, originals, train, label: int, predictors: dict) -> list[dict]:
