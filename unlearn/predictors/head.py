@@ -75,11 +75,7 @@ class HeadRefitPredictor:
     _train: Examples = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        check_output(self.output)
-        if not 0 < self.penalty < float("inf"):
-            raise ValueError(f"penalty must be positive and finite, got {self.penalty}")
-        if self.max_iterations < 1:
-            raise ValueError(f"max_iterations must be at least 1, got {self.max_iterations}")
+        check_head_settings(self.output, self.penalty, max_iterations=self.max_iterations)
         if self.rows not in ROWS:
             raise ValueError(f"rows must be one of {ROWS}, got {self.rows!r}")
         self._train = training_set(self.data)
@@ -117,6 +113,17 @@ class HeadRefitPredictor:
         rows = _removed_classes(split, layer)
         weight, bias = refit_rows(features, weight, bias, rows, self.penalty, self.max_iterations)
         return weight, torch.zeros_like(weight[:, 0]) if bias is None else bias
+
+
+def check_head_settings(output: str, penalty: float, **iterations: int) -> None:
+    """Refuse an unknown output, a penalty that is not positive and finite, or an iteration
+    count (named by its keyword) below 1."""
+    check_output(output)
+    if not 0 < penalty < float("inf"):
+        raise ValueError(f"penalty must be positive and finite, got {penalty}")
+    for name, count in iterations.items():
+        if count < 1:
+            raise ValueError(f"{name} must be at least 1, got {count}")
 
 
 def _removed_classes(split: ForgetSplit, layer: nn.Linear) -> list[int]:

@@ -36,9 +36,10 @@ from torch import Tensor, nn
 from tda.data.examples import Examples
 from tda.fingerprint import model_fingerprint
 from unlearn.methods.base import ForgetSplit
-from unlearn.predictors.base import Output, PredictorScope, check_output, training_set
+from unlearn.predictors.base import Output, PredictorScope, training_set
 from unlearn.predictors.head import (
     anchor_of,
+    check_head_settings,
     final_layer,
     layer_outputs,
     penultimate_features,
@@ -73,12 +74,9 @@ class HeadDifferencePredictor:
     _references: dict[str, Layer] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_output(self.output)
-        if not 0 < self.penalty < float("inf"):
-            raise ValueError(f"penalty must be positive and finite, got {self.penalty}")
-        for name in ("max_iterations", "reference_iterations"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        iterations = {"max_iterations": self.max_iterations}
+        iterations["reference_iterations"] = self.reference_iterations
+        check_head_settings(self.output, self.penalty, **iterations)
         self._train = training_set(self.data)
         self.scope = PredictorScope(len(self._train), self._train.fingerprint())
 
