@@ -10,6 +10,11 @@ set :math:`M` made of :math:`F` repeated :math:`r = \max(1, \text{round}(\text{f
 
 The targets are computed once, from the original model, before any update. With the oracle
 predictor this is Oracle Matching (OM).
+
+With ``matching="exact"`` and a predictor whose predictions are the original's outputs with its
+final layer replaced (the head predictors' ``layer_edit``), that model makes the loss zero on
+every point, the objective's global minimum: DMM returns it and fine-tunes nothing (the loop's
+settings go unused).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -32,6 +37,10 @@ from unlearn.loop import LoopConfig, Phase, PhaseLoss, Progress, unlearning_loop
 from unlearn.masks import Mask
 from unlearn.methods.base import ForgetSplit, check_non_negative_finite
 from unlearn.predictors.base import OutputPredictor
+from unlearn.predictors.layer_edit import apply_layer_edit
+
+Matching = Literal["fine_tune", "exact"]
+MATCHING = ("fine_tune", "exact")
 
 
 def _default_loop() -> LoopConfig:
@@ -122,23 +131,36 @@ class DatamodelMatching:
         forget_copies: forget examples per epoch, about (:math:`F` is repeated to approach it).
         retain_multiple: retain points sampled, as a multiple of the forget copies (at most
             :math:`|R|`).
+        matching: ``"fine_tune"`` (the default) or ``"exact"``: write the predictor's layer
+            edit into the model instead (predictors with ``layer_edit`` only; a mask must leave
+            that layer free).
     """
 
     predictor: OutputPredictor
     loop: LoopConfig = field(default_factory=_default_loop)
     forget_copies: int = 400
     retain_multiple: float = 3.0
+    matching: Matching = "fine_tune"
     requires_forget_set: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_positive_int("forget_copies", self.forget_copies)
         # NaN and inf failed in int()
         check_non_negative_finite("retain_multiple", self.retain_multiple)
+        if self.matching not in MATCHING:
+            raise ValueError(f"matching must be one of {MATCHING}, got {self.matching!r}")
+        if self.matching == "exact" and not hasattr(self.predictor, "layer_edit"):
+            raise ValueError(
+                f"matching='exact' needs a predictor whose predictions are a layer edit (the "
+                f"head predictors); {type(self.predictor).__name__} has no layer_edit"
+            )
 
     def unlearn(
         self, model: nn.Module, split: ForgetSplit, *, seed: int, mask: Mask | None = None
     ) -> nn.Module:
         self.predictor.check(model, split)
+        if self.matching == "exact":
+            return apply_layer_edit(model, self.predictor.layer_edit(model, split), mask)
         chosen = matching_set(split, self.forget_copies, self.retain_multiple, seed)
         examples = _examples_at(split, chosen.positions)
         targets = self.predictor.targets(model, examples, chosen.positions, split, seed=seed)

@@ -22,6 +22,7 @@ from unlearn.predictors.datamodel import (
 )
 from unlearn.predictors.head import HeadRefitPredictor
 from unlearn.predictors.head_difference import HeadDifferencePredictor
+from unlearn.predictors.layer_edit import LayerEdit, LayerEditPredictor, apply_layer_edit
 from unlearn.predictors.oracle import OraclePredictor
 from unlearn.predictors.scores import ScoresPredictor, load_scores_predictor
 from unlearn.predictors.trak import TRAKPredictor, trak_predictor
@@ -31,6 +32,8 @@ __all__ = [
     "DatamodelPredictor",
     "HeadDifferencePredictor",
     "HeadRefitPredictor",
+    "LayerEdit",
+    "LayerEditPredictor",
     "OraclePredictor",
     "OutputPredictor",
     "PredictorScope",
@@ -38,6 +41,7 @@ __all__ = [
     "ShiftPredictor",
     "TRAKPredictor",
     "TrainingLogits",
+    "apply_layer_edit",
     "architecture",
     "calibrate",
     "calibrate_on_proxy",

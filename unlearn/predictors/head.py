@@ -42,6 +42,7 @@ from tda.task import ClassificationTask
 from unlearn.methods.base import ForgetSplit
 from unlearn.predictors.absent_rows import absent_classes, refit_rows
 from unlearn.predictors.base import Output, PredictorScope, check_output, training_set
+from unlearn.predictors.layer_edit import LayerEdit
 
 Rows = Literal["all", "absent"]
 ROWS = ("all", "absent")
@@ -99,20 +100,23 @@ class HeadRefitPredictor:
     def targets(self, model, examples, positions, split, *, seed) -> Tensor:
         """Refitted-layer outputs on ``examples``: ``[n, C]`` logits or ``[n]`` margins (in the
         model's dtype); ``seed`` is unused (the refit is deterministic)."""
+        return layer_outputs(model, self.layer_edit(model, split), examples, self.output)
+
+    def layer_edit(self, model: nn.Module, split: ForgetSplit) -> LayerEdit:
+        """The refitted final layer, float64 (what :meth:`targets` reads out)."""
         name, layer = final_layer(model, self.layer)
         retain = self._train.subset(split.retain_indices)
         features = penultimate_features(model, layer, retain)
-        weight, bias = self._refit(features, retain.targets.to(features.device), layer, split)
-        return layer_outputs(model, layer, examples, (weight, bias), self.output)
-
-    def _refit(self, features, targets, layer, split) -> tuple[Tensor, Tensor]:
-        """The refitted ``(W, b)`` in float64 (``b`` zero for a layer without a bias)."""
         weight, bias = anchor_of(layer, features.device)
         if self.rows == "all":
-            return refit_layer(features, targets, (weight, bias), self.penalty, self.max_iterations)
+            targets = retain.targets.to(features.device)
+            weight, fitted_bias = refit_layer(
+                features, targets, (weight, bias), self.penalty, self.max_iterations
+            )
+            return LayerEdit(name, weight, None if bias is None else fitted_bias)
         rows = _removed_classes(split, layer)
         weight, bias = refit_rows(features, weight, bias, rows, self.penalty, self.max_iterations)
-        return weight, torch.zeros_like(weight[:, 0]) if bias is None else bias
+        return LayerEdit(name, weight, bias)
 
 
 def check_head_settings(output: str, penalty: float, **iterations: int) -> None:
@@ -144,13 +148,12 @@ def anchor_of(layer: nn.Linear, device: torch.device) -> tuple[Tensor, Tensor | 
     return weight, bias
 
 
-def layer_outputs(
-    model: nn.Module, layer: nn.Linear, examples: Examples, fitted: tuple[Tensor, Tensor], output
-) -> Tensor:
-    """Logits ``[n, C]`` or margins ``[n]`` on ``examples`` with ``layer`` replaced by the
-    float64 ``fitted`` weight and bias, in the model's dtype."""
-    weight, bias = fitted
-    logits = penultimate_features(model, layer, examples) @ weight.T + bias
+def layer_outputs(model: nn.Module, edit: LayerEdit, examples: Examples, output) -> Tensor:
+    """Logits ``[n, C]`` or margins ``[n]`` on ``examples`` with the layer ``edit`` names
+    replaced by its float64 weight and bias, in the model's dtype."""
+    layer = dict(model.named_modules())[edit.name]
+    logits = penultimate_features(model, layer, examples) @ edit.weight.T
+    logits = logits if edit.bias is None else logits + edit.bias
     logits = logits.to(next(model.parameters()).dtype)
     if output == "logits":
         return logits

@@ -45,6 +45,7 @@ from unlearn.predictors.head import (
     penultimate_features,
     refit_layer,
 )
+from unlearn.predictors.layer_edit import LayerEdit
 
 Layer = tuple[Tensor, Tensor]  # float64 weight [C, d] and bias [C] (zero without a bias)
 
@@ -117,7 +118,12 @@ class HeadDifferencePredictor:
     def targets(self, model, examples, positions, split, *, seed) -> Tensor:
         """The original's outputs moved by the two fits' difference on ``examples``: ``[n, C]``
         logits or ``[n]`` margins (in the model's dtype); ``seed`` is unused."""
-        _, layer = final_layer(model, self.layer)
+        return layer_outputs(model, self.layer_edit(model, split), examples, self.output)
+
+    def layer_edit(self, model: nn.Module, split: ForgetSplit) -> LayerEdit:
+        """The original's final layer moved by the two fits' difference, float64 (what
+        :meth:`targets` reads out)."""
+        name, layer = final_layer(model, self.layer)
         reference_weight, reference_bias = self.reference(model)
         retain = self._train.subset(split.retain_indices)
         features = penultimate_features(model, layer, retain)
@@ -131,8 +137,9 @@ class HeadDifferencePredictor:
         )
         original_weight, original_bias = anchor_of(layer, features.device)
         weight = original_weight + weight - reference_weight
-        bias = (0 if original_bias is None else original_bias) + bias - reference_bias
-        return layer_outputs(model, layer, examples, (weight, bias), self.output)
+        if original_bias is None:  # no bias fitted: both fits' are zero
+            return LayerEdit(name, weight, None)
+        return LayerEdit(name, weight, original_bias + bias - reference_bias)
 
 
 def _zero_layer(layer: nn.Linear, device: torch.device) -> tuple[Tensor, Tensor | None]:
