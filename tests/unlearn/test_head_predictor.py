@@ -14,7 +14,7 @@ from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
 from unlearn import DatamodelMatching, ForgetSplit, LoopConfig, UnlearningRequest
 from unlearn.predictors import HeadRefitPredictor
-from unlearn.predictors.head import final_layer
+from unlearn.predictors.head import final_layer, penultimate_features, refit_layer
 
 
 def _split(train: Examples, forget) -> ForgetSplit:
@@ -203,3 +203,18 @@ def test_a_request_on_another_training_set_is_refused(trained, mnist):
     other = mnist.train.subset(range(200))
     with pytest.raises(ValueError, match="scores 300 training examples but the request's"):
         HeadRefitPredictor(mnist).check(trained, _split(other, [0]))
+
+
+def test_float32_products_give_the_float64_fit(trained, mnist):
+    """A float32 model's features carry float32 digits: products in float32 reach the same
+    minimiser as float64 ones (to well within the fit's own movement)."""
+    _, layer = final_layer(trained)
+    features = penultimate_features(trained, layer, mnist.train)
+    anchor = (layer.weight.detach().double(), layer.bias.detach().double())
+    fits = {
+        dtype: refit_layer(features, mnist.train.targets, anchor, 1e-3, 500, products=dtype)
+        for dtype in (torch.float32, torch.float64)
+    }
+    moved = float((fits[torch.float64][0] - anchor[0]).abs().max())
+    gap = max(float((a - b).abs().max()) for a, b in zip(*fits.values(), strict=True))
+    assert moved > 0.1 and gap < 1e-4 * moved

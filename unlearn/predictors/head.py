@@ -43,6 +43,7 @@ from unlearn.methods.base import ForgetSplit
 from unlearn.predictors.absent_rows import absent_classes, refit_rows
 from unlearn.predictors.base import Output, PredictorScope, check_output, training_set
 from unlearn.predictors.layer_edit import LayerEdit
+from unlearn.predictors.lbfgs import minimize
 
 Rows = Literal["all", "absent"]
 ROWS = ("all", "absent")
@@ -110,8 +111,9 @@ class HeadRefitPredictor:
         weight, bias = anchor_of(layer, features.device)
         if self.rows == "all":
             targets = retain.targets.to(features.device)
+            settings = (self.penalty, self.max_iterations)
             weight, fitted_bias = refit_layer(
-                features, targets, (weight, bias), self.penalty, self.max_iterations
+                features, targets, (weight, bias), *settings, products=layer.weight.dtype
             )
             return LayerEdit(name, weight, None if bias is None else fitted_bias)
         rows = _removed_classes(split, layer)
@@ -215,9 +217,10 @@ def refit_layer(
     penalty: float,
     max_iterations: int,
     start: tuple[Tensor, Tensor | None] | None = None,
+    products: torch.dtype = torch.float64,
 ) -> tuple[Tensor, Tensor]:
     """The minimiser :math:`(\\hat W, \\hat b)` of the module docstring's objective, float64, by
-    L-BFGS with the gradient written out (no autograd).
+    L-BFGS (:mod:`unlearn.predictors.lbfgs`) with the gradient written out (no autograd).
 
     Args:
         features: :math:`\\phi(x_i)` ``[n, d]`` of the points fitted (float64).
@@ -227,35 +230,33 @@ def refit_layer(
         penalty: :math:`\\lambda`.
         max_iterations: L-BFGS iterations at most.
         start: where the iterations start (default: the anchor).
+        products: the dtype of the two matrix products with the features per evaluation (the
+            rest is float64): the model's, since float32 features carry no more digits (about
+            2x faster than float64 on CPU, at the same accuracy of the fit).
     """
     anchor_weight, anchor_bias = anchor
     fit_bias = anchor_bias is not None
-    if anchor_bias is None:
-        anchor_bias = torch.zeros_like(anchor_weight[:, 0])
     start_weight, start_bias = start if start is not None else anchor
-    weight = start_weight.clone()
-    bias = start_bias.clone() if fit_bias else torch.zeros_like(anchor_bias)
-    optimizer = torch.optim.LBFGS(
-        [weight, bias] if fit_bias else [weight],
-        max_iter=max_iterations,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-    )
-    columns = features.T.contiguous()  # [d, n]: the logits come out [C, n], softmax over rows
-    onehot = nn.functional.one_hot(targets, len(anchor_weight)).T.to(features.dtype)
+    if fit_bias:
+        features = torch.cat([features, torch.ones_like(features[:, :1])], 1)
+        anchor_weight = torch.cat([anchor_weight, anchor_bias[:, None]], 1)
+        start_weight = torch.cat([start_weight, start_bias[:, None]], 1)
+    shape = anchor_weight.shape
+    rows, columns = features.to(products), features.T.to(products).contiguous()
+    onehot = nn.functional.one_hot(targets, shape[0]).T.to(features.dtype)  # [C, n]
+    anchor_flat = anchor_weight.reshape(-1)
 
-    def objective() -> Tensor:
-        """The objective, with its gradient written by hand into ``.grad``."""
-        logits = weight @ columns + bias[:, None]
+    def objective(flat: Tensor) -> tuple[Tensor, Tensor]:
+        """The objective and its gradient at the flattened ``[W, b]``."""
+        logits = (flat.view(shape).to(products) @ columns).double()  # [C, n]
         lse = torch.logsumexp(logits, dim=0)
         loss = (lse - (logits * onehot).sum(0)).mean()
-        distance = (weight - anchor_weight).square().sum() + (bias - anchor_bias).square().sum()
         residual = (torch.exp(logits - lse) - onehot) / len(lse)
-        weight.grad = residual @ features + penalty * (weight - anchor_weight)
-        if fit_bias:
-            bias.grad = residual.sum(1) + penalty * (bias - anchor_bias)
-        return loss + penalty / 2 * distance
+        gradient = (residual.to(products) @ rows).double().reshape(-1)
+        distance = flat - anchor_flat
+        return loss + penalty / 2 * distance.square().sum(), gradient + penalty * distance
 
-    optimizer.step(objective)
-    return weight, bias
+    fitted = minimize(objective, start_weight.reshape(-1), max_iterations).view(shape)
+    if not fit_bias:
+        return fitted, torch.zeros_like(fitted[:, 0])
+    return fitted[:, :-1].contiguous(), fitted[:, -1].contiguous()

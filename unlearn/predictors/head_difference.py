@@ -104,8 +104,9 @@ class HeadDifferencePredictor:
             features = penultimate_features(model, layer, self._train)
             targets = self._train.targets.to(features.device)
             zero = _zero_layer(layer, features.device)
+            settings = (self.penalty, self.reference_iterations)
             self._references[key] = refit_layer(
-                features, targets, zero, self.penalty, self.reference_iterations
+                features, targets, zero, *settings, products=layer.weight.dtype
             )
         return self._references[key]
 
@@ -134,6 +135,7 @@ class HeadDifferencePredictor:
             self.penalty,
             self.max_iterations,
             start=(reference_weight, reference_bias),
+            products=layer.weight.dtype,
         )
         original_weight, original_bias = anchor_of(layer, features.device)
         weight = original_weight + weight - reference_weight
