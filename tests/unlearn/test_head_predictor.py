@@ -205,14 +205,14 @@ def test_a_request_on_another_training_set_is_refused(trained, mnist):
         HeadRefitPredictor(mnist).check(trained, _split(other, [0]))
 
 
-def test_float32_products_give_the_float64_fit(trained, mnist):
-    """A float32 model's features carry float32 digits: products in float32 reach the same
+def test_float32_evaluations_give_the_float64_fit(trained, mnist):
+    """A float32 model's features carry float32 digits: evaluations in float32 reach the same
     minimiser as float64 ones (to well within the fit's own movement)."""
     _, layer = final_layer(trained)
     features = penultimate_features(trained, layer, mnist.train)
     anchor = (layer.weight.detach().double(), layer.bias.detach().double())
     fits = {
-        dtype: refit_layer(features, mnist.train.targets, anchor, 1e-3, 500, products=dtype)
+        dtype: refit_layer(features, mnist.train.targets, anchor, 1e-3, 500, dtype=dtype)
         for dtype in (torch.float32, torch.float64)
     }
     moved = float((fits[torch.float64][0] - anchor[0]).abs().max())

@@ -113,7 +113,7 @@ class HeadRefitPredictor:
             targets = retain.targets.to(features.device)
             settings = (self.penalty, self.max_iterations)
             weight, fitted_bias = refit_layer(
-                features, targets, (weight, bias), *settings, products=layer.weight.dtype
+                features, targets, (weight, bias), *settings, dtype=layer.weight.dtype
             )
             return LayerEdit(name, weight, None if bias is None else fitted_bias)
         rows = _removed_classes(split, layer)
@@ -217,7 +217,7 @@ def refit_layer(
     penalty: float,
     max_iterations: int,
     start: tuple[Tensor, Tensor | None] | None = None,
-    products: torch.dtype = torch.float64,
+    dtype: torch.dtype = torch.float64,
 ) -> tuple[Tensor, Tensor]:
     """The minimiser :math:`(\\hat W, \\hat b)` of the module docstring's objective, float64, by
     L-BFGS (:mod:`unlearn.predictors.lbfgs`) with the gradient written out (no autograd).
@@ -230,9 +230,11 @@ def refit_layer(
         penalty: :math:`\\lambda`.
         max_iterations: L-BFGS iterations at most.
         start: where the iterations start (default: the anchor).
-        products: the dtype of the two matrix products with the features per evaluation (the
-            rest is float64): the model's, since float32 features carry no more digits (about
-            2x faster than float64 on CPU, at the same accuracy of the fit).
+        dtype: the dtype of each evaluation's work over the points (the two products with the
+            features and the softmax; sums, value and gradient are float64): the model's, since
+            float32 features carry no more digits (on CPU about 2x faster than float64, at the
+            same accuracy of the fit: the steps are certified by the gradient, see
+            :mod:`unlearn.predictors.lbfgs`).
     """
     anchor_weight, anchor_bias = anchor
     fit_bias = anchor_bias is not None
@@ -241,18 +243,22 @@ def refit_layer(
         features = torch.cat([features, torch.ones_like(features[:, :1])], 1)
         anchor_weight = torch.cat([anchor_weight, anchor_bias[:, None]], 1)
         start_weight = torch.cat([start_weight, start_bias[:, None]], 1)
-    shape = anchor_weight.shape
-    rows, columns = features.to(products), features.T.to(products).contiguous()
-    onehot = nn.functional.one_hot(targets, shape[0]).T.to(features.dtype)  # [C, n]
+    shape, count = anchor_weight.shape, len(targets)
+    rows, columns = features.to(dtype), features.T.to(dtype).contiguous()  # [n, d], [d, n]
+    labels = targets[None]  # [1, n]
+    minus_one = torch.full((1, count), -1.0, dtype=dtype, device=features.device)
     anchor_flat = anchor_weight.reshape(-1)
 
     def objective(flat: Tensor) -> tuple[Tensor, Tensor]:
         """The objective and its gradient at the flattened ``[W, b]``."""
-        logits = (flat.view(shape).to(products) @ columns).double()  # [C, n]
-        lse = torch.logsumexp(logits, dim=0)
-        loss = (lse - (logits * onehot).sum(0)).mean()
-        residual = (torch.exp(logits - lse) - onehot) / len(lse)
-        gradient = (residual.to(products) @ rows).double().reshape(-1)
+        logits = flat.view(shape).to(dtype) @ columns  # [C, n]: softmax over rows
+        top = logits.max(0, keepdim=True).values
+        probabilities = torch.exp(logits - top)
+        total = probabilities.sum(0, keepdim=True)
+        lse = (top + torch.log(total)).double().sum()
+        loss = (lse - logits.gather(0, labels).double().sum()) / count
+        residual = probabilities.div_(total).scatter_add_(0, labels, minus_one)  # p - onehot
+        gradient = (residual @ rows).double().reshape(-1) / count
         distance = flat - anchor_flat
         return loss + penalty / 2 * distance.square().sum(), gradient + penalty * distance
 

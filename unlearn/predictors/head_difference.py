@@ -106,7 +106,7 @@ class HeadDifferencePredictor:
             zero = _zero_layer(layer, features.device)
             settings = (self.penalty, self.reference_iterations)
             self._references[key] = refit_layer(
-                features, targets, zero, *settings, products=layer.weight.dtype
+                features, targets, zero, *settings, dtype=layer.weight.dtype
             )
         return self._references[key]
 
@@ -135,7 +135,7 @@ class HeadDifferencePredictor:
             self.penalty,
             self.max_iterations,
             start=(reference_weight, reference_bias),
-            products=layer.weight.dtype,
+            dtype=layer.weight.dtype,
         )
         original_weight, original_bias = anchor_of(layer, features.device)
         weight = original_weight + weight - reference_weight
