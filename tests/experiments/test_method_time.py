@@ -16,7 +16,8 @@ from experiments.unlearning import search_grid, settings_of
 from tda.describe import describe
 from tda.device import OnDevice
 from tests.experiments.entry import run_entry_point, torch_imports_while_unlearning
-from unlearn.predictors import architecture
+from unlearn import Unlearner
+from unlearn.predictors import HeadDifferencePredictor, architecture
 
 TINY = ("experiment=tiny", "progress=false", "models=2", "tuning.models=1", "klom_floor=false")
 
@@ -105,6 +106,19 @@ def test_main_times_each_run_against_retraining(tmp_path, monkeypatch):
         np.median(result["method_seconds"]) / np.median(result["retrain_seconds"])
     )
     assert result["used"] == 0.001
+
+
+def test_a_predictors_per_model_work_is_done_before_any_clock_starts(tmp_path, monkeypatch):
+    overrides = ("predictor=head_difference", "unlearner.matching=exact", "tuning.parameter=null")
+    _benchmark(tmp_path, "unlearner=dmm", *overrides)
+    events = []
+    prepare, unlearn = HeadDifferencePredictor.prepare_model, Unlearner.unlearn
+    monkeypatch.setattr(
+        HeadDifferencePredictor, "prepare_model", lambda *a: events.append("prepare") or prepare(*a)
+    )
+    monkeypatch.setattr(Unlearner, "unlearn", lambda *a: events.append("timed") or unlearn(*a))
+    method_time.measure(tmp_path, "unlearn-dmm-head-difference-random_10pct", repeats=2)
+    assert events == ["prepare"] * 2 + ["timed"] * 4
 
 
 def test_an_unfinished_run_is_not_timed(tmp_path):
