@@ -79,8 +79,11 @@ def klom_cell(klom: dict, name: str) -> str:
 
 
 def setting_text(value) -> str:
-    """A searched value as text: ``0.01``, or ``0.01 / 0.5`` for a search over several keys."""
-    return " / ".join(f"{s:g}" for s in value) if isinstance(value, list) else f"{value:g}"
+    """A searched value as text: ``0.01``, or ``0.01 / 0.5`` for a search over several keys
+    (a value that is no number, such as DMM's ``matching``, as it is: ``exact / 0.001``)."""
+    if isinstance(value, list):
+        return " / ".join(setting_text(setting) for setting in value)
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def tuned(record: dict) -> str:
@@ -96,7 +99,7 @@ def tuned(record: dict) -> str:
     grid, value = tuning["grid"], record.get("used")
     several = isinstance(grid[0], list)
     axes = [list(dict.fromkeys(axis)) for axis in zip(*grid, strict=True)] if several else [grid]
-    ends = " / ".join(f"[{axis[0]:g}, {axis[-1]:g}]" for axis in axes)
+    ends = " / ".join(f"[{setting_text(axis[0])}, {setting_text(axis[-1])}]" for axis in axes)
     if value is None:
         return f"none of {ends}"
     settings = value if isinstance(value, list) else [value]

@@ -65,6 +65,15 @@ def test_tuned_shows_each_key_of_a_search_over_several():
     assert setting_text([0.01, 0.5]) == "0.01 / 0.5" and setting_text(3e-4) == "0.0003"
 
 
+def test_tuned_shows_a_setting_that_is_no_number_as_it_is():
+    grid = [[matching, lr] for matching in ("fine_tune", "exact") for lr in (0.001, 0.01)]
+    tuning = {"grid": grid, "chosen": ["exact", 0.001]}
+    assert (
+        tuned(_record(tuning=tuning, used=["exact", 0.001]))
+        == "exact / 0.001 [fine_tune, exact] / [0.001, 0.01] (edge)"
+    )
+
+
 def test_klom_cells_show_the_interval_where_one_was_recorded():
     klom = {"forget": 9.4791, "forget_ci95": [9.3995, 9.538], "retain": 5.0}
     assert klom_cell(klom, "forget") == "9.48 (9.40-9.54)"
