@@ -69,3 +69,17 @@ def test_it_stops_after_the_iterations_allowed():
     start = torch.zeros(30, dtype=torch.float64)
     assert float((minimize(objective, start, 3) - solution).abs().max()) > 1e-3
     assert float((minimize(objective, start, 300) - solution).abs().max()) < 1e-8
+
+
+def test_a_step_along_a_linear_stretch_stays_out_of_the_history():
+    """The Huber loss is linear far from its minimum: the first step's gradient change is zero
+    (no curvature), which must not enter the history (0 / 0 in the scaling)."""
+
+    def huber(x):
+        offset = x - 3.0
+        inside = offset.abs() <= 1
+        value = torch.where(inside, offset.square() / 2, offset.abs() - 0.5).sum()
+        return value, torch.where(inside, offset, offset.sign())
+
+    found = minimize(huber, torch.full((2,), 10.0, dtype=torch.float64), 50)
+    torch.testing.assert_close(found, torch.full((2,), 3.0, dtype=torch.float64))

@@ -14,7 +14,8 @@ with :math:`S, Y` the last :math:`m` steps and gradient changes, :math:`R` the u
 :math:`S^\top Y`, :math:`D` its diagonal and :math:`\gamma = s^\top y / y^\top y` of the newest
 pair; :math:`S^\top Y` and :math:`Y^\top Y` are kept up to date one row and column per pair. The
 step is found by backtracking from 1 (Armijo): on a strongly convex objective every pair has
-:math:`s^\top y > 0`, so no curvature condition is needed.
+:math:`s^\top y > 0`, so no curvature condition is needed (a pair without it, as on a linear
+stretch of a merely convex objective, is left out of the history).
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ def minimize(
         if moved is None:
             break
         step, (new_value, new_gradient) = moved
-        pairs.add(step, new_gradient - gradient)
+        change = new_gradient - gradient
+        if float(step @ change) > 1e-10 * float(step.norm() * change.norm()):
+            pairs.add(step, change)  # else no curvature along the step (a flat stretch): skip
         x, value, gradient = x + step, new_value, new_gradient
     return x
 
