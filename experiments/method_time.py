@@ -5,9 +5,8 @@ the oracles were trained, so on a shared machine it moves with the load. Here ea
 (``${workspace}/results/<run>.json`` from ``experiments/unlearning.py``) is rebuilt from its
 record: its settings, the value its proxy chose and, for DMM, its calibrated predictor (prepared
 for the forget set and each original before the clock starts: the benchmark reports attribution
-cost apart). Its unlearner and exact
-retraining on R then alternate on the first ``--repeats`` originals, one thread; the ratio of the
-median times is reported:
+cost apart). Its unlearner and exact retraining on R then alternate on the first ``--repeats``
+originals, one thread; the ratio of the median times is reported:
 
     python -m experiments.method_time runs/mnist1d_mlp --runs unlearn-dmm-trak-m20-random_1pct \\
         unlearn-dmm-trak-m20-random_10pct unlearn-dmm-trak-m20-class --output results/dmm-time.json
