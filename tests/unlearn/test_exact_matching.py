@@ -13,7 +13,12 @@ from tda.models import build_model
 from tda.training import TrainConfig, train
 from tests.unlearn.reference import FACTORY
 from unlearn import DatamodelMatching, ForgetSplit, OraclePredictor, Unlearner, UnlearningRequest
-from unlearn.predictors import HeadDifferencePredictor, HeadRefitPredictor
+from unlearn.predictors import (
+    HeadDifferencePredictor,
+    HeadRefitPredictor,
+    LayerEdit,
+    apply_layer_edit,
+)
 
 PENALTY = 0.05
 
@@ -109,3 +114,13 @@ def test_bad_matching_settings_are_refused(mnist, tmp_path):
     oracle = OraclePredictor(FACTORY, mnist, TrainConfig(), 0, 1, root=tmp_path)
     with pytest.raises(ValueError, match="OraclePredictor has no layer_edit"):
         DatamodelMatching(oracle, matching="exact")
+
+
+def test_a_non_finite_edit_is_refused_and_the_model_kept(trained):
+    name, weight = [(n, p) for n, p in trained.named_parameters()][-2]
+    before = copy.deepcopy(trained.state_dict())
+    bad = torch.full_like(weight, float("nan"), dtype=torch.float64)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        apply_layer_edit(trained, LayerEdit(name.rsplit(".", 1)[0], bad, None))
+    for key, value in trained.state_dict().items():
+        assert torch.equal(value, before[key])

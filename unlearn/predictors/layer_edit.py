@@ -49,7 +49,11 @@ def apply_layer_edit(model: nn.Module, edit: LayerEdit, mask: Mask | None = None
     Raises:
         ValueError: ``mask`` (or ``requires_grad=False``) freezes a weight of the edited layer,
             which the edit would change.
+        FloatingPointError: the edit holds a non-finite value (``model`` is left as it was).
     """
+    values = [edit.weight] if edit.bias is None else [edit.weight, edit.bias]
+    if not all(bool(torch.isfinite(value).all()) for value in values):
+        raise FloatingPointError(f"the edit of layer {edit.name!r} holds non-finite values")
     layer = dict(model.named_modules())[edit.name]
     frozen = _frozen(model, edit.name, mask)
     if frozen:
