@@ -90,8 +90,8 @@ def tuned(record: dict) -> str:
     """The value used and the grid's ends, e.g. ``0.1 [0.01, 0.3] (edge)``; for a search over
     several keys, each key's setting and ends, e.g. ``0.01 / 0.5 [0.0001, 0.1] / [0.1, 0.9]``.
 
-    ``edge``: a setting is an end of its key's values; ``fallback``: the proxy's choice diverged
-    on F and the next value of its ranking was used; ``none of``: every value diverged.
+    ``edge``: a numeric setting is an end of its key's values; ``fallback``: the proxy's choice
+    diverged on F and the next value of its ranking was used; ``none of``: every value diverged.
     """
     tuning = record.get("tuning")
     if not tuning:
@@ -103,7 +103,10 @@ def tuned(record: dict) -> str:
     if value is None:
         return f"none of {ends}"
     settings = value if isinstance(value, list) else [value]
-    edge = any(s in (axis[0], axis[-1]) for s, axis in zip(settings, axes, strict=True))
+    edge = any(  # an end of a numeric axis only: a choice among names has no edge
+        not isinstance(s, str) and s in (axis[0], axis[-1])
+        for s, axis in zip(settings, axes, strict=True)
+    )
     fallback = " (fallback)" if value != tuning["chosen"] else ""
     return f"{setting_text(value)} {ends}{' (edge)' if edge else ''}{fallback}"
 

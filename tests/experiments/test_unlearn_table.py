@@ -72,6 +72,11 @@ def test_tuned_shows_a_setting_that_is_no_number_as_it_is():
         tuned(_record(tuning=tuning, used=["exact", 0.001]))
         == "exact / 0.001 [fine_tune, exact] / [0.001, 0.01] (edge)"
     )
+    three = [[m, lr] for m in ("fine_tune", "exact") for lr in (0.001, 0.003, 0.01)]
+    middle = {"grid": three, "chosen": ["exact", 0.003]}  # "exact" ends its axis: no edge
+    assert tuned(_record(tuning=middle, used=["exact", 0.003])) == (
+        "exact / 0.003 [fine_tune, exact] / [0.001, 0.01]"
+    )
 
 
 def test_klom_cells_show_the_interval_where_one_was_recorded():
