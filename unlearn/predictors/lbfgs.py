@@ -36,7 +36,7 @@ class History:
     def __init__(self, size: int, like: Tensor) -> None:
         self.steps = like.new_zeros(size, len(like))
         self.changes = like.new_zeros(size, len(like))
-        self.step_change = like.new_zeros(size, size)  # [i, j] = s_i . y_j
+        self.step_change = like.new_zeros(size, size)  # [i, j] = s_i . y_j for i <= j
         self.change_change = like.new_zeros(size, size)  # [i, j] = y_i . y_j
         self.count = 0
 
@@ -50,8 +50,7 @@ class History:
             self.count -= 1
         k = self.count
         self.steps[k], self.changes[k] = step, change
-        self.step_change[: k + 1, k] = self.steps[: k + 1] @ change
-        self.step_change[k, :k] = self.changes[:k] @ step
+        self.step_change[: k + 1, k] = self.steps[: k + 1] @ change  # the upper triangle only
         self.change_change[: k + 1, k] = self.changes[: k + 1] @ change
         self.change_change[k, :k] = self.change_change[:k, k]
         self.count = k + 1
