@@ -29,10 +29,19 @@ def _sequences(count: int, seed: int) -> Examples:
     return Examples(inputs, targets)
 
 
+class CoupledTask(LanguageModelingTask):
+    """The token loss plus a term across all positions: its Hessian in the logits is not
+    block-diagonal over positions."""
+
+    def loss(self, logits, target):
+        return super().loss(logits, target) + 0.1 * torch.logsumexp(logits.flatten(-2), -1)
+
+
 class FlatModel:
     """A tiny transformer as functions of its flattened parameter vector."""
 
-    def __init__(self) -> None:
+    def __init__(self, task=TASK) -> None:
+        self.task = task
         factory = partial(
             CausalTransformer, vocab_size=5, context=4, dim=4, heads=1, layers=1, hidden=4
         )
@@ -49,7 +58,7 @@ class FlatModel:
         return functional_call(self.model, params, (data.inputs,))
 
     def value(self, vector, data, function):
-        return getattr(TASK, function)(self.logits(vector, data), data.targets)
+        return getattr(self.task, function)(self.logits(vector, data), data.targets)
 
     def hessian(self, data):
         # reverse-over-reverse autograd, not torch.func.hessian: in torch 2.13 the vmapped second
@@ -66,7 +75,8 @@ class FlatModel:
         jacobian = torch.autograd.functional.jacobian(lambda v: self.logits(v, one), self.flat)
         logits = self.logits(self.flat, one).detach()
         inner = torch.autograd.functional.hessian(
-            lambda o: TASK.loss(o.reshape(logits.shape), one.targets).sum(), logits.reshape(-1)
+            lambda o: self.task.loss(o.reshape(logits.shape), one.targets).sum(),
+            logits.reshape(-1),
         )
         jacobian = jacobian.reshape(-1, len(self.flat))
         return jacobian.T @ inner @ jacobian
@@ -92,9 +102,10 @@ def test_influence_equals_the_closed_form_with_a_hand_built_curvature(curvature)
     torch.testing.assert_close(scores, expected, rtol=1e-8, atol=1e-12)
 
 
-def test_gauss_newton_diagonal_of_sequence_logits_matches_the_full_matrix():
-    problem, train = FlatModel(), _sequences(6, seed=0)
-    diagonal = gauss_newton_diagonal(problem.model, TASK, train)
+@pytest.mark.parametrize("task", [TASK, CoupledTask()], ids=["token_losses", "coupled"])
+def test_gauss_newton_diagonal_of_sequence_logits_matches_the_full_matrix(task):
+    problem, train = FlatModel(task), _sequences(6, seed=0)
+    diagonal = gauss_newton_diagonal(problem.model, task, train)
     expected = torch.diagonal(problem.gauss_newton(train))
     torch.testing.assert_close(diagonal, expected, rtol=1e-10, atol=1e-14)
 
@@ -104,7 +115,8 @@ def test_gauss_newton_diagonal_shrinks_its_chunks_to_the_memory_budget(monkeypat
     whole = gauss_newton_diagonal(problem.model, TASK, train, chunk_size=64)
     monkeypatch.setattr(simple, "DIAGONAL_CHUNK_BYTES", 1)
     params = dict(problem.model.named_parameters())
-    assert simple._fitting_chunk(problem.model, train, params, 64) == 1
+    shape = simple._logit_shape(problem.model, train)
+    assert simple._fitting_chunk(shape, params, 64) == 1
     single = gauss_newton_diagonal(problem.model, TASK, train, chunk_size=64)
     torch.testing.assert_close(single, whole, rtol=1e-12, atol=1e-15)
 
