@@ -25,13 +25,13 @@ holding the best proxy score, its best on F the best over every variant's values
         --output results/hindsight-mlp.json
 
 Each method's outcome on each forget set is kept in ``${workspace}/hindsight/`` as it finishes,
-so a killed run resumes with the next one (kept outcomes are reused only for the same settings).
+so a killed run resumes with the next one (kept outcomes are reused only for the same settings,
+library versions and resolved device, as a search journal of ``experiments/unlearning.py`` is).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -45,6 +45,7 @@ from benchmarks.record import command_line, environment
 from experiments.unlearning import (
     build_candidates,
     calibrate_predictor,
+    run_digest,
     search_grid,
     setting,
     shared_parts,
@@ -167,10 +168,11 @@ def outcome(cfg: DictConfig) -> dict:
 
 
 def kept_outcome(cfg: DictConfig, path: Path) -> dict:
-    """:func:`outcome`, read back from ``path`` if it was kept there for the same settings."""
-    settings = OmegaConf.to_container(cfg, resolve=False)
-    settings.pop("progress", None)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    """:func:`outcome`, read back from ``path`` if it was kept there for the same run
+    (:func:`~experiments.unlearning.run_digest`: settings, library versions, resolved device;
+    the settings unresolved, since a composed configuration's ``${hydra:...}`` names resolve
+    only inside a Hydra run)."""
+    digest = run_digest(OmegaConf.to_container(cfg, resolve=False), cfg.device)
     if path.exists() and json.loads(path.read_text()).get("settings_sha256") == digest:
         return json.loads(path.read_text())["outcome"]
     result = outcome(cfg)

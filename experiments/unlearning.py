@@ -219,16 +219,20 @@ def _journal(cfg: DictConfig, workspace: Path) -> tuple[unlearn.SearchJournal, b
 
     The journal also claims ``results_name`` for this configuration (:func:`_claim`); returns
     it and whether this run made the claim (``False``: it resumes, or joins, an earlier one's)."""
-    # a killed run resumes when restarted with other threads or progress, or from another spelling
-    # of its workspace; "auto" differs between machines, so the device counts as resolved
-    settings = portable_settings(OmegaConf.to_container(cfg, resolve=True))
-    device = str(resolve_device(cfg.device))
-    context = json.dumps(
-        {"settings": settings, "versions": _versions(), "device": device}, sort_keys=True
-    )
     root = workspace / "results" / ".search" / cfg.results_name
-    journal = unlearn.SearchJournal(root, hashlib.sha256(context.encode()).hexdigest())
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    journal = unlearn.SearchJournal(root, run_digest(settings, cfg.device))
     return journal, _claim(cfg, workspace, journal)
+
+
+def run_digest(settings: dict, device: str) -> str:
+    """SHA-256 of what makes a run's outcome: its ``settings`` as runs compare them
+    (:func:`portable_settings`: a run restarted with other threads or progress, or from another
+    spelling of its workspace, is the same run), the library versions, and ``device`` as resolved
+    (``auto`` differs between machines)."""
+    resolved = str(resolve_device(device))
+    context = {"settings": portable_settings(settings), "versions": _versions(), "device": resolved}
+    return hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()
 
 
 def _claim(cfg: DictConfig, workspace: Path, journal: unlearn.SearchJournal) -> bool:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments import hindsight
+from experiments import hindsight, unlearning
 
 SPARSE, DMM = hindsight.GOALS["sparse"], hindsight.GOALS["dmm"]
 
@@ -88,6 +88,9 @@ def test_a_tiny_run_scores_the_proxy_choice_on_f_and_resumes(tmp_path, monkeypat
     other = hindsight.compose_method("tiny", "random_10pct", "ft", [*overrides, "models=3"])
     with pytest.raises(AssertionError, match="recomputed"):
         hindsight.kept_outcome(other, path)  # other settings: not read back
+    monkeypatch.setattr(unlearning, "_versions", lambda: {"tda-unlearn": "another"})
+    with pytest.raises(AssertionError, match="recomputed"):
+        hindsight.kept_outcome(cfg, path)  # other library versions: not read back
 
 
 def test_a_tiny_dmm_run_calibrates_its_predictor_on_the_proxy_before_scoring_on_f(tmp_path):
