@@ -10,6 +10,7 @@ class (``flip_labels``, seed ``s``), the benchmark MLP 40-128-128-10 trained on 
 * grad-dot self-score, the squared loss-gradient norm (``loss_gradient_norms``);
 * TracIn-CP self-influence, that norm summed over 10 checkpoints saved during training and
   weighted by their learning rates (``tracin_self_influence``);
+* the mean training loss over the same checkpoints (``checkpoint_loss``);
 * the training loss and a random order, as baselines;
 
 and each ranking reports the fraction of flipped labels found in its top 10% and 20% and its AUC
@@ -54,6 +55,7 @@ from tda import (
 from tda.models import MLP, CNN1d, build_model
 from tda.task import ClassificationTask
 from tda.valuation import (
+    checkpoint_loss,
     flip_labels,
     loss_gradient_norms,
     mislabel_detection,
@@ -131,6 +133,9 @@ def rankings(model, checkpoints, noisy, settings, workspace) -> dict:
         "IF (EK-FAC) self-influence": ekfac,
         "grad-dot self-score": lambda: loss_gradient_norms(model, noisy),
         "TracIn-CP self-influence": lambda: tracin_self_influence(
+            MODELS[settings["model"]], checkpoints, noisy
+        ),
+        "mean training loss over checkpoints": lambda: checkpoint_loss(
             MODELS[settings["model"]], checkpoints, noisy
         ),
         "training loss": loss,

@@ -24,6 +24,7 @@ from tda.methods import InfluenceFunction
 from tda.models import build_model
 from tda.training import train
 from tda.valuation import (
+    checkpoint_loss,
     flip_labels,
     loss_gradient_norms,
     pruning_curve,
@@ -34,7 +35,7 @@ from tda.valuation import (
 )
 
 log = logging.getLogger(__name__)
-RANKINGS = ("influence", "trak", "tracin", "graddot")
+RANKINGS = ("influence", "trak", "tracin", "graddot", "checkpoint_loss")
 ATTRIBUTIONS = ("influence", "trak")  # what values (mean scores on held-out queries) come from
 TRAINED = ("data", "model", "train")  # with the flipped labels, what decides the trained model
 KEYED = (*TRAINED, "attributor", "featurizer", "valuation")  # and the reports: with the queries
@@ -79,6 +80,7 @@ def main(cfg: DictConfig) -> float:
     rankings = {
         "tracin": lambda: tracin_self_influence(factory, trained.checkpoints, noisy),
         "graddot": lambda: loss_gradient_norms(model, noisy),
+        "checkpoint_loss": lambda: checkpoint_loss(factory, trained.checkpoints, noisy),
     }
     ranking = rankings.get(options.ranking, lambda: attributions.self_scores(options.ranking))
     report = valuation_report(

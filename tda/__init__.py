@@ -69,6 +69,7 @@ from tda.training import TrainConfig, train
 from tda.transformer import CausalTransformer
 from tda.valuation import (
     Backdoor,
+    checkpoint_loss,
     flip_labels,
     loss_gradient_norms,
     mislabel_detection,
@@ -131,6 +132,7 @@ __all__ = [
     "as_examples",
     "build_model",
     "check_member",
+    "checkpoint_loss",
     "counterfactual_retraining",
     "featurize",
     "flip_labels",

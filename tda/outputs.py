@@ -29,6 +29,11 @@ def task_outputs(model: nn.Module, task: Task, examples: Examples, batch_size: i
     return task.output(logits_of(model, examples, batch_size), examples.targets)
 
 
+def task_losses(model: nn.Module, task: Task, examples: Examples, batch_size: int = 1024):
+    """The task's training loss ``[n]`` for each example (the model in eval mode)."""
+    return task.loss(logits_of(model, examples, batch_size), examples.targets)
+
+
 def accuracy(model: nn.Module, examples: Examples, batch_size: int = 1024) -> float:
     """Fraction of examples whose arg-max logit is the target; for sequence targets ``[n, T]``,
     of the positions whose target is counted (not :data:`~tda.task.IGNORE_INDEX`). A float64

@@ -10,6 +10,7 @@ from tda.valuation.poisoning import Backdoor
 from tda.valuation.pruning import PruningCurve, pruning_curve, removal_order, removed_count
 from tda.valuation.report import ValuationReport, valuation_report
 from tda.valuation.values import (
+    checkpoint_loss,
     loss_gradient_norms,
     self_scores,
     tracin_self_influence,
@@ -22,6 +23,7 @@ __all__ = [
     "PruningCurve",
     "TopExamples",
     "ValuationReport",
+    "checkpoint_loss",
     "flip_labels",
     "loss_gradient_norms",
     "mislabel_detection",

@@ -200,7 +200,9 @@ def valuation_report(
             (their mean over queries) and each query's top helpful and harmful examples.
         values: ``[n_train]`` values, instead of ``scores`` (not both).
         self_influence: ``[n_train]``, e.g. ``InfluenceFunction.self_influence()`` or
-            :func:`~tda.valuation.self_scores`; ranks suspicion (else minus the values do).
+            :func:`~tda.valuation.self_scores`, or any other suspicion score (high: possibly
+            mislabelled) such as :func:`~tda.valuation.checkpoint_loss`; ranks suspicion (else
+            minus the values do).
         flipped: ``[n_train]`` mask of labels known to be wrong (e.g. planted by
             :func:`~tda.valuation.flip_labels`): adds a mislabel-detection report.
         pruning: a :func:`~tda.valuation.pruning_curve` computed from these values.

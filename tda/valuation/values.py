@@ -13,6 +13,10 @@ r"""Per-example value and self-influence scores from any attributor.
   :math:`\sum_c \eta_c \lVert\nabla_\theta \ell(z_i;\theta_c)\rVert^2` (TracIn-CP
   self-influence, Pruthi et al. 2020, Sec. 4.1), which also sees the early checkpoints where a
   wrong label is not memorised yet.
+* :func:`checkpoint_loss`, the mean training loss over the same checkpoints
+  :math:`\frac1C\sum_c \ell(z_i;\theta_c)`, sees them with forward passes alone: an example the
+  rest of the data contradicts is learnt late, so its loss stays high for longer (the trajectory
+  form of the final-loss baseline; not an attribution).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import Tensor, nn
 from tda.checkpoints import Checkpoint, load_fresh_model
 from tda.data.examples import Examples
 from tda.grads import iter_per_sample_gradients
+from tda.outputs import task_losses
 from tda.task import ClassificationTask, Task
 
 ScoreRows = Callable[[Sequence[int]], Tensor]
@@ -112,6 +117,33 @@ def loss_gradient_norms(
         )
     ]
     return torch.cat(norms)
+
+
+def checkpoint_loss(
+    model_factory: Callable[[], nn.Module],
+    checkpoints: Sequence[Checkpoint],
+    train: Examples,
+    *,
+    task: Task = ClassificationTask(),
+    batch_size: int = 1024,
+) -> Tensor:
+    r"""Mean training loss over checkpoints ``[n]`` (float64): :math:`\frac1C\sum_c
+    \ell(z_i;\theta_c)`, each checkpoint's model in eval mode.
+
+    A suspicion score (high: learnt late, possibly mislabelled) for
+    :func:`~tda.valuation.mislabel_detection` or ``valuation_report(self_influence=...)``.
+
+    Raises:
+        ValueError: no checkpoints, or a NaN or infinite loss (e.g. a target outside the
+            model's classes).
+    """
+    if not checkpoints:
+        raise ValueError("checkpoint_loss needs at least one checkpoint; got none")
+    total = torch.zeros(len(train), dtype=torch.float64)
+    for checkpoint in checkpoints:
+        model = load_fresh_model(model_factory, checkpoint)
+        total += task_losses(model, task, train, batch_size).to(torch.float64).cpu()
+    return require_finite("checkpoint losses", total / len(checkpoints))
 
 
 def tracin_self_influence(

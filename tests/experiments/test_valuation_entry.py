@@ -14,6 +14,7 @@ from tda.methods import TRAK, InfluenceFunction
 from tda.models import MLP, CNN1d, build_model
 from tda.projection import DenseProjector
 from tda.valuation import (
+    checkpoint_loss,
     flip_labels,
     loss_gradient_norms,
     mislabel_detection,
@@ -55,6 +56,14 @@ def test_tracin_ranking_is_the_library_tracin_self_influence(tmp_path, noisy):
     assert len(saved(tmp_path)) == 2
     assert auc == mislabel_detection(suspicion, flipped).auc
     assert (report_directory(tmp_path, "tracin-trak") / "valuation.json").is_file()
+
+
+def test_checkpoint_loss_ranking_is_the_library_checkpoint_loss(tmp_path, noisy):
+    auc = run_entry_point("valuation", tmp_path, "valuation.ranking=checkpoint_loss", base=BASE)
+    data, flipped = noisy
+    suspicion = checkpoint_loss(FACTORY, saved(tmp_path), data)
+    assert len(saved(tmp_path)) == 2
+    assert auc == mislabel_detection(suspicion, flipped).auc
 
 
 def test_graddot_ranking_reads_the_final_model(tmp_path, noisy):

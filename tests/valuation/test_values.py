@@ -6,11 +6,13 @@ import torch
 
 from tda.checkpoints import load_checkpoint
 from tda.curvature import ExplicitSolver
+from tda.data import Examples
 from tda.methods import InfluenceFunction
 from tda.models import MLP, build_model
 from tda.task import ClassificationTask
 from tda.training import TrainConfig, train
 from tda.valuation import (
+    checkpoint_loss,
     loss_gradient_norms,
     self_scores,
     tracin_self_influence,
@@ -78,3 +80,25 @@ def test_tracin_self_influence_sums_weighted_checkpoint_norms(tiny_data, tmp_pat
     torch.testing.assert_close(tracin_self_influence(factory, saved, tiny_data), expected)
     with pytest.raises(ValueError, match="at least one checkpoint"):
         tracin_self_influence(factory, [], tiny_data)
+
+
+def test_checkpoint_loss_is_the_mean_cross_entropy_over_checkpoints(tiny_data, tmp_path):
+    def factory():
+        return MLP(6, (8,), 3).double()
+
+    model = build_model(factory, seed=0, dtype=torch.float64)
+    config = TrainConfig(epochs=4, batch_size=5, checkpoints=4)
+    saved = train(model, tiny_data, config, seed=0, checkpoint_dir=tmp_path).checkpoints
+    by_hand = []
+    for checkpoint in saved:
+        logits = load_checkpoint(checkpoint, factory())(tiny_data.inputs).detach()
+        by_hand.append(
+            torch.nn.functional.cross_entropy(logits, tiny_data.targets, reduction="none")
+        )
+    expected = torch.stack(by_hand).mean(0)
+    torch.testing.assert_close(checkpoint_loss(factory, saved, tiny_data, batch_size=7), expected)
+    with pytest.raises(ValueError, match="at least one checkpoint"):
+        checkpoint_loss(factory, [], tiny_data)
+    outside = Examples(tiny_data.inputs, torch.full_like(tiny_data.targets, 5))  # no class 5
+    with pytest.raises(ValueError, match="checkpoint losses hold NaN"):
+        checkpoint_loss(factory, saved, outside)
