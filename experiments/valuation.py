@@ -90,7 +90,7 @@ def main(cfg: DictConfig) -> float:
     report.save(directory)  # one report per choice and settings
     write_bytes_atomic(directory / "settings.json", json.dumps(settings, indent=2).encode())
     log.info("report written to %s", directory)
-    log.info("%s self-influence: %s", options.ranking, report.mislabel)
+    log.info("%s ranking: %s", options.ranking, report.mislabel)
     return report.mislabel.auc
 
 
