@@ -2,17 +2,12 @@
 
 import json
 
-import torch
-
 from benchmarks.bench_trak_kernel import main
 
 
-def test_a_smoke_run_records_both_forms_agreeing(tmp_path):
-    output, threads = tmp_path / "trak-kernel.json", torch.get_num_threads()
-    try:
-        main(["--quick", "--out", str(output)])
-    finally:
-        torch.set_num_threads(threads)  # the benchmark sets its own
+def test_a_smoke_run_records_both_forms_agreeing(threads, tmp_path):
+    output = tmp_path / "trak-kernel.json"
+    main(["--quick", "--out", str(output)])
     record = json.loads(output.read_text())
     rows = record["results"]
     assert [row["k"] for row in rows] == record["settings"]["dims"]

@@ -4,7 +4,6 @@ import json
 import sys
 
 import pytest
-import torch
 
 from benchmarks import bench_lds, bench_methods, bench_throughput
 
@@ -14,14 +13,6 @@ def no_peers(monkeypatch):
     """Every peer unimportable (a ``None`` entry in ``sys.modules`` makes ``import`` fail)."""
     for module in ("trak", "kronfluence", "kronfluence.analyzer"):
         monkeypatch.setitem(sys.modules, module, None)
-
-
-@pytest.fixture
-def threads():
-    """The benchmarks set torch's threads; the test process gets its own back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def test_bench_lds_without_traker_stops_before_training(no_peers, threads, tmp_path):

@@ -49,21 +49,19 @@ def saved(workspace):
     return list_checkpoints(run_directory(workspace) / "models")
 
 
-def test_tracin_ranking_is_the_library_tracin_self_influence(tmp_path, noisy):
-    auc = run_entry_point("valuation", tmp_path, "valuation.ranking=tracin", base=BASE)
+@pytest.mark.parametrize(
+    ("ranking", "library"),
+    [("tracin", tracin_self_influence), ("checkpoint_loss", checkpoint_loss)],
+)
+def test_a_checkpoint_ranking_is_the_library_function_over_the_saved_checkpoints(
+    tmp_path, noisy, ranking, library
+):
+    auc = run_entry_point("valuation", tmp_path, f"valuation.ranking={ranking}", base=BASE)
     data, flipped = noisy
-    suspicion = tracin_self_influence(FACTORY, saved(tmp_path), data)
+    suspicion = library(FACTORY, saved(tmp_path), data)
     assert len(saved(tmp_path)) == 2
     assert auc == mislabel_detection(suspicion, flipped).auc
-    assert (report_directory(tmp_path, "tracin-trak") / "valuation.json").is_file()
-
-
-def test_checkpoint_loss_ranking_is_the_library_checkpoint_loss(tmp_path, noisy):
-    auc = run_entry_point("valuation", tmp_path, "valuation.ranking=checkpoint_loss", base=BASE)
-    data, flipped = noisy
-    suspicion = checkpoint_loss(FACTORY, saved(tmp_path), data)
-    assert len(saved(tmp_path)) == 2
-    assert auc == mislabel_detection(suspicion, flipped).auc
+    assert (report_directory(tmp_path, f"{ranking}-trak") / "valuation.json").is_file()
 
 
 def test_graddot_ranking_reads_the_final_model(tmp_path, noisy):

@@ -66,13 +66,20 @@ def test_loss_gradient_norms_match_an_autograd_loop(tiny_mlp, tiny_data):
     np.testing.assert_allclose(norms.numpy(), expected, rtol=1e-12)
 
 
-def test_tracin_self_influence_sums_weighted_checkpoint_norms(tiny_data, tmp_path):
-    def factory():
-        return MLP(6, (8,), 3).double()
+def float64_mlp():
+    return MLP(6, (8,), 3).double()
 
-    model = build_model(factory, seed=0, dtype=torch.float64)
-    config = TrainConfig(epochs=4, batch_size=5, checkpoints=2)
-    saved = train(model, tiny_data, config, seed=0, checkpoint_dir=tmp_path).checkpoints
+
+@pytest.fixture
+def saved(tiny_data, tmp_path):
+    """Four checkpoints of a float64 MLP trained on ``tiny_data``."""
+    model = build_model(float64_mlp, seed=0, dtype=torch.float64)
+    config = TrainConfig(epochs=4, batch_size=5, checkpoints=4)
+    return train(model, tiny_data, config, seed=0, checkpoint_dir=tmp_path).checkpoints
+
+
+def test_tracin_self_influence_sums_weighted_checkpoint_norms(tiny_data, saved):
+    factory = float64_mlp
     expected = sum(
         c.segment_learning_rate * loss_gradient_norms(load_checkpoint(c, factory()), tiny_data)
         for c in saved
@@ -82,13 +89,8 @@ def test_tracin_self_influence_sums_weighted_checkpoint_norms(tiny_data, tmp_pat
         tracin_self_influence(factory, [], tiny_data)
 
 
-def test_checkpoint_loss_is_the_mean_cross_entropy_over_checkpoints(tiny_data, tmp_path):
-    def factory():
-        return MLP(6, (8,), 3).double()
-
-    model = build_model(factory, seed=0, dtype=torch.float64)
-    config = TrainConfig(epochs=4, batch_size=5, checkpoints=4)
-    saved = train(model, tiny_data, config, seed=0, checkpoint_dir=tmp_path).checkpoints
+def test_checkpoint_loss_is_the_mean_cross_entropy_over_checkpoints(tiny_data, saved):
+    factory = float64_mlp
     by_hand = []
     for checkpoint in saved:
         logits = load_checkpoint(checkpoint, factory())(tiny_data.inputs).detach()
