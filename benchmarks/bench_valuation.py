@@ -165,25 +165,31 @@ def detection(settings, splits, workspace) -> tuple[list[dict], dict]:
     return rows, first
 
 
-def pruning(settings, splits, first, workspace):
-    """Values on clean validation queries -> pruning curve and the valuation report."""
+def pruning(settings, splits, first, workspace) -> dict:
+    """Values on clean validation queries -> pruning curve and the valuation report; and the
+    pruning curve that removes the highest mean checkpoint losses first (no queries)."""
     validation = splits.test.subset(range(len(splits.test) // 2))
     held_out = splits.test.subset(range(len(splits.test) // 2, len(splits.test)))
     attributor = trak_scores(
         first["model"], first["noisy"], validation, settings["dim"], workspace / "features"
     )
     scores = attributor.score("query")
-    curve = pruning_curve(
-        MODELS[settings["model"]],
-        first["noisy"],
-        held_out,
-        scores.double().mean(0),
-        fractions=settings["fractions"],
-        seeds=settings["pruning_seeds"],
-        config=TrainConfig(epochs=settings["epochs"]),
-        workspace=workspace / "pruning",
-        progress=True,
-    )
+
+    def curve_by(values, directory):
+        return pruning_curve(
+            MODELS[settings["model"]],
+            first["noisy"],
+            held_out,
+            values,
+            fractions=settings["fractions"],
+            seeds=settings["pruning_seeds"],
+            config=TrainConfig(epochs=settings["epochs"]),
+            workspace=workspace / directory,
+            progress=True,
+        )
+
+    curve = curve_by(scores.double().mean(0), "pruning")
+    by_loss = curve_by(-first["mean training loss over checkpoints"], "pruning-checkpoint-loss")
     report = valuation_report(
         first["noisy"],
         scores=scores,
@@ -192,7 +198,7 @@ def pruning(settings, splits, first, workspace):
         pruning=curve,
     )
     report.save(workspace / "report")
-    return curve
+    return {"pruning": curve, "pruning_by_checkpoint_loss": by_loss}
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -200,18 +206,29 @@ def summary(rows: list[dict]) -> list[dict]:
     return detection_summary(rows, {"found_at_10": "0.1", "found_at_20": "0.2"})
 
 
-def print_tables(table: list[dict], curve) -> None:
+def print_tables(table: list[dict], curves: dict | None) -> None:
     print(detection_table(table, ["found in top 10% (%)", "found in top 20% (%)"]))
-    if curve is not None:
+    if curves is not None:
+        columns = [
+            (curves["pruning"], "value"),
+            (curves["pruning_by_checkpoint_loss"], "value"),
+            (curves["pruning"], "random"),
+        ]
         body = []
-        for index, fraction in enumerate(curve.fractions):
+        for index, fraction in enumerate(curves["pruning"].fractions):
             cells = [f"{100 * fraction:g}%"]
-            for strategy in ("value", "random"):
+            for curve, strategy in columns:
                 low, high = curve.interval(strategy)
                 mean = curve.mean(strategy)[index]
                 cells.append(f"{100 * mean:.1f} [{100 * low[index]:.1f}, {100 * high[index]:.1f}]")
             body.append(cells)
-        print(markdown_table(["removed", "lowest value: acc % [95% CI]", "random"], body))
+        header = [
+            "removed",
+            "lowest TRAK value: acc % [95% CI]",
+            "highest checkpoint loss",
+            "random",
+        ]
+        print(markdown_table(header, body))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,12 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     workspace = REPO_ROOT / "runs" / (f"bench_{name}-quick" if args.quick else f"bench_{name}")
     splits = load_mnist1d(settings["n_train"], settings["n_test"], seed=0)
     rows, first = detection(settings, splits, workspace)
-    curve = None if args.no_pruning else pruning(settings, splits, first, workspace)
+    curves = None if args.no_pruning else pruning(settings, splits, first, workspace)
     results = {"per_seed": rows, "summary": summary(rows)}
-    if curve is not None:
-        results["pruning"] = curve.as_dict()
+    if curves is not None:
+        results |= {key: curve.as_dict() for key, curve in curves.items()}
     write_record(output_path(name, args.quick, args.out), "valuation", settings, 1, results)
-    print_tables(results["summary"], curve)
+    print_tables(results["summary"], curves)
 
 
 if __name__ == "__main__":
