@@ -17,7 +17,8 @@ and each ranking reports the fraction of flipped labels found in its top 10% and
 (``mislabel_detection``), with its wall time. Pruning (seed 0's network only): values are the mean
 TRAK scores on 500 clean held-out validation queries; the lowest-value 10-50% of the training set
 is removed and the MLP retrained (``pruning_curve``, seeds 0-2) and its accuracy measured on the
-other 500 held-out examples, against removing the same fraction at random. The workspace
+other 500 held-out examples, against removing the same fraction at random; a second curve
+removes the highest mean checkpoint losses (seed 0's run) first. The workspace
 ``runs/bench_valuation[-quick]/`` (git-ignored) keeps the pruning runs (resumable) and the
 valuation report with its figure.
 
