@@ -36,7 +36,9 @@ from tda.valuation import (
 
 log = logging.getLogger(__name__)
 RANKINGS = ("influence", "trak", "tracin", "graddot", "checkpoint_loss")
-ATTRIBUTIONS = ("influence", "trak")  # what values (mean scores on held-out queries) come from
+VALUES = ("influence", "trak", "checkpoint_loss")  # values: mean scores on held-out queries of
+# influence or TRAK, or (no queries) minus the mean checkpoint loss, so the pruning curve removes
+# the highest losses first
 TRAINED = ("data", "model", "train")  # with the flipped labels, what decides the trained model
 KEYED = (*TRAINED, "attributor", "featurizer", "valuation")  # and the reports: with the queries
 
@@ -45,10 +47,10 @@ KEYED = (*TRAINED, "attributor", "featurizer", "valuation")  # and the reports: 
 def main(cfg: DictConfig) -> float:
     """Returns the AUC of the chosen self-influence as a detector of the flipped labels."""
     options = cfg.valuation
-    if options.ranking not in RANKINGS or options.values_from not in ATTRIBUTIONS:
+    if options.ranking not in RANKINGS or options.values_from not in VALUES:
         raise ValueError(
             f"valuation.ranking={options.ranking!r} must be one of {RANKINGS} and "
-            f"valuation.values_from={options.values_from!r} one of {ATTRIBUTIONS}"
+            f"valuation.values_from={options.values_from!r} one of {VALUES}"
         )
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
@@ -62,10 +64,13 @@ def main(cfg: DictConfig) -> float:
     model = build_model(factory, cfg.model_seed)
     trained = train(model, noisy, config, seed=cfg.model_seed, checkpoint_dir=run / "models")
     attributions = Attributions(cfg, model, noisy, queries, run)
-    scores = attributions.query_scores(options.values_from)  # the rest of the test set: accuracy
+    if options.values_from == "checkpoint_loss":
+        scores, values = None, -checkpoint_loss(factory, trained.checkpoints, noisy)
+    else:  # the rest of the test set measures the pruning curve's accuracy
+        scores = attributions.query_scores(options.values_from)
+        values = values_from_scores(scores)
     curve = None
-    if options.pruning_fractions:
-        values = values_from_scores(scores)  # its removals follow them: runs keyed by them
+    if options.pruning_fractions:  # its removals follow the values: runs keyed by them
         curve = pruning_curve(
             factory,
             noisy,
@@ -84,7 +89,12 @@ def main(cfg: DictConfig) -> float:
     }
     ranking = rankings.get(options.ranking, lambda: attributions.self_scores(options.ranking))
     report = valuation_report(
-        noisy, scores=scores, self_influence=ranking(), flipped=flipped, pruning=curve
+        noisy,
+        scores=scores,
+        values=values if scores is None else None,
+        self_influence=ranking(),
+        flipped=flipped,
+        pruning=curve,
     )
     directory = run / f"{options.ranking}-{options.values_from}-{config_fingerprint(settings)[:8]}"
     report.save(directory)  # one report per choice and settings

@@ -5,6 +5,7 @@ import logging
 from functools import partial
 
 import pytest
+import torch
 
 from tda.checkpoints import list_checkpoints, load_checkpoint
 from tda.curvature import EKFACSolver
@@ -14,6 +15,7 @@ from tda.methods import TRAK, InfluenceFunction
 from tda.models import MLP, CNN1d, build_model
 from tda.projection import DenseProjector
 from tda.valuation import (
+    ValuationReport,
     checkpoint_loss,
     flip_labels,
     loss_gradient_norms,
@@ -102,6 +104,22 @@ def test_trak_ranking_is_the_library_trak_self_influence(tmp_path, noisy):
     assert auc == pytest.approx(mislabel_detection(suspicion, flipped).auc, abs=1e-12)
     report = json.loads((report_directory(tmp_path, "trak-trak") / "valuation.json").read_text())
     assert report["pruning"]["fractions"] == [0.0, 0.5]  # with the full-data baseline
+
+
+def test_values_from_checkpoint_loss_prune_the_highest_losses_first_without_queries(
+    tmp_path, noisy
+):
+    pruning = ("valuation.pruning_fractions=[0.5]", "valuation.pruning_seeds=[0]")
+    overrides = ("valuation.ranking=graddot", "valuation.values_from=checkpoint_loss", *pruning)
+    run_entry_point("valuation", tmp_path, *overrides, base=BASE)
+    data, _ = noisy
+    report = ValuationReport.load(report_directory(tmp_path, "graddot-checkpoint_loss"))
+    expected = -checkpoint_loss(FACTORY, saved(tmp_path), data)
+    torch.testing.assert_close(report.values, expected, rtol=0, atol=0)
+    assert report.top is None  # no query scores
+    run = run_directory(tmp_path)
+    assert not list(run.glob("features-*"))  # TRAK was never fitted
+    assert len(list(run.glob("pruning-checkpoint_loss-*"))) == 1
 
 
 def test_influence_on_a_cnn_differentiates_every_layer(tmp_path, noisy):
