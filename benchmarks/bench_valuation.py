@@ -19,7 +19,8 @@ TRAK scores on 500 clean held-out validation queries; the lowest-value 10-50% of
 is removed and the MLP retrained (``pruning_curve``, seeds 0-2) and its accuracy measured on the
 other 500 held-out examples, against removing the same fraction at random; a second curve
 removes the highest mean checkpoint losses (seed 0's run) first. The workspace
-``runs/bench_valuation[-quick]/`` (git-ignored) keeps the pruning runs (resumable) and the
+``runs/bench_valuation[-<model>][-checkpoints<N>][-quick]/`` (git-ignored; its own for each
+``--checkpoints``, whose saved models differ) keeps the pruning runs (resumable) and the
 valuation report with its figure.
 
 Run from the repository root: ``python -m benchmarks.bench_valuation [--quick] [--no-pruning]``.
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
         settings["checkpoints"] = args.checkpoints
     torch.set_num_threads(1)
     name = "valuation" if args.model == "mlp" else f"valuation-{args.model}"
-    workspace = REPO_ROOT / "runs" / (f"bench_{name}-quick" if args.quick else f"bench_{name}")
+    kept = name + (f"-checkpoints{args.checkpoints}" if args.checkpoints is not None else "")
+    workspace = REPO_ROOT / "runs" / (f"bench_{kept}-quick" if args.quick else f"bench_{kept}")
     splits = load_mnist1d(settings["n_train"], settings["n_test"], seed=0)
     rows, first = detection(settings, splits, workspace)
     curves = None if args.no_pruning else pruning(settings, splits, first, workspace)
