@@ -35,10 +35,19 @@ from tda.valuation import (
 )
 
 log = logging.getLogger(__name__)
-RANKINGS = ("influence", "trak", "tracin", "graddot", "checkpoint_loss")
-VALUES = ("influence", "trak", "checkpoint_loss")  # values: mean scores on held-out queries of
-# influence or TRAK, or (no queries) minus the mean checkpoint loss, so the pruning curve removes
-# the highest losses first
+RANKINGS = {  # valuation.ranking -> what the report calls it
+    "influence": "IF self-influence",
+    "trak": "TRAK self-influence",
+    "tracin": "TracIn-CP self-influence",
+    "graddot": "grad-dot self-score",
+    "checkpoint_loss": "mean checkpoint loss",
+}
+VALUES = {  # valuation.values_from -> what the report calls the values; without queries, minus
+    # the mean checkpoint loss, so the pruning curve removes the highest losses first
+    "influence": "value (mean IF score over queries)",
+    "trak": "value (mean TRAK score over queries)",
+    "checkpoint_loss": "minus the mean checkpoint loss",
+}
 TRAINED = ("data", "model", "train")  # with the flipped labels, what decides the trained model
 KEYED = (*TRAINED, "attributor", "featurizer", "valuation")  # and the reports: with the queries
 
@@ -49,8 +58,8 @@ def main(cfg: DictConfig) -> float:
     options = cfg.valuation
     if options.ranking not in RANKINGS or options.values_from not in VALUES:
         raise ValueError(
-            f"valuation.ranking={options.ranking!r} must be one of {RANKINGS} and "
-            f"valuation.values_from={options.values_from!r} one of {VALUES}"
+            f"valuation.ranking={options.ranking!r} must be one of {tuple(RANKINGS)} and "
+            f"valuation.values_from={options.values_from!r} one of {tuple(VALUES)}"
         )
     torch.set_num_threads(cfg.threads)
     workspace = Path(to_absolute_path(cfg.workspace))
@@ -95,6 +104,8 @@ def main(cfg: DictConfig) -> float:
         self_influence=ranking(),
         flipped=flipped,
         pruning=curve,
+        value_name=VALUES[options.values_from],
+        suspicion_name=RANKINGS[options.ranking],
     )
     directory = run / f"{options.ranking}-{options.values_from}-{config_fingerprint(settings)[:8]}"
     report.save(directory)  # one report per choice and settings

@@ -42,7 +42,7 @@ def _distribution(axis, report) -> None:
     use_values = report.values is not None
     scores = torch.as_tensor(report.values if use_values else report.self_influence)
     scores = scores.double().numpy()
-    name = "value (mean score over queries)" if use_values else "self-influence"
+    name = report.value_name if use_values else report.suspicion_name
     # Values are heavy-tailed: bin the central 98% so the bulk stays readable.
     low, high = np.quantile(scores, [0.01, 0.99])
     # The power of ten goes into the label: matplotlib's offset text ("1e-3") overlaps it.
@@ -75,7 +75,7 @@ def _exponent(largest: float) -> int:
 def _recall(axis, report) -> None:
     curve = report.mislabel.recall_curve
     inspected = np.arange(1, len(curve) + 1) / len(curve)
-    ranked_by = "self-influence" if report.self_influence is not None else "lowest value"
+    ranked_by = report.suspicion_name if report.self_influence is not None else "lowest value"
     label = f"{ranked_by} (AUC {report.mislabel.auc:.2f})"
     axis.plot(inspected, curve, color="tab:red", label=label)
     axis.plot([0, 1], [0, 1], color="gray", linestyle="--", label="random")

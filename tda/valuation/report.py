@@ -28,6 +28,7 @@ from tda.valuation.pruning import PruningCurve
 from tda.valuation.values import require_finite, values_from_scores
 
 SUMMARY, FIGURE, ARRAYS = "valuation.json", "valuation.png", "values.npz"
+VALUE_NAME, SUSPICION_NAME = "value (mean score over queries)", "self-influence"
 TOP_FIELDS = ("helpful", "helpful_scores", "harmful", "harmful_scores")
 
 
@@ -46,6 +47,8 @@ class ValuationReport:
         flipped: ``[n]`` mask of labels known to be wrong.
         mislabel: detection of those wrong labels by the suspicion ranking.
         pruning: accuracy after removing the lowest-value examples versus at random.
+        value_name / suspicion_name: what ``values`` and ``self_influence`` are, as the summary
+            and the figure name them.
     """
 
     labels: Tensor
@@ -58,6 +61,8 @@ class ValuationReport:
     flipped: Tensor | None = None
     mislabel: MislabelReport | None = None
     pruning: PruningCurve | None = None
+    value_name: str = VALUE_NAME
+    suspicion_name: str = SUSPICION_NAME
 
     def __str__(self) -> str:
         """A few lines: the extreme examples, and detection and pruning where measured."""
@@ -76,6 +81,7 @@ class ValuationReport:
     def as_dict(self) -> dict:
         """JSON-able summary: rankings with scores and labels, detection, pruning."""
         summary: dict = {"n_train": len(self.labels)}
+        summary["names"] = {"value": self.value_name, "suspicion": self.suspicion_name}
         for name in ("most_valuable", "least_valuable"):
             if getattr(self, name) is not None:
                 summary[name] = self._listing(getattr(self, name), self.values)
@@ -159,6 +165,7 @@ class ValuationReport:
             mislabel=_mislabel(record.get("mislabel"), arrays),
             pruning=_pruning(record.get("pruning")),
             **rankings,
+            **_names(record.get("names")),
         )
 
     def _arrays(self) -> bytes:
@@ -191,6 +198,8 @@ def valuation_report(
     flipped: Tensor | None = None,
     pruning: PruningCurve | None = None,
     k: int = 10,
+    value_name: str = VALUE_NAME,
+    suspicion_name: str = SUSPICION_NAME,
 ) -> ValuationReport:
     """Summarise per-example values and self-influence of a training set in one call.
 
@@ -207,6 +216,8 @@ def valuation_report(
             :func:`~tda.valuation.flip_labels`): adds a mislabel-detection report.
         pruning: a :func:`~tda.valuation.pruning_curve` computed from these values.
         k: examples listed per ranking.
+        value_name, suspicion_name: what the values and the suspicion score are, for the
+            summary and the figure (e.g. ``suspicion_name="mean checkpoint loss"``).
 
     Raises:
         ValueError: neither scores, values nor self-influence given, both scores and values,
@@ -238,7 +249,19 @@ def valuation_report(
         flipped=None if flipped is None else torch.as_tensor(flipped).bool(),
         mislabel=None if flipped is None else mislabel_detection(suspicion, flipped),
         pruning=pruning,
+        value_name=value_name,
+        suspicion_name=suspicion_name,
     )
+
+
+def _names(recorded: dict | None) -> dict:
+    """The report's ``value_name`` and ``suspicion_name`` as ``valuation.json`` records them (a
+    report saved before they were recorded gets the defaults)."""
+    recorded = recorded or {}
+    return {
+        "value_name": recorded.get("value", VALUE_NAME),
+        "suspicion_name": recorded.get("suspicion", SUSPICION_NAME),
+    }
 
 
 def _per_example(name: str, array: Tensor | np.ndarray | None, n: int) -> Tensor | None:

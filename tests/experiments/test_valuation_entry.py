@@ -117,6 +117,8 @@ def test_values_from_checkpoint_loss_prune_the_highest_losses_first_without_quer
     expected = -checkpoint_loss(FACTORY, saved(tmp_path), data)
     torch.testing.assert_close(report.values, expected, rtol=0, atol=0)
     assert report.top is None  # no query scores
+    assert report.value_name == "minus the mean checkpoint loss"
+    assert report.suspicion_name == "grad-dot self-score"
     run = run_directory(tmp_path)
     assert not list(run.glob("features-*"))  # TRAK was never fitted
     assert len(list(run.glob("pruning-checkpoint_loss-*"))) == 1

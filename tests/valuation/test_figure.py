@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from tda.data import Examples
 from tda.valuation import PruningCurve, valuation_report
-from tda.valuation.figure import _distribution, _pruning
+from tda.valuation.figure import _distribution, _pruning, _recall
 
 
 @pytest.fixture
@@ -49,3 +49,19 @@ def test_the_pruning_band_stays_within_zero_one(axis):
 def _report_with(pruning):
     train = Examples(torch.zeros(4, 2), torch.tensor([0, 1, 0, 1]))
     return valuation_report(train, values=torch.arange(4.0), pruning=pruning)
+
+
+def test_the_panels_name_the_values_and_the_suspicion_score_as_the_report_does(axis):
+    train = Examples(torch.zeros(40, 2), torch.arange(40) % 2)
+    flipped = torch.arange(40) < 4
+    report = valuation_report(
+        train,
+        self_influence=torch.linspace(0, 1, 40),
+        flipped=flipped,
+        suspicion_name="mean checkpoint loss",
+    )
+    _distribution(axis, report)
+    assert axis.get_xlabel().startswith("mean checkpoint loss")
+    axis.clear()
+    _recall(axis, report)
+    assert axis.get_legend().get_texts()[0].get_text().startswith("mean checkpoint loss (AUC")

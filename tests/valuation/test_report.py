@@ -15,6 +15,7 @@ from tda.data import Examples
 from tda.plots import plot_top_examples
 from tda.ranking import TopExamples, top_examples
 from tda.valuation import MislabelReport, PruningCurve, ValuationReport, valuation_report
+from tda.valuation import report as report_module
 from tda.valuation.figure import plot_valuation
 
 REPORT_FILES = ["valuation.json", "valuation.png", "values.npz"]
@@ -255,6 +256,8 @@ def _assert_same_report(loaded: ValuationReport, saved: ValuationReport) -> None
             assert got.accuracy.keys() == expected.accuracy.keys()
             for strategy, table in expected.accuracy.items():
                 np.testing.assert_array_equal(got.accuracy[strategy], table)
+        elif isinstance(expected, str):
+            assert got == expected, field.name
         else:
             assert got is None and expected is None, field.name
 
@@ -274,6 +277,29 @@ def test_a_report_without_scores_loads_back_equal(train, tmp_path):
     report = valuation_report(train, self_influence=torch.arange(6, dtype=torch.float32), k=3)
     report.save(tmp_path)
     _assert_same_report(ValuationReport.load(tmp_path), report)
+
+
+def test_a_report_keeps_the_names_of_its_values_and_suspicion_score(train, tmp_path):
+    names = {"value_name": "minus the mean checkpoint loss", "suspicion_name": "checkpoint loss"}
+    report = valuation_report(train, values=-torch.arange(6.0), self_influence=torch.arange(6.0))
+    assert (report.value_name, report.suspicion_name) == (
+        "value (mean score over queries)",
+        "self-influence",
+    )  # the defaults
+    named = valuation_report(
+        train, values=-torch.arange(6.0), self_influence=torch.arange(6.0), **names
+    )
+    named.save(tmp_path)
+    record = json.loads((tmp_path / "valuation.json").read_text())
+    assert record["names"] == {"value": names["value_name"], "suspicion": names["suspicion_name"]}
+    loaded = ValuationReport.load(tmp_path)
+    assert (loaded.value_name, loaded.suspicion_name) == tuple(names.values())
+    # a report saved before the names were recorded loads with the defaults
+    del record["names"], record["summary_sha256"]
+    record["summary_sha256"] = report_module._content_digest(record)
+    (tmp_path / "valuation.json").write_text(json.dumps(record))
+    older = ValuationReport.load(tmp_path)
+    assert (older.value_name, older.suspicion_name) == (report.value_name, report.suspicion_name)
 
 
 def _edit_summary(directory):
