@@ -7,6 +7,7 @@ python experiments/valuation.py experiment=mnist1d_cnn valuation.ranking=tracin 
     ++train.checkpoints=10 model_seed=1
 """
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -73,8 +74,10 @@ def main(cfg: DictConfig) -> float:
     model = build_model(factory, cfg.model_seed)
     trained = train(model, noisy, config, seed=cfg.model_seed, checkpoint_dir=run / "models")
     attributions = Attributions(cfg, model, noisy, queries, run)
+    # read the checkpoints once where the ranking and the values both use their losses
+    losses = functools.cache(lambda: checkpoint_loss(factory, trained.checkpoints, noisy))
     if options.values_from == "checkpoint_loss":
-        scores, values = None, -checkpoint_loss(factory, trained.checkpoints, noisy)
+        scores, values = None, -losses()
     else:  # the rest of the test set measures the pruning curve's accuracy
         scores = attributions.query_scores(options.values_from)
         values = values_from_scores(scores)
@@ -94,7 +97,7 @@ def main(cfg: DictConfig) -> float:
     rankings = {
         "tracin": lambda: tracin_self_influence(factory, trained.checkpoints, noisy),
         "graddot": lambda: loss_gradient_norms(model, noisy),
-        "checkpoint_loss": lambda: checkpoint_loss(factory, trained.checkpoints, noisy),
+        "checkpoint_loss": losses,
     }
     ranking = rankings.get(options.ranking, lambda: attributions.self_scores(options.ranking))
     report = valuation_report(
